@@ -1,0 +1,57 @@
+// Every tunable of shardwise, with its default, in one place. FromEnv() reads
+// the SHARDWISE_* variables documented in docs/cpp-api.md.
+#pragma once
+
+#include <cstdint>
+#include <string>
+
+#include "shardwise/status.h"
+
+namespace shardwise {
+
+enum class IoBackendKind { kAuto, kUring, kThreads };
+enum class DirectIoMode { kAuto, kOn, kOff };
+
+std::string_view IoBackendKindName(IoBackendKind kind);
+Result<IoBackendKind> ParseIoBackendKind(std::string_view text);
+
+struct Options {
+  // I/O engine. kAuto tries io_uring and falls back to the thread pool when
+  // io_uring cannot be set up (old kernel, seccomp profile). SHARDWISE_IO_BACKEND
+  IoBackendKind io_backend = IoBackendKind::kAuto;
+  // I/Os in flight per rank (io_uring queue depth, or pool threads).
+  // SHARDWISE_QUEUE_DEPTH
+  int queue_depth = 8;
+  // Size of one write or read. A multiple of checksum_block_bytes and of
+  // 4 KiB. SHARDWISE_IO_UNIT
+  std::uint64_t io_unit_bytes = 8ull << 20;
+  // Every extent is checksummed in blocks of this size, so a slice of a saved
+  // tensor is verified by reading only the blocks it touches.
+  // SHARDWISE_CHECKSUM_BLOCK
+  std::uint64_t checksum_block_bytes = 1ull << 20;
+  // O_DIRECT: kAuto probes the directory and uses it where it works.
+  // SHARDWISE_DIRECT_IO=auto|on|off
+  DirectIoMode direct_io = DirectIoMode::kAuto;
+  // How long the coordinator waits for every rank's fragment.
+  // SHARDWISE_COMMIT_TIMEOUT_S
+  double commit_timeout_s = 1800;
+  // gc removes a staging directory only when nothing in it changed for this
+  // long and no live process holds its lock. SHARDWISE_STAGING_GRACE_S
+  double staging_grace_s = 900;
+  // Polling interval while waiting on the filesystem (fragments, commits).
+  double poll_interval_s = 0.02;
+
+  // Applies SHARDWISE_* variables on top of `base`; a malformed value is an
+  // error naming the variable.
+  static Result<Options> FromEnv();
+  static Result<Options> FromEnv(Options base);
+  // Checks the invariants above.
+  Status Validate() const;
+};
+
+// Parses "512MiB", "2GiB", "4k", "1000000" into bytes.
+Result<std::uint64_t> ParseSize(std::string_view text);
+// "1.50 GiB"
+std::string FormatBytes(std::uint64_t bytes);
+
+}  // namespace shardwise

@@ -1,0 +1,84 @@
+// Reading a committed checkpoint: whole items, or any hyper-rectangle of a
+// saved chunk, in parallel, with every byte checked against its CRC32C.
+#pragma once
+
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <span>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "shardwise/options.h"
+#include "shardwise/status.h"
+#include "shardwise/types.h"
+
+namespace shardwise {
+
+// One read: the box [offsets, offsets+lengths) of chunk `chunk` of `item`
+// (coordinates relative to the chunk) is copied into `dst`, a row-major
+// array of shape `dst_shape` (empty: `lengths`), at `dst_offsets` (empty:
+// zeros). dst_bytes is the size of the whole destination array.
+struct ReadRequest {
+  const ItemRecord* item = nullptr;
+  std::size_t chunk = 0;
+  std::vector<std::int64_t> offsets;  // empty: whole chunk
+  std::vector<std::int64_t> lengths;  // empty: whole chunk
+  void* dst = nullptr;
+  std::uint64_t dst_bytes = 0;
+  std::vector<std::int64_t> dst_shape;
+  std::vector<std::int64_t> dst_offsets;
+};
+
+struct VerifyProblem {
+  std::string file;  // file name inside the checkpoint
+  Status status;
+};
+
+struct VerifyReport {
+  std::uint64_t bytes_checked = 0;
+  std::uint64_t files_checked = 0;
+  std::vector<VerifyProblem> problems;  // empty: intact
+};
+
+// (bytes done, bytes total); called from the verifying thread.
+using ProgressFn = std::function<void(std::uint64_t, std::uint64_t)>;
+
+class CheckpointReader {
+ public:
+  // Opens a committed checkpoint directory: reads and validates
+  // manifest.json. Shard files are opened on first use, and each is checked
+  // for its size and header (rank, save id) then.
+  static Result<std::unique_ptr<CheckpointReader>> Open(const std::string& dir,
+                                                        const Options& options = {});
+  ~CheckpointReader();
+
+  const Manifest& manifest() const;
+  const std::string& dir() const;
+  std::string_view backend_name() const;
+
+  // Runs the requests in parallel. A checksum mismatch is kCorrupt naming the
+  // item, the file and the offset; dst content is then unspecified.
+  Status Read(std::span<const ReadRequest> requests);
+
+  // Reads a whole item (all chunks, assembled at their offsets) into a
+  // row-major array of the item's global shape.
+  Status ReadItem(std::string_view name, void* dst, std::uint64_t dst_bytes);
+
+  // Opens every shard file and checks its type, size and header, without
+  // reading the data: a cheap check that the checkpoint is complete.
+  Status CheckFiles();
+
+  // Re-reads every file and checks every checksum, file sizes and headers.
+  // Problems are collected per file; an error is returned only when the
+  // verification itself could not run.
+  Result<VerifyReport> Verify(const ProgressFn& progress = {});
+
+ private:
+  struct Impl;
+  explicit CheckpointReader(std::unique_ptr<Impl> impl);
+  std::unique_ptr<Impl> impl_;
+};
+
+}  // namespace shardwise

@@ -1,0 +1,142 @@
+// A checkpoint repository: a root directory holding committed checkpoints,
+// staging directories of saves in progress, and `latest`. The commit
+// protocol (docs/format.md, "Commit protocol") makes a checkpoint either
+// complete and durable or invisible.
+//
+// Multi-rank saves need no network: every rank calls WriteRank (its shard and
+// a fragment land in the save's staging directory), the coordinator calls
+// Commit (it waits for every fragment, then commits), and the others may call
+// WaitCommitted. All ranks must pass the same SaveSpec; save_id names the
+// attempt, so a restarted job (new save_id) never mixes with a dead one.
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <optional>
+#include <span>
+#include <string>
+#include <vector>
+
+#include "shardwise/options.h"
+#include "shardwise/reader.h"
+#include "shardwise/status.h"
+#include "shardwise/types.h"
+
+namespace shardwise {
+
+struct SaveSpec {
+  std::string name;          // empty: "step-%012d" of step
+  std::int64_t step = -1;    // >= 0, or -1 when the caller has no step
+  std::string save_id;       // [A-Za-z0-9_-]{1,64}; empty: random (1 rank only)
+  std::int32_t world_size = 1;
+  std::int32_t rank = 0;
+  bool replace = false;      // allow replacing a committed checkpoint
+  std::string user_json = "{}";  // metadata stored in the manifest
+  std::string dcp_json;          // DCP planner data, or empty
+};
+
+struct RankResult {
+  std::string shard_path;
+  std::uint64_t bytes = 0;  // file size, header and padding included
+  double seconds = 0;       // write + fsync
+  std::string backend;
+  bool direct_io = false;
+};
+
+struct CommitResult {
+  std::string name;
+  std::string dir;
+  std::uint64_t bytes = 0;
+  bool latest_updated = false;
+};
+
+struct CheckpointInfo {
+  enum class State {
+    kCommitted,  // has a valid manifest
+    kInvalid,    // looks committed but its manifest is unreadable
+    kStaging,    // a save in progress, or abandoned (see active)
+    kLeftover,   // a replaced or half-deleted directory awaiting gc
+  };
+  State state = State::kCommitted;
+  std::string name;      // checkpoint name (for staging: the target name)
+  std::string dir_name;  // entry name under the root
+  std::int64_t step = -1;
+  std::int32_t world_size = 0;
+  std::uint64_t bytes = 0;
+  double created_unix = 0;  // committed: manifest; others: newest mtime
+  std::string save_id;
+  std::size_t items = 0;
+  bool is_latest = false;
+  bool active = false;      // staging: a live process holds it or it is fresh
+  std::string problem;      // kInvalid: why
+};
+std::string_view CheckpointStateName(CheckpointInfo::State state);
+
+struct GcOptions {
+  std::optional<int> keep_last;     // keep the N newest committed
+  std::optional<int> keep_every;    // keep those whose step % K == 0
+  bool dry_run = false;
+  bool full_verify = false;  // verify the newest checkpoint's data, not only
+                             // its manifest, sizes and headers
+  std::optional<double> staging_grace_s;  // overrides Options
+};
+
+struct GcReport {
+  std::vector<std::string> removed_staging;      // entry names
+  std::vector<std::string> removed_checkpoints;  // checkpoint names
+  std::vector<std::string> kept;
+  std::string newest_valid;  // the checkpoint retention was anchored on
+  bool dry_run = false;
+};
+
+class Repository {
+ public:
+  // Opens ROOT (creating it when `create`).
+  static Result<std::unique_ptr<Repository>> Open(const std::string& root,
+                                                  const Options& options = {},
+                                                  bool create = true);
+  ~Repository();
+
+  const std::string& root() const;
+  const Options& options() const;
+
+  // Every rank: writes its items as one shard into the staging directory,
+  // fsyncs it and leaves its fragment. On failure, leaves a failure marker
+  // so the coordinator stops waiting.
+  Result<RankResult> WriteRank(const SaveSpec& spec, std::span<const WriteItem> items);
+  // The coordinator: waits (up to options.commit_timeout_s) for every rank's
+  // fragment, then commits. Returns only once the checkpoint is durable.
+  Result<CommitResult> Commit(const SaveSpec& spec);
+  // Any rank: waits until the coordinator committed this save.
+  Status WaitCommitted(const SaveSpec& spec, double timeout_s);
+  // Any rank: records that this rank failed, so Commit aborts promptly.
+  Status ReportFailure(const SaveSpec& spec, const Status& why);
+  // One process, world_size 1: WriteRank + Commit.
+  Result<CommitResult> Save(SaveSpec spec, std::span<const WriteItem> items);
+
+  // Committed checkpoints (oldest first), then staging and leftovers.
+  Result<std::vector<CheckpointInfo>> List() const;
+  // The newest committed checkpoint (highest step, then newest commit), or
+  // nullopt. ROOT/latest names the same one except after a crash between a
+  // commit's rename and its update of `latest`; tools may read either.
+  Result<std::optional<std::string>> Latest() const;
+  Result<std::unique_ptr<CheckpointReader>> OpenCheckpoint(const std::string& name) const;
+
+  // Removes abandoned staging directories and leftovers, and applies
+  // retention. Never removes what `latest` names, anything newer than the
+  // newest valid checkpoint, or a save still in progress.
+  Result<GcReport> Gc(const GcOptions& gc);
+
+  // Fills spec.name and spec.save_id defaults and checks the spec.
+  static Status Normalize(SaveSpec& spec);
+  static std::string StepName(std::int64_t step);
+  std::string StagingDir(const SaveSpec& spec) const;
+
+ private:
+  Result<CommitResult> CommitNormalized(const SaveSpec& spec);
+  struct Impl;
+  explicit Repository(std::unique_ptr<Impl> impl);
+  std::unique_ptr<Impl> impl_;
+};
+
+}  // namespace shardwise

@@ -1,0 +1,8 @@
+// The public C++ API of shardwise. See docs/cpp-api.md.
+#pragma once
+
+#include "shardwise/options.h"
+#include "shardwise/reader.h"
+#include "shardwise/repository.h"
+#include "shardwise/status.h"
+#include "shardwise/types.h"

@@ -1,0 +1,405 @@
+// shardwise bench: R forked processes each save a synthetic rank shard,
+// rank 0 commits, then every rank loads its shard back with checksum
+// verification and compares it bit for bit. Timings are taken by the parent
+// from "go" to "every rank reported", so they include the commit protocol's
+// fsyncs: what is measured is durable bytes.
+#include <poll.h>
+#include <signal.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <cstring>
+#include <nlohmann/json.hpp>
+#include <iostream>
+#include <list>
+#include <sstream>
+
+#include "cli/args.h"
+#include "cli/cli.h"
+#include "cli/output.h"
+#include "cli/synthetic.h"
+#include "os/posix.h"
+#include "shardwise/repository.h"
+
+namespace shardwise::cli {
+
+constexpr char kBenchHelp[] = R"(Usage: shardwise bench --dir D [--ranks R] [--size-per-rank SIZE]
+                       [--io-backend auto|uring|threads] [--queue-depth N]
+                       [--io-unit SIZE] [--direct-io auto|on|off] [--keep] [--json]
+
+Measure checkpoint throughput on directory D (created if missing). R
+processes each build a synthetic rank state shaped like a transformer layer
+stack (projection matrices, biases, norms; bf16), then all save at once
+through the full commit protocol (shards fsynced, manifest, directory
+fsyncs, rename). Then every rank loads its part back, verifying every
+checksum, and compares it with what it saved.
+
+Save time runs from the start signal until the coordinator's commit is
+durable; load time until the last rank has read and verified its data.
+
+Options:
+  --dir D              where to write (a checkpoint root)            [required]
+  --ranks R            writer processes                              [2]
+  --size-per-rank SIZE bytes per rank: 512MiB, 2GiB, 100MB...        [1GiB]
+  --io-backend B       auto (io_uring, else threads), uring, threads [auto]
+  --queue-depth N      I/Os in flight per rank                       [8]
+  --io-unit SIZE       bytes per write/read                          [8MiB]
+  --direct-io M        auto (probe), on, off                         [auto]
+  --keep               leave the committed checkpoint in D
+  --json               machine-readable output (schema in docs/cli.md)
+  --help               this text
+
+Exit codes: 0 measured and verified; 1 a save, load or comparison failed;
+2 usage error.
+)";
+
+namespace {
+
+// Line-oriented messages from children over one pipe (each line is shorter
+// than PIPE_BUF, so writes from different children never interleave).
+void Send(int fd, const std::string& line) {
+  std::string l = line + "\n";
+  ssize_t r;
+  do {
+    r = ::write(fd, l.data(), l.size());
+  } while (r < 0 && errno == EINTR);
+}
+
+bool WaitByte(int fd) {
+  char c;
+  ssize_t r;
+  do {
+    r = ::read(fd, &c, 1);
+  } while (r < 0 && errno == EINTR);
+  return r == 1;
+}
+
+std::string OneLine(std::string s) {
+  for (auto& c : s)
+    if (c == '\n' || c == '\t') c = ' ';
+  if (s.size() > 1000) s.resize(1000);
+  return s;
+}
+
+[[noreturn]] void RunChild(int rank, int ranks, std::uint64_t size, const Options& opts,
+                           const std::string& dir, const SaveSpec& base, int go_fd,
+                           int go2_fd, int out_fd) {
+  SyntheticState state = MakeTransformerState(size, rank, ranks, 20261129);
+  auto repo = Repository::Open(dir, opts);
+  if (!repo.ok()) {
+    Send(out_fd, "E\t" + std::to_string(rank) + "\t" + OneLine(repo.status().message()));
+    ::_exit(1);
+  }
+  // Destination buffers for the load, touched now so that page faults are
+  // not part of the measurement (a real load fills existing tensors).
+  std::vector<std::unique_ptr<std::byte[]>> back(state.items.size());
+  for (std::size_t i = 0; i < state.items.size(); ++i) {
+    back[i] = std::make_unique<std::byte[]>(state.items[i].nbytes);
+    std::memset(back[i].get(), 0xA5, state.items[i].nbytes);
+  }
+  Send(out_fd, "R\t" + std::to_string(rank));
+  if (!WaitByte(go_fd)) ::_exit(1);
+
+  SaveSpec spec = base;
+  spec.rank = rank;
+  auto wr = (*repo)->WriteRank(spec, state.items);
+  if (!wr.ok()) {
+    Send(out_fd, "E\t" + std::to_string(rank) + "\t" + OneLine(wr.status().message()));
+    ::_exit(1);
+  }
+  double commit_s = 0;
+  if (rank == 0) {
+    double t = os::MonotonicSeconds();
+    auto c = (*repo)->Commit(spec);
+    commit_s = os::MonotonicSeconds() - t;
+    if (!c.ok()) {
+      Send(out_fd, "E\t0\t" + OneLine(c.status().message()));
+      ::_exit(1);
+    }
+  }
+  std::ostringstream msg;
+  msg << "S\t" << rank << "\t" << wr->seconds << "\t" << commit_s << "\t" << wr->backend << "\t"
+      << (wr->direct_io ? 1 : 0) << "\t" << wr->bytes;
+  Send(out_fd, msg.str());
+  if (!WaitByte(go2_fd)) ::_exit(1);
+
+  auto reader = (*repo)->OpenCheckpoint(spec.name);
+  if (!reader.ok()) {
+    Send(out_fd, "E\t" + std::to_string(rank) + "\t" + OneLine(reader.status().message()));
+    ::_exit(1);
+  }
+  std::vector<ReadRequest> reqs;
+  const Manifest& m = (*reader)->manifest();
+  for (std::size_t i = 0; i < state.items.size(); ++i) {
+    const ItemRecord* it = m.FindItem(state.items[i].name);
+    std::size_t chunk = SIZE_MAX;
+    for (std::size_t c = 0; it && c < it->chunks.size(); ++c)
+      if (it->chunks[c].offsets == state.items[i].chunk_offsets) chunk = c;
+    if (!it || chunk == SIZE_MAX) {
+      Send(out_fd, "E\t" + std::to_string(rank) + "\titem " + state.items[i].name +
+                       " missing from the checkpoint");
+      ::_exit(1);
+    }
+    ReadRequest q;
+    q.item = it;
+    q.chunk = chunk;
+    q.dst = back[i].get();
+    q.dst_bytes = state.items[i].nbytes;
+    reqs.push_back(std::move(q));
+  }
+  Status rs = (*reader)->Read(reqs);
+  if (!rs.ok()) {
+    Send(out_fd, "E\t" + std::to_string(rank) + "\t" + OneLine(rs.message()));
+    ::_exit(1);
+  }
+  Send(out_fd, "L\t" + std::to_string(rank));
+  // Outside the timing: the loaded bytes must equal the saved ones.
+  for (std::size_t i = 0; i < state.items.size(); ++i)
+    if (std::memcmp(back[i].get(), state.items[i].data, state.items[i].nbytes) != 0) {
+      Send(out_fd, "E\t" + std::to_string(rank) + "\tloaded bytes of " +
+                       state.items[i].name + " differ from the saved ones");
+      ::_exit(1);
+    }
+  Send(out_fd, "V\t" + std::to_string(rank) + "\t" + std::to_string(state.items.size()) + "\t" +
+                   std::to_string(state.bytes));
+  ::_exit(0);
+}
+
+// Reads result lines from children until `want` lines of `kind` arrived.
+// Fails on an "E" line, or when a child died.
+class Collector {
+ public:
+  Collector(int fd, std::vector<pid_t>& pids) : fd_(fd), pids_(pids) {}
+
+  Result<std::vector<std::vector<std::string>>> Wait(char kind, int want) {
+    std::vector<std::vector<std::string>> got;
+    while (true) {
+      // Lines of a later phase may arrive early: they wait in pending_.
+      for (auto it = pending_.begin(); it != pending_.end() && static_cast<int>(got.size()) < want;) {
+        if ((*it)[0] == "E")
+          return Status(StatusCode::kAborted, "rank " + (it->size() > 1 ? (*it)[1] : "?") +
+                                                  ": " + (it->size() > 2 ? (*it)[2] : ""));
+        if ((*it)[0][0] == kind) {
+          got.push_back(*it);
+          it = pending_.erase(it);
+        } else {
+          ++it;
+        }
+      }
+      if (static_cast<int>(got.size()) == want) return got;
+      pollfd p{fd_, POLLIN, 0};
+      int r = ::poll(&p, 1, 200);
+      if (r > 0) {
+        char tmp[4096];
+        ssize_t n = ::read(fd_, tmp, sizeof tmp);
+        if (n == 0) return Status(StatusCode::kAborted, "all ranks exited early");
+        if (n > 0) buf_.append(tmp, static_cast<std::size_t>(n));
+        for (auto nl = buf_.find('\n'); nl != std::string::npos; nl = buf_.find('\n')) {
+          std::vector<std::string> f;
+          std::stringstream ss(buf_.substr(0, nl));
+          buf_.erase(0, nl + 1);
+          std::string part;
+          while (std::getline(ss, part, '\t')) f.push_back(part);
+          if (!f.empty() && !f[0].empty()) pending_.push_back(std::move(f));
+        }
+        continue;
+      }
+      for (pid_t& pid : pids_) {
+        int st = 0;
+        if (pid > 0 && ::waitpid(pid, &st, WNOHANG) == pid) {
+          pid = -1;
+          if (!WIFEXITED(st) || WEXITSTATUS(st) != 0)
+            return Status(StatusCode::kAborted,
+                          "a rank process died (wait status " + std::to_string(st) + ")");
+        }
+      }
+    }
+  }
+
+ private:
+  int fd_;
+  std::vector<pid_t>& pids_;
+  std::string buf_;
+  std::list<std::vector<std::string>> pending_;
+};
+
+}  // namespace
+
+int RunBench(const Argv& argv, std::ostream& out, std::ostream& err) {
+  auto args = Args::Parse(argv, {{"json"}, {"keep"}, {"dir", true}, {"ranks", true},
+                                 {"size-per-rank", true}, {"io-backend", true},
+                                 {"queue-depth", true}, {"io-unit", true}, {"direct-io", true}});
+  if (!args.ok()) return UsageError(err, "bench", args.status().message());
+  if (args->help()) {
+    out << kBenchHelp;
+    return kExitOk;
+  }
+  if (!args->positional().empty())
+    return UsageError(err, "bench", "unexpected argument '" + args->positional()[0] + "'");
+  auto dir = args->Get("dir");
+  if (!dir) return UsageError(err, "bench", "--dir is required");
+  auto opts_r = Options::FromEnv();
+  if (!opts_r.ok()) return UsageError(err, "bench", opts_r.status().message());
+  Options opts = *opts_r;
+  auto ranks_r = args->GetInt("ranks", 1, 1024);
+  if (!ranks_r.ok()) return UsageError(err, "bench", ranks_r.status().message());
+  int ranks = static_cast<int>(ranks_r->value_or(2));
+  std::uint64_t size = 1ull << 30;
+  if (auto s = args->Get("size-per-rank")) {
+    auto v = ParseSize(*s);
+    if (!v.ok()) return UsageError(err, "bench", "--size-per-rank: " + v.status().message());
+    if (*v < (1u << 20)) return UsageError(err, "bench", "--size-per-rank must be at least 1MiB");
+    size = *v;
+  }
+  if (auto b = args->Get("io-backend")) {
+    auto k = ParseIoBackendKind(*b);
+    if (!k.ok()) return UsageError(err, "bench", k.status().message());
+    opts.io_backend = *k;
+  }
+  auto qd = args->GetInt("queue-depth", 1, 256);
+  if (!qd.ok()) return UsageError(err, "bench", qd.status().message());
+  if (*qd) opts.queue_depth = static_cast<int>(**qd);
+  if (auto u = args->Get("io-unit")) {
+    auto v = ParseSize(*u);
+    if (!v.ok()) return UsageError(err, "bench", "--io-unit: " + v.status().message());
+    opts.io_unit_bytes = *v;
+  }
+  if (auto d = args->Get("direct-io")) {
+    if (*d == "auto") opts.direct_io = DirectIoMode::kAuto;
+    else if (*d == "on") opts.direct_io = DirectIoMode::kOn;
+    else if (*d == "off") opts.direct_io = DirectIoMode::kOff;
+    else return UsageError(err, "bench", "--direct-io expects auto, on or off");
+  }
+  if (Status s = opts.Validate(); !s.ok()) return UsageError(err, "bench", s.message());
+  auto repo = Repository::Open(*dir, opts, /*create=*/true);
+  if (!repo.ok()) return UsageError(err, "bench", repo.status().message());
+
+  SaveSpec spec;
+  spec.save_id = os::RandomHex(8);
+  spec.name = "bench-" + spec.save_id;
+  spec.world_size = ranks;
+  spec.user_json = R"({"shardwise_bench":true})";
+
+  int res[2], go[2], go2[2];
+  if (::pipe(res) || ::pipe(go) || ::pipe(go2)) {
+    err << "shardwise bench: pipe: " << std::strerror(errno) << '\n';
+    return kExitProblem;
+  }
+  std::cout.flush();
+  std::vector<pid_t> pids;
+  for (int r = 0; r < ranks; ++r) {
+    pid_t pid = ::fork();
+    if (pid < 0) {
+      err << "shardwise bench: fork: " << std::strerror(errno) << '\n';
+      for (pid_t p : pids) ::kill(p, SIGKILL);
+      return kExitProblem;
+    }
+    if (pid == 0) {
+      ::close(res[0]);
+      ::close(go[1]);
+      ::close(go2[1]);
+      RunChild(r, ranks, size, opts, (*repo)->root(), spec, go[0], go2[0], res[1]);
+    }
+    pids.push_back(pid);
+  }
+  ::close(res[1]);
+  ::close(go[0]);
+  ::close(go2[0]);
+  Collector col(res[0], pids);
+  auto fail = [&](const Status& s) {
+    for (pid_t p : pids)
+      if (p > 0) ::kill(p, SIGKILL);
+    for (pid_t p : pids)
+      if (p > 0) ::waitpid(p, nullptr, 0);
+    err << "shardwise bench: " << s.message() << '\n';
+    return kExitProblem;
+  };
+  bool tty = StderrIsTty() && !args->json();
+  if (tty) err << "bench: preparing " << ranks << " x " << FormatBytes(size) << " ..." << std::flush;
+  auto ready = col.Wait('R', ranks);
+  if (!ready.ok()) return fail(ready.status());
+  if (tty) err << "\rbench: saving ...                       " << std::flush;
+  std::string bytes(static_cast<std::size_t>(ranks), 'g');
+  double t0 = os::MonotonicSeconds();
+  if (::write(go[1], bytes.data(), bytes.size()) != static_cast<ssize_t>(bytes.size()))
+    return fail(Status(StatusCode::kInternal, "cannot signal ranks"));
+  auto saved = col.Wait('S', ranks);
+  double save_s = os::MonotonicSeconds() - t0;
+  if (!saved.ok()) return fail(saved.status());
+  if (tty) err << "\rbench: loading ...                      " << std::flush;
+  double t1 = os::MonotonicSeconds();
+  if (::write(go2[1], bytes.data(), bytes.size()) != static_cast<ssize_t>(bytes.size()))
+    return fail(Status(StatusCode::kInternal, "cannot signal ranks"));
+  auto loaded = col.Wait('L', ranks);
+  double load_s = os::MonotonicSeconds() - t1;
+  if (!loaded.ok()) return fail(loaded.status());
+  auto verified = col.Wait('V', ranks);
+  if (!verified.ok()) return fail(verified.status());
+  for (pid_t p : pids)
+    if (p > 0) ::waitpid(p, nullptr, 0);
+  if (tty) err << "\r\033[K" << std::flush;
+
+  std::uint64_t data_bytes = 0, file_bytes = 0;
+  std::size_t items = 0;
+  for (const auto& v : *verified) {
+    items += std::stoull(v[2]);
+    data_bytes += std::stoull(v[3]);
+  }
+  double max_write = 0, commit = 0;
+  std::string backend;
+  bool direct = false;
+  for (const auto& s : *saved) {
+    max_write = std::max(max_write, std::stod(s[2]));
+    commit = std::max(commit, std::stod(s[3]));
+    backend = s[4];
+    direct = s[5] == "1";
+    file_bytes += std::stoull(s[6]);
+  }
+  bool keep = args->Has("keep");
+  std::string ckpt_dir = os::JoinPath((*repo)->root(), spec.name);
+  if (!keep) {
+    (void)os::RemoveTree(ckpt_dir);
+    // Do not leave `latest` naming the removed benchmark checkpoint.
+    auto latest = os::ReadSmallFile(os::JoinPath((*repo)->root(), "latest"), 4096);
+    if (latest.ok() && *latest == spec.name + "\n")
+      (void)os::Unlink(os::JoinPath((*repo)->root(), "latest"));
+  }
+  auto gbps = [](std::uint64_t b, double s) { return s > 0 ? static_cast<double>(b) / s / 1e9 : 0; };
+  if (args->json()) {
+    nlohmann::ordered_json j;
+    j["dir"] = (*repo)->root();
+    j["ranks"] = ranks;
+    j["size_per_rank"] = size;
+    j["items"] = items;
+    j["backend"] = backend;
+    j["direct_io"] = direct;
+    j["queue_depth"] = opts.queue_depth;
+    j["io_unit_bytes"] = opts.io_unit_bytes;
+    j["save"] = {{"bytes", data_bytes}, {"file_bytes", file_bytes}, {"seconds", save_s},
+                 {"gb_per_s", gbps(data_bytes, save_s)}, {"max_rank_write_seconds", max_write},
+                 {"commit_seconds", commit}};
+    j["load"] = {{"bytes", data_bytes}, {"seconds", load_s}, {"gb_per_s", gbps(data_bytes, load_s)}};
+    j["verified"] = true;
+    j["checkpoint"] = keep ? nlohmann::ordered_json(ckpt_dir) : nlohmann::ordered_json(nullptr);
+    out << j.dump(2) << '\n';
+    return kExitOk;
+  }
+  char line[256];
+  out << "shardwise bench: " << ranks << " rank(s) x " << FormatBytes(size) << " in "
+      << (*repo)->root() << "\n"
+      << "  backend " << backend << ", O_DIRECT " << (direct ? "on" : "off") << ", queue depth "
+      << opts.queue_depth << ", I/O unit " << FormatBytes(opts.io_unit_bytes) << ", " << items
+      << " items\n";
+  std::snprintf(line, sizeof line, "  save  %s in %s: %.2f GB/s (durable; commit %s)\n",
+                FormatBytes(data_bytes).c_str(), FormatSeconds(save_s).c_str(),
+                gbps(data_bytes, save_s), FormatSeconds(commit).c_str());
+  out << line;
+  std::snprintf(line, sizeof line, "  load  %s in %s: %.2f GB/s (checksums verified, bit-exact)\n",
+                FormatBytes(data_bytes).c_str(), FormatSeconds(load_s).c_str(),
+                gbps(data_bytes, load_s));
+  out << line;
+  if (keep) out << "  kept  " << ckpt_dir << '\n';
+  return kExitOk;
+}
+
+}  // namespace shardwise::cli

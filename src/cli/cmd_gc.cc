@@ -1,0 +1,93 @@
+#include <nlohmann/json.hpp>
+
+#include "cli/args.h"
+#include "cli/cli.h"
+#include "cli/output.h"
+#include "shardwise/repository.h"
+
+namespace shardwise::cli {
+
+constexpr char kGcHelp[] = R"(Usage: shardwise gc ROOT [--keep-last N] [--keep-every K] [--dry-run]
+                       [--grace SECONDS] [--verify] [--json]
+
+Clean up a checkpoint root.
+
+Always: remove staging directories of saves that were abandoned (a crash or a
+killed job). A staging directory counts as abandoned only when no process
+holds its lock and nothing in it changed for the grace period (default 900 s,
+SHARDWISE_STAGING_GRACE_S), so a save still in progress is never touched.
+Leftovers of replaced or interrupted deletions are removed too.
+
+With --keep-last and/or --keep-every: retention. A committed checkpoint is
+kept when it is among the N newest, or its step is a multiple of K, or
+`latest` names it, or it is not older than the newest valid checkpoint (its
+manifest, file sizes and headers check out; with --verify, every checksum
+too). Everything else is deleted: first renamed out of sight, then removed.
+If no checkpoint is valid, nothing is deleted.
+
+Options:
+  --keep-last N     keep the N newest committed checkpoints (N >= 1)
+  --keep-every K    also keep checkpoints whose step is a multiple of K
+  --dry-run         report what would be removed; change nothing
+  --grace SECONDS   staging directories younger than this are kept
+  --verify          verify all data of the newest checkpoint before deleting
+  --json            machine-readable output (schema in docs/cli.md)
+  --help            this text
+
+Exit codes: 0 done; 1 a removal failed; 2 usage error or ROOT unreadable.
+)";
+
+int RunGc(const Argv& argv, std::ostream& out, std::ostream& err) {
+  auto args = Args::Parse(argv, {{"json"}, {"dry-run"}, {"verify"},
+                                 {"keep-last", true}, {"keep-every", true}, {"grace", true}});
+  if (!args.ok()) return UsageError(err, "gc", args.status().message());
+  if (args->help()) {
+    out << kGcHelp;
+    return kExitOk;
+  }
+  if (args->positional().size() != 1) return UsageError(err, "gc", "expected one ROOT");
+  GcOptions gc;
+  auto keep_last = args->GetInt("keep-last", 1, 1 << 30);
+  auto keep_every = args->GetInt("keep-every", 1, 1ll << 62);
+  auto grace = args->GetDouble("grace", 0);
+  for (const Status* s : {&keep_last.status(), &keep_every.status(), &grace.status()})
+    if (!s->ok()) return UsageError(err, "gc", s->message());
+  if (*keep_last) gc.keep_last = static_cast<int>(**keep_last);
+  if (*keep_every) gc.keep_every = static_cast<int>(std::min<long long>(**keep_every, 1 << 30));
+  if (*grace) gc.staging_grace_s = **grace;
+  gc.dry_run = args->Has("dry-run");
+  gc.full_verify = args->Has("verify");
+  auto opts = Options::FromEnv();
+  if (!opts.ok()) return UsageError(err, "gc", opts.status().message());
+  auto repo = Repository::Open(args->positional()[0], *opts, false);
+  if (!repo.ok()) return UsageError(err, "gc", repo.status().message());
+  auto report = (*repo)->Gc(gc);
+  if (!report.ok()) {
+    err << "shardwise gc: " << report.status().message() << '\n';
+    return kExitProblem;
+  }
+  if (args->json()) {
+    nlohmann::ordered_json j;
+    j["root"] = (*repo)->root();
+    j["dry_run"] = report->dry_run;
+    j["removed_staging"] = report->removed_staging;
+    j["removed_checkpoints"] = report->removed_checkpoints;
+    j["kept"] = report->kept;
+    j["newest_valid"] = report->newest_valid.empty()
+                            ? nlohmann::ordered_json(nullptr)
+                            : nlohmann::ordered_json(report->newest_valid);
+    out << j.dump(2) << '\n';
+    return kExitOk;
+  }
+  const char* verb = report->dry_run ? "would remove" : "removed";
+  for (const auto& s : report->removed_staging) out << verb << " staging  " << s << '\n';
+  for (const auto& s : report->removed_checkpoints) out << verb << " checkpoint  " << s << '\n';
+  out << (report->dry_run ? "dry run: " : "") << report->removed_staging.size()
+      << " staging/leftover entr" << (report->removed_staging.size() == 1 ? "y" : "ies")
+      << " and " << report->removed_checkpoints.size() << " checkpoint(s) "
+      << (report->dry_run ? "would be removed" : "removed") << "; " << report->kept.size()
+      << " checkpoint(s) kept.\n";
+  return kExitOk;
+}
+
+}  // namespace shardwise::cli

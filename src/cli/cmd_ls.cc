@@ -1,0 +1,119 @@
+#include <nlohmann/json.hpp>
+
+#include "cli/args.h"
+#include "cli/cli.h"
+#include "cli/output.h"
+#include "os/posix.h"
+#include "shardwise/repository.h"
+
+namespace shardwise::cli {
+
+constexpr char kLsHelp[] = R"(Usage: shardwise ls ROOT [--json]
+
+List the checkpoints under ROOT.
+
+Committed checkpoints are shown oldest first with their step, commit time
+(UTC), number of ranks, size and whether `latest` names them. Below them,
+staging directories: saves in progress ("active") or abandoned by a crash
+("abandoned", removed by `shardwise gc`), and leftovers of replaced or
+deleted checkpoints. A directory whose manifest is damaged is listed as
+"invalid" with the reason.
+
+Options:
+  --json    machine-readable output (schema in docs/cli.md)
+  --help    this text
+
+Exit codes: 0 listed; 2 ROOT missing or unreadable.
+)";
+
+int RunLs(const Argv& argv, std::ostream& out, std::ostream& err) {
+  auto args = Args::Parse(argv, {{"json"}});
+  if (!args.ok()) return UsageError(err, "ls", args.status().message());
+  if (args->help()) {
+    out << kLsHelp;
+    return kExitOk;
+  }
+  if (args->positional().size() != 1) return UsageError(err, "ls", "expected one ROOT");
+  const std::string root = args->positional()[0];
+  auto opts = Options::FromEnv();
+  if (!opts.ok()) return UsageError(err, "ls", opts.status().message());
+  auto repo = Repository::Open(root, *opts, /*create=*/false);
+  if (!repo.ok()) return UsageError(err, "ls", repo.status().message());
+  auto list = (*repo)->List();
+  if (!list.ok()) return UsageError(err, "ls", list.status().message());
+
+  double now = os::NowUnix();
+  if (args->json()) {
+    nlohmann::ordered_json j;
+    j["root"] = (*repo)->root();
+    auto latest = (*repo)->Latest();
+    j["latest"] = latest.ok() && *latest ? nlohmann::ordered_json(**latest) : nullptr;
+    j["checkpoints"] = nlohmann::ordered_json::array();
+    j["staging"] = nlohmann::ordered_json::array();
+    for (const auto& c : *list) {
+      nlohmann::ordered_json e;
+      if (c.state == CheckpointInfo::State::kCommitted ||
+          c.state == CheckpointInfo::State::kInvalid) {
+        e["name"] = c.name;
+        e["state"] = CheckpointStateName(c.state);
+        e["step"] = c.step >= 0 ? nlohmann::ordered_json(c.step) : nullptr;
+        e["time_unix"] = c.created_unix;
+        e["world_size"] = c.world_size;
+        e["bytes"] = c.bytes;
+        e["items"] = c.items;
+        e["save_id"] = c.save_id;
+        e["latest"] = c.is_latest;
+        e["problem"] = c.problem.empty() ? nullptr : nlohmann::ordered_json(c.problem);
+        j["checkpoints"].push_back(e);
+      } else {
+        e["dir"] = c.dir_name;
+        e["name"] = c.name;
+        e["state"] = CheckpointStateName(c.state);
+        e["save_id"] = c.save_id;
+        e["active"] = c.active;
+        e["age_s"] = now - c.created_unix;
+        j["staging"].push_back(e);
+      }
+    }
+    out << j.dump(2) << '\n';
+    return kExitOk;
+  }
+
+  std::vector<std::vector<std::string>> rows = {
+      {"NAME", "STEP", "TIME (UTC)", "RANKS", "SIZE", "LATEST"}};
+  std::vector<std::vector<std::string>> staging = {{"DIRECTORY", "STATE", "AGE"}};
+  std::vector<std::string> invalid;
+  for (const auto& c : *list) {
+    switch (c.state) {
+      case CheckpointInfo::State::kCommitted:
+        rows.push_back({c.name, c.step >= 0 ? std::to_string(c.step) : "-",
+                        FormatTime(c.created_unix), std::to_string(c.world_size),
+                        FormatBytes(c.bytes), c.is_latest ? "*" : ""});
+        break;
+      case CheckpointInfo::State::kInvalid:
+        rows.push_back({c.name, "?", "-", "-", "-", "INVALID"});
+        invalid.push_back(c.name + ": " + c.problem);
+        break;
+      case CheckpointInfo::State::kStaging:
+        staging.push_back({c.dir_name, c.active ? "active" : "abandoned",
+                           FormatSeconds(now - c.created_unix)});
+        break;
+      case CheckpointInfo::State::kLeftover:
+        staging.push_back({c.dir_name, "leftover", FormatSeconds(now - c.created_unix)});
+        break;
+    }
+  }
+  if (rows.size() == 1) {
+    out << "No committed checkpoints in " << (*repo)->root() << ".\n";
+  } else {
+    PrintTable(out, rows, {1, 3, 4});
+  }
+  for (const auto& line : invalid) out << "invalid: " << line << '\n';
+  if (staging.size() > 1) {
+    out << "\nStaging and leftovers (not checkpoints; `shardwise gc` removes abandoned ones):\n";
+    PrintTable(out, staging, {2});
+  }
+  return kExitOk;
+}
+
+}  // namespace shardwise::cli

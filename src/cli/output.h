@@ -1,0 +1,46 @@
+// Human output helpers for the CLI: aligned tables, times, a progress line.
+#pragma once
+
+#include <cstdint>
+#include <ostream>
+#include <string>
+#include <vector>
+
+namespace shardwise::cli {
+
+// Prints rows as columns separated by two spaces; the first row is the
+// header. Columns listed in right_align are right-aligned (numbers).
+void PrintTable(std::ostream& out, const std::vector<std::vector<std::string>>& rows,
+                const std::vector<std::size_t>& right_align = {});
+
+// "2026-11-29 17:05:03" in UTC.
+std::string FormatTime(double unix_seconds);
+std::string FormatShape(const std::vector<std::int64_t>& shape);
+std::string FormatSeconds(double s);
+
+// A one-line progress display on a terminal (stderr); silent otherwise.
+class Progress {
+ public:
+  Progress(std::ostream& err, bool enabled, std::string label);
+  ~Progress();
+  void Update(std::uint64_t done, std::uint64_t total);
+  void Finish();
+
+ private:
+  std::ostream& err_;
+  bool enabled_;
+  std::string label_;
+  double start_;
+  double last_ = 0;
+  bool shown_ = false;
+};
+
+// Whether stderr is a terminal.
+bool StderrIsTty();
+
+}  // namespace shardwise::cli
+
+namespace shardwise::cli {
+// Prints "shardwise VERB: MESSAGE" and a hint, returns kExitUsage (2).
+int UsageError(std::ostream& err, const std::string& verb, const std::string& message);
+}  // namespace shardwise::cli

@@ -1,0 +1,401 @@
+#include <fcntl.h>
+#include <sys/stat.h>
+
+#include <algorithm>
+#include <atomic>
+#include <cinttypes>
+#include <cstdio>
+#include <cstring>
+#include <mutex>
+#include <optional>
+
+#include "format/crc32c.h"
+#include "format/manifest.h"
+#include "format/shard_header.h"
+#include "io/aligned_buffer.h"
+#include "io/backend.h"
+#include "os/posix.h"
+#include "shardwise/reader.h"
+
+namespace shardwise {
+namespace {
+
+// A contiguous byte run of a read: `len` bytes from chunk byte `src` to
+// destination byte `dst`. Runs of one request ascend in `src`.
+struct Run {
+  std::uint64_t src, dst, len;
+};
+
+// A unit of I/O: consecutive checksum blocks of one chunk.
+struct ReadUnit {
+  std::size_t request;        // index into the request list (or chunk list)
+  const ItemRecord* item;
+  std::size_t chunk;
+  std::uint64_t first_block;
+  std::uint64_t nblocks;
+};
+
+std::string Dims(const std::vector<std::int64_t>& v) {
+  std::string s = "[";
+  for (std::size_t i = 0; i < v.size(); ++i) s += (i ? "," : "") + std::to_string(v[i]);
+  return s + "]";
+}
+
+// Enumerates the runs copying box (o, L) of a chunk of shape S into a
+// row-major destination of shape D at position p.
+std::vector<Run> MakeRuns(const std::vector<std::int64_t>& S,
+                          const std::vector<std::int64_t>& o,
+                          const std::vector<std::int64_t>& L,
+                          const std::vector<std::int64_t>& D,
+                          const std::vector<std::int64_t>& p, std::uint64_t esize) {
+  const std::size_t n = S.size();
+  std::vector<Run> runs;
+  for (std::int64_t l : L)
+    if (l == 0) return runs;
+  if (n == 0) return {{0, 0, esize}};
+  // Strides in elements.
+  std::vector<std::uint64_t> ss(n), ds(n);
+  ss[n - 1] = ds[n - 1] = 1;
+  for (std::size_t d = n - 1; d > 0; --d) {
+    ss[d - 1] = ss[d] * static_cast<std::uint64_t>(S[d]);
+    ds[d - 1] = ds[d] * static_cast<std::uint64_t>(D[d]);
+  }
+  // Merge trailing dims where both sides are contiguous.
+  std::size_t k = n - 1;
+  std::uint64_t run_elems = static_cast<std::uint64_t>(L[k]);
+  while (k > 0 && L[k] == S[k] && L[k] == D[k]) {
+    --k;
+    run_elems *= static_cast<std::uint64_t>(L[k]);
+  }
+  std::vector<std::int64_t> idx(k, 0);
+  while (true) {
+    std::uint64_t s = 0, t = 0;
+    for (std::size_t d = 0; d < k; ++d) {
+      s += static_cast<std::uint64_t>(o[d] + idx[d]) * ss[d];
+      t += static_cast<std::uint64_t>(p[d] + idx[d]) * ds[d];
+    }
+    s += static_cast<std::uint64_t>(o[k]) * ss[k];
+    t += static_cast<std::uint64_t>(p[k]) * ds[k];
+    runs.push_back({s * esize, t * esize, run_elems * esize});
+    std::size_t d = k;
+    while (d > 0) {
+      --d;
+      if (++idx[d] < L[d]) break;
+      idx[d] = 0;
+      if (d == 0) return runs;
+    }
+    if (k == 0) return runs;
+  }
+}
+
+}  // namespace
+
+struct CheckpointReader::Impl {
+  std::string dir;
+  Options options;
+  Manifest manifest;
+  std::unique_ptr<io::IoBackend> backend;
+  bool direct_io = false;
+  std::mutex mu;
+  std::vector<std::optional<os::File>> files;
+  std::vector<Status> file_status;  // result of the first open
+  std::vector<bool> opened;
+
+  std::string FilePath(std::uint32_t f) const {
+    return os::JoinPath(dir, manifest.files[f].name);
+  }
+
+  // Opens file f once and checks type, size and header.
+  Status OpenFile(std::uint32_t f) {
+    std::lock_guard lock(mu);
+    if (opened[f]) return file_status[f];
+    opened[f] = true;
+    file_status[f] = OpenAndCheck(f);
+    return file_status[f];
+  }
+
+  Status OpenAndCheck(std::uint32_t f) {
+    const FileRecord& rec = manifest.files[f];
+    std::string path = FilePath(f);
+    // O_NOFOLLOW: a shard that is a symlink (maybe pointing outside the
+    // checkpoint) is refused. O_NONBLOCK: opening a FIFO must not hang.
+    int flags = O_RDONLY | O_NOFOLLOW | O_NONBLOCK | (direct_io ? O_DIRECT : 0);
+    auto file = os::Open(path, flags);
+    if (!file.ok()) {
+      if (file.status().err() == ELOOP)
+        return Corrupt(path + ": is a symbolic link; shard files must be regular files",
+                       path);
+      if (file.status().err() == ENOENT)
+        return Corrupt(path + ": missing (the manifest lists it)", path);
+      return file.status();
+    }
+    struct stat st;
+    if (::fstat(file->fd(), &st) != 0) return IoError("fstat", path, errno);
+    if (!S_ISREG(st.st_mode)) return Corrupt(path + ": not a regular file", path);
+    if (static_cast<std::uint64_t>(st.st_size) != rec.size)
+      return Corrupt(path + ": size is " + std::to_string(st.st_size) +
+                         " bytes, the manifest says " + std::to_string(rec.size) +
+                         (static_cast<std::uint64_t>(st.st_size) < rec.size
+                              ? " (truncated)"
+                              : " (extra bytes)"),
+                     path);
+    if (rec.size < format::kShardHeaderBytes)
+      return Corrupt(path + ": too small for a shard header", path);
+    io::AlignedBuffer hdr(format::kShardHeaderBytes);
+    SW_RETURN_IF_ERROR(os::PreadAll(file->fd(), hdr.data(), format::kShardHeaderBytes, 0, path));
+    SW_ASSIGN_OR_RETURN(format::ShardHeader h, format::DecodeShardHeader(hdr.data(), path));
+    if (h.rank != rec.rank)
+      return Corrupt(path + ": header says rank " + std::to_string(h.rank) +
+                         ", the manifest says " + std::to_string(rec.rank),
+                     path);
+    if (h.save_id != manifest.save_id)
+      return Corrupt(path + ": written by save attempt '" + h.save_id +
+                         "', the manifest belongs to '" + manifest.save_id + "'",
+                     path);
+    if (h.file_size != rec.size || h.checksum_block != manifest.checksum_block)
+      return Corrupt(path + ": header disagrees with the manifest (size or block size)",
+                     path);
+    files[f] = std::move(*file);
+    return Status::Ok();
+  }
+
+  Status Mismatch(const ItemRecord& it, std::size_t c, std::uint64_t block,
+                  std::uint32_t stored, std::uint32_t actual) const {
+    const ChunkRecord& ch = it.chunks[c];
+    char buf[64];
+    std::snprintf(buf, sizeof buf, "stored %08" PRIx32 ", computed %08" PRIx32, stored, actual);
+    std::string path = FilePath(ch.file);
+    return Corrupt("checksum mismatch in item '" + it.name + "' (chunk at offsets " +
+                       Dims(ch.offsets) + "): file " + path + ", bytes " +
+                       std::to_string(ch.offset + block * manifest.checksum_block) +
+                       "..+" +
+                       std::to_string(std::min(manifest.checksum_block,
+                                               ch.length - block * manifest.checksum_block)) +
+                       " (" + buf + ")",
+                   path);
+  }
+
+  // Adds units covering blocks [b0, b1] of a chunk.
+  void AddUnits(std::size_t req, const ItemRecord* it, std::size_t c, std::uint64_t b0,
+                std::uint64_t b1, std::vector<ReadUnit>& out,
+                std::vector<io::IoUnit>& io_units) {
+    const ChunkRecord& ch = it->chunks[c];
+    const std::uint64_t B = manifest.checksum_block;
+    const std::uint64_t per_unit = std::max<std::uint64_t>(1, options.io_unit_bytes / B);
+    for (std::uint64_t b = b0; b <= b1; b += per_unit) {
+      std::uint64_t nb = std::min(per_unit, b1 - b + 1);
+      std::uint64_t bytes = std::min(nb * B, ch.length - b * B);
+      out.push_back({req, it, c, b, nb});
+      io_units.push_back({files[ch.file]->fd(), nullptr, ch.offset + b * B,
+                          static_cast<std::uint32_t>(io::AlignUp(bytes))});
+    }
+  }
+
+  void FixPaths(std::vector<ReadUnit>& units, std::vector<io::IoUnit>& io_units,
+                std::vector<std::string>& paths) {
+    paths.resize(manifest.files.size());
+    for (std::size_t u = 0; u < units.size(); ++u) {
+      std::uint32_t f = units[u].item->chunks[units[u].chunk].file;
+      if (paths[f].empty()) paths[f] = FilePath(f);
+      io_units[u].path = &paths[f];
+    }
+  }
+
+  Status CheckBlocks(const ReadUnit& u, const std::byte* buf, const std::vector<Run>* runs,
+                     std::byte* dst) const {
+    const ChunkRecord& ch = u.item->chunks[u.chunk];
+    const std::uint64_t B = manifest.checksum_block;
+    for (std::uint64_t k = 0; k < u.nblocks; ++k) {
+      std::uint64_t b = u.first_block + k;
+      std::uint64_t lo = b * B, len = std::min(B, ch.length - lo), hi = lo + len;
+      const std::byte* src = buf + k * B;
+      std::uint32_t stored = ch.crc32c[b];
+      if (!runs) {
+        std::uint32_t actual = format::Crc32c(src, len);
+        if (actual != stored) return Mismatch(*u.item, u.chunk, b, stored, actual);
+        continue;
+      }
+      // First run ending after lo.
+      auto it = std::upper_bound(runs->begin(), runs->end(), lo,
+                                 [](std::uint64_t v, const Run& r) { return v < r.src + r.len; });
+      if (it != runs->end() && it->src <= lo && it->src + it->len >= hi) {
+        // One run covers the block: copy and check in one pass.
+        std::uint32_t actual = format::Crc32cCopy(dst + it->dst + (lo - it->src), src, len);
+        if (actual != stored) return Mismatch(*u.item, u.chunk, b, stored, actual);
+        continue;
+      }
+      std::uint32_t actual = format::Crc32c(src, len);
+      if (actual != stored) return Mismatch(*u.item, u.chunk, b, stored, actual);
+      for (; it != runs->end() && it->src < hi; ++it) {
+        std::uint64_t a = std::max(lo, it->src), e = std::min(hi, it->src + it->len);
+        if (a < e) std::memcpy(dst + it->dst + (a - it->src), src + (a - lo), e - a);
+      }
+    }
+    return Status::Ok();
+  }
+};
+
+CheckpointReader::CheckpointReader(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
+CheckpointReader::~CheckpointReader() = default;
+
+const Manifest& CheckpointReader::manifest() const { return impl_->manifest; }
+const std::string& CheckpointReader::dir() const { return impl_->dir; }
+std::string_view CheckpointReader::backend_name() const { return impl_->backend->name(); }
+
+Result<std::unique_ptr<CheckpointReader>> CheckpointReader::Open(const std::string& dir,
+                                                                 const Options& options) {
+  SW_RETURN_IF_ERROR(options.Validate());
+  auto impl = std::make_unique<Impl>();
+  impl->dir = dir;
+  impl->options = options;
+  std::string mpath = os::JoinPath(dir, format::kManifestName);
+  auto text = os::ReadSmallFile(mpath, format::kMaxManifestBytes);
+  if (!text.ok()) {
+    if (text.status().err() == ENOENT)
+      return NotFound(dir + " is not a committed checkpoint (no manifest.json)", dir);
+    if (text.status().err() == ELOOP)
+      return Corrupt(mpath + ": is a symbolic link; refusing to follow it", mpath);
+    return text.status();
+  }
+  SW_ASSIGN_OR_RETURN(impl->manifest, format::Parse(*text, format::kManifestKind, mpath));
+  SW_ASSIGN_OR_RETURN(impl->backend, io::MakeIoBackend(options));
+  // Reads use O_DIRECT where it works, so verification sees the device and
+  // not the page cache.
+  SW_ASSIGN_OR_RETURN(impl->direct_io, io::ResolveDirectIo(options, dir));
+  std::size_t nf = impl->manifest.files.size();
+  impl->files.resize(nf);
+  impl->file_status.resize(nf);
+  impl->opened.assign(nf, false);
+  return std::unique_ptr<CheckpointReader>(new CheckpointReader(std::move(impl)));
+}
+
+Status CheckpointReader::Read(std::span<const ReadRequest> requests) {
+  Impl& m = *impl_;
+  const auto& items = m.manifest.items;
+  std::vector<std::vector<Run>> runs(requests.size());
+  std::vector<ReadUnit> units;
+  std::vector<io::IoUnit> io_units;
+  for (std::size_t r = 0; r < requests.size(); ++r) {
+    const ReadRequest& q = requests[r];
+    if (!q.item || q.item < items.data() || q.item >= items.data() + items.size())
+      return InvalidArgument("read request " + std::to_string(r) +
+                             ": item does not belong to this checkpoint");
+    const ItemRecord& it = *q.item;
+    std::string what = "read of item '" + it.name + "'";
+    if (q.chunk >= it.chunks.size()) return InvalidArgument(what + ": no such chunk");
+    const ChunkRecord& ch = it.chunks[q.chunk];
+    const std::size_t n = ch.sizes.size();
+    std::vector<std::int64_t> o = q.offsets.empty() ? std::vector<std::int64_t>(n, 0) : q.offsets;
+    std::vector<std::int64_t> L = q.lengths.empty() ? ch.sizes : q.lengths;
+    std::vector<std::int64_t> D = q.dst_shape.empty() ? L : q.dst_shape;
+    std::vector<std::int64_t> p =
+        q.dst_offsets.empty() ? std::vector<std::int64_t>(n, 0) : q.dst_offsets;
+    if (o.size() != n || L.size() != n || D.size() != n || p.size() != n)
+      return InvalidArgument(what + ": offsets, lengths and destination must have rank " +
+                             std::to_string(n));
+    for (std::size_t d = 0; d < n; ++d) {
+      if (o[d] < 0 || L[d] < 0 || o[d] + L[d] > ch.sizes[d])
+        return InvalidArgument(what + ": box " + Dims(o) + "+" + Dims(L) +
+                               " lies outside the chunk " + Dims(ch.sizes));
+      if (p[d] < 0 || D[d] < 0 || p[d] + L[d] > D[d])
+        return InvalidArgument(what + ": box does not fit the destination " + Dims(D));
+    }
+    std::uint64_t esize = DTypeSize(it.dtype);
+    auto dvol = format::Volume(D);
+    if (!dvol || *dvol * esize != q.dst_bytes)
+      return InvalidArgument(what + ": destination holds " + std::to_string(q.dst_bytes) +
+                             " bytes, its shape " + Dims(D) + " needs " +
+                             std::to_string(dvol ? *dvol * esize : 0));
+    if (q.dst_bytes > 0 && !q.dst) return InvalidArgument(what + ": destination is null");
+    runs[r] = MakeRuns(ch.sizes, o, L, D, p, esize);
+    if (runs[r].empty()) continue;
+    SW_RETURN_IF_ERROR(m.OpenFile(ch.file));
+    std::uint64_t lo = runs[r].front().src;
+    std::uint64_t hi = runs[r].back().src + runs[r].back().len;
+    const std::uint64_t B = m.manifest.checksum_block;
+    m.AddUnits(r, &it, q.chunk, lo / B, (hi - 1) / B, units, io_units);
+  }
+  std::vector<std::string> paths;
+  m.FixPaths(units, io_units, paths);
+  return m.backend->Read(io_units, [&](std::size_t u, std::byte* buf) {
+    const ReadUnit& ru = units[u];
+    return m.CheckBlocks(ru, buf, &runs[ru.request],
+                         static_cast<std::byte*>(requests[ru.request].dst));
+  });
+}
+
+Status CheckpointReader::ReadItem(std::string_view name, void* dst, std::uint64_t dst_bytes) {
+  const ItemRecord* it = impl_->manifest.FindItem(name);
+  if (!it) return NotFound("no item '" + std::string(name) + "' in " + impl_->dir);
+  std::uint64_t covered = 0;
+  for (const auto& ch : it->chunks) covered += *format::Volume(ch.sizes);
+  if (covered != *format::Volume(it->shape))
+    return Corrupt("item '" + it->name + "' in " + impl_->dir +
+                   ": its chunks do not cover the whole tensor");
+  std::vector<ReadRequest> reqs;
+  for (std::size_t c = 0; c < it->chunks.size(); ++c) {
+    ReadRequest q;
+    q.item = it;
+    q.chunk = c;
+    q.dst = dst;
+    q.dst_bytes = dst_bytes;
+    q.dst_shape = it->shape;
+    q.dst_offsets = it->chunks[c].offsets;
+    reqs.push_back(std::move(q));
+  }
+  return Read(reqs);
+}
+
+Status CheckpointReader::CheckFiles() {
+  for (std::uint32_t f = 0; f < impl_->manifest.files.size(); ++f)
+    SW_RETURN_IF_ERROR(impl_->OpenFile(f));
+  return Status::Ok();
+}
+
+Result<VerifyReport> CheckpointReader::Verify(const ProgressFn& progress) {
+  Impl& m = *impl_;
+  VerifyReport report;
+  const std::uint64_t total = m.manifest.TotalBytes();
+  std::atomic<std::uint64_t> done{0};
+  std::mutex progress_mu;
+  // Group chunks by file so each file is verified (and reported) on its own.
+  std::vector<std::vector<std::pair<const ItemRecord*, std::size_t>>> by_file(
+      m.manifest.files.size());
+  for (const auto& it : m.manifest.items)
+    for (std::size_t c = 0; c < it.chunks.size(); ++c)
+      if (it.chunks[c].length > 0) by_file[it.chunks[c].file].push_back({&it, c});
+  for (std::uint32_t f = 0; f < m.manifest.files.size(); ++f) {
+    const std::string& fname = m.manifest.files[f].name;
+    report.files_checked++;
+    Status s = m.OpenFile(f);
+    if (!s.ok()) {
+      report.problems.push_back({fname, s});
+      done += m.manifest.files[f].size;
+      continue;
+    }
+    std::vector<ReadUnit> units;
+    std::vector<io::IoUnit> io_units;
+    const std::uint64_t B = m.manifest.checksum_block;
+    for (auto [it, c] : by_file[f])
+      m.AddUnits(0, it, c, 0, (it->chunks[c].length - 1) / B, units, io_units);
+    std::vector<std::string> paths;
+    m.FixPaths(units, io_units, paths);
+    s = m.backend->Read(io_units, [&](std::size_t u, std::byte* buf) -> Status {
+      SW_RETURN_IF_ERROR(m.CheckBlocks(units[u], buf, nullptr, nullptr));
+      std::uint64_t d = done += io_units[u].length;
+      if (progress) {
+        std::lock_guard lock(progress_mu);
+        progress(d, total);
+      }
+      return Status::Ok();
+    });
+    std::uint64_t file_bytes = 0;
+    for (const auto& u : io_units) file_bytes += u.length;
+    report.bytes_checked += file_bytes;
+    if (!s.ok()) report.problems.push_back({fname, s});
+  }
+  if (progress) progress(total, total);
+  return report;
+}
+
+}  // namespace shardwise

@@ -1,0 +1,51 @@
+// manifest.json and rank fragments: serialization and the validating parser.
+// Every MUST rule of docs/format.md is checked here, each with its own
+// message, and the self-checksum trailer is verified before anything else.
+#pragma once
+
+#include <string>
+#include <string_view>
+
+#include "shardwise/status.h"
+#include "shardwise/types.h"
+
+namespace shardwise::format {
+
+inline constexpr char kManifestName[] = "manifest.json";
+inline constexpr char kManifestKind[] = "shardwise.checkpoint";
+inline constexpr char kFragmentKind[] = "shardwise.fragment";
+
+// Limits that make absurd inputs an error instead of an allocation.
+inline constexpr std::uint64_t kMaxManifestBytes = 1ull << 30;
+inline constexpr int kMaxDims = 64;
+inline constexpr std::int32_t kMaxWorldSize = 1 << 20;
+inline constexpr std::size_t kMaxNameBytes = 4096;
+inline constexpr std::uint64_t kMaxFileBytes = 1ull << 50;  // 1 PiB
+
+// Serializes (with the self-checksum trailer). `kind` is kManifestKind or
+// kFragmentKind.
+std::string Serialize(const Manifest& m, std::string_view kind);
+
+// Appends the self-checksum trailer to a JSON object text `body` ("{...}"):
+// the result ends with ,"self_crc32c":"xxxxxxxx"}\n where the CRC32C covers
+// `body` exactly. Serialize uses it; tests use it to build hostile inputs.
+std::string Seal(std::string body);
+
+// Parses and validates. `path` names the file in every error.
+Result<Manifest> Parse(std::string_view text, std::string_view kind,
+                       const std::string& path);
+
+// Checks the rules that do not need the JSON (bounds, overlaps, names).
+Status Validate(const Manifest& m, const std::string& path);
+
+// A plain file name: [A-Za-z0-9._-]+, not starting with '.', at most 255
+// bytes. Checkpoint names follow the same rule.
+bool IsSafeFileName(std::string_view name);
+
+// Number of checksum blocks covering `length` bytes.
+std::uint64_t BlockCount(std::uint64_t length, std::uint64_t block);
+
+// Element count of a shape; nullopt on overflow or negative dims.
+std::optional<std::uint64_t> Volume(const std::vector<std::int64_t>& shape);
+
+}  // namespace shardwise::format

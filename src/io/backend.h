@@ -1,0 +1,54 @@
+// The I/O engine behind shard writes and reads. A backend runs a list of
+// units (one aligned file range each) with several in flight: for writes it
+// asks `fill` to produce the unit's bytes into a buffer it owns and then
+// writes them; for reads it reads the bytes and hands them to `consume`.
+// `fill`/`consume` may run on several threads at once.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <span>
+#include <string>
+#include <string_view>
+
+#include "shardwise/options.h"
+#include "shardwise/status.h"
+
+namespace shardwise::io {
+
+struct IoUnit {
+  int fd = -1;
+  const std::string* path = nullptr;  // for error messages; outlives the call
+  std::uint64_t offset = 0;           // 4 KiB-aligned
+  std::uint32_t length = 0;           // multiple of 4 KiB, <= io_unit_bytes
+};
+
+// Called with the unit's index and its buffer (io_unit_bytes, aligned).
+using UnitFn = std::function<Status(std::size_t index, std::byte* buf)>;
+
+class IoBackend {
+ public:
+  virtual ~IoBackend() = default;
+  virtual std::string_view name() const = 0;
+  // Runs every unit; returns the first error, after in-flight I/O settled.
+  virtual Status Write(std::span<const IoUnit> units, const UnitFn& fill) = 0;
+  virtual Status Read(std::span<const IoUnit> units, const UnitFn& consume) = 0;
+};
+
+// Makes the backend `options.io_backend` asks for. kAuto tries io_uring and
+// falls back to threads; kUring fails with kUnavailable when io_uring cannot
+// be set up.
+Result<std::unique_ptr<IoBackend>> MakeIoBackend(const Options& options);
+
+std::unique_ptr<IoBackend> MakeThreadBackend(const Options& options);
+// kUnavailable when io_uring is not compiled in or cannot be initialised.
+Result<std::unique_ptr<IoBackend>> MakeUringBackend(const Options& options);
+
+// Whether O_DIRECT works in `dir`: a probe file is written and removed.
+bool ProbeDirectIo(const std::string& dir);
+// Resolves DirectIoMode for a directory (kOn where unsupported is an error).
+Result<bool> ResolveDirectIo(const Options& options, const std::string& dir);
+
+}  // namespace shardwise::io

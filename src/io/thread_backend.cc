@@ -1,0 +1,87 @@
+// The portable backend: a pool of threads each doing fill+pwrite (or
+// pread+consume) on its own aligned buffer. Used where io_uring is missing
+// or blocked (container seccomp profiles often block it).
+#include <atomic>
+#include <mutex>
+#include <thread>
+#include <vector>
+
+#include "io/aligned_buffer.h"
+#include "io/backend.h"
+#include "os/posix.h"
+
+namespace shardwise::io {
+namespace {
+
+class ThreadBackend final : public IoBackend {
+ public:
+  explicit ThreadBackend(const Options& o)
+      : threads_(o.queue_depth), unit_bytes_(o.io_unit_bytes) {}
+
+  std::string_view name() const override { return "threads"; }
+
+  Status Write(std::span<const IoUnit> units, const UnitFn& fill) override {
+    return Run(units, [&](std::size_t i, std::byte* buf) -> Status {
+      const IoUnit& u = units[i];
+      SW_RETURN_IF_ERROR(fill(i, buf));
+      return os::PwriteAll(u.fd, buf, u.length, u.offset, *u.path);
+    });
+  }
+
+  Status Read(std::span<const IoUnit> units, const UnitFn& consume) override {
+    return Run(units, [&](std::size_t i, std::byte* buf) -> Status {
+      const IoUnit& u = units[i];
+      SW_RETURN_IF_ERROR(os::PreadAll(u.fd, buf, u.length, u.offset, *u.path));
+      return consume(i, buf);
+    });
+  }
+
+ private:
+  Status Run(std::span<const IoUnit> units, const UnitFn& work) {
+    if (units.empty()) return Status::Ok();
+    std::size_t n = std::min<std::size_t>(threads_, units.size());
+    EnsureBuffers(n);
+    std::atomic<std::size_t> next{0};
+    std::atomic<bool> failed{false};
+    std::mutex mu;
+    Status first;
+    auto body = [&](std::size_t t) {
+      std::byte* buf = buffers_[t].data();
+      while (!failed.load(std::memory_order_relaxed)) {
+        std::size_t i = next.fetch_add(1);
+        if (i >= units.size()) return;
+        Status s = work(i, buf);
+        if (!s.ok()) {
+          std::lock_guard lock(mu);
+          if (first.ok()) first = std::move(s);
+          failed = true;
+        }
+      }
+    };
+    if (n == 1) {
+      body(0);
+    } else {
+      std::vector<std::thread> pool;
+      pool.reserve(n);
+      for (std::size_t t = 0; t < n; ++t) pool.emplace_back(body, t);
+      for (auto& th : pool) th.join();
+    }
+    return first;
+  }
+
+  void EnsureBuffers(std::size_t n) {
+    while (buffers_.size() < n) buffers_.emplace_back(unit_bytes_);
+  }
+
+  int threads_;
+  std::uint64_t unit_bytes_;
+  std::vector<AlignedBuffer> buffers_;  // allocated once, reused across calls
+};
+
+}  // namespace
+
+std::unique_ptr<IoBackend> MakeThreadBackend(const Options& options) {
+  return std::make_unique<ThreadBackend>(options);
+}
+
+}  // namespace shardwise::io

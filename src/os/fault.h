@@ -1,0 +1,71 @@
+// The fault-injection seam. Every syscall wrapper in os/ asks Check() before
+// it runs; a test (or SHARDWISE_FAULTS in the environment) can make the Nth
+// call of an operation fail with an errno, come back short, or kill the
+// process on the spot. CrashPoint() marks named steps of the commit protocol
+// where SHARDWISE_CRASH_AT can kill the process.
+//
+// SHARDWISE_FAULTS grammar:  rule[,rule...]   rule = OP@N=ACTION
+//   OP     open|write|read|fsync|rename|fallocate|mkdir|unlink
+//   N      1-based index of the call of that OP that fails (counted per OP,
+//          over the whole process; "N+" fails the Nth and every later call)
+//   ACTION an errno name (EIO, ENOSPC, EDQUOT, EROFS, EACCES, EINTR...),
+//          "short" (a write or read moves half the bytes), or "kill" (SIGKILL)
+// SHARDWISE_CRASH_AT grammar: NAME[@N]  (SIGKILL at the Nth pass of NAME)
+#pragma once
+
+#include <cstdint>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "shardwise/status.h"
+
+namespace shardwise::os {
+
+enum class Op : int {
+  kOpen,
+  kWrite,
+  kRead,
+  kFsync,
+  kRename,
+  kFallocate,
+  kMkdir,
+  kUnlink,
+  kCount
+};
+
+std::string_view OpName(Op op);
+
+struct FaultRule {
+  Op op = Op::kWrite;
+  std::uint64_t nth = 1;  // 1-based
+  bool and_later = false;
+  int err = 0;            // errno to fail with, when not short/kill
+  bool short_io = false;  // move half the bytes
+  bool kill = false;      // SIGKILL the process
+};
+
+enum class FaultKind { kNone, kErrno, kShort };
+
+struct FaultDecision {
+  FaultKind kind = FaultKind::kNone;
+  int err = 0;
+};
+
+// Replaces the active rules and resets the per-op counters.
+void SetFaults(std::vector<FaultRule> rules);
+void ClearFaults();
+// Parses the SHARDWISE_FAULTS grammar.
+Result<std::vector<FaultRule>> ParseFaults(std::string_view spec);
+// Counts one call of `op` and says whether it must fail. Kills the process
+// when a "kill" rule matches.
+FaultDecision Check(Op op);
+// How many calls of `op` were counted since the last SetFaults/ClearFaults.
+std::uint64_t Count(Op op);
+
+// Kills the process with SIGKILL if SHARDWISE_CRASH_AT (or SetCrashPoint)
+// names this point. Names are listed in docs/format.md (commit protocol).
+void CrashPoint(std::string_view name);
+void SetCrashPoint(std::string name, std::uint64_t nth = 1);
+
+}  // namespace shardwise::os

@@ -1,0 +1,422 @@
+#include "os/posix.h"
+
+#include <dirent.h>
+#include <fcntl.h>
+#include <stdio.h>
+#include <sys/file.h>
+#include <sys/random.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <chrono>
+#include <cstring>
+#include <thread>
+
+#include "os/fault.h"
+
+namespace shardwise::os {
+namespace {
+
+// Applies an injected errno fault; returns true when the call must fail.
+bool Injected(Op op, int* err) {
+  FaultDecision d = Check(op);
+  if (d.kind == FaultKind::kErrno) {
+    *err = d.err;
+    return true;
+  }
+  return false;
+}
+
+}  // namespace
+
+File& File::operator=(File&& o) noexcept {
+  if (this != &o) {
+    if (fd_ >= 0) ::close(fd_);
+    fd_ = o.fd_;
+    path_ = std::move(o.path_);
+    o.fd_ = -1;
+  }
+  return *this;
+}
+
+File::~File() {
+  if (fd_ >= 0) ::close(fd_);
+}
+
+Status File::Close() {
+  if (fd_ < 0) return Status::Ok();
+  int fd = fd_;
+  fd_ = -1;
+  // Linux closes the descriptor even when close() fails; never retry.
+  if (::close(fd) != 0 && errno != EINTR) return IoError("close", path_, errno);
+  return Status::Ok();
+}
+
+Result<File> Open(const std::string& path, int flags, mode_t mode) {
+  int err = 0;
+  if (Injected(Op::kOpen, &err)) return IoError("open", path, err);
+  int fd;
+  do {
+    fd = ::open(path.c_str(), flags | O_CLOEXEC, mode);
+  } while (fd < 0 && errno == EINTR);
+  if (fd < 0) return IoError("open", path, errno);
+  return File(fd, path);
+}
+
+Result<std::size_t> Pwrite(int fd, const void* buf, std::size_t n,
+                           std::uint64_t off, const std::string& path) {
+  FaultDecision d = Check(Op::kWrite);
+  if (d.kind == FaultKind::kErrno) return IoError("write", path, d.err);
+  if (d.kind == FaultKind::kShort && n > 1) n /= 2;
+  ssize_t r;
+  do {
+    r = ::pwrite(fd, buf, n, static_cast<off_t>(off));
+  } while (r < 0 && errno == EINTR);
+  if (r < 0) return IoError("write", path, errno);
+  return static_cast<std::size_t>(r);
+}
+
+Status PwriteAll(int fd, const void* buf, std::size_t n, std::uint64_t off,
+                 const std::string& path) {
+  const auto* p = static_cast<const char*>(buf);
+  while (n > 0) {
+    SW_ASSIGN_OR_RETURN(std::size_t w, Pwrite(fd, p, n, off, path));
+    if (w == 0) return IoError("write (no progress)", path, EIO);
+    p += w;
+    n -= w;
+    off += w;
+  }
+  return Status::Ok();
+}
+
+Result<std::size_t> Pread(int fd, void* buf, std::size_t n, std::uint64_t off,
+                          const std::string& path) {
+  FaultDecision d = Check(Op::kRead);
+  if (d.kind == FaultKind::kErrno) return IoError("read", path, d.err);
+  if (d.kind == FaultKind::kShort && n > 1) n /= 2;
+  ssize_t r;
+  do {
+    r = ::pread(fd, buf, n, static_cast<off_t>(off));
+  } while (r < 0 && errno == EINTR);
+  if (r < 0) return IoError("read", path, errno);
+  return static_cast<std::size_t>(r);
+}
+
+Status PreadAll(int fd, void* buf, std::size_t n, std::uint64_t off,
+                const std::string& path) {
+  auto* p = static_cast<char*>(buf);
+  while (n > 0) {
+    SW_ASSIGN_OR_RETURN(std::size_t r, Pread(fd, p, n, off, path));
+    if (r == 0)
+      return Corrupt("read " + path + ": file is truncated (end of file at " +
+                         std::to_string(off) + ")",
+                     path);
+    p += r;
+    n -= r;
+    off += r;
+  }
+  return Status::Ok();
+}
+
+Status Fsync(int fd, const std::string& path) {
+  int err = 0;
+  if (Injected(Op::kFsync, &err)) return IoError("fsync", path, err);
+  if (::fsync(fd) != 0) return IoError("fsync", path, errno);
+  return Status::Ok();
+}
+
+Status Fdatasync(int fd, const std::string& path) {
+  int err = 0;
+  if (Injected(Op::kFsync, &err)) return IoError("fdatasync", path, err);
+  if (::fdatasync(fd) != 0) return IoError("fdatasync", path, errno);
+  return Status::Ok();
+}
+
+Status Fallocate(int fd, std::uint64_t off, std::uint64_t len,
+                 const std::string& path) {
+  int err = 0;
+  if (Injected(Op::kFallocate, &err)) return IoError("fallocate", path, err);
+  if (len == 0) return Status::Ok();
+  int r;
+  do {
+    r = ::fallocate(fd, 0, static_cast<off_t>(off), static_cast<off_t>(len));
+  } while (r != 0 && errno == EINTR);
+  if (r != 0) {
+    // Preallocation is an optimisation; only a real shortage is an error.
+    if (errno == EOPNOTSUPP || errno == ENOSYS || errno == EINVAL)
+      return Status::Ok();
+    return IoError("fallocate", path, errno);
+  }
+  return Status::Ok();
+}
+
+Status Ftruncate(int fd, std::uint64_t len, const std::string& path) {
+  if (::ftruncate(fd, static_cast<off_t>(len)) != 0)
+    return IoError("ftruncate", path, errno);
+  return Status::Ok();
+}
+
+Status FsyncDir(const std::string& dir) {
+  SW_ASSIGN_OR_RETURN(File f, Open(dir, O_RDONLY | O_DIRECTORY));
+  SW_RETURN_IF_ERROR(Fsync(f.fd(), dir));
+  return f.Close();
+}
+
+Status Rename(const std::string& from, const std::string& to) {
+  int err = 0;
+  if (Injected(Op::kRename, &err))
+    return IoError("rename", from + " -> " + to, err);
+  if (::rename(from.c_str(), to.c_str()) != 0)
+    return IoError("rename", from + " -> " + to, errno);
+  return Status::Ok();
+}
+
+Status RenameNoReplace(const std::string& from, const std::string& to) {
+  int err = 0;
+  if (Injected(Op::kRename, &err))
+    return IoError("rename", from + " -> " + to, err);
+  if (::renameat2(AT_FDCWD, from.c_str(), AT_FDCWD, to.c_str(),
+                  RENAME_NOREPLACE) == 0)
+    return Status::Ok();
+  if (errno != EINVAL && errno != ENOSYS)
+    return IoError("rename", from + " -> " + to, errno);
+  // Filesystem without RENAME_NOREPLACE (older Lustre, NFS): check, then
+  // rename. rename(2) of a directory onto a non-empty one fails anyway.
+  struct stat st;
+  if (::lstat(to.c_str(), &st) == 0)
+    return IoError("rename", from + " -> " + to, EEXIST);
+  if (::rename(from.c_str(), to.c_str()) != 0)
+    return IoError("rename", from + " -> " + to, errno);
+  return Status::Ok();
+}
+
+Status RenameExchange(const std::string& a, const std::string& b) {
+  int err = 0;
+  if (Injected(Op::kRename, &err))
+    return IoError("rename (exchange)", a + " <-> " + b, err);
+  if (::renameat2(AT_FDCWD, a.c_str(), AT_FDCWD, b.c_str(), RENAME_EXCHANGE) ==
+      0)
+    return Status::Ok();
+  if (errno == EINVAL || errno == ENOSYS || errno == EOPNOTSUPP)
+    return Status(StatusCode::kUnavailable,
+                  "rename (exchange) " + a + " <-> " + b + ": not supported",
+                  errno, a);
+  return IoError("rename (exchange)", a + " <-> " + b, errno);
+}
+
+Status Mkdir(const std::string& path, mode_t mode, bool exist_ok) {
+  int err = 0;
+  if (Injected(Op::kMkdir, &err)) return IoError("mkdir", path, err);
+  if (::mkdir(path.c_str(), mode) == 0) return Status::Ok();
+  if (errno == EEXIST && exist_ok) {
+    struct stat st;
+    if (::stat(path.c_str(), &st) == 0 && S_ISDIR(st.st_mode))
+      return Status::Ok();
+    return IoError("mkdir", path, ENOTDIR);
+  }
+  return IoError("mkdir", path, errno);
+}
+
+Status MkdirAll(const std::string& path, mode_t mode) {
+  if (path.empty()) return InvalidArgument("empty directory path");
+  std::size_t pos = 0;
+  while (true) {
+    pos = path.find('/', pos + 1);
+    std::string prefix = path.substr(0, pos);
+    if (!prefix.empty()) SW_RETURN_IF_ERROR(Mkdir(prefix, mode, true));
+    if (pos == std::string::npos) break;
+  }
+  return Status::Ok();
+}
+
+Status Unlink(const std::string& path) {
+  int err = 0;
+  if (Injected(Op::kUnlink, &err)) return IoError("unlink", path, err);
+  if (::unlink(path.c_str()) != 0) return IoError("unlink", path, errno);
+  return Status::Ok();
+}
+
+Status Rmdir(const std::string& path) {
+  int err = 0;
+  if (Injected(Op::kUnlink, &err)) return IoError("rmdir", path, err);
+  if (::rmdir(path.c_str()) != 0) return IoError("rmdir", path, errno);
+  return Status::Ok();
+}
+
+Status RemoveTree(const std::string& path) {
+  struct stat st;
+  if (::lstat(path.c_str(), &st) != 0) {
+    if (errno == ENOENT) return Status::Ok();
+    return IoError("stat", path, errno);
+  }
+  if (!S_ISDIR(st.st_mode)) return Unlink(path);
+  SW_ASSIGN_OR_RETURN(auto entries, ListDir(path));
+  for (const DirEntry& e : entries)
+    SW_RETURN_IF_ERROR(RemoveTree(JoinPath(path, e.name)));
+  return Rmdir(path);
+}
+
+Result<std::vector<DirEntry>> ListDir(const std::string& dir) {
+  DIR* d = ::opendir(dir.c_str());
+  if (!d) return IoError("opendir", dir, errno);
+  std::vector<DirEntry> out;
+  errno = 0;
+  while (struct dirent* e = ::readdir(d)) {
+    if (std::strcmp(e->d_name, ".") == 0 || std::strcmp(e->d_name, "..") == 0)
+      continue;
+    unsigned char type = e->d_type;
+    if (type == DT_UNKNOWN) {
+      struct stat st;
+      std::string full = JoinPath(dir, e->d_name);
+      if (::lstat(full.c_str(), &st) == 0) {
+        type = S_ISDIR(st.st_mode)   ? DT_DIR
+               : S_ISREG(st.st_mode) ? DT_REG
+               : S_ISLNK(st.st_mode) ? DT_LNK
+                                     : DT_UNKNOWN;
+      }
+    }
+    out.push_back({e->d_name, type});
+  }
+  int err = errno;
+  ::closedir(d);
+  if (err != 0) return IoError("readdir", dir, err);
+  return out;
+}
+
+Result<struct stat> Stat(const std::string& path) {
+  struct stat st;
+  if (::stat(path.c_str(), &st) != 0) return IoError("stat", path, errno);
+  return st;
+}
+
+Result<struct stat> Lstat(const std::string& path) {
+  struct stat st;
+  if (::lstat(path.c_str(), &st) != 0) return IoError("stat", path, errno);
+  return st;
+}
+
+bool Exists(const std::string& path) {
+  struct stat st;
+  return ::lstat(path.c_str(), &st) == 0;
+}
+
+Result<std::string> ReadSmallFile(const std::string& path,
+                                  std::uint64_t max_bytes) {
+  // O_NOFOLLOW: a symlinked manifest or pointer is refused, not followed.
+  SW_ASSIGN_OR_RETURN(File f, Open(path, O_RDONLY | O_NOFOLLOW | O_NONBLOCK));
+  struct stat st;
+  if (::fstat(f.fd(), &st) != 0) return IoError("fstat", path, errno);
+  if (!S_ISREG(st.st_mode))
+    return Corrupt(path + ": not a regular file", path);
+  if (static_cast<std::uint64_t>(st.st_size) > max_bytes)
+    return Corrupt(path + ": " + std::to_string(st.st_size) +
+                       " bytes is larger than the limit of " +
+                       std::to_string(max_bytes),
+                   path);
+  std::string data(static_cast<std::size_t>(st.st_size), '\0');
+  std::size_t got = 0;
+  while (got < data.size()) {
+    SW_ASSIGN_OR_RETURN(std::size_t r,
+                        Pread(f.fd(), data.data() + got, data.size() - got,
+                              got, path));
+    if (r == 0) break;
+    got += r;
+  }
+  data.resize(got);
+  return data;
+}
+
+Status WriteFileAtomic(const std::string& path, std::string_view data,
+                       std::string_view crash_tag) {
+  std::string tmp = path + ".tmp-" + RandomHex(6);
+  {
+    SW_ASSIGN_OR_RETURN(File f,
+                        Open(tmp, O_WRONLY | O_CREAT | O_EXCL, 0644));
+    Status s = PwriteAll(f.fd(), data.data(), data.size(), 0, tmp);
+    if (s.ok()) s = Fsync(f.fd(), tmp);
+    if (s.ok()) s = f.Close();
+    if (!s.ok()) {
+      ::unlink(tmp.c_str());
+      return s;
+    }
+  }
+  if (!crash_tag.empty()) CrashPoint(std::string(crash_tag) + ".tmp_synced");
+  Status s = Rename(tmp, path);
+  if (!s.ok()) {
+    ::unlink(tmp.c_str());
+    return s;
+  }
+  if (!crash_tag.empty()) CrashPoint(std::string(crash_tag) + ".renamed");
+  return FsyncDir(Dirname(path));
+}
+
+Status Flock(int fd, bool exclusive, bool try_only, const std::string& path) {
+  int op = (exclusive ? LOCK_EX : LOCK_SH) | (try_only ? LOCK_NB : 0);
+  int r;
+  do {
+    r = ::flock(fd, op);
+  } while (r != 0 && errno == EINTR);
+  if (r == 0) return Status::Ok();
+  if (errno == EWOULDBLOCK || errno == ENOLCK || errno == ENOSYS ||
+      errno == EOPNOTSUPP)
+    return Status(StatusCode::kUnavailable, "flock " + path + ": busy or unsupported",
+                  errno, path);
+  return IoError("flock", path, errno);
+}
+
+std::string JoinPath(std::string_view a, std::string_view b) {
+  std::string out(a);
+  if (!out.empty() && out.back() != '/') out += '/';
+  out += b;
+  return out;
+}
+
+std::string Dirname(const std::string& path) {
+  auto pos = path.find_last_of('/');
+  if (pos == std::string::npos) return ".";
+  if (pos == 0) return "/";
+  return path.substr(0, pos);
+}
+
+std::string Basename(const std::string& path) {
+  auto pos = path.find_last_of('/');
+  return pos == std::string::npos ? path : path.substr(pos + 1);
+}
+
+std::string RandomHex(int bytes) {
+  unsigned char buf[64];
+  if (bytes > 64) bytes = 64;
+  ssize_t got = ::getrandom(buf, static_cast<std::size_t>(bytes), 0);
+  if (got != bytes) {
+    // getrandom cannot fail for <=256 bytes once the pool is ready; mix in
+    // time and pid as a last resort rather than returning a constant.
+    auto t = std::chrono::steady_clock::now().time_since_epoch().count();
+    for (int i = 0; i < bytes; ++i)
+      buf[i] = static_cast<unsigned char>((t >> (i % 8 * 8)) ^ ::getpid() ^ i);
+  }
+  static const char kHex[] = "0123456789abcdef";
+  std::string out;
+  for (int i = 0; i < bytes; ++i) {
+    out += kHex[buf[i] >> 4];
+    out += kHex[buf[i] & 15];
+  }
+  return out;
+}
+
+double NowUnix() {
+  return std::chrono::duration<double>(
+             std::chrono::system_clock::now().time_since_epoch())
+      .count();
+}
+
+double MonotonicSeconds() {
+  return std::chrono::duration<double>(
+             std::chrono::steady_clock::now().time_since_epoch())
+      .count();
+}
+
+void SleepSeconds(double s) {
+  std::this_thread::sleep_for(std::chrono::duration<double>(s));
+}
+
+}  // namespace shardwise::os

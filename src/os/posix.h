@@ -1,0 +1,108 @@
+// The only place shardwise calls POSIX. Each wrapper consults the fault seam
+// (os/fault.h), retries EINTR, and returns a Status naming the path.
+#pragma once
+
+#include <dirent.h>
+#include <sys/stat.h>
+#include <sys/types.h>
+
+#include <cstddef>
+#include <cstdint>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "shardwise/status.h"
+
+namespace shardwise::os {
+
+// An owned file descriptor with the path it was opened from (for errors).
+class File {
+ public:
+  File() = default;
+  File(int fd, std::string path) : fd_(fd), path_(std::move(path)) {}
+  File(File&& o) noexcept : fd_(o.fd_), path_(std::move(o.path_)) { o.fd_ = -1; }
+  File& operator=(File&& o) noexcept;
+  File(const File&) = delete;
+  File& operator=(const File&) = delete;
+  ~File();
+
+  int fd() const { return fd_; }
+  const std::string& path() const { return path_; }
+  bool is_open() const { return fd_ >= 0; }
+  // Closes and reports the error (close can report deferred write errors).
+  Status Close();
+
+ private:
+  int fd_ = -1;
+  std::string path_;
+};
+
+Result<File> Open(const std::string& path, int flags, mode_t mode = 0644);
+// One pwrite; may move fewer bytes (the caller loops).
+Result<std::size_t> Pwrite(int fd, const void* buf, std::size_t n,
+                           std::uint64_t off, const std::string& path);
+// Writes all n bytes, looping over short writes. A write that makes no
+// progress is an error.
+Status PwriteAll(int fd, const void* buf, std::size_t n, std::uint64_t off,
+                 const std::string& path);
+Result<std::size_t> Pread(int fd, void* buf, std::size_t n, std::uint64_t off,
+                          const std::string& path);
+// Reads exactly n bytes; hitting end of file is kCorrupt ("truncated").
+Status PreadAll(int fd, void* buf, std::size_t n, std::uint64_t off,
+                const std::string& path);
+Status Fsync(int fd, const std::string& path);
+Status Fdatasync(int fd, const std::string& path);
+// Reserves space; filesystems without fallocate are not an error.
+Status Fallocate(int fd, std::uint64_t off, std::uint64_t len,
+                 const std::string& path);
+Status Ftruncate(int fd, std::uint64_t len, const std::string& path);
+Status FsyncDir(const std::string& dir);
+Status Rename(const std::string& from, const std::string& to);
+// Fails with kAlreadyExists when `to` exists. Falls back to a check + rename
+// on filesystems without renameat2(RENAME_NOREPLACE).
+Status RenameNoReplace(const std::string& from, const std::string& to);
+// Atomically swaps two paths; kUnavailable where the filesystem cannot.
+Status RenameExchange(const std::string& a, const std::string& b);
+// Creates a directory; an existing directory is fine when exist_ok.
+Status Mkdir(const std::string& path, mode_t mode = 0755, bool exist_ok = false);
+Status MkdirAll(const std::string& path, mode_t mode = 0755);
+Status Unlink(const std::string& path);
+Status Rmdir(const std::string& path);
+// Removes a tree without following symlinks.
+Status RemoveTree(const std::string& path);
+
+struct DirEntry {
+  std::string name;
+  unsigned char type;  // DT_DIR, DT_REG, DT_LNK, DT_UNKNOWN...
+};
+Result<std::vector<DirEntry>> ListDir(const std::string& dir);
+Result<struct stat> Stat(const std::string& path);
+Result<struct stat> Lstat(const std::string& path);
+bool Exists(const std::string& path);
+
+// Reads a whole regular file, refusing anything larger than max_bytes and
+// anything that is not a regular file (no devices, no FIFOs).
+Result<std::string> ReadSmallFile(const std::string& path,
+                                  std::uint64_t max_bytes);
+// The durable small-file write: tmp in the same directory, write, fsync,
+// rename over `path`, fsync the directory. With a crash_tag, the crash points
+// TAG.tmp_synced and TAG.renamed are passed between the steps.
+Status WriteFileAtomic(const std::string& path, std::string_view data,
+                       std::string_view crash_tag = {});
+
+// Advisory whole-file lock (flock). try_only: fail with kUnavailable instead
+// of waiting. Filesystems without flock report kUnavailable too.
+Status Flock(int fd, bool exclusive, bool try_only, const std::string& path);
+
+std::string JoinPath(std::string_view a, std::string_view b);
+std::string Dirname(const std::string& path);
+std::string Basename(const std::string& path);
+
+// A random hex string of `bytes` bytes from the kernel's generator.
+std::string RandomHex(int bytes);
+double NowUnix();
+double MonotonicSeconds();
+void SleepSeconds(double s);
+
+}  // namespace shardwise::os

@@ -1,0 +1,107 @@
+#include "os/posix.h"
+
+#include <fcntl.h>
+#include <gtest/gtest.h>
+
+#include "os/fault.h"
+#include "testing/test_util.h"
+
+namespace shardwise::os {
+namespace {
+
+using shardwise::testing::TempDir;
+
+class PosixTest : public ::testing::Test {
+ protected:
+  void TearDown() override { ClearFaults(); }
+  TempDir dir_;
+};
+
+TEST_F(PosixTest, ParseFaults) {
+  auto r = ParseFaults("write@3=EIO,fsync@1+=ENOSPC,read@2=short,rename@1=kill");
+  ASSERT_TRUE(r.ok()) << r.status().ToString();
+  ASSERT_EQ(r->size(), 4u);
+  EXPECT_EQ((*r)[0].op, Op::kWrite);
+  EXPECT_EQ((*r)[0].nth, 3u);
+  EXPECT_EQ((*r)[0].err, EIO);
+  EXPECT_TRUE((*r)[1].and_later);
+  EXPECT_EQ((*r)[1].err, ENOSPC);
+  EXPECT_TRUE((*r)[2].short_io);
+  EXPECT_TRUE((*r)[3].kill);
+  for (const char* bad : {"write", "write@0=EIO", "bogus@1=EIO", "write@1=EWHAT", "write@x=EIO"})
+    EXPECT_FALSE(ParseFaults(bad).ok()) << bad;
+}
+
+TEST_F(PosixTest, NthWriteFailsWithChosenErrno) {
+  auto f = Open(dir_ / "f", O_WRONLY | O_CREAT, 0644);
+  ASSERT_TRUE(f.ok());
+  SetFaults({{Op::kWrite, 2, false, ENOSPC, false, false}});
+  char buf[16] = {};
+  EXPECT_TRUE(PwriteAll(f->fd(), buf, 16, 0, f->path()).ok());
+  Status s = PwriteAll(f->fd(), buf, 16, 16, f->path());
+  EXPECT_EQ(s.err(), ENOSPC);
+  EXPECT_NE(s.message().find(dir_ / "f"), std::string::npos) << s.message();
+  EXPECT_NE(s.message().find("ENOSPC"), std::string::npos) << s.message();
+  EXPECT_TRUE(PwriteAll(f->fd(), buf, 16, 32, f->path()).ok());  // only the 2nd
+}
+
+TEST_F(PosixTest, ShortWritesAreCompleted) {
+  auto f = Open(dir_ / "f", O_RDWR | O_CREAT, 0644);
+  ASSERT_TRUE(f.ok());
+  SetFaults({{Op::kWrite, 1, true, 0, true, false}});  // every write is short
+  std::string data(1000, 'x');
+  for (std::size_t i = 0; i < data.size(); ++i) data[i] = static_cast<char>('a' + i % 26);
+  ASSERT_TRUE(PwriteAll(f->fd(), data.data(), data.size(), 0, f->path()).ok());
+  EXPECT_GT(Count(Op::kWrite), 5u);
+  ClearFaults();
+  std::string back(1000, '\0');
+  ASSERT_TRUE(PreadAll(f->fd(), back.data(), back.size(), 0, f->path()).ok());
+  EXPECT_EQ(back, data);
+}
+
+TEST_F(PosixTest, ReadPastEndIsTruncation) {
+  auto f = Open(dir_ / "f", O_RDWR | O_CREAT, 0644);
+  ASSERT_TRUE(f.ok());
+  ASSERT_TRUE(PwriteAll(f->fd(), "abc", 3, 0, f->path()).ok());
+  char buf[8];
+  Status s = PreadAll(f->fd(), buf, 8, 0, f->path());
+  EXPECT_EQ(s.code(), StatusCode::kCorrupt);
+  EXPECT_NE(s.message().find("truncated"), std::string::npos);
+}
+
+TEST_F(PosixTest, WriteFileAtomicFailsCleanly) {
+  std::string path = dir_ / "latest";
+  ASSERT_TRUE(WriteFileAtomic(path, "one\n").ok());
+  for (Op op : {Op::kWrite, Op::kFsync, Op::kRename}) {
+    SetFaults({{op, 1, false, EIO, false, false}});
+    Status s = WriteFileAtomic(path, "two\n");
+    EXPECT_FALSE(s.ok()) << OpName(op);
+    ClearFaults();
+    EXPECT_EQ(shardwise::testing::ReadAll(path), "one\n") << OpName(op);
+    auto entries = ListDir(dir_.path());
+    ASSERT_TRUE(entries.ok());
+    EXPECT_EQ(entries->size(), 1u) << "temporary file left behind after " << OpName(op);
+  }
+}
+
+TEST_F(PosixTest, ReadSmallFileRefusesSymlinksDevicesAndHugeFiles) {
+  std::string target = dir_ / "t";
+  shardwise::testing::WriteAll(target, "hello");
+  ASSERT_EQ(::symlink(target.c_str(), (dir_ / "link").c_str()), 0);
+  EXPECT_FALSE(ReadSmallFile(dir_ / "link", 100).ok());
+  EXPECT_EQ(ReadSmallFile("/dev/zero", 100).status().code(), StatusCode::kCorrupt);
+  EXPECT_EQ(ReadSmallFile(target, 3).status().code(), StatusCode::kCorrupt);
+  auto ok = ReadSmallFile(target, 100);
+  ASSERT_TRUE(ok.ok());
+  EXPECT_EQ(*ok, "hello");
+}
+
+TEST_F(PosixTest, RenameNoReplaceRefusesExisting) {
+  ASSERT_TRUE(Mkdir(dir_ / "a").ok());
+  ASSERT_TRUE(Mkdir(dir_ / "b").ok());
+  EXPECT_EQ(RenameNoReplace(dir_ / "a", dir_ / "b").code(), StatusCode::kAlreadyExists);
+  EXPECT_TRUE(RenameNoReplace(dir_ / "a", dir_ / "c").ok());
+}
+
+}  // namespace
+}  // namespace shardwise::os

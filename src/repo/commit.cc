@@ -1,0 +1,290 @@
+// The commit protocol (docs/format.md, "Commit protocol"), followed literally:
+//
+//   1. every rank writes and fsyncs its shard in the staging directory
+//      .NAME.staging-SAVEID/ (Repository::WriteRank);
+//   2. every rank reports success with a fragment file, written to a temporary
+//      name, fsynced, renamed, and the staging directory fsynced;
+//   3. the coordinator waits for all fragments, merges them into
+//      manifest.json (tmp, fsync, rename), removes the fragments, fsyncs the
+//      staging directory, renames it to NAME, fsyncs ROOT, then replaces
+//      `latest` (tmp, fsync, rename, fsync ROOT);
+//   4. only then is the save reported complete.
+//
+// A crash before the rename in step 3 leaves only a staging directory, which
+// readers never look at and gc removes. The os::CrashPoint names below let
+// tests kill the process between every two steps.
+#include <fcntl.h>
+#include <sys/stat.h>
+
+#include <map>
+
+#include "format/manifest.h"
+#include "os/fault.h"
+#include "os/posix.h"
+#include "repo/listing.h"
+#include "repo/repository_impl.h"
+
+namespace shardwise {
+namespace {
+
+// Step of a committed checkpoint, from its manifest; nullopt when unreadable.
+std::optional<std::int64_t> CommittedStep(const std::string& dir) {
+  std::string path = os::JoinPath(dir, format::kManifestName);
+  auto text = os::ReadSmallFile(path, format::kMaxManifestBytes);
+  if (!text.ok()) return std::nullopt;
+  auto m = format::Parse(*text, format::kManifestKind, path);
+  if (!m.ok()) return std::nullopt;
+  return m->step;
+}
+
+// Waits for every rank's fragment; aborts on a failure marker or timeout.
+Status WaitForFragments(const std::string& staging, const SaveSpec& spec,
+                        const Options& options, int lock_fd) {
+  const double deadline = os::MonotonicSeconds() + options.commit_timeout_s;
+  double last_touch = 0;
+  while (true) {
+    SW_ASSIGN_OR_RETURN(auto entries, os::ListDir(staging));
+    std::vector<bool> have(spec.world_size, false);
+    int count = 0;
+    for (const auto& e : entries) {
+      int rank = -1;
+      char tail[32] = {};
+      if (std::sscanf(e.name.c_str(), "rank-%d.%31s", &rank, tail) != 2) continue;
+      if (rank < 0 || rank >= spec.world_size) continue;
+      std::string t(tail);
+      if (t == "fragment.json" && !have[rank]) {
+        have[rank] = true;
+        ++count;
+      } else if (t == "failed") {
+        auto why = os::ReadSmallFile(os::JoinPath(staging, e.name), 1 << 16);
+        return Status(StatusCode::kAborted,
+                      "rank " + std::to_string(rank) + " failed: " +
+                          (why.ok() ? *why : std::string("(reason unreadable)")),
+                      0, staging);
+      }
+    }
+    if (count == spec.world_size) return Status::Ok();
+    double now = os::MonotonicSeconds();
+    if (now >= deadline) {
+      std::string missing;
+      int shown = 0;
+      for (int r = 0; r < spec.world_size && shown < 16; ++r)
+        if (!have[r]) {
+          missing += (shown++ ? ", " : "") + std::to_string(r);
+        }
+      if (spec.world_size - count > shown) missing += ", ...";
+      return Status(StatusCode::kTimeout,
+                    "timed out after " + std::to_string(options.commit_timeout_s) +
+                        " s waiting for ranks " + missing + " to report in " + staging,
+                    0, staging);
+    }
+    // Keep the staging directory visibly alive for gc on filesystems where
+    // flock is not available.
+    if (now - last_touch > 10) {
+      ::futimens(lock_fd, nullptr);
+      last_touch = now;
+    }
+    os::SleepSeconds(options.poll_interval_s);
+  }
+}
+
+// Merges the fragments into one manifest.
+Result<Manifest> MergeFragments(const std::string& staging, const SaveSpec& spec,
+                                const Options& options) {
+  Manifest m;
+  m.name = spec.name;
+  m.step = spec.step;
+  m.save_id = spec.save_id;
+  m.world_size = spec.world_size;
+  m.rank = -1;
+  m.created_unix = os::NowUnix();
+  m.user_json = spec.user_json;
+  m.dcp_json = spec.dcp_json;
+  std::map<std::string, std::size_t, std::less<>> by_name;
+  bool block_set = false;
+  for (int r = 0; r < spec.world_size; ++r) {
+    std::string path = os::JoinPath(staging, repo::FragmentName(r));
+    SW_ASSIGN_OR_RETURN(std::string text, os::ReadSmallFile(path, format::kMaxManifestBytes));
+    SW_ASSIGN_OR_RETURN(Manifest f, format::Parse(text, format::kFragmentKind, path));
+    if (f.save_id != spec.save_id || f.rank != r || f.world_size != spec.world_size ||
+        f.name != spec.name)
+      return Corrupt(path + ": belongs to another save (save_id '" + f.save_id + "', rank " +
+                         std::to_string(f.rank) + ", world size " +
+                         std::to_string(f.world_size) + ")",
+                     path);
+    if (!block_set) {
+      m.checksum_block = f.checksum_block;
+      block_set = true;
+    } else if (f.checksum_block != m.checksum_block) {
+      return Corrupt(path + ": checksum block size differs between ranks", path);
+    }
+    const std::uint32_t base = static_cast<std::uint32_t>(m.files.size());
+    for (const FileRecord& fr : f.files) {
+      // The shard must be there with the size the rank reported.
+      std::string fpath = os::JoinPath(staging, fr.name);
+      SW_ASSIGN_OR_RETURN(struct stat st, os::Lstat(fpath));
+      if (!S_ISREG(st.st_mode) || static_cast<std::uint64_t>(st.st_size) != fr.size)
+        return Corrupt(fpath + ": size or type differs from what rank " + std::to_string(r) +
+                           " reported",
+                       fpath);
+      m.files.push_back(fr);
+    }
+    for (ItemRecord& it : f.items) {
+      for (ChunkRecord& c : it.chunks) c.file += base;
+      auto [pos, fresh] = by_name.try_emplace(it.name, m.items.size());
+      if (fresh) {
+        m.items.push_back(std::move(it));
+        continue;
+      }
+      ItemRecord& have = m.items[pos->second];
+      if (have.kind != it.kind || have.dtype != it.dtype || have.shape != it.shape)
+        return Corrupt("ranks disagree about item '" + it.name +
+                           "' (kind, dtype or global shape) in " + staging,
+                       staging);
+      for (ChunkRecord& c : it.chunks) have.chunks.push_back(std::move(c));
+    }
+  }
+  (void)options;
+  SW_RETURN_IF_ERROR(format::Validate(m, os::JoinPath(staging, format::kManifestName)));
+  return m;
+}
+
+}  // namespace
+
+Result<CommitResult> Repository::Commit(const SaveSpec& in) {
+  SaveSpec spec = in;
+  SW_RETURN_IF_ERROR(Normalize(spec));
+  auto result = CommitNormalized(spec);
+  const std::string staging = StagingDir(spec);
+  if (!result.ok() && os::Exists(staging)) {
+    // Tell ranks in WaitCommitted to stop waiting. Best effort: the disk may
+    // be what failed.
+    (void)os::WriteFileAtomic(os::JoinPath(staging, "commit.failed"),
+                              result.status().ToString() + "\n");
+  }
+  return result;
+}
+
+Result<CommitResult> Repository::CommitNormalized(const SaveSpec& spec) {
+  const std::string& root = impl_->root;
+  const std::string staging = StagingDir(spec);
+  const std::string final_dir = os::JoinPath(root, spec.name);
+  if (!os::Exists(staging))
+    return NotFound("no staging directory " + staging + " (did any rank write?)", staging);
+  std::string lock_path = os::JoinPath(staging, repo::kLockName);
+  SW_ASSIGN_OR_RETURN(os::File lock, os::Open(lock_path, O_RDWR | O_CREAT, 0644));
+  (void)os::Flock(lock.fd(), false, false, lock_path);
+
+  // Steps 1-2 happened on every rank; wait until all of them reported.
+  SW_RETURN_IF_ERROR(WaitForFragments(staging, spec, impl_->options, lock.fd()));
+  SW_ASSIGN_OR_RETURN(Manifest m, MergeFragments(staging, spec, impl_->options));
+
+  // Step 3a: the commit record, durable inside the staging directory.
+  SW_RETURN_IF_ERROR(os::WriteFileAtomic(os::JoinPath(staging, format::kManifestName),
+                                         format::Serialize(m, format::kManifestKind),
+                                         "manifest"));
+  os::CrashPoint("manifest_written");
+  // Fragments and the lock are no longer needed: the committed directory
+  // holds only the manifest and the shards.
+  for (int r = 0; r < spec.world_size; ++r)
+    SW_RETURN_IF_ERROR(os::Unlink(os::JoinPath(staging, repo::FragmentName(r))));
+  SW_RETURN_IF_ERROR(lock.Close());
+  SW_RETURN_IF_ERROR(os::Unlink(lock_path));
+  // Step 3b: the staging directory's entries are durable.
+  SW_RETURN_IF_ERROR(os::FsyncDir(staging));
+  os::CrashPoint("staging_synced");
+
+  // Step 3c: publish by renaming. Replacing swaps atomically where the
+  // filesystem can, so NAME always holds either the old or the new one.
+  if (os::Exists(final_dir)) {
+    if (!spec.replace)
+      return Status(StatusCode::kAlreadyExists,
+                    "checkpoint " + final_dir + " already exists (pass replace to overwrite it)",
+                    EEXIST, final_dir);
+    const std::string old = os::JoinPath(root, "." + spec.name + repo::kReplacedMarker +
+                                                   spec.save_id);
+    Status x = os::RenameExchange(staging, final_dir);
+    if (x.ok()) {
+      os::CrashPoint("exchanged");
+      SW_RETURN_IF_ERROR(os::FsyncDir(root));
+      SW_RETURN_IF_ERROR(os::Rename(staging, old));
+    } else if (x.code() == StatusCode::kUnavailable) {
+      // No RENAME_EXCHANGE (e.g. Lustre): NAME is briefly absent, never mixed.
+      SW_RETURN_IF_ERROR(os::Rename(final_dir, old));
+      os::CrashPoint("old_moved_aside");
+      SW_RETURN_IF_ERROR(os::Rename(staging, final_dir));
+    } else {
+      return x;
+    }
+    SW_RETURN_IF_ERROR(os::FsyncDir(root));
+    (void)os::RemoveTree(old);  // gc retries if this fails
+  } else {
+    SW_RETURN_IF_ERROR(os::RenameNoReplace(staging, final_dir));
+  }
+  os::CrashPoint("renamed");
+  // Step 3d: the rename is durable.
+  SW_RETURN_IF_ERROR(os::FsyncDir(root));
+  os::CrashPoint("root_synced");
+
+  // Step 3e: `latest` moves forward only (a re-save of an older step does not
+  // pull it back).
+  CommitResult result;
+  result.name = spec.name;
+  result.dir = final_dir;
+  result.bytes = m.TotalBytes();
+  auto current = repo::ReadLatestFile(root);
+  bool advance = true;
+  if (current && *current != spec.name) {
+    auto cur_step = CommittedStep(os::JoinPath(root, *current));
+    if (cur_step && *cur_step > spec.step) advance = false;
+  }
+  if (advance) {
+    SW_RETURN_IF_ERROR(os::WriteFileAtomic(os::JoinPath(root, repo::kLatestName),
+                                           spec.name + "\n", "latest"));
+    result.latest_updated = true;
+  }
+  os::CrashPoint("committed");
+  return result;
+}
+
+Status Repository::WaitCommitted(const SaveSpec& in, double timeout_s) {
+  SaveSpec spec = in;
+  SW_RETURN_IF_ERROR(Normalize(spec));
+  const std::string staging = StagingDir(spec);
+  const std::string manifest = os::JoinPath(os::JoinPath(impl_->root, spec.name),
+                                            format::kManifestName);
+  const double deadline = os::MonotonicSeconds() + timeout_s;
+  while (true) {
+    if (!os::Exists(staging) && os::Exists(manifest)) {
+      SW_ASSIGN_OR_RETURN(std::string text,
+                          os::ReadSmallFile(manifest, format::kMaxManifestBytes));
+      SW_ASSIGN_OR_RETURN(Manifest m, format::Parse(text, format::kManifestKind, manifest));
+      if (m.save_id == spec.save_id) return Status::Ok();
+      return Status(StatusCode::kAborted,
+                    manifest + " was committed by another save (" + m.save_id + ")", 0,
+                    manifest);
+    }
+    if (os::Exists(staging)) {
+      SW_ASSIGN_OR_RETURN(auto entries, os::ListDir(staging));
+      for (const auto& e : entries)
+        if (e.name.size() > 7 && e.name.compare(e.name.size() - 7, 7, ".failed") == 0)
+          return Status(StatusCode::kAborted, "save aborted: " + e.name + " in " + staging, 0,
+                        staging);
+    }
+    if (os::MonotonicSeconds() >= deadline)
+      return Status(StatusCode::kTimeout, "timed out waiting for the commit of " + spec.name,
+                    0, staging);
+    os::SleepSeconds(impl_->options.poll_interval_s);
+  }
+}
+
+Result<CommitResult> Repository::Save(SaveSpec spec, std::span<const WriteItem> items) {
+  if (spec.world_size != 1)
+    return InvalidArgument("Save() is for one process; use WriteRank and Commit for several");
+  SW_RETURN_IF_ERROR(Normalize(spec));
+  SW_ASSIGN_OR_RETURN(RankResult r, WriteRank(spec, items));
+  (void)r;
+  return Commit(spec);
+}
+
+}  // namespace shardwise

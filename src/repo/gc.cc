@@ -1,0 +1,119 @@
+// gc: removes abandoned staging directories and leftovers, and applies
+// retention. Deleting a committed checkpoint first renames it to a hidden
+// .NAME.deleting-ID entry, so it vanishes from listings atomically and a
+// crash mid-delete leaves nothing that looks like a checkpoint.
+#include <algorithm>
+#include <set>
+
+#include "format/manifest.h"
+#include "os/posix.h"
+#include "repo/listing.h"
+#include "repo/repository_impl.h"
+
+namespace shardwise {
+namespace {
+
+// A checkpoint is valid when its manifest parses and every file is present
+// with its size and header; with full_verify, every checksum too.
+bool IsValid(const Repository& repo, const std::string& name, bool full_verify) {
+  auto reader = repo.OpenCheckpoint(name);
+  if (!reader.ok()) return false;
+  if (!(*reader)->CheckFiles().ok()) return false;
+  if (!full_verify) return true;
+  auto report = (*reader)->Verify();
+  return report.ok() && report->problems.empty();
+}
+
+}  // namespace
+
+Result<GcReport> Repository::Gc(const GcOptions& gc) {
+  if (gc.keep_last && *gc.keep_last < 1) return InvalidArgument("keep_last must be >= 1");
+  if (gc.keep_every && *gc.keep_every < 1) return InvalidArgument("keep_every must be >= 1");
+  const std::string& root = impl_->root;
+  const double grace = gc.staging_grace_s.value_or(impl_->options.staging_grace_s);
+  GcReport report;
+  report.dry_run = gc.dry_run;
+  SW_ASSIGN_OR_RETURN(auto all, List());
+
+  // 1. Staging directories nobody works on, and leftovers.
+  for (const auto& c : all) {
+    if (c.state != CheckpointInfo::State::kStaging &&
+        c.state != CheckpointInfo::State::kLeftover)
+      continue;
+    std::string path = os::JoinPath(root, c.dir_name);
+    if (c.state == CheckpointInfo::State::kStaging &&
+        repo::StagingActive(path, grace, nullptr))
+      continue;
+    // A replaced checkpoint whose successor never arrived (crash between the
+    // two renames of a non-atomic replace) is put back, not deleted.
+    std::string name, id;
+    if (repo::ParseHiddenDir(c.dir_name, repo::kReplacedMarker, &name, &id) &&
+        !os::Exists(os::JoinPath(root, name)) &&
+        os::Exists(os::JoinPath(path, format::kManifestName))) {
+      if (!gc.dry_run) {
+        SW_RETURN_IF_ERROR(os::RenameNoReplace(path, os::JoinPath(root, name)));
+        SW_RETURN_IF_ERROR(os::FsyncDir(root));
+      }
+      continue;
+    }
+    if (!gc.dry_run) SW_RETURN_IF_ERROR(os::RemoveTree(path));
+    report.removed_staging.push_back(c.dir_name);
+  }
+  // Temporary files of interrupted atomic writes (latest.tmp-*).
+  SW_ASSIGN_OR_RETURN(auto entries, os::ListDir(root));
+  for (const auto& e : entries) {
+    if (e.type != DT_REG || e.name.rfind(std::string(repo::kLatestName) + ".tmp-", 0) != 0)
+      continue;
+    std::string path = os::JoinPath(root, e.name);
+    auto st = os::Lstat(path);
+    if (st.ok() && os::NowUnix() - static_cast<double>(st->st_mtim.tv_sec) >= grace) {
+      if (!gc.dry_run) SW_RETURN_IF_ERROR(os::Unlink(path));
+      report.removed_staging.push_back(e.name);
+    }
+  }
+
+  // 2. Retention over committed checkpoints (oldest first in `all`).
+  std::vector<const CheckpointInfo*> committed;
+  for (const auto& c : all)
+    if (c.state == CheckpointInfo::State::kCommitted) committed.push_back(&c);
+  if (!gc.keep_last && !gc.keep_every) {
+    for (auto* c : committed) report.kept.push_back(c->name);
+    return report;
+  }
+  // Anchor: the newest checkpoint that is valid. Nothing newer is deleted
+  // (it may be a damaged one an operator wants to look at), and if none is
+  // valid nothing is deleted at all.
+  std::ptrdiff_t anchor = -1;
+  for (std::ptrdiff_t i = static_cast<std::ptrdiff_t>(committed.size()) - 1; i >= 0; --i)
+    if (IsValid(*this, committed[i]->name, gc.full_verify)) {
+      anchor = i;
+      break;
+    }
+  if (anchor < 0) {
+    for (auto* c : committed) report.kept.push_back(c->name);
+    return report;
+  }
+  report.newest_valid = committed[anchor]->name;
+  const std::ptrdiff_t n = static_cast<std::ptrdiff_t>(committed.size());
+  for (std::ptrdiff_t i = 0; i < n; ++i) {
+    const CheckpointInfo& c = *committed[i];
+    bool keep = i >= anchor || c.is_latest ||
+                (gc.keep_last && n - i <= *gc.keep_last) ||
+                (gc.keep_every && c.step >= 0 && c.step % *gc.keep_every == 0);
+    if (keep) {
+      report.kept.push_back(c.name);
+      continue;
+    }
+    if (!gc.dry_run) {
+      std::string hidden = os::JoinPath(root, "." + c.name + repo::kDeletingMarker +
+                                                  os::RandomHex(6));
+      SW_RETURN_IF_ERROR(os::Rename(os::JoinPath(root, c.name), hidden));
+      SW_RETURN_IF_ERROR(os::FsyncDir(root));
+      SW_RETURN_IF_ERROR(os::RemoveTree(hidden));
+    }
+    report.removed_checkpoints.push_back(c.name);
+  }
+  return report;
+}
+
+}  // namespace shardwise

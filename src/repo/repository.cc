@@ -1,0 +1,193 @@
+// Repository basics: opening, naming, and the per-rank write.
+// The commit protocol itself is in commit.cc; listing in listing.cc; gc and
+// retention in gc.cc.
+#include <fcntl.h>
+
+#include <cstdio>
+
+#include "engine/shard_writer.h"
+#include "format/manifest.h"
+#include "os/fault.h"
+#include "os/posix.h"
+#include "repo/repository_impl.h"
+
+namespace shardwise {
+namespace repo {
+
+std::string ShardName(int rank) {
+  char buf[32];
+  std::snprintf(buf, sizeof buf, "rank-%05d.shard", rank);
+  return buf;
+}
+std::string FragmentName(int rank) {
+  char buf[40];
+  std::snprintf(buf, sizeof buf, "rank-%05d.fragment.json", rank);
+  return buf;
+}
+std::string FailedName(int rank) {
+  char buf[32];
+  std::snprintf(buf, sizeof buf, "rank-%05d.failed", rank);
+  return buf;
+}
+
+bool IsSafeSaveId(std::string_view id) {
+  if (id.empty() || id.size() > 64) return false;
+  for (char c : id)
+    if (!((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
+          c == '_' || c == '-'))
+      return false;
+  return true;
+}
+
+bool ParseHiddenDir(std::string_view entry, std::string_view marker, std::string* name,
+                    std::string* id) {
+  if (entry.size() < 2 || entry[0] != '.') return false;
+  auto pos = entry.rfind(marker);
+  if (pos == std::string_view::npos || pos < 2) return false;
+  *name = std::string(entry.substr(1, pos - 1));
+  *id = std::string(entry.substr(pos + marker.size()));
+  return format::IsSafeFileName(*name) && IsSafeSaveId(*id);
+}
+
+}  // namespace repo
+
+Result<io::IoBackend*> Repository::Impl::Backend() {
+  std::lock_guard lock(backend_mu);
+  if (!backend) {
+    SW_ASSIGN_OR_RETURN(backend, io::MakeIoBackend(options));
+  }
+  return backend.get();
+}
+
+std::string_view CheckpointStateName(CheckpointInfo::State state) {
+  switch (state) {
+    case CheckpointInfo::State::kCommitted: return "committed";
+    case CheckpointInfo::State::kInvalid: return "invalid";
+    case CheckpointInfo::State::kStaging: return "staging";
+    case CheckpointInfo::State::kLeftover: return "leftover";
+  }
+  return "unknown";
+}
+
+Repository::Repository(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
+Repository::~Repository() = default;
+const std::string& Repository::root() const { return impl_->root; }
+const Options& Repository::options() const { return impl_->options; }
+
+Result<std::unique_ptr<Repository>> Repository::Open(const std::string& root,
+                                                     const Options& options, bool create) {
+  SW_RETURN_IF_ERROR(options.Validate());
+  if (root.empty()) return InvalidArgument("empty repository root");
+  std::string r = root;
+  while (r.size() > 1 && r.back() == '/') r.pop_back();
+  if (create) SW_RETURN_IF_ERROR(os::MkdirAll(r));
+  auto st = os::Stat(r);
+  if (!st.ok()) return st.status().WithContext("open repository");
+  if (!S_ISDIR(st->st_mode)) return InvalidArgument(r + " is not a directory", r);
+  auto impl = std::make_unique<Impl>();
+  impl->root = r;
+  impl->options = options;
+  return std::unique_ptr<Repository>(new Repository(std::move(impl)));
+}
+
+std::string Repository::StepName(std::int64_t step) {
+  char buf[40];
+  std::snprintf(buf, sizeof buf, "step-%012lld", static_cast<long long>(step));
+  return buf;
+}
+
+Status Repository::Normalize(SaveSpec& spec) {
+  if (spec.step < -1) return InvalidArgument("step must be >= 0 (or -1 for none)");
+  if (spec.name.empty()) {
+    if (spec.step < 0) return InvalidArgument("a save needs a name or a step");
+    spec.name = StepName(spec.step);
+  }
+  if (!format::IsSafeFileName(spec.name) || spec.name == repo::kLatestName)
+    return InvalidArgument("checkpoint name '" + spec.name +
+                           "' must match [A-Za-z0-9._-]+, not start with '.', and not "
+                           "be 'latest'");
+  if (spec.world_size < 1 || spec.world_size > format::kMaxWorldSize)
+    return InvalidArgument("world_size must be in [1, 2^20]");
+  if (spec.rank < 0 || spec.rank >= spec.world_size)
+    return InvalidArgument("rank " + std::to_string(spec.rank) + " is outside [0, " +
+                           std::to_string(spec.world_size) + ")");
+  if (spec.save_id.empty()) {
+    // Ranks of one save must agree on the id; only a lone rank may draw it.
+    if (spec.world_size != 1)
+      return InvalidArgument("a save with several ranks needs a save_id shared by all ranks");
+    spec.save_id = os::RandomHex(8);
+  }
+  if (!repo::IsSafeSaveId(spec.save_id))
+    return InvalidArgument("save_id '" + spec.save_id + "' must match [A-Za-z0-9_-]{1,64}");
+  if (spec.user_json.empty()) spec.user_json = "{}";
+  return Status::Ok();
+}
+
+std::string Repository::StagingDir(const SaveSpec& spec) const {
+  return os::JoinPath(impl_->root, "." + spec.name + repo::kStagingMarker + spec.save_id);
+}
+
+Result<RankResult> Repository::WriteRank(const SaveSpec& in, std::span<const WriteItem> items) {
+  SaveSpec spec = in;
+  SW_RETURN_IF_ERROR(Normalize(spec));
+  const std::string final_dir = os::JoinPath(impl_->root, spec.name);
+  if (!spec.replace && os::Exists(final_dir))
+    return Status(StatusCode::kAlreadyExists,
+                  "checkpoint " + final_dir + " already exists (pass replace to overwrite it)",
+                  EEXIST, final_dir);
+  const std::string staging = StagingDir(spec);
+  auto run = [&]() -> Result<RankResult> {
+    SW_RETURN_IF_ERROR(os::Mkdir(staging, 0755, /*exist_ok=*/true));
+    // Holding the staging lock tells gc this save is alive.
+    std::string lock_path = os::JoinPath(staging, repo::kLockName);
+    SW_ASSIGN_OR_RETURN(os::File lock, os::Open(lock_path, O_RDWR | O_CREAT, 0644));
+    (void)os::Flock(lock.fd(), /*exclusive=*/false, /*try_only=*/false, lock_path);
+    SW_ASSIGN_OR_RETURN(io::IoBackend * backend, impl_->Backend());
+    SW_ASSIGN_OR_RETURN(bool direct, io::ResolveDirectIo(impl_->options, staging));
+    std::string shard = os::JoinPath(staging, repo::ShardName(spec.rank));
+    auto index = engine::WriteShard(shard, spec.rank, spec.save_id, items, impl_->options,
+                                    *backend, direct);
+    if (!index.ok()) {
+      if (index.status().err() == EEXIST)
+        return Status(StatusCode::kAlreadyExists,
+                      shard + " was already written by this save attempt; use a new save_id",
+                      EEXIST, shard);
+      return index.status();
+    }
+    Manifest frag;
+    frag.name = spec.name;
+    frag.step = spec.step;
+    frag.save_id = spec.save_id;
+    frag.world_size = spec.world_size;
+    frag.rank = spec.rank;
+    frag.created_unix = os::NowUnix();
+    frag.checksum_block = impl_->options.checksum_block_bytes;
+    frag.files.push_back(index->file);
+    frag.items = std::move(index->items);
+    SW_RETURN_IF_ERROR(os::WriteFileAtomic(os::JoinPath(staging, repo::FragmentName(spec.rank)),
+                                           format::Serialize(frag, format::kFragmentKind),
+                                           "fragment"));
+    os::CrashPoint("fragment_written");
+    RankResult r;
+    r.shard_path = shard;
+    r.bytes = index->file.size;
+    r.seconds = index->seconds;
+    r.backend = index->file.backend;
+    r.direct_io = direct;
+    return r;
+  };
+  auto result = run();
+  if (!result.ok()) (void)ReportFailure(spec, result.status());
+  return result;
+}
+
+Status Repository::ReportFailure(const SaveSpec& in, const Status& why) {
+  SaveSpec spec = in;
+  SW_RETURN_IF_ERROR(Normalize(spec));
+  std::string staging = StagingDir(spec);
+  if (!os::Exists(staging)) return Status::Ok();
+  return os::WriteFileAtomic(os::JoinPath(staging, repo::FailedName(spec.rank)),
+                             why.ToString() + "\n");
+}
+
+}  // namespace shardwise

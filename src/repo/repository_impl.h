@@ -1,0 +1,41 @@
+// Shared state and naming rules of the repository (see docs/format.md).
+#pragma once
+
+#include <memory>
+#include <mutex>
+#include <string>
+
+#include "io/backend.h"
+#include "shardwise/repository.h"
+
+namespace shardwise::repo {
+
+inline constexpr char kLatestName[] = "latest";
+inline constexpr char kLockName[] = ".lock";
+inline constexpr char kStagingMarker[] = ".staging-";
+inline constexpr char kReplacedMarker[] = ".replaced-";
+inline constexpr char kDeletingMarker[] = ".deleting-";
+
+std::string ShardName(int rank);
+std::string FragmentName(int rank);
+std::string FailedName(int rank);
+bool IsSafeSaveId(std::string_view id);
+
+// Splits ".NAME.staging-ID" (or .replaced-/.deleting-) into NAME and ID.
+bool ParseHiddenDir(std::string_view entry, std::string_view marker, std::string* name,
+                    std::string* id);
+
+}  // namespace shardwise::repo
+
+namespace shardwise {
+
+struct Repository::Impl {
+  std::string root;
+  Options options;
+  std::mutex backend_mu;
+  std::unique_ptr<io::IoBackend> backend;  // created on first save, reused
+
+  Result<io::IoBackend*> Backend();
+};
+
+}  // namespace shardwise

@@ -1,0 +1,109 @@
+// A save driver for crash and fault tests. Each subcommand does one thing in
+// its own process, so a test can kill it (SHARDWISE_CRASH_AT,
+// SHARDWISE_FAULTS=...=kill, or a real SIGKILL) and inspect what is left.
+//
+//   save   ROOT STEP SEED SIZE                       one-process save
+//   rank   ROOT STEP SEED SIZE WORLD RANK SAVE_ID    one rank's write
+//   commit ROOT STEP WORLD SAVE_ID                   the coordinator's commit
+//   check  ROOT STEP SEED SIZE WORLD                 load and compare bit-exactly
+//
+// The data of (SEED, STEP, rank) is deterministic, so `check` regenerates it.
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <string>
+
+#include "cli/synthetic.h"
+#include "shardwise/shardwise.h"
+
+using namespace shardwise;
+
+namespace {
+
+cli::SyntheticState Data(std::uint64_t seed, std::int64_t step, std::uint64_t size, int rank,
+                         int world) {
+  return cli::MakeTransformerState(size, rank, world, seed * 7919 + static_cast<std::uint64_t>(step));
+}
+
+int Fail(const Status& s) {
+  std::fprintf(stderr, "error: %s\n", s.ToString().c_str());
+  return 1;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  if (argc < 3) {
+    std::fprintf(stderr, "usage: see the comment at the top of save_helper.cc\n");
+    return 2;
+  }
+  std::string cmd = argv[1];
+  auto opts = Options::FromEnv();
+  if (!opts.ok()) return Fail(opts.status());
+  auto repo = Repository::Open(argv[2], *opts);
+  if (!repo.ok()) return Fail(repo.status());
+  auto arg = [&](int i) { return std::strtoull(argv[i], nullptr, 10); };
+  if (cmd == "save" && argc == 6) {
+    auto state = Data(arg(4), static_cast<std::int64_t>(arg(3)), arg(5), 0, 1);
+    SaveSpec spec;
+    spec.step = static_cast<std::int64_t>(arg(3));
+    auto r = (*repo)->Save(spec, state.items);
+    if (!r.ok()) return Fail(r.status());
+    std::printf("committed %s\n", r->name.c_str());
+    return 0;
+  }
+  if (cmd == "rank" && argc == 9) {
+    int world = static_cast<int>(arg(6)), rank = static_cast<int>(arg(7));
+    auto state = Data(arg(4), static_cast<std::int64_t>(arg(3)), arg(5), rank, world);
+    SaveSpec spec;
+    spec.step = static_cast<std::int64_t>(arg(3));
+    spec.world_size = world;
+    spec.rank = rank;
+    spec.save_id = argv[8];
+    auto r = (*repo)->WriteRank(spec, state.items);
+    if (!r.ok()) return Fail(r.status());
+    std::printf("wrote %s\n", r->shard_path.c_str());
+    return 0;
+  }
+  if (cmd == "commit" && argc == 6) {
+    SaveSpec spec;
+    spec.step = static_cast<std::int64_t>(arg(3));
+    spec.world_size = static_cast<int>(arg(4));
+    spec.save_id = argv[5];
+    auto r = (*repo)->Commit(spec);
+    if (!r.ok()) return Fail(r.status());
+    std::printf("committed %s\n", r->name.c_str());
+    return 0;
+  }
+  if (cmd == "check" && argc == 7) {
+    std::int64_t step = static_cast<std::int64_t>(arg(3));
+    int world = static_cast<int>(arg(6));
+    auto reader = (*repo)->OpenCheckpoint(Repository::StepName(step));
+    if (!reader.ok()) return Fail(reader.status());
+    for (int rank = 0; rank < world; ++rank) {
+      auto state = Data(arg(4), step, arg(5), rank, world);
+      for (const WriteItem& w : state.items) {
+        const ItemRecord* it = (*reader)->manifest().FindItem(w.name);
+        if (!it) return Fail(NotFound("item " + w.name));
+        std::size_t chunk = SIZE_MAX;
+        for (std::size_t c = 0; c < it->chunks.size(); ++c)
+          if (it->chunks[c].offsets == w.chunk_offsets) chunk = c;
+        if (chunk == SIZE_MAX) return Fail(NotFound("chunk of " + w.name));
+        std::vector<std::byte> buf(w.nbytes);
+        ReadRequest q;
+        q.item = it;
+        q.chunk = chunk;
+        q.dst = buf.data();
+        q.dst_bytes = buf.size();
+        Status s = (*reader)->Read({&q, 1});
+        if (!s.ok()) return Fail(s);
+        if (std::memcmp(buf.data(), w.data, w.nbytes) != 0)
+          return Fail(Corrupt("item " + w.name + " differs"));
+      }
+    }
+    std::printf("identical\n");
+    return 0;
+  }
+  std::fprintf(stderr, "bad arguments\n");
+  return 2;
+}

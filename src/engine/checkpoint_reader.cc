@@ -119,8 +119,9 @@ struct CheckpointReader::Impl {
     std::string path = FilePath(f);
     // O_NOFOLLOW: a shard that is a symlink (maybe pointing outside the
     // checkpoint) is refused. O_NONBLOCK: opening a FIFO must not hang.
-    int flags = O_RDONLY | O_NOFOLLOW | O_NONBLOCK | (direct_io ? O_DIRECT : 0);
-    auto file = os::Open(path, flags);
+    // O_DIRECT is switched on after the type check: opening a FIFO or device
+    // with it fails with EINVAL before we could say what is wrong.
+    auto file = os::Open(path, O_RDONLY | O_NOFOLLOW | O_NONBLOCK);
     if (!file.ok()) {
       if (file.status().err() == ELOOP)
         return Corrupt(path + ": is a symbolic link; shard files must be regular files",
@@ -132,6 +133,8 @@ struct CheckpointReader::Impl {
     struct stat st;
     if (::fstat(file->fd(), &st) != 0) return IoError("fstat", path, errno);
     if (!S_ISREG(st.st_mode)) return Corrupt(path + ": not a regular file", path);
+    if (::fcntl(file->fd(), F_SETFL, direct_io ? O_DIRECT : 0) != 0)
+      return IoError("fcntl(O_DIRECT)", path, errno);
     if (static_cast<std::uint64_t>(st.st_size) != rec.size)
       return Corrupt(path + ": size is " + std::to_string(st.st_size) +
                          " bytes, the manifest says " + std::to_string(rec.size) +

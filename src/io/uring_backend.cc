@@ -77,7 +77,7 @@ class UringBackend final : public IoBackend {
     os::FaultDecision d = os::Check(write ? os::Op::kWrite : os::Op::kRead);
     if (d.kind == os::FaultKind::kErrno)
       return IoError(write ? "write" : "read", *u.path, d.err);
-    if (d.kind == os::FaultKind::kShort && len > 1) len /= 2;
+    if (d.kind == os::FaultKind::kShort) len = static_cast<std::uint32_t>(os::ShortLength(len));
     Prep(units, slot, write, len);
     return Status::Ok();
   }

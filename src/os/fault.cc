@@ -130,6 +130,11 @@ void SetFaults(std::vector<FaultRule> rules) {
 
 void ClearFaults() { SetFaults({}); }
 
+std::size_t ShortLength(std::size_t n) {
+  std::size_t half = n / 2 / 4096 * 4096;
+  return half > 0 ? half : n;
+}
+
 std::uint64_t Count(Op op) { return S().counts[static_cast<int>(op)].load(); }
 
 FaultDecision Check(Op op) {

@@ -9,7 +9,10 @@
 //   N      1-based index of the call of that OP that fails (counted per OP,
 //          over the whole process; "N+" fails the Nth and every later call)
 //   ACTION an errno name (EIO, ENOSPC, EDQUOT, EROFS, EACCES, EINTR...),
-//          "short" (a write or read moves half the bytes), or "kill" (SIGKILL)
+//          "short" (a write or read moves about half the bytes, rounded
+//          down to 4 KiB as real short transfers on regular files are, so
+//          O_DIRECT stays valid; a transfer of under 8 KiB is not
+//          shortened), or "kill" (SIGKILL)
 // SHARDWISE_CRASH_AT grammar: NAME[@N]  (SIGKILL at the Nth pass of NAME)
 #pragma once
 
@@ -60,6 +63,8 @@ Result<std::vector<FaultRule>> ParseFaults(std::string_view spec);
 // Counts one call of `op` and says whether it must fail. Kills the process
 // when a "kill" rule matches.
 FaultDecision Check(Op op);
+// The length a "short" fault lets through for a transfer of n bytes.
+std::size_t ShortLength(std::size_t n);
 // How many calls of `op` were counted since the last SetFaults/ClearFaults.
 std::uint64_t Count(Op op);
 

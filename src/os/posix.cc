@@ -67,7 +67,7 @@ Result<std::size_t> Pwrite(int fd, const void* buf, std::size_t n,
                            std::uint64_t off, const std::string& path) {
   FaultDecision d = Check(Op::kWrite);
   if (d.kind == FaultKind::kErrno) return IoError("write", path, d.err);
-  if (d.kind == FaultKind::kShort && n > 1) n /= 2;
+  if (d.kind == FaultKind::kShort) n = ShortLength(n);
   ssize_t r;
   do {
     r = ::pwrite(fd, buf, n, static_cast<off_t>(off));
@@ -93,7 +93,7 @@ Result<std::size_t> Pread(int fd, void* buf, std::size_t n, std::uint64_t off,
                           const std::string& path) {
   FaultDecision d = Check(Op::kRead);
   if (d.kind == FaultKind::kErrno) return IoError("read", path, d.err);
-  if (d.kind == FaultKind::kShort && n > 1) n /= 2;
+  if (d.kind == FaultKind::kShort) n = ShortLength(n);
   ssize_t r;
   do {
     r = ::pread(fd, buf, n, static_cast<off_t>(off));

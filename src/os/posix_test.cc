@@ -49,12 +49,12 @@ TEST_F(PosixTest, ShortWritesAreCompleted) {
   auto f = Open(dir_ / "f", O_RDWR | O_CREAT, 0644);
   ASSERT_TRUE(f.ok());
   SetFaults({{Op::kWrite, 1, true, 0, true, false}});  // every write is short
-  std::string data(1000, 'x');
+  std::string data(100000, 'x');
   for (std::size_t i = 0; i < data.size(); ++i) data[i] = static_cast<char>('a' + i % 26);
   ASSERT_TRUE(PwriteAll(f->fd(), data.data(), data.size(), 0, f->path()).ok());
   EXPECT_GT(Count(Op::kWrite), 5u);
   ClearFaults();
-  std::string back(1000, '\0');
+  std::string back(100000, '\0');
   ASSERT_TRUE(PreadAll(f->fd(), back.data(), back.size(), 0, f->path()).ok());
   EXPECT_EQ(back, data);
 }

@@ -169,8 +169,16 @@ Result<CommitResult> Repository::CommitNormalized(const SaveSpec& spec) {
   const std::string& root = impl_->root;
   const std::string staging = StagingDir(spec);
   const std::string final_dir = os::JoinPath(root, spec.name);
-  if (!os::Exists(staging))
-    return NotFound("no staging directory " + staging + " (did any rank write?)", staging);
+  // The coordinator may start before any rank created the staging directory.
+  const double deadline = os::MonotonicSeconds() + impl_->options.commit_timeout_s;
+  while (!os::Exists(staging)) {
+    if (os::MonotonicSeconds() >= deadline)
+      return Status(StatusCode::kTimeout,
+                    "timed out after " + std::to_string(impl_->options.commit_timeout_s) +
+                        " s: no rank created " + staging,
+                    0, staging);
+    os::SleepSeconds(impl_->options.poll_interval_s);
+  }
   std::string lock_path = os::JoinPath(staging, repo::kLockName);
   SW_ASSIGN_OR_RETURN(os::File lock, os::Open(lock_path, O_RDWR | O_CREAT, 0644));
   (void)os::Flock(lock.fd(), false, false, lock_path);

@@ -1,0 +1,203 @@
+// The CLI end to end (the real binary, its exit codes and JSON), plus the
+// verb functions called in-process for their human output.
+#include "cli/cli.h"
+
+#include <gtest/gtest.h>
+#include <unistd.h>
+
+#include <nlohmann/json.hpp>
+#include <sstream>
+
+#include "shardwise/shardwise.h"
+#include "testing/test_util.h"
+
+namespace shardwise::cli {
+namespace {
+
+using Json = nlohmann::json;
+using shardwise::testing::OwnedItems;
+using shardwise::testing::ProcResult;
+using shardwise::testing::RunProcess;
+using shardwise::testing::TempDir;
+
+ProcResult Cli(std::vector<std::string> args) {
+  args.insert(args.begin(), SW_CLI);
+  return RunProcess(args);
+}
+
+Json JsonOf(const ProcResult& r) {
+  Json j = Json::parse(r.out, nullptr, false);
+  EXPECT_FALSE(j.is_discarded()) << r.out;
+  return j;
+}
+
+class CliTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    auto repo = Repository::Open(dir_.path());
+    ASSERT_TRUE(repo.ok());
+    for (int step : {100, 200}) {
+      OwnedItems it;
+      it.Add("model.layers.0.weight", DType::kBFloat16, {256, 128}, step);
+      it.Add("model.layers.0.bias", DType::kBFloat16, {256}, step + 1);
+      SaveSpec spec;
+      spec.step = step;
+      ASSERT_TRUE((*repo)->Save(spec, it.items).ok());
+    }
+    ASSERT_TRUE(os::Mkdir(dir_ / ".step-000000000300.staging-deadbeef").ok());
+  }
+  std::string Ckpt(int step) { return dir_ / Repository::StepName(step); }
+  TempDir dir_;
+};
+
+TEST_F(CliTest, EveryVerbHasHelp) {
+  for (const char* verb : {"ls", "inspect", "verify", "gc", "bench"}) {
+    ProcResult r = Cli({verb, "--help"});
+    EXPECT_EQ(r.exit_code, 0) << verb;
+    EXPECT_NE(r.out.find("Usage: shardwise " + std::string(verb)), std::string::npos) << r.out;
+    EXPECT_NE(r.out.find("--json"), std::string::npos) << verb;
+    EXPECT_NE(r.out.find("Exit codes"), std::string::npos) << verb;
+  }
+  EXPECT_EQ(Cli({"--help"}).exit_code, 0);
+  EXPECT_EQ(Cli({}).exit_code, 2);
+  EXPECT_EQ(Cli({"frobnicate"}).exit_code, 2);
+  EXPECT_EQ(Cli({"ls", "--bogus", dir_.path()}).exit_code, 2);
+}
+
+TEST_F(CliTest, Ls) {
+  ProcResult r = Cli({"ls", dir_.path()});
+  ASSERT_EQ(r.exit_code, 0) << r.out;
+  EXPECT_NE(r.out.find("step-000000000100"), std::string::npos);
+  EXPECT_NE(r.out.find("abandoned"), std::string::npos) << r.out;  // grace: fresh → active
+  Json j = JsonOf(Cli({"ls", dir_.path(), "--json"}));
+  ASSERT_EQ(j["checkpoints"].size(), 2u);
+  EXPECT_EQ(j["checkpoints"][0]["step"], 100);
+  EXPECT_EQ(j["checkpoints"][1]["latest"], true);
+  EXPECT_EQ(j["checkpoints"][1]["world_size"], 1);
+  EXPECT_GT(j["checkpoints"][1]["bytes"].get<std::uint64_t>(), 256u * 128 * 2);
+  EXPECT_EQ(j["latest"], "step-000000000200");
+  ASSERT_EQ(j["staging"].size(), 1u);
+  EXPECT_EQ(j["staging"][0]["name"], "step-000000000300");
+  EXPECT_EQ(Cli({"ls", dir_ / "nope"}).exit_code, 2);
+}
+
+TEST_F(CliTest, Inspect) {
+  ProcResult r = Cli({"inspect", Ckpt(100), "--verbose"});
+  ASSERT_EQ(r.exit_code, 0) << r.out;
+  EXPECT_NE(r.out.find("model.layers.0.weight"), std::string::npos);
+  EXPECT_NE(r.out.find("bfloat16"), std::string::npos);
+  EXPECT_NE(r.out.find("[256, 128]"), std::string::npos);
+  EXPECT_NE(r.out.find("crc32c"), std::string::npos);
+  Json j = JsonOf(Cli({"inspect", Ckpt(100), "--json"}));
+  EXPECT_EQ(j["checksum"]["algorithm"], "crc32c");
+  EXPECT_EQ(j["items"][0]["shape"], Json::array({256, 128}));
+  EXPECT_EQ(j["items"][0]["chunks"][0]["file"], "rank-00000.shard");
+  EXPECT_EQ(j["files"][0]["rank"], 0);
+  testing::WriteAll(Ckpt(100) + "/manifest.json", "{garbage");
+  EXPECT_EQ(Cli({"inspect", Ckpt(100)}).exit_code, 1);
+  EXPECT_EQ(Cli({"inspect", dir_ / "nope"}).exit_code, 2);
+}
+
+TEST_F(CliTest, VerifyIntactAndDamaged) {
+  EXPECT_EQ(Cli({"verify", Ckpt(100)}).exit_code, 0);
+  ProcResult all = Cli({"verify", dir_.path()});
+  EXPECT_EQ(all.exit_code, 0) << all.out;
+  EXPECT_NE(all.out.find("OK"), std::string::npos);
+  // Flip one byte in the data of step 200: exit 1, the file named.
+  std::string shard = Ckpt(200) + "/rank-00000.shard";
+  testing::FlipByte(shard, 4096 + 1000);
+  ProcResult bad = Cli({"verify", dir_.path()});
+  EXPECT_EQ(bad.exit_code, 1) << bad.out;
+  EXPECT_NE(bad.out.find("DAMAGED  step-000000000200"), std::string::npos) << bad.out;
+  EXPECT_NE(bad.out.find(shard), std::string::npos) << bad.out;
+  Json j = JsonOf(Cli({"verify", Ckpt(200), "--json"}));
+  EXPECT_EQ(j["ok"], false);
+  EXPECT_EQ(j["checkpoints"][0]["problems"][0]["file"], "rank-00000.shard");
+  EXPECT_EQ(j["checkpoints"][0]["problems"][0]["code"], "CORRUPT");
+  // Truncated and missing files.
+  ASSERT_EQ(::truncate((Ckpt(100) + "/rank-00000.shard").c_str(), 5000), 0);
+  ProcResult tr = Cli({"verify", Ckpt(100)});
+  EXPECT_EQ(tr.exit_code, 1);
+  EXPECT_NE(tr.out.find("truncated"), std::string::npos) << tr.out;
+  ASSERT_EQ(::unlink((Ckpt(100) + "/rank-00000.shard").c_str()), 0);
+  ProcResult miss = Cli({"verify", Ckpt(100)});
+  EXPECT_EQ(miss.exit_code, 1);
+  EXPECT_NE(miss.out.find("missing"), std::string::npos) << miss.out;
+  // Missing manifest, with shards present.
+  ASSERT_EQ(::unlink((Ckpt(200) + "/manifest.json").c_str()), 0);
+  EXPECT_EQ(Cli({"verify", Ckpt(200)}).exit_code, 1);
+  // Usage errors and unreadable paths: exit 2.
+  EXPECT_EQ(Cli({"verify"}).exit_code, 2);
+  EXPECT_EQ(Cli({"verify", dir_ / "nope"}).exit_code, 2);
+  EXPECT_EQ(Cli({"verify", Ckpt(200) + "/rank-00000.shard"}).exit_code, 2);
+}
+
+TEST_F(CliTest, VerifyHostileManifests) {
+  std::string m = Ckpt(100) + "/manifest.json";
+  std::string good = testing::ReadAll(m);
+  for (const std::string& bad :
+       {std::string(""), std::string("[]"), good.substr(0, good.size() - 5),
+        std::string("{\"format_version\":\"1\"}")}) {
+    testing::WriteAll(m, bad);
+    ProcResult r = Cli({"verify", Ckpt(100)});
+    EXPECT_EQ(r.exit_code, 1) << bad.substr(0, 40) << ": " << r.out;
+    EXPECT_NE(r.out.find(m), std::string::npos) << r.out;
+  }
+}
+
+TEST_F(CliTest, Gc) {
+  ProcResult dry = Cli({"gc", dir_.path(), "--grace", "0", "--keep-last", "1", "--dry-run", "--json"});
+  ASSERT_EQ(dry.exit_code, 0) << dry.out;
+  Json j = JsonOf(dry);
+  EXPECT_EQ(j["dry_run"], true);
+  EXPECT_EQ(j["removed_checkpoints"], Json::array({"step-000000000100"}));
+  EXPECT_EQ(j["removed_staging"], Json::array({".step-000000000300.staging-deadbeef"}));
+  EXPECT_TRUE(os::Exists(Ckpt(100)));
+  ProcResult real = Cli({"gc", dir_.path(), "--grace", "0", "--keep-last", "1"});
+  ASSERT_EQ(real.exit_code, 0) << real.out;
+  EXPECT_NE(real.out.find("removed checkpoint  step-000000000100"), std::string::npos) << real.out;
+  EXPECT_FALSE(os::Exists(Ckpt(100)));
+  EXPECT_TRUE(os::Exists(Ckpt(200)));
+  EXPECT_EQ(Cli({"gc", dir_.path(), "--keep-last", "0"}).exit_code, 2);
+  EXPECT_EQ(Cli({"gc", dir_.path(), "--keep-last", "x"}).exit_code, 2);
+}
+
+TEST(CliBench, SmallRunReportsAndVerifies) {
+  TempDir dir;
+  ProcResult r = Cli({"bench", "--dir", dir / "b", "--ranks", "2", "--size-per-rank", "8MiB",
+                      "--io-unit", "1MiB", "--json"});
+  ASSERT_EQ(r.exit_code, 0) << r.out;
+  Json j = JsonOf(r);
+  for (const char* k : {"save", "load"}) {
+    EXPECT_EQ(j[k]["bytes"].get<std::uint64_t>(), j["save"]["bytes"].get<std::uint64_t>());
+    EXPECT_GT(j[k]["seconds"].get<double>(), 0);
+    EXPECT_GT(j[k]["gb_per_s"].get<double>(), 0);
+  }
+  EXPECT_GE(j["save"]["bytes"].get<std::uint64_t>(), 15u << 20);
+  EXPECT_TRUE(j["backend"] == "uring" || j["backend"] == "threads");
+  EXPECT_TRUE(j["direct_io"].is_boolean());
+  EXPECT_EQ(j["verified"], true);
+  EXPECT_TRUE(j["checkpoint"].is_null());
+  // Without --keep nothing is left behind.
+  auto entries = os::ListDir(dir / "b");
+  ASSERT_TRUE(entries.ok());
+  EXPECT_TRUE(entries->empty());
+  ProcResult keep = Cli({"bench", "--dir", dir / "b", "--ranks", "1", "--size-per-rank",
+                         "4MiB", "--io-backend", "threads", "--keep"});
+  ASSERT_EQ(keep.exit_code, 0) << keep.out;
+  EXPECT_NE(keep.out.find("backend threads"), std::string::npos) << keep.out;
+  EXPECT_EQ(Cli({"verify", dir / "b"}).exit_code, 0);
+  EXPECT_EQ(Cli({"bench", "--dir", dir / "b", "--size-per-rank", "12XB"}).exit_code, 2);
+  EXPECT_EQ(Cli({"bench"}).exit_code, 2);
+}
+
+TEST(CliArgs, InProcessVerbs) {
+  std::ostringstream out, err;
+  EXPECT_EQ(RunLs({"--help"}, out, err), kExitOk);
+  EXPECT_NE(out.str().find("Usage: shardwise ls"), std::string::npos);
+  EXPECT_EQ(RunGc({}, out, err), kExitUsage);
+  EXPECT_NE(err.str().find("expected one ROOT"), std::string::npos);
+}
+
+}  // namespace
+}  // namespace shardwise::cli

@@ -1,0 +1,380 @@
+// The repository: commit protocol, listing, latest, replace, retention, gc,
+// multi-process saves, and a failed syscall at every step of a commit.
+#include "shardwise/repository.h"
+
+#include <fcntl.h>
+#include <gtest/gtest.h>
+#include <sys/file.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include "os/fault.h"
+#include "shardwise/shardwise.h"
+#include "testing/test_util.h"
+
+namespace shardwise {
+namespace {
+
+using testing::OwnedItems;
+using testing::TempDir;
+
+OwnedItems Items(std::uint64_t seed) {
+  OwnedItems it;
+  it.Add("w", DType::kFloat32, {64, 33}, seed);
+  it.Add("b", DType::kFloat32, {33}, seed + 1);
+  return it;
+}
+
+std::vector<std::string> Committed(Repository& repo) {
+  std::vector<std::string> out;
+  auto list = repo.List();
+  EXPECT_TRUE(list.ok());
+  for (const auto& c : *list)
+    if (c.state == CheckpointInfo::State::kCommitted) out.push_back(c.name);
+  return out;
+}
+
+int StagingCount(Repository& repo) {
+  int n = 0;
+  auto list = repo.List();
+  for (const auto& c : *list)
+    if (c.state == CheckpointInfo::State::kStaging || c.state == CheckpointInfo::State::kLeftover)
+      ++n;
+  return n;
+}
+
+// Reads item "w" and compares it with the data of `seed`.
+bool Holds(Repository& repo, const std::string& name, std::uint64_t seed) {
+  auto reader = repo.OpenCheckpoint(name);
+  if (!reader.ok()) return false;
+  OwnedItems want = Items(seed);
+  for (const auto& w : want.items) {
+    std::vector<std::byte> back(w.nbytes);
+    if (!(*reader)->ReadItem(w.name, back.data(), back.size()).ok()) return false;
+    if (std::memcmp(back.data(), w.data, w.nbytes) != 0) return false;
+  }
+  auto report = (*reader)->Verify();
+  return report.ok() && report->problems.empty();
+}
+
+class RepositoryTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    Options o;
+    o.poll_interval_s = 0.005;
+    auto r = Repository::Open(dir_.path(), o);
+    ASSERT_TRUE(r.ok());
+    repo_ = std::move(*r);
+  }
+  void TearDown() override { os::ClearFaults(); }
+  Result<CommitResult> Save(std::int64_t step, std::uint64_t seed, bool replace = false) {
+    OwnedItems it = Items(seed);
+    SaveSpec spec;
+    spec.step = step;
+    spec.replace = replace;
+    return repo_->Save(spec, it.items);
+  }
+  TempDir dir_;
+  std::unique_ptr<Repository> repo_;
+};
+
+TEST_F(RepositoryTest, SaveListLatest) {
+  ASSERT_TRUE(Save(10, 1).ok());
+  ASSERT_TRUE(Save(20, 2).ok());
+  EXPECT_EQ(Committed(*repo_), (std::vector<std::string>{"step-000000000010", "step-000000000020"}));
+  EXPECT_EQ(**repo_->Latest(), "step-000000000020");
+  EXPECT_EQ(testing::ReadAll(dir_ / "latest"), "step-000000000020\n");
+  EXPECT_TRUE(Holds(*repo_, "step-000000000010", 1));
+  EXPECT_TRUE(Holds(*repo_, "step-000000000020", 2));
+  // The committed directory holds the manifest and shards, nothing else.
+  auto entries = os::ListDir(dir_ / "step-000000000020");
+  ASSERT_TRUE(entries.ok());
+  EXPECT_EQ(entries->size(), 2u);
+  EXPECT_EQ(StagingCount(*repo_), 0);
+}
+
+TEST_F(RepositoryTest, RefusesToOverwriteUnlessAsked) {
+  ASSERT_TRUE(Save(10, 1).ok());
+  auto again = Save(10, 2);
+  ASSERT_FALSE(again.ok());
+  EXPECT_EQ(again.status().code(), StatusCode::kAlreadyExists);
+  EXPECT_TRUE(Holds(*repo_, "step-000000000010", 1));
+  ASSERT_TRUE(Save(10, 3, /*replace=*/true).ok());
+  EXPECT_TRUE(Holds(*repo_, "step-000000000010", 3));
+  EXPECT_EQ(StagingCount(*repo_), 0);  // the replaced copy is gone
+}
+
+TEST_F(RepositoryTest, LatestNeverMovesBack) {
+  ASSERT_TRUE(Save(10, 1).ok());
+  ASSERT_TRUE(Save(20, 2).ok());
+  ASSERT_TRUE(Save(10, 3, true).ok());
+  EXPECT_EQ(testing::ReadAll(dir_ / "latest"), "step-000000000020\n");
+  EXPECT_EQ(**repo_->Latest(), "step-000000000020");
+}
+
+TEST_F(RepositoryTest, BadSpecs) {
+  OwnedItems it = Items(1);
+  for (auto [name, step, ws, rank, id] :
+       {std::tuple{"../escape", 1, 1, 0, ""}, std::tuple{".hidden", 1, 1, 0, ""},
+        std::tuple{"latest", 1, 1, 0, ""}, std::tuple{"", -1, 1, 0, ""},
+        std::tuple{"x", 1, 2, 0, ""}, std::tuple{"x", 1, 2, 2, "id"},
+        std::tuple{"x", 1, 1, 0, "bad/id"}}) {
+    SaveSpec spec;
+    spec.name = name;
+    spec.step = step;
+    spec.world_size = ws;
+    spec.rank = rank;
+    spec.save_id = id;
+    auto r = repo_->WriteRank(spec, it.items);
+    EXPECT_EQ(r.status().code(), StatusCode::kInvalidArgument) << name << " " << id;
+  }
+}
+
+TEST_F(RepositoryTest, UserMetadataRoundTrips) {
+  OwnedItems it = Items(1);
+  SaveSpec spec;
+  spec.step = 5;
+  spec.user_json = R"({"epoch": 2, "note": "ok"})";
+  ASSERT_TRUE(repo_->Save(spec, it.items).ok());
+  auto reader = repo_->OpenCheckpoint("step-000000000005");
+  ASSERT_TRUE(reader.ok());
+  EXPECT_NE((*reader)->manifest().user_json.find("\"epoch\":2"), std::string::npos);
+  spec.step = 6;
+  spec.user_json = "[not an object";
+  EXPECT_FALSE(repo_->Save(spec, it.items).ok());
+  EXPECT_EQ(Committed(*repo_).size(), 1u);
+}
+
+// Every fsync and rename of a save is failed in turn. Each time: the error
+// names a path, nothing new is committed, the previous checkpoint is intact,
+// gc cleans up, and the next save works.
+TEST_F(RepositoryTest, FailureAtEveryCommitStep) {
+  ASSERT_TRUE(Save(1, 1).ok());
+  os::SetFaults({});
+  ASSERT_TRUE(Save(2, 2).ok());
+  const std::uint64_t fsyncs = os::Count(os::Op::kFsync);
+  const std::uint64_t renames = os::Count(os::Op::kRename);
+  const std::uint64_t opens = os::Count(os::Op::kOpen);
+  ASSERT_GE(fsyncs, 6u);
+  ASSERT_GE(renames, 3u);
+  int step = 100;
+  for (auto [op, count] : {std::pair{os::Op::kFsync, fsyncs}, std::pair{os::Op::kRename, renames},
+                           std::pair{os::Op::kOpen, opens}}) {
+    for (std::uint64_t n = 1; n <= count; ++n) {
+      ++step;
+      os::SetFaults({{op, n, false, EIO, false, false}});
+      auto r = Save(step, 7);
+      os::ClearFaults();
+      std::string ctx = std::string(os::OpName(op)) + " #" + std::to_string(n);
+      const std::string name = Repository::StepName(step);
+      if (r.ok()) {
+        // Only a failure after the commit point may leave it committed: then
+        // the checkpoint must be complete.
+        EXPECT_TRUE(Holds(*repo_, name, 7)) << ctx;
+      } else {
+        EXPECT_FALSE(r.status().path().empty() && r.status().message().find('/') == std::string::npos)
+            << ctx << ": " << r.status().message();
+        auto c = Committed(*repo_);
+        if (std::find(c.begin(), c.end(), name) != c.end()) {
+          // Failed after the rename (fsync of ROOT or `latest`): committed
+          // and complete, never partial.
+          EXPECT_TRUE(Holds(*repo_, name, 7)) << ctx;
+        }
+      }
+      EXPECT_TRUE(Holds(*repo_, "step-000000000002", 2)) << ctx;
+      GcOptions gc;
+      gc.staging_grace_s = 0;
+      ASSERT_TRUE(repo_->Gc(gc).ok()) << ctx;
+      EXPECT_EQ(StagingCount(*repo_), 0) << ctx;
+    }
+  }
+  ASSERT_TRUE(Save(999, 9).ok());
+  EXPECT_TRUE(Holds(*repo_, "step-000000000999", 9));
+}
+
+TEST_F(RepositoryTest, GcRemovesAbandonedStagingButNotLiveSaves) {
+  ASSERT_TRUE(Save(1, 1).ok());
+  ASSERT_TRUE(os::Mkdir(dir_ / ".step-000000000002.staging-dead").ok());
+  testing::WriteAll(dir_ / ".step-000000000002.staging-dead/rank-00000.shard", "partial");
+  ASSERT_TRUE(os::Mkdir(dir_ / ".step-000000000003.staging-live").ok());
+  std::string lock = dir_ / ".step-000000000003.staging-live/.lock";
+  int fd = ::open(lock.c_str(), O_RDWR | O_CREAT, 0644);
+  ASSERT_GE(fd, 0);
+  ASSERT_EQ(::flock(fd, LOCK_SH), 0);  // a writer at work
+  auto list = repo_->List();
+  ASSERT_TRUE(list.ok());
+  int staging = 0;
+  for (const auto& c : *list)
+    if (c.state == CheckpointInfo::State::kStaging) {
+      ++staging;
+      EXPECT_TRUE(c.active);  // both are fresh (within the default grace)
+    }
+  EXPECT_EQ(staging, 2);
+  GcOptions gc;
+  EXPECT_TRUE(repo_->Gc(gc)->removed_staging.empty());  // within grace: kept
+  gc.staging_grace_s = 0;
+  auto report = repo_->Gc(gc);
+  ASSERT_TRUE(report.ok());
+  EXPECT_EQ(report->removed_staging, std::vector<std::string>{".step-000000000002.staging-dead"});
+  EXPECT_TRUE(os::Exists(dir_ / ".step-000000000003.staging-live"));
+  ::close(fd);  // the writer died
+  report = repo_->Gc(gc);
+  EXPECT_EQ(report->removed_staging, std::vector<std::string>{".step-000000000003.staging-live"});
+  EXPECT_TRUE(Holds(*repo_, "step-000000000001", 1));
+}
+
+TEST_F(RepositoryTest, Retention) {
+  for (int s = 1; s <= 10; ++s) ASSERT_TRUE(Save(s * 10, static_cast<std::uint64_t>(s)).ok());
+  GcOptions gc;
+  gc.keep_last = 3;
+  gc.keep_every = 40;
+  gc.dry_run = true;
+  auto dry = repo_->Gc(gc);
+  ASSERT_TRUE(dry.ok());
+  EXPECT_EQ(Committed(*repo_).size(), 10u);  // dry run changed nothing
+  gc.dry_run = false;
+  auto report = repo_->Gc(gc);
+  ASSERT_TRUE(report.ok());
+  EXPECT_EQ(report->removed_checkpoints, dry->removed_checkpoints);
+  EXPECT_EQ(Committed(*repo_),
+            (std::vector<std::string>{"step-000000000040", "step-000000000080", "step-000000000090",
+                                      "step-000000000100"}));
+  EXPECT_EQ(StagingCount(*repo_), 0);
+}
+
+TEST_F(RepositoryTest, RetentionNeverDeletesLatestOrNewerThanNewestValid) {
+  for (int s = 1; s <= 4; ++s) ASSERT_TRUE(Save(s, static_cast<std::uint64_t>(s)).ok());
+  // The newest is damaged (a shard truncated): it is not valid, so retention
+  // anchors on step 3 and keeps everything from there.
+  std::string shard = dir_ / "step-000000000004/rank-00000.shard";
+  ASSERT_EQ(::truncate(shard.c_str(), 4096), 0);
+  GcOptions gc;
+  gc.keep_last = 1;
+  auto report = repo_->Gc(gc);
+  ASSERT_TRUE(report.ok());
+  EXPECT_EQ(report->newest_valid, "step-000000000003");
+  EXPECT_EQ(Committed(*repo_),
+            (std::vector<std::string>{"step-000000000003", "step-000000000004"}));
+  // `latest` pinned to an old checkpoint is never deleted.
+  ASSERT_TRUE(Save(5, 5).ok());
+  ASSERT_TRUE(os::WriteFileAtomic(dir_ / "latest", "step-000000000003\n").ok());
+  ASSERT_TRUE(Save(6, 6).ok());
+  ASSERT_TRUE(os::WriteFileAtomic(dir_ / "latest", "step-000000000003\n").ok());
+  report = repo_->Gc(gc);
+  ASSERT_TRUE(report.ok());
+  auto c = Committed(*repo_);
+  EXPECT_NE(std::find(c.begin(), c.end(), "step-000000000003"), c.end());
+  EXPECT_NE(std::find(c.begin(), c.end(), "step-000000000006"), c.end());
+  EXPECT_EQ(std::find(c.begin(), c.end(), "step-000000000005"), c.end());
+}
+
+// R separate processes write their ranks; the parent commits; every chunk
+// lands in one manifest and reads back assembled.
+TEST_F(RepositoryTest, MultiProcessSave) {
+  constexpr int kRanks = 4;
+  SaveSpec spec;
+  spec.step = 42;
+  spec.world_size = kRanks;
+  spec.save_id = "job7-attempt1";
+  auto rank_items = [](int rank) {
+    OwnedItems it;
+    it.Add("w", DType::kFloat32, {kRanks * 16, 8}, 100 + rank, {rank * 16, 0}, {16, 8});
+    if (rank == 1) it.Add("only_rank1", DType::kInt32, {5}, 7);
+    return it;
+  };
+  std::vector<pid_t> pids;
+  for (int r = 0; r < kRanks; ++r) {
+    pid_t pid = ::fork();
+    if (pid == 0) {
+      auto repo = Repository::Open(dir_.path());
+      SaveSpec s = spec;
+      s.rank = r;
+      OwnedItems it = rank_items(r);
+      bool ok = repo.ok() && (*repo)->WriteRank(s, it.items).ok() &&
+                (*repo)->WaitCommitted(s, 60).ok();
+      ::_exit(ok ? 0 : 1);
+    }
+    pids.push_back(pid);
+  }
+  auto committed = repo_->Commit(spec);
+  ASSERT_TRUE(committed.ok()) << committed.status().ToString();
+  for (pid_t p : pids) {
+    int st = 0;
+    ::waitpid(p, &st, 0);
+    EXPECT_TRUE(WIFEXITED(st) && WEXITSTATUS(st) == 0);
+  }
+  auto reader = repo_->OpenCheckpoint("step-000000000042");
+  ASSERT_TRUE(reader.ok());
+  EXPECT_EQ((*reader)->manifest().world_size, kRanks);
+  EXPECT_EQ((*reader)->manifest().files.size(), static_cast<std::size_t>(kRanks));
+  std::vector<float> all(kRanks * 16 * 8);
+  ASSERT_TRUE((*reader)->ReadItem("w", all.data(), all.size() * 4).ok());
+  for (int r = 0; r < kRanks; ++r) {
+    OwnedItems want = rank_items(r);
+    EXPECT_EQ(0, std::memcmp(all.data() + r * 16 * 8, want.items[0].data, 16 * 8 * 4)) << r;
+  }
+  EXPECT_NE((*reader)->manifest().FindItem("only_rank1"), nullptr);
+}
+
+TEST_F(RepositoryTest, CommitAbortsWhenARankFails) {
+  SaveSpec spec;
+  spec.step = 5;
+  spec.world_size = 3;
+  spec.save_id = "a1";
+  OwnedItems it;
+  it.Add("x", DType::kUInt8, {3 * 8}, 1, {0}, {8});
+  ASSERT_TRUE(repo_->WriteRank(spec, it.items).ok());
+  SaveSpec r1 = spec;
+  r1.rank = 1;
+  ASSERT_TRUE(repo_->ReportFailure(r1, Status(StatusCode::kIoError, "disk on fire")).ok());
+  double t0 = os::MonotonicSeconds();
+  auto c = repo_->Commit(spec);
+  ASSERT_FALSE(c.ok());
+  EXPECT_EQ(c.status().code(), StatusCode::kAborted);
+  EXPECT_NE(c.status().message().find("disk on fire"), std::string::npos);
+  EXPECT_LT(os::MonotonicSeconds() - t0, 10.0);
+  EXPECT_TRUE(Committed(*repo_).empty());
+  // Ranks waiting for the commit hear about it.
+  SaveSpec r2 = spec;
+  r2.rank = 2;
+  EXPECT_EQ(repo_->WaitCommitted(r2, 5).code(), StatusCode::kAborted);
+}
+
+TEST_F(RepositoryTest, CommitTimesOutOnAMissingRank) {
+  Options o;
+  o.commit_timeout_s = 0.3;
+  o.poll_interval_s = 0.01;
+  auto repo = Repository::Open(dir_.path(), o);
+  SaveSpec spec;
+  spec.step = 5;
+  spec.world_size = 2;
+  spec.save_id = "a2";
+  OwnedItems it;
+  it.Add("x", DType::kUInt8, {16}, 1, {0}, {8});
+  ASSERT_TRUE((*repo)->WriteRank(spec, it.items).ok());
+  auto c = (*repo)->Commit(spec);
+  ASSERT_FALSE(c.ok());
+  EXPECT_EQ(c.status().code(), StatusCode::kTimeout);
+  EXPECT_NE(c.status().message().find("ranks 1"), std::string::npos) << c.status().message();
+  EXPECT_TRUE(Committed(**repo).empty());
+}
+
+TEST_F(RepositoryTest, RanksMustAgreeOnItems) {
+  SaveSpec spec;
+  spec.step = 5;
+  spec.world_size = 2;
+  spec.save_id = "a3";
+  OwnedItems a, b;
+  a.Add("x", DType::kFloat32, {16}, 1, {0}, {8});
+  b.Add("x", DType::kFloat16, {16}, 1, {8}, {8});
+  ASSERT_TRUE(repo_->WriteRank(spec, a.items).ok());
+  SaveSpec s1 = spec;
+  s1.rank = 1;
+  ASSERT_TRUE(repo_->WriteRank(s1, b.items).ok());
+  auto c = repo_->Commit(spec);
+  ASSERT_FALSE(c.ok());
+  EXPECT_NE(c.status().message().find("disagree"), std::string::npos);
+}
+
+}  // namespace
+}  // namespace shardwise

@@ -6,13 +6,15 @@
 // an interrupted-and-resumed run ends with exactly the weights of an
 // uninterrupted one; the last line prints a fingerprint of them to check.
 //
-//   example_trainer ROOT --steps 200 --save-every 50 [--keep-last 2]
+//   example_trainer ROOT --steps 200 --save-every 50 [--keep-last 2] [--step-ms 5]
+#include <chrono>
 #include <cmath>
 #include <cstdint>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
 #include <string>
+#include <thread>
 #include <tuple>
 #include <vector>
 
@@ -113,7 +115,7 @@ std::uint64_t Fingerprint(const State& s) {
 int main(int argc, char** argv) {
   if (argc < 2 || std::string(argv[1]) == "--help") {
     std::fprintf(stderr,
-                 "usage: %s ROOT [--steps N] [--save-every K] [--keep-last M]\n"
+                 "usage: %s ROOT [--steps N] [--save-every K] [--keep-last M] [--step-ms T]\n"
                  "Trains a small linear model, checkpointing into ROOT with shardwise;\n"
                  "resumes from the newest checkpoint in ROOT.\n",
                  argv[0]);
@@ -122,12 +124,14 @@ int main(int argc, char** argv) {
   std::string root = argv[1];
   std::int64_t steps = 200, save_every = 50;
   int keep_last = 0;
+  int step_ms = 0;  // simulated compute per step, so a demo can kill it mid-run
   for (int i = 2; i + 1 < argc; i += 2) {
     std::string flag = argv[i];
     long long v = std::atoll(argv[i + 1]);
     if (flag == "--steps") steps = v;
     else if (flag == "--save-every") save_every = v;
     else if (flag == "--keep-last") keep_last = static_cast<int>(v);
+    else if (flag == "--step-ms") step_ms = static_cast<int>(v);
     else {
       std::fprintf(stderr, "unknown flag %s\n", flag.c_str());
       return 2;
@@ -158,6 +162,7 @@ int main(int argc, char** argv) {
   float loss = 0;
   while (state.step < steps) {
     loss = TrainStep(state);
+    if (step_ms > 0) std::this_thread::sleep_for(std::chrono::milliseconds(step_ms));
     if (state.step % save_every == 0) {
       sw::SaveSpec spec;
       spec.step = state.step;

@@ -69,7 +69,9 @@ TEST_P(ShardIo, RoundTripIsBitExact) {
     std::vector<std::byte> back(w.nbytes);
     Status s = (*reader)->ReadItem(w.name, back.data(), back.size());
     ASSERT_TRUE(s.ok()) << w.name << ": " << s.ToString();
-    EXPECT_EQ(0, std::memcmp(back.data(), w.data, w.nbytes)) << w.name;
+    if (w.nbytes > 0) {
+      EXPECT_EQ(0, std::memcmp(back.data(), w.data, w.nbytes)) << w.name;
+    }
   }
   const ItemRecord* blob = (*reader)->manifest().FindItem("blob");
   ASSERT_NE(blob, nullptr);

@@ -1,6 +1,7 @@
 // The portable backend: a pool of threads each doing fill+pwrite (or
 // pread+consume) on its own aligned buffer. Used where io_uring is missing
 // or blocked (container seccomp profiles often block it).
+#include <algorithm>
 #include <atomic>
 #include <mutex>
 #include <thread>
@@ -40,7 +41,9 @@ class ThreadBackend final : public IoBackend {
   Status Run(std::span<const IoUnit> units, const UnitFn& work) {
     if (units.empty()) return Status::Ok();
     std::size_t n = std::min<std::size_t>(threads_, units.size());
-    EnsureBuffers(n);
+    std::uint64_t need = 0;
+    for (const IoUnit& u : units) need = std::max<std::uint64_t>(need, u.length);
+    EnsureBuffers(n, std::min<std::uint64_t>(AlignUp(need), unit_bytes_));
     std::atomic<std::size_t> next{0};
     std::atomic<bool> failed{false};
     std::mutex mu;
@@ -69,8 +72,11 @@ class ThreadBackend final : public IoBackend {
     return first;
   }
 
-  void EnsureBuffers(std::size_t n) {
-    while (buffers_.size() < n) buffers_.emplace_back(unit_bytes_);
+  // Sized to the largest unit seen so far (at most io_unit_bytes), kept.
+  void EnsureBuffers(std::size_t n, std::uint64_t bytes) {
+    if (!buffers_.empty() && buffers_[0].size() < bytes) buffers_.clear();
+    std::uint64_t size = buffers_.empty() ? bytes : buffers_[0].size();
+    while (buffers_.size() < n) buffers_.emplace_back(size);
   }
 
   int threads_;

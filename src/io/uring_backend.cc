@@ -3,6 +3,7 @@
 // completions, so copying overlaps with the device's work. Short transfers
 // are resubmitted for the remainder; a transfer making no progress is an
 // error.
+#include <algorithm>
 #include <cstring>
 #include <vector>
 
@@ -23,15 +24,7 @@ namespace {
 class UringBackend final : public IoBackend {
  public:
   UringBackend(const Options& o, io_uring ring)
-      : ring_(ring), depth_(o.queue_depth) {
-    for (int i = 0; i < depth_; ++i) buffers_.emplace_back(o.io_unit_bytes);
-    std::vector<iovec> iov(depth_);
-    for (int i = 0; i < depth_; ++i)
-      iov[i] = {buffers_[i].data(), buffers_[i].size()};
-    // Fixed buffers save a page-pinning per I/O; without enough locked
-    // memory (RLIMIT_MEMLOCK) plain buffers work too.
-    fixed_ = io_uring_register_buffers(&ring_, iov.data(), iov.size()) == 0;
-  }
+      : ring_(ring), depth_(o.queue_depth), max_unit_(o.io_unit_bytes) {}
   ~UringBackend() override { io_uring_queue_exit(&ring_); }
 
   std::string_view name() const override { return "uring"; }
@@ -82,7 +75,26 @@ class UringBackend final : public IoBackend {
     return Status::Ok();
   }
 
+  // Buffers are sized to the largest unit seen so far (at most io_unit_bytes)
+  // and kept: a small checkpoint does not pin queue_depth x io_unit bytes.
+  void EnsureBuffers(std::span<const IoUnit> units) {
+    std::uint64_t need = 0;
+    for (const IoUnit& u : units) need = std::max<std::uint64_t>(need, u.length);
+    need = std::min<std::uint64_t>(AlignUp(need), max_unit_);
+    if (!buffers_.empty() && buffers_[0].size() >= need) return;
+    if (fixed_) io_uring_unregister_buffers(&ring_);
+    buffers_.clear();
+    for (int i = 0; i < depth_; ++i) buffers_.emplace_back(need);
+    std::vector<iovec> iov(depth_);
+    for (int i = 0; i < depth_; ++i) iov[i] = {buffers_[i].data(), buffers_[i].size()};
+    // Fixed buffers save a page-pinning per I/O; without enough locked
+    // memory (RLIMIT_MEMLOCK) plain buffers work too.
+    fixed_ = io_uring_register_buffers(&ring_, iov.data(), iov.size()) == 0;
+  }
+
   Status Run(std::span<const IoUnit> units, bool write, const UnitFn& fn) {
+    if (units.empty()) return Status::Ok();
+    EnsureBuffers(units);
     slots_.assign(depth_, Slot{});
     std::vector<int> free_slots;
     for (int i = depth_ - 1; i >= 0; --i) free_slots.push_back(i);
@@ -183,6 +195,7 @@ class UringBackend final : public IoBackend {
 
   io_uring ring_;
   int depth_;
+  std::uint64_t max_unit_;
   bool fixed_ = false;
   std::vector<AlignedBuffer> buffers_;
   std::vector<Slot> slots_;

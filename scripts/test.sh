@@ -1,0 +1,20 @@
+#!/usr/bin/env bash
+# Runs every test: the C++ suite with warnings as errors, again under
+# AddressSanitizer+UndefinedBehaviorSanitizer, and under ThreadSanitizer.
+# Sets everything up first (scripts/setup.sh).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+scripts/setup.sh dev asan tsan
+
+jobs=$(nproc)
+echo "== C++ tests (dev: -Wall -Wextra -Werror)"
+ctest --preset dev -j "$jobs"
+echo "== C++ tests under ASan+UBSan"
+ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 UBSAN_OPTIONS=halt_on_error=1 \
+  ctest --preset asan -j "$jobs"
+echo "== C++ tests under TSan"
+TSAN_OPTIONS=halt_on_error=1 ctest --preset tsan -j "$jobs"
+echo "== shellcheck"
+shellcheck scripts/*.sh bench/*.sh .ci/run
+echo "== all tests passed"

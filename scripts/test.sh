@@ -16,5 +16,5 @@ ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 UBSAN_OPTIONS=halt_on_error=1 \
 echo "== C++ tests under TSan"
 TSAN_OPTIONS=halt_on_error=1 ctest --preset tsan -j "$jobs"
 echo "== shellcheck"
-shellcheck scripts/*.sh bench/*.sh .ci/run
+shellcheck scripts/*.sh .ci/run
 echo "== all tests passed"

@@ -216,6 +216,17 @@ struct CheckpointReader::Impl {
       if (!runs) {
         std::uint32_t actual = format::Crc32c(src, len);
         if (actual != stored) return Mismatch(*u.item, u.chunk, b, stored, actual);
+        // Verification also checks the zero padding after the chunk's last
+        // block, so a flipped byte anywhere in a file we wrote is found.
+        if (k + 1 == u.nblocks && hi == ch.length) {
+          std::uint64_t pad = io::AlignUp(ch.offset + hi) - (ch.offset + hi);
+          for (std::uint64_t i = 0; i < pad; ++i)
+            if (src[len + i] != std::byte{0})
+              return Corrupt("non-zero padding after item '" + u.item->name + "' in file " +
+                                 FilePath(ch.file) + " at byte " +
+                                 std::to_string(ch.offset + hi + i),
+                             FilePath(ch.file));
+        }
         continue;
       }
       // First run ending after lo.

@@ -29,6 +29,11 @@ Result<ShardHeader> DecodeShardHeader(const std::byte* in, const std::string& pa
   std::memcpy(&crc, in + 96, 4);
   if (Crc32c(in, 96) != crc)
     return Corrupt(path + ": shard header checksum mismatch", path);
+  for (std::size_t i = 100; i < kShardHeaderBytes; ++i)
+    if (in[i] != std::byte{0})
+      return Corrupt(path + ": shard header has non-zero bytes after its checksum (offset " +
+                         std::to_string(i) + ")",
+                     path);
   std::memcpy(&version, in + 8, 4);
   if (version != kVersion)
     return Corrupt(path + ": shard format version " + std::to_string(version) +

@@ -11,6 +11,7 @@
 #pragma once
 
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <optional>
 #include <span>
@@ -133,6 +134,14 @@ class Repository {
   std::string StagingDir(const SaveSpec& spec) const;
 
  private:
+  friend class AsyncSaver;
+  // Writes this rank's shard through `write_shard(shard_path, direct_io)`
+  // inside the staging protocol (directory, lock, fragment, failure marker).
+  // `index` is an engine::ShardIndex* to fill. Internal; used by WriteRank
+  // and AsyncSaver.
+  Result<RankResult> WriteRankWith(
+      const SaveSpec& spec,
+      const std::function<Status(const std::string&, bool, void* index)>& write_shard);
   Result<CommitResult> CommitNormalized(const SaveSpec& spec);
   struct Impl;
   explicit Repository(std::unique_ptr<Impl> impl);

@@ -1,6 +1,7 @@
 // The public C++ API of shardwise. See docs/cpp-api.md.
 #pragma once
 
+#include "shardwise/async.h"
 #include "shardwise/options.h"
 #include "shardwise/reader.h"
 #include "shardwise/repository.h"

@@ -17,20 +17,6 @@ namespace {
 
 using io::AlignUp;
 
-// A contiguous part of one extent placed in a unit. Pieces start on a
-// checksum-block boundary of their extent, so every block lies in one unit.
-struct Piece {
-  std::uint32_t item;
-  std::uint64_t begin;  // byte offset within the item
-  std::uint64_t length;
-};
-
-struct Unit {
-  std::uint64_t offset;  // file offset
-  std::uint64_t length;  // aligned
-  std::vector<Piece> pieces;
-};
-
 // Strict UTF-8 (RFC 3629: no overlongs, no surrogates), the same rule the
 // manifest's JSON parser applies, so every name we write can be read back.
 bool ValidUtf8(std::string_view s) {
@@ -95,39 +81,37 @@ Status ValidateWriteItem(const WriteItem& it) {
   return Status::Ok();
 }
 
-Result<ShardIndex> WriteShard(const std::string& path, std::int32_t rank,
-                              const std::string& save_id,
-                              std::span<const WriteItem> items,
-                              const Options& options, io::IoBackend& backend,
-                              bool direct_io) {
-  double t0 = os::MonotonicSeconds();
-  const std::uint64_t block = options.checksum_block_bytes;
-  const std::uint64_t unit_max = options.io_unit_bytes;
+Result<ShardPlan> PlanShard(std::span<const WriteItem> items, std::int32_t rank,
+                            const std::string& save_id, const Options& options) {
   if (save_id.size() > format::kMaxSaveIdBytes)
     return InvalidArgument("save id longer than 64 bytes");
+  ShardPlan plan;
+  plan.block = options.checksum_block_bytes;
+  plan.rank = rank;
+  plan.save_id = save_id;
+  const std::uint64_t unit_max = options.io_unit_bytes;
 
-  // Plan: extents after the header, each 4 KiB-aligned.
+  // Extents after the header, each 4 KiB-aligned.
   std::unordered_set<std::string_view> seen;
-  std::vector<std::uint64_t> extent(items.size());
+  plan.extent.resize(items.size());
   std::uint64_t cursor = format::kShardHeaderBytes;
   for (std::size_t i = 0; i < items.size(); ++i) {
     SW_RETURN_IF_ERROR(ValidateWriteItem(items[i]));
     if (!seen.insert(items[i].name).second)
       return InvalidArgument("item '" + items[i].name + "' was added twice");
-    extent[i] = cursor;
+    plan.extent[i] = cursor;
     cursor = AlignUp(cursor + items[i].nbytes);
   }
-  const std::uint64_t file_size = cursor;
+  plan.file_size = cursor;
 
-  // Cut into units. Large items get units of their own; small ones are
-  // packed together so that a layer's biases and norms cost one write.
-  std::vector<Unit> units;
-  units.push_back({0, format::kShardHeaderBytes, {}});
+  // Large items get units of their own; small ones are packed together so
+  // that a layer's biases and norms cost one write.
+  plan.units.push_back({0, format::kShardHeaderBytes, {}});
   for (std::uint32_t i = 0; i < items.size(); ++i) {
     std::uint64_t len = items[i].nbytes;
     if (len == 0) continue;
-    Unit& last = units.back();
-    std::uint64_t end_if_packed = extent[i] + AlignUp(len) - last.offset;
+    Unit& last = plan.units.back();
+    std::uint64_t end_if_packed = plan.extent[i] + AlignUp(len) - last.offset;
     if (end_if_packed <= unit_max) {
       last.pieces.push_back({i, 0, len});
       last.length = end_if_packed;
@@ -135,56 +119,78 @@ Result<ShardIndex> WriteShard(const std::string& path, std::int32_t rank,
     }
     for (std::uint64_t b = 0; b < len; b += unit_max) {
       std::uint64_t l = std::min(unit_max, len - b);
-      units.push_back({extent[i] + b, AlignUp(l), {{i, b, l}}});
+      plan.units.push_back({plan.extent[i] + b, AlignUp(l), {{i, b, l}}});
     }
   }
-
-  std::vector<std::vector<std::uint32_t>> crcs(items.size());
+  plan.crcs.resize(items.size());
   for (std::size_t i = 0; i < items.size(); ++i)
-    crcs[i].resize(format::BlockCount(items[i].nbytes, block));
+    plan.crcs[i].resize(format::BlockCount(items[i].nbytes, plan.block));
+  return plan;
+}
 
-  // Open the file; O_EXCL so that a rank never writes into a file that
-  // another attempt created.
+namespace {
+
+// Walks unit u: header, then each piece (through `piece`), zeroing the gaps.
+template <typename PieceFn>
+void ForEachPiece(const ShardPlan& plan, std::size_t u, std::byte* dst, PieceFn piece) {
+  const Unit& unit = plan.units[u];
+  std::uint64_t pos = 0;
+  if (unit.offset == 0) {
+    format::EncodeShardHeader({plan.rank, plan.file_size, plan.block, plan.save_id}, dst);
+    pos = format::kShardHeaderBytes;
+  }
+  for (const Piece& p : unit.pieces) {
+    std::uint64_t at = plan.extent[p.item] + p.begin - unit.offset;
+    if (at > pos) std::memset(dst + pos, 0, at - pos);
+    piece(p, dst + at);
+    pos = at + p.length;
+  }
+  if (pos < unit.length) std::memset(dst + pos, 0, unit.length - pos);
+}
+
+}  // namespace
+
+void StageUnit(const ShardPlan& plan, std::span<const WriteItem> items, std::size_t u,
+               std::byte* dst) {
+  ForEachPiece(plan, u, dst, [&](const Piece& p, std::byte* at) {
+    std::memcpy(at, static_cast<const std::byte*>(items[p.item].data) + p.begin, p.length);
+  });
+}
+
+void ChecksumUnit(ShardPlan& plan, std::size_t u, const std::byte* image) {
+  const Unit& unit = plan.units[u];
+  for (const Piece& p : unit.pieces) {
+    const std::byte* at = image + (plan.extent[p.item] + p.begin - unit.offset);
+    for (std::uint64_t b = 0; b < p.length; b += plan.block) {
+      std::uint64_t l = std::min(plan.block, p.length - b);
+      plan.crcs[p.item][(p.begin + b) / plan.block] = format::Crc32c(at + b, l);
+    }
+  }
+}
+
+void FillUnit(ShardPlan& plan, std::span<const WriteItem> items, std::size_t u, std::byte* dst) {
+  ForEachPiece(plan, u, dst, [&](const Piece& p, std::byte* at) {
+    const auto* src = static_cast<const std::byte*>(items[p.item].data) + p.begin;
+    for (std::uint64_t b = 0; b < p.length; b += plan.block) {
+      std::uint64_t l = std::min(plan.block, p.length - b);
+      plan.crcs[p.item][(p.begin + b) / plan.block] = format::Crc32cCopy(at + b, src + b, l);
+    }
+  });
+}
+
+Result<os::File> CreateShardFile(const std::string& path, const ShardPlan& plan,
+                                 bool direct_io) {
+  // O_EXCL: a rank never writes into a file another attempt created.
   int flags = O_WRONLY | O_CREAT | O_EXCL | (direct_io ? O_DIRECT : 0);
   SW_ASSIGN_OR_RETURN(os::File file, os::Open(path, flags, 0644));
-  SW_RETURN_IF_ERROR(os::Fallocate(file.fd(), 0, file_size, path));
+  SW_RETURN_IF_ERROR(os::Fallocate(file.fd(), 0, plan.file_size, path));
+  return file;
+}
 
-  format::ShardHeader header{rank, file_size, block, save_id};
-  std::vector<io::IoUnit> io_units(units.size());
-  for (std::size_t u = 0; u < units.size(); ++u)
-    io_units[u] = {file.fd(), &path, units[u].offset,
-                   static_cast<std::uint32_t>(units[u].length)};
-
-  auto fill = [&](std::size_t u, std::byte* buf) -> Status {
-    const Unit& unit = units[u];
-    std::uint64_t pos = 0;  // bytes of buf filled so far
-    if (unit.offset == 0) {
-      format::EncodeShardHeader(header, buf);
-      pos = format::kShardHeaderBytes;
-    }
-    for (const Piece& p : unit.pieces) {
-      std::uint64_t at = extent[p.item] + p.begin - unit.offset;
-      if (at > pos) std::memset(buf + pos, 0, at - pos);
-      const auto* src = static_cast<const std::byte*>(items[p.item].data) + p.begin;
-      for (std::uint64_t b = 0; b < p.length; b += block) {
-        std::uint64_t l = std::min(block, p.length - b);
-        crcs[p.item][(p.begin + b) / block] =
-            format::Crc32cCopy(buf + at + b, src + b, l);
-      }
-      pos = at + p.length;
-    }
-    if (pos < unit.length) std::memset(buf + pos, 0, unit.length - pos);
-    return Status::Ok();
-  };
-  SW_RETURN_IF_ERROR(backend.Write(io_units, fill));
-  // The data is written; make it (and the file size) durable.
-  SW_RETURN_IF_ERROR(os::Fsync(file.fd(), path));
-  SW_RETURN_IF_ERROR(file.Close());
-  os::CrashPoint("shard_written");
-
+ShardIndex MakeIndex(ShardPlan& plan, std::span<const WriteItem> items, const std::string& path,
+                     std::string_view backend, bool direct_io) {
   ShardIndex index;
-  index.file = {os::Basename(path), rank, file_size, std::string(backend.name()),
-                direct_io};
+  index.file = {os::Basename(path), plan.rank, plan.file_size, std::string(backend), direct_io};
   index.items.reserve(items.size());
   for (std::size_t i = 0; i < items.size(); ++i) {
     const WriteItem& w = items[i];
@@ -194,17 +200,38 @@ Result<ShardIndex> WriteShard(const std::string& path, std::int32_t rank,
     r.dtype = w.dtype;
     r.shape = w.global_shape;
     ChunkRecord c;
-    c.offsets = w.chunk_offsets.empty()
-                    ? std::vector<std::int64_t>(w.global_shape.size(), 0)
-                    : w.chunk_offsets;
+    c.offsets = w.chunk_offsets.empty() ? std::vector<std::int64_t>(w.global_shape.size(), 0)
+                                        : w.chunk_offsets;
     c.sizes = w.chunk_sizes.empty() ? w.global_shape : w.chunk_sizes;
     c.file = 0;
-    c.offset = w.nbytes == 0 ? 0 : extent[i];
+    c.offset = w.nbytes == 0 ? 0 : plan.extent[i];
     c.length = w.nbytes;
-    c.crc32c = std::move(crcs[i]);
+    c.crc32c = std::move(plan.crcs[i]);
     r.chunks.push_back(std::move(c));
     index.items.push_back(std::move(r));
   }
+  return index;
+}
+
+Result<ShardIndex> WriteShard(const std::string& path, std::int32_t rank,
+                              const std::string& save_id, std::span<const WriteItem> items,
+                              const Options& options, io::IoBackend& backend, bool direct_io) {
+  double t0 = os::MonotonicSeconds();
+  SW_ASSIGN_OR_RETURN(ShardPlan plan, PlanShard(items, rank, save_id, options));
+  SW_ASSIGN_OR_RETURN(os::File file, CreateShardFile(path, plan, direct_io));
+  std::vector<io::IoUnit> io_units(plan.units.size());
+  for (std::size_t u = 0; u < plan.units.size(); ++u)
+    io_units[u] = {file.fd(), &path, plan.units[u].offset,
+                   static_cast<std::uint32_t>(plan.units[u].length)};
+  SW_RETURN_IF_ERROR(backend.Write(io_units, [&](std::size_t u, std::byte* buf) {
+    FillUnit(plan, items, u, buf);
+    return Status::Ok();
+  }));
+  // The data is written; make it (and the file size) durable.
+  SW_RETURN_IF_ERROR(os::Fsync(file.fd(), path));
+  SW_RETURN_IF_ERROR(file.Close());
+  os::CrashPoint("shard_written");
+  ShardIndex index = MakeIndex(plan, items, path, backend.name(), direct_io);
   index.seconds = os::MonotonicSeconds() - t0;
   return index;
 }

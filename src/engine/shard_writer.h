@@ -9,6 +9,7 @@
 #include <vector>
 
 #include "io/backend.h"
+#include "os/posix.h"
 #include "shardwise/options.h"
 #include "shardwise/types.h"
 
@@ -24,6 +25,54 @@ struct ShardIndex {
 
 // Checks one item before anything is written: name, shape, bounds, size.
 Status ValidateWriteItem(const WriteItem& item);
+
+// A contiguous part of one item placed in a unit. Pieces start on a
+// checksum-block boundary of their item, so every block lies in one unit.
+struct Piece {
+  std::uint32_t item;
+  std::uint64_t begin;  // byte offset within the item
+  std::uint64_t length;
+};
+
+// One write: a 4 KiB-aligned file range holding whole pieces and padding.
+// The unit at offset 0 starts with the shard header.
+struct Unit {
+  std::uint64_t offset;
+  std::uint64_t length;
+  std::vector<Piece> pieces;
+};
+
+// The layout of one shard file: where each item's extent starts, how the
+// file is cut into units, and the checksums once computed.
+struct ShardPlan {
+  std::vector<std::uint64_t> extent;  // file offset of each item
+  std::vector<Unit> units;            // ascending, contiguous from 0
+  std::uint64_t file_size = 0;
+  std::uint64_t block = 0;            // checksum block bytes
+  std::int32_t rank = 0;
+  std::string save_id;
+  std::vector<std::vector<std::uint32_t>> crcs;  // per item, per block
+};
+
+// Validates the items and lays them out (docs/format.md, "Shard files").
+Result<ShardPlan> PlanShard(std::span<const WriteItem> items, std::int32_t rank,
+                            const std::string& save_id, const Options& options);
+
+// Copies unit u's bytes (header, data, zero padding) from the items to dst,
+// without checksumming: the staging copy of an async save.
+void StageUnit(const ShardPlan& plan, std::span<const WriteItem> items, std::size_t u,
+               std::byte* dst);
+// Computes the checksums of unit u from its staged image.
+void ChecksumUnit(ShardPlan& plan, std::size_t u, const std::byte* image);
+// Copies and checksums in one pass (the synchronous save).
+void FillUnit(ShardPlan& plan, std::span<const WriteItem> items, std::size_t u, std::byte* dst);
+
+// The rank's index once every unit was checksummed and written.
+ShardIndex MakeIndex(ShardPlan& plan, std::span<const WriteItem> items, const std::string& path,
+                     std::string_view backend, bool direct_io);
+
+// Creates the shard file (O_EXCL, preallocated).
+Result<os::File> CreateShardFile(const std::string& path, const ShardPlan& plan, bool direct_io);
 
 // Plans and writes `items` into a new file at `path` (which must not
 // exist). Returns after the data and the file size are durable.

@@ -23,6 +23,11 @@ struct IoUnit {
   const std::string* path = nullptr;  // for error messages; outlives the call
   std::uint64_t offset = 0;           // 4 KiB-aligned
   std::uint32_t length = 0;           // multiple of 4 KiB, <= io_unit_bytes
+  // Writes only: when set, the bytes are written from here (4 KiB-aligned
+  // for O_DIRECT) and `fill` is called with a null buffer, for side work
+  // such as checksums. This is how async saves write from staging memory
+  // without a second copy.
+  const std::byte* src = nullptr;
 };
 
 // Called with the unit's index and its buffer (io_unit_bytes, aligned).

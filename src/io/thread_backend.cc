@@ -24,8 +24,8 @@ class ThreadBackend final : public IoBackend {
   Status Write(std::span<const IoUnit> units, const UnitFn& fill) override {
     return Run(units, [&](std::size_t i, std::byte* buf) -> Status {
       const IoUnit& u = units[i];
-      SW_RETURN_IF_ERROR(fill(i, buf));
-      return os::PwriteAll(u.fd, buf, u.length, u.offset, *u.path);
+      SW_RETURN_IF_ERROR(fill(i, u.src ? nullptr : buf));
+      return os::PwriteAll(u.fd, u.src ? u.src : buf, u.length, u.offset, *u.path);
     });
   }
 
@@ -42,7 +42,8 @@ class ThreadBackend final : public IoBackend {
     if (units.empty()) return Status::Ok();
     std::size_t n = std::min<std::size_t>(threads_, units.size());
     std::uint64_t need = 0;
-    for (const IoUnit& u : units) need = std::max<std::uint64_t>(need, u.length);
+    for (const IoUnit& u : units)
+      if (!u.src) need = std::max<std::uint64_t>(need, u.length);
     EnsureBuffers(n, std::min<std::uint64_t>(AlignUp(need), unit_bytes_));
     std::atomic<std::size_t> next{0};
     std::atomic<bool> failed{false};
@@ -74,6 +75,7 @@ class ThreadBackend final : public IoBackend {
 
   // Sized to the largest unit seen so far (at most io_unit_bytes), kept.
   void EnsureBuffers(std::size_t n, std::uint64_t bytes) {
+    if (bytes == 0) bytes = kAlignment;
     if (!buffers_.empty() && buffers_[0].size() < bytes) buffers_.clear();
     std::uint64_t size = buffers_.empty() ? bytes : buffers_[0].size();
     while (buffers_.size() < n) buffers_.emplace_back(size);

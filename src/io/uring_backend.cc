@@ -47,6 +47,11 @@ class UringBackend final : public IoBackend {
     const IoUnit& u = units[slots_[slot].unit];
     std::uint32_t done = slots_[slot].done;
     io_uring_sqe* sqe = io_uring_get_sqe(&ring_);  // never null: depth bound
+    if (write && u.src) {
+      io_uring_prep_write(sqe, u.fd, u.src + done, len, u.offset + done);
+      io_uring_sqe_set_data64(sqe, static_cast<std::uint64_t>(slot));
+      return;
+    }
     std::byte* buf = buffers_[slot].data() + done;
     if (write) {
       if (fixed_)
@@ -79,8 +84,9 @@ class UringBackend final : public IoBackend {
   // and kept: a small checkpoint does not pin queue_depth x io_unit bytes.
   void EnsureBuffers(std::span<const IoUnit> units) {
     std::uint64_t need = 0;
-    for (const IoUnit& u : units) need = std::max<std::uint64_t>(need, u.length);
-    need = std::min<std::uint64_t>(AlignUp(need), max_unit_);
+    for (const IoUnit& u : units)
+      if (!u.src) need = std::max<std::uint64_t>(need, u.length);
+    need = std::min<std::uint64_t>(std::max<std::uint64_t>(AlignUp(need), kAlignment), max_unit_);
     if (!buffers_.empty() && buffers_[0].size() >= need) return;
     if (fixed_) io_uring_unregister_buffers(&ring_);
     buffers_.clear();
@@ -110,7 +116,7 @@ class UringBackend final : public IoBackend {
         int slot = free_slots.back();
         slots_[slot] = Slot{next, 0};
         if (write) {
-          Status s = fn(next, buffers_[slot].data());
+          Status s = fn(next, units[next].src ? nullptr : buffers_[slot].data());
           if (!s.ok()) {
             fail(std::move(s));
             break;

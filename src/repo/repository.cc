@@ -127,7 +127,20 @@ std::string Repository::StagingDir(const SaveSpec& spec) const {
   return os::JoinPath(impl_->root, "." + spec.name + repo::kStagingMarker + spec.save_id);
 }
 
-Result<RankResult> Repository::WriteRank(const SaveSpec& in, std::span<const WriteItem> items) {
+Result<RankResult> Repository::WriteRank(const SaveSpec& spec, std::span<const WriteItem> items) {
+  return WriteRankWith(spec, [&](const std::string& shard, bool direct, void* out) -> Status {
+    SW_ASSIGN_OR_RETURN(io::IoBackend * backend, impl_->Backend());
+    SW_ASSIGN_OR_RETURN(engine::ShardIndex index,
+                        engine::WriteShard(shard, spec.rank, spec.save_id, items,
+                                           impl_->options, *backend, direct));
+    *static_cast<engine::ShardIndex*>(out) = std::move(index);
+    return Status::Ok();
+  });
+}
+
+Result<RankResult> Repository::WriteRankWith(
+    const SaveSpec& in,
+    const std::function<Status(const std::string&, bool, void*)>& write_shard) {
   SaveSpec spec = in;
   SW_RETURN_IF_ERROR(Normalize(spec));
   const std::string final_dir = os::JoinPath(impl_->root, spec.name);
@@ -142,17 +155,16 @@ Result<RankResult> Repository::WriteRank(const SaveSpec& in, std::span<const Wri
     std::string lock_path = os::JoinPath(staging, repo::kLockName);
     SW_ASSIGN_OR_RETURN(os::File lock, os::Open(lock_path, O_RDWR | O_CREAT, 0644));
     (void)os::Flock(lock.fd(), /*exclusive=*/false, /*try_only=*/false, lock_path);
-    SW_ASSIGN_OR_RETURN(io::IoBackend * backend, impl_->Backend());
     SW_ASSIGN_OR_RETURN(bool direct, io::ResolveDirectIo(impl_->options, staging));
     std::string shard = os::JoinPath(staging, repo::ShardName(spec.rank));
-    auto index = engine::WriteShard(shard, spec.rank, spec.save_id, items, impl_->options,
-                                    *backend, direct);
-    if (!index.ok()) {
-      if (index.status().err() == EEXIST)
+    engine::ShardIndex index;
+    Status written = write_shard(shard, direct, &index);
+    if (!written.ok()) {
+      if (written.err() == EEXIST)
         return Status(StatusCode::kAlreadyExists,
                       shard + " was already written by this save attempt; use a new save_id",
                       EEXIST, shard);
-      return index.status();
+      return written;
     }
     Manifest frag;
     frag.name = spec.name;
@@ -162,17 +174,17 @@ Result<RankResult> Repository::WriteRank(const SaveSpec& in, std::span<const Wri
     frag.rank = spec.rank;
     frag.created_unix = os::NowUnix();
     frag.checksum_block = impl_->options.checksum_block_bytes;
-    frag.files.push_back(index->file);
-    frag.items = std::move(index->items);
+    frag.files.push_back(index.file);
+    frag.items = std::move(index.items);
     SW_RETURN_IF_ERROR(os::WriteFileAtomic(os::JoinPath(staging, repo::FragmentName(spec.rank)),
                                            format::Serialize(frag, format::kFragmentKind),
                                            "fragment"));
     os::CrashPoint("fragment_written");
     RankResult r;
     r.shard_path = shard;
-    r.bytes = index->file.size;
-    r.seconds = index->seconds;
-    r.backend = index->file.backend;
+    r.bytes = index.file.size;
+    r.seconds = index.seconds;
+    r.backend = index.file.backend;
     r.direct_io = direct;
     return r;
   };

@@ -1,0 +1,353 @@
+// Asynchronous saves (include/shardwise/async.h). The foreground stages the
+// shard's exact file image (header, extents, padding) into the staging pool
+// with a parallel memcpy; a background thread checksums the staged bytes,
+// writes them straight from the pool (no second copy), fsyncs, leaves the
+// rank's fragment and commits, all through the same protocol as synchronous
+// saves. When the state is larger than the pool, waves alternate between the
+// pool's two halves: the foreground stages wave k+1 while wave k is written.
+#include "shardwise/async.h"
+
+#include <algorithm>
+#include <atomic>
+#include <condition_variable>
+#include <cstring>
+#include <exception>
+#include <mutex>
+#include <thread>
+#include <vector>
+
+#include "engine/shard_writer.h"
+#include "io/aligned_buffer.h"
+#include "io/backend.h"
+#include "os/fault.h"
+#include "os/posix.h"
+
+namespace shardwise {
+
+struct AsyncSave::State {
+  mutable std::mutex mu;
+  std::condition_variable cv;
+  bool done = false;
+  bool skipped = false;
+  bool observed = false;
+  Status status;
+  std::string name;
+  double stall = 0, persist = 0, returned_at = 0;
+  std::uint64_t bytes = 0;
+  int waves = 0;
+
+  void Finish(Status s) {
+    std::lock_guard lock(mu);
+    status = std::move(s);
+    persist = returned_at > 0 ? os::MonotonicSeconds() - returned_at : 0;
+    done = true;
+    cv.notify_all();
+  }
+};
+
+bool AsyncSave::Done() const {
+  std::lock_guard lock(state_->mu);
+  return state_->done;
+}
+
+Status AsyncSave::Wait() {
+  std::unique_lock lock(state_->mu);
+  state_->cv.wait(lock, [&] { return state_->done; });
+  state_->observed = true;
+  return state_->status;
+}
+
+Status AsyncSave::status() const {
+  std::lock_guard lock(state_->mu);
+  if (state_->done) state_->observed = true;
+  return state_->status;
+}
+
+bool AsyncSave::skipped() const { return state_->skipped; }
+const std::string& AsyncSave::name() const { return state_->name; }
+double AsyncSave::stall_seconds() const {
+  std::lock_guard lock(state_->mu);
+  return state_->stall;
+}
+double AsyncSave::persist_seconds() const {
+  std::lock_guard lock(state_->mu);
+  return state_->persist;
+}
+std::uint64_t AsyncSave::bytes() const { return state_->bytes; }
+int AsyncSave::waves() const { return state_->waves; }
+
+namespace {
+
+// A wave: units [u0, u1) of the plan, staged at pool + pool_base, where the
+// unit at file offset `file_base` lands first.
+struct Wave {
+  std::size_t u0, u1;
+  std::uint64_t file_base, pool_base;
+};
+
+// Hand-off between the staging foreground and the writing background.
+struct Job {
+  SaveSpec spec;
+  engine::ShardPlan plan;
+  std::vector<WriteItem> meta;  // the items without their data pointers
+  std::vector<Wave> waves;
+  std::byte* pool = nullptr;
+
+  std::mutex mu;
+  std::condition_variable cv;
+  std::size_t staged = 0;   // waves staged by the foreground
+  std::size_t written = 0;  // waves written by the background
+  bool failed = false;      // the background gave up
+  bool abandon = false;     // the foreground gave up
+
+  const std::byte* Image(std::size_t u, const Wave& w) const {
+    return pool + w.pool_base + (plan.units[u].offset - w.file_base);
+  }
+};
+
+std::vector<Wave> CutWaves(const engine::ShardPlan& plan, std::uint64_t pool_size) {
+  const std::size_t n = plan.units.size();
+  if (plan.file_size <= pool_size) return {{0, n, 0, 0}};
+  const std::uint64_t half = io::AlignDown(pool_size / 2);
+  std::vector<Wave> waves;
+  std::size_t u0 = 0;
+  while (u0 < n) {
+    std::size_t u1 = u0 + 1;
+    const std::uint64_t base = plan.units[u0].offset;
+    while (u1 < n && plan.units[u1].offset + plan.units[u1].length - base <= half) ++u1;
+    waves.push_back({u0, u1, base, (waves.size() % 2) * half});
+    u0 = u1;
+  }
+  return waves;
+}
+
+// Runs fn(i) for i in [begin, end) on `threads` threads (the caller's too).
+template <typename Fn>
+void ParallelFor(std::size_t begin, std::size_t end, int threads, Fn fn) {
+  std::atomic<std::size_t> next{begin};
+  auto body = [&] {
+    for (std::size_t i = next++; i < end; i = next++) fn(i);
+  };
+  std::vector<std::thread> pool;
+  int extra = static_cast<int>(std::min<std::size_t>(threads, end - begin)) - 1;
+  for (int t = 0; t < extra; ++t) pool.emplace_back(body);
+  body();
+  for (auto& t : pool) t.join();
+}
+
+}  // namespace
+
+struct AsyncSaver::Impl {
+  Repository& repo;
+  AsyncOptions opts;
+  std::unique_ptr<StagingPool> pool;
+  std::unique_ptr<io::IoBackend> backend;
+  std::thread worker;
+  std::shared_ptr<AsyncSave::State> current;
+
+  Impl(Repository& r, const AsyncOptions& o) : repo(r), opts(o) {}
+
+  int CopyThreads() const {
+    if (opts.copy_threads > 0) return opts.copy_threads;
+    unsigned n = std::thread::hardware_concurrency();
+    return n == 0 ? 1 : static_cast<int>(n);
+  }
+
+  void JoinWorker() {
+    if (worker.joinable()) worker.join();
+  }
+
+  // The background half of a save.
+  Status Persist(const std::shared_ptr<Job>& job) {
+    Options options = repo.options();
+    auto written = repo.WriteRankWith(job->spec, [&](const std::string& shard, bool direct,
+                                                     void* out) -> Status {
+      double t0 = os::MonotonicSeconds();
+      SW_ASSIGN_OR_RETURN(os::File file, engine::CreateShardFile(shard, job->plan, direct));
+      for (std::size_t w = 0; w < job->waves.size(); ++w) {
+        {
+          std::unique_lock lock(job->mu);
+          job->cv.wait(lock, [&] { return job->staged > w || job->abandon; });
+          if (job->abandon) return Status(StatusCode::kAborted, "staging was abandoned");
+        }
+        const Wave& wave = job->waves[w];
+        std::vector<io::IoUnit> units;
+        units.reserve(wave.u1 - wave.u0);
+        for (std::size_t u = wave.u0; u < wave.u1; ++u)
+          units.push_back({file.fd(), &shard, job->plan.units[u].offset,
+                           static_cast<std::uint32_t>(job->plan.units[u].length),
+                           job->Image(u, wave)});
+        // Checksums are computed here, over the staged bytes, just before
+        // each unit is written: they cost the training loop nothing.
+        SW_RETURN_IF_ERROR(backend->Write(units, [&](std::size_t i, std::byte*) {
+          engine::ChecksumUnit(job->plan, wave.u0 + i, units[i].src);
+          return Status::Ok();
+        }));
+        std::lock_guard lock(job->mu);
+        job->written = w + 1;
+        job->cv.notify_all();
+      }
+      SW_RETURN_IF_ERROR(os::Fsync(file.fd(), shard));
+      SW_RETURN_IF_ERROR(file.Close());
+      os::CrashPoint("shard_written");
+      auto* index = static_cast<engine::ShardIndex*>(out);
+      *index = engine::MakeIndex(job->plan, job->meta, shard, backend->name(), direct);
+      index->seconds = os::MonotonicSeconds() - t0;
+      return Status::Ok();
+    });
+    if (!written.ok()) return written.status();
+    if (job->spec.rank == 0) return repo.Commit(job->spec).status();
+    return repo.WaitCommitted(job->spec, options.commit_timeout_s);
+  }
+
+  void RunWorker(std::shared_ptr<Job> job, std::shared_ptr<AsyncSave::State> state) {
+    Status s;
+    try {
+      s = Persist(job);
+    } catch (const std::exception& e) {
+      // Never let an exception escape a background thread (that would abort
+      // the process); it becomes the save's error.
+      s = Status(StatusCode::kInternal, std::string("async save: ") + e.what());
+    }
+    {
+      std::lock_guard lock(job->mu);
+      if (!s.ok()) job->failed = true;
+      job->cv.notify_all();
+    }
+    state->Finish(std::move(s));
+  }
+};
+
+AsyncSaver::AsyncSaver(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
+
+AsyncSaver::~AsyncSaver() { impl_->JoinWorker(); }
+
+Result<std::unique_ptr<AsyncSaver>> AsyncSaver::Create(Repository& repo,
+                                                       const AsyncOptions& options,
+                                                       std::unique_ptr<StagingPool> pool) {
+  auto impl = std::make_unique<Impl>(repo, options);
+  impl->pool = std::move(pool);
+  // A backend of its own: the foreground may use the repository meanwhile.
+  SW_ASSIGN_OR_RETURN(impl->backend, io::MakeIoBackend(repo.options()));
+  if (!impl->pool && options.staging_bytes > 0) {
+    SW_ASSIGN_OR_RETURN(impl->pool, StagingPool::Allocate(options.staging_bytes, options.huge_pages));
+  }
+  return std::unique_ptr<AsyncSaver>(new AsyncSaver(std::move(impl)));
+}
+
+std::uint64_t AsyncSaver::staging_bytes() const {
+  return impl_->pool ? impl_->pool->size() : 0;
+}
+
+Status AsyncSaver::WaitIdle() {
+  impl_->JoinWorker();
+  if (!impl_->current) return Status::Ok();
+  std::lock_guard lock(impl_->current->mu);
+  impl_->current->observed = true;
+  return impl_->current->status;
+}
+
+Result<std::shared_ptr<AsyncSave>> AsyncSaver::SaveAsync(const SaveSpec& in,
+                                                         std::span<const WriteItem> items) {
+  Impl& m = *impl_;
+  const double t0 = os::MonotonicSeconds();
+  auto state = std::make_shared<AsyncSave::State>();
+
+  // 1. The previous save: wait for it, or skip this one.
+  if (m.current) {
+    bool running;
+    {
+      std::lock_guard lock(m.current->mu);
+      running = !m.current->done;
+    }
+    if (running && m.opts.overlap == OverlapPolicy::kSkip) {
+      state->skipped = true;
+      state->name = in.name;
+      state->status = Status(StatusCode::kAborted,
+                             "skipped: the previous save (" + m.current->name +
+                                 ") is still persisting");
+      state->done = true;
+      state->stall = os::MonotonicSeconds() - t0;
+      return std::make_shared<AsyncSave>(state);
+    }
+    m.JoinWorker();
+    std::lock_guard lock(m.current->mu);
+    if (!m.current->status.ok() && !m.current->observed) {
+      m.current->observed = true;
+      return m.current->status.WithContext("previous async save " + m.current->name +
+                                           " failed (not saved now; call again to save)");
+    }
+  }
+
+  // 2. Plan the shard and the waves.
+  SaveSpec spec = in;
+  SW_RETURN_IF_ERROR(Repository::Normalize(spec));
+  state->name = spec.name;
+  if (!spec.replace && os::Exists(os::JoinPath(m.repo.root(), spec.name)))
+    return Status(StatusCode::kAlreadyExists,
+                  "checkpoint " + os::JoinPath(m.repo.root(), spec.name) +
+                      " already exists (pass replace to overwrite it)",
+                  EEXIST);
+  const Options& options = m.repo.options();
+  auto job = std::make_shared<Job>();
+  job->spec = spec;
+  SW_ASSIGN_OR_RETURN(job->plan, engine::PlanShard(items, spec.rank, spec.save_id, options));
+  if (!m.pool) {
+    SW_ASSIGN_OR_RETURN(m.pool, StagingPool::Allocate(job->plan.file_size, m.opts.huge_pages));
+  }
+  std::uint64_t max_unit = 0;
+  for (const auto& u : job->plan.units) max_unit = std::max(max_unit, u.length);
+  if (job->plan.file_size > m.pool->size() && io::AlignDown(m.pool->size() / 2) < max_unit)
+    return InvalidArgument("staging pool of " + FormatBytes(m.pool->size()) +
+                           " is too small to stage in waves: it must hold two I/O units (" +
+                           FormatBytes(2 * max_unit) + ")");
+  job->waves = CutWaves(job->plan, m.pool->size());
+  job->pool = m.pool->data();
+  job->meta.assign(items.begin(), items.end());
+  for (auto& w : job->meta) w.data = nullptr;  // the background never reads them
+  state->bytes = job->plan.file_size;
+  state->waves = static_cast<int>(job->waves.size());
+
+  // 3. Start the background, then stage wave after wave.
+  m.current = state;
+  m.worker = std::thread([&m, job, state] { m.RunWorker(job, state); });
+  const int threads = m.CopyThreads();
+  for (std::size_t w = 0; w < job->waves.size(); ++w) {
+    {
+      // A pool half is free once the wave two before this one is written.
+      std::unique_lock lock(job->mu);
+      job->cv.wait(lock, [&] { return w < 2 || job->written >= w - 1 || job->failed; });
+      if (job->failed) break;
+    }
+    const Wave& wave = job->waves[w];
+    ParallelFor(wave.u0, wave.u1, threads, [&](std::size_t u) {
+      engine::StageUnit(job->plan, items, u,
+                        job->pool + wave.pool_base + (job->plan.units[u].offset - wave.file_base));
+    });
+    if (w + 1 == job->waves.size()) {
+      // The caller is free from here on; set before the last hand-off so the
+      // background's persist time is measured from this moment.
+      std::lock_guard lock(state->mu);
+      state->returned_at = os::MonotonicSeconds();
+      state->stall = state->returned_at - t0;
+    }
+    std::lock_guard lock(job->mu);
+    job->staged = w + 1;
+    job->cv.notify_all();
+  }
+  bool failed;
+  {
+    std::lock_guard lock(job->mu);
+    failed = job->failed;
+  }
+  if (failed) {
+    // The background failed while we were still staging: report it now.
+    m.JoinWorker();
+    std::lock_guard lock(state->mu);
+    state->observed = true;
+    return state->status;
+  }
+  return std::make_shared<AsyncSave>(state);
+}
+
+}  // namespace shardwise

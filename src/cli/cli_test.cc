@@ -191,6 +191,37 @@ TEST(CliBench, SmallRunReportsAndVerifies) {
   EXPECT_EQ(Cli({"bench"}).exit_code, 2);
 }
 
+TEST(CliBench, AsyncReportsStallPersistMemoryAndTraining) {
+  TempDir dir;
+  ProcResult r = Cli({"bench", "--async", "--dir", dir / "a", "--size-per-rank", "16MiB",
+                      "--saves", "3", "--json"});
+  ASSERT_EQ(r.exit_code, 0) << r.out;
+  Json j = JsonOf(r);
+  for (const char* k : {"stall", "persist", "first_stall"}) {
+    EXPECT_GT(j[k]["bytes"].get<std::uint64_t>(), 15u << 20) << k;
+    EXPECT_GT(j[k]["seconds"].get<double>(), 0) << k;
+    EXPECT_GT(j[k]["gb_per_s"].get<double>(), 0) << k;
+  }
+  EXPECT_GT(j["memcpy_gb_per_s"].get<double>(), 0);
+  // Null when the persists were too short to time a loop against.
+  EXPECT_TRUE(j["training"]["ratio"].is_null() || j["training"]["ratio"].get<double>() > 0);
+  EXPECT_GT(j["training"]["undisturbed_steps_per_s"].get<double>(), 0);
+  // Peak memory holds at least the state and the pool.
+  EXPECT_GE(j["peak_rss_bytes"].get<std::uint64_t>(),
+            j["state_bytes"].get<std::uint64_t>() + j["staging_bytes"].get<std::uint64_t>());
+  EXPECT_EQ(j["waves"], 1);
+  // A budget below the state: waves.
+  ProcResult w = Cli({"bench", "--async", "--dir", dir / "a", "--size-per-rank", "16MiB",
+                      "--saves", "2", "--staging-budget", "4MiB", "--io-unit", "1MiB", "--json"});
+  ASSERT_EQ(w.exit_code, 0) << w.out;
+  EXPECT_GT(JsonOf(w)["waves"].get<int>(), 2);
+  auto entries = os::ListDir(dir / "a");
+  ASSERT_TRUE(entries.ok());
+  EXPECT_TRUE(entries->empty());  // nothing left without --keep
+  EXPECT_EQ(Cli({"bench", "--async", "--dir", dir / "a", "--ranks", "2"}).exit_code, 2);
+  EXPECT_EQ(Cli({"bench", "--dir", dir / "a", "--saves", "3"}).exit_code, 2);
+}
+
 TEST(CliArgs, InProcessVerbs) {
   std::ostringstream out, err;
   EXPECT_EQ(RunLs({"--help"}, out, err), kExitOk);

@@ -15,6 +15,7 @@
 #include <sstream>
 
 #include "cli/args.h"
+#include "cli/bench.h"
 #include "cli/cli.h"
 #include "cli/output.h"
 #include "cli/synthetic.h"
@@ -26,6 +27,8 @@ namespace shardwise::cli {
 constexpr char kBenchHelp[] = R"(Usage: shardwise bench --dir D [--ranks R] [--size-per-rank SIZE]
                        [--io-backend auto|uring|threads] [--queue-depth N]
                        [--io-unit SIZE] [--direct-io auto|on|off] [--keep] [--json]
+       shardwise bench --async --dir D [--size-per-rank SIZE] [--saves N]
+                       [--staging-budget SIZE] [...] [--json]
 
 Measure checkpoint throughput on directory D (created if missing). R
 processes each build a synthetic rank state shaped like a transformer layer
@@ -47,6 +50,17 @@ Options:
   --direct-io M        auto (probe), on, off                         [auto]
   --keep               leave the committed checkpoint in D
   --json               machine-readable output (schema in docs/cli.md)
+
+Asynchronous saves (one process, several saves through one engine):
+  --async              report the stall (until SaveAsync returns; median of
+                       the saves after the first), the first stall (sets up
+                       the staging pool), the background persist time, the
+                       memcpy bandwidth over the same bytes, how much of its
+                       speed a CPU-bound "training" loop keeps while saves
+                       persist, and the peak resident memory
+  --saves N            saves to run                                  [5]
+  --staging-budget S   staging pool size; smaller than the state: waves
+                                                                     [state size]
   --help               this text
 
 Exit codes: 0 measured and verified; 1 a save, load or comparison failed;
@@ -226,9 +240,10 @@ class Collector {
 }  // namespace
 
 int RunBench(const Argv& argv, std::ostream& out, std::ostream& err) {
-  auto args = Args::Parse(argv, {{"json"}, {"keep"}, {"dir", true}, {"ranks", true},
+  auto args = Args::Parse(argv, {{"json"}, {"keep"}, {"async"}, {"dir", true}, {"ranks", true},
                                  {"size-per-rank", true}, {"io-backend", true},
-                                 {"queue-depth", true}, {"io-unit", true}, {"direct-io", true}});
+                                 {"queue-depth", true}, {"io-unit", true}, {"direct-io", true},
+                                 {"saves", true}, {"staging-budget", true}});
   if (!args.ok()) return UsageError(err, "bench", args.status().message());
   if (args->help()) {
     out << kBenchHelp;
@@ -271,6 +286,26 @@ int RunBench(const Argv& argv, std::ostream& out, std::ostream& err) {
     else return UsageError(err, "bench", "--direct-io expects auto, on or off");
   }
   if (Status s = opts.Validate(); !s.ok()) return UsageError(err, "bench", s.message());
+  if (args->Has("async")) {
+    BenchParams p;
+    p.dir = *dir;
+    p.ranks = static_cast<int>(ranks_r->value_or(1));
+    p.size_per_rank = size;
+    p.options = opts;
+    p.keep = args->Has("keep");
+    p.json = args->json();
+    auto saves = args->GetInt("saves", 2, 10000);
+    if (!saves.ok()) return UsageError(err, "bench", saves.status().message());
+    p.saves = static_cast<int>(saves->value_or(5));
+    if (auto b = args->Get("staging-budget")) {
+      auto v = ParseSize(*b);
+      if (!v.ok()) return UsageError(err, "bench", "--staging-budget: " + v.status().message());
+      p.staging_budget = *v;
+    }
+    return RunAsyncBench(p, out, err);
+  }
+  if (args->Has("saves") || args->Has("staging-budget"))
+    return UsageError(err, "bench", "--saves and --staging-budget go with --async");
   auto repo = Repository::Open(*dir, opts, /*create=*/true);
   if (!repo.ok()) return UsageError(err, "bench", repo.status().message());
 

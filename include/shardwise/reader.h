@@ -55,6 +55,8 @@ class CheckpointReader {
   ~CheckpointReader();
 
   const Manifest& manifest() const;
+  // The validated manifest as JSON text (the manifest.json schema).
+  std::string ManifestJson() const;
   const std::string& dir() const;
   std::string_view backend_name() const;
 

@@ -254,6 +254,9 @@ CheckpointReader::~CheckpointReader() = default;
 
 const Manifest& CheckpointReader::manifest() const { return impl_->manifest; }
 const std::string& CheckpointReader::dir() const { return impl_->dir; }
+std::string CheckpointReader::ManifestJson() const {
+  return format::Serialize(impl_->manifest, format::kManifestKind);
+}
 std::string_view CheckpointReader::backend_name() const { return impl_->backend->name(); }
 
 Result<std::unique_ptr<CheckpointReader>> CheckpointReader::Open(const std::string& dir,

@@ -315,6 +315,26 @@ TEST_F(Damage, ManifestDamage) {
   EXPECT_NE(s.message().find("symbolic link"), std::string::npos) << s.message();
 }
 
+// One rank may save two chunks of the same tensor.
+TEST(ShardWriterInput, SeveralChunksOfOneItemPerRank) {
+  TempDir dir;
+  auto repo = Repository::Open(dir.path());
+  ASSERT_TRUE(repo.ok());
+  OwnedItems it;
+  it.Add("t", DType::kInt32, {10, 3}, 1, {0, 0}, {4, 3});
+  it.Add("t", DType::kInt32, {10, 3}, 2, {4, 0}, {6, 3});
+  SaveSpec spec;
+  spec.step = 1;
+  ASSERT_TRUE((*repo)->Save(spec, it.items).ok());
+  auto reader = (*repo)->OpenCheckpoint("step-000000000001");
+  ASSERT_TRUE(reader.ok());
+  ASSERT_EQ((*reader)->manifest().FindItem("t")->chunks.size(), 2u);
+  std::vector<std::int32_t> all(30);
+  ASSERT_TRUE((*reader)->ReadItem("t", all.data(), all.size() * 4).ok());
+  EXPECT_EQ(0, std::memcmp(all.data(), it.data[0].data(), 48));
+  EXPECT_EQ(0, std::memcmp(all.data() + 12, it.data[1].data(), 72));
+}
+
 TEST(ShardWriterInput, BadItemsAreClearErrors) {
   TempDir dir;
   auto repo = Repository::Open(dir.path());
@@ -331,6 +351,10 @@ TEST(ShardWriterInput, BadItemsAreClearErrors) {
   dup.Add("a", DType::kUInt8, {4}, 1);
   dup.Add("a", DType::kUInt8, {4}, 2);
   expect_bad(dup, "added twice");
+  OwnedItems mixed;
+  mixed.Add("a", DType::kUInt8, {8}, 1, {0}, {4});
+  mixed.Add("a", DType::kInt8, {8}, 2, {4}, {4});
+  expect_bad(mixed, "disagree");
   OwnedItems size;
   size.Add("a", DType::kFloat32, {4}, 1);
   size.items[0].nbytes = 15;

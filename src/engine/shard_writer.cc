@@ -3,7 +3,8 @@
 #include <fcntl.h>
 
 #include <cstring>
-#include <unordered_set>
+#include <map>
+#include <set>
 
 #include "format/crc32c.h"
 #include "format/manifest.h"
@@ -92,13 +93,23 @@ Result<ShardPlan> PlanShard(std::span<const WriteItem> items, std::int32_t rank,
   const std::uint64_t unit_max = options.io_unit_bytes;
 
   // Extents after the header, each 4 KiB-aligned.
-  std::unordered_set<std::string_view> seen;
+  // A rank may hold several chunks of one item (distinct offsets), never the
+  // same chunk twice.
+  std::set<std::pair<std::string_view, std::vector<std::int64_t>>> seen;
+  std::map<std::string_view, std::size_t> first_of;
   plan.extent.resize(items.size());
   std::uint64_t cursor = format::kShardHeaderBytes;
   for (std::size_t i = 0; i < items.size(); ++i) {
     SW_RETURN_IF_ERROR(ValidateWriteItem(items[i]));
-    if (!seen.insert(items[i].name).second)
+    if (!seen.insert({items[i].name, items[i].chunk_offsets}).second)
       return InvalidArgument("item '" + items[i].name + "' was added twice");
+    if (auto [it, fresh] = first_of.try_emplace(items[i].name, i); !fresh) {
+      const WriteItem& a = items[it->second];
+      if (a.dtype != items[i].dtype || a.kind != items[i].kind ||
+          a.global_shape != items[i].global_shape)
+        return InvalidArgument("chunks of item '" + items[i].name +
+                               "' disagree about dtype, kind or global shape");
+    }
     plan.extent[i] = cursor;
     cursor = AlignUp(cursor + items[i].nbytes);
   }
@@ -191,14 +202,18 @@ ShardIndex MakeIndex(ShardPlan& plan, std::span<const WriteItem> items, const st
                      std::string_view backend, bool direct_io) {
   ShardIndex index;
   index.file = {os::Basename(path), plan.rank, plan.file_size, std::string(backend), direct_io};
-  index.items.reserve(items.size());
+  std::map<std::string_view, std::size_t> by_name;  // chunks of one item share a record
   for (std::size_t i = 0; i < items.size(); ++i) {
     const WriteItem& w = items[i];
-    ItemRecord r;
-    r.name = w.name;
-    r.kind = w.kind;
-    r.dtype = w.dtype;
-    r.shape = w.global_shape;
+    auto [pos, fresh] = by_name.try_emplace(w.name, index.items.size());
+    if (fresh) {
+      ItemRecord r;
+      r.name = w.name;
+      r.kind = w.kind;
+      r.dtype = w.dtype;
+      r.shape = w.global_shape;
+      index.items.push_back(std::move(r));
+    }
     ChunkRecord c;
     c.offsets = w.chunk_offsets.empty() ? std::vector<std::int64_t>(w.global_shape.size(), 0)
                                         : w.chunk_offsets;
@@ -207,8 +222,7 @@ ShardIndex MakeIndex(ShardPlan& plan, std::span<const WriteItem> items, const st
     c.offset = w.nbytes == 0 ? 0 : plan.extent[i];
     c.length = w.nbytes;
     c.crc32c = std::move(plan.crcs[i]);
-    r.chunks.push_back(std::move(c));
-    index.items.push_back(std::move(r));
+    index.items[pos->second].chunks.push_back(std::move(c));
   }
   return index;
 }

@@ -1,0 +1,467 @@
+"""Storage plugins for ``torch.distributed.checkpoint`` (DCP).
+
+::
+
+    import torch.distributed.checkpoint as dcp
+    from shardwise.dcp import Reader, Writer
+
+    dcp.save(state_dict, storage_writer=Writer("/fsx/ckpt/step-000000001000"))
+    future = dcp.async_save(state_dict, storage_writer=Writer(path))  # THREAD or PROCESS
+    dcp.load(state_dict, storage_reader=Reader("/fsx/ckpt/step-000000001000"))
+
+The checkpoint path is a directory inside a checkpoint root; it becomes
+visible only when the save is committed (see docs/format.md). Tensor bytes go
+through the C++ engine with the GIL released; every byte is checksummed, and
+verified on load. The reader rebuilds DCP ``Metadata`` from the JSON manifest
+and never unpickles anything; non-tensor values are stored as JSON.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import os
+import secrets
+import threading
+from typing import Any, Optional, Union
+
+import torch
+from torch.distributed.checkpoint.metadata import Metadata, StorageMeta
+from torch.distributed.checkpoint.planner import (
+    LoadItemType,
+    LoadPlan,
+    LoadPlanner,
+    SavePlan,
+    SavePlanner,
+    WriteItemType,
+)
+from torch.distributed.checkpoint.storage import StorageReader, StorageWriter, WriteResult
+from torch.futures import Future
+
+from . import _core, _metadata, _values
+from ._progress import Progress, ProgressArg
+
+try:  # the AsyncStager protocol (torch >= 2.3)
+    from torch.distributed.checkpoint.staging import AsyncStager
+except ImportError:  # pragma: no cover
+    AsyncStager = object  # type: ignore[misc,assignment]
+
+try:
+    from torch.distributed.tensor import DTensor
+except ImportError:  # pragma: no cover
+    DTensor = None  # type: ignore[misc,assignment]
+
+log = logging.getLogger("shardwise")
+
+__all__ = ["Writer", "Reader"]
+
+_ALIGN = 4096
+PathLike = Union[str, "os.PathLike[str]"]
+
+
+def _split(path: str) -> tuple[str, str]:
+    path = os.path.abspath(os.fspath(path)).rstrip("/")
+    root, name = os.path.dirname(path), os.path.basename(path)
+    if not name:
+        raise ValueError(f"{path!r} is not a checkpoint directory path")
+    return root, name
+
+
+def _options(**kw: Any) -> dict[str, Any]:
+    return {k: v for k, v in kw.items() if v is not None}
+
+
+class _StagingPool:
+    """Host memory reused by every async save of one Writer.
+
+    Allocated once (grown only if a later state is larger), pinned through
+    torch when CUDA is available so that device-to-host copies run at full
+    speed. Tensors are staged at 4 KiB-aligned offsets.
+    """
+
+    def __init__(self) -> None:
+        self.buffer: Optional[torch.Tensor] = None
+
+    def ensure(self, nbytes: int) -> torch.Tensor:
+        if self.buffer is None or self.buffer.numel() < nbytes:
+            pin = torch.cuda.is_available()
+            self.buffer = torch.empty(max(nbytes, _ALIGN), dtype=torch.uint8, pin_memory=pin)
+            self.buffer.zero_()  # touch every page now, not during a save
+        return self.buffer
+
+
+def _local(t: Any) -> torch.Tensor:
+    return t.to_local() if DTensor is not None and isinstance(t, DTensor) else t
+
+
+class Writer(StorageWriter, AsyncStager):  # type: ignore[misc]
+    """DCP storage writer: saves into a shardwise checkpoint directory.
+
+    Args:
+        path: the checkpoint directory (``ROOT/NAME``); DCP's ``checkpoint_id``
+            overrides it.
+        replace: allow replacing an existing checkpoint of that name (atomic).
+        step: recorded in the manifest (``shardwise ls`` shows it).
+        user_metadata: a JSON-compatible dict stored in the manifest.
+        io_backend, queue_depth, io_unit, checksum_block, direct_io,
+        commit_timeout_s: engine options (docs/cpp-api.md); ``SHARDWISE_*``
+            environment variables apply when not given.
+        progress: True for a progress bar (tqdm when installed, else log
+            lines), or a callable ``(done_bytes, total_bytes)``.
+
+    The writer holds configuration only, so DCP's PROCESS mode can pickle it.
+    """
+
+    _synchronize_after_execute = False
+
+    def __init__(self, path: Optional[PathLike] = None, *, replace: bool = False,
+                 step: Optional[int] = None, user_metadata: Optional[dict[str, Any]] = None,
+                 io_backend: Optional[str] = None, queue_depth: Optional[int] = None,
+                 io_unit: Optional[Union[int, str]] = None,
+                 checksum_block: Optional[Union[int, str]] = None,
+                 direct_io: Optional[str] = None, commit_timeout_s: Optional[float] = None,
+                 progress: ProgressArg = None) -> None:
+        super().__init__()
+        self.path = os.fspath(path) if path is not None else None
+        self.replace = replace
+        self.step = step
+        self.user_json = json.dumps(user_metadata or {})
+        self.options = _options(io_backend=io_backend, queue_depth=queue_depth, io_unit=io_unit,
+                                checksum_block=checksum_block, direct_io=direct_io,
+                                commit_timeout_s=commit_timeout_s)
+        self.progress = progress
+        self._init_runtime()
+
+    # -- pickling (PROCESS mode): configuration only --------------------------
+    def _init_runtime(self) -> None:
+        self._pool = _StagingPool()
+        self._idle = threading.Event()
+        self._idle.set()
+        self._is_coordinator = True
+        self._storage_data: Optional[dict[str, Any]] = None
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {k: v for k, v in self.__dict__.items()
+                if k not in ("_pool", "_idle", "_is_coordinator", "_storage_data")}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self._init_runtime()
+
+    # -- StorageWriter ---------------------------------------------------------
+    def reset(self, checkpoint_id: Optional[PathLike] = None) -> None:
+        if checkpoint_id is not None:
+            self.path = os.fspath(checkpoint_id)
+        if self.path is None:
+            raise ValueError("shardwise.dcp.Writer needs a checkpoint directory "
+                             "(Writer(path) or checkpoint_id=...)")
+
+    def set_up_storage_writer(self, is_coordinator: bool, *args: Any, **kwargs: Any) -> None:
+        self._is_coordinator = is_coordinator
+
+    def prepare_local_plan(self, plan: SavePlan) -> SavePlan:
+        return plan
+
+    def prepare_global_plan(self, plans: list[SavePlan]) -> list[SavePlan]:
+        # The coordinator names the attempt; every rank learns it (and its
+        # rank and the world size) through its plan.
+        save_id = secrets.token_hex(8)
+        return [dataclasses.replace(p, storage_data={"save_id": save_id, "rank": i,
+                                                     "world_size": len(plans)})
+                for i, p in enumerate(plans)]
+
+    def _spec(self, sd: dict[str, Any]) -> dict[str, Any]:
+        assert self.path is not None
+        _, name = _split(self.path)
+        return {"name": name, "step": self.step if self.step is not None else -1,
+                "save_id": sd["save_id"], "world_size": sd["world_size"], "rank": sd["rank"],
+                "replace": self.replace, "user_json": self.user_json}
+
+    def _repo(self) -> Any:
+        assert self.path is not None
+        root, _ = _split(self.path)
+        return _core.Repository(root, self.options, True)
+
+    def write_data(self, plan: SavePlan, planner: SavePlanner) -> Future[list[WriteResult]]:
+        try:
+            return self._write_data(plan, planner)
+        finally:
+            self._idle.set()  # the staging pool may be reused
+
+    def _write_data(self, plan: SavePlan, planner: SavePlanner) -> Future[list[WriteResult]]:
+        sd = plan.storage_data
+        if not isinstance(sd, dict) or "save_id" not in sd:
+            raise RuntimeError("shardwise.dcp.Writer: the plan carries no save id; "
+                               "prepare_global_plan did not run")
+        self._storage_data = sd
+        items: list[tuple[Any, ...]] = []
+        keep: list[Any] = []  # keeps the memory alive during the call
+        results: list[WriteResult] = []
+        for item in plan.items:
+            fqn = item.index.fqn
+            if item.type == WriteItemType.BYTE_IO:
+                lookup = getattr(planner, "lookup_object", None)
+                if lookup is not None:
+                    value = lookup(item.index)
+                else:  # our own in-memory serialization, never checkpoint bytes
+                    value = torch.load(planner.resolve_data(item), weights_only=True)
+                try:
+                    data = _values.encode(value)
+                except TypeError as e:
+                    raise TypeError(f"state dict entry {fqn!r}: {e}") from None
+                buf = torch.frombuffer(bytearray(data), dtype=torch.uint8)
+                keep.append(buf)
+                n = len(data)
+                items.append((fqn, "bytes", "uint8", [n], [0], [n], buf.data_ptr(), n))
+            else:
+                t = _local(planner.resolve_data(item)).detach()
+                if t.device.type != "cpu":
+                    t = t.cpu()
+                t = t.contiguous()
+                keep.append(t)
+                td = item.tensor_data
+                n = t.numel() * t.element_size()
+                items.append((fqn, "tensor", _metadata.dtype_name(t.dtype), list(td.size),
+                              list(td.chunk.offsets), list(td.chunk.sizes), t.data_ptr(), n))
+            results.append(WriteResult(index=item.index, size_in_bytes=items[-1][-1],
+                                       storage_data=None))
+        spec = self._spec(sd)
+        total = sum(i[-1] for i in items)
+        with Progress(self.progress, total, "save") as bar:
+            self._repo().write_rank(spec, items)
+            bar.update(total)
+        fut: Future[list[WriteResult]] = Future()
+        fut.set_result(results)
+        return fut
+
+    def finish(self, metadata: Metadata, results: list[list[WriteResult]]) -> None:
+        # finish() runs on the coordinator, whose own write_data (same
+        # Writer) recorded the attempt's save id and world size.
+        sd = self._storage_data
+        if sd is None:
+            raise RuntimeError("shardwise.dcp.Writer.finish: write_data did not run here")
+        spec = self._spec(sd)
+        spec["rank"] = 0
+        spec["dcp_json"] = json.dumps(_metadata.to_json(metadata))
+        self._repo().commit(spec)
+
+    def storage_meta(self) -> Optional[StorageMeta]:
+        return StorageMeta(checkpoint_id=self.path)
+
+    @classmethod
+    def validate_checkpoint_id(cls, checkpoint_id: PathLike) -> bool:
+        try:
+            _split(os.fspath(checkpoint_id))
+            return True
+        except (TypeError, ValueError):
+            return False
+
+    # -- AsyncStager -------------------------------------------------------------
+    def stage(self, state_dict: dict[str, Any]) -> dict[str, Any]:
+        """Copies the state into the reusable staging pool; the save then
+        runs from the copy while training changes the originals."""
+        leaves: list[torch.Tensor] = []
+
+        def collect(v: Any) -> None:
+            if isinstance(v, torch.Tensor):
+                leaves.append(_local(v))
+            elif isinstance(v, dict):
+                for x in v.values():
+                    collect(x)
+            elif isinstance(v, (list, tuple)):
+                for x in v:
+                    collect(x)
+
+        collect(state_dict)
+        need = sum((t.numel() * t.element_size() + _ALIGN - 1) // _ALIGN * _ALIGN for t in leaves)
+        if self._idle.is_set():
+            self._idle.clear()
+            buffer = self._pool.ensure(need)
+        else:
+            # The previous save still writes from the pool (or ran in another
+            # process): stage into fresh memory rather than overwrite it.
+            log.debug("staging pool busy; staging into a new buffer")
+            buffer = torch.empty(max(need, _ALIGN), dtype=torch.uint8)
+        offset = 0
+        non_blocking = torch.cuda.is_available()
+
+        def copy(v: Any) -> Any:
+            nonlocal offset
+            if isinstance(v, torch.Tensor):
+                local = _local(v)
+                n = local.numel() * local.element_size()
+                view = buffer[offset:offset + n].view(local.dtype).view(local.shape)
+                offset += (n + _ALIGN - 1) // _ALIGN * _ALIGN
+                view.copy_(local.detach(), non_blocking=non_blocking)
+                if DTensor is not None and isinstance(v, DTensor):
+                    return DTensor.from_local(view, v.device_mesh, v.placements,
+                                              run_check=False, shape=v.shape, stride=v.stride())
+                return view
+            if isinstance(v, dict):
+                return type(v)((k, copy(x)) for k, x in v.items()) if type(v) is not dict \
+                    else {k: copy(x) for k, x in v.items()}
+            if isinstance(v, list):
+                return [copy(x) for x in v]
+            if isinstance(v, tuple):
+                return tuple(copy(x) for x in v)
+            return _copy_value(v)
+
+        staged = copy(state_dict)
+        if non_blocking:
+            torch.cuda.synchronize()
+        return staged
+
+    def synchronize_staging(self) -> None:
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()
+
+    def close(self) -> None:
+        self._pool = _StagingPool()
+
+
+def _copy_value(v: Any) -> Any:
+    import copy
+
+    try:
+        return copy.deepcopy(v)
+    except Exception:  # an object that cannot be copied is saved as it is then
+        return v
+
+
+class Reader(StorageReader):
+    """DCP storage reader for shardwise checkpoints.
+
+    Rebuilds DCP ``Metadata`` from manifest.json (JSON, never pickle). Every
+    byte read is verified against its CRC32C; a mismatch raises
+    :class:`shardwise.CorruptCheckpointError` naming the item and the file.
+    Reading a slice of a saved chunk (resharding) reads only the checksum
+    blocks it touches.
+
+    Args:
+        path: the checkpoint directory; DCP's ``checkpoint_id`` overrides it.
+        progress: as for :class:`Writer`.
+        io_backend, queue_depth, io_unit, direct_io: engine options.
+    """
+
+    def __init__(self, path: Optional[PathLike] = None, *, progress: ProgressArg = None,
+                 io_backend: Optional[str] = None, queue_depth: Optional[int] = None,
+                 io_unit: Optional[Union[int, str]] = None,
+                 direct_io: Optional[str] = None) -> None:
+        super().__init__()
+        self.path = os.fspath(path) if path is not None else None
+        self.progress = progress
+        self.options = _options(io_backend=io_backend, queue_depth=queue_depth, io_unit=io_unit,
+                                direct_io=direct_io)
+        self._core: Any = None
+        self._manifest: Optional[dict[str, Any]] = None
+        self._chunks: dict[tuple[str, tuple[int, ...]], int] = {}
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {k: v for k, v in self.__dict__.items() if k not in ("_core",)}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self._core = None
+
+    def reset(self, checkpoint_id: Optional[PathLike] = None) -> None:
+        if checkpoint_id is not None:
+            self.path = os.fspath(checkpoint_id)
+        if self.path is None:
+            raise ValueError("shardwise.dcp.Reader needs a checkpoint directory")
+        self._core = None
+        self._manifest = None
+
+    def _open(self) -> Any:
+        if self._core is None:
+            if self.path is None:
+                raise ValueError("shardwise.dcp.Reader needs a checkpoint directory")
+            self._core = _core.Reader(os.fspath(self.path), self.options)
+            self._manifest = json.loads(self._core.manifest_json())
+            self._chunks = {}
+            for it in self._manifest["items"]:
+                for i, c in enumerate(it["chunks"]):
+                    self._chunks[(it["name"], tuple(c["offsets"]))] = i
+        return self._core
+
+    def read_metadata(self, *args: Any, **kwargs: Any) -> Metadata:
+        self._open()
+        assert self._manifest is not None and self.path is not None
+        dcp = self._manifest.get("dcp")
+        if dcp:
+            return _metadata.from_json(dcp, self.path)
+        return _metadata.from_items(self._manifest, self.path)
+
+    def set_up_storage_reader(self, metadata: Metadata, is_coordinator: bool, *args: Any,
+                              **kwargs: Any) -> None:
+        self._open()
+
+    def prepare_local_plan(self, plan: LoadPlan) -> LoadPlan:
+        return plan
+
+    def prepare_global_plan(self, plans: list[LoadPlan]) -> list[LoadPlan]:
+        return plans
+
+    def read_data(self, plan: LoadPlan, planner: LoadPlanner) -> Future[None]:
+        core = self._open()
+        assert self._manifest is not None
+        items = {it["name"]: it for it in self._manifest["items"]}
+        requests: list[tuple[Any, ...]] = []
+        pending: list[tuple[Any, torch.Tensor, torch.Tensor, bool]] = []
+        for req in plan.items:
+            fqn = req.storage_index.fqn
+            it = items.get(fqn)
+            if it is None:
+                raise _core.CorruptCheckpointError(
+                    f"{self.path}: the checkpoint has no item {fqn!r}")
+            if req.type == LoadItemType.BYTE_IO:
+                n = int(it["shape"][0])
+                buf = torch.empty(n, dtype=torch.uint8)
+                core.read([(fqn, 0, [], [], buf.data_ptr(), n, [], [])])
+                try:
+                    value = _values.decode(buf.numpy().tobytes(), f"{self.path}: item {fqn!r}")
+                except ValueError as e:
+                    raise _core.CorruptCheckpointError(str(e)) from None
+                planner.load_bytes(req, _values.as_torch_bytes(value))
+                continue
+            key = (fqn, tuple(int(x) for x in req.storage_index.offset))
+            chunk = self._chunks.get(key)
+            if chunk is None:
+                raise _core.CorruptCheckpointError(
+                    f"{self.path}: item {fqn!r} has no chunk at offsets {list(key[1])}")
+            saved_dtype = _metadata.dtype_from_name(it["dtype"])
+            target = planner.resolve_tensor(req).detach()
+            direct = (target.device.type == "cpu" and target.is_contiguous()
+                      and target.dtype == saved_dtype)
+            dst = target if direct else torch.empty(list(req.lengths), dtype=saved_dtype)
+            requests.append((fqn, chunk, list(req.storage_offsets), list(req.lengths),
+                             dst.data_ptr(), dst.numel() * dst.element_size(), [], []))
+            pending.append((req, target, dst, direct))
+        total = sum(r[5] for r in requests)
+        with Progress(self.progress, total, "load") as bar:
+            # Batches of about 256 MiB: parallel inside, progress between.
+            batch: list[tuple[Any, ...]] = []
+            size = 0
+            for r in requests:
+                batch.append(r)
+                size += r[5]
+                if size >= 256 << 20:
+                    core.read(batch)
+                    bar.update(size)
+                    batch, size = [], 0
+            if batch:
+                core.read(batch)
+                bar.update(size)
+        for req, target, dst, direct in pending:
+            if not direct:
+                target.copy_(dst)
+            planner.commit_tensor(req, target)
+        fut: Future[None] = Future()
+        fut.set_result(None)
+        return fut
+
+    @classmethod
+    def validate_checkpoint_id(cls, checkpoint_id: PathLike) -> bool:
+        try:
+            return os.path.isfile(os.path.join(os.fspath(checkpoint_id), "manifest.json"))
+        except TypeError:
+            return False

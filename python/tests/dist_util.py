@@ -1,0 +1,67 @@
+"""Runs a test function in N real processes joined by a gloo process group."""
+from __future__ import annotations
+
+import os
+import tempfile
+import traceback
+from datetime import timedelta
+from typing import Any, Callable, Optional
+
+import torch.multiprocessing as mp
+
+
+def _rendezvous_file() -> str:
+    # A file store, unique per run: no TCP port to race for between tests.
+    fd, path = tempfile.mkstemp(prefix="shardwise-rdzv-")
+    os.close(fd)
+    os.unlink(path)
+    return path
+
+
+def _entry(rank: int, world: int, store: str, fn: Callable[..., Any], args: tuple,
+           env: Optional[dict[str, str]], pg_timeout: float) -> None:
+    if env:
+        os.environ.update(env)
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    import torch.distributed as dist
+
+    dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank,
+                            world_size=world, timeout=timedelta(seconds=pg_timeout))
+    try:
+        fn(rank, world, *args)
+        # Leave together: a rank tearing down gloo while a peer still
+        # finishes a collective can abort that peer.
+        dist.barrier()
+    except BaseException:
+        traceback.print_exc()
+        os._exit(1)
+    try:
+        dist.destroy_process_group()
+    except Exception:
+        pass
+
+
+def start_ranks(world: int, fn: Callable[..., Any], *args: Any,
+                env_by_rank: Optional[dict[int, dict[str, str]]] = None,
+                pg_timeout: float = 120) -> list[Any]:
+    ctx = mp.get_context("spawn")
+    store = _rendezvous_file()
+    procs = []
+    for rank in range(world):
+        env = (env_by_rank or {}).get(rank)
+        p = ctx.Process(target=_entry, args=(rank, world, store, fn, args, env, pg_timeout))
+        p.start()
+        procs.append(p)
+    return procs
+
+
+def run_ranks(world: int, fn: Callable[..., Any], *args: Any, timeout: float = 300) -> None:
+    """Runs fn(rank, world, *args) on `world` ranks; fails if any rank fails."""
+    procs = start_ranks(world, fn, *args)
+    for p in procs:
+        p.join(timeout)
+    codes = [p.exitcode for p in procs]
+    for p in procs:
+        if p.is_alive():
+            p.kill()
+    assert codes == [0] * world, f"rank exit codes: {codes}"

@@ -1,0 +1,358 @@
+// shardwise._core: the thin binding between Python and the C++ core. It
+// converts types, releases the GIL around every blocking call, and maps C++
+// errors to Python exceptions in exactly one place (Raise). It never sees
+// torch: Python passes data pointers and sizes and keeps the memory alive.
+#include <nanobind/nanobind.h>
+#include <nanobind/stl/optional.h>
+#include <nanobind/stl/string.h>
+#include <nanobind/stl/tuple.h>
+#include <nanobind/stl/vector.h>
+
+#include <sstream>
+
+#include "cli/cli.h"
+#include "shardwise/shardwise.h"
+
+namespace nb = nanobind;
+using namespace nb::literals;
+
+namespace shardwise::python {
+namespace {
+
+PyObject* g_corrupt_error = nullptr;  // shardwise.CorruptCheckpointError
+
+// The one place where a Status becomes a Python exception.
+[[noreturn]] void Raise(const Status& s) {
+  nb::gil_scoped_acquire gil;
+  const std::string& msg = s.message();
+  switch (s.code()) {
+    case StatusCode::kCorrupt: {
+      nb::object exc = nb::borrow(g_corrupt_error)(msg);
+      exc.attr("path") = s.path().empty() ? nb::object(nb::none()) : nb::object(nb::str(s.path().c_str()));
+      PyErr_SetObject(g_corrupt_error, exc.ptr());
+      break;
+    }
+    case StatusCode::kIoError:
+    case StatusCode::kNotFound:
+    case StatusCode::kAlreadyExists: {
+      int err = s.err() != 0 ? s.err()
+                : s.code() == StatusCode::kNotFound ? ENOENT
+                : s.code() == StatusCode::kAlreadyExists ? EEXIST
+                                                         : EIO;
+      // OSError(errno, strerror, filename) picks the right subclass
+      // (FileNotFoundError, FileExistsError, ...).
+      nb::object args = s.path().empty() ? nb::make_tuple(err, msg)
+                                         : nb::make_tuple(err, msg, s.path());
+      PyErr_SetObject(PyExc_OSError, args.ptr());
+      break;
+    }
+    case StatusCode::kInvalidArgument: PyErr_SetString(PyExc_ValueError, msg.c_str()); break;
+    case StatusCode::kTimeout: PyErr_SetString(PyExc_TimeoutError, msg.c_str()); break;
+    default:
+      PyErr_SetString(PyExc_RuntimeError,
+                      (std::string(StatusCodeName(s.code())) + ": " + msg).c_str());
+  }
+  throw nb::python_error();
+}
+
+void Check(const Status& s) {
+  if (!s.ok()) Raise(s);
+}
+template <typename T>
+T Take(Result<T>&& r) {
+  if (!r.ok()) Raise(r.status());
+  return std::move(r).value();
+}
+
+Options MakeOptions(const nb::dict& d) {
+  auto base = Options::FromEnv();
+  if (!base.ok()) Raise(base.status());
+  Options o = *base;
+  for (auto [k, v] : d) {
+    std::string key = nb::cast<std::string>(k);
+    if (v.is_none()) continue;
+    auto size = [&](nb::handle h) -> std::uint64_t {
+      if (nb::isinstance<nb::str>(h)) return Take(ParseSize(nb::cast<std::string>(h)));
+      return nb::cast<std::uint64_t>(h);
+    };
+    if (key == "io_backend") o.io_backend = Take(ParseIoBackendKind(nb::cast<std::string>(v)));
+    else if (key == "queue_depth") o.queue_depth = nb::cast<int>(v);
+    else if (key == "io_unit") o.io_unit_bytes = size(v);
+    else if (key == "checksum_block") o.checksum_block_bytes = size(v);
+    else if (key == "direct_io") {
+      std::string m = nb::cast<std::string>(v);
+      if (m == "auto") o.direct_io = DirectIoMode::kAuto;
+      else if (m == "on") o.direct_io = DirectIoMode::kOn;
+      else if (m == "off") o.direct_io = DirectIoMode::kOff;
+      else Raise(InvalidArgument("direct_io must be auto, on or off"));
+    } else if (key == "commit_timeout_s") o.commit_timeout_s = nb::cast<double>(v);
+    else if (key == "staging_grace_s") o.staging_grace_s = nb::cast<double>(v);
+    else Raise(InvalidArgument("unknown option '" + key + "'"));
+  }
+  Check(o.Validate());
+  return o;
+}
+
+SaveSpec MakeSpec(const nb::dict& d) {
+  SaveSpec s;
+  for (auto [k, v] : d) {
+    std::string key = nb::cast<std::string>(k);
+    if (v.is_none()) continue;
+    if (key == "name") s.name = nb::cast<std::string>(v);
+    else if (key == "step") s.step = nb::cast<std::int64_t>(v);
+    else if (key == "save_id") s.save_id = nb::cast<std::string>(v);
+    else if (key == "world_size") s.world_size = nb::cast<std::int32_t>(v);
+    else if (key == "rank") s.rank = nb::cast<std::int32_t>(v);
+    else if (key == "replace") s.replace = nb::cast<bool>(v);
+    else if (key == "user_json") s.user_json = nb::cast<std::string>(v);
+    else if (key == "dcp_json") s.dcp_json = nb::cast<std::string>(v);
+    else Raise(InvalidArgument("unknown save spec field '" + key + "'"));
+  }
+  return s;
+}
+
+using ItemTuple = std::tuple<std::string, std::string, std::string, std::vector<std::int64_t>,
+                             std::vector<std::int64_t>, std::vector<std::int64_t>, std::uintptr_t,
+                             std::uint64_t>;
+
+std::vector<WriteItem> MakeItems(const std::vector<ItemTuple>& in) {
+  std::vector<WriteItem> out;
+  out.reserve(in.size());
+  for (const auto& [name, kind, dtype, shape, offsets, sizes, ptr, nbytes] : in) {
+    WriteItem w;
+    w.name = name;
+    if (kind == "bytes") w.kind = ItemKind::kBytes;
+    else if (kind != "tensor") Raise(InvalidArgument("item kind must be tensor or bytes"));
+    w.dtype = Take(ParseDType(dtype));
+    w.global_shape = shape;
+    w.chunk_offsets = offsets;
+    w.chunk_sizes = sizes;
+    w.data = reinterpret_cast<const void*>(ptr);
+    w.nbytes = nbytes;
+    out.push_back(std::move(w));
+  }
+  return out;
+}
+
+class PyRepository {
+ public:
+  PyRepository(const std::string& root, const nb::dict& options, bool create) {
+    repo_ = Take(Repository::Open(root, MakeOptions(options), create));
+  }
+  std::string root() const { return repo_->root(); }
+
+  nb::dict WriteRank(const nb::dict& spec_d, const std::vector<ItemTuple>& items_t) {
+    SaveSpec spec = MakeSpec(spec_d);
+    std::vector<WriteItem> items = MakeItems(items_t);
+    Result<RankResult> r = [&] {
+      nb::gil_scoped_release release;
+      return repo_->WriteRank(spec, items);
+    }();
+    RankResult v = Take(std::move(r));
+    nb::dict out;
+    out["shard_path"] = v.shard_path;
+    out["bytes"] = v.bytes;
+    out["seconds"] = v.seconds;
+    out["backend"] = v.backend;
+    out["direct_io"] = v.direct_io;
+    return out;
+  }
+
+  nb::dict Commit(const nb::dict& spec_d) {
+    SaveSpec spec = MakeSpec(spec_d);
+    Result<CommitResult> r = [&] {
+      nb::gil_scoped_release release;
+      return repo_->Commit(spec);
+    }();
+    CommitResult v = Take(std::move(r));
+    nb::dict out;
+    out["name"] = v.name;
+    out["dir"] = v.dir;
+    out["bytes"] = v.bytes;
+    out["latest_updated"] = v.latest_updated;
+    return out;
+  }
+
+  void WaitCommitted(const nb::dict& spec_d, double timeout_s) {
+    SaveSpec spec = MakeSpec(spec_d);
+    Status s;
+    {
+      nb::gil_scoped_release release;
+      s = repo_->WaitCommitted(spec, timeout_s);
+    }
+    Check(s);
+  }
+
+  void ReportFailure(const nb::dict& spec_d, const std::string& why) {
+    Check(repo_->ReportFailure(MakeSpec(spec_d), Status(StatusCode::kAborted, why)));
+  }
+
+  nb::list List() {
+    std::vector<CheckpointInfo> all = Take(repo_->List());
+    nb::list out;
+    for (const auto& c : all) {
+      nb::dict e;
+      e["name"] = c.name;
+      e["dir_name"] = c.dir_name;
+      e["state"] = std::string(CheckpointStateName(c.state));
+      e["step"] = c.step;
+      e["world_size"] = c.world_size;
+      e["bytes"] = c.bytes;
+      e["time_unix"] = c.created_unix;
+      e["save_id"] = c.save_id;
+      e["latest"] = c.is_latest;
+      e["active"] = c.active;
+      e["problem"] = c.problem;
+      out.append(e);
+    }
+    return out;
+  }
+
+  std::optional<std::string> Latest() { return Take(repo_->Latest()); }
+
+  nb::dict Gc(std::optional<int> keep_last, std::optional<int> keep_every, bool dry_run,
+              std::optional<double> grace, bool verify) {
+    GcOptions gc;
+    gc.keep_last = keep_last;
+    gc.keep_every = keep_every;
+    gc.dry_run = dry_run;
+    gc.staging_grace_s = grace;
+    gc.full_verify = verify;
+    Result<GcReport> r = [&] {
+      nb::gil_scoped_release release;
+      return repo_->Gc(gc);
+    }();
+    GcReport v = Take(std::move(r));
+    nb::dict out;
+    out["removed_staging"] = v.removed_staging;
+    out["removed_checkpoints"] = v.removed_checkpoints;
+    out["kept"] = v.kept;
+    out["newest_valid"] = v.newest_valid;
+    return out;
+  }
+
+ private:
+  std::unique_ptr<Repository> repo_;
+};
+
+using ReadTuple = std::tuple<std::string, std::size_t, std::vector<std::int64_t>,
+                             std::vector<std::int64_t>, std::uintptr_t, std::uint64_t,
+                             std::vector<std::int64_t>, std::vector<std::int64_t>>;
+
+class PyReader {
+ public:
+  PyReader(const std::string& dir, const nb::dict& options) {
+    Result<std::unique_ptr<CheckpointReader>> r = [&] {
+      Options o = MakeOptions(options);
+      nb::gil_scoped_release release;
+      return CheckpointReader::Open(dir, o);
+    }();
+    reader_ = Take(std::move(r));
+  }
+
+  // The validated manifest as JSON text (parsed by Python's json module; no
+  // pickle anywhere).
+  std::string ManifestJson() const { return reader_->ManifestJson(); }
+
+  // requests: (item name, chunk index, offsets, lengths, dst ptr, dst bytes,
+  // dst shape, dst offsets)
+  void Read(const std::vector<ReadTuple>& reqs) {
+    const Manifest& m = reader_->manifest();
+    std::vector<ReadRequest> out;
+    out.reserve(reqs.size());
+    for (const auto& [name, chunk, offsets, lengths, ptr, nbytes, dshape, doffs] : reqs) {
+      const ItemRecord* it = m.FindItem(name);
+      if (!it) Raise(NotFound("no item '" + name + "' in " + reader_->dir()));
+      ReadRequest q;
+      q.item = it;
+      q.chunk = chunk;
+      q.offsets = offsets;
+      q.lengths = lengths;
+      q.dst = reinterpret_cast<void*>(ptr);
+      q.dst_bytes = nbytes;
+      q.dst_shape = dshape;
+      q.dst_offsets = doffs;
+      out.push_back(std::move(q));
+    }
+    Status s;
+    {
+      nb::gil_scoped_release release;
+      s = reader_->Read(out);
+    }
+    Check(s);
+  }
+
+  void CheckFiles() {
+    Status s;
+    {
+      nb::gil_scoped_release release;
+      s = reader_->CheckFiles();
+    }
+    Check(s);
+  }
+
+  nb::list Verify() {
+    Result<VerifyReport> r = [&] {
+      nb::gil_scoped_release release;
+      return reader_->Verify();
+    }();
+    VerifyReport v = Take(std::move(r));
+    nb::list problems;
+    for (const auto& p : v.problems)
+      problems.append(nb::make_tuple(p.file, std::string(StatusCodeName(p.status.code())),
+                                     p.status.message()));
+    return problems;
+  }
+
+ private:
+  std::unique_ptr<CheckpointReader> reader_;
+};
+
+int CliMain(const std::vector<std::string>& argv) {
+  std::ostringstream out, err;
+  int rc;
+  {
+    nb::gil_scoped_release release;
+    rc = cli::RunCli(argv, out, err);
+  }
+  nb::module_::import_("sys").attr("stdout").attr("write")(out.str());
+  nb::module_::import_("sys").attr("stderr").attr("write")(err.str());
+  return rc;
+}
+
+}  // namespace
+}  // namespace shardwise::python
+
+NB_MODULE(_core, m) {
+  using namespace shardwise::python;
+  m.doc() = "shardwise C++ core (internal; use the shardwise package)";
+  g_corrupt_error = PyErr_NewExceptionWithDoc(
+      "shardwise.CorruptCheckpointError",
+      "A checkpoint is damaged: a checksum mismatch, a missing or truncated file, or an "
+      "invalid manifest. The message names the file (and the item, for data); `path` holds "
+      "the file.",
+      PyExc_Exception, nullptr);
+  m.attr("CorruptCheckpointError") = nb::handle(g_corrupt_error);
+
+  nb::class_<PyRepository>(m, "Repository")
+      .def(nb::init<const std::string&, const nb::dict&, bool>(), "root"_a, "options"_a,
+           "create"_a = true)
+      .def_prop_ro("root", &PyRepository::root)
+      .def("write_rank", &PyRepository::WriteRank, "spec"_a, "items"_a)
+      .def("commit", &PyRepository::Commit, "spec"_a)
+      .def("wait_committed", &PyRepository::WaitCommitted, "spec"_a, "timeout_s"_a)
+      .def("report_failure", &PyRepository::ReportFailure, "spec"_a, "why"_a)
+      .def("list", &PyRepository::List)
+      .def("latest", &PyRepository::Latest)
+      .def("gc", &PyRepository::Gc, "keep_last"_a = nb::none(), "keep_every"_a = nb::none(),
+           "dry_run"_a = false, "grace_s"_a = nb::none(), "verify"_a = false);
+
+  nb::class_<PyReader>(m, "Reader")
+      .def(nb::init<const std::string&, const nb::dict&>(), "dir"_a, "options"_a)
+      .def("manifest_json", &PyReader::ManifestJson)
+      .def("read", &PyReader::Read, "requests"_a)
+      .def("check_files", &PyReader::CheckFiles)
+      .def("verify", &PyReader::Verify);
+
+  m.def("cli_main", &CliMain, "argv"_a);
+}

@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Installs what shardwise needs on a fresh Debian machine (idempotent) and
-# builds the given CMake presets (default: release).
-#   scripts/setup.sh [PRESET...]
+# builds the given targets: CMake presets (dev, release, asan, tsan) and
+# "python" (the .venv with torch and the shardwise package). Default:
+# release and python.
+#   scripts/setup.sh [TARGET...]
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -30,10 +32,31 @@ if ((${#missing[@]})); then
   DEBIAN_FRONTEND=noninteractive "${sudo_cmd[@]}" apt-get install -y -qq "${missing[@]}" >/dev/null
 fi
 
-presets=("$@")
-((${#presets[@]})) || presets=(release)
-for preset in "${presets[@]}"; do
-  echo "setup: building preset '$preset'"
-  cmake --preset "$preset" >/dev/null
-  cmake --build --preset "$preset"
+# Python: a virtual environment in .venv with the CPU build of torch (pip
+# takes torch 2.13.0 from the local mirror), the test tools, and shardwise
+# itself built from this checkout (scikit-build-core + nanobind).
+setup_python() {
+  if [[ ! -x .venv/bin/python ]]; then
+    echo "setup: creating .venv"
+    python3 -m venv .venv
+  fi
+  # (grep drops the notes this machine's pip configuration prints per package)
+  .venv/bin/pip install -q --disable-pip-version-check torch==2.13.0 pytest numpy \
+    "scikit-build-core>=0.10" "nanobind>=2.0" 2>&1 | { grep -v "^WARNING: Location" || true; }
+  echo "setup: building and installing the shardwise Python package"
+  .venv/bin/pip install -q --disable-pip-version-check --no-build-isolation . 2>&1 |
+    { grep -v "^WARNING: Location" || true; }
+  .venv/bin/python -c "import shardwise._core" # fails loudly if the build did
+}
+
+targets=("$@")
+((${#targets[@]})) || targets=(release python)
+for target in "${targets[@]}"; do
+  if [[ "$target" == python ]]; then
+    setup_python
+    continue
+  fi
+  echo "setup: building preset '$target'"
+  cmake --preset "$target" >/dev/null
+  cmake --build --preset "$target"
 done

@@ -1,11 +1,12 @@
 #!/usr/bin/env bash
 # Runs every test: the C++ suite with warnings as errors, again under
-# AddressSanitizer+UndefinedBehaviorSanitizer, and under ThreadSanitizer.
-# Sets everything up first (scripts/setup.sh).
+# AddressSanitizer+UndefinedBehaviorSanitizer and under ThreadSanitizer; the
+# Python suite (real multi-process torch.distributed); shellcheck. Sets
+# everything up first (scripts/setup.sh).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-scripts/setup.sh dev asan tsan
+scripts/setup.sh dev asan tsan python
 
 jobs=$(nproc)
 echo "== C++ tests (dev: -Wall -Wextra -Werror)"
@@ -15,6 +16,8 @@ ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 UBSAN_OPTIONS=halt_on_error=1 \
   ctest --preset asan -j "$jobs"
 echo "== C++ tests under TSan"
 TSAN_OPTIONS=halt_on_error=1 ctest --preset tsan -j "$jobs"
+echo "== Python tests (pytest; torch.distributed with gloo, several processes)"
+.venv/bin/python -m pytest -q -p no:cacheprovider python/tests
 echo "== shellcheck"
 shellcheck scripts/*.sh .ci/run
 echo "== all tests passed"

@@ -58,6 +58,25 @@ def _corruption(e: BaseException) -> Optional[BaseException]:
     return _corruption(cause) if cause is not None and cause is not e else None
 
 
+def _underlying(e: BaseException) -> BaseException:
+    """The first rank's own error inside DCP's CheckpointException, so that
+    callers see TypeError, FileExistsError, CorruptCheckpointError... rather
+    than a wrapper; other exceptions are returned unchanged."""
+    if isinstance(e, CheckpointException):
+        for f in e.failures.values():
+            exc = f[0] if isinstance(f, tuple) else f
+            if isinstance(exc, Exception):
+                return exc
+    return e
+
+
+def _reraise(e: BaseException) -> None:
+    inner = _underlying(e)
+    if inner is e:
+        raise e
+    raise inner from e
+
+
 class SaveHandle:
     """One save. ``wait()`` blocks until it is committed and raises its error."""
 
@@ -73,7 +92,10 @@ class SaveHandle:
 
     def wait(self, timeout: Optional[float] = None) -> None:
         if self._future is not None:
-            self._future.result(timeout=timeout)
+            try:
+                self._future.result(timeout=timeout)
+            except BaseException as e:  # DCP's CheckpointException is a BaseException
+                _reraise(e)
 
     def exception(self) -> Optional[BaseException]:
         if self._future is None or not self._future.done():
@@ -92,8 +114,12 @@ class Checkpointer:
         async_mode: ``"thread"`` (default) or ``"process"`` for
             ``dcp.async_save``'s executor, or ``None`` to always save
             synchronously.
-        process_group: the group to checkpoint over (default: the default
-            group when initialized; works without one too).
+        process_group: the group whose ranks checkpoint together. By default,
+            when torch.distributed is initialized, a new gloo group over all
+            ranks, created here (so every rank must construct the
+            Checkpointer): background saves run collectives, and on the
+            training's own group they would interleave with the training's
+            collectives and deadlock. Works without torch.distributed too.
         progress: True for progress bars/log lines, or a callable
             ``(done_bytes, total_bytes)``.
         **engine_options: ``io_backend``, ``queue_depth``, ``io_unit``,
@@ -117,6 +143,8 @@ class Checkpointer:
         self.root = os.path.abspath(os.fspath(root))
         self.keep_last, self.keep_every = keep_last, keep_every
         self.async_mode = async_mode
+        if process_group is None and dist.is_available() and dist.is_initialized():
+            process_group = dist.new_group(backend="gloo")
         self.process_group = process_group
         self.progress = progress
         self.engine_options = engine_options
@@ -160,8 +188,11 @@ class Checkpointer:
         self._writer.step = step
         t0 = time.monotonic()
         if blocking or self.async_mode is None:
-            dcp.save(state_dict, storage_writer=self._writer, checkpoint_id=path,
-                     process_group=self.process_group)
+            try:
+                dcp.save(state_dict, storage_writer=self._writer, checkpoint_id=path,
+                         process_group=self.process_group)
+            except BaseException as e:
+                _reraise(e)
             stall = time.monotonic() - t0
             self._retention()
             handle = SaveHandle(step, None, stall)
@@ -229,7 +260,7 @@ class Checkpointer:
             except BaseException as e:  # DCP's CheckpointException is a BaseException
                 corrupt = None if isinstance(e, (KeyboardInterrupt, SystemExit)) else _corruption(e)
                 if corrupt is None:
-                    raise
+                    _reraise(e)
                 if step is not None:
                     raise corrupt from e
                 log.warning("checkpoint %s failed verification, falling back to an older "

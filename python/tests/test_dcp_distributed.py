@@ -237,3 +237,24 @@ def test_corrupt_shard_falls_back(tmp_path):
     assert e.value.path == shard
     # Without a step, every rank falls back to step 1.
     run_ranks(2, _ckpt_load, root)
+
+
+# -- async saves while the training loop runs its own collectives ------------------
+def _train_and_checkpoint(rank: int, world: int, root: str) -> None:
+    ck = shardwise.Checkpointer(root, keep_last=2)
+    w = torch.zeros(1024)
+    for step in range(1, 21):
+        g = torch.full((1024,), float(rank + step))
+        dist.all_reduce(g)  # the training's collectives, on the default group
+        w += g
+        if step % 5 == 0:
+            ck.save(step, {"w": w})  # background collectives on the checkpoint group
+    ck.close()
+    assert ck.steps() == [15, 20]
+    back = {"w": torch.zeros(1024)}
+    assert ck.load(back) == 20
+    assert torch.equal(back["w"], w)
+
+
+def test_async_saves_during_training_collectives(tmp_path):
+    run_ranks(2, _train_and_checkpoint, str(tmp_path / "root"), timeout=120)

@@ -1,0 +1,202 @@
+"""shardwise.Checkpointer and the Python API in one process (no process group)."""
+from __future__ import annotations
+
+import errno
+import json
+import logging
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+import torch.distributed.checkpoint as dcp
+import torch.nn as nn
+from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
+from torch.distributed.checkpoint.stateful import Stateful
+
+import shardwise
+from shardwise import _core
+from shardwise.dcp import Reader, Writer
+
+
+class AppState(Stateful):
+    """Model and optimizer, the DCP way (state_dict helpers)."""
+
+    def __init__(self, model: nn.Module, optim: torch.optim.Optimizer) -> None:
+        self.model, self.optim = model, optim
+
+    def state_dict(self):
+        msd, osd = get_state_dict(self.model, self.optim)
+        return {"model": msd, "optim": osd}
+
+    def load_state_dict(self, sd):
+        set_state_dict(self.model, self.optim, model_state_dict=sd["model"],
+                       optim_state_dict=sd["optim"])
+
+
+def make(seed: int):
+    torch.manual_seed(seed)
+    model = nn.Sequential(nn.Linear(16, 32), nn.ReLU(), nn.Linear(32, 4))
+    opt = torch.optim.AdamW(model.parameters(), lr=0.01)
+    return model, opt
+
+
+def train(model, opt, steps: int) -> None:
+    g = torch.Generator().manual_seed(123)
+    for _ in range(steps):
+        x = torch.randn(8, 16, generator=g)
+        opt.zero_grad()
+        model(x).pow(2).mean().backward()
+        opt.step()
+
+
+def test_save_load_resume_with_stateful(tmp_path):
+    model, opt = make(0)
+    ck = shardwise.Checkpointer(tmp_path / "ck", keep_last=2)
+    for step in range(1, 6):
+        train(model, opt, 1)
+        h = ck.save(step, {"app": AppState(model, opt), "meta": {"step": step}})
+        assert h.stall_seconds >= 0
+    ck.wait()
+    assert ck.steps() == [4, 5] and ck.latest_step() == 5
+    model2, opt2 = make(1)
+    state = {"app": AppState(model2, opt2), "meta": {"step": 0}}
+    assert ck.load(state) == 5
+    assert state["meta"]["step"] == 5
+    for a, b in zip(model.state_dict().values(), model2.state_dict().values()):
+        assert torch.equal(a, b)
+    # The optimizer state matches too: both continue identically.
+    train(model, opt, 3)
+    train(model2, opt2, 3)
+    for a, b in zip(model.parameters(), model2.parameters()):
+        assert torch.equal(a, b)
+    ck.close()
+
+
+def test_blocking_and_sync_modes(tmp_path):
+    for mode in (None, "thread"):
+        root = tmp_path / str(mode)
+        ck = shardwise.Checkpointer(root, async_mode=mode)
+        h = ck.save(3, {"x": torch.arange(10)}, blocking=True)
+        assert h.done()
+        assert ck.steps() == [3]
+        ck.close()
+
+
+def test_load_without_checkpoints_returns_none(tmp_path):
+    ck = shardwise.Checkpointer(tmp_path / "empty")
+    assert ck.load({"x": torch.zeros(1)}) is None
+    assert ck.latest_step() is None
+
+
+def test_bad_arguments(tmp_path):
+    with pytest.raises(ValueError):
+        shardwise.Checkpointer(tmp_path, keep_last=0)
+    with pytest.raises(ValueError):
+        shardwise.Checkpointer(tmp_path, async_mode="fast")
+    ck = shardwise.Checkpointer(tmp_path)
+    with pytest.raises(ValueError):
+        ck.save(-1, {"x": torch.zeros(1)})
+    with pytest.raises(TypeError, match="cannot be stored without pickle"):
+        ck.save(1, {"x": torch.zeros(1), "obj": object()}, blocking=True)
+    assert ck.steps() == []  # nothing committed
+
+
+def test_error_mapping(tmp_path):
+    with pytest.raises(FileNotFoundError) as e:
+        _core.Reader(str(tmp_path / "missing"), {})
+    assert e.value.errno == errno.ENOENT
+    with pytest.raises(ValueError, match="unknown I/O backend"):
+        _core.Repository(str(tmp_path), {"io_backend": "floppy"}, True)
+    with pytest.raises(ValueError, match="unknown option"):
+        _core.Repository(str(tmp_path), {"bogus": 1}, True)
+    dcp.save({"x": torch.ones(4)}, storage_writer=Writer(tmp_path / "r" / "a"), no_dist=True)
+    # Refusing to overwrite a committed checkpoint: through DCP, wrapped...
+    from torch.distributed.checkpoint.api import CheckpointException
+
+    with pytest.raises(CheckpointException, match="FileExistsError"):
+        dcp.save({"x": torch.ones(4)}, storage_writer=Writer(tmp_path / "r" / "a"), no_dist=True)
+    # ...and through the Checkpointer, the error itself.
+    ck = shardwise.Checkpointer(tmp_path / "r2")
+    ck.save(1, {"x": torch.ones(4)}, blocking=True)
+    with pytest.raises(FileExistsError) as e:
+        ck.save(1, {"x": torch.ones(4)}, blocking=True)
+    assert e.value.errno == errno.EEXIST and "step-000000000001" in e.value.filename
+    (tmp_path / "r" / "a" / "manifest.json").write_text("{garbage")
+    with pytest.raises(shardwise.CorruptCheckpointError) as c:
+        _core.Reader(str(tmp_path / "r" / "a"), {})
+    assert c.value.path.endswith("manifest.json")
+
+
+def test_replace(tmp_path):
+    path = tmp_path / "r" / "step-000000000001"
+    dcp.save({"x": torch.ones(4)}, storage_writer=Writer(path), no_dist=True)
+    dcp.save({"x": torch.full((4,), 2.0)}, storage_writer=Writer(path, replace=True), no_dist=True)
+    back = {"x": torch.zeros(4)}
+    dcp.load(back, storage_reader=Reader(path), no_dist=True)
+    assert torch.equal(back["x"], torch.full((4,), 2.0))
+
+
+def test_never_unpickles(tmp_path):
+    """A checkpoint whose non-tensor value is a pickle is refused, and the
+    pickle never runs."""
+    import pickle
+
+    marker = tmp_path / "pwned"
+
+    class Evil:
+        def __reduce__(self):
+            return (open, (str(marker), "w"))
+
+    payload = pickle.dumps(Evil())
+    root = tmp_path / "hostile"
+    repo = _core.Repository(str(root), {}, True)
+    buf = torch.frombuffer(bytearray(payload), dtype=torch.uint8)
+    spec = {"name": "step-000000000001", "step": 1, "dcp_json": json.dumps(
+        {"format": 1, "version": None, "planner_data": None,
+         "state_dict_metadata": {"obj": {"type": "bytes"}}})}
+    repo.write_rank(spec | {"save_id": "x1"},
+                    [("obj", "bytes", "uint8", [len(payload)], [0], [len(payload)],
+                      buf.data_ptr(), len(payload))])
+    repo.commit(spec | {"save_id": "x1"})
+    state = {"obj": None}
+    with pytest.raises(BaseException) as e:
+        dcp.load(state, storage_reader=Reader(root / "step-000000000001"), no_dist=True)
+    assert "refusing to unpickle" in str(e.value)
+    assert not marker.exists()
+
+
+def test_progress_callback_and_logging(tmp_path, caplog):
+    seen = []
+    w = Writer(tmp_path / "p" / "a", progress=lambda d, t: seen.append((d, t)))
+    dcp.save({"x": torch.ones(1000)}, storage_writer=w, no_dist=True)
+    assert seen and seen[-1][0] == seen[-1][1] == 4000 + 0 * len(seen)
+    caplog.set_level(logging.INFO, logger="shardwise")
+    ck = shardwise.Checkpointer(tmp_path / "c")
+    ck.save(1, {"x": torch.ones(3)}, blocking=True)
+    assert any("saved" in r.message for r in caplog.records)
+
+
+def test_cli_console_script(tmp_path):
+    ck = shardwise.Checkpointer(tmp_path / "c")
+    ck.save(7, {"x": torch.ones(3)}, blocking=True)
+    out = subprocess.run([sys.executable, "-m", "shardwise.cli", "ls", str(tmp_path / "c"), "--json"],
+                         capture_output=True, text=True, check=True).stdout
+    assert json.loads(out)["checkpoints"][0]["step"] == 7
+    rc = subprocess.run([sys.executable, "-m", "shardwise.cli", "verify", str(tmp_path / "c")],
+                        capture_output=True).returncode
+    assert rc == 0
+
+
+def test_loads_cpp_written_checkpoint(tmp_path):
+    """A checkpoint written by the C++ API (no DCP metadata) loads via DCP."""
+    root = tmp_path / "cpp"
+    repo = _core.Repository(str(root), {}, True)
+    t = torch.arange(12, dtype=torch.float32).reshape(3, 4)
+    spec = {"name": "step-000000000002", "step": 2, "save_id": "c1"}
+    repo.write_rank(spec, [("w", "tensor", "float32", [3, 4], [0, 0], [3, 4], t.data_ptr(), 48)])
+    repo.commit(spec)
+    back = {"w": torch.zeros(3, 4)}
+    dcp.load(back, storage_reader=Reader(root / "step-000000000002"), no_dist=True)
+    assert torch.equal(back["w"], t)

@@ -168,10 +168,15 @@ class Checkpointer:
         return self._repo
 
     def _retention(self) -> None:
-        if (self.keep_last or self.keep_every) and self._rank() == 0:
+        if not (self.keep_last or self.keep_every):
+            return
+        if self._rank() == 0:
             report = self._core_repo().gc(keep_last=self.keep_last, keep_every=self.keep_every)
             if report["removed_checkpoints"]:
                 log.info("retention removed %s", ", ".join(report["removed_checkpoints"]))
+        # Every rank returns once retention is done, so all see the same steps.
+        if dist.is_available() and dist.is_initialized():
+            dist.barrier(group=self.process_group)
 
     # -- public API ----------------------------------------------------------------
     def save(self, step: int, state_dict: dict[str, Any], *, blocking: bool = False) -> SaveHandle:
@@ -219,7 +224,9 @@ class Checkpointer:
 
     def wait(self) -> None:
         """Waits for the save in flight; raises its error. Retention runs
-        here, after the save committed."""
+        here, after the save committed; with retention on and
+        torch.distributed initialized, this is collective (call it on every
+        rank, as save() and close() do)."""
         pending, self._pending = self._pending, None
         if pending is not None:
             pending.wait()

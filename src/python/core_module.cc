@@ -9,6 +9,7 @@
 #include <nanobind/stl/vector.h>
 
 #include <sstream>
+#include <type_traits>
 
 #include "cli/cli.h"
 #include "shardwise/shardwise.h"
@@ -62,6 +63,22 @@ template <typename T>
 T Take(Result<T>&& r) {
   if (!r.ok()) Raise(r.status());
   return std::move(r).value();
+}
+
+// Runs fn() with the GIL released (fn must not touch Python objects) and
+// raises its error; returns its value.
+template <typename Fn>
+auto Unlocked(Fn&& fn) {
+  using R = decltype(fn());
+  R r = [&] {
+    nb::gil_scoped_release release;
+    return fn();
+  }();
+  if constexpr (std::is_same_v<R, Status>) {
+    Check(r);
+  } else {
+    return Take(std::move(r));
+  }
 }
 
 Options MakeOptions(const nb::dict& d) {
@@ -144,11 +161,7 @@ class PyRepository {
   nb::dict WriteRank(const nb::dict& spec_d, const std::vector<ItemTuple>& items_t) {
     SaveSpec spec = MakeSpec(spec_d);
     std::vector<WriteItem> items = MakeItems(items_t);
-    Result<RankResult> r = [&] {
-      nb::gil_scoped_release release;
-      return repo_->WriteRank(spec, items);
-    }();
-    RankResult v = Take(std::move(r));
+    RankResult v = Unlocked([&] { return repo_->WriteRank(spec, items); });
     nb::dict out;
     out["shard_path"] = v.shard_path;
     out["bytes"] = v.bytes;
@@ -160,11 +173,7 @@ class PyRepository {
 
   nb::dict Commit(const nb::dict& spec_d) {
     SaveSpec spec = MakeSpec(spec_d);
-    Result<CommitResult> r = [&] {
-      nb::gil_scoped_release release;
-      return repo_->Commit(spec);
-    }();
-    CommitResult v = Take(std::move(r));
+    CommitResult v = Unlocked([&] { return repo_->Commit(spec); });
     nb::dict out;
     out["name"] = v.name;
     out["dir"] = v.dir;
@@ -175,12 +184,7 @@ class PyRepository {
 
   void WaitCommitted(const nb::dict& spec_d, double timeout_s) {
     SaveSpec spec = MakeSpec(spec_d);
-    Status s;
-    {
-      nb::gil_scoped_release release;
-      s = repo_->WaitCommitted(spec, timeout_s);
-    }
-    Check(s);
+    Unlocked([&] { return repo_->WaitCommitted(spec, timeout_s); });
   }
 
   void ReportFailure(const nb::dict& spec_d, const std::string& why) {
@@ -218,11 +222,7 @@ class PyRepository {
     gc.dry_run = dry_run;
     gc.staging_grace_s = grace;
     gc.full_verify = verify;
-    Result<GcReport> r = [&] {
-      nb::gil_scoped_release release;
-      return repo_->Gc(gc);
-    }();
-    GcReport v = Take(std::move(r));
+    GcReport v = Unlocked([&] { return repo_->Gc(gc); });
     nb::dict out;
     out["removed_staging"] = v.removed_staging;
     out["removed_checkpoints"] = v.removed_checkpoints;
@@ -242,12 +242,8 @@ using ReadTuple = std::tuple<std::string, std::size_t, std::vector<std::int64_t>
 class PyReader {
  public:
   PyReader(const std::string& dir, const nb::dict& options) {
-    Result<std::unique_ptr<CheckpointReader>> r = [&] {
-      Options o = MakeOptions(options);
-      nb::gil_scoped_release release;
-      return CheckpointReader::Open(dir, o);
-    }();
-    reader_ = Take(std::move(r));
+    Options o = MakeOptions(options);
+    reader_ = Unlocked([&] { return CheckpointReader::Open(dir, o); });
   }
 
   // The validated manifest as JSON text (parsed by Python's json module; no
@@ -274,29 +270,15 @@ class PyReader {
       q.dst_offsets = doffs;
       out.push_back(std::move(q));
     }
-    Status s;
-    {
-      nb::gil_scoped_release release;
-      s = reader_->Read(out);
-    }
-    Check(s);
+    Unlocked([&] { return reader_->Read(out); });
   }
 
   void CheckFiles() {
-    Status s;
-    {
-      nb::gil_scoped_release release;
-      s = reader_->CheckFiles();
-    }
-    Check(s);
+    Unlocked([&] { return reader_->CheckFiles(); });
   }
 
   nb::list Verify() {
-    Result<VerifyReport> r = [&] {
-      nb::gil_scoped_release release;
-      return reader_->Verify();
-    }();
-    VerifyReport v = Take(std::move(r));
+    VerifyReport v = Unlocked([&] { return reader_->Verify(); });
     nb::list problems;
     for (const auto& p : v.problems)
       problems.append(nb::make_tuple(p.file, std::string(StatusCodeName(p.status.code())),

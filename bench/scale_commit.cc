@@ -1,0 +1,147 @@
+// Scaling simulation (issue 5): how commit time and metadata load time grow
+// with the number of ranks. For each R it generates R ranks' fragments of
+// ~200 items each (every item a row-slice of one global tensor, as a sharded
+// model gives), with sparse shard files of the declared sizes, then times
+//   commit: Repository::Commit (read, check and merge every fragment, write
+//           and fsync manifest.json, rename, fsync ROOT, update latest);
+//   load:   CheckpointReader::Open (read and validate the manifest: what a
+//           restarting job does before reading data).
+//   scale_commit [--ranks 256,1024,4096] [--items 200] [--dir D] [--runs 3] [--json]
+#include <fcntl.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cstdio>
+#include <cstring>
+#include <sstream>
+#include <string>
+#include <vector>
+
+#include "format/manifest.h"
+#include "os/posix.h"
+#include "shardwise/shardwise.h"
+
+using namespace shardwise;
+
+namespace {
+
+double Median(std::vector<double> v) {
+  std::sort(v.begin(), v.end());
+  return v.size() % 2 ? v[v.size() / 2] : (v[v.size() / 2 - 1] + v[v.size() / 2]) / 2;
+}
+
+// Writes R fragments and sparse shards into the staging directory of `spec`.
+Status Generate(Repository& repo, const SaveSpec& spec, int items) {
+  std::string staging = repo.StagingDir(spec);
+  SW_RETURN_IF_ERROR(os::Mkdir(staging, 0755, true));
+  const std::int64_t rows = 64, cols = 256;  // 32 KiB per chunk (fp16)
+  const std::uint64_t chunk_bytes = rows * cols * 2;
+  for (int r = 0; r < spec.world_size; ++r) {
+    Manifest f;
+    f.name = spec.name;
+    f.step = spec.step;
+    f.save_id = spec.save_id;
+    f.world_size = spec.world_size;
+    f.rank = r;
+    f.checksum_block = 1 << 20;
+    char shard[32], frag[40];
+    std::snprintf(shard, sizeof shard, "rank-%05d.shard", r);
+    std::snprintf(frag, sizeof frag, "rank-%05d.fragment.json", r);
+    std::uint64_t size = 4096 + chunk_bytes * static_cast<std::uint64_t>(items);
+    f.files.push_back({shard, r, size, "uring", true});
+    for (int i = 0; i < items; ++i) {
+      ItemRecord it;
+      it.name = "model.layers." + std::to_string(i / 8) + ".w" + std::to_string(i % 8);
+      it.dtype = DType::kFloat16;
+      it.shape = {rows * spec.world_size, cols};
+      it.chunks.push_back({{rows * r, 0}, {rows, cols}, 0, 4096 + chunk_bytes * i, chunk_bytes,
+                           {0x12345678u}});
+      f.items.push_back(std::move(it));
+    }
+    std::string path = os::JoinPath(staging, shard);
+    int fd = ::open(path.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
+    if (fd < 0 || ::ftruncate(fd, static_cast<off_t>(size)) != 0) return IoError("create", path, errno);
+    ::close(fd);
+    std::string text = format::Serialize(f, format::kFragmentKind);
+    std::string fpath = os::JoinPath(staging, frag);
+    fd = ::open(fpath.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
+    if (fd < 0 || ::write(fd, text.data(), text.size()) != static_cast<ssize_t>(text.size()))
+      return IoError("write", fpath, errno);
+    ::close(fd);
+  }
+  return Status::Ok();
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  std::vector<int> ranks = {256, 1024, 4096};
+  int items = 200, runs = 3;
+  std::string dir = "/tmp/shardwise-scale";
+  bool json = false;
+  for (int i = 1; i < argc; ++i) {
+    std::string a = argv[i];
+    auto next = [&]() -> std::string { return i + 1 < argc ? argv[++i] : ""; };
+    if (a == "--ranks") {
+      ranks.clear();
+      std::stringstream ss(next());
+      for (std::string t; std::getline(ss, t, ',');) ranks.push_back(std::stoi(t));
+    } else if (a == "--items") items = std::stoi(next());
+    else if (a == "--dir") dir = next();
+    else if (a == "--runs") runs = std::stoi(next());
+    else if (a == "--json") json = true;
+    else {
+      std::fprintf(stderr, "usage: scale_commit [--ranks 256,1024,4096] [--items 200] [--dir D] "
+                           "[--runs 3] [--json]\n");
+      return 2;
+    }
+  }
+  if (!json) std::printf("| ranks | items/rank | chunks | manifest | commit (s) | metadata load (s) | total (s) |\n|---:|---:|---:|---:|---:|---:|---:|\n");
+  std::string out_json = "[";
+  for (int R : ranks) {
+    std::vector<double> commit, load;
+    std::uint64_t manifest_bytes = 0;
+    for (int run = 0; run < runs; ++run) {
+      (void)os::RemoveTree(dir);
+      Options o;
+      o.poll_interval_s = 0.001;
+      auto repo = Repository::Open(dir, o);
+      if (!repo.ok()) return std::fprintf(stderr, "%s\n", repo.status().ToString().c_str()), 1;
+      SaveSpec spec;
+      spec.step = 1;
+      spec.world_size = R;
+      spec.save_id = "sim" + std::to_string(run);
+      spec.name = Repository::StepName(1);
+      Status g = Generate(**repo, spec, items);
+      if (!g.ok()) return std::fprintf(stderr, "%s\n", g.ToString().c_str()), 1;
+      double t0 = os::MonotonicSeconds();
+      auto c = (*repo)->Commit(spec);
+      double t1 = os::MonotonicSeconds();
+      if (!c.ok()) return std::fprintf(stderr, "%s\n", c.status().ToString().c_str()), 1;
+      auto reader = CheckpointReader::Open(os::JoinPath(dir, spec.name), o);
+      double t2 = os::MonotonicSeconds();
+      if (!reader.ok()) return std::fprintf(stderr, "%s\n", reader.status().ToString().c_str()), 1;
+      commit.push_back(t1 - t0);
+      load.push_back(t2 - t1);
+      manifest_bytes = static_cast<std::uint64_t>(
+          os::Stat(os::JoinPath(os::JoinPath(dir, spec.name), "manifest.json"))->st_size);
+    }
+    double mc = Median(commit), ml = Median(load);
+    if (json) {
+      char buf[256];
+      std::snprintf(buf, sizeof buf,
+                    "%s{\"ranks\":%d,\"items_per_rank\":%d,\"manifest_bytes\":%llu,"
+                    "\"commit_s\":%.4f,\"metadata_load_s\":%.4f}",
+                    out_json.size() > 1 ? "," : "", R, items,
+                    static_cast<unsigned long long>(manifest_bytes), mc, ml);
+      out_json += buf;
+    } else {
+      std::printf("| %d | %d | %d | %s | %.3f | %.3f | %.3f |\n", R, items, R * items,
+                  FormatBytes(manifest_bytes).c_str(), mc, ml, mc + ml);
+      std::fflush(stdout);
+    }
+  }
+  (void)os::RemoveTree(dir);
+  if (json) std::printf("%s]\n", out_json.c_str());
+  return 0;
+}

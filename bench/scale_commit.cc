@@ -78,7 +78,7 @@ int main(int argc, char** argv) {
   std::vector<int> ranks = {256, 1024, 4096};
   int items = 200, runs = 3;
   std::string dir = "/tmp/shardwise-scale";
-  bool json = false;
+  bool json = false, keep = false;
   for (int i = 1; i < argc; ++i) {
     std::string a = argv[i];
     auto next = [&]() -> std::string { return i + 1 < argc ? argv[++i] : ""; };
@@ -90,9 +90,10 @@ int main(int argc, char** argv) {
     else if (a == "--dir") dir = next();
     else if (a == "--runs") runs = std::stoi(next());
     else if (a == "--json") json = true;
+    else if (a == "--keep") keep = true;
     else {
       std::fprintf(stderr, "usage: scale_commit [--ranks 256,1024,4096] [--items 200] [--dir D] "
-                           "[--runs 3] [--json]\n");
+                           "[--runs 3] [--json] [--keep]\n");
       return 2;
     }
   }
@@ -141,7 +142,7 @@ int main(int argc, char** argv) {
       std::fflush(stdout);
     }
   }
-  (void)os::RemoveTree(dir);
+  if (!keep) (void)os::RemoveTree(dir);
   if (json) std::printf("%s]\n", out_json.c_str());
   return 0;
 }

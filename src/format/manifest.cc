@@ -54,15 +54,29 @@ void AppendIntArray(std::string& out, const std::vector<T>& v) {
 
 // ---- parsing helpers -------------------------------------------------------
 
+// The JSON path of a value ("items[3].chunks[0]"), built only when an
+// error needs it: building it for each of a million chunks costs seconds.
+struct Where {
+  const Where* parent = nullptr;
+  const char* key = "manifest";
+  std::int64_t index = -1;  // >= 0: key[index]
+  std::string ToString() const {
+    std::string s = parent ? parent->ToString() + "." : "";
+    s += key;
+    if (index >= 0) s += "[" + std::to_string(index) + "]";
+    return s;
+  }
+};
+
 // Reads typed fields out of a JSON object, producing errors that name the
 // file and the JSON path of the offending field.
 class Fields {
  public:
-  Fields(const Json& obj, const std::string& file, std::string where)
-      : obj_(obj), file_(file), where_(std::move(where)) {}
+  Fields(const Json& obj, const std::string& file, const Where& where)
+      : obj_(obj), file_(file), where_(where) {}
 
   Status Bad(std::string_view key, std::string_view problem) const {
-    return Corrupt(file_ + ": " + where_ + (key.empty() ? "" : ".") +
+    return Corrupt(file_ + ": " + where_.ToString() + (key.empty() ? "" : ".") +
                        std::string(key) + ": " + std::string(problem),
                    file_);
   }
@@ -147,13 +161,14 @@ class Fields {
  private:
   const Json& obj_;
   const std::string& file_;
-  std::string where_;
+  const Where& where_;
 };
 
 Result<FileRecord> ParseFile(const Json& j, const std::string& path,
                              std::size_t index) {
-  std::string where = "files[" + std::to_string(index) + "]";
-  if (!j.is_object()) return Corrupt(path + ": " + where + ": must be an object", path);
+  Where where{nullptr, "files", static_cast<std::int64_t>(index)};
+  if (!j.is_object())
+    return Corrupt(path + ": " + where.ToString() + ": must be an object", path);
   Fields f(j, path, where);
   FileRecord r;
   SW_ASSIGN_OR_RETURN(r.name, f.Str("name", 255));
@@ -173,8 +188,9 @@ Result<FileRecord> ParseFile(const Json& j, const std::string& path,
 
 Result<ItemRecord> ParseItem(const Json& j, const std::string& path,
                              std::size_t index, std::size_t nfiles) {
-  std::string where = "items[" + std::to_string(index) + "]";
-  if (!j.is_object()) return Corrupt(path + ": " + where + ": must be an object", path);
+  Where where{nullptr, "items", static_cast<std::int64_t>(index)};
+  if (!j.is_object())
+    return Corrupt(path + ": " + where.ToString() + ": must be an object", path);
   Fields f(j, path, where);
   ItemRecord it;
   SW_ASSIGN_OR_RETURN(it.name, f.Str("name", kMaxNameBytes));
@@ -192,8 +208,9 @@ Result<ItemRecord> ParseItem(const Json& j, const std::string& path,
   it.chunks.reserve(chunks->size());
   for (std::size_t c = 0; c < chunks->size(); ++c) {
     const Json& cj = (*chunks)[c];
-    std::string cw = where + ".chunks[" + std::to_string(c) + "]";
-    if (!cj.is_object()) return Corrupt(path + ": " + cw + ": must be an object", path);
+    Where cw{&where, "chunks", static_cast<std::int64_t>(c)};
+    if (!cj.is_object())
+      return Corrupt(path + ": " + cw.ToString() + ": must be an object", path);
     Fields cf(cj, path, cw);
     ChunkRecord ch;
     SW_ASSIGN_OR_RETURN(ch.offsets, cf.Dims("offsets"));
@@ -242,7 +259,8 @@ Result<Manifest> ParseUnchecked(std::string_view text, std::string_view kind,
   Json j = Json::parse(text.begin(), text.end(), nullptr, /*allow_exceptions=*/false);
   if (j.is_discarded()) return Corrupt(path + ": not valid JSON", path);
   if (!j.is_object()) return Corrupt(path + ": top level must be a JSON object", path);
-  Fields f(j, path, "manifest");
+  const Where top{};
+  Fields f(j, path, top);
   Manifest m;
   SW_ASSIGN_OR_RETURN(auto version, f.Int("format_version", 0, INT32_MAX));
   if (version != Manifest::kFormatVersion)
@@ -267,7 +285,8 @@ Result<Manifest> ParseUnchecked(std::string_view text, std::string_view kind,
   m.created_unix = created->get<double>();
   SW_ASSIGN_OR_RETURN(const Json* ck, f.Get("checksum"));
   if (!ck->is_object()) return f.Bad("checksum", "must be an object");
-  Fields cf(*ck, path, "manifest.checksum");
+  const Where ck_where{&top, "checksum"};
+  Fields cf(*ck, path, ck_where);
   SW_ASSIGN_OR_RETURN(std::string algo, cf.Str("algorithm", 32));
   if (algo != "crc32c")
     return cf.Bad("algorithm", "'" + algo + "' is not supported (crc32c)");

@@ -4,6 +4,7 @@
 
 #include <fcntl.h>
 #include <gtest/gtest.h>
+#include <nlohmann/json.hpp>
 #include <sys/file.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -138,7 +139,10 @@ TEST_F(RepositoryTest, UserMetadataRoundTrips) {
   ASSERT_TRUE(repo_->Save(spec, it.items).ok());
   auto reader = repo_->OpenCheckpoint("step-000000000005");
   ASSERT_TRUE(reader.ok());
-  EXPECT_NE((*reader)->manifest().user_json.find("\"epoch\":2"), std::string::npos);
+  // Stored as given (the caller's text), and valid JSON.
+  auto user = nlohmann::json::parse((*reader)->manifest().user_json);
+  EXPECT_EQ(user["epoch"], 2);
+  EXPECT_EQ(user["note"], "ok");
   spec.step = 6;
   spec.user_json = "[not an object";
   EXPECT_FALSE(repo_->Save(spec, it.items).ok());

@@ -78,7 +78,7 @@ int main(int argc, char** argv) {
   std::vector<int> ranks = {256, 1024, 4096};
   int items = 200, runs = 3;
   std::string dir = "/tmp/shardwise-scale";
-  bool json = false, keep = false;
+  bool json = false, keep = false, generate_only = false;
   for (int i = 1; i < argc; ++i) {
     std::string a = argv[i];
     auto next = [&]() -> std::string { return i + 1 < argc ? argv[++i] : ""; };
@@ -91,6 +91,7 @@ int main(int argc, char** argv) {
     else if (a == "--runs") runs = std::stoi(next());
     else if (a == "--json") json = true;
     else if (a == "--keep") keep = true;
+    else if (a == "--generate-only") generate_only = keep = true;  // for profiling
     else {
       std::fprintf(stderr, "usage: scale_commit [--ranks 256,1024,4096] [--items 200] [--dir D] "
                            "[--runs 3] [--json] [--keep]\n");
@@ -115,6 +116,10 @@ int main(int argc, char** argv) {
       spec.name = Repository::StepName(1);
       Status g = Generate(**repo, spec, items);
       if (!g.ok()) return std::fprintf(stderr, "%s\n", g.ToString().c_str()), 1;
+      if (generate_only) {
+        std::printf("%s\n", (*repo)->StagingDir(spec).c_str());
+        return 0;
+      }
       double t0 = os::MonotonicSeconds();
       auto c = (*repo)->Commit(spec);
       double t1 = os::MonotonicSeconds();

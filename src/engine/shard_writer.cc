@@ -7,6 +7,7 @@
 #include <set>
 
 #include "format/crc32c.h"
+#include "format/json_reader.h"
 #include "format/manifest.h"
 #include "format/shard_header.h"
 #include "io/aligned_buffer.h"
@@ -18,32 +19,6 @@ namespace {
 
 using io::AlignUp;
 
-// Strict UTF-8 (RFC 3629: no overlongs, no surrogates), the same rule the
-// manifest's JSON parser applies, so every name we write can be read back.
-bool ValidUtf8(std::string_view s) {
-  auto in = [](unsigned char c, unsigned lo, unsigned hi) { return c >= lo && c <= hi; };
-  for (std::size_t i = 0; i < s.size();) {
-    auto c = static_cast<unsigned char>(s[i]);
-    if (c < 0x80) { ++i; continue; }
-    int n;
-    unsigned lo = 0x80, hi = 0xBF;  // range of the second byte
-    if (in(c, 0xC2, 0xDF)) n = 1;
-    else if (c == 0xE0) { n = 2; lo = 0xA0; }
-    else if (in(c, 0xE1, 0xEC) || in(c, 0xEE, 0xEF)) n = 2;
-    else if (c == 0xED) { n = 2; hi = 0x9F; }
-    else if (c == 0xF0) { n = 3; lo = 0x90; }
-    else if (in(c, 0xF1, 0xF3)) n = 3;
-    else if (c == 0xF4) { n = 3; hi = 0x8F; }
-    else return false;
-    if (i + n >= s.size()) return false;
-    if (!in(static_cast<unsigned char>(s[i + 1]), lo, hi)) return false;
-    for (int k = 2; k <= n; ++k)
-      if (!in(static_cast<unsigned char>(s[i + k]), 0x80, 0xBF)) return false;
-    i += n + 1;
-  }
-  return true;
-}
-
 }  // namespace
 
 Status ValidateWriteItem(const WriteItem& it) {
@@ -51,7 +26,7 @@ Status ValidateWriteItem(const WriteItem& it) {
   if (it.name.empty()) return InvalidArgument("an item has an empty name");
   if (it.name.size() > format::kMaxNameBytes)
     return InvalidArgument(n + ": name longer than 4096 bytes");
-  if (it.name.find('\0') != std::string::npos || !ValidUtf8(it.name))
+  if (it.name.find('\0') != std::string::npos || !format::ValidUtf8(it.name))
     return InvalidArgument(n + ": name must be valid UTF-8 without NUL");
   if (it.global_shape.size() > static_cast<std::size_t>(format::kMaxDims))
     return InvalidArgument(n + ": more than 64 dimensions");

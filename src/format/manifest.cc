@@ -1,17 +1,16 @@
 #include "format/manifest.h"
 
 #include <algorithm>
+#include <initializer_list>
 #include <charconv>
 #include <cinttypes>
 #include <cstdio>
-#include <nlohmann/json.hpp>
 #include <unordered_set>
 
 #include "format/crc32c.h"
+#include "format/json_reader.h"
 
 namespace shardwise::format {
-
-using Json = nlohmann::json;
 
 namespace {
 
@@ -52,10 +51,13 @@ void AppendIntArray(std::string& out, const std::vector<T>& v) {
   out += ']';
 }
 
-// ---- parsing helpers -------------------------------------------------------
+// ---- parsing ---------------------------------------------------------------
+// The parser walks the text with a streaming reader and fills the structs
+// directly: no JSON tree, so a manifest of a million chunks parses at the
+// speed of the text. Every error names the file and the JSON path.
 
 // The JSON path of a value ("items[3].chunks[0]"), built only when an
-// error needs it: building it for each of a million chunks costs seconds.
+// error needs it.
 struct Where {
   const Where* parent = nullptr;
   const char* key = "manifest";
@@ -68,168 +70,236 @@ struct Where {
   }
 };
 
-// Reads typed fields out of a JSON object, producing errors that name the
-// file and the JSON path of the offending field.
-class Fields {
+class Parser {
  public:
-  Fields(const Json& obj, const std::string& file, const Where& where)
-      : obj_(obj), file_(file), where_(where) {}
+  Parser(std::string_view text, const std::string& path) : r_(text), path_(path) {}
 
-  Status Bad(std::string_view key, std::string_view problem) const {
-    return Corrupt(file_ + ": " + where_.ToString() + (key.empty() ? "" : ".") +
-                       std::string(key) + ": " + std::string(problem),
-                   file_);
+  Status Bad(const Where& w, std::string_view key, std::string_view problem) const {
+    return Corrupt(path_ + ": " + w.ToString() + (key.empty() ? "" : ".") + std::string(key) +
+                       ": " + std::string(problem),
+                   path_);
   }
+  Status Syntax() const { return Corrupt(path_ + ": not valid JSON (" + r_.error() + ")", path_); }
 
-  Result<const Json*> Get(std::string_view key, bool required = true) const {
-    auto it = obj_.find(key);
-    if (it == obj_.end()) {
-      if (!required) return static_cast<const Json*>(nullptr);
-      return Bad(key, "missing");
-    }
-    return &*it;
-  }
-
-  Result<std::int64_t> Int(std::string_view key, std::int64_t lo,
-                           std::int64_t hi) const {
-    SW_ASSIGN_OR_RETURN(const Json* v, Get(key));
-    std::int64_t out;
-    if (v->is_number_unsigned()) {
-      auto u = v->get<std::uint64_t>();
-      if (u > static_cast<std::uint64_t>(INT64_MAX))
-        return Bad(key, "out of range");
-      out = static_cast<std::int64_t>(u);
-    } else if (v->is_number_integer()) {
-      out = v->get<std::int64_t>();
-    } else {
-      return Bad(key, "must be an integer");
-    }
-    if (out < lo || out > hi)
-      return Bad(key, "value " + std::to_string(out) + " is outside [" +
-                          std::to_string(lo) + ", " + std::to_string(hi) + "]");
-    return out;
-  }
-
-  Result<std::uint64_t> Uint(std::string_view key, std::uint64_t hi) const {
-    SW_ASSIGN_OR_RETURN(const Json* v, Get(key));
-    if (!v->is_number_unsigned()) {
-      if (v->is_number_integer()) return Bad(key, "must not be negative");
-      return Bad(key, "must be an unsigned integer");
-    }
-    auto u = v->get<std::uint64_t>();
-    if (u > hi)
-      return Bad(key, "value " + std::to_string(u) + " exceeds the limit " +
-                          std::to_string(hi));
-    return u;
-  }
-
-  Result<std::string> Str(std::string_view key, std::size_t max_len) const {
-    SW_ASSIGN_OR_RETURN(const Json* v, Get(key));
-    if (!v->is_string()) return Bad(key, "must be a string");
-    const auto& s = v->get_ref<const std::string&>();
-    if (s.size() > max_len)
-      return Bad(key, "string of " + std::to_string(s.size()) +
-                          " bytes is longer than " + std::to_string(max_len));
-    return s;
-  }
-
-  Result<const Json*> Arr(std::string_view key, std::size_t max_len) const {
-    SW_ASSIGN_OR_RETURN(const Json* v, Get(key));
-    if (!v->is_array()) return Bad(key, "must be an array");
-    if (v->size() > max_len)
-      return Bad(key, "array of " + std::to_string(v->size()) +
-                          " entries exceeds the limit " + std::to_string(max_len));
+  Result<std::int64_t> Int(const Where& w, std::string_view key, std::int64_t lo,
+                           std::int64_t hi) {
+    if (r_.Peek() != JsonReader::Kind::kNumber) return SkipThen(Bad(w, key, "must be an integer"));
+    JsonReader::Number n;
+    if (!r_.ReadNumber(&n)) return Syntax();
+    if (!n.integer) return Bad(w, key, "must be an integer");
+    if (!n.negative && n.u > static_cast<std::uint64_t>(INT64_MAX))
+      return Bad(w, key, "out of range");
+    std::int64_t v = n.negative ? n.i : static_cast<std::int64_t>(n.u);
+    if (v < lo || v > hi)
+      return Bad(w, key, "value " + std::to_string(v) + " is outside [" + std::to_string(lo) +
+                             ", " + std::to_string(hi) + "]");
     return v;
   }
 
-  Result<std::vector<std::int64_t>> Dims(std::string_view key) const {
-    SW_ASSIGN_OR_RETURN(const Json* a, Arr(key, kMaxDims));
-    std::vector<std::int64_t> out;
-    out.reserve(a->size());
-    for (const Json& d : *a) {
-      if (!d.is_number_integer()) return Bad(key, "entries must be integers");
-      if (d.is_number_unsigned() &&
-          d.get<std::uint64_t>() > static_cast<std::uint64_t>(INT64_MAX))
-        return Bad(key, "entry out of range");
-      std::int64_t x = d.get<std::int64_t>();
-      if (x < 0) return Bad(key, "entries must not be negative");
-      out.push_back(x);
+  Result<std::uint64_t> Uint(const Where& w, std::string_view key, std::uint64_t hi) {
+    if (r_.Peek() != JsonReader::Kind::kNumber)
+      return SkipThen(Bad(w, key, "must be an unsigned integer"));
+    JsonReader::Number n;
+    if (!r_.ReadNumber(&n)) return Syntax();
+    if (!n.integer) return Bad(w, key, "must be an unsigned integer");
+    if (n.negative) return Bad(w, key, "must not be negative");
+    if (n.u > hi)
+      return Bad(w, key, "value " + std::to_string(n.u) + " exceeds the limit " +
+                             std::to_string(hi));
+    return n.u;
+  }
+
+  Result<double> Double(const Where& w, std::string_view key) {
+    if (r_.Peek() != JsonReader::Kind::kNumber) return SkipThen(Bad(w, key, "must be a number"));
+    JsonReader::Number n;
+    if (!r_.ReadNumber(&n)) return Syntax();
+    return n.d;
+  }
+
+  Result<std::string> Str(const Where& w, std::string_view key, std::size_t max_len) {
+    if (r_.Peek() != JsonReader::Kind::kString) return SkipThen(Bad(w, key, "must be a string"));
+    std::string s;
+    if (!r_.String(&s)) return Syntax();
+    if (s.size() > max_len)
+      return Bad(w, key, "string of " + std::to_string(s.size()) + " bytes is longer than " +
+                             std::to_string(max_len));
+    return s;
+  }
+
+  // Iterates an array, calling elem(index) for each element.
+  template <typename Fn>
+  Status Array(const Where& w, std::string_view key, std::size_t max_len, Fn elem) {
+    if (r_.Peek() != JsonReader::Kind::kArray) return SkipThen(Bad(w, key, "must be an array"));
+    if (!r_.BeginArray()) return Syntax();
+    bool first = true;
+    for (std::size_t i = 0;; ++i) {
+      auto step = r_.Element(&first);
+      if (step == JsonReader::Step::kError) return Syntax();
+      if (step == JsonReader::Step::kDone) return Status::Ok();
+      if (i >= max_len)
+        return Bad(w, key, "array of more than " + std::to_string(max_len) +
+                               " entries exceeds the limit " + std::to_string(max_len));
+      SW_RETURN_IF_ERROR(elem(i));
     }
+  }
+
+  // Iterates an object, calling field(key) for each member. Required keys
+  // are tracked in a bitmask (no allocation per object: there are millions):
+  // a required key may not appear twice, and the first missing one is
+  // reported.
+  template <typename Fn>
+  Status Object(const Where& w, const char* what, std::initializer_list<const char*> required,
+                Fn field) {
+    if (r_.Peek() != JsonReader::Kind::kObject)
+      return SkipThen(Corrupt(path_ + ": " + w.ToString() + ": " + what, path_));
+    if (!r_.BeginObject()) return Syntax();
+    std::uint64_t seen = 0;
+    bool first = true;
+    while (true) {
+      auto step = r_.Key(&first, &key_);
+      if (step == JsonReader::Step::kError) return Syntax();
+      if (step == JsonReader::Step::kDone) break;
+      int bit = 0;
+      for (const char* k : required) {
+        if (key_ == k) {
+          if (seen & (1ull << bit)) return Bad(w, key_, "appears twice");
+          seen |= 1ull << bit;
+          break;
+        }
+        ++bit;
+      }
+      bool handled = false;
+      const std::string key = key_;  // field() may parse nested objects
+      SW_RETURN_IF_ERROR(field(key, &handled));
+      if (!handled && !r_.Skip()) return Syntax();  // unknown keys: ignored
+    }
+    int bit = 0;
+    for (const char* k : required) {
+      if (!(seen & (1ull << bit))) return Bad(w, k, "missing");
+      ++bit;
+    }
+    return Status::Ok();
+  }
+
+  Result<std::vector<std::int64_t>> Dims(const Where& w, std::string_view key) {
+    std::vector<std::int64_t> out;
+    SW_RETURN_IF_ERROR(Array(w, key, kMaxDims, [&](std::size_t) -> Status {
+      if (r_.Peek() != JsonReader::Kind::kNumber)
+        return SkipThen(Bad(w, key, "entries must be integers"));
+      JsonReader::Number n;
+      if (!r_.ReadNumber(&n)) return Syntax();
+      if (!n.integer) return Bad(w, key, "entries must be integers");
+      if (n.negative) return Bad(w, key, "entries must not be negative");
+      if (n.u > static_cast<std::uint64_t>(INT64_MAX)) return Bad(w, key, "entry out of range");
+      out.push_back(static_cast<std::int64_t>(n.u));
+      return Status::Ok();
+    }));
     return out;
   }
 
+  JsonReader& reader() { return r_; }
+
  private:
-  const Json& obj_;
-  const std::string& file_;
-  const Where& where_;
+  // After a type error the rest is not read; the error is what matters.
+  static Status SkipThen(Status s) { return s; }
+
+  JsonReader r_;
+  const std::string& path_;
+  std::string key_;  // reused buffer for object keys
 };
 
-Result<FileRecord> ParseFile(const Json& j, const std::string& path,
-                             std::size_t index) {
-  Where where{nullptr, "files", static_cast<std::int64_t>(index)};
-  if (!j.is_object())
-    return Corrupt(path + ": " + where.ToString() + ": must be an object", path);
-  Fields f(j, path, where);
-  FileRecord r;
-  SW_ASSIGN_OR_RETURN(r.name, f.Str("name", 255));
-  if (!IsSafeFileName(r.name))
-    return f.Bad("name", "'" + r.name +
-                             "' is not a plain file name inside the checkpoint "
-                             "(no '/', no '..', no leading '.')");
-  SW_ASSIGN_OR_RETURN(auto rank, f.Int("rank", 0, kMaxWorldSize - 1));
-  r.rank = static_cast<std::int32_t>(rank);
-  SW_ASSIGN_OR_RETURN(r.size, f.Uint("size", kMaxFileBytes));
-  SW_ASSIGN_OR_RETURN(const Json* be, f.Get("backend", false));
-  if (be && be->is_string()) r.backend = be->get<std::string>();
-  SW_ASSIGN_OR_RETURN(const Json* dio, f.Get("direct_io", false));
-  if (dio && dio->is_boolean()) r.direct_io = dio->get<bool>();
-  return r;
+Status ParseFileRecord(Parser& p, std::size_t index, FileRecord* r) {
+  Where w{nullptr, "files", static_cast<std::int64_t>(index)};
+  return p.Object(w, "must be an object", {"name", "rank", "size"},
+                  [&](const std::string& key, bool* handled) -> Status {
+    *handled = true;
+    if (key == "name") {
+      SW_ASSIGN_OR_RETURN(r->name, p.Str(w, "name", 255));
+      if (!IsSafeFileName(r->name))
+        return p.Bad(w, "name", "'" + r->name +
+                                    "' is not a plain file name inside the checkpoint "
+                                    "(no '/', no '..', no leading '.')");
+    } else if (key == "rank") {
+      SW_ASSIGN_OR_RETURN(auto rank, p.Int(w, "rank", 0, kMaxWorldSize - 1));
+      r->rank = static_cast<std::int32_t>(rank);
+    } else if (key == "size") {
+      SW_ASSIGN_OR_RETURN(r->size, p.Uint(w, "size", kMaxFileBytes));
+    } else if (key == "backend" && p.reader().Peek() == JsonReader::Kind::kString) {
+      if (!p.reader().String(&r->backend)) return p.Syntax();
+    } else if (key == "direct_io" && p.reader().Peek() == JsonReader::Kind::kBool) {
+      if (!p.reader().ReadBool(&r->direct_io)) return p.Syntax();
+    } else {
+      *handled = false;
+    }
+    return Status::Ok();
+  });
 }
 
-Result<ItemRecord> ParseItem(const Json& j, const std::string& path,
-                             std::size_t index, std::size_t nfiles) {
-  Where where{nullptr, "items", static_cast<std::int64_t>(index)};
-  if (!j.is_object())
-    return Corrupt(path + ": " + where.ToString() + ": must be an object", path);
-  Fields f(j, path, where);
-  ItemRecord it;
-  SW_ASSIGN_OR_RETURN(it.name, f.Str("name", kMaxNameBytes));
-  if (it.name.empty()) return f.Bad("name", "must not be empty");
-  SW_ASSIGN_OR_RETURN(std::string kind, f.Str("kind", 16));
-  if (kind == "tensor") it.kind = ItemKind::kTensor;
-  else if (kind == "bytes") it.kind = ItemKind::kBytes;
-  else return f.Bad("kind", "'" + kind + "' is not tensor or bytes");
-  SW_ASSIGN_OR_RETURN(std::string dtype, f.Str("dtype", 32));
-  auto dt = ParseDType(dtype);
-  if (!dt.ok()) return f.Bad("dtype", "unknown dtype '" + dtype + "'");
-  it.dtype = *dt;
-  SW_ASSIGN_OR_RETURN(it.shape, f.Dims("shape"));
-  SW_ASSIGN_OR_RETURN(const Json* chunks, f.Arr("chunks", 1u << 24));
-  it.chunks.reserve(chunks->size());
-  for (std::size_t c = 0; c < chunks->size(); ++c) {
-    const Json& cj = (*chunks)[c];
-    Where cw{&where, "chunks", static_cast<std::int64_t>(c)};
-    if (!cj.is_object())
-      return Corrupt(path + ": " + cw.ToString() + ": must be an object", path);
-    Fields cf(cj, path, cw);
-    ChunkRecord ch;
-    SW_ASSIGN_OR_RETURN(ch.offsets, cf.Dims("offsets"));
-    SW_ASSIGN_OR_RETURN(ch.sizes, cf.Dims("sizes"));
-    SW_ASSIGN_OR_RETURN(auto file, cf.Uint("file", nfiles == 0 ? 0 : nfiles - 1));
-    if (nfiles == 0) return cf.Bad("file", "refers to a file but none are listed");
-    ch.file = static_cast<std::uint32_t>(file);
-    SW_ASSIGN_OR_RETURN(ch.offset, cf.Uint("offset", kMaxFileBytes));
-    SW_ASSIGN_OR_RETURN(ch.length, cf.Uint("length", kMaxFileBytes));
-    SW_ASSIGN_OR_RETURN(const Json* crcs, cf.Arr("crc32c", 1u << 30));
-    ch.crc32c.reserve(crcs->size());
-    for (const Json& v : *crcs) {
-      if (!v.is_number_unsigned() || v.get<std::uint64_t>() > 0xFFFFFFFFull)
-        return cf.Bad("crc32c", "entries must be 32-bit unsigned integers");
-      ch.crc32c.push_back(static_cast<std::uint32_t>(v.get<std::uint64_t>()));
+Status ParseChunk(Parser& p, const Where& w, std::size_t nfiles, ChunkRecord* ch) {
+  // Files come before items in what we write; if a file list is absent so
+  // far, Validate checks the index against the final list.
+  const std::uint64_t max_file = nfiles == 0 ? UINT32_MAX : nfiles - 1;
+  return p.Object(w, "must be an object", {"offsets", "sizes", "file", "offset", "length", "crc32c"},
+                  [&](const std::string& key, bool* handled) -> Status {
+    *handled = true;
+    if (key == "offsets") {
+      SW_ASSIGN_OR_RETURN(ch->offsets, p.Dims(w, "offsets"));
+    } else if (key == "sizes") {
+      SW_ASSIGN_OR_RETURN(ch->sizes, p.Dims(w, "sizes"));
+    } else if (key == "file") {
+      SW_ASSIGN_OR_RETURN(auto f, p.Uint(w, "file", max_file));
+      ch->file = static_cast<std::uint32_t>(f);
+    } else if (key == "offset") {
+      SW_ASSIGN_OR_RETURN(ch->offset, p.Uint(w, "offset", kMaxFileBytes));
+    } else if (key == "length") {
+      SW_ASSIGN_OR_RETURN(ch->length, p.Uint(w, "length", kMaxFileBytes));
+    } else if (key == "crc32c") {
+      return p.Array(w, "crc32c", 1u << 30, [&](std::size_t) -> Status {
+        JsonReader::Number n;
+        if (p.reader().Peek() != JsonReader::Kind::kNumber || !p.reader().ReadNumber(&n) ||
+            !n.integer || n.negative || n.u > 0xFFFFFFFFull)
+          return p.Bad(w, "crc32c", "entries must be 32-bit unsigned integers");
+        ch->crc32c.push_back(static_cast<std::uint32_t>(n.u));
+        return Status::Ok();
+      });
+    } else {
+      *handled = false;
     }
-    it.chunks.push_back(std::move(ch));
-  }
-  return it;
+    return Status::Ok();
+  });
+}
+
+Status ParseItemRecord(Parser& p, std::size_t index, std::size_t nfiles, ItemRecord* it) {
+  Where w{nullptr, "items", static_cast<std::int64_t>(index)};
+  return p.Object(w, "must be an object", {"name", "kind", "dtype", "shape", "chunks"},
+                  [&](const std::string& key, bool* handled) -> Status {
+    *handled = true;
+    if (key == "name") {
+      SW_ASSIGN_OR_RETURN(it->name, p.Str(w, "name", kMaxNameBytes));
+      if (it->name.empty()) return p.Bad(w, "name", "must not be empty");
+    } else if (key == "kind") {
+      SW_ASSIGN_OR_RETURN(std::string kind, p.Str(w, "kind", 16));
+      if (kind == "tensor") it->kind = ItemKind::kTensor;
+      else if (kind == "bytes") it->kind = ItemKind::kBytes;
+      else return p.Bad(w, "kind", "'" + kind + "' is not tensor or bytes");
+    } else if (key == "dtype") {
+      SW_ASSIGN_OR_RETURN(std::string dtype, p.Str(w, "dtype", 32));
+      auto dt = ParseDType(dtype);
+      if (!dt.ok()) return p.Bad(w, "dtype", "unknown dtype '" + dtype + "'");
+      it->dtype = *dt;
+    } else if (key == "shape") {
+      SW_ASSIGN_OR_RETURN(it->shape, p.Dims(w, "shape"));
+    } else if (key == "chunks") {
+      return p.Array(w, "chunks", 1u << 24, [&](std::size_t c) -> Status {
+        Where cw{&w, "chunks", static_cast<std::int64_t>(c)};
+        it->chunks.emplace_back();
+        return ParseChunk(p, cw, nfiles, &it->chunks.back());
+      });
+    } else {
+      *handled = false;
+    }
+    return Status::Ok();
+  });
 }
 
 Result<Manifest> ParseUnchecked(std::string_view text, std::string_view kind,
@@ -242,8 +312,8 @@ Result<Manifest> ParseUnchecked(std::string_view text, std::string_view kind,
                    path);
   std::string_view hex = text.substr(text.size() - 11, 8);
   std::uint32_t stored = 0;
-  auto [p, ec] = std::from_chars(hex.data(), hex.data() + 8, stored, 16);
-  if (ec != std::errc() || p != hex.data() + 8)
+  auto [hp, ec] = std::from_chars(hex.data(), hex.data() + 8, stored, 16);
+  if (ec != std::errc() || hp != hex.data() + 8)
     return Corrupt(path + ": malformed self-checksum '" + std::string(hex) + "'", path);
   std::string_view body = text.substr(0, text.size() - kTrailerLen);
   std::uint32_t actual = Crc32c(body.data(), body.size());
@@ -254,65 +324,92 @@ Result<Manifest> ParseUnchecked(std::string_view text, std::string_view kind,
                   stored, actual);
     return Corrupt(path + ": " + buf + ": the file was modified or damaged", path);
   }
+  if (!ValidUtf8(text)) return Corrupt(path + ": not valid JSON (invalid UTF-8)", path);
 
-  // 2. JSON syntax and types.
-  Json j = Json::parse(text.begin(), text.end(), nullptr, /*allow_exceptions=*/false);
-  if (j.is_discarded()) return Corrupt(path + ": not valid JSON", path);
-  if (!j.is_object()) return Corrupt(path + ": top level must be a JSON object", path);
-  const Where top{};
-  Fields f(j, path, top);
+  // 2. Syntax and types, straight into the structs.
+  Parser p(text, path);
   Manifest m;
-  SW_ASSIGN_OR_RETURN(auto version, f.Int("format_version", 0, INT32_MAX));
-  if (version != Manifest::kFormatVersion)
-    return Corrupt(path + ": format_version " + std::to_string(version) +
-                       " is not supported (this build reads version " +
-                       std::to_string(Manifest::kFormatVersion) + ")",
-                   path);
-  m.format_version = static_cast<int>(version);
-  SW_ASSIGN_OR_RETURN(std::string k, f.Str("kind", 64));
-  if (k != kind)
-    return Corrupt(path + ": kind is '" + k + "', expected '" + std::string(kind) + "'",
-                   path);
-  SW_ASSIGN_OR_RETURN(m.name, f.Str("name", 255));
-  SW_ASSIGN_OR_RETURN(m.step, f.Int("step", -1, INT64_MAX));
-  SW_ASSIGN_OR_RETURN(m.save_id, f.Str("save_id", 128));
-  SW_ASSIGN_OR_RETURN(auto ws, f.Int("world_size", 1, kMaxWorldSize));
-  m.world_size = static_cast<std::int32_t>(ws);
-  SW_ASSIGN_OR_RETURN(auto rank, f.Int("rank", -1, kMaxWorldSize - 1));
-  m.rank = static_cast<std::int32_t>(rank);
-  SW_ASSIGN_OR_RETURN(const Json* created, f.Get("created_unix"));
-  if (!created->is_number()) return f.Bad("created_unix", "must be a number");
-  m.created_unix = created->get<double>();
-  SW_ASSIGN_OR_RETURN(const Json* ck, f.Get("checksum"));
-  if (!ck->is_object()) return f.Bad("checksum", "must be an object");
-  const Where ck_where{&top, "checksum"};
-  Fields cf(*ck, path, ck_where);
-  SW_ASSIGN_OR_RETURN(std::string algo, cf.Str("algorithm", 32));
-  if (algo != "crc32c")
-    return cf.Bad("algorithm", "'" + algo + "' is not supported (crc32c)");
-  SW_ASSIGN_OR_RETURN(m.checksum_block, cf.Uint("block_bytes", 1ull << 30));
-  if (m.checksum_block < 4096 || m.checksum_block % 4096 != 0)
-    return cf.Bad("block_bytes", "must be a positive multiple of 4096");
-
-  SW_ASSIGN_OR_RETURN(const Json* files, f.Arr("files", 1u << 24));
-  m.files.reserve(files->size());
-  for (std::size_t i = 0; i < files->size(); ++i) {
-    SW_ASSIGN_OR_RETURN(FileRecord fr, ParseFile((*files)[i], path, i));
-    m.files.push_back(std::move(fr));
-  }
-  SW_ASSIGN_OR_RETURN(const Json* items, f.Arr("items", 1u << 26));
-  m.items.reserve(items->size());
-  for (std::size_t i = 0; i < items->size(); ++i) {
-    SW_ASSIGN_OR_RETURN(ItemRecord ir, ParseItem((*items)[i], path, i, m.files.size()));
-    m.items.push_back(std::move(ir));
-  }
-  SW_ASSIGN_OR_RETURN(const Json* user, f.Get("user"));
-  if (!user->is_object()) return f.Bad("user", "must be an object");
-  m.user_json = user->dump();
-  SW_ASSIGN_OR_RETURN(const Json* dcp, f.Get("dcp", false));
-  if (dcp && !dcp->is_null()) m.dcp_json = dcp->dump();
-  SW_ASSIGN_OR_RETURN(const Json* self, f.Get("self_crc32c"));
-  (void)self;  // checked above on the raw bytes
+  const Where top{};
+  const Where ck{&top, "checksum"};
+  if (p.reader().Peek() != JsonReader::Kind::kObject)
+    return Corrupt(path + ": top level must be a JSON object", path);
+  Status s = p.Object(
+      top, "must be an object",
+      {"format_version", "kind", "name", "step", "save_id", "world_size", "rank", "created_unix",
+       "checksum", "files", "items", "user", "self_crc32c"},
+      [&](const std::string& key, bool* handled) -> Status {
+        *handled = true;
+        if (key == "format_version") {
+          SW_ASSIGN_OR_RETURN(auto v, p.Int(top, key, 0, INT32_MAX));
+          if (v != Manifest::kFormatVersion)
+            return Corrupt(path + ": format_version " + std::to_string(v) +
+                               " is not supported (this build reads version " +
+                               std::to_string(Manifest::kFormatVersion) + ")",
+                           path);
+          m.format_version = static_cast<int>(v);
+        } else if (key == "kind") {
+          SW_ASSIGN_OR_RETURN(std::string k, p.Str(top, key, 64));
+          if (k != kind)
+            return Corrupt(path + ": kind is '" + k + "', expected '" + std::string(kind) + "'",
+                           path);
+        } else if (key == "name") {
+          SW_ASSIGN_OR_RETURN(m.name, p.Str(top, key, 255));
+        } else if (key == "step") {
+          SW_ASSIGN_OR_RETURN(m.step, p.Int(top, key, -1, INT64_MAX));
+        } else if (key == "save_id") {
+          SW_ASSIGN_OR_RETURN(m.save_id, p.Str(top, key, 128));
+        } else if (key == "world_size") {
+          SW_ASSIGN_OR_RETURN(auto ws, p.Int(top, key, 1, kMaxWorldSize));
+          m.world_size = static_cast<std::int32_t>(ws);
+        } else if (key == "rank") {
+          SW_ASSIGN_OR_RETURN(auto rank, p.Int(top, key, -1, kMaxWorldSize - 1));
+          m.rank = static_cast<std::int32_t>(rank);
+        } else if (key == "created_unix") {
+          SW_ASSIGN_OR_RETURN(m.created_unix, p.Double(top, key));
+        } else if (key == "checksum") {
+          return p.Object(ck, "must be an object", {"algorithm", "block_bytes"},
+                          [&](const std::string& k2, bool* h2) -> Status {
+            *h2 = true;
+            if (k2 == "algorithm") {
+              SW_ASSIGN_OR_RETURN(std::string algo, p.Str(ck, k2, 32));
+              if (algo != "crc32c")
+                return p.Bad(ck, k2, "'" + algo + "' is not supported (crc32c)");
+            } else if (k2 == "block_bytes") {
+              SW_ASSIGN_OR_RETURN(m.checksum_block, p.Uint(ck, k2, 1ull << 30));
+              if (m.checksum_block < 4096 || m.checksum_block % 4096 != 0)
+                return p.Bad(ck, k2, "must be a positive multiple of 4096");
+            } else {
+              *h2 = false;
+            }
+            return Status::Ok();
+          });
+        } else if (key == "files") {
+          return p.Array(top, key, 1u << 24, [&](std::size_t i) -> Status {
+            m.files.emplace_back();
+            return ParseFileRecord(p, i, &m.files.back());
+          });
+        } else if (key == "items") {
+          return p.Array(top, key, 1u << 26, [&](std::size_t i) -> Status {
+            m.items.emplace_back();
+            return ParseItemRecord(p, i, m.files.size(), &m.items.back());
+          });
+        } else if (key == "user") {
+          if (p.reader().Peek() != JsonReader::Kind::kObject)
+            return p.Bad(top, key, "must be an object");
+          std::string_view raw;
+          if (!p.reader().Raw(&raw)) return p.Syntax();
+          m.user_json = std::string(raw);
+        } else if (key == "dcp") {
+          std::string_view raw;
+          if (!p.reader().Raw(&raw)) return p.Syntax();
+          if (raw != "null") m.dcp_json = std::string(raw);
+        } else {
+          *handled = false;  // self_crc32c (checked above) and unknown keys
+        }
+        return Status::Ok();
+      });
+  if (!s.ok()) return s;
+  if (!p.reader().AtEnd()) return Corrupt(path + ": not valid JSON (trailing characters)", path);
 
   // 3. Semantic rules.
   SW_RETURN_IF_ERROR(Validate(m, path));
@@ -458,63 +555,70 @@ Status Validate(const Manifest& m, const std::string& path) {
                  " but world_size is " + std::to_string(m.world_size));
   }
   std::unordered_set<std::string_view> item_names;
+  item_names.reserve(m.items.size());
   // Extents per file, to check bounds and overlaps.
   struct Extent {
     std::uint64_t begin, end;
     std::size_t item;
   };
   std::vector<std::vector<Extent>> per_file(m.files.size());
+  std::vector<const std::vector<std::int64_t>*> starts;  // reused per item
   for (std::size_t i = 0; i < m.items.size(); ++i) {
     const ItemRecord& it = m.items[i];
-    std::string iname = "item '" + it.name + "'";
-    if (!item_names.insert(it.name).second) return bad(iname + " is listed twice");
+    // Names for messages are built only on error: there may be a million.
+    auto iname = [&] { return "item '" + it.name + "'"; };
+    if (!item_names.insert(it.name).second) return bad(iname() + " is listed twice");
     if (it.kind == ItemKind::kBytes && (it.dtype != DType::kUInt8 || it.shape.size() != 1))
-      return bad(iname + ": a bytes item must be uint8 with a 1-d shape");
-    if (!Volume(it.shape)) return bad(iname + ": shape volume overflows");
+      return bad(iname() + ": a bytes item must be uint8 with a 1-d shape");
+    if (!Volume(it.shape)) return bad(iname() + ": shape volume overflows");
     std::uint32_t esize = DTypeSize(it.dtype);
-    std::unordered_set<std::string> chunk_keys;
     for (std::size_t c = 0; c < it.chunks.size(); ++c) {
       const ChunkRecord& ch = it.chunks[c];
-      std::string cname = iname + " chunk " + std::to_string(c);
+      auto cname = [&] { return iname() + " chunk " + std::to_string(c); };
       if (ch.offsets.size() != it.shape.size() || ch.sizes.size() != it.shape.size())
-        return bad(cname + ": offsets/sizes do not match the item's rank " +
+        return bad(cname() + ": offsets/sizes do not match the item's rank " +
                    std::to_string(it.shape.size()));
       for (std::size_t d = 0; d < it.shape.size(); ++d) {
         std::int64_t end;
         if (__builtin_add_overflow(ch.offsets[d], ch.sizes[d], &end) || end > it.shape[d])
-          return bad(cname + ": dimension " + std::to_string(d) +
+          return bad(cname() + ": dimension " + std::to_string(d) +
                      " lies outside the global shape");
       }
       auto vol = Volume(ch.sizes);
       std::uint64_t bytes;
       if (!vol || __builtin_mul_overflow(*vol, static_cast<std::uint64_t>(esize), &bytes))
-        return bad(cname + ": size overflows");
+        return bad(cname() + ": size overflows");
       if (bytes != ch.length)
-        return bad(cname + ": length " + std::to_string(ch.length) +
+        return bad(cname() + ": length " + std::to_string(ch.length) +
                    " does not match its shape and dtype (" + std::to_string(bytes) +
                    " bytes)");
-      std::string key(reinterpret_cast<const char*>(ch.offsets.data()),
-                      ch.offsets.size() * sizeof(std::int64_t));
-      if (!chunk_keys.insert(key).second)
-        return bad(cname + ": two chunks start at the same offsets");
       if (ch.offset % 4096 != 0)
-        return bad(cname + ": file offset " + std::to_string(ch.offset) +
+        return bad(cname() + ": file offset " + std::to_string(ch.offset) +
                    " is not 4096-aligned");
-      if (ch.file >= m.files.size()) return bad(cname + ": file index out of range");
+      if (ch.file >= m.files.size()) return bad(cname() + ": file index out of range");
       std::uint64_t end;
-      if (__builtin_add_overflow(ch.offset, ch.length, &end) ||
-          end > m.files[ch.file].size)
-        return bad(cname + ": extent [" + std::to_string(ch.offset) + ", +" +
+      if (__builtin_add_overflow(ch.offset, ch.length, &end) || end > m.files[ch.file].size)
+        return bad(cname() + ": extent [" + std::to_string(ch.offset) + ", +" +
                    std::to_string(ch.length) + ") lies outside file '" +
-                   m.files[ch.file].name + "' of " +
-                   std::to_string(m.files[ch.file].size) + " bytes");
+                   m.files[ch.file].name + "' of " + std::to_string(m.files[ch.file].size) +
+                   " bytes");
       if (ch.length > 0 && ch.offset < 4096)
-        return bad(cname + ": extent overlaps the shard header");
+        return bad(cname() + ": extent overlaps the shard header");
       if (ch.crc32c.size() != BlockCount(ch.length, m.checksum_block))
-        return bad(cname + ": has " + std::to_string(ch.crc32c.size()) +
+        return bad(cname() + ": has " + std::to_string(ch.crc32c.size()) +
                    " checksums, expected " +
                    std::to_string(BlockCount(ch.length, m.checksum_block)));
       if (ch.length > 0) per_file[ch.file].push_back({ch.offset, end, i});
+    }
+    // No two chunks of an item start at the same offsets (sorted, not hashed:
+    // no allocation per chunk).
+    if (it.chunks.size() > 1) {
+      starts.clear();
+      for (const auto& ch : it.chunks) starts.push_back(&ch.offsets);
+      std::sort(starts.begin(), starts.end(), [](auto* a, auto* b) { return *a < *b; });
+      for (std::size_t k = 1; k < starts.size(); ++k)
+        if (*starts[k] == *starts[k - 1])
+          return bad(iname() + ": two chunks start at the same offsets");
     }
   }
   for (std::size_t f = 0; f < per_file.size(); ++f) {
@@ -527,14 +631,18 @@ Status Validate(const Manifest& m, const std::string& path) {
                    m.items[v[k].item].name + "' overlap in file '" + m.files[f].name +
                    "'");
   }
+  // user_json and dcp_json come from callers too: they must be valid JSON
+  // (an object, for user) so that the manifest stays valid.
   if (!m.user_json.empty()) {
-    // user_json comes from callers too; it must be an object to stay valid.
-    Json u = Json::parse(m.user_json, nullptr, false);
-    if (u.is_discarded() || !u.is_object()) return bad("user metadata must be a JSON object");
+    JsonReader u(m.user_json);
+    if (!ValidUtf8(m.user_json) || u.Peek() != JsonReader::Kind::kObject || !u.Skip() ||
+        !u.AtEnd())
+      return bad("user metadata must be a JSON object");
   }
   if (!m.dcp_json.empty()) {
-    Json d = Json::parse(m.dcp_json, nullptr, false);
-    if (d.is_discarded()) return bad("dcp metadata must be valid JSON");
+    JsonReader d(m.dcp_json);
+    if (!ValidUtf8(m.dcp_json) || !d.Skip() || !d.AtEnd())
+      return bad("dcp metadata must be valid JSON");
   }
   return Status::Ok();
 }

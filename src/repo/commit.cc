@@ -16,7 +16,10 @@
 #include <fcntl.h>
 #include <sys/stat.h>
 
+#include <algorithm>
+#include <atomic>
 #include <map>
+#include <thread>
 
 #include "format/manifest.h"
 #include "os/fault.h"
@@ -102,10 +105,29 @@ Result<Manifest> MergeFragments(const std::string& staging, const SaveSpec& spec
   m.dcp_json = spec.dcp_json;
   std::map<std::string, std::size_t, std::less<>> by_name;
   bool block_set = false;
+  // Read and check the fragments in parallel (one per rank: thousands on a
+  // large job), then merge them in rank order.
+  std::vector<Result<Manifest>> frags(spec.world_size, Status(StatusCode::kInternal, "unread"));
+  {
+    std::atomic<int> next{0};
+    auto work = [&] {
+      for (int r = next++; r < spec.world_size; r = next++) {
+        std::string path = os::JoinPath(staging, repo::FragmentName(r));
+        auto text = os::ReadSmallFile(path, format::kMaxManifestBytes);
+        frags[r] = text.ok() ? format::Parse(*text, format::kFragmentKind, path)
+                             : Result<Manifest>(text.status());
+      }
+    };
+    unsigned n = std::max(1u, std::min(std::thread::hardware_concurrency(), 16u));
+    std::vector<std::thread> pool;
+    for (unsigned t = 1; t < n && static_cast<int>(t) < spec.world_size; ++t)
+      pool.emplace_back(work);
+    work();
+    for (auto& t : pool) t.join();
+  }
   for (int r = 0; r < spec.world_size; ++r) {
     std::string path = os::JoinPath(staging, repo::FragmentName(r));
-    SW_ASSIGN_OR_RETURN(std::string text, os::ReadSmallFile(path, format::kMaxManifestBytes));
-    SW_ASSIGN_OR_RETURN(Manifest f, format::Parse(text, format::kFragmentKind, path));
+    SW_ASSIGN_OR_RETURN(Manifest f, std::move(frags[r]));
     if (f.save_id != spec.save_id || f.rank != r || f.world_size != spec.world_size ||
         f.name != spec.name)
       return Corrupt(path + ": belongs to another save (save_id '" + f.save_id + "', rank " +

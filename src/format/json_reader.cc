@@ -65,18 +65,28 @@ bool JsonReader::BeginObject() {
   return true;
 }
 
-JsonReader::Step JsonReader::Key(bool* first, std::string* key) {
+// Between members of an object or elements of an array: the closing
+// character ends it, otherwise a comma must separate (except before the
+// first).
+JsonReader::Step JsonReader::Separator(char close, bool* first) {
   Ws();
-  if (p_ < t_.size() && t_[p_] == '}') {
+  if (p_ < t_.size() && t_[p_] == close) {
     ++p_;
     return Step::kDone;
   }
   if (!*first) {
-    if (p_ >= t_.size() || t_[p_] != ',') return Fail("expected ',' or '}'"), Step::kError;
+    if (p_ >= t_.size() || t_[p_] != ',')
+      return Fail(close == '}' ? "expected ',' or '}'" : "expected ',' or ']'"), Step::kError;
     ++p_;
     Ws();
   }
   *first = false;
+  return Step::kItem;
+}
+
+JsonReader::Step JsonReader::Key(bool* first, std::string* key) {
+  Step s = Separator('}', first);
+  if (s != Step::kItem) return s;
   if (!String(key)) return Step::kError;
   Ws();
   if (p_ >= t_.size() || t_[p_] != ':') return Fail("expected ':'"), Step::kError;
@@ -91,19 +101,7 @@ bool JsonReader::BeginArray() {
   return true;
 }
 
-JsonReader::Step JsonReader::Element(bool* first) {
-  Ws();
-  if (p_ < t_.size() && t_[p_] == ']') {
-    ++p_;
-    return Step::kDone;
-  }
-  if (!*first) {
-    if (p_ >= t_.size() || t_[p_] != ',') return Fail("expected ',' or ']'"), Step::kError;
-    ++p_;
-  }
-  *first = false;
-  return Step::kItem;
-}
+JsonReader::Step JsonReader::Element(bool* first) { return Separator(']', first); }
 
 bool JsonReader::Literal(std::string_view word) {
   Ws();

@@ -50,6 +50,7 @@ class JsonReader {
 
  private:
   bool Fail(const char* why);
+  Step Separator(char close, bool* first);
   void Ws();
   bool Literal(std::string_view word);
   bool Hex4(std::uint32_t* out);

@@ -3,9 +3,10 @@
 ::
 
     ckpt = shardwise.Checkpointer("/fsx/ckpt", keep_last=3)
-    start = ckpt.load(state) or 0          # newest valid checkpoint, or None
-    for step in range(start, steps):
+    step = ckpt.load(state) or 0           # newest valid checkpoint, or None
+    while step < total_steps:
         train_step()
+        step += 1                          # a checkpoint is named by the step it completes
         if step % 1000 == 0:
             ckpt.save(step, state)         # returns after staging; persists in the background
     ckpt.close()

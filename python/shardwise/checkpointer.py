@@ -85,8 +85,6 @@ class SaveHandle:
         self.step = step
         self.stall_seconds = stall_s  # how long save() blocked the caller
         self._future = future
-        self._done_at: Optional[float] = None if future is not None else time.monotonic()
-        self._started = time.monotonic()
 
     def done(self) -> bool:
         return self._future is None or self._future.done()

@@ -137,12 +137,11 @@ class Writer(StorageWriter, AsyncStager):  # type: ignore[misc]
         self._pool = _StagingPool()
         self._idle = threading.Event()
         self._idle.set()
-        self._is_coordinator = True
         self._storage_data: Optional[dict[str, Any]] = None
 
     def __getstate__(self) -> dict[str, Any]:
         return {k: v for k, v in self.__dict__.items()
-                if k not in ("_pool", "_idle", "_is_coordinator", "_storage_data")}
+                if k not in ("_pool", "_idle", "_storage_data")}
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.__dict__.update(state)
@@ -157,7 +156,7 @@ class Writer(StorageWriter, AsyncStager):  # type: ignore[misc]
                              "(Writer(path) or checkpoint_id=...)")
 
     def set_up_storage_writer(self, is_coordinator: bool, *args: Any, **kwargs: Any) -> None:
-        self._is_coordinator = is_coordinator
+        pass  # the coordinator is whoever DCP calls finish() on
 
     def prepare_local_plan(self, plan: SavePlan) -> SavePlan:
         return plan

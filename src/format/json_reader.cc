@@ -272,27 +272,12 @@ bool JsonReader::Raw(std::string_view* out) {
     // next member.
     while (!stack.empty()) {
       bool first = firsts.back();
-      if (stack.back()) {
-        std::string key;
-        Step s = Key(&first, &key);
-        firsts.back() = first;
-        if (s == Step::kError) return false;
-        if (s == Step::kDone) {
-          stack.pop_back();
-          firsts.pop_back();
-          continue;
-        }
-      } else {
-        Step s = Element(&first);
-        firsts.back() = first;
-        if (s == Step::kError) return false;
-        if (s == Step::kDone) {
-          stack.pop_back();
-          firsts.pop_back();
-          continue;
-        }
-      }
-      break;  // a member value follows
+      Step s = stack.back() ? Key(&first, nullptr) : Element(&first);
+      firsts.back() = first;
+      if (s == Step::kError) return false;
+      if (s == Step::kItem) break;  // a member value follows
+      stack.pop_back();
+      firsts.pop_back();
     }
     if (stack.empty()) break;
   }

@@ -30,7 +30,8 @@ class JsonReader {
 
   // The kind of the next value (after white space); consumes nothing.
   Kind Peek();
-  // Objects: Begin, then Key() until kDone. Arrays: Begin, then Element().
+  // Objects: Begin, then Key() until kDone (key may be null: skipped).
+  // Arrays: Begin, then Element().
   bool BeginObject();
   Step Key(bool* first, std::string* key);
   bool BeginArray();

@@ -83,7 +83,7 @@ class Parser {
 
   Result<std::int64_t> Int(const Where& w, std::string_view key, std::int64_t lo,
                            std::int64_t hi) {
-    if (r_.Peek() != JsonReader::Kind::kNumber) return SkipThen(Bad(w, key, "must be an integer"));
+    if (r_.Peek() != JsonReader::Kind::kNumber) return Bad(w, key, "must be an integer");
     JsonReader::Number n;
     if (!r_.ReadNumber(&n)) return Syntax();
     if (!n.integer) return Bad(w, key, "must be an integer");
@@ -98,7 +98,7 @@ class Parser {
 
   Result<std::uint64_t> Uint(const Where& w, std::string_view key, std::uint64_t hi) {
     if (r_.Peek() != JsonReader::Kind::kNumber)
-      return SkipThen(Bad(w, key, "must be an unsigned integer"));
+      return Bad(w, key, "must be an unsigned integer");
     JsonReader::Number n;
     if (!r_.ReadNumber(&n)) return Syntax();
     if (!n.integer) return Bad(w, key, "must be an unsigned integer");
@@ -110,14 +110,14 @@ class Parser {
   }
 
   Result<double> Double(const Where& w, std::string_view key) {
-    if (r_.Peek() != JsonReader::Kind::kNumber) return SkipThen(Bad(w, key, "must be a number"));
+    if (r_.Peek() != JsonReader::Kind::kNumber) return Bad(w, key, "must be a number");
     JsonReader::Number n;
     if (!r_.ReadNumber(&n)) return Syntax();
     return n.d;
   }
 
   Result<std::string> Str(const Where& w, std::string_view key, std::size_t max_len) {
-    if (r_.Peek() != JsonReader::Kind::kString) return SkipThen(Bad(w, key, "must be a string"));
+    if (r_.Peek() != JsonReader::Kind::kString) return Bad(w, key, "must be a string");
     std::string s;
     if (!r_.String(&s)) return Syntax();
     if (s.size() > max_len)
@@ -129,7 +129,7 @@ class Parser {
   // Iterates an array, calling elem(index) for each element.
   template <typename Fn>
   Status Array(const Where& w, std::string_view key, std::size_t max_len, Fn elem) {
-    if (r_.Peek() != JsonReader::Kind::kArray) return SkipThen(Bad(w, key, "must be an array"));
+    if (r_.Peek() != JsonReader::Kind::kArray) return Bad(w, key, "must be an array");
     if (!r_.BeginArray()) return Syntax();
     bool first = true;
     for (std::size_t i = 0;; ++i) {
@@ -151,7 +151,7 @@ class Parser {
   Status Object(const Where& w, const char* what, std::initializer_list<const char*> required,
                 Fn field) {
     if (r_.Peek() != JsonReader::Kind::kObject)
-      return SkipThen(Corrupt(path_ + ": " + w.ToString() + ": " + what, path_));
+      return Corrupt(path_ + ": " + w.ToString() + ": " + what, path_);
     if (!r_.BeginObject()) return Syntax();
     std::uint64_t seen = 0;
     bool first = true;
@@ -185,7 +185,7 @@ class Parser {
     std::vector<std::int64_t> out;
     SW_RETURN_IF_ERROR(Array(w, key, kMaxDims, [&](std::size_t) -> Status {
       if (r_.Peek() != JsonReader::Kind::kNumber)
-        return SkipThen(Bad(w, key, "entries must be integers"));
+        return Bad(w, key, "entries must be integers");
       JsonReader::Number n;
       if (!r_.ReadNumber(&n)) return Syntax();
       if (!n.integer) return Bad(w, key, "entries must be integers");
@@ -200,9 +200,6 @@ class Parser {
   JsonReader& reader() { return r_; }
 
  private:
-  // After a type error the rest is not read; the error is what matters.
-  static Status SkipThen(Status s) { return s; }
-
   JsonReader r_;
   const std::string& path_;
   std::string key_;  // reused buffer for object keys

@@ -16,10 +16,18 @@ Methods
   dcp threads=N     FileSystemWriter(thread_count=N), N in 2, 4, 8 (best kept)
   dcp async         dcp.async_save with FileSystemWriter: stall and total
   torch.save        each rank's local state to its own file, with fsync
+  shardwise load R->M  (with --reload-ranks M) a shardwise checkpoint saved
+                    by the R ranks, loaded by a fresh group of M ranks that
+                    shard the same state M ways (resharding on load); the
+                    loaded values are checked against the saved ones
+
+The async methods need host memory for the state plus two staged copies (ours
+and DCP's); when MemAvailable is short of that, they are skipped and the JSON
+says why.
 
 Usage:
   bench/compare.py --dir /tmp/cmp --ranks 2 --total-size 4GiB --runs 3 \\
-      [--json bench/results/compare.json]
+      [--reload-ranks 1,4] [--json bench/results/compare.json]
 Run it with the .venv python (scripts/setup.sh python).
 """
 from __future__ import annotations
@@ -146,8 +154,9 @@ def rank_main(rank: int, world: int, store: str, args: dict, out: str) -> None:
                 timed("dcp default load", load_with(dcp.FileSystemReader, p))
             clean(p)
         # async: shardwise Writer vs stock FileSystemWriter
-        for label, make in (("shardwise async", lambda path: (sw_writer, path)),
-                            ("dcp async", lambda path: (dcp.FileSystemWriter(path), None))):
+        async_methods = (("shardwise async", lambda path: (sw_writer, path)),
+                         ("dcp async", lambda path: (dcp.FileSystemWriter(path), None)))
+        for label, make in () if args["skip_async"] else async_methods:
             p = fresh(f"async/{label.split()[0]}/step-{run:012d}")
             writer, ckpt_id = make(p)
             dist.barrier()
@@ -179,11 +188,90 @@ def rank_main(rank: int, world: int, store: str, args: dict, out: str) -> None:
         timed("torch.save load", lambda: torch.load(os.path.join(p, f"rank{rank}.pt"),
                                                     weights_only=True))
         clean(p)
+    if args["reload_ranks"]:
+        # kept for the reshard loads, which run in fresh process groups
+        p = fresh("reshard/step-000000000001")
+        dcp.save(state, storage_writer=Writer(p))
+        dist.barrier()
     if rank == 0:
         with open(out, "w") as f:
             json.dump({"samples": samples, "bytes": sum(totals)}, f)
     dist.barrier()
     dist.destroy_process_group()
+
+
+def local_sums(state) -> dict:
+    """Per-tensor float64 sums of this rank's shards: a cheap equality check."""
+    return {k: float(v.to_local().double().sum()) for k, v in state.items()
+            if hasattr(v, "to_local")}
+
+
+def reload_main(rank: int, world: int, store: str, args: dict, out: str) -> None:
+    """A fresh group of `world` ranks loads the checkpoint saved by another world size."""
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    import torch.distributed as dist
+    import torch.distributed.checkpoint as dcp
+
+    from shardwise.dcp import Reader
+
+    dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=world,
+                            timeout=timedelta(seconds=1800))
+    state = make_state(args["total"], world)
+    expected = local_sums(state)
+    path = os.path.join(args["dir"], "reshard/step-000000000001")
+    seconds = []
+    for _ in range(args["runs"]):
+        for v in state.values():
+            if hasattr(v, "to_local"):
+                v.to_local().zero_()
+        if rank == 0:
+            drop_caches()
+        dist.barrier()
+        t0 = time.monotonic()
+        dcp.load(state, storage_reader=Reader(path))
+        dist.barrier()
+        seconds.append(time.monotonic() - t0)
+        got = local_sums(state)
+        bad = [k for k in expected if got[k] != expected[k]]
+        if bad:
+            raise SystemExit(f"rank {rank}: resharded load differs in {len(bad)} tensors, "
+                             f"first {bad[0]}")
+    if rank == 0:
+        with open(out, "w") as f:
+            json.dump({"seconds": seconds}, f)
+    dist.barrier()
+    dist.destroy_process_group()
+
+
+def spawn(target, world: int, params: dict) -> dict:
+    """Runs target(rank, world, store, params, out) in `world` processes; returns out's JSON."""
+    import torch.multiprocessing as mp
+
+    fd, store = tempfile.mkstemp(prefix="cmp-rdzv-")
+    os.close(fd)
+    os.unlink(store)
+    out = store + ".json"
+    ctx = mp.get_context("spawn")
+    procs = [ctx.Process(target=target, args=(r, world, store, params, out))
+             for r in range(world)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join()
+    if any(p.exitcode != 0 for p in procs):
+        sys.exit(f"a rank failed: exit codes {[p.exitcode for p in procs]}")
+    with open(out) as f:
+        data = json.load(f)
+    os.unlink(out)
+    return data
+
+
+def mem_available() -> int:
+    with open("/proc/meminfo") as f:
+        for line in f:
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    return 0
 
 
 def main() -> None:
@@ -194,28 +282,33 @@ def main() -> None:
     ap.add_argument("--total-size", default="4GiB")
     ap.add_argument("--runs", type=int, default=3)
     ap.add_argument("--threads", default="1,2,4,8", help="FileSystemWriter thread counts")
+    ap.add_argument("--reload-ranks", default="",
+                    help="also load the shardwise checkpoint with these world sizes (e.g. 1,4)")
     ap.add_argument("--json", help="write samples, medians and ratios here")
     args = ap.parse_args()
     if args.runs < 3:
         ap.error("--runs must be at least 3")
-    import torch.multiprocessing as mp
-
-    fd, store = tempfile.mkstemp(prefix="cmp-rdzv-")
-    os.close(fd)
-    os.unlink(store)
-    out = store + ".json"
-    params = {"dir": os.path.abspath(args.dir), "total": parse_size(args.total_size),
-              "runs": args.runs, "threads": [int(t) for t in args.threads.split(",")]}
-    ctx = mp.get_context("spawn")
-    procs = [ctx.Process(target=rank_main, args=(r, args.ranks, store, params, out))
-             for r in range(args.ranks)]
-    for p in procs:
-        p.start()
-    for p in procs:
-        p.join()
-    if any(p.exitcode != 0 for p in procs):
-        sys.exit(f"a rank failed: exit codes {[p.exitcode for p in procs]}")
-    data = json.load(open(out))
+    if args.ranks < 1:
+        ap.error("--ranks must be at least 1")
+    total = parse_size(args.total_size)
+    reload_ranks = [int(r) for r in args.reload_ranks.split(",") if r.strip()]
+    skipped = {}
+    # state + our staging pool + DCP's staged copy, with 10% to spare
+    if mem_available() < 3.3 * total:
+        skipped["async"] = (f"host memory: async needs the state plus two staged copies "
+                            f"({3 * total / 2**30:.1f} GiB), MemAvailable is "
+                            f"{mem_available() / 2**30:.1f} GiB")
+        print(f"skipping the async methods: {skipped['async']}", file=sys.stderr)
+    params = {"dir": os.path.abspath(args.dir), "total": total, "runs": args.runs,
+              "threads": [int(t) for t in args.threads.split(",")],
+              "skip_async": "async" in skipped, "reload_ranks": reload_ranks}
+    data = spawn(rank_main, args.ranks, params)
+    for m in reload_ranks:
+        print(f"load {args.ranks} -> {m} ranks", file=sys.stderr, flush=True)
+        data["samples"][f"shardwise load {args.ranks}->{m}"] = spawn(reload_main, m,
+                                                                     params)["seconds"]
+    if reload_ranks:
+        shutil.rmtree(os.path.join(params["dir"], "reshard"), ignore_errors=True)
     nbytes = data["bytes"]
     med = {k: statistics.median(v) for k, v in data["samples"].items()}
     gbps = {k: nbytes / v / 1e9 for k, v in med.items()}
@@ -223,12 +316,14 @@ def main() -> None:
     best_dcp = min(dcp_saves, key=dcp_saves.get)
     ratios = {
         "save vs dcp default": med["dcp default save"] / med["shardwise save"],
-        f"save vs best dcp ({best_dcp[:-5]})": med[best_dcp] / med["shardwise save"],
+        "save vs best dcp": med[best_dcp] / med["shardwise save"],
         "save vs torch.save": med["torch.save save"] / med["shardwise save"],
-        "async stall, shardwise / dcp": med["shardwise async stall"] / med["dcp async stall"],
         "load vs dcp": med["dcp default load"] / med["shardwise load"],
         "load vs torch.load": med["torch.save load"] / med["shardwise load"],
     }
+    if "async" not in skipped:
+        ratios["async stall, shardwise / dcp"] = (med["shardwise async stall"] /
+                                                  med["dcp async stall"])
     print(f"\n{args.ranks} ranks, {nbytes / 2**30:.2f} GiB total, medians of {args.runs} runs "
           f"in {params['dir']}\n")
     print("| method | seconds | GB/s |\n|---|---:|---:|")
@@ -240,6 +335,7 @@ def main() -> None:
     if args.json:
         with open(args.json, "w") as f:
             json.dump({"date": time.strftime("%Y-%m-%d"), "ranks": args.ranks, "bytes": nbytes,
+                       "runs": args.runs, "best_dcp": best_dcp[:-5], "skipped": skipped,
                        "samples": data["samples"], "medians": med, "ratios": ratios}, f, indent=2)
 
 

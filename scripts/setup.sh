@@ -11,7 +11,8 @@ cd "$(dirname "$0")/.."
 # and tools. liburing is optional at build time (the thread backend remains),
 # but we install it so the io_uring backend is built and tested.
 packages=(g++ cmake ninja-build pkg-config liburing-dev libgtest-dev libgmock-dev
-          libbenchmark-dev nlohmann-json3-dev fio shellcheck)
+          libbenchmark-dev nlohmann-json3-dev fio shellcheck
+          jq bsdextrautils)  # jq, column: deploy/aws/fsx and its tests
 missing=()
 for p in "${packages[@]}"; do
   dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p")
@@ -41,7 +42,7 @@ setup_python() {
     python3 -m venv .venv
   fi
   # (grep drops the notes this machine's pip configuration prints per package)
-  .venv/bin/pip install -q --disable-pip-version-check torch==2.13.0 pytest numpy \
+  .venv/bin/pip install -q --disable-pip-version-check torch==2.13.0 pytest numpy pyyaml \
     "scikit-build-core>=0.10" "nanobind>=2.0" 2>&1 | { grep -v "^WARNING: Location" || true; }
   echo "setup: building and installing the shardwise Python package"
   .venv/bin/pip install -q --disable-pip-version-check --no-build-isolation . 2>&1 |

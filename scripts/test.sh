@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Runs every test: the C++ suite with warnings as errors, again under
 # AddressSanitizer+UndefinedBehaviorSanitizer and under ThreadSanitizer; the
-# Python suite (real multi-process torch.distributed); shellcheck. Sets
+# Python suite (real multi-process torch.distributed); the deployment
+# toolkit's tests (stub cloud CLIs, kustomize renders); shellcheck. Sets
 # everything up first (scripts/setup.sh).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -18,6 +19,10 @@ echo "== C++ tests under TSan"
 TSAN_OPTIONS=halt_on_error=1 ctest --preset tsan -j "$jobs"
 echo "== Python tests (pytest; torch.distributed with gloo, several processes)"
 .venv/bin/python -m pytest -q -p no:cacheprovider python/tests
+echo "== Deployment toolkit tests (stub aws/eksctl/helm/kubectl; kubectl kustomize)"
+command -v kubectl >/dev/null ||
+  { echo "kubectl (with kustomize v5) is needed to render deploy/k8s; this machine image ships it" >&2; exit 1; }
+.venv/bin/python -m pytest -q -p no:cacheprovider deploy/tests
 echo "== shellcheck"
-shellcheck scripts/*.sh .ci/run
+shellcheck -x scripts/*.sh .ci/run bench/run.sh deploy/aws/fsx deploy/aws/lib/*.sh
 echo "== all tests passed"

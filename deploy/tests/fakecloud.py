@@ -1,0 +1,456 @@
+#!/usr/bin/env python3
+"""A stand-in for aws, eksctl, helm and kubectl, for testing deploy/aws/fsx offline.
+
+Installed under each of those names on PATH (tests symlink it), it appends
+every call to $FAKE_CLOUD/calls.jsonl and answers from a small simulated
+account kept in $FAKE_CLOUD/world.json, so that what one call creates the
+next one sees: a second `up` finds what the first made, `down` can be
+checked against what is left. Only the calls the toolkit makes are modelled;
+anything else fails loudly, so a new call shows up in the tests.
+"""
+from __future__ import annotations
+
+import json
+import os
+import sys
+
+ROOT = os.environ["FAKE_CLOUD"]
+WORLD = os.path.join(ROOT, "world.json")
+
+
+def load() -> dict:
+    with open(WORLD) as f:
+        return json.load(f)
+
+
+def save(w: dict) -> None:
+    tmp = WORLD + ".tmp"
+    with open(tmp, "w") as f:
+        json.dump(w, f, indent=1)
+    os.replace(tmp, WORLD)
+
+
+def record(tool: str, argv: list[str]) -> None:
+    with open(os.path.join(ROOT, "calls.jsonl"), "a") as f:
+        f.write(json.dumps([tool] + argv) + "\n")
+
+
+def out(obj) -> None:
+    print(json.dumps(obj))
+
+
+def fail(code: str, msg: str, rc: int = 254) -> None:
+    print(f"An error occurred ({code}) when calling the operation: {msg}", file=sys.stderr)
+    sys.exit(rc)
+
+
+def next_id(w: dict, prefix: str) -> str:
+    w["counter"] = w.get("counter", 0) + 1
+    return f"{prefix}-{w['counter']:017x}"
+
+
+def parse_opts(args: list[str]) -> dict:
+    """--key v1 v2 --flag ... -> {"key": [v1, v2], "flag": []}."""
+    opts: dict[str, list[str]] = {}
+    key = None
+    for a in args:
+        if a.startswith("--"):
+            key = a[2:]
+            if "=" in key:
+                key, v = key.split("=", 1)
+                opts.setdefault(key, []).append(v)
+                key = None
+            else:
+                opts.setdefault(key, [])
+        elif key is not None:
+            opts[key].append(a)
+    return opts
+
+
+def one(opts: dict, key: str) -> str:
+    v = opts.get(key) or [""]
+    return v[0]
+
+
+def tags_of(text_list: list[str]) -> dict:
+    """Key=k,Value=v words -> {k: v}."""
+    tags = {}
+    for t in text_list:
+        parts = dict(p.split("=", 1) for p in t.split(","))
+        tags[parts["Key"]] = parts["Value"]
+    return tags
+
+
+def spec_tags(spec: str) -> dict:
+    """ResourceType=x,Tags=[{Key=a,Value=b},...] -> {a: b}."""
+    inner = spec.split("Tags=[", 1)[1].rstrip("]")
+    tags = {}
+    for item in inner.split("},{"):
+        item = item.strip("{}")
+        parts = dict(p.split("=", 1) for p in item.split(","))
+        tags[parts["Key"]] = parts["Value"]
+    return tags
+
+
+def tag_list(tags: dict) -> list:
+    return [{"Key": k, "Value": v} for k, v in tags.items()]
+
+
+# ------------------------------------------------------------------ aws
+
+def aws(args: list[str]) -> None:
+    w = load()
+    glob = []
+    while args and args[0] in ("--region", "--output"):
+        glob += args[:2]
+        args = args[2:]
+    service, op, opts = args[0], args[1], parse_opts(args[2:])
+    if w.get("fail", {}).get(service):
+        code, msg = w["fail"][service]
+        fail(code, msg)
+    handler = {
+        ("sts", "get-caller-identity"): sts_identity,
+        ("eks", "describe-cluster"): eks_describe,
+        ("ec2", "describe-instances"): ec2_instances,
+        ("ec2", "describe-subnets"): ec2_subnets,
+        ("ec2", "describe-security-groups"): ec2_describe_sgs,
+        ("ec2", "create-security-group"): ec2_create_sg,
+        ("ec2", "authorize-security-group-ingress"): ec2_authorize,
+        ("ec2", "authorize-security-group-egress"): ec2_authorize,
+        ("ec2", "revoke-security-group-ingress"): ec2_revoke,
+        ("ec2", "revoke-security-group-egress"): ec2_revoke,
+        ("ec2", "delete-security-group"): ec2_delete_sg,
+        ("s3api", "head-bucket"): s3_head,
+        ("s3api", "create-bucket"): s3_create,
+        ("s3api", "put-bucket-tagging"): s3_tag,
+        ("s3", "rb"): s3_rb,
+        ("fsx", "create-file-system"): fsx_create,
+        ("fsx", "describe-file-systems"): fsx_describe,
+        ("fsx", "delete-file-system"): fsx_delete,
+        ("fsx", "create-data-repository-association"): fsx_create_dra,
+        ("fsx", "describe-data-repository-associations"): fsx_describe_dra,
+        ("iam", "list-open-id-connect-providers"): iam_oidc,
+        ("iam", "get-role"): iam_get_role,
+    }.get((service, op))
+    if handler is None:
+        fail("FakeCloudUnmodelled", f"aws {service} {op} is not modelled by fakecloud.py", 99)
+    handler(w, opts, args)
+    save(w)
+
+
+def sts_identity(w, opts, args):
+    out({"Account": w["account"], "Arn": f"arn:{w.get('partition', 'aws')}:iam::{w['account']}:user/test",
+         "UserId": "AIDTEST"})
+
+
+def eks_describe(w, opts, args):
+    c = w["clusters"].get(one(opts, "name"))
+    if c is None:
+        fail("ResourceNotFoundException", f"No cluster found for name: {one(opts, 'name')}.")
+    out({"cluster": {"name": one(opts, "name"), "resourcesVpcConfig": {"vpcId": c["vpc"]},
+                     "identity": {"oidc": {"issuer": c["issuer"]}}}})
+
+
+def ec2_instances(w, opts, args):
+    ids = opts.get("instance-ids", [])
+    insts = [n["instance"] for n in w["nodes"] if n["instance"]["id"] in ids]
+    out({"Reservations": [{"Instances": [{
+        "InstanceId": i["id"], "SubnetId": i["subnet"], "Placement": {"AvailabilityZone": i["az"]},
+        "SecurityGroups": [{"GroupId": g} for g in i["sgs"]]} for i in insts]}]})
+
+
+def ec2_subnets(w, opts, args):
+    sid = one(opts, "subnet-ids")
+    if sid not in w["subnets"]:
+        fail("InvalidSubnetID.NotFound", f"The subnet ID '{sid}' does not exist")
+    out({"Subnets": [{"SubnetId": sid, "AvailabilityZone": w["subnets"][sid]}]})
+
+
+def sg_view(gid, g):
+    return {"GroupId": gid, "GroupName": g["name"], "VpcId": g["vpc"], "Tags": tag_list(g["tags"])}
+
+
+def ec2_describe_sgs(w, opts, args):
+    groups = w["security_groups"]
+    if "group-ids" in opts:
+        gid = one(opts, "group-ids")
+        if gid not in groups:
+            fail("InvalidGroup.NotFound", f"The security group '{gid}' does not exist")
+        out({"SecurityGroups": [sg_view(gid, groups[gid])]})
+        return
+    found = []
+    for gid, g in groups.items():
+        ok = True
+        for f in opts.get("filters", []):
+            name, values = f.split(",", 1)
+            name, value = name.split("=", 1)[1], values.split("=", 1)[1]
+            if name == "vpc-id":
+                ok &= g["vpc"] == value
+            elif name.startswith("tag:"):
+                ok &= g["tags"].get(name[4:]) == value
+            elif name == "group-name":
+                ok &= g["name"] == value
+        if ok:
+            found.append(sg_view(gid, g))
+    out({"SecurityGroups": found})
+
+
+def ec2_create_sg(w, opts, args):
+    name, vpc = one(opts, "group-name"), one(opts, "vpc-id")
+    if any(g["name"] == name and g["vpc"] == vpc for g in w["security_groups"].values()):
+        fail("InvalidGroup.Duplicate", f"The security group '{name}' already exists for VPC '{vpc}'")
+    gid = next_id(w, "sg")
+    w["security_groups"][gid] = {"name": name, "vpc": vpc, "tags": spec_tags(one(opts, "tag-specifications"))}
+    out({"GroupId": gid})
+
+
+def ec2_authorize(w, opts, args):
+    gid = one(opts, "group-id")
+    if gid not in w["security_groups"]:
+        fail("InvalidGroup.NotFound", f"The security group '{gid}' does not exist")
+    perm = json.loads(one(opts, "ip-permissions"))[0]
+    direction = args[1].rsplit("-", 1)[1]
+    key = json.dumps([gid, direction, perm["IpProtocol"], perm.get("FromPort"), perm.get("ToPort"),
+                      perm["UserIdGroupPairs"][0]["GroupId"]])
+    if any(r["key"] == key for r in w["rules"].values()):
+        fail("InvalidPermission.Duplicate", "the specified rule already exists")
+    rid = next_id(w, "sgr")
+    w["rules"][rid] = {"key": key, "group": gid, "tags": spec_tags(one(opts, "tag-specifications"))}
+    out({"Return": True, "SecurityGroupRules": [{"SecurityGroupRuleId": rid, "GroupId": gid}]})
+
+
+def ec2_revoke(w, opts, args):
+    rid = one(opts, "security-group-rule-ids")
+    if rid not in w["rules"]:
+        fail("InvalidSecurityGroupRuleId.NotFound", f"rule {rid} does not exist")
+    del w["rules"][rid]
+    out({"Return": True})
+
+
+def ec2_delete_sg(w, opts, args):
+    gid = one(opts, "group-id")
+    if gid not in w["security_groups"]:
+        fail("InvalidGroup.NotFound", f"The security group '{gid}' does not exist")
+    users = [f for f, fs in w["file_systems"].items() if gid in fs["sgs"]]
+    refs = [r for r in w["rules"].values() if gid in r["key"] and r["group"] != gid]
+    if users or refs:
+        fail("DependencyViolation", f"resource {gid} has a dependent object")
+    del w["security_groups"][gid]
+    w["rules"] = {k: r for k, r in w["rules"].items() if r["group"] != gid}
+
+
+def s3_head(w, opts, args):
+    if one(opts, "bucket") not in w["buckets"]:
+        fail("404", "Not Found")
+
+
+def s3_create(w, opts, args):
+    w["buckets"][one(opts, "bucket")] = {"tags": {}}
+    out({"Location": "/" + one(opts, "bucket")})
+
+
+def s3_tag(w, opts, args):
+    w["buckets"][one(opts, "bucket")]["tags"] = {"shardwise:stack": "tagged"}
+
+
+def s3_rb(w, opts, args):
+    name = args[2].removeprefix("s3://")
+    if name not in w["buckets"]:
+        fail("NoSuchBucket", "The specified bucket does not exist")
+    del w["buckets"][name]
+
+
+def fs_view(fid, fs):
+    cfg = dict(fs["lustre"])
+    cfg["MountName"] = fs["mount"]
+    view = {"FileSystemId": fid, "FileSystemType": "LUSTRE", "Lifecycle": fs["script"][0],
+            "StorageCapacity": fs["capacity"], "DNSName": f"{fid}.fsx.{fs['region']}.amazonaws.com",
+            "LustreConfiguration": cfg, "Tags": tag_list(fs["tags"])}
+    if fs["script"][0] == "FAILED":
+        view["FailureDetails"] = {"Message": "fake failure: subnet has no free addresses"}
+    return view
+
+
+def fsx_create(w, opts, args):
+    token = one(opts, "client-request-token")
+    fid = next_id(w, "fs")
+    lustre = json.loads(one(opts, "lustre-configuration"))
+    lustre.setdefault("PerUnitStorageThroughput", None)
+    w["file_systems"][fid] = {
+        "capacity": int(one(opts, "storage-capacity")), "lustre": lustre, "token": token,
+        "version": one(opts, "file-system-type-version"), "sgs": opts["security-group-ids"],
+        "subnet": one(opts, "subnet-ids"), "tags": tags_of(opts.get("tags", [])),
+        "mount": "mnt" + fid[-5:], "region": "us-east-1",
+        "script": list(w.get("lifecycle_script", ["CREATING", "AVAILABLE"]))}
+    out({"FileSystem": fs_view(fid, w["file_systems"][fid])})
+
+
+def advance(w, fid):
+    fs = w["file_systems"][fid]
+    if len(fs["script"]) > 1:
+        fs["script"].pop(0)
+    if fs["script"][0] == "GONE":
+        del w["file_systems"][fid]
+
+
+def fsx_describe(w, opts, args):
+    if "file-system-ids" in opts:
+        fid = one(opts, "file-system-ids")
+        if fid not in w["file_systems"]:
+            fail("FileSystemNotFound", f"File system '{fid}' does not exist.")
+        view = fs_view(fid, w["file_systems"][fid])
+        advance(w, fid)
+        out({"FileSystems": [view]})
+        return
+    out({"FileSystems": [fs_view(f, fs) for f, fs in w["file_systems"].items()]})
+
+
+def fsx_delete(w, opts, args):
+    fid = one(opts, "file-system-id")
+    if fid not in w["file_systems"]:
+        fail("FileSystemNotFound", f"File system '{fid}' does not exist.")
+    w["file_systems"][fid]["script"] = ["DELETING", "DELETING", "GONE"]
+    out({"FileSystemId": fid, "Lifecycle": "DELETING"})
+
+
+def fsx_create_dra(w, opts, args):
+    aid = next_id(w, "dra")
+    w["dras"][aid] = {"fs": one(opts, "file-system-id"), "path": one(opts, "file-system-path"),
+                      "s3": json.loads(one(opts, "s3")), "repo": one(opts, "data-repository-path"),
+                      "script": ["CREATING", "AVAILABLE"]}
+    out({"Association": {"AssociationId": aid, "Lifecycle": "CREATING"}})
+
+
+def fsx_describe_dra(w, opts, args):
+    def view(aid, d):
+        return {"AssociationId": aid, "FileSystemId": d["fs"], "FileSystemPath": d["path"],
+                "Lifecycle": d["script"][0]}
+    if "association-ids" in opts:
+        aid = one(opts, "association-ids")
+        d = w["dras"][aid]
+        v = view(aid, d)
+        if len(d["script"]) > 1:
+            d["script"].pop(0)
+        out({"Associations": [v]})
+        return
+    fid = one(opts, "filters").split("Values=", 1)[1]
+    out({"Associations": [view(a, d) for a, d in w["dras"].items() if d["fs"] == fid]})
+
+
+def iam_oidc(w, opts, args):
+    out({"OpenIDConnectProviderList": [{"Arn": a} for a in w["oidc"]]})
+
+
+def iam_get_role(w, opts, args):
+    name = one(opts, "role-name")
+    if name not in w["roles"]:
+        fail("NoSuchEntity", f"The role with name {name} cannot be found.")
+    out({"Role": {"RoleName": name, "Arn": w["roles"][name]}})
+
+
+# ------------------------------------------------------------------ eksctl, helm, kubectl
+
+def eksctl(args: list[str]) -> None:
+    w = load()
+    opts = parse_opts(args)
+    if args[:2] == ["utils", "associate-iam-oidc-provider"]:
+        issuer = w["clusters"][one(opts, "cluster")]["issuer"].removeprefix("https://")
+        w["oidc"].append(f"arn:aws:iam::{w['account']}:oidc-provider/{issuer}")
+    elif args[:2] == ["create", "iamserviceaccount"]:
+        role = one(opts, "role-name")
+        w["roles"][role] = f"arn:aws:iam::{w['account']}:role/{role}"
+        w["eksctl_stacks"].append(f"{one(opts, 'namespace')}/{one(opts, 'name')}")
+    elif args[:2] == ["delete", "iamserviceaccount"]:
+        sa = f"{one(opts, 'namespace')}/{one(opts, 'name')}"
+        if sa not in w["eksctl_stacks"]:
+            fail("NotFound", f"no iamserviceaccount {sa}", 1)
+        w["eksctl_stacks"].remove(sa)
+        w["roles"] = {k: v for k, v in w["roles"].items() if not k.endswith("-fsx-csi")}
+    else:
+        fail("FakeCloudUnmodelled", f"eksctl {' '.join(args[:2])}", 99)
+    save(w)
+
+
+HELM_VALUE_FLAGS = {"--namespace", "--version", "--set", "--set-string", "--timeout"}
+
+
+def helm(args: list[str]) -> None:
+    w = load()
+    opts = parse_opts([a for a in args if a not in ("--install", "--wait", "--force-update")])
+    ns = one(opts, "namespace")
+    pos = [a for i, a in enumerate(args)
+           if not a.startswith("-") and (i == 0 or args[i - 1] not in HELM_VALUE_FLAGS)]
+    if pos[0] == "status":
+        if f"{ns}/{pos[1]}" not in w["helm"]:
+            print("Error: release: not found", file=sys.stderr)
+            sys.exit(1)
+    elif pos[0] == "repo":
+        pass
+    elif pos[0] == "upgrade" and "--install" in args:
+        w["helm"][f"{ns}/{pos[1]}"] = {"chart": pos[2], "set": opts.get("set", []),
+                                       "set-string": opts.get("set-string", [])}
+    elif pos[0] == "uninstall":
+        w["helm"].pop(f"{ns}/{pos[1]}")
+    else:
+        fail("FakeCloudUnmodelled", f"helm {args[0]}", 99)
+    save(w)
+
+
+def kubectl(args: list[str]) -> None:
+    w = load()
+    k = w["k8s"]
+    opts = parse_opts(args)
+    ns = (opts.get("n") or [""])[0]
+    if "-n" in args:
+        ns = args[args.index("-n") + 1]
+    verb = args[0]
+    if verb == "get" and args[1] == "nodes":
+        sel = args[args.index("-l") + 1] if "-l" in args else None
+        nodes = [n for n in w["nodes"] if sel is None or
+                 all(n["labels"].get(p.split("=")[0]) == p.split("=")[1] for p in sel.split(","))]
+        out({"items": [{"metadata": {"name": n["name"]}, "spec": {
+            "providerID": f"aws:///{n['instance']['az']}/{n['instance']['id']}"}} for n in nodes]})
+    elif verb == "get" and args[1] == "namespace":
+        if args[2] not in k["namespaces"]:
+            print(f'Error from server (NotFound): namespaces "{args[2]}" not found', file=sys.stderr)
+            sys.exit(1)
+    elif verb == "create" and args[1] == "namespace":
+        k["namespaces"].append(args[2])
+    elif verb == "label":
+        pass
+    elif verb == "apply" and args[1] == "-k":
+        with open(os.path.join(args[2], "kustomization.yaml")) as f:
+            k["applied"].append({"dir": args[2], "kustomization": f.read()})
+        if "mount-test" in args[2]:
+            k["jobs"][f"{ns or 'training'}/shardwise-mount-test"] = w.get("job_status", {"succeeded": 1})
+        else:
+            k["objects"] += ["pv/fsx-pv", "pvc/fsx-pvc"]
+    elif verb == "get" and args[1] == "pods":
+        pods = [p for p in k["pods"] if p["namespace"] == ns]
+        if "-o" in args and args[args.index("-o") + 1] == "name":
+            print("\n".join("pod/" + p["name"] for p in pods))
+        else:
+            out({"items": [{"metadata": {"name": p["name"]}, "spec": {"volumes": [
+                {"name": "fsx", "persistentVolumeClaim": {"claimName": p["claim"]}}]}} for p in pods]})
+    elif verb == "get" and args[1] == "job":
+        out({"status": k["jobs"].get(f"{ns}/{args[2]}", {})})
+    elif verb == "logs":
+        print(w.get("job_logs", ""))
+    elif verb == "delete":
+        k["deleted"].append(" ".join(a for a in args[1:] if not a.startswith("--")))
+        if args[1] == "namespace":
+            k["namespaces"].remove(args[2])
+    else:
+        fail("FakeCloudUnmodelled", f"kubectl {' '.join(args[:2])}", 99)
+    save(w)
+
+
+def main() -> None:
+    tool = os.path.basename(sys.argv[0])
+    args = sys.argv[1:]
+    record(tool, args)
+    {"aws": aws, "eksctl": eksctl, "helm": helm, "kubectl": kubectl}[tool](args)
+
+
+if __name__ == "__main__":
+    main()

@@ -11,6 +11,7 @@ namespace shardwise {
 
 enum class IoBackendKind { kAuto, kUring, kThreads };
 enum class DirectIoMode { kAuto, kOn, kOff };
+enum class LayoutMode { kAuto, kOff };
 
 std::string_view IoBackendKindName(IoBackendKind kind);
 Result<IoBackendKind> ParseIoBackendKind(std::string_view text);
@@ -38,6 +39,18 @@ struct Options {
   // gc removes a staging directory only when nothing in it changed for this
   // long and no live process holds its lock. SHARDWISE_STAGING_GRACE_S
   double staging_grace_s = 900;
+  // Lustre layouts of shard files (docs/lustre.md). kAuto: on Lustre, each
+  // shard file is created with the layout the policy picks; elsewhere
+  // nothing is applied. SHARDWISE_LAYOUT=auto|off
+  LayoutMode layout = LayoutMode::kAuto;
+  // Overrides of the policy: stripes per shard file (0: policy, -1: every
+  // OST) and stripe size (0: policy, 4 MiB; a multiple of 64 KiB).
+  // SHARDWISE_STRIPE_COUNT, SHARDWISE_STRIPE_SIZE
+  int stripe_count = 0;
+  std::uint64_t stripe_size = 0;
+  // liblustreapi to load (default: liblustreapi.so.1 from the library path).
+  // SHARDWISE_LUSTREAPI
+  std::string lustre_api;
   // Polling interval while waiting on the filesystem (fragments, commits).
   double poll_interval_s = 0.02;
 

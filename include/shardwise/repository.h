@@ -24,6 +24,9 @@
 #include "shardwise/types.h"
 
 namespace shardwise {
+namespace fs {
+class Placement;  // internal (src/fs)
+}
 
 struct SaveSpec {
   std::string name;          // empty: "step-%012d" of step
@@ -135,6 +138,7 @@ class Repository {
 
  private:
   friend class AsyncSaver;
+  friend void SetPlacementForTesting(Repository&, std::unique_ptr<fs::Placement>);
   // Writes this rank's shard through `write_shard(shard_path, direct_io)`
   // inside the staging protocol (directory, lock, fragment, failure marker).
   // `index` is an engine::ShardIndex* to fill. Internal; used by WriteRank

@@ -8,6 +8,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <cmath>
 #include <cstring>
 #include <nlohmann/json.hpp>
 #include <iostream>
@@ -19,6 +20,7 @@
 #include "cli/cli.h"
 #include "cli/output.h"
 #include "cli/synthetic.h"
+#include "fs/placement.h"
 #include "os/posix.h"
 #include "shardwise/repository.h"
 
@@ -27,6 +29,8 @@ namespace shardwise::cli {
 constexpr char kBenchHelp[] = R"(Usage: shardwise bench --dir D [--ranks R] [--size-per-rank SIZE]
                        [--io-backend auto|uring|threads] [--queue-depth N]
                        [--io-unit SIZE] [--direct-io auto|on|off] [--keep] [--json]
+                       [--layout auto|off] [--stripe-count N] [--stripe-size SIZE]
+                       [--provisioned-mbps X | --fsx-describe FILE]
        shardwise bench --async --dir D [--size-per-rank SIZE] [--saves N]
                        [--staging-budget SIZE] [...] [--json]
 
@@ -51,6 +55,17 @@ Options:
   --keep               leave the committed checkpoint in D
   --json               machine-readable output (schema in docs/cli.md)
 
+Lustre (docs/lustre.md). The first line of the report names the filesystem
+and says whether Lustre layouts were applied to the shard files:
+  --layout M           auto (on Lustre, per-file layouts), off           [auto]
+  --stripe-count N     stripes per shard file, -1 = every OST        [policy]
+  --stripe-size SIZE   stripe size, a multiple of 64KiB              [policy]
+  --provisioned-mbps X the file system's provisioned throughput in MB/s:
+                       also report efficiency = achieved / provisioned
+  --fsx-describe FILE  the same figure from saved `aws fsx
+                       describe-file-systems` JSON (one file system):
+                       capacity / 1024 x MB/s per TiB (SCRATCH: 200)
+
 Asynchronous saves (one process, several saves through one engine):
   --async              report the stall (until SaveAsync returns; median of
                        the saves after the first), the first stall (sets up
@@ -68,6 +83,41 @@ Exit codes: 0 measured and verified; 1 a save, load or comparison failed;
 )";
 
 namespace {
+
+// Provisioned MB/s of the one file system in saved `aws fsx
+// describe-file-systems` output: capacity (GiB) / 1024 x MB/s per TiB, with
+// SCRATCH's documented 200 MB/s per TiB where the API reports null.
+Result<double> ProvisionedFromDescribe(const std::string& path) {
+  auto text = os::ReadSmallFile(path, 16 << 20);
+  if (!text.ok()) return text.status().WithContext("--fsx-describe");
+  auto j = nlohmann::json::parse(*text, nullptr, /*allow_exceptions=*/false);
+  if (j.is_discarded() || !j.is_object() || !j.contains("FileSystems") ||
+      !j["FileSystems"].is_array())
+    return InvalidArgument(path + ": not `aws fsx describe-file-systems` JSON (no FileSystems list)");
+  const auto& list = j["FileSystems"];
+  if (list.size() != 1)
+    return InvalidArgument(path + ": holds " + std::to_string(list.size()) +
+                           " file systems; pass describe output for exactly one "
+                           "(--file-system-ids ID)");
+  const auto& f = list[0];
+  const auto* cap = f.contains("StorageCapacity") ? &f["StorageCapacity"] : nullptr;
+  if (!cap || !cap->is_number())
+    return InvalidArgument(path + ": the file system has no StorageCapacity");
+  double per_tib = 0;
+  std::string type;
+  if (f.contains("LustreConfiguration") && f["LustreConfiguration"].is_object()) {
+    const auto& l = f["LustreConfiguration"];
+    if (l.contains("DeploymentType") && l["DeploymentType"].is_string())
+      type = l["DeploymentType"].get<std::string>();
+    if (l.contains("PerUnitStorageThroughput") && l["PerUnitStorageThroughput"].is_number())
+      per_tib = l["PerUnitStorageThroughput"].get<double>();
+  }
+  if (per_tib == 0 && type.rfind("SCRATCH", 0) == 0) per_tib = 200;
+  if (per_tib == 0)
+    return InvalidArgument(path + ": no PerUnitStorageThroughput for deployment type '" + type +
+                           "'; pass --provisioned-mbps");
+  return cap->get<double>() / 1024.0 * per_tib;
+}
 
 // Line-oriented messages from children over one pipe (each line is shorter
 // than PIPE_BUF, so writes from different children never interleave).
@@ -243,7 +293,9 @@ int RunBench(const Argv& argv, std::ostream& out, std::ostream& err) {
   auto args = Args::Parse(argv, {{"json"}, {"keep"}, {"async"}, {"dir", true}, {"ranks", true},
                                  {"size-per-rank", true}, {"io-backend", true},
                                  {"queue-depth", true}, {"io-unit", true}, {"direct-io", true},
-                                 {"saves", true}, {"staging-budget", true}});
+                                 {"saves", true}, {"staging-budget", true}, {"layout", true},
+                                 {"stripe-count", true}, {"stripe-size", true},
+                                 {"provisioned-mbps", true}, {"fsx-describe", true}});
   if (!args.ok()) return UsageError(err, "bench", args.status().message());
   if (args->help()) {
     out << kBenchHelp;
@@ -285,7 +337,37 @@ int RunBench(const Argv& argv, std::ostream& out, std::ostream& err) {
     else if (*d == "off") opts.direct_io = DirectIoMode::kOff;
     else return UsageError(err, "bench", "--direct-io expects auto, on or off");
   }
+  if (auto l = args->Get("layout")) {
+    if (*l == "auto") opts.layout = LayoutMode::kAuto;
+    else if (*l == "off") opts.layout = LayoutMode::kOff;
+    else return UsageError(err, "bench", "--layout expects auto or off");
+  }
+  if (args->Get("stripe-count")) {
+    auto n = args->GetInt("stripe-count", -1, 65535);
+    if (!n.ok()) return UsageError(err, "bench", n.status().message());
+    opts.stripe_count = static_cast<int>(n->value_or(0));
+  }
+  if (auto v = args->Get("stripe-size")) {
+    auto size = ParseSize(*v);
+    if (!size.ok()) return UsageError(err, "bench", "--stripe-size: " + size.status().message());
+    opts.stripe_size = *size;
+  }
   if (Status s = opts.Validate(); !s.ok()) return UsageError(err, "bench", s.message());
+  double provisioned_mbps = 0;
+  if (args->Get("provisioned-mbps") && args->Get("fsx-describe"))
+    return UsageError(err, "bench", "give --provisioned-mbps or --fsx-describe, not both");
+  if (auto v = args->Get("provisioned-mbps")) {
+    char* end = nullptr;
+    provisioned_mbps = std::strtod(v->c_str(), &end);
+    if (end == v->c_str() || *end != '\0' || !(provisioned_mbps > 0) ||
+        !std::isfinite(provisioned_mbps))
+      return UsageError(err, "bench", "--provisioned-mbps expects a positive number of MB/s");
+  }
+  if (auto f = args->Get("fsx-describe")) {
+    auto mbps = ProvisionedFromDescribe(*f);
+    if (!mbps.ok()) return UsageError(err, "bench", mbps.status().message());
+    provisioned_mbps = *mbps;
+  }
   if (args->Has("async")) {
     BenchParams p;
     p.dir = *dir;
@@ -308,6 +390,27 @@ int RunBench(const Argv& argv, std::ostream& out, std::ostream& err) {
     return UsageError(err, "bench", "--saves and --staging-budget go with --async");
   auto repo = Repository::Open(*dir, opts, /*create=*/true);
   if (!repo.ok()) return UsageError(err, "bench", repo.status().message());
+  // The same probe and policy the ranks' saves use, for the report.
+  auto placement = fs::Placement::ForDirectory((*repo)->root(), opts);
+  std::string layout_line = placement->Summary();
+  nlohmann::ordered_json layout_json = {{"filesystem", placement->fs().type},
+                                        {"lustre", placement->fs().lustre},
+                                        {"applied", false}};
+  if (placement->fs().lustre && opts.layout != LayoutMode::kOff) {
+    fs::LayoutDecision d = fs::DecideLayout(
+        {ranks, size, placement->fs().ost_count, opts.stripe_count, opts.stripe_size});
+    layout_json["applied"] = d.apply;
+    layout_json["reason"] = d.reason;
+    if (d.apply) {
+      layout_json["stripe_count"] = d.layout.stripe_count;
+      layout_json["stripe_size"] = d.layout.stripe_size;
+      layout_line += "; shard files: " + std::to_string(d.layout.stripe_count) + " stripe(s) of " +
+                     FormatBytes(d.layout.stripe_size) + " (" + d.reason + ")";
+    } else {
+      layout_line += "; " + d.reason;
+    }
+  }
+  layout_json["summary"] = layout_line;
 
   SaveSpec spec;
   spec.save_id = os::RandomHex(8);
@@ -416,6 +519,12 @@ int RunBench(const Argv& argv, std::ostream& out, std::ostream& err) {
     j["load"] = {{"bytes", data_bytes}, {"seconds", load_s}, {"gb_per_s", gbps(data_bytes, load_s)}};
     j["verified"] = true;
     j["checkpoint"] = keep ? nlohmann::ordered_json(ckpt_dir) : nlohmann::ordered_json(nullptr);
+    j["layout"] = layout_json;
+    if (provisioned_mbps > 0) {
+      j["provisioned_mbps"] = provisioned_mbps;
+      j["efficiency"] = {{"save", gbps(data_bytes, save_s) * 1000 / provisioned_mbps},
+                         {"load", gbps(data_bytes, load_s) * 1000 / provisioned_mbps}};
+    }
     out << j.dump(2) << '\n';
     return kExitOk;
   }
@@ -424,7 +533,8 @@ int RunBench(const Argv& argv, std::ostream& out, std::ostream& err) {
       << (*repo)->root() << "\n"
       << "  backend " << backend << ", O_DIRECT " << (direct ? "on" : "off") << ", queue depth "
       << opts.queue_depth << ", I/O unit " << FormatBytes(opts.io_unit_bytes) << ", " << items
-      << " items\n";
+      << " items\n"
+      << "  filesystem: " << layout_line << "\n";
   std::snprintf(line, sizeof line, "  save  %s in %s: %.2f GB/s (durable; commit %s)\n",
                 FormatBytes(data_bytes).c_str(), FormatSeconds(save_s).c_str(),
                 gbps(data_bytes, save_s), FormatSeconds(commit).c_str());
@@ -433,6 +543,14 @@ int RunBench(const Argv& argv, std::ostream& out, std::ostream& err) {
                 FormatBytes(data_bytes).c_str(), FormatSeconds(load_s).c_str(),
                 gbps(data_bytes, load_s));
   out << line;
+  if (provisioned_mbps > 0) {
+    std::snprintf(line, sizeof line,
+                  "  provisioned %.1f MB/s: efficiency save %.1f%%, load %.1f%% "
+                  "(achieved / provisioned; docs/lustre.md explains how to read it)\n",
+                  provisioned_mbps, gbps(data_bytes, save_s) * 1e5 / provisioned_mbps,
+                  gbps(data_bytes, load_s) * 1e5 / provisioned_mbps);
+    out << line;
+  }
   if (keep) out << "  kept  " << ckpt_dir << '\n';
   return kExitOk;
 }

@@ -121,6 +121,22 @@ Result<Options> Options::FromEnv(Options o) {
       return InvalidArgument("SHARDWISE_DIRECT_IO='" + s +
                              "' (expected auto, on or off)");
   }
+  if (const char* v = std::getenv("SHARDWISE_LAYOUT")) {
+    std::string s(v);
+    if (s == "auto") o.layout = LayoutMode::kAuto;
+    else if (s == "off" || s == "0") o.layout = LayoutMode::kOff;
+    else return InvalidArgument("SHARDWISE_LAYOUT='" + s + "' (expected auto or off)");
+  }
+  if (std::getenv("SHARDWISE_STRIPE_COUNT")) {
+    SW_ASSIGN_OR_RETURN(long long n, EnvInt("SHARDWISE_STRIPE_COUNT", -1, 65535));
+    o.stripe_count = static_cast<int>(n);
+  }
+  if (const char* v = std::getenv("SHARDWISE_STRIPE_SIZE")) {
+    auto size = ParseSize(v);
+    if (!size.ok()) return size.status().WithContext("SHARDWISE_STRIPE_SIZE");
+    o.stripe_size = *size;
+  }
+  if (const char* v = std::getenv("SHARDWISE_LUSTREAPI")) o.lustre_api = v;
   if (std::getenv("SHARDWISE_COMMIT_TIMEOUT_S")) {
     SW_ASSIGN_OR_RETURN(o.commit_timeout_s, EnvSeconds("SHARDWISE_COMMIT_TIMEOUT_S"));
   }
@@ -144,6 +160,10 @@ Status Options::Validate() const {
     return InvalidArgument(
         "io_unit_bytes must be a multiple of checksum_block_bytes, at most "
         "1 GiB");
+  if (stripe_count < -1 || stripe_count > 65535)
+    return InvalidArgument("stripe_count must be -1 (every OST), 0 (policy) or 1..65535");
+  if (stripe_size % (64 << 10) != 0 || stripe_size >= (4ull << 30))
+    return InvalidArgument("stripe_size must be a multiple of 64 KiB, under 4 GiB (0: policy)");
   if (!(commit_timeout_s >= 0) || !(staging_grace_s >= 0) ||
       !(poll_interval_s > 0))
     return InvalidArgument("timeouts must be non-negative");

@@ -164,12 +164,17 @@ void FillUnit(ShardPlan& plan, std::span<const WriteItem> items, std::size_t u, 
   });
 }
 
-Result<os::File> CreateShardFile(const std::string& path, const ShardPlan& plan,
-                                 bool direct_io) {
+Result<os::File> CreateShardFile(const ShardTarget& target, const ShardPlan& plan) {
   // O_EXCL: a rank never writes into a file another attempt created.
-  int flags = O_WRONLY | O_CREAT | O_EXCL | (direct_io ? O_DIRECT : 0);
-  SW_ASSIGN_OR_RETURN(os::File file, os::Open(path, flags, 0644));
-  SW_RETURN_IF_ERROR(os::Fallocate(file.fd(), 0, plan.file_size, path));
+  int flags = O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC | (target.direct_io ? O_DIRECT : 0);
+  os::File file;
+  if (target.placement) {
+    SW_ASSIGN_OR_RETURN(file, target.placement->Create(target.path, flags, 0644, plan.file_size,
+                                                      target.writers));
+  } else {
+    SW_ASSIGN_OR_RETURN(file, os::Open(target.path, flags, 0644));
+  }
+  SW_RETURN_IF_ERROR(os::Fallocate(file.fd(), 0, plan.file_size, target.path));
   return file;
 }
 
@@ -202,12 +207,14 @@ ShardIndex MakeIndex(ShardPlan& plan, std::span<const WriteItem> items, const st
   return index;
 }
 
-Result<ShardIndex> WriteShard(const std::string& path, std::int32_t rank,
+Result<ShardIndex> WriteShard(const ShardTarget& target, std::int32_t rank,
                               const std::string& save_id, std::span<const WriteItem> items,
-                              const Options& options, io::IoBackend& backend, bool direct_io) {
+                              const Options& options, io::IoBackend& backend) {
   double t0 = os::MonotonicSeconds();
+  const std::string& path = target.path;
+  const bool direct_io = target.direct_io;
   SW_ASSIGN_OR_RETURN(ShardPlan plan, PlanShard(items, rank, save_id, options));
-  SW_ASSIGN_OR_RETURN(os::File file, CreateShardFile(path, plan, direct_io));
+  SW_ASSIGN_OR_RETURN(os::File file, CreateShardFile(target, plan));
   std::vector<io::IoUnit> io_units(plan.units.size());
   for (std::size_t u = 0; u < plan.units.size(); ++u)
     io_units[u] = {file.fd(), &path, plan.units[u].offset,

@@ -8,6 +8,7 @@
 #include <string>
 #include <vector>
 
+#include "fs/placement.h"
 #include "io/backend.h"
 #include "os/posix.h"
 #include "shardwise/options.h"
@@ -71,15 +72,23 @@ void FillUnit(ShardPlan& plan, std::span<const WriteItem> items, std::size_t u, 
 ShardIndex MakeIndex(ShardPlan& plan, std::span<const WriteItem> items, const std::string& path,
                      std::string_view backend, bool direct_io);
 
-// Creates the shard file (O_EXCL, preallocated).
-Result<os::File> CreateShardFile(const std::string& path, const ShardPlan& plan, bool direct_io);
+// Where one rank's shard file goes and how it is created.
+struct ShardTarget {
+  std::string path;
+  bool direct_io = false;
+  fs::Placement* placement = nullptr;  // null: a plain open
+  int writers = 1;                     // files written at once (for the layout policy)
+};
 
-// Plans and writes `items` into a new file at `path` (which must not
+// Creates the shard file (O_EXCL, with its Lustre layout where one applies,
+// preallocated).
+Result<os::File> CreateShardFile(const ShardTarget& target, const ShardPlan& plan);
+
+// Plans and writes `items` into a new file at target.path (which must not
 // exist). Returns after the data and the file size are durable.
-Result<ShardIndex> WriteShard(const std::string& path, std::int32_t rank,
+Result<ShardIndex> WriteShard(const ShardTarget& target, std::int32_t rank,
                               const std::string& save_id,
                               std::span<const WriteItem> items,
-                              const Options& options, io::IoBackend& backend,
-                              bool direct_io);
+                              const Options& options, io::IoBackend& backend);
 
 }  // namespace shardwise::engine

@@ -21,6 +21,7 @@
 #include "io/backend.h"
 #include "os/fault.h"
 #include "os/posix.h"
+#include "repo/repository_impl.h"
 
 namespace shardwise {
 
@@ -163,7 +164,8 @@ struct AsyncSaver::Impl {
     auto written = repo.WriteRankWith(job->spec, [&](const std::string& shard, bool direct,
                                                      void* out) -> Status {
       double t0 = os::MonotonicSeconds();
-      SW_ASSIGN_OR_RETURN(os::File file, engine::CreateShardFile(shard, job->plan, direct));
+      engine::ShardTarget target{shard, direct, repo.impl_->Placement(), job->spec.world_size};
+      SW_ASSIGN_OR_RETURN(os::File file, engine::CreateShardFile(target, job->plan));
       for (std::size_t w = 0; w < job->waves.size(); ++w) {
         {
           std::unique_lock lock(job->mu);

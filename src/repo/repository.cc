@@ -59,6 +59,17 @@ Result<io::IoBackend*> Repository::Impl::Backend() {
   return backend.get();
 }
 
+fs::Placement* Repository::Impl::Placement() {
+  std::lock_guard lock(placement_mu);
+  if (!placement) placement = fs::Placement::ForDirectory(root, options);
+  return placement.get();
+}
+
+void SetPlacementForTesting(Repository& repo, std::unique_ptr<fs::Placement> placement) {
+  std::lock_guard lock(repo.impl_->placement_mu);
+  repo.impl_->placement = std::move(placement);
+}
+
 std::string_view CheckpointStateName(CheckpointInfo::State state) {
   switch (state) {
     case CheckpointInfo::State::kCommitted: return "committed";
@@ -87,6 +98,13 @@ Result<std::unique_ptr<Repository>> Repository::Open(const std::string& root,
   auto impl = std::make_unique<Impl>();
   impl->root = r;
   impl->options = options;
+  // On Lustre, writes are cut at stripe boundaries: the I/O unit must be a
+  // multiple or a divisor of the stripe size (docs/lustre.md).
+  if (options.layout != LayoutMode::kOff && fs::IsLustre(r)) {
+    impl->options.io_unit_bytes = fs::AlignIoUnit(
+        options.io_unit_bytes, options.stripe_size ? options.stripe_size : fs::kDefaultStripeSize,
+        options.checksum_block_bytes);
+  }
   return std::unique_ptr<Repository>(new Repository(std::move(impl)));
 }
 
@@ -130,9 +148,10 @@ std::string Repository::StagingDir(const SaveSpec& spec) const {
 Result<RankResult> Repository::WriteRank(const SaveSpec& spec, std::span<const WriteItem> items) {
   return WriteRankWith(spec, [&](const std::string& shard, bool direct, void* out) -> Status {
     SW_ASSIGN_OR_RETURN(io::IoBackend * backend, impl_->Backend());
+    engine::ShardTarget target{shard, direct, impl_->Placement(), spec.world_size};
     SW_ASSIGN_OR_RETURN(engine::ShardIndex index,
-                        engine::WriteShard(shard, spec.rank, spec.save_id, items,
-                                           impl_->options, *backend, direct));
+                        engine::WriteShard(target, spec.rank, spec.save_id, items,
+                                           impl_->options, *backend));
     *static_cast<engine::ShardIndex*>(out) = std::move(index);
     return Status::Ok();
   });

@@ -5,6 +5,7 @@
 #include <mutex>
 #include <string>
 
+#include "fs/placement.h"
 #include "io/backend.h"
 #include "shardwise/repository.h"
 
@@ -34,8 +35,14 @@ struct Repository::Impl {
   Options options;
   std::mutex backend_mu;
   std::unique_ptr<io::IoBackend> backend;  // created on first save, reused
+  std::mutex placement_mu;
+  std::unique_ptr<fs::Placement> placement;  // probed on first save
 
   Result<io::IoBackend*> Backend();
+  fs::Placement* Placement();
 };
+
+// Tests: replaces the probed placement (a fake filesystem or layout setter).
+void SetPlacementForTesting(Repository& repo, std::unique_ptr<fs::Placement> placement);
 
 }  // namespace shardwise

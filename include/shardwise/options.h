@@ -12,6 +12,7 @@ namespace shardwise {
 enum class IoBackendKind { kAuto, kUring, kThreads };
 enum class DirectIoMode { kAuto, kOn, kOff };
 enum class LayoutMode { kAuto, kOff };
+enum class ExportMode { kOff, kFsxTask, kHsm };
 
 std::string_view IoBackendKindName(IoBackendKind kind);
 Result<IoBackendKind> ParseIoBackendKind(std::string_view text);
@@ -51,6 +52,17 @@ struct Options {
   // liblustreapi to load (default: liblustreapi.so.1 from the library path).
   // SHARDWISE_LUSTREAPI
   std::string lustre_api;
+  // Export to S3 after each commit (docs/lustre.md): kFsxTask runs `aws fsx
+  // create-data-repository-task --type EXPORT_TO_REPOSITORY` (needs fsx_id
+  // and fsx_mount, the local mount point of the file system); kHsm runs
+  // `lfs hsm_archive`. A failed request is recorded, never fails the save.
+  // SHARDWISE_EXPORT=off|fsx-task|hsm, SHARDWISE_FSX_ID, SHARDWISE_FSX_MOUNT
+  ExportMode export_mode = ExportMode::kOff;
+  std::string fsx_id;
+  std::string fsx_mount;
+  // Retention keeps every checkpoint whose export is not "exported".
+  // SHARDWISE_RETENTION_REQUIRES_EXPORT=0|1
+  bool retention_requires_export = false;
   // Polling interval while waiting on the filesystem (fragments, commits).
   double poll_interval_s = 0.02;
 

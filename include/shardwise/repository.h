@@ -52,6 +52,9 @@ struct CommitResult {
   std::string dir;
   std::uint64_t bytes = 0;
   bool latest_updated = false;
+  // Set when an export was requested (Options::export_mode) and the request
+  // failed; the checkpoint is committed regardless.
+  std::string export_error;
 };
 
 struct CheckpointInfo {
@@ -89,6 +92,9 @@ struct GcReport {
   std::vector<std::string> removed_staging;      // entry names
   std::vector<std::string> removed_checkpoints;  // checkpoint names
   std::vector<std::string> kept;
+  // Kept only because their export to S3 is not done yet
+  // (Options::retention_requires_export).
+  std::vector<std::string> kept_unexported;
   std::string newest_valid;  // the checkpoint retention was anchored on
   bool dry_run = false;
 };

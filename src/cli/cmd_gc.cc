@@ -73,6 +73,7 @@ int RunGc(const Argv& argv, std::ostream& out, std::ostream& err) {
     j["removed_staging"] = report->removed_staging;
     j["removed_checkpoints"] = report->removed_checkpoints;
     j["kept"] = report->kept;
+    j["kept_unexported"] = report->kept_unexported;
     j["newest_valid"] = report->newest_valid.empty()
                             ? nlohmann::ordered_json(nullptr)
                             : nlohmann::ordered_json(report->newest_valid);
@@ -82,6 +83,8 @@ int RunGc(const Argv& argv, std::ostream& out, std::ostream& err) {
   const char* verb = report->dry_run ? "would remove" : "removed";
   for (const auto& s : report->removed_staging) out << verb << " staging  " << s << '\n';
   for (const auto& s : report->removed_checkpoints) out << verb << " checkpoint  " << s << '\n';
+  for (const auto& s : report->kept_unexported)
+    out << "kept  " << s << "  (not exported to S3 yet; SHARDWISE_RETENTION_REQUIRES_EXPORT)\n";
   out << (report->dry_run ? "dry run: " : "") << report->removed_staging.size()
       << " staging/leftover entr" << (report->removed_staging.size() == 1 ? "y" : "ies")
       << " and " << report->removed_checkpoints.size() << " checkpoint(s) "

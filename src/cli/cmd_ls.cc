@@ -4,6 +4,7 @@
 #include "cli/cli.h"
 #include "cli/output.h"
 #include "os/posix.h"
+#include "repo/export.h"
 #include "shardwise/repository.h"
 
 namespace shardwise::cli {
@@ -18,6 +19,11 @@ staging directories: saves in progress ("active") or abandoned by a crash
 ("abandoned", removed by `shardwise gc`), and leftovers of replaced or
 deleted checkpoints. A directory whose manifest is damaged is listed as
 "invalid" with the reason.
+
+When exports to S3 are requested (SHARDWISE_EXPORT, docs/lustre.md), or any
+checkpoint has an export record, an EXPORT column shows each checkpoint's
+export state: not requested, pending, exported or failed (asked of `aws fsx
+describe-data-repository-tasks` or `lfs hsm_state`).
 
 Options:
   --json    machine-readable output (schema in docs/cli.md)
@@ -64,6 +70,10 @@ int RunLs(const Argv& argv, std::ostream& out, std::ostream& err) {
         e["save_id"] = c.save_id;
         e["latest"] = c.is_latest;
         e["problem"] = c.problem.empty() ? nullptr : nlohmann::ordered_json(c.problem);
+        repo::ExportStatus ex = repo::QueryExport((*repo)->root(), c.name);
+        e["export"] = {{"state", repo::ExportStateName(ex.state)},
+                       {"detail", ex.detail.empty() ? nlohmann::ordered_json(nullptr)
+                                                    : nlohmann::ordered_json(ex.detail)}};
         j["checkpoints"].push_back(e);
       } else {
         e["dir"] = c.dir_name;
@@ -82,16 +92,27 @@ int RunLs(const Argv& argv, std::ostream& out, std::ostream& err) {
   std::vector<std::vector<std::string>> rows = {
       {"NAME", "STEP", "TIME (UTC)", "RANKS", "SIZE", "LATEST"}};
   std::vector<std::vector<std::string>> staging = {{"DIRECTORY", "STATE", "AGE"}};
-  std::vector<std::string> invalid;
+  std::vector<std::string> invalid, export_notes;
+  const bool exports = opts->export_mode != ExportMode::kOff ||
+                       os::Exists(os::JoinPath((*repo)->root(), repo::kExportsDir));
+  if (exports) rows[0].push_back("EXPORT");
   for (const auto& c : *list) {
     switch (c.state) {
-      case CheckpointInfo::State::kCommitted:
+      case CheckpointInfo::State::kCommitted: {
         rows.push_back({c.name, c.step >= 0 ? std::to_string(c.step) : "-",
                         FormatTime(c.created_unix), std::to_string(c.world_size),
                         FormatBytes(c.bytes), c.is_latest ? "*" : ""});
+        if (exports) {
+          repo::ExportStatus ex = repo::QueryExport((*repo)->root(), c.name);
+          rows.back().push_back(std::string(repo::ExportStateName(ex.state)));
+          if (ex.state == repo::ExportState::kFailed)
+            export_notes.push_back(c.name + ": export failed: " + ex.detail);
+        }
         break;
+      }
       case CheckpointInfo::State::kInvalid:
         rows.push_back({c.name, "?", "-", "-", "-", "INVALID"});
+        if (exports) rows.back().push_back("-");
         invalid.push_back(c.name + ": " + c.problem);
         break;
       case CheckpointInfo::State::kStaging:
@@ -109,6 +130,7 @@ int RunLs(const Argv& argv, std::ostream& out, std::ostream& err) {
     PrintTable(out, rows, {1, 3, 4});
   }
   for (const auto& line : invalid) out << "invalid: " << line << '\n';
+  for (const auto& line : export_notes) out << line << '\n';
   if (staging.size() > 1) {
     out << "\nStaging and leftovers (not checkpoints; `shardwise gc` removes abandoned ones):\n";
     PrintTable(out, staging, {2});

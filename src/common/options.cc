@@ -137,6 +137,19 @@ Result<Options> Options::FromEnv(Options o) {
     o.stripe_size = *size;
   }
   if (const char* v = std::getenv("SHARDWISE_LUSTREAPI")) o.lustre_api = v;
+  if (const char* v = std::getenv("SHARDWISE_EXPORT")) {
+    std::string s(v);
+    if (s == "off" || s == "0") o.export_mode = ExportMode::kOff;
+    else if (s == "fsx-task") o.export_mode = ExportMode::kFsxTask;
+    else if (s == "hsm") o.export_mode = ExportMode::kHsm;
+    else return InvalidArgument("SHARDWISE_EXPORT='" + s + "' (expected off, fsx-task or hsm)");
+  }
+  if (const char* v = std::getenv("SHARDWISE_FSX_ID")) o.fsx_id = v;
+  if (const char* v = std::getenv("SHARDWISE_FSX_MOUNT")) o.fsx_mount = v;
+  if (std::getenv("SHARDWISE_RETENTION_REQUIRES_EXPORT")) {
+    SW_ASSIGN_OR_RETURN(long long b, EnvInt("SHARDWISE_RETENTION_REQUIRES_EXPORT", 0, 1));
+    o.retention_requires_export = b == 1;
+  }
   if (std::getenv("SHARDWISE_COMMIT_TIMEOUT_S")) {
     SW_ASSIGN_OR_RETURN(o.commit_timeout_s, EnvSeconds("SHARDWISE_COMMIT_TIMEOUT_S"));
   }

@@ -105,4 +105,13 @@ double NowUnix();
 double MonotonicSeconds();
 void SleepSeconds(double s);
 
+// Runs argv[0] (looked up on PATH) with argv, no shell, standard input
+// closed; captures standard output and error (up to 16 MiB each). Kills it
+// after timeout_s. NotFound when the program cannot be started.
+struct CommandResult {
+  int exit_code = -1;  // -1: killed by a signal or the timeout
+  std::string out, err;
+};
+Result<CommandResult> RunCommand(const std::vector<std::string>& argv, double timeout_s);
+
 }  // namespace shardwise::os

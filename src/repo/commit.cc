@@ -25,6 +25,7 @@
 #include "os/fault.h"
 #include "os/posix.h"
 #include "repo/listing.h"
+#include "repo/export.h"
 #include "repo/repository_impl.h"
 
 namespace shardwise {
@@ -183,6 +184,14 @@ Result<CommitResult> Repository::Commit(const SaveSpec& in) {
     // be what failed.
     (void)os::WriteFileAtomic(os::JoinPath(staging, "commit.failed"),
                               result.status().ToString() + "\n");
+  }
+  if (result.ok() && impl_->options.export_mode != ExportMode::kOff) {
+    // The checkpoint is committed whatever happens here (docs/lustre.md).
+    Status s = repo::RequestExport(impl_->root, spec.name, impl_->options);
+    if (!s.ok()) result->export_error = s.ToString();
+    else if (auto st = repo::QueryExport(impl_->root, spec.name);
+             st.state == repo::ExportState::kFailed)
+      result->export_error = st.detail;
   }
   return result;
 }

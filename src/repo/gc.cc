@@ -7,6 +7,7 @@
 
 #include "format/manifest.h"
 #include "os/posix.h"
+#include "repo/export.h"
 #include "repo/listing.h"
 #include "repo/repository_impl.h"
 
@@ -100,6 +101,11 @@ Result<GcReport> Repository::Gc(const GcOptions& gc) {
     bool keep = i >= anchor || c.is_latest ||
                 (gc.keep_last && n - i <= *gc.keep_last) ||
                 (gc.keep_every && c.step >= 0 && c.step % *gc.keep_every == 0);
+    if (!keep && impl_->options.retention_requires_export &&
+        repo::QueryExport(root, c.name).state != repo::ExportState::kExported) {
+      keep = true;  // its only copy may be this one
+      report.kept_unexported.push_back(c.name);
+    }
     if (keep) {
       report.kept.push_back(c.name);
       continue;
@@ -110,6 +116,7 @@ Result<GcReport> Repository::Gc(const GcOptions& gc) {
       SW_RETURN_IF_ERROR(os::Rename(os::JoinPath(root, c.name), hidden));
       SW_RETURN_IF_ERROR(os::FsyncDir(root));
       SW_RETURN_IF_ERROR(os::RemoveTree(hidden));
+      repo::RemoveExportRecord(root, c.name);
     }
     report.removed_checkpoints.push_back(c.name);
   }

@@ -1,0 +1,36 @@
+// Export of committed checkpoints to S3 on FSx for Lustre (docs/lustre.md):
+// the request after a commit, its record in ROOT/.exports/NAME.json, and its
+// state, read back from `aws fsx describe-data-repository-tasks` or
+// `lfs hsm_state`.
+#pragma once
+
+#include <string>
+
+#include "shardwise/options.h"
+#include "shardwise/status.h"
+
+namespace shardwise::repo {
+
+inline constexpr char kExportsDir[] = ".exports";
+
+enum class ExportState { kNotRequested, kPending, kExported, kFailed };
+std::string_view ExportStateName(ExportState state);  // "not requested", "pending", ...
+
+struct ExportStatus {
+  ExportState state = ExportState::kNotRequested;
+  std::string detail;  // task id, failure reason, ...
+};
+
+// Requests the export of checkpoint NAME under ROOT as options.export_mode
+// says, and records the request (or its failure) durably. Errors are
+// recorded, not returned, unless the record itself cannot be written: an
+// export must never fail a save that is already committed.
+Status RequestExport(const std::string& root, const std::string& name, const Options& options);
+
+// The state of NAME's export; asks aws or lfs when a request is pending.
+ExportStatus QueryExport(const std::string& root, const std::string& name);
+
+// Drops NAME's record (after retention deleted the checkpoint).
+void RemoveExportRecord(const std::string& root, const std::string& name);
+
+}  // namespace shardwise::repo

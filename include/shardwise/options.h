@@ -49,6 +49,10 @@ struct Options {
   // SHARDWISE_STRIPE_COUNT, SHARDWISE_STRIPE_SIZE
   int stripe_count = 0;
   std::uint64_t stripe_size = 0;
+  // Split each rank's shard into this many files of about equal size, at
+  // tensor boundaries (more independent streams and OST objects per rank).
+  // SHARDWISE_FILES_PER_RANK (1-64)
+  int files_per_rank = 1;
   // liblustreapi to load (default: liblustreapi.so.1 from the library path).
   // SHARDWISE_LUSTREAPI
   std::string lustre_api;

@@ -30,7 +30,7 @@ constexpr char kBenchHelp[] = R"(Usage: shardwise bench --dir D [--ranks R] [--s
                        [--io-backend auto|uring|threads] [--queue-depth N]
                        [--io-unit SIZE] [--direct-io auto|on|off] [--keep] [--json]
                        [--layout auto|off] [--stripe-count N] [--stripe-size SIZE]
-                       [--provisioned-mbps X | --fsx-describe FILE]
+                       [--files-per-rank K] [--provisioned-mbps X | --fsx-describe FILE]
        shardwise bench --async --dir D [--size-per-rank SIZE] [--saves N]
                        [--staging-budget SIZE] [...] [--json]
 
@@ -60,6 +60,7 @@ and says whether Lustre layouts were applied to the shard files:
   --layout M           auto (on Lustre, per-file layouts), off           [auto]
   --stripe-count N     stripes per shard file, -1 = every OST        [policy]
   --stripe-size SIZE   stripe size, a multiple of 64KiB              [policy]
+  --files-per-rank K   split each rank's shard into K part files     [1]
   --provisioned-mbps X the file system's provisioned throughput in MB/s:
                        also report efficiency = achieved / provisioned
   --fsx-describe FILE  the same figure from saved `aws fsx
@@ -295,6 +296,7 @@ int RunBench(const Argv& argv, std::ostream& out, std::ostream& err) {
                                  {"queue-depth", true}, {"io-unit", true}, {"direct-io", true},
                                  {"saves", true}, {"staging-budget", true}, {"layout", true},
                                  {"stripe-count", true}, {"stripe-size", true},
+                                 {"files-per-rank", true},
                                  {"provisioned-mbps", true}, {"fsx-describe", true}});
   if (!args.ok()) return UsageError(err, "bench", args.status().message());
   if (args->help()) {
@@ -347,6 +349,11 @@ int RunBench(const Argv& argv, std::ostream& out, std::ostream& err) {
     if (!n.ok()) return UsageError(err, "bench", n.status().message());
     opts.stripe_count = static_cast<int>(n->value_or(0));
   }
+  if (args->Get("files-per-rank")) {
+    auto n = args->GetInt("files-per-rank", 1, 64);
+    if (!n.ok()) return UsageError(err, "bench", n.status().message());
+    opts.files_per_rank = static_cast<int>(n->value_or(1));
+  }
   if (auto v = args->Get("stripe-size")) {
     auto size = ParseSize(*v);
     if (!size.ok()) return UsageError(err, "bench", "--stripe-size: " + size.status().message());
@@ -398,7 +405,8 @@ int RunBench(const Argv& argv, std::ostream& out, std::ostream& err) {
                                         {"applied", false}};
   if (placement->fs().lustre && opts.layout != LayoutMode::kOff) {
     fs::LayoutDecision d = fs::DecideLayout(
-        {ranks, size, placement->fs().ost_count, opts.stripe_count, opts.stripe_size});
+        {ranks * opts.files_per_rank, size / static_cast<std::uint64_t>(opts.files_per_rank),
+         placement->fs().ost_count, opts.stripe_count, opts.stripe_size});
     layout_json["applied"] = d.apply;
     layout_json["reason"] = d.reason;
     if (d.apply) {

@@ -131,6 +131,10 @@ Result<Options> Options::FromEnv(Options o) {
     SW_ASSIGN_OR_RETURN(long long n, EnvInt("SHARDWISE_STRIPE_COUNT", -1, 65535));
     o.stripe_count = static_cast<int>(n);
   }
+  if (std::getenv("SHARDWISE_FILES_PER_RANK")) {
+    SW_ASSIGN_OR_RETURN(long long n, EnvInt("SHARDWISE_FILES_PER_RANK", 1, 64));
+    o.files_per_rank = static_cast<int>(n);
+  }
   if (const char* v = std::getenv("SHARDWISE_STRIPE_SIZE")) {
     auto size = ParseSize(v);
     if (!size.ok()) return size.status().WithContext("SHARDWISE_STRIPE_SIZE");
@@ -173,6 +177,8 @@ Status Options::Validate() const {
     return InvalidArgument(
         "io_unit_bytes must be a multiple of checksum_block_bytes, at most "
         "1 GiB");
+  if (files_per_rank < 1 || files_per_rank > 64)
+    return InvalidArgument("files_per_rank must be in [1, 64]");
   if (stripe_count < -1 || stripe_count > 65535)
     return InvalidArgument("stripe_count must be -1 (every OST), 0 (policy) or 1..65535");
   if (stripe_size % (64 << 10) != 0 || stripe_size >= (4ull << 30))

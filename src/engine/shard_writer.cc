@@ -57,6 +57,30 @@ Status ValidateWriteItem(const WriteItem& it) {
   return Status::Ok();
 }
 
+namespace {
+
+// Splits items into at most `parts` contiguous groups of about equal bytes,
+// at item boundaries: an item goes to the group its middle byte falls in.
+// Returns each item's group (non-decreasing).
+std::vector<std::uint32_t> PartitionItems(std::span<const WriteItem> items, int parts) {
+  std::vector<std::uint32_t> group(items.size(), 0);
+  if (parts <= 1) return group;
+  std::uint64_t total = 0;
+  for (const auto& it : items) total += it.nbytes;
+  if (total == 0) return group;
+  std::uint64_t acc = 0;
+  for (std::size_t i = 0; i < items.size(); ++i) {
+    const long double mid = static_cast<long double>(acc) + items[i].nbytes / 2.0L;
+    auto g = static_cast<std::uint32_t>(mid * parts / static_cast<long double>(total));
+    g = std::min<std::uint32_t>(g, static_cast<std::uint32_t>(parts - 1));
+    group[i] = i == 0 ? g : std::max(g, group[i - 1]);
+    acc += items[i].nbytes;
+  }
+  return group;
+}
+
+}  // namespace
+
 Result<ShardPlan> PlanShard(std::span<const WriteItem> items, std::int32_t rank,
                             const std::string& save_id, const Options& options) {
   if (save_id.size() > format::kMaxSaveIdBytes)
@@ -67,13 +91,10 @@ Result<ShardPlan> PlanShard(std::span<const WriteItem> items, std::int32_t rank,
   plan.save_id = save_id;
   const std::uint64_t unit_max = options.io_unit_bytes;
 
-  // Extents after the header, each 4 KiB-aligned.
   // A rank may hold several chunks of one item (distinct offsets), never the
   // same chunk twice.
   std::set<std::pair<std::string_view, std::vector<std::int64_t>>> seen;
   std::map<std::string_view, std::size_t> first_of;
-  plan.extent.resize(items.size());
-  std::uint64_t cursor = format::kShardHeaderBytes;
   for (std::size_t i = 0; i < items.size(); ++i) {
     SW_RETURN_IF_ERROR(ValidateWriteItem(items[i]));
     if (!seen.insert({items[i].name, items[i].chunk_offsets}).second)
@@ -85,29 +106,54 @@ Result<ShardPlan> PlanShard(std::span<const WriteItem> items, std::int32_t rank,
         return InvalidArgument("chunks of item '" + items[i].name +
                                "' disagree about dtype, kind or global shape");
     }
-    plan.extent[i] = cursor;
-    cursor = AlignUp(cursor + items[i].nbytes);
   }
-  plan.file_size = cursor;
 
-  // Large items get units of their own; small ones are packed together so
-  // that a layer's biases and norms cost one write.
-  plan.units.push_back({0, format::kShardHeaderBytes, {}});
-  for (std::uint32_t i = 0; i < items.size(); ++i) {
-    std::uint64_t len = items[i].nbytes;
-    if (len == 0) continue;
-    Unit& last = plan.units.back();
-    std::uint64_t end_if_packed = plan.extent[i] + AlignUp(len) - last.offset;
-    if (end_if_packed <= unit_max) {
-      last.pieces.push_back({i, 0, len});
-      last.length = end_if_packed;
-      continue;
-    }
-    for (std::uint64_t b = 0; b < len; b += unit_max) {
-      std::uint64_t l = std::min(unit_max, len - b);
-      plan.units.push_back({plan.extent[i] + b, AlignUp(l), {{i, b, l}}});
-    }
+  // Part files: groups of whole items. Empty groups get no file.
+  std::vector<std::uint32_t> group = PartitionItems(items, options.files_per_rank);
+  std::uint32_t groups = items.empty() ? 1 : group.back() + 1;
+  std::vector<std::uint32_t> file_of_group(groups, UINT32_MAX);
+  std::vector<bool> used(groups, false);
+  for (auto g : group) used[g] = true;
+  std::uint32_t nfiles = 0;
+  for (std::uint32_t g = 0; g < groups; ++g)
+    if (used[g]) file_of_group[g] = nfiles++;
+  if (nfiles == 0) nfiles = 1;  // no items: one file with just its header
+
+  // Extents after each file's header, each 4 KiB-aligned.
+  plan.extent.resize(items.size());
+  plan.item_file.resize(items.size());
+  plan.file_sizes.assign(nfiles, format::kShardHeaderBytes);
+  for (std::size_t i = 0; i < items.size(); ++i) {
+    std::uint32_t f = file_of_group[group[i]];
+    plan.item_file[i] = f;
+    plan.extent[i] = plan.file_sizes[f];
+    plan.file_sizes[f] = AlignUp(plan.file_sizes[f] + items[i].nbytes);
   }
+
+  // Units, file by file. Large items get units of their own; small ones are
+  // packed together so that a layer's biases and norms cost one write.
+  std::uint64_t base = 0;
+  for (std::uint32_t f = 0; f < nfiles; ++f) {
+    plan.units.push_back({0, format::kShardHeaderBytes, {}, f, base});
+    for (std::uint32_t i = 0; i < items.size(); ++i) {
+      std::uint64_t len = items[i].nbytes;
+      if (len == 0 || plan.item_file[i] != f) continue;
+      Unit& last = plan.units.back();
+      std::uint64_t end_if_packed = plan.extent[i] + AlignUp(len) - last.offset;
+      if (end_if_packed <= unit_max) {
+        last.pieces.push_back({i, 0, len});
+        last.length = end_if_packed;
+        continue;
+      }
+      for (std::uint64_t b = 0; b < len; b += unit_max) {
+        std::uint64_t l = std::min(unit_max, len - b);
+        plan.units.push_back(
+            {plan.extent[i] + b, AlignUp(l), {{i, b, l}}, f, base + plan.extent[i] + b});
+      }
+    }
+    base += plan.file_sizes[f];
+  }
+  plan.total_size = base;
   plan.crcs.resize(items.size());
   for (std::size_t i = 0; i < items.size(); ++i)
     plan.crcs[i].resize(format::BlockCount(items[i].nbytes, plan.block));
@@ -122,7 +168,8 @@ void ForEachPiece(const ShardPlan& plan, std::size_t u, std::byte* dst, PieceFn 
   const Unit& unit = plan.units[u];
   std::uint64_t pos = 0;
   if (unit.offset == 0) {
-    format::EncodeShardHeader({plan.rank, plan.file_size, plan.block, plan.save_id}, dst);
+    format::EncodeShardHeader({plan.rank, plan.file_sizes[unit.file], plan.block, plan.save_id},
+                              dst);
     pos = format::kShardHeaderBytes;
   }
   for (const Piece& p : unit.pieces) {
@@ -164,24 +211,41 @@ void FillUnit(ShardPlan& plan, std::span<const WriteItem> items, std::size_t u, 
   });
 }
 
-Result<os::File> CreateShardFile(const ShardTarget& target, const ShardPlan& plan) {
+std::string ShardPartPath(const std::string& path, std::size_t p) {
+  if (p == 0) return path;
+  constexpr std::string_view kExt = ".shard";
+  std::string stem = path;
+  if (stem.size() > kExt.size() && stem.compare(stem.size() - kExt.size(), kExt.size(), kExt) == 0)
+    stem.resize(stem.size() - kExt.size());
+  return stem + ".part" + std::to_string(p) + std::string(kExt);
+}
+
+Result<std::vector<os::File>> CreateShardFiles(const ShardTarget& target, const ShardPlan& plan) {
   // O_EXCL: a rank never writes into a file another attempt created.
   int flags = O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC | (target.direct_io ? O_DIRECT : 0);
-  os::File file;
-  if (target.placement) {
-    SW_ASSIGN_OR_RETURN(file, target.placement->Create(target.path, flags, 0644, plan.file_size,
-                                                      target.writers));
-  } else {
-    SW_ASSIGN_OR_RETURN(file, os::Open(target.path, flags, 0644));
+  const int nfiles = static_cast<int>(plan.file_sizes.size());
+  std::vector<os::File> files;
+  for (int p = 0; p < nfiles; ++p) {
+    std::string path = ShardPartPath(target.path, static_cast<std::size_t>(p));
+    os::File file;
+    if (target.placement) {
+      SW_ASSIGN_OR_RETURN(file, target.placement->Create(path, flags, 0644, plan.file_sizes[p],
+                                                        target.writers * nfiles));
+    } else {
+      SW_ASSIGN_OR_RETURN(file, os::Open(path, flags, 0644));
+    }
+    SW_RETURN_IF_ERROR(os::Fallocate(file.fd(), 0, plan.file_sizes[p], path));
+    files.push_back(std::move(file));
   }
-  SW_RETURN_IF_ERROR(os::Fallocate(file.fd(), 0, plan.file_size, target.path));
-  return file;
+  return files;
 }
 
 ShardIndex MakeIndex(ShardPlan& plan, std::span<const WriteItem> items, const std::string& path,
                      std::string_view backend, bool direct_io) {
   ShardIndex index;
-  index.file = {os::Basename(path), plan.rank, plan.file_size, std::string(backend), direct_io};
+  for (std::size_t p = 0; p < plan.file_sizes.size(); ++p)
+    index.files.push_back({os::Basename(ShardPartPath(path, p)), plan.rank, plan.file_sizes[p],
+                           std::string(backend), direct_io});
   std::map<std::string_view, std::size_t> by_name;  // chunks of one item share a record
   for (std::size_t i = 0; i < items.size(); ++i) {
     const WriteItem& w = items[i];
@@ -198,7 +262,7 @@ ShardIndex MakeIndex(ShardPlan& plan, std::span<const WriteItem> items, const st
     c.offsets = w.chunk_offsets.empty() ? std::vector<std::int64_t>(w.global_shape.size(), 0)
                                         : w.chunk_offsets;
     c.sizes = w.chunk_sizes.empty() ? w.global_shape : w.chunk_sizes;
-    c.file = 0;
+    c.file = plan.item_file[i];
     c.offset = w.nbytes == 0 ? 0 : plan.extent[i];
     c.length = w.nbytes;
     c.crc32c = std::move(plan.crcs[i]);
@@ -214,18 +278,23 @@ Result<ShardIndex> WriteShard(const ShardTarget& target, std::int32_t rank,
   const std::string& path = target.path;
   const bool direct_io = target.direct_io;
   SW_ASSIGN_OR_RETURN(ShardPlan plan, PlanShard(items, rank, save_id, options));
-  SW_ASSIGN_OR_RETURN(os::File file, CreateShardFile(target, plan));
+  SW_ASSIGN_OR_RETURN(std::vector<os::File> files, CreateShardFiles(target, plan));
   std::vector<io::IoUnit> io_units(plan.units.size());
-  for (std::size_t u = 0; u < plan.units.size(); ++u)
-    io_units[u] = {file.fd(), &path, plan.units[u].offset,
+  for (std::size_t u = 0; u < plan.units.size(); ++u) {
+    const os::File& f = files[plan.units[u].file];
+    io_units[u] = {f.fd(), &f.path(), plan.units[u].offset,
                    static_cast<std::uint32_t>(plan.units[u].length)};
+  }
+  // All part files' units in one batch: they are written in parallel.
   SW_RETURN_IF_ERROR(backend.Write(io_units, [&](std::size_t u, std::byte* buf) {
     FillUnit(plan, items, u, buf);
     return Status::Ok();
   }));
-  // The data is written; make it (and the file size) durable.
-  SW_RETURN_IF_ERROR(os::Fsync(file.fd(), path));
-  SW_RETURN_IF_ERROR(file.Close());
+  // The data is written; make it (and the file sizes) durable.
+  for (os::File& f : files) {
+    SW_RETURN_IF_ERROR(os::Fsync(f.fd(), f.path()));
+    SW_RETURN_IF_ERROR(f.Close());
+  }
   os::CrashPoint("shard_written");
   ShardIndex index = MakeIndex(plan, items, path, backend.name(), direct_io);
   index.seconds = os::MonotonicSeconds() - t0;

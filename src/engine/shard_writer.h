@@ -1,7 +1,8 @@
-// Writes one rank's items into one shard file: plans 4 KiB-aligned extents,
-// cuts them into I/O units (small items share a unit), fills each unit with
-// a fused copy+CRC32C pass and writes the units in parallel through the
-// backend, then fsyncs. See docs/format.md for the layout.
+// Writes one rank's items into its shard file (or, with
+// Options::files_per_rank, several part files): plans 4 KiB-aligned
+// extents, cuts them into I/O units (small items share a unit), fills each
+// unit with a fused copy+CRC32C pass and writes the units in parallel
+// through the backend, then fsyncs. See docs/format.md for the layout.
 #pragma once
 
 #include <span>
@@ -16,10 +17,10 @@
 
 namespace shardwise::engine {
 
-// What a rank reports after writing: its file and its chunks, as manifest
-// records (file indices are local: 0 is this rank's file).
+// What a rank reports after writing: its files and its chunks, as manifest
+// records (file indices are local: 0 is this rank's first file).
 struct ShardIndex {
-  FileRecord file;
+  std::vector<FileRecord> files;
   std::vector<ItemRecord> items;  // one chunk each
   double seconds = 0;
 };
@@ -35,20 +36,27 @@ struct Piece {
   std::uint64_t length;
 };
 
-// One write: a 4 KiB-aligned file range holding whole pieces and padding.
-// The unit at offset 0 starts with the shard header.
+// One write: a 4 KiB-aligned range of part file `file` holding whole pieces
+// and padding. The unit at offset 0 of each file starts with its header.
+// `pos` is the unit's position in the concatenation of all part files (what
+// a staging buffer holding the whole rank is indexed by).
 struct Unit {
   std::uint64_t offset;
   std::uint64_t length;
   std::vector<Piece> pieces;
+  std::uint32_t file = 0;
+  std::uint64_t pos = 0;
 };
 
-// The layout of one shard file: where each item's extent starts, how the
-// file is cut into units, and the checksums once computed.
+// The layout of one rank's shard: which part file each item goes to, where
+// its extent starts, how the files are cut into units, and the checksums
+// once computed.
 struct ShardPlan {
-  std::vector<std::uint64_t> extent;  // file offset of each item
-  std::vector<Unit> units;            // ascending, contiguous from 0
-  std::uint64_t file_size = 0;
+  std::vector<std::uint64_t> extent;        // file offset of each item
+  std::vector<std::uint32_t> item_file;     // part file of each item
+  std::vector<Unit> units;                  // by file, then ascending offset
+  std::vector<std::uint64_t> file_sizes;    // per part file
+  std::uint64_t total_size = 0;             // sum of file_sizes
   std::uint64_t block = 0;            // checksum block bytes
   std::int32_t rank = 0;
   std::string save_id;
@@ -72,6 +80,10 @@ void FillUnit(ShardPlan& plan, std::span<const WriteItem> items, std::size_t u, 
 ShardIndex MakeIndex(ShardPlan& plan, std::span<const WriteItem> items, const std::string& path,
                      std::string_view backend, bool direct_io);
 
+// Part file p of the shard at `path`: `path` itself for p = 0, else
+// rank-NNNNN.partP.shard beside it.
+std::string ShardPartPath(const std::string& path, std::size_t p);
+
 // Where one rank's shard file goes and how it is created.
 struct ShardTarget {
   std::string path;
@@ -80,9 +92,9 @@ struct ShardTarget {
   int writers = 1;                     // files written at once (for the layout policy)
 };
 
-// Creates the shard file (O_EXCL, with its Lustre layout where one applies,
-// preallocated).
-Result<os::File> CreateShardFile(const ShardTarget& target, const ShardPlan& plan);
+// Creates the shard's part files (O_EXCL, each with its Lustre layout where
+// one applies, preallocated).
+Result<std::vector<os::File>> CreateShardFiles(const ShardTarget& target, const ShardPlan& plan);
 
 // Plans and writes `items` into a new file at target.path (which must not
 // exist). Returns after the data and the file size are durable.

@@ -80,7 +80,7 @@ int AsyncSave::waves() const { return state_->waves; }
 namespace {
 
 // A wave: units [u0, u1) of the plan, staged at pool + pool_base, where the
-// unit at file offset `file_base` lands first.
+// unit at position `file_base` (Unit::pos, across all part files) lands first.
 struct Wave {
   std::size_t u0, u1;
   std::uint64_t file_base, pool_base;
@@ -102,20 +102,20 @@ struct Job {
   bool abandon = false;     // the foreground gave up
 
   const std::byte* Image(std::size_t u, const Wave& w) const {
-    return pool + w.pool_base + (plan.units[u].offset - w.file_base);
+    return pool + w.pool_base + (plan.units[u].pos - w.file_base);
   }
 };
 
 std::vector<Wave> CutWaves(const engine::ShardPlan& plan, std::uint64_t pool_size) {
   const std::size_t n = plan.units.size();
-  if (plan.file_size <= pool_size) return {{0, n, 0, 0}};
+  if (plan.total_size <= pool_size) return {{0, n, 0, 0}};
   const std::uint64_t half = io::AlignDown(pool_size / 2);
   std::vector<Wave> waves;
   std::size_t u0 = 0;
   while (u0 < n) {
     std::size_t u1 = u0 + 1;
-    const std::uint64_t base = plan.units[u0].offset;
-    while (u1 < n && plan.units[u1].offset + plan.units[u1].length - base <= half) ++u1;
+    const std::uint64_t base = plan.units[u0].pos;
+    while (u1 < n && plan.units[u1].pos + plan.units[u1].length - base <= half) ++u1;
     waves.push_back({u0, u1, base, (waves.size() % 2) * half});
     u0 = u1;
   }
@@ -165,7 +165,7 @@ struct AsyncSaver::Impl {
                                                      void* out) -> Status {
       double t0 = os::MonotonicSeconds();
       engine::ShardTarget target{shard, direct, repo.impl_->Placement(), job->spec.world_size};
-      SW_ASSIGN_OR_RETURN(os::File file, engine::CreateShardFile(target, job->plan));
+      SW_ASSIGN_OR_RETURN(std::vector<os::File> files, engine::CreateShardFiles(target, job->plan));
       for (std::size_t w = 0; w < job->waves.size(); ++w) {
         {
           std::unique_lock lock(job->mu);
@@ -175,10 +175,12 @@ struct AsyncSaver::Impl {
         const Wave& wave = job->waves[w];
         std::vector<io::IoUnit> units;
         units.reserve(wave.u1 - wave.u0);
-        for (std::size_t u = wave.u0; u < wave.u1; ++u)
-          units.push_back({file.fd(), &shard, job->plan.units[u].offset,
+        for (std::size_t u = wave.u0; u < wave.u1; ++u) {
+          const os::File& f = files[job->plan.units[u].file];
+          units.push_back({f.fd(), &f.path(), job->plan.units[u].offset,
                            static_cast<std::uint32_t>(job->plan.units[u].length),
                            job->Image(u, wave)});
+        }
         // Checksums are computed here, over the staged bytes, just before
         // each unit is written: they cost the training loop nothing.
         SW_RETURN_IF_ERROR(backend->Write(units, [&](std::size_t i, std::byte*) {
@@ -189,8 +191,10 @@ struct AsyncSaver::Impl {
         job->written = w + 1;
         job->cv.notify_all();
       }
-      SW_RETURN_IF_ERROR(os::Fsync(file.fd(), shard));
-      SW_RETURN_IF_ERROR(file.Close());
+      for (os::File& f : files) {
+        SW_RETURN_IF_ERROR(os::Fsync(f.fd(), f.path()));
+        SW_RETURN_IF_ERROR(f.Close());
+      }
       os::CrashPoint("shard_written");
       auto* index = static_cast<engine::ShardIndex*>(out);
       *index = engine::MakeIndex(job->plan, job->meta, shard, backend->name(), direct);
@@ -295,11 +299,11 @@ Result<std::shared_ptr<AsyncSave>> AsyncSaver::SaveAsync(const SaveSpec& in,
   job->spec = spec;
   SW_ASSIGN_OR_RETURN(job->plan, engine::PlanShard(items, spec.rank, spec.save_id, options));
   if (!m.pool) {
-    SW_ASSIGN_OR_RETURN(m.pool, StagingPool::Allocate(job->plan.file_size, m.opts.huge_pages));
+    SW_ASSIGN_OR_RETURN(m.pool, StagingPool::Allocate(job->plan.total_size, m.opts.huge_pages));
   }
   std::uint64_t max_unit = 0;
   for (const auto& u : job->plan.units) max_unit = std::max(max_unit, u.length);
-  if (job->plan.file_size > m.pool->size() && io::AlignDown(m.pool->size() / 2) < max_unit)
+  if (job->plan.total_size > m.pool->size() && io::AlignDown(m.pool->size() / 2) < max_unit)
     return InvalidArgument("staging pool of " + FormatBytes(m.pool->size()) +
                            " is too small to stage in waves: it must hold two I/O units (" +
                            FormatBytes(2 * max_unit) + ")");
@@ -307,7 +311,7 @@ Result<std::shared_ptr<AsyncSave>> AsyncSaver::SaveAsync(const SaveSpec& in,
   job->pool = m.pool->data();
   job->meta.assign(items.begin(), items.end());
   for (auto& w : job->meta) w.data = nullptr;  // the background never reads them
-  state->bytes = job->plan.file_size;
+  state->bytes = job->plan.total_size;
   state->waves = static_cast<int>(job->waves.size());
 
   // 3. Start the background, then stage wave after wave.
@@ -324,7 +328,7 @@ Result<std::shared_ptr<AsyncSave>> AsyncSaver::SaveAsync(const SaveSpec& in,
     const Wave& wave = job->waves[w];
     ParallelFor(wave.u0, wave.u1, threads, [&](std::size_t u) {
       engine::StageUnit(job->plan, items, u,
-                        job->pool + wave.pool_base + (job->plan.units[u].offset - wave.file_base));
+                        job->pool + wave.pool_base + (job->plan.units[u].pos - wave.file_base));
     });
     if (w + 1 == job->waves.size()) {
       // The caller is free from here on; set before the last hand-off so the

@@ -193,7 +193,7 @@ Result<RankResult> Repository::WriteRankWith(
     frag.rank = spec.rank;
     frag.created_unix = os::NowUnix();
     frag.checksum_block = impl_->options.checksum_block_bytes;
-    frag.files.push_back(index.file);
+    frag.files = index.files;
     frag.items = std::move(index.items);
     SW_RETURN_IF_ERROR(os::WriteFileAtomic(os::JoinPath(staging, repo::FragmentName(spec.rank)),
                                            format::Serialize(frag, format::kFragmentKind),
@@ -201,9 +201,10 @@ Result<RankResult> Repository::WriteRankWith(
     os::CrashPoint("fragment_written");
     RankResult r;
     r.shard_path = shard;
-    r.bytes = index.file.size;
+    r.bytes = 0;
+    for (const FileRecord& f : index.files) r.bytes += f.size;
     r.seconds = index.seconds;
-    r.backend = index.file.backend;
+    r.backend = index.files.empty() ? "" : index.files[0].backend;
     r.direct_io = direct;
     return r;
   };

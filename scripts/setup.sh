@@ -52,6 +52,17 @@ setup_python() {
 
 targets=("$@")
 ((${#targets[@]})) || targets=(release python)
+# The fuzz preset needs clang and its libFuzzer runtime.
+for target in "${targets[@]}"; do
+  if [[ "$target" == fuzz ]] && ! dpkg -s clang-14 libclang-rt-14-dev >/dev/null 2>&1; then
+    echo "setup: installing clang-14 libclang-rt-14-dev"
+    sudo_cmd=()
+    [[ $(id -u) -eq 0 ]] || sudo_cmd=(sudo)
+    "${sudo_cmd[@]}" apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive "${sudo_cmd[@]}" apt-get install -y -qq clang-14 \
+      libclang-rt-14-dev >/dev/null
+  fi
+done
 for target in "${targets[@]}"; do
   if [[ "$target" == python ]]; then
     setup_python

@@ -2,7 +2,8 @@
 # Runs every test: the C++ suite with warnings as errors, again under
 # AddressSanitizer+UndefinedBehaviorSanitizer and under ThreadSanitizer; the
 # Python suite (real multi-process torch.distributed); the deployment
-# toolkit's tests (stub cloud CLIs, kustomize renders); shellcheck. Sets
+# toolkit's tests (stub cloud CLIs, kustomize renders); a short libFuzzer run
+# of every fuzz target (scripts/fuzz.sh); shellcheck. Sets
 # everything up first (scripts/setup.sh).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -23,6 +24,8 @@ echo "== Deployment toolkit tests (stub aws/eksctl/helm/kubectl; kubectl kustomi
 command -v kubectl >/dev/null ||
   { echo "kubectl (with kustomize v5) is needed to render deploy/k8s; this machine image ships it" >&2; exit 1; }
 .venv/bin/python -m pytest -q -p no:cacheprovider deploy/tests
+echo "== Fuzzing (libFuzzer, short: 30 s per target)"
+scripts/fuzz.sh 30
 echo "== shellcheck"
 shellcheck -x scripts/*.sh .ci/run bench/run.sh deploy/aws/fsx deploy/aws/lib/*.sh
 echo "== all tests passed"

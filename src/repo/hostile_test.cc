@@ -1,0 +1,135 @@
+// Hostile checkpoint roots: symbolic links pointing outside, device files,
+// and the permissions of what we create. (Hostile manifest contents, such as
+// path traversal, huge sizes, overflows and duplicate names, are refused by
+// the parser: src/format/manifest_test.cc; the fuzz targets in fuzz/ cover
+// arbitrary bytes.)
+#include <fcntl.h>
+#include <sys/stat.h>
+#include <sys/sysmacros.h>
+#include <unistd.h>
+
+#include <gtest/gtest.h>
+
+#include "os/posix.h"
+#include "shardwise/shardwise.h"
+#include "testing/test_util.h"
+
+namespace shardwise {
+namespace {
+
+using testing::OwnedItems;
+using testing::TempDir;
+
+std::unique_ptr<Repository> SavedRepo(const std::string& root, std::int64_t step) {
+  auto repo = Repository::Open(root, Options());
+  EXPECT_TRUE(repo.ok());
+  OwnedItems items;
+  items.Add("w", DType::kFloat32, {64, 64}, static_cast<std::uint64_t>(step));
+  SaveSpec spec;
+  spec.step = step;
+  EXPECT_TRUE((*repo)->Save(spec, items.items).ok());
+  return std::move(*repo);
+}
+
+TEST(Hostile, LatestAsASymlinkOutsideIsNeverFollowed) {
+  TempDir root, outside;
+  auto repo = SavedRepo(root.path(), 1);
+  // someone replaces `latest` with a link to a file outside the root
+  testing::WriteAll(outside / "secret", "step-999\n");
+  ASSERT_EQ(::unlink((root / "latest").c_str()), 0);
+  ASSERT_EQ(::symlink((outside / "secret").c_str(), (root / "latest").c_str()), 0);
+  auto latest = repo->Latest();
+  ASSERT_TRUE(latest.ok());
+  EXPECT_EQ(**latest, "step-000000000001");  // from the listing, not the link
+  auto ls = testing::RunProcess({SW_CLI, "ls", root.path(), "--json"});
+  EXPECT_EQ(ls.exit_code, 0) << ls.out;
+  EXPECT_EQ(ls.out.find("step-999"), std::string::npos) << ls.out;
+  // the next commit replaces the link itself, and the outside file is untouched
+  OwnedItems items;
+  items.Add("w", DType::kFloat32, {8}, 2);
+  SaveSpec spec;
+  spec.step = 2;
+  ASSERT_TRUE(repo->Save(spec, items.items).ok());
+  struct stat st {};
+  ASSERT_EQ(::lstat((root / "latest").c_str(), &st), 0);
+  EXPECT_TRUE(S_ISREG(st.st_mode));
+  EXPECT_EQ(testing::ReadAll(outside / "secret"), "step-999\n");
+}
+
+TEST(Hostile, ACheckpointThatIsASymlinkIsNotACheckpoint) {
+  TempDir root, elsewhere;
+  auto other = SavedRepo(elsewhere.path(), 7);  // a valid checkpoint outside the root
+  auto repo = Repository::Open(root.path(), Options());
+  ASSERT_TRUE(repo.ok());
+  ASSERT_EQ(::symlink((elsewhere / "step-000000000007").c_str(),
+                      (root / "step-000000000007").c_str()),
+            0);
+  auto list = (*repo)->List();
+  ASSERT_TRUE(list.ok());
+  for (const auto& c : *list) EXPECT_NE(c.state, CheckpointInfo::State::kCommitted) << c.name;
+  auto r = (*repo)->OpenCheckpoint("step-000000000007");
+  ASSERT_FALSE(r.ok());
+  EXPECT_NE(r.status().message().find("symbolic links are not followed"), std::string::npos)
+      << r.status().message();
+  // gc with retention never deletes through the link
+  GcOptions gc;
+  gc.keep_last = 1;
+  ASSERT_TRUE((*repo)->Gc(gc).ok());
+  EXPECT_TRUE(os::Exists(elsewhere / "step-000000000007/manifest.json"));
+}
+
+TEST(Hostile, ADeviceFileInPlaceOfAShardIsRefused) {
+  TempDir root;
+  auto repo = SavedRepo(root.path(), 1);
+  std::string shard = root / "step-000000000001/rank-00000.shard";
+  ASSERT_EQ(::unlink(shard.c_str()), 0);
+  if (::mknod(shard.c_str(), S_IFCHR | 0644, makedev(1, 5)) != 0)  // /dev/zero's numbers
+    GTEST_SKIP() << "mknod not permitted here: " << std::strerror(errno);
+  auto reader = repo->OpenCheckpoint("step-000000000001");
+  ASSERT_TRUE(reader.ok());
+  Status s = (*reader)->CheckFiles();
+  ASSERT_FALSE(s.ok());
+  EXPECT_EQ(s.code(), StatusCode::kCorrupt);
+  EXPECT_NE(s.message().find("not a regular file"), std::string::npos) << s.message();
+  auto v = testing::RunProcess({SW_CLI, "verify", root / "step-000000000001", "--no-progress"});
+  EXPECT_EQ(v.exit_code, 1) << v.out;
+  EXPECT_NE(v.out.find("not a regular file"), std::string::npos) << v.out;
+}
+
+TEST(Hostile, ADeviceFileAsTheManifestIsRefused) {
+  TempDir root;
+  auto repo = SavedRepo(root.path(), 1);
+  std::string m = root / "step-000000000001/manifest.json";
+  ASSERT_EQ(::unlink(m.c_str()), 0);
+  if (::mknod(m.c_str(), S_IFCHR | 0644, makedev(1, 5)) != 0)
+    GTEST_SKIP() << "mknod not permitted here: " << std::strerror(errno);
+  auto reader = repo->OpenCheckpoint("step-000000000001");
+  ASSERT_FALSE(reader.ok());  // and it does not read /dev/zero forever
+  EXPECT_NE(reader.status().message().find("manifest.json"), std::string::npos)
+      << reader.status().message();
+}
+
+TEST(Hostile, CreatedFilesRespectTheUmask) {
+  TempDir root;
+  mode_t old = ::umask(027);
+  auto repo = SavedRepo(root / "sub", 1);
+  ::umask(old);
+  auto mode = [](const std::string& p) {
+    struct stat st {};
+    EXPECT_EQ(::lstat(p.c_str(), &st), 0) << p;
+    return st.st_mode & 0777;
+  };
+  EXPECT_EQ(mode(root / "sub/step-000000000001"), 0750u);
+  EXPECT_EQ(mode(root / "sub/step-000000000001/manifest.json"), 0640u);
+  EXPECT_EQ(mode(root / "sub/step-000000000001/rank-00000.shard"), 0640u);
+  EXPECT_EQ(mode(root / "sub/latest"), 0640u);
+  // nothing we create is world-writable even under a permissive umask
+  old = ::umask(0);
+  auto repo2 = SavedRepo(root / "open", 1);
+  ::umask(old);
+  EXPECT_EQ(mode(root / "open/step-000000000001/rank-00000.shard") & 0002, 0u);
+  EXPECT_EQ(mode(root / "open/step-000000000001/manifest.json") & 0002, 0u);
+}
+
+}  // namespace
+}  // namespace shardwise

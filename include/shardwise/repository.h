@@ -137,6 +137,13 @@ class Repository {
   // newest valid checkpoint, or a save still in progress.
   Result<GcReport> Gc(const GcOptions& gc);
 
+  // Claims ROOT for this job: one job writes a root at a time. Commit and
+  // retention call it; a job's coordinator may call it at start to fail
+  // early. Fails (kAborted, naming the holder) while another process holds
+  // the root; the claim ends when every Repository of this process on ROOT
+  // is gone, or the process exits.
+  Status LockForWriting();
+
   // Fills spec.name and spec.save_id defaults and checks the spec.
   static Status Normalize(SaveSpec& spec);
   static std::string StepName(std::int64_t step);

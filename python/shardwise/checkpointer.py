@@ -150,9 +150,12 @@ class Checkpointer:
         # One writer for every save: its staging pool is allocated once.
         self._writer = Writer(None, progress=progress, **engine_options)
         self._pending: Optional[SaveHandle] = None
+        self._repo = None
         if self._rank() == 0:
             os.makedirs(self.root, exist_ok=True)
-        self._repo = None
+            # One job per root: fail now, not after the first save, if another
+            # job writes here (its coordinator holds ROOT/.writer.lock).
+            self._core_repo().lock_for_writing()
 
     # -- helpers -------------------------------------------------------------------
     def _rank(self) -> int:

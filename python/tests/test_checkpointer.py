@@ -200,3 +200,31 @@ def test_loads_cpp_written_checkpoint(tmp_path):
     back = {"w": torch.zeros(3, 4)}
     dcp.load(back, storage_reader=Reader(root / "step-000000000002"), no_dist=True)
     assert torch.equal(back["w"], t)
+
+
+def test_a_second_job_on_the_same_root_is_refused_at_once(tmp_path):
+    """Two jobs pointed at one root: the second Checkpointer fails on creation,
+    naming the holder; the first job's checkpoints stay intact; once the first
+    job is gone (even killed), the root is free."""
+    root = str(tmp_path / "ckpt")
+    holder = subprocess.Popen(
+        [sys.executable, "-c",
+         "import sys, torch, shardwise\n"
+         f"c = shardwise.Checkpointer({root!r})\n"
+         "c.save(1, {'w': torch.ones(4)}).wait()\n"
+         "print('ready', flush=True)\n"
+         "sys.stdin.readline()\n"],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "ready"
+        with pytest.raises(RuntimeError, match=r"being written by another job \(pid %d" % holder.pid):
+            shardwise.Checkpointer(root)
+        state = {"w": torch.zeros(4)}
+        reader = _core.Repository(root, {}, False)  # reading needs no claim
+        assert [c["name"] for c in reader.list() if c["state"] == "committed"] == ["step-000000000001"]
+    finally:
+        holder.kill()
+        holder.wait()
+    c = shardwise.Checkpointer(root)
+    assert c.load({"w": state["w"]}) == 1
+    assert torch.equal(state["w"], torch.ones(4))

@@ -509,6 +509,7 @@ int RunBench(const Argv& argv, std::ostream& out, std::ostream& err) {
     auto latest = os::ReadSmallFile(os::JoinPath((*repo)->root(), "latest"), 4096);
     if (latest.ok() && *latest == spec.name + "\n")
       (void)os::Unlink(os::JoinPath((*repo)->root(), "latest"));
+    RemoveLoneWriterLock((*repo)->root());
   }
   auto gbps = [](std::uint64_t b, double s) { return s > 0 ? static_cast<double>(b) / s / 1e9 : 0; };
   if (args->json()) {

@@ -172,6 +172,7 @@ int RunAsyncBench(const BenchParams& p, std::ostream& out, std::ostream& err) {
     auto latest = os::ReadSmallFile(os::JoinPath((*repo)->root(), "latest"), 4096);
     if (latest.ok() && latest->rfind("bench-async-" + id, 0) == 0)
       (void)os::Unlink(os::JoinPath((*repo)->root(), "latest"));
+    RemoveLoneWriterLock((*repo)->root());
   }
   const std::uint64_t bytes = state.bytes;
   const double stall = Median(stalls), persist = Median(persists);

@@ -93,4 +93,10 @@ int UsageError(std::ostream& err, const std::string& verb, const std::string& me
       << "Try 'shardwise " << verb << " --help'.\n";
   return 2;
 }
+void RemoveLoneWriterLock(const std::string& root) {
+  auto entries = os::ListDir(root);
+  if (entries.ok() && entries->size() == 1 && (*entries)[0].name == ".writer.lock")
+    (void)os::Unlink(os::JoinPath(root, ".writer.lock"));
+}
+
 }  // namespace shardwise::cli

@@ -43,4 +43,8 @@ bool StderrIsTty();
 namespace shardwise::cli {
 // Prints "shardwise VERB: MESSAGE" and a hint, returns kExitUsage (2).
 int UsageError(std::ostream& err, const std::string& verb, const std::string& message);
+// After a benchmark without --keep: removes the root's writer lock file when
+// nothing else is left in the root, so the directory is left as found.
+void RemoveLoneWriterLock(const std::string& root);
+
 }  // namespace shardwise::cli

@@ -187,6 +187,7 @@ class PyRepository {
     Unlocked([&] { return repo_->WaitCommitted(spec, timeout_s); });
   }
 
+  void LockForWriting() { Check(repo_->LockForWriting()); }
   void ReportFailure(const nb::dict& spec_d, const std::string& why) {
     Check(repo_->ReportFailure(MakeSpec(spec_d), Status(StatusCode::kAborted, why)));
   }
@@ -324,6 +325,7 @@ NB_MODULE(_core, m) {
       .def("commit", &PyRepository::Commit, "spec"_a)
       .def("wait_committed", &PyRepository::WaitCommitted, "spec"_a, "timeout_s"_a)
       .def("report_failure", &PyRepository::ReportFailure, "spec"_a, "why"_a)
+      .def("lock_for_writing", &PyRepository::LockForWriting)
       .def("list", &PyRepository::List)
       .def("latest", &PyRepository::Latest)
       .def("gc", &PyRepository::Gc, "keep_last"_a = nb::none(), "keep_every"_a = nb::none(),

@@ -177,6 +177,7 @@ Result<Manifest> MergeFragments(const std::string& staging, const SaveSpec& spec
 Result<CommitResult> Repository::Commit(const SaveSpec& in) {
   SaveSpec spec = in;
   SW_RETURN_IF_ERROR(Normalize(spec));
+
   auto result = CommitNormalized(spec);
   const std::string staging = StagingDir(spec);
   if (!result.ok() && os::Exists(staging)) {
@@ -197,6 +198,9 @@ Result<CommitResult> Repository::Commit(const SaveSpec& in) {
 }
 
 Result<CommitResult> Repository::CommitNormalized(const SaveSpec& spec) {
+  // One job per root (repo/writer_lock.h); on failure, Commit tells the
+  // waiting ranks through commit.failed.
+  SW_RETURN_IF_ERROR(LockForWriting());
   const std::string& root = impl_->root;
   const std::string staging = StagingDir(spec);
   const std::string final_dir = os::JoinPath(root, spec.name);

@@ -81,6 +81,8 @@ Result<GcReport> Repository::Gc(const GcOptions& gc) {
     for (auto* c : committed) report.kept.push_back(c->name);
     return report;
   }
+  // Retention deletes checkpoints: only the job that writes the root may.
+  if (!gc.dry_run) SW_RETURN_IF_ERROR(LockForWriting());
   // Anchor: the newest checkpoint that is valid. Nothing newer is deleted
   // (it may be a damaged one an operator wants to look at), and if none is
   // valid nothing is deleted at all.

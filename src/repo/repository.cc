@@ -65,6 +65,13 @@ fs::Placement* Repository::Impl::Placement() {
   return placement.get();
 }
 
+Status Repository::LockForWriting() {
+  std::lock_guard lock(impl_->writer_mu);
+  if (impl_->writer_lock) return Status::Ok();
+  SW_ASSIGN_OR_RETURN(impl_->writer_lock, repo::WriterLock::Acquire(impl_->root));
+  return Status::Ok();
+}
+
 void SetPlacementForTesting(Repository& repo, std::unique_ptr<fs::Placement> placement) {
   std::lock_guard lock(repo.impl_->placement_mu);
   repo.impl_->placement = std::move(placement);

@@ -7,6 +7,7 @@
 
 #include "fs/placement.h"
 #include "io/backend.h"
+#include "repo/writer_lock.h"
 #include "shardwise/repository.h"
 
 namespace shardwise::repo {
@@ -37,6 +38,8 @@ struct Repository::Impl {
   std::unique_ptr<io::IoBackend> backend;  // created on first save, reused
   std::mutex placement_mu;
   std::unique_ptr<fs::Placement> placement;  // probed on first save
+  std::mutex writer_mu;
+  std::shared_ptr<repo::WriterLock> writer_lock;  // from the first commit or retention on
 
   Result<io::IoBackend*> Backend();
   fs::Placement* Placement();

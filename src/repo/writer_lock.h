@@ -1,0 +1,39 @@
+// One job writes a checkpoint root at a time (docs/format.md, "Writers").
+// The job's coordinator holds ROOT/.writer.lock with flock(LOCK_EX) from its
+// first commit (or retention) until it exits; a second job's commit fails at
+// once with a clear error naming the holder. The kernel (or, on Lustre with
+// the `flock` mount option, the servers) release the lock when the holder
+// dies, so a crashed job never blocks the next one.
+#pragma once
+
+#include <memory>
+#include <string>
+
+#include "shardwise/status.h"
+
+namespace shardwise::repo {
+
+inline constexpr char kWriterLockName[] = ".writer.lock";
+
+class WriterLock {
+ public:
+  // Takes the lock of `root` for this process, or shares the one this
+  // process already holds. kAborted with the holder's description when
+  // another process holds it. Where the filesystem has no flock (Lustre
+  // mounted without `flock`), returns an unlocked holder: nothing is
+  // enforced, and note() says so.
+  static Result<std::shared_ptr<WriterLock>> Acquire(const std::string& root);
+  ~WriterLock();
+  WriterLock(const WriterLock&) = delete;
+  WriterLock& operator=(const WriterLock&) = delete;
+  const std::string& note() const { return note_; }
+
+ private:
+  WriterLock(std::string key, int fd, std::string note)
+      : key_(std::move(key)), fd_(fd), note_(std::move(note)) {}
+  std::string key_;
+  int fd_;
+  std::string note_;
+};
+
+}  // namespace shardwise::repo

@@ -182,7 +182,7 @@ int main(int argc, char** argv) {
       ++st.kills;
     }
     for (auto& e : envs) {
-      e.push_back("SHARDWISE_COMMIT_TIMEOUT_S=4");
+      e.push_back("SHARDWISE_COMMIT_TIMEOUT_S=1.5");
       e.push_back("SHARDWISE_STAGING_GRACE_S=0");
     }
     std::vector<Proc> procs(nproc);

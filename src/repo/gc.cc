@@ -60,10 +60,12 @@ Result<GcReport> Repository::Gc(const GcOptions& gc) {
     if (!gc.dry_run) SW_RETURN_IF_ERROR(os::RemoveTree(path));
     report.removed_staging.push_back(c.dir_name);
   }
-  // Temporary files of interrupted atomic writes (latest.tmp-*).
+  // Temporary files of interrupted atomic writes (latest.tmp-*), and O_DIRECT
+  // probe files of processes killed while probing.
   SW_ASSIGN_OR_RETURN(auto entries, os::ListDir(root));
   for (const auto& e : entries) {
-    if (e.type != DT_REG || e.name.rfind(std::string(repo::kLatestName) + ".tmp-", 0) != 0)
+    if (e.type != DT_REG || (e.name.rfind(std::string(repo::kLatestName) + ".tmp-", 0) != 0 &&
+                             e.name.rfind(".shardwise-odirect-probe-", 0) != 0))
       continue;
     std::string path = os::JoinPath(root, e.name);
     auto st = os::Lstat(path);

@@ -268,6 +268,11 @@ int main(int argc, char** argv) {
     for (const auto& c : *after)
       if (c.state == CheckpointInfo::State::kStaging || c.state == CheckpointInfo::State::kLeftover)
         return fail(t, "gc left " + c.dir_name);
+    // Nothing else hidden may pile up in the root either.
+    auto entries = os::ListDir(dir);
+    for (const auto& e : *entries)
+      if (e.name[0] == '.' && e.name != ".writer.lock" && e.name != ".exports")
+        return fail(t, "gc left " + e.name + " in the root");
     ++st.trials;
     if (verbose)
       std::fprintf(stderr, "trial %d: world %d, %s: %s\n", t, world, what.c_str(),

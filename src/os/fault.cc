@@ -10,6 +10,8 @@
 #include <cstring>
 #include <mutex>
 
+#include "os/power_loss.h"
+
 namespace shardwise::os {
 namespace {
 
@@ -65,6 +67,7 @@ int ErrnoFromName(std::string_view name) {
 }
 
 void KillSelf() {
+  power_loss::LoseUnsynced();  // with SHARDWISE_POWER_LOSS: a power cut, not just a crash
   ::kill(::getpid(), SIGKILL);
   ::_exit(137);  // not reached
 }

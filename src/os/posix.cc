@@ -17,6 +17,7 @@
 #include <thread>
 
 #include "os/fault.h"
+#include "os/power_loss.h"
 
 namespace shardwise::os {
 namespace {
@@ -59,11 +60,14 @@ Status File::Close() {
 Result<File> Open(const std::string& path, int flags, mode_t mode) {
   int err = 0;
   if (Injected(Op::kOpen, &err)) return IoError("open", path, err);
+  bool existed = true;
+  power_loss::BeforeOpen(path, flags, &existed);
   int fd;
   do {
     fd = ::open(path.c_str(), flags | O_CLOEXEC, mode);
   } while (fd < 0 && errno == EINTR);
   if (fd < 0) return IoError("open", path, errno);
+  power_loss::AfterOpen(path, flags, existed, fd);
   return File(fd, path);
 }
 
@@ -126,6 +130,7 @@ Status Fsync(int fd, const std::string& path) {
   int err = 0;
   if (Injected(Op::kFsync, &err)) return IoError("fsync", path, err);
   if (::fsync(fd) != 0) return IoError("fsync", path, errno);
+  power_loss::AfterFsync(fd, path);
   return Status::Ok();
 }
 
@@ -133,6 +138,7 @@ Status Fdatasync(int fd, const std::string& path) {
   int err = 0;
   if (Injected(Op::kFsync, &err)) return IoError("fdatasync", path, err);
   if (::fdatasync(fd) != 0) return IoError("fdatasync", path, errno);
+  power_loss::AfterFsync(fd, path);
   return Status::Ok();
 }
 
@@ -170,8 +176,11 @@ Status Rename(const std::string& from, const std::string& to) {
   int err = 0;
   if (Injected(Op::kRename, &err))
     return IoError("rename", from + " -> " + to, err);
+  std::string backup;
+  power_loss::BeforeRename(from, to, &backup);
   if (::rename(from.c_str(), to.c_str()) != 0)
     return IoError("rename", from + " -> " + to, errno);
+  power_loss::AfterRename(from, to, backup);
   return Status::Ok();
 }
 
@@ -180,8 +189,10 @@ Status RenameNoReplace(const std::string& from, const std::string& to) {
   if (Injected(Op::kRename, &err))
     return IoError("rename", from + " -> " + to, err);
   if (::renameat2(AT_FDCWD, from.c_str(), AT_FDCWD, to.c_str(),
-                  RENAME_NOREPLACE) == 0)
+                  RENAME_NOREPLACE) == 0) {
+    power_loss::AfterRename(from, to, "");
     return Status::Ok();
+  }
   if (errno != EINVAL && errno != ENOSYS)
     return IoError("rename", from + " -> " + to, errno);
   // Filesystem without RENAME_NOREPLACE (older Lustre, NFS): check, then
@@ -191,6 +202,7 @@ Status RenameNoReplace(const std::string& from, const std::string& to) {
     return IoError("rename", from + " -> " + to, EEXIST);
   if (::rename(from.c_str(), to.c_str()) != 0)
     return IoError("rename", from + " -> " + to, errno);
+  power_loss::AfterRename(from, to, "");
   return Status::Ok();
 }
 
@@ -199,8 +211,10 @@ Status RenameExchange(const std::string& a, const std::string& b) {
   if (Injected(Op::kRename, &err))
     return IoError("rename (exchange)", a + " <-> " + b, err);
   if (::renameat2(AT_FDCWD, a.c_str(), AT_FDCWD, b.c_str(), RENAME_EXCHANGE) ==
-      0)
+      0) {
+    power_loss::AfterExchange(a, b);
     return Status::Ok();
+  }
   if (errno == EINVAL || errno == ENOSYS || errno == EOPNOTSUPP)
     return Status(StatusCode::kUnavailable,
                   "rename (exchange) " + a + " <-> " + b + ": not supported",
@@ -211,7 +225,10 @@ Status RenameExchange(const std::string& a, const std::string& b) {
 Status Mkdir(const std::string& path, mode_t mode, bool exist_ok) {
   int err = 0;
   if (Injected(Op::kMkdir, &err)) return IoError("mkdir", path, err);
-  if (::mkdir(path.c_str(), mode) == 0) return Status::Ok();
+  if (::mkdir(path.c_str(), mode) == 0) {
+    power_loss::AfterMkdir(path);
+    return Status::Ok();
+  }
   if (errno == EEXIST && exist_ok) {
     struct stat st;
     if (::stat(path.c_str(), &st) == 0 && S_ISDIR(st.st_mode))
@@ -236,7 +253,10 @@ Status MkdirAll(const std::string& path, mode_t mode) {
 Status Unlink(const std::string& path) {
   int err = 0;
   if (Injected(Op::kUnlink, &err)) return IoError("unlink", path, err);
+  std::string backup;
+  power_loss::BeforeUnlink(path, false, &backup);
   if (::unlink(path.c_str()) != 0) return IoError("unlink", path, errno);
+  power_loss::AfterUnlink(path, false, backup);
   return Status::Ok();
 }
 
@@ -244,6 +264,7 @@ Status Rmdir(const std::string& path) {
   int err = 0;
   if (Injected(Op::kUnlink, &err)) return IoError("rmdir", path, err);
   if (::rmdir(path.c_str()) != 0) return IoError("rmdir", path, errno);
+  power_loss::AfterUnlink(path, true, "");
   return Status::Ok();
 }
 

@@ -6,7 +6,8 @@
 // process (sw_save_helper rank/commit), and sometimes runs retention
 // (`shardwise gc --keep-last 2`) in its own process. Chosen at random from
 // the seed: nothing goes wrong; a fault at a random syscall (EIO, ENOSPC,
-// EDQUOT, a short transfer, or SIGKILL right there) in one process or all;
+// EDQUOT, a short transfer, or SIGKILL right there, half the time as a power
+// cut that also drops what was not yet durable) in one process or all;
 // or SIGKILL of one process or all at a random moment. When every process of
 // the trial is gone, the harness checks:
 //   1. every committed checkpoint verifies (every checksum);
@@ -168,7 +169,12 @@ int main(int argc, char** argv) {
       } else {
         victims.push_back(static_cast<int>(pick(nproc)));
       }
-      for (int v : victims) envs[v].push_back("SHARDWISE_FAULTS=" + rule);
+      for (int v : victims) {
+        envs[v].push_back("SHARDWISE_FAULTS=" + rule);
+        // A kill at a syscall is a power cut half the time: what was not
+        // yet durable is lost too (os/power_loss.h).
+        if (rule.ends_with("=kill") && pick(2) == 0) envs[v].push_back("SHARDWISE_POWER_LOSS=1");
+      }
       what = "fault " + rule + " in " + std::to_string(victims.size()) + " process(es)";
       ++st.faults;
       ++st.fault_kinds[rule.substr(rule.find('=') + 1)];

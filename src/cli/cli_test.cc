@@ -236,3 +236,30 @@ TEST(CliArgs, InProcessVerbs) {
 
 }  // namespace
 }  // namespace shardwise::cli
+
+namespace shardwise::cli {
+namespace {
+
+// Found by fuzz/checkpoint_dir_fuzz: a damaged manifest whose error message
+// quotes bytes that are not UTF-8 made `verify --json` abort. Messages now
+// escape such bytes and JSON output never throws on them.
+TEST_F(CliTest, JsonOutputSurvivesInvalidUtf8InMessages) {
+  std::string m = Ckpt(100) + "/manifest.json";
+  std::string text = testing::ReadAll(m);
+  std::string bad = "\n\xA8\xC9\xC9Ti\x01*";
+  text.replace(text.size() - 11, 8, bad);  // the self-checksum's 8 hex digits
+  testing::WriteAll(m, text);
+  for (const char* verb : {"verify", "inspect"}) {
+    ProcResult r = Cli({verb, Ckpt(100), "--json"});
+    EXPECT_NE(r.exit_code, 0) << verb;
+    EXPECT_NE(r.out.find("malformed self-checksum"), std::string::npos) << verb << ": " << r.out;
+    EXPECT_NE(r.out.find("xA8"), std::string::npos) << verb << ": " << r.out;  // escaped
+    EXPECT_EQ(r.out.find('\xA8'), std::string::npos) << verb << ": the raw byte leaked";
+  }
+  ProcResult v = Cli({"verify", Ckpt(100), "--json"});
+  auto j = Json::parse(v.out.substr(0, v.out.rfind('}') + 1), nullptr, false);
+  EXPECT_FALSE(j.is_discarded()) << v.out;
+}
+
+}  // namespace
+}  // namespace shardwise::cli

@@ -534,7 +534,7 @@ int RunBench(const Argv& argv, std::ostream& out, std::ostream& err) {
       j["efficiency"] = {{"save", gbps(data_bytes, save_s) * 1000 / provisioned_mbps},
                          {"load", gbps(data_bytes, load_s) * 1000 / provisioned_mbps}};
     }
-    out << j.dump(2) << '\n';
+    WriteJson(out, j);
     return kExitOk;
   }
   char line[256];

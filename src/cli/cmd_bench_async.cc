@@ -206,7 +206,7 @@ int RunAsyncBench(const BenchParams& p, std::ostream& out, std::ostream& err) {
     j["baseline_rss_bytes"] = baseline_rss;
     j["peak_rss_bytes"] = peak_rss;
     j["rss_overhead_bytes"] = overhead;
-    out << j.dump(2) << '\n';
+    WriteJson(out, j);
     return kExitOk;
   }
   char line[256];

@@ -77,7 +77,7 @@ int RunGc(const Argv& argv, std::ostream& out, std::ostream& err) {
     j["newest_valid"] = report->newest_valid.empty()
                             ? nlohmann::ordered_json(nullptr)
                             : nlohmann::ordered_json(report->newest_valid);
-    out << j.dump(2) << '\n';
+    WriteJson(out, j);
     return kExitOk;
   }
   const char* verb = report->dry_run ? "would remove" : "removed";

@@ -77,7 +77,7 @@ int RunInspect(const Argv& argv, std::ostream& out, std::ostream& err) {
       j["items"].push_back(std::move(e));
     }
     j["user"] = J::parse(m.user_json);
-    out << j.dump(2) << '\n';
+    WriteJson(out, j);
     return kExitOk;
   }
   out << "checkpoint  " << m.name << "  (" << (*reader)->dir() << ")\n"

@@ -85,7 +85,7 @@ int RunLs(const Argv& argv, std::ostream& out, std::ostream& err) {
         j["staging"].push_back(e);
       }
     }
-    out << j.dump(2) << '\n';
+    WriteJson(out, j);
     return kExitOk;
   }
 

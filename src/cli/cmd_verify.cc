@@ -149,7 +149,7 @@ int RunVerify(const Argv& argv, std::ostream& out, std::ostream& err) {
                                  {"message", p.status.message()}});
       j["checkpoints"].push_back(std::move(e));
     }
-    out << j.dump(2) << '\n';
+    WriteJson(out, j);
   } else {
     if (outcomes.empty()) out << "No committed checkpoints in " << path << ".\n";
     for (const auto& o : outcomes) {

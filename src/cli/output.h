@@ -47,4 +47,11 @@ int UsageError(std::ostream& err, const std::string& verb, const std::string& me
 // nothing else is left in the root, so the directory is left as found.
 void RemoveLoneWriterLock(const std::string& root);
 
+// Writes `j` indented, with any invalid UTF-8 (file names are arbitrary
+// bytes) replaced rather than thrown on.
+template <typename Json>
+void WriteJson(std::ostream& out, const Json& j) {
+  out << j.dump(2, ' ', false, Json::error_handler_t::replace) << '\n';
+}
+
 }  // namespace shardwise::cli

@@ -311,7 +311,7 @@ Result<Manifest> ParseUnchecked(std::string_view text, std::string_view kind,
   std::uint32_t stored = 0;
   auto [hp, ec] = std::from_chars(hex.data(), hex.data() + 8, stored, 16);
   if (ec != std::errc() || hp != hex.data() + 8)
-    return Corrupt(path + ": malformed self-checksum '" + std::string(hex) + "'", path);
+    return Corrupt(path + ": malformed self-checksum '" + ToValidUtf8(hex) + "'", path);
   std::string_view body = text.substr(0, text.size() - kTrailerLen);
   std::uint32_t actual = Crc32c(body.data(), body.size());
   actual = Crc32c("}", 1, actual);

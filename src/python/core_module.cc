@@ -12,6 +12,7 @@
 #include <type_traits>
 
 #include "cli/cli.h"
+#include "format/json_reader.h"
 #include "shardwise/shardwise.h"
 
 namespace nb = nanobind;
@@ -25,11 +26,14 @@ PyObject* g_corrupt_error = nullptr;  // shardwise.CorruptCheckpointError
 // The one place where a Status becomes a Python exception.
 [[noreturn]] void Raise(const Status& s) {
   nb::gil_scoped_acquire gil;
-  const std::string& msg = s.message();
+  // Messages may quote untrusted bytes (file names, damaged files): Python
+  // strings must be valid UTF-8.
+  const std::string msg = format::ToValidUtf8(s.message());
+  const std::string path = format::ToValidUtf8(s.path());
   switch (s.code()) {
     case StatusCode::kCorrupt: {
       nb::object exc = nb::borrow(g_corrupt_error)(msg);
-      exc.attr("path") = s.path().empty() ? nb::object(nb::none()) : nb::object(nb::str(s.path().c_str()));
+      exc.attr("path") = path.empty() ? nb::object(nb::none()) : nb::object(nb::str(path.c_str()));
       PyErr_SetObject(g_corrupt_error, exc.ptr());
       break;
     }
@@ -42,8 +46,7 @@ PyObject* g_corrupt_error = nullptr;  // shardwise.CorruptCheckpointError
                                                          : EIO;
       // OSError(errno, strerror, filename) picks the right subclass
       // (FileNotFoundError, FileExistsError, ...).
-      nb::object args = s.path().empty() ? nb::make_tuple(err, msg)
-                                         : nb::make_tuple(err, msg, s.path());
+      nb::object args = path.empty() ? nb::make_tuple(err, msg) : nb::make_tuple(err, msg, path);
       PyErr_SetObject(PyExc_OSError, args.ptr());
       break;
     }

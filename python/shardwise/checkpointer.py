@@ -153,9 +153,6 @@ class Checkpointer:
         self._repo = None
         if self._rank() == 0:
             os.makedirs(self.root, exist_ok=True)
-            # One job per root: fail now, not after the first save, if another
-            # job writes here (its coordinator holds ROOT/.writer.lock).
-            self._core_repo().lock_for_writing()
 
     # -- helpers -------------------------------------------------------------------
     def _rank(self) -> int:
@@ -191,6 +188,10 @@ class Checkpointer:
         if not isinstance(step, int) or step < 0:
             raise ValueError(f"step must be a non-negative int, got {step!r}")
         self.wait()
+        if self._rank() == 0:
+            # One job writes a root: fail before staging anything if another
+            # job writes here (its coordinator holds ROOT/.writer.lock).
+            self._core_repo().lock_for_writing()
         path = os.path.join(self.root, _step_name(step))
         self._writer.step = step
         t0 = time.monotonic()

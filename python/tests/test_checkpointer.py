@@ -203,28 +203,46 @@ def test_loads_cpp_written_checkpoint(tmp_path):
 
 
 def test_a_second_job_on_the_same_root_is_refused_at_once(tmp_path):
-    """Two jobs pointed at one root: the second Checkpointer fails on creation,
-    naming the holder; the first job's checkpoints stay intact; once the first
-    job is gone (even killed), the root is free."""
+    """Two jobs pointed at one root: the second job's first save fails before
+    staging anything, naming the holder; reading needs no claim; the first
+    job's checkpoints stay intact; once the first job is gone (even killed),
+    the root is free."""
+    import signal
+    import time
+
     root = str(tmp_path / "ckpt")
-    holder = subprocess.Popen(
-        [sys.executable, "-c",
-         "import sys, torch, shardwise\n"
-         f"c = shardwise.Checkpointer({root!r})\n"
-         "c.save(1, {'w': torch.ones(4)}).wait()\n"
-         "print('ready', flush=True)\n"
-         "sys.stdin.readline()\n"],
-        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    ready, stop = tmp_path / "ready", tmp_path / "stop"
+    script = (
+        "import os, time, torch, shardwise\n"
+        f"c = shardwise.Checkpointer({root!r})\n"
+        "c.save(1, {'w': torch.ones(4)}).wait()\n"
+        f"open({str(ready)!r}, 'w').close()\n"
+        f"while not os.path.exists({str(stop)!r}): time.sleep(0.05)\n")
+    # The other job must not be our child (a parent or child counts as the
+    # same job): start it from a shell that leaves at once.
+    out = subprocess.run(["sh", "-c", f"{sys.executable} -c \"$0\" >/dev/null 2>&1 & echo $!",
+                          script], capture_output=True, text=True, check=True)
+    holder = int(out.stdout.strip())
     try:
-        assert holder.stdout.readline().strip() == "ready"
-        with pytest.raises(RuntimeError, match=r"being written by another job \(pid %d" % holder.pid):
-            shardwise.Checkpointer(root)
+        deadline = time.monotonic() + 120
+        while not ready.exists():
+            assert time.monotonic() < deadline, "the other job did not start"
+            time.sleep(0.05)
+        second = shardwise.Checkpointer(root)  # may read
         state = {"w": torch.zeros(4)}
-        reader = _core.Repository(root, {}, False)  # reading needs no claim
-        assert [c["name"] for c in reader.list() if c["state"] == "committed"] == ["step-000000000001"]
+        assert second.load(state) == 1
+        assert torch.equal(state["w"], torch.ones(4))
+        with pytest.raises(RuntimeError, match=r"being written by another job \(pid %d" % holder):
+            second.save(2, {"w": torch.zeros(4)})
     finally:
-        holder.kill()
-        holder.wait()
-    c = shardwise.Checkpointer(root)
-    assert c.load({"w": state["w"]}) == 1
-    assert torch.equal(state["w"], torch.ones(4))
+        os.kill(holder, signal.SIGKILL)  # a dead holder must not block
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            c = shardwise.Checkpointer(root)
+            c.save(2, {"w": torch.zeros(4)}, blocking=True)
+            break
+        except RuntimeError:
+            assert time.monotonic() < deadline, "the killed job's claim was not released"
+            time.sleep(0.1)
+    assert c.steps() == [1, 2]

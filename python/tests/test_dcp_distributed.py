@@ -163,6 +163,25 @@ def test_async_save_modes(tmp_path, mode):
     run_ranks(2, _async, str(tmp_path / "root"), mode)
 
 
+# -- process mode: torch commits from a child of the job's coordinator -----------------
+def _process_mode(rank: int, world: int, root: str) -> None:
+    ck = shardwise.Checkpointer(root, async_mode="process", keep_last=2)
+    for step in (1, 2, 3):
+        ck.save(step, {"x": torch.full((64,), float(step))})
+    ck.wait()
+    assert ck.steps() == [2, 3]
+    back = {"x": torch.zeros(64)}
+    assert ck.load(back) == 3 and torch.equal(back["x"], torch.full((64,), 3.0))
+    ck.close()
+
+
+def test_process_mode_shares_the_root_claim_with_its_child(tmp_path):
+    """The trainer (rank 0) claims the root at its first save; torch's
+    process-mode async_save commits from a child of it: one job, so commits
+    and retention work (docs/format.md, "Writers")."""
+    run_ranks(2, _process_mode, str(tmp_path / "root"))
+
+
 # -- a rank killed mid-save leaves the previous checkpoint loadable --------------------
 def _save_step(rank: int, world: int, root: str, step: int) -> None:
     state = {"x": torch.full((1 << 16,), float(step + rank)), "y": _full(step, (128, 128))}

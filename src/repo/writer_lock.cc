@@ -7,6 +7,8 @@
 #include <unistd.h>
 
 #include <cerrno>
+#include <cstdio>
+#include <ctime>
 #include <map>
 #include <mutex>
 
@@ -19,6 +21,36 @@ std::mutex g_mu;
 std::map<std::string, std::weak_ptr<WriterLock>>& Held() {
   static auto* held = new std::map<std::string, std::weak_ptr<WriterLock>>();
   return *held;
+}
+
+// The parent pid of `pid` (from /proc), or -1.
+long ParentOf(long pid) {
+  std::string stat;
+  if (FILE* f = std::fopen(("/proc/" + std::to_string(pid) + "/stat").c_str(), "r")) {
+    char buf[1024];
+    std::size_t n = std::fread(buf, 1, sizeof buf - 1, f);
+    std::fclose(f);
+    stat.assign(buf, n);
+  }
+  auto close = stat.rfind(')');  // the command name may hold spaces and parentheses
+  if (close == std::string::npos) return -1;
+  char state;
+  long ppid = -1;
+  if (std::sscanf(stat.c_str() + close + 1, " %c %ld", &state, &ppid) != 2) return -1;
+  return ppid;
+}
+
+// True when the holder described by `owner` ("pid P on HOST since ...") is
+// this process's parent or child on this host: one job, where a helper
+// process commits for the trainer (torch's async_save in process mode).
+bool SameJob(const std::string& owner) {
+  long pid = -1;
+  char host[256] = {};
+  if (std::sscanf(owner.c_str(), "pid %ld on %255s", &pid, host) != 2) return false;
+  char self[256] = "?";
+  (void)::gethostname(self, sizeof self - 1);
+  if (std::string(host) != self) return false;
+  return pid == static_cast<long>(::getppid()) || ParentOf(pid) == static_cast<long>(::getpid());
 }
 
 std::string Describe() {
@@ -51,9 +83,15 @@ Result<std::shared_ptr<WriterLock>> WriterLock::Acquire(const std::string& root)
     if (err == EWOULDBLOCK) {
       char buf[512] = {};
       ssize_t n = ::pread(fd, buf, sizeof buf - 1, 0);
-      ::close(fd);
       std::string owner = n > 0 ? std::string(buf, static_cast<std::size_t>(n)) : "";
       while (!owner.empty() && (owner.back() == '\n' || owner.back() == ' ')) owner.pop_back();
+      if (SameJob(owner)) {  // our parent or child holds it for the job: share
+        auto held = std::shared_ptr<WriterLock>(
+            new WriterLock(key, fd, "the root is held by this job's " + owner));
+        Held()[key] = held;
+        return held;
+      }
+      ::close(fd);
       return Status(StatusCode::kAborted,
                     root + " is being written by another job (" +
                         (owner.empty() ? std::string("holder unknown") : owner) +

@@ -18,8 +18,9 @@ inline constexpr char kWriterLockName[] = ".writer.lock";
 class WriterLock {
  public:
   // Takes the lock of `root` for this process, or shares the one this
-  // process already holds. kAborted with the holder's description when
-  // another process holds it. Where the filesystem has no flock (Lustre
+  // process already holds, or the one its parent or child process holds (one
+  // job: torch's async_save in process mode commits from a child). kAborted
+  // with the holder's description when another process holds it. Where the filesystem has no flock (Lustre
   // mounted without `flock`), returns an unlocked holder: nothing is
   // enforced, and note() says so.
   static Result<std::shared_ptr<WriterLock>> Acquire(const std::string& root);

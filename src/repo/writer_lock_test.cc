@@ -25,39 +25,59 @@ Status SaveStep(Repository& repo, std::int64_t step) {
   return repo.Save(spec, items.items).status();
 }
 
-// A child process that claims the root (like a job's coordinator) and then
-// waits for a byte on the pipe (or dies).
+// Another job: a process that is neither our child nor our parent (a
+// grandchild, re-parented away from us; a parent or child would count as the
+// same job), that claims the root like a job's coordinator, saves step 100,
+// then waits until told to finish (or until its pipe closes, or it is killed).
 struct OtherJob {
-  pid_t pid = -1;
+  pid_t pid = -1;  // the grandchild
   int wfd = -1;
   explicit OtherJob(const std::string& root) {
     int go[2], ready[2];
     EXPECT_EQ(::pipe(go), 0);
     EXPECT_EQ(::pipe(ready), 0);
-    pid = ::fork();
-    if (pid == 0) {
+    pid_t mid = ::fork();
+    if (mid == 0) {
+      if (::fork() != 0) ::_exit(0);  // the middle process leaves at once
+      ::close(go[1]);
+      ::close(ready[0]);
+      pid_t self = ::getpid();
       auto repo = Repository::Open(root, Options());
       if (!repo.ok() || !(*repo)->LockForWriting().ok() || !SaveStep(**repo, 100).ok())
         ::_exit(3);
-      char c = 1;
-      (void)!::write(ready[1], &c, 1);
-      (void)!::read(go[0], &c, 1);
+      (void)!::write(ready[1], &self, sizeof self);
+      char c;
+      (void)!::read(go[0], &c, 1);  // returns 0 when the test process is gone
       ::_exit(0);
     }
-    char c;
-    EXPECT_EQ(::read(ready[0], &c, 1), 1);
+    ::waitpid(mid, nullptr, 0);
+    ::close(go[0]);
+    ::close(ready[1]);
+    EXPECT_EQ(::read(ready[0], &pid, sizeof pid), static_cast<ssize_t>(sizeof pid));
+    ::close(ready[0]);
     wfd = go[1];
   }
+  ~OtherJob() {
+    if (wfd >= 0) ::close(wfd);
+  }
+  // Gone once it exited (a zombie waiting for init to reap it counts as gone:
+  // its descriptors, and so its lock, are already released).
+  bool Alive() const {
+    std::string stat = testing::ReadAll("/proc/" + std::to_string(pid) + "/stat");
+    auto close = stat.rfind(')');
+    return close != std::string::npos && close + 2 < stat.size() && stat[close + 2] != 'Z';
+  }
+  void WaitGone() {
+    for (int i = 0; i < 2000 && Alive(); ++i) ::usleep(1000);
+  }
   void Finish() {
-    char c = 0;
-    (void)!::write(wfd, &c, 1);
-    int st;
-    ::waitpid(pid, &st, 0);
+    ::close(wfd);
+    wfd = -1;
+    WaitGone();
   }
   void Kill() {
     ::kill(pid, SIGKILL);
-    int st;
-    ::waitpid(pid, &st, 0);
+    WaitGone();
   }
 };
 
@@ -133,6 +153,28 @@ TEST(WriterLock, ReadersAndDryRunsNeedNoClaim) {
   auto ls = testing::RunProcess({SW_CLI, "ls", root.path()});
   EXPECT_EQ(ls.exit_code, 0) << ls.out;
   other.Finish();
+}
+
+}  // namespace
+}  // namespace shardwise
+
+namespace shardwise {
+namespace {
+
+TEST(WriterLock, AChildOfTheHolderSharesTheClaim) {
+  TempDir root;
+  auto repo = Repository::Open(root.path(), Options());
+  ASSERT_TRUE(repo.ok());
+  ASSERT_TRUE((*repo)->LockForWriting().ok());  // this process holds it
+  pid_t pid = ::fork();
+  if (pid == 0) {  // a helper process of the same job commits
+    auto child = Repository::Open(root.path(), Options());
+    ::_exit(child.ok() && SaveStep(**child, 9).ok() ? 0 : 1);
+  }
+  int st = 0;
+  ::waitpid(pid, &st, 0);
+  EXPECT_TRUE(WIFEXITED(st) && WEXITSTATUS(st) == 0);
+  EXPECT_TRUE((*repo)->OpenCheckpoint("step-000000000009").ok());
 }
 
 }  // namespace

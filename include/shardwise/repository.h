@@ -144,6 +144,11 @@ class Repository {
   // is gone, or the process exits.
   Status LockForWriting();
 
+  // One line about where shard files go: the filesystem, and whether (and
+  // how) Lustre layouts are applied, or why not (docs/lustre.md). Probes the
+  // root on first use.
+  std::string FilesystemSummary();
+
   // Fills spec.name and spec.save_id defaults and checks the spec.
   static Status Normalize(SaveSpec& spec);
   static std::string StepName(std::int64_t step);

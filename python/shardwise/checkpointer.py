@@ -151,6 +151,7 @@ class Checkpointer:
         self._writer = Writer(None, progress=progress, **engine_options)
         self._pending: Optional[SaveHandle] = None
         self._repo = None
+        self._claimed = False
         if self._rank() == 0:
             os.makedirs(self.root, exist_ok=True)
 
@@ -191,7 +192,11 @@ class Checkpointer:
         if self._rank() == 0:
             # One job writes a root: fail before staging anything if another
             # job writes here (its coordinator holds ROOT/.writer.lock).
+            first = not self._claimed
             self._core_repo().lock_for_writing()
+            self._claimed = True
+            if first:  # where the shards go, and whether Lustre layouts apply
+                log.info("checkpoint root %s: %s", self.root, self._core_repo().filesystem_summary())
         path = os.path.join(self.root, _step_name(step))
         self._writer.step = step
         t0 = time.monotonic()

@@ -176,6 +176,9 @@ def test_progress_callback_and_logging(tmp_path, caplog):
     ck = shardwise.Checkpointer(tmp_path / "c")
     ck.save(1, {"x": torch.ones(3)}, blocking=True)
     assert any("saved" in r.message for r in caplog.records)
+    # off Lustre, the first save says plainly that no layout was applied
+    fs_lines = [r.message for r in caplog.records if "checkpoint root" in r.message]
+    assert len(fs_lines) == 1 and "(not Lustre): no layout applied" in fs_lines[0], fs_lines
 
 
 def test_cli_console_script(tmp_path):

@@ -191,6 +191,7 @@ class PyRepository {
   }
 
   void LockForWriting() { Check(repo_->LockForWriting()); }
+  std::string FilesystemSummary() { return repo_->FilesystemSummary(); }
   void ReportFailure(const nb::dict& spec_d, const std::string& why) {
     Check(repo_->ReportFailure(MakeSpec(spec_d), Status(StatusCode::kAborted, why)));
   }
@@ -329,6 +330,7 @@ NB_MODULE(_core, m) {
       .def("wait_committed", &PyRepository::WaitCommitted, "spec"_a, "timeout_s"_a)
       .def("report_failure", &PyRepository::ReportFailure, "spec"_a, "why"_a)
       .def("lock_for_writing", &PyRepository::LockForWriting)
+      .def("filesystem_summary", &PyRepository::FilesystemSummary)
       .def("list", &PyRepository::List)
       .def("latest", &PyRepository::Latest)
       .def("gc", &PyRepository::Gc, "keep_last"_a = nb::none(), "keep_every"_a = nb::none(),

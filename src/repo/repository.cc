@@ -65,6 +65,8 @@ fs::Placement* Repository::Impl::Placement() {
   return placement.get();
 }
 
+std::string Repository::FilesystemSummary() { return impl_->Placement()->Summary(); }
+
 Status Repository::LockForWriting() {
   std::lock_guard lock(impl_->writer_mu);
   if (impl_->writer_lock) return Status::Ok();

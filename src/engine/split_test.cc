@@ -8,6 +8,7 @@
 #include "repo/repository_impl.h"
 #include "shardwise/async.h"
 #include "shardwise/shardwise.h"
+#include "testing/holds.h"
 #include "testing/test_util.h"
 
 namespace shardwise {
@@ -35,22 +36,15 @@ OwnedItems Layers(int n) {
   return it;
 }
 
-::testing::AssertionResult Holds(Repository& repo, const std::string& name,
-                                 const OwnedItems& want) {
+// Every checksum verifies, and every item is what was saved.
+::testing::AssertionResult VerifiedAndHolds(Repository& repo, const std::string& name,
+                                            const OwnedItems& want) {
   auto reader = repo.OpenCheckpoint(name);
   if (!reader.ok()) return ::testing::AssertionFailure() << reader.status().ToString();
   auto report = (*reader)->Verify();
   if (!report.ok() || !report->problems.empty())
     return ::testing::AssertionFailure() << "verify found problems";
-  for (std::size_t i = 0; i < want.items.size(); ++i) {
-    const WriteItem& w = want.items[i];
-    std::vector<std::byte> back(w.nbytes);
-    Status s = (*reader)->ReadItem(w.name, back.data(), back.size());
-    if (!s.ok()) return ::testing::AssertionFailure() << s.ToString();
-    if (std::memcmp(back.data(), want.data[i].data(), w.nbytes) != 0)
-      return ::testing::AssertionFailure() << name << ": " << w.name << " differs";
-  }
-  return ::testing::AssertionSuccess();
+  return testing::Holds(repo, name, want);
 }
 
 TEST(SplitPlan, PartsHoldWholeItemsInOrderWithTheirOwnHeaders) {
@@ -105,7 +99,7 @@ TEST(SplitSave, SyncSaveWritesPartFilesAndLoadsBitExact) {
   EXPECT_FALSE(os::Exists(ck + "/rank-00000.part3.shard"));
   auto reader = (*repo)->OpenCheckpoint("step-000000000005");
   ASSERT_TRUE(reader.ok());
-  EXPECT_TRUE(Holds(**repo, "step-000000000005", state));
+  EXPECT_TRUE(VerifiedAndHolds(**repo, "step-000000000005", state));
   // shardwise verify agrees, from the outside
   auto v = testing::RunProcess({SW_CLI, "verify", ck, "--no-progress"});
   EXPECT_EQ(v.exit_code, 0) << v.out;
@@ -130,7 +124,7 @@ TEST(SplitSave, AsyncSaveInWavesAcrossPartFiles) {
     ASSERT_TRUE(h.ok()) << h.status().ToString();
     ASSERT_TRUE((*h)->Wait().ok()) << (*h)->status().ToString();
     EXPECT_GT((*h)->waves(), 2);
-    EXPECT_TRUE(Holds(**repo, Repository::StepName(step), state));
+    EXPECT_TRUE(VerifiedAndHolds(**repo, Repository::StepName(step), state));
   }
 }
 

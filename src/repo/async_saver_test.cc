@@ -9,11 +9,13 @@
 
 #include "os/fault.h"
 #include "shardwise/shardwise.h"
+#include "testing/holds.h"
 #include "testing/test_util.h"
 
 namespace shardwise {
 namespace {
 
+using testing::Holds;
 using testing::OwnedItems;
 using testing::TempDir;
 
@@ -31,22 +33,6 @@ OwnedItems State(std::uint64_t seed, std::int64_t rows = 2000) {
   it.Add("b", DType::kFloat32, {257}, seed + 1);
   it.Add("step", DType::kInt64, {}, seed + 2);
   return it;
-}
-
-// Loads every item of checkpoint `name` and compares with `want`.
-::testing::AssertionResult Holds(Repository& repo, const std::string& name,
-                                 const OwnedItems& want) {
-  auto reader = repo.OpenCheckpoint(name);
-  if (!reader.ok()) return ::testing::AssertionFailure() << reader.status().ToString();
-  for (std::size_t i = 0; i < want.items.size(); ++i) {
-    const WriteItem& w = want.items[i];
-    std::vector<std::byte> back(w.nbytes);
-    Status s = (*reader)->ReadItem(w.name, back.data(), back.size());
-    if (!s.ok()) return ::testing::AssertionFailure() << s.ToString();
-    if (std::memcmp(back.data(), want.data[i].data(), w.nbytes) != 0)
-      return ::testing::AssertionFailure() << name << ": " << w.name << " differs";
-  }
-  return ::testing::AssertionSuccess();
 }
 
 class AsyncTest : public ::testing::Test {

@@ -197,7 +197,6 @@ def render(directory: Path) -> list[dict]:
 def test_second_up_creates_nothing(cloud: Cloud) -> None:
     cloud.run("up")
     before = json.dumps(cloud.world["file_systems"], sort_keys=True)
-    cloud.helm_status = True
     cloud.run("up")
     assert mutations(cloud.calls()) == ["kubectl apply -k"]  # re-applying the same objects is a no-op
     assert json.dumps(cloud.world["file_systems"], sort_keys=True).count("fs-") == before.count("fs-")

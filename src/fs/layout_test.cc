@@ -215,7 +215,9 @@ TEST(LustreApi, FakeLibraryIsCalledWithTheRightArguments) {
   EXPECT_EQ(def->stripe_size, 1u << 20);
 
   // Through the placement: 2 writers of 4 GiB files over 24 OSTs: 12 stripes.
-  Placement p(FakeLustre(*osts), MakeLustreApiSetter(std::move(*api)), Options());
+  FsInfo fs = FakeLustre(*osts);
+  fs.default_layout = *def;
+  Placement p(fs, MakeLustreApiSetter(std::move(*api)), Options());
   std::string path = dir / "rank-00000.shard";
   PlacementReport report;
   auto f = p.Create(path, O_WRONLY | O_CREAT | O_EXCL, 0640, 4ull << 30, 2, &report);
@@ -232,7 +234,8 @@ TEST(LustreApi, FakeLibraryIsCalledWithTheRightArguments) {
                 "stripe_count=12 stripe_pattern=0",
                 path.c_str(), O_WRONLY | O_CREAT | O_EXCL);
   EXPECT_NE(calls.find(expect), std::string::npos) << calls << "\nexpected: " << expect;
-  EXPECT_NE(p.Summary().find("24 OSTs, layouts set through liblustreapi"), std::string::npos)
+  EXPECT_NE(p.Summary().find("24 OSTs, root default 1 x 1024 KiB, layouts set through liblustreapi"),
+            std::string::npos)
       << p.Summary();
   ::unsetenv("FAKE_LLAPI_LOG");
   ::unsetenv("FAKE_LLAPI_OSTS");

@@ -187,6 +187,9 @@ std::string Placement::Summary() const {
     return s + ": no layout applied (" + off_reason_ + ")";
   }
   s += fs_.ost_count > 0 ? ", " + std::to_string(fs_.ost_count) + " OSTs" : ", OST count unknown";
+  if (fs_.default_layout.stripe_size > 0)
+    s += ", root default " + std::to_string(fs_.default_layout.stripe_count) + " x " +
+         std::to_string(fs_.default_layout.stripe_size >> 10) + " KiB";
   s += ", layouts set through " + std::string(setter_->name());
   if (setter_->name() == "ioctl" && !fs_.api.empty()) s += " (" + fs_.api + ")";
   return s;

@@ -8,6 +8,7 @@
 
 #include <cstdio>
 #include <cstdlib>
+#include <atomic>
 #include <map>
 #include <mutex>
 #include <vector>
@@ -27,7 +28,9 @@ struct DirOp {
 
 struct Journal {
   std::mutex mu;
-  int active = -1;  // -1: not read from the environment yet
+  // -1: not read from the environment yet. Atomic: every open, fsync and
+  // rename asks, and must not take the journal's lock when the model is off.
+  std::atomic<int> active{-1};
   std::map<std::string, std::uint64_t> synced_size;  // tracked files
   std::vector<DirOp> ops;
 };
@@ -45,11 +48,13 @@ std::string Parent(const std::string& p) {
 }
 
 bool ActiveLocked(Journal& j) {
-  if (j.active < 0) {
+  int a = j.active.load(std::memory_order_relaxed);
+  if (a < 0) {
     const char* v = std::getenv("SHARDWISE_POWER_LOSS");
-    j.active = v && *v && std::string(v) != "0" ? 1 : 0;
+    a = v && *v && std::string(v) != "0" ? 1 : 0;
+    j.active.store(a, std::memory_order_relaxed);
   }
-  return j.active == 1;
+  return a == 1;
 }
 
 // The content of the regular file at `path`, kept in memory so that an
@@ -109,6 +114,7 @@ void RemoveTreeRaw(const std::string& path) {
 
 bool Active() {
   Journal& j = J();
+  if (int a = j.active.load(std::memory_order_relaxed); a >= 0) return a == 1;
   std::lock_guard lock(j.mu);
   return ActiveLocked(j);
 }
@@ -116,7 +122,7 @@ bool Active() {
 void SetActiveForTesting(bool on) {
   Journal& j = J();
   std::lock_guard lock(j.mu);
-  j.active = on ? 1 : 0;
+  j.active.store(on ? 1 : 0, std::memory_order_relaxed);
   j.synced_size.clear();
   j.ops.clear();
 }
@@ -130,6 +136,7 @@ void BeforeOpen(const std::string& path, int flags, bool* existed) {
 
 void AfterOpen(const std::string& path, int flags, bool existed, int fd) {
   if (!(flags & (O_WRONLY | O_RDWR | O_CREAT)) || fd < 0) return;
+  if (!Active()) return;
   Journal& j = J();
   std::lock_guard lock(j.mu);
   if (!ActiveLocked(j)) return;
@@ -144,6 +151,7 @@ void AfterOpen(const std::string& path, int flags, bool existed, int fd) {
 }
 
 void AfterFsync(int fd, const std::string& path) {
+  if (!Active()) return;
   Journal& j = J();
   std::lock_guard lock(j.mu);
   if (!ActiveLocked(j)) return;
@@ -158,6 +166,7 @@ void AfterFsync(int fd, const std::string& path) {
 }
 
 void BeforeRename(const std::string& from, const std::string& to, std::string* backup) {
+  if (!Active()) return;
   Journal& j = J();
   std::lock_guard lock(j.mu);
   if (!ActiveLocked(j)) return;
@@ -167,6 +176,7 @@ void BeforeRename(const std::string& from, const std::string& to, std::string* b
 }
 
 void AfterRename(const std::string& from, const std::string& to, const std::string& backup) {
+  if (!Active()) return;
   Journal& j = J();
   std::lock_guard lock(j.mu);
   if (!ActiveLocked(j)) return;
@@ -175,6 +185,7 @@ void AfterRename(const std::string& from, const std::string& to, const std::stri
 }
 
 void AfterExchange(const std::string& a, const std::string& b) {
+  if (!Active()) return;
   Journal& j = J();
   std::lock_guard lock(j.mu);
   if (!ActiveLocked(j)) return;
@@ -186,6 +197,7 @@ void AfterExchange(const std::string& a, const std::string& b) {
 }
 
 void AfterMkdir(const std::string& path) {
+  if (!Active()) return;
   Journal& j = J();
   std::lock_guard lock(j.mu);
   if (!ActiveLocked(j)) return;
@@ -193,6 +205,7 @@ void AfterMkdir(const std::string& path) {
 }
 
 void BeforeUnlink(const std::string& path, bool is_dir, std::string* backup) {
+  if (!Active()) return;
   Journal& j = J();
   std::lock_guard lock(j.mu);
   if (!ActiveLocked(j) || is_dir) return;
@@ -201,6 +214,7 @@ void BeforeUnlink(const std::string& path, bool is_dir, std::string* backup) {
 }
 
 void AfterUnlink(const std::string& path, bool is_dir, const std::string& backup) {
+  if (!Active()) return;
   Journal& j = J();
   std::lock_guard lock(j.mu);
   if (!ActiveLocked(j)) return;
@@ -209,6 +223,7 @@ void AfterUnlink(const std::string& path, bool is_dir, const std::string& backup
 }
 
 void LoseUnsynced() {
+  if (!Active()) return;
   Journal& j = J();
   std::lock_guard lock(j.mu);
   if (!ActiveLocked(j)) return;

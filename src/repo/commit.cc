@@ -188,11 +188,9 @@ Result<CommitResult> Repository::Commit(const SaveSpec& in) {
   }
   if (result.ok() && impl_->options.export_mode != ExportMode::kOff) {
     // The checkpoint is committed whatever happens here (docs/lustre.md).
-    Status s = repo::RequestExport(impl_->root, spec.name, impl_->options);
-    if (!s.ok()) result->export_error = s.ToString();
-    else if (auto st = repo::QueryExport(impl_->root, spec.name);
-             st.state == repo::ExportState::kFailed)
-      result->export_error = st.detail;
+    std::string request_error;
+    Status s = repo::RequestExport(impl_->root, spec.name, impl_->options, &request_error);
+    result->export_error = s.ok() ? request_error : s.ToString();
   }
   return result;
 }

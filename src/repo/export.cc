@@ -5,7 +5,6 @@
 
 #include <nlohmann/json.hpp>
 
-#include "format/manifest.h"
 #include "os/posix.h"
 
 namespace shardwise::repo {
@@ -50,7 +49,9 @@ std::string_view ExportStateName(ExportState state) {
   return "unknown";
 }
 
-Status RequestExport(const std::string& root, const std::string& name, const Options& options) {
+Status RequestExport(const std::string& root, const std::string& name, const Options& options,
+                     std::string* request_error) {
+  request_error->clear();
   if (options.export_mode == ExportMode::kOff) return Status::Ok();
   const std::string dir = os::JoinPath(root, name);
   nlohmann::ordered_json rec;
@@ -100,6 +101,7 @@ Status RequestExport(const std::string& root, const std::string& name, const Opt
     }
   }
   rec["error"] = error.empty() ? nlohmann::ordered_json(nullptr) : nlohmann::ordered_json(error);
+  *request_error = error;
   SW_RETURN_IF_ERROR(os::MkdirAll(os::JoinPath(root, kExportsDir)));
   return os::WriteFileAtomic(RecordPath(root, name), rec.dump(2) + "\n", "export record");
 }

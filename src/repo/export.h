@@ -22,10 +22,12 @@ struct ExportStatus {
 };
 
 // Requests the export of checkpoint NAME under ROOT as options.export_mode
-// says, and records the request (or its failure) durably. Errors are
-// recorded, not returned, unless the record itself cannot be written: an
-// export must never fail a save that is already committed.
-Status RequestExport(const std::string& root, const std::string& name, const Options& options);
+// says, and records the request (or its failure) durably. A failed request
+// is recorded and returned in `request_error` (empty: requested), not as an
+// error: an export must never fail a save that is already committed. The
+// Status is an error only when the record itself cannot be written.
+Status RequestExport(const std::string& root, const std::string& name, const Options& options,
+                     std::string* request_error);
 
 // The state of NAME's export; asks aws or lfs when a request is pending.
 ExportStatus QueryExport(const std::string& root, const std::string& name);

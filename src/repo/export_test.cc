@@ -108,6 +108,8 @@ TEST(Export, FsxTaskIsRequestedWithTheRelativePathAndTracked) {
                        "ckpts/step-000000000001 --report Enabled=false"),
             std::string::npos)
       << calls;
+  // the commit only requests; it does not ask for the state
+  EXPECT_EQ(calls.find("describe-data-repository-tasks"), std::string::npos) << calls;
   ExportStatus st = QueryExport(root, "step-000000000001");
   EXPECT_EQ(st.state, ExportState::kPending);
   EXPECT_NE(st.detail.find("task-0123456789abcdef0 EXECUTING"), std::string::npos) << st.detail;

@@ -23,6 +23,7 @@
 
 #include "shardwise/options.h"
 #include "shardwise/repository.h"
+#include "shardwise/staging.h"
 #include "shardwise/status.h"
 #include "shardwise/types.h"
 
@@ -35,43 +36,18 @@ enum class OverlapPolicy {
 };
 
 struct AsyncOptions {
-  // Staging pool size. 0: sized to the first state saved (rounded up to
-  // 2 MiB). Smaller than the state: staged in waves (see above); it must
-  // hold at least two I/O units.
+  // Staging memory per save. 0: the whole state (the pool grows to the
+  // largest state saved). Smaller than the state: staged in waves (see
+  // above); it must hold at least two I/O units.
   std::uint64_t staging_bytes = 0;
   OverlapPolicy overlap = OverlapPolicy::kWait;
   // Threads for the staging copy; 0: one per CPU.
   int copy_threads = 0;
-  // Back the pool with transparent huge pages. Off by default: measured on
-  // our machines, faulting 1 GiB of huge pages took 1.6 s against 0.3 s, for
-  // a 3% faster copy.
+  // Back the saver's memory with transparent huge pages (a pool of its own
+  // instead of the process's). Off by default: measured on our machines,
+  // faulting 1 GiB of huge pages took 1.6 s against 0.3 s, for a 3% faster
+  // copy.
   bool huge_pages = false;
-};
-
-// Host memory for staging: 4 KiB-aligned, allocated and touched once, reused
-// by every save.
-class StagingPool {
- public:
-  // Allocates and pre-faults `bytes` (rounded up to 2 MiB).
-  static Result<std::unique_ptr<StagingPool>> Allocate(std::uint64_t bytes,
-                                                       bool huge_pages = false);
-  // Uses memory the caller owns, e.g. CUDA-pinned host memory from torch. It
-  // must be 4 KiB-aligned and outlive the pool; it is not freed.
-  static Result<std::unique_ptr<StagingPool>> Wrap(void* data, std::uint64_t bytes);
-  ~StagingPool();
-  StagingPool(const StagingPool&) = delete;
-  StagingPool& operator=(const StagingPool&) = delete;
-
-  std::byte* data() const { return data_; }
-  std::uint64_t size() const { return size_; }
-  bool owned() const { return owned_; }
-
- private:
-  StagingPool(std::byte* data, std::uint64_t size, bool owned)
-      : data_(data), size_(size), owned_(owned) {}
-  std::byte* data_;
-  std::uint64_t size_;
-  bool owned_;
 };
 
 // One asynchronous save. Thread-safe.
@@ -96,6 +72,8 @@ class AsyncSave {
   // failed); 0 while running.
   double persist_seconds() const;
   std::uint64_t bytes() const;  // file bytes written
+  // State bytes the CPU copied for this save: the staging copy, once.
+  std::uint64_t copied_bytes() const;
   int waves() const;
 
  private:
@@ -104,8 +82,9 @@ class AsyncSave {
 
 class AsyncSaver {
  public:
-  // `repo` must outlive the saver. With `pool` null, the saver allocates one
-  // as AsyncOptions says.
+  // `repo` must outlive the saver. With `pool` null, saves stage into the
+  // process's pool (StagingPool::ForProcess()), shared with every other
+  // saver and the Python layer.
   static Result<std::unique_ptr<AsyncSaver>> Create(Repository& repo,
                                                     const AsyncOptions& options = {},
                                                     std::unique_ptr<StagingPool> pool = nullptr);
@@ -120,6 +99,7 @@ class AsyncSaver {
                                                std::span<const WriteItem> items);
   // Waits for the save in flight, if any; its outcome.
   Status WaitIdle();
+  // Bytes of staging memory the last save used.
   std::uint64_t staging_bytes() const;
 
  private:

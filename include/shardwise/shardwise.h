@@ -5,5 +5,6 @@
 #include "shardwise/options.h"
 #include "shardwise/reader.h"
 #include "shardwise/repository.h"
+#include "shardwise/staging.h"
 #include "shardwise/status.h"
 #include "shardwise/types.h"

@@ -2,10 +2,14 @@
 
 #include <fcntl.h>
 
+#include <algorithm>
+#include <atomic>
 #include <cstring>
 #include <map>
+#include <memory>
 #include <set>
 
+#include "engine/copy_count.h"
 #include "format/crc32c.h"
 #include "format/json_reader.h"
 #include "format/manifest.h"
@@ -13,6 +17,7 @@
 #include "io/aligned_buffer.h"
 #include "os/fault.h"
 #include "os/posix.h"
+#include "shardwise/staging.h"
 
 namespace shardwise::engine {
 namespace {
@@ -82,9 +87,12 @@ std::vector<std::uint32_t> PartitionItems(std::span<const WriteItem> items, int 
 }  // namespace
 
 Result<ShardPlan> PlanShard(std::span<const WriteItem> items, std::int32_t rank,
-                            const std::string& save_id, const Options& options) {
+                            const std::string& save_id, const Options& options,
+                            std::span<const std::uint8_t> direct) {
   if (save_id.size() > format::kMaxSaveIdBytes)
     return InvalidArgument("save id longer than 64 bytes");
+  if (!direct.empty() && direct.size() != items.size())
+    return Status(StatusCode::kInternal, "PlanShard: one direct flag per item");
   ShardPlan plan;
   plan.block = options.checksum_block_bytes;
   plan.rank = rank;
@@ -130,25 +138,32 @@ Result<ShardPlan> PlanShard(std::span<const WriteItem> items, std::int32_t rank,
     plan.file_sizes[f] = AlignUp(plan.file_sizes[f] + items[i].nbytes);
   }
 
-  // Units, file by file. Large items get units of their own; small ones are
-  // packed together so that a layer's biases and norms cost one write.
+  // Units, file by file; the header unit is filled.
   std::uint64_t base = 0;
   for (std::uint32_t f = 0; f < nfiles; ++f) {
     plan.units.push_back({0, format::kShardHeaderBytes, {}, f, base});
     for (std::uint32_t i = 0; i < items.size(); ++i) {
-      std::uint64_t len = items[i].nbytes;
+      const std::uint64_t len = items[i].nbytes;
       if (len == 0 || plan.item_file[i] != f) continue;
+      const std::uint64_t at = plan.extent[i];
+      const auto* mem = !direct.empty() && direct[i]
+                            ? static_cast<const std::byte*>(items[i].data) : nullptr;
       Unit& last = plan.units.back();
-      std::uint64_t end_if_packed = plan.extent[i] + AlignUp(len) - last.offset;
-      if (end_if_packed <= unit_max) {
+      const std::uint64_t end_if_packed = at + AlignUp(len) - last.offset;
+      // Packed into the previous unit: a filled unit takes any filled item;
+      // a direct unit takes a direct item whose memory continues its own.
+      const bool packs = end_if_packed <= unit_max &&
+                         (mem ? last.src && last.src + last.length == mem : !last.src);
+      if (packs) {
         last.pieces.push_back({i, 0, len});
         last.length = end_if_packed;
         continue;
       }
+      // Large items get units of their own, small ones start a new unit.
       for (std::uint64_t b = 0; b < len; b += unit_max) {
-        std::uint64_t l = std::min(unit_max, len - b);
+        const std::uint64_t l = std::min(unit_max, len - b);
         plan.units.push_back(
-            {plan.extent[i] + b, AlignUp(l), {{i, b, l}}, f, base + plan.extent[i] + b});
+            {at + b, AlignUp(l), {{i, b, l}}, f, base + at + b, mem ? mem + b : nullptr});
       }
     }
     base += plan.file_sizes[f];
@@ -160,6 +175,10 @@ Result<ShardPlan> PlanShard(std::span<const WriteItem> items, std::int32_t rank,
   return plan;
 }
 
+void EncodeHeader(const ShardPlan& plan, std::uint32_t file, std::byte* dst) {
+  format::EncodeShardHeader({plan.rank, plan.file_sizes[file], plan.block, plan.save_id}, dst);
+}
+
 namespace {
 
 // Walks unit u: header, then each piece (through `piece`), zeroing the gaps.
@@ -168,8 +187,7 @@ void ForEachPiece(const ShardPlan& plan, std::size_t u, std::byte* dst, PieceFn 
   const Unit& unit = plan.units[u];
   std::uint64_t pos = 0;
   if (unit.offset == 0) {
-    format::EncodeShardHeader({plan.rank, plan.file_sizes[unit.file], plan.block, plan.save_id},
-                              dst);
+    EncodeHeader(plan, unit.file, dst);
     pos = format::kShardHeaderBytes;
   }
   for (const Piece& p : unit.pieces) {
@@ -183,13 +201,6 @@ void ForEachPiece(const ShardPlan& plan, std::size_t u, std::byte* dst, PieceFn 
 
 }  // namespace
 
-void StageUnit(const ShardPlan& plan, std::span<const WriteItem> items, std::size_t u,
-               std::byte* dst) {
-  ForEachPiece(plan, u, dst, [&](const Piece& p, std::byte* at) {
-    std::memcpy(at, static_cast<const std::byte*>(items[p.item].data) + p.begin, p.length);
-  });
-}
-
 void ChecksumUnit(ShardPlan& plan, std::size_t u, const std::byte* image) {
   const Unit& unit = plan.units[u];
   for (const Piece& p : unit.pieces) {
@@ -201,14 +212,18 @@ void ChecksumUnit(ShardPlan& plan, std::size_t u, const std::byte* image) {
   }
 }
 
-void FillUnit(ShardPlan& plan, std::span<const WriteItem> items, std::size_t u, std::byte* dst) {
+std::uint64_t FillUnit(ShardPlan& plan, std::span<const WriteItem> items, std::size_t u,
+                       std::byte* dst) {
+  std::uint64_t copied = 0;
   ForEachPiece(plan, u, dst, [&](const Piece& p, std::byte* at) {
     const auto* src = static_cast<const std::byte*>(items[p.item].data) + p.begin;
     for (std::uint64_t b = 0; b < p.length; b += plan.block) {
       std::uint64_t l = std::min(plan.block, p.length - b);
       plan.crcs[p.item][(p.begin + b) / plan.block] = format::Crc32cCopy(at + b, src + b, l);
     }
+    copied += p.length;
   });
+  return copied;
 }
 
 std::string ShardPartPath(const std::string& path, std::size_t p) {
@@ -271,25 +286,58 @@ ShardIndex MakeIndex(ShardPlan& plan, std::span<const WriteItem> items, const st
   return index;
 }
 
+namespace {
+
+// Marks the items whose memory is an extent staged into a live lease (and so
+// written straight from it) and collects those leases, whose copies must be
+// done before anything is written.
+std::vector<std::uint8_t> FindStaged(std::span<const WriteItem> items,
+                                     std::vector<std::shared_ptr<StagingLease>>* leases) {
+  std::vector<std::uint8_t> direct(items.size(), 0);
+  for (std::size_t i = 0; i < items.size(); ++i) {
+    const WriteItem& w = items[i];
+    if (w.nbytes == 0 || reinterpret_cast<std::uintptr_t>(w.data) % io::kAlignment != 0) continue;
+    auto lease = StagingLease::Find(w.data, AlignUp(w.nbytes));
+    if (!lease || !lease->IsStagedExtent(w.data, w.nbytes)) continue;
+    direct[i] = 1;
+    if (std::find(leases->begin(), leases->end(), lease) == leases->end())
+      leases->push_back(std::move(lease));
+  }
+  return direct;
+}
+
+}  // namespace
+
 Result<ShardIndex> WriteShard(const ShardTarget& target, std::int32_t rank,
                               const std::string& save_id, std::span<const WriteItem> items,
                               const Options& options, io::IoBackend& backend) {
   double t0 = os::MonotonicSeconds();
   const std::string& path = target.path;
   const bool direct_io = target.direct_io;
-  SW_ASSIGN_OR_RETURN(ShardPlan plan, PlanShard(items, rank, save_id, options));
+  std::vector<std::shared_ptr<StagingLease>> leases;  // held until written
+  std::vector<std::uint8_t> direct = FindStaged(items, &leases);
+  for (const auto& lease : leases) SW_RETURN_IF_ERROR(lease->WaitStaged());
+  SW_ASSIGN_OR_RETURN(ShardPlan plan, PlanShard(items, rank, save_id, options, direct));
   SW_ASSIGN_OR_RETURN(std::vector<os::File> files, CreateShardFiles(target, plan));
   std::vector<io::IoUnit> io_units(plan.units.size());
   for (std::size_t u = 0; u < plan.units.size(); ++u) {
     const os::File& f = files[plan.units[u].file];
     io_units[u] = {f.fd(), &f.path(), plan.units[u].offset,
-                   static_cast<std::uint32_t>(plan.units[u].length)};
+                   static_cast<std::uint32_t>(plan.units[u].length), plan.units[u].src};
   }
-  // All part files' units in one batch: they are written in parallel.
+  // All part files' units in one batch: they are written in parallel. A
+  // direct unit is checksummed from the memory it is written from; the others
+  // are copied and checksummed in one pass.
+  std::atomic<std::uint64_t> copied{0};
   SW_RETURN_IF_ERROR(backend.Write(io_units, [&](std::size_t u, std::byte* buf) {
-    FillUnit(plan, items, u, buf);
+    if (plan.units[u].src) {
+      ChecksumUnit(plan, u, plan.units[u].src);
+    } else {
+      copied.fetch_add(FillUnit(plan, items, u, buf), std::memory_order_relaxed);
+    }
     return Status::Ok();
   }));
+  AddCopiedStateBytes(copied.load());
   // The data is written; make it (and the file sizes) durable.
   for (os::File& f : files) {
     SW_RETURN_IF_ERROR(os::Fsync(f.fd(), f.path()));
@@ -298,6 +346,7 @@ Result<ShardIndex> WriteShard(const ShardTarget& target, std::int32_t rank,
   os::CrashPoint("shard_written");
   ShardIndex index = MakeIndex(plan, items, path, backend.name(), direct_io);
   index.seconds = os::MonotonicSeconds() - t0;
+  index.copied_bytes = copied.load();
   return index;
 }
 

@@ -1,8 +1,11 @@
 // Writes one rank's items into its shard file (or, with
 // Options::files_per_rank, several part files): plans 4 KiB-aligned
-// extents, cuts them into I/O units (small items share a unit), fills each
-// unit with a fused copy+CRC32C pass and writes the units in parallel
-// through the backend, then fsyncs. See docs/format.md for the layout.
+// extents, cuts them into I/O units (small items share a unit) and writes
+// the units in parallel through the backend, then fsyncs. A unit is either
+// written straight from the items' memory, when that memory already holds
+// the unit's exact file image (items staged into a StagingLease), or filled
+// with a fused copy+CRC32C pass into an I/O buffer. See docs/format.md for
+// the layout.
 #pragma once
 
 #include <span>
@@ -23,6 +26,7 @@ struct ShardIndex {
   std::vector<FileRecord> files;
   std::vector<ItemRecord> items;  // one chunk each
   double seconds = 0;
+  std::uint64_t copied_bytes = 0;  // item bytes copied into I/O buffers
 };
 
 // Checks one item before anything is written: name, shape, bounds, size.
@@ -39,13 +43,15 @@ struct Piece {
 // One write: a 4 KiB-aligned range of part file `file` holding whole pieces
 // and padding. The unit at offset 0 of each file starts with its header.
 // `pos` is the unit's position in the concatenation of all part files (what
-// a staging buffer holding the whole rank is indexed by).
+// a staging buffer holding the whole rank is indexed by). `src`, when set,
+// is memory that already holds the unit's bytes (direct items, below).
 struct Unit {
   std::uint64_t offset;
   std::uint64_t length;
   std::vector<Piece> pieces;
   std::uint32_t file = 0;
   std::uint64_t pos = 0;
+  const std::byte* src = nullptr;
 };
 
 // The layout of one rank's shard: which part file each item goes to, where
@@ -64,17 +70,22 @@ struct ShardPlan {
 };
 
 // Validates the items and lays them out (docs/format.md, "Shard files").
+// `direct[i]` set: item i's memory is 4 KiB-aligned and zero up to its next
+// 4 KiB boundary (a staged extent), so its units are written from it; items
+// whose memory runs on from one another share a unit. Other items are
+// copied into I/O buffers, small ones packed together.
 Result<ShardPlan> PlanShard(std::span<const WriteItem> items, std::int32_t rank,
-                            const std::string& save_id, const Options& options);
+                            const std::string& save_id, const Options& options,
+                            std::span<const std::uint8_t> direct = {});
 
-// Copies unit u's bytes (header, data, zero padding) from the items to dst,
-// without checksumming: the staging copy of an async save.
-void StageUnit(const ShardPlan& plan, std::span<const WriteItem> items, std::size_t u,
-               std::byte* dst);
-// Computes the checksums of unit u from its staged image.
+// Writes the header of part file `file` (kShardHeaderBytes) to dst.
+void EncodeHeader(const ShardPlan& plan, std::uint32_t file, std::byte* dst);
+// Computes the checksums of unit u from its image (its file bytes).
 void ChecksumUnit(ShardPlan& plan, std::size_t u, const std::byte* image);
-// Copies and checksums in one pass (the synchronous save).
-void FillUnit(ShardPlan& plan, std::span<const WriteItem> items, std::size_t u, std::byte* dst);
+// Copies and checksums in one pass into dst (an I/O buffer); returns the
+// item bytes copied.
+std::uint64_t FillUnit(ShardPlan& plan, std::span<const WriteItem> items, std::size_t u,
+                       std::byte* dst);
 
 // The rank's index once every unit was checksummed and written.
 ShardIndex MakeIndex(ShardPlan& plan, std::span<const WriteItem> items, const std::string& path,

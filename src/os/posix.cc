@@ -7,6 +7,7 @@
 #include <spawn.h>
 #include <stdio.h>
 #include <sys/file.h>
+#include <sys/mman.h>
 #include <sys/random.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -373,6 +374,31 @@ Status WriteFileAtomic(const std::string& path, std::string_view data,
   }
   if (!crash_tag.empty()) CrashPoint(std::string(crash_tag) + ".renamed");
   return FsyncDir(Dirname(path));
+}
+
+Result<void*> MapAnonymous(std::uint64_t bytes, bool huge_pages) {
+  // With huge pages the advice must come before the pages are touched, so
+  // MAP_POPULATE is left out and MADV_POPULATE_WRITE (Linux 5.14) faults
+  // them in afterwards; older kernels get a touch per page.
+  int flags = MAP_PRIVATE | MAP_ANONYMOUS | (huge_pages ? 0 : MAP_POPULATE);
+  void* p = ::mmap(nullptr, bytes, PROT_READ | PROT_WRITE, flags, -1, 0);
+  if (p == MAP_FAILED)
+    return Status(StatusCode::kIoError,
+                  "cannot map " + std::to_string(bytes) + " bytes of memory: " + std::strerror(errno),
+                  errno);
+  if (huge_pages) {
+    (void)::madvise(p, bytes, MADV_HUGEPAGE);  // a hint; fine if refused
+    constexpr int kPopulateWrite = 23;          // MADV_POPULATE_WRITE
+    if (::madvise(p, bytes, kPopulateWrite) != 0) {
+      auto* b = static_cast<volatile std::byte*>(p);
+      for (std::uint64_t off = 0; off < bytes; off += 4096) b[off] = std::byte{0};
+    }
+  }
+  return p;
+}
+
+void Unmap(void* p, std::uint64_t bytes) {
+  if (p) ::munmap(p, bytes);
 }
 
 Status Flock(int fd, bool exclusive, bool try_only, const std::string& path) {

@@ -91,6 +91,12 @@ Result<std::string> ReadSmallFile(const std::string& path,
 Status WriteFileAtomic(const std::string& path, std::string_view data,
                        std::string_view crash_tag = {});
 
+// Anonymous private memory of `bytes` (a multiple of the page size), every
+// page faulted in now (MAP_POPULATE), or with huge_pages, advised to use
+// transparent huge pages and then faulted in. Unmap() gives it back.
+Result<void*> MapAnonymous(std::uint64_t bytes, bool huge_pages);
+void Unmap(void* p, std::uint64_t bytes);
+
 // Advisory whole-file lock (flock). try_only: fail with kUnavailable instead
 // of waiting. Filesystems without flock report kUnavailable too.
 Status Flock(int fd, bool exclusive, bool try_only, const std::string& path);

@@ -1,6 +1,7 @@
 // Asynchronous saves (include/shardwise/async.h). The foreground stages the
-// shard's exact file image (header, extents, padding) into the staging pool
-// with a parallel memcpy; a background thread checksums the staged bytes,
+// shard's exact file image (header, extents, padding) into a lease from the
+// staging pool with the pool's parallel copy (StagingLease::Stage); a
+// background thread checksums the staged bytes,
 // writes them straight from the pool (no second copy), fsyncs, leaves the
 // rank's fragment and commits, all through the same protocol as synchronous
 // saves. When the state is larger than the pool, waves alternate between the
@@ -35,6 +36,7 @@ struct AsyncSave::State {
   std::string name;
   double stall = 0, persist = 0, returned_at = 0;
   std::uint64_t bytes = 0;
+  std::uint64_t copied = 0;
   int waves = 0;
 
   void Finish(Status s) {
@@ -75,6 +77,10 @@ double AsyncSave::persist_seconds() const {
   return state_->persist;
 }
 std::uint64_t AsyncSave::bytes() const { return state_->bytes; }
+std::uint64_t AsyncSave::copied_bytes() const {
+  std::lock_guard lock(state_->mu);
+  return state_->copied;
+}
 int AsyncSave::waves() const { return state_->waves; }
 
 namespace {
@@ -92,6 +98,9 @@ struct Job {
   engine::ShardPlan plan;
   std::vector<WriteItem> meta;  // the items without their data pointers
   std::vector<Wave> waves;
+  // Held until both the foreground and the background are done with it
+  // (the last reference to the job goes): then the slab is free again.
+  std::shared_ptr<StagingLease> lease;
   std::byte* pool = nullptr;
 
   std::mutex mu;
@@ -122,18 +131,20 @@ std::vector<Wave> CutWaves(const engine::ShardPlan& plan, std::uint64_t pool_siz
   return waves;
 }
 
-// Runs fn(i) for i in [begin, end) on `threads` threads (the caller's too).
-template <typename Fn>
-void ParallelFor(std::size_t begin, std::size_t end, int threads, Fn fn) {
-  std::atomic<std::size_t> next{begin};
-  auto body = [&] {
-    for (std::size_t i = next++; i < end; i = next++) fn(i);
-  };
-  std::vector<std::thread> pool;
-  int extra = static_cast<int>(std::min<std::size_t>(threads, end - begin)) - 1;
-  for (int t = 0; t < extra; ++t) pool.emplace_back(body);
-  body();
-  for (auto& t : pool) t.join();
+// The wave's staging copies: every piece of its units, at the place the
+// unit's image takes in the pool; headers are encoded in place.
+std::vector<StagingLease::Copy> WaveCopies(const Job& job, std::span<const WriteItem> items,
+                                           const Wave& wave) {
+  std::vector<StagingLease::Copy> copies;
+  for (std::size_t u = wave.u0; u < wave.u1; ++u) {
+    const engine::Unit& unit = job.plan.units[u];
+    const std::uint64_t image = wave.pool_base + (unit.pos - wave.file_base);
+    if (unit.offset == 0) engine::EncodeHeader(job.plan, unit.file, job.pool + image);
+    for (const engine::Piece& p : unit.pieces)
+      copies.push_back({static_cast<const std::byte*>(items[p.item].data) + p.begin,
+                        image + job.plan.extent[p.item] + p.begin - unit.offset, p.length});
+  }
+  return copies;
 }
 
 }  // namespace
@@ -141,18 +152,14 @@ void ParallelFor(std::size_t begin, std::size_t end, int threads, Fn fn) {
 struct AsyncSaver::Impl {
   Repository& repo;
   AsyncOptions opts;
-  std::unique_ptr<StagingPool> pool;
+  std::unique_ptr<StagingPool> own_pool;  // given to Create, or for huge pages
+  StagingPool* pool = nullptr;
+  std::uint64_t last_staging = 0;
   std::unique_ptr<io::IoBackend> backend;
   std::thread worker;
   std::shared_ptr<AsyncSave::State> current;
 
   Impl(Repository& r, const AsyncOptions& o) : repo(r), opts(o) {}
-
-  int CopyThreads() const {
-    if (opts.copy_threads > 0) return opts.copy_threads;
-    unsigned n = std::thread::hardware_concurrency();
-    return n == 0 ? 1 : static_cast<int>(n);
-  }
 
   void JoinWorker() {
     if (worker.joinable()) worker.join();
@@ -232,18 +239,17 @@ Result<std::unique_ptr<AsyncSaver>> AsyncSaver::Create(Repository& repo,
                                                        const AsyncOptions& options,
                                                        std::unique_ptr<StagingPool> pool) {
   auto impl = std::make_unique<Impl>(repo, options);
-  impl->pool = std::move(pool);
+  if (!pool && options.huge_pages)
+    pool = std::make_unique<StagingPool>(
+        [](std::uint64_t bytes) { return AllocateStagingMemory(bytes, /*huge_pages=*/true); });
+  impl->own_pool = std::move(pool);
+  impl->pool = impl->own_pool ? impl->own_pool.get() : &StagingPool::ForProcess();
   // A backend of its own: the foreground may use the repository meanwhile.
   SW_ASSIGN_OR_RETURN(impl->backend, io::MakeIoBackend(repo.options()));
-  if (!impl->pool && options.staging_bytes > 0) {
-    SW_ASSIGN_OR_RETURN(impl->pool, StagingPool::Allocate(options.staging_bytes, options.huge_pages));
-  }
   return std::unique_ptr<AsyncSaver>(new AsyncSaver(std::move(impl)));
 }
 
-std::uint64_t AsyncSaver::staging_bytes() const {
-  return impl_->pool ? impl_->pool->size() : 0;
-}
+std::uint64_t AsyncSaver::staging_bytes() const { return impl_->last_staging; }
 
 Status AsyncSaver::WaitIdle() {
   impl_->JoinWorker();
@@ -298,17 +304,23 @@ Result<std::shared_ptr<AsyncSave>> AsyncSaver::SaveAsync(const SaveSpec& in,
   auto job = std::make_shared<Job>();
   job->spec = spec;
   SW_ASSIGN_OR_RETURN(job->plan, engine::PlanShard(items, spec.rank, spec.save_id, options));
-  if (!m.pool) {
-    SW_ASSIGN_OR_RETURN(m.pool, StagingPool::Allocate(job->plan.total_size, m.opts.huge_pages));
-  }
+  const std::uint64_t total = job->plan.total_size;
+  std::uint64_t want = m.opts.staging_bytes ? std::min(total, m.opts.staging_bytes) : total;
+  if (m.pool->capacity() > 0) want = std::min(want, m.pool->capacity());
   std::uint64_t max_unit = 0;
   for (const auto& u : job->plan.units) max_unit = std::max(max_unit, u.length);
-  if (job->plan.total_size > m.pool->size() && io::AlignDown(m.pool->size() / 2) < max_unit)
-    return InvalidArgument("staging pool of " + FormatBytes(m.pool->size()) +
+  if (total > want && io::AlignDown(want / 2) < max_unit)
+    return InvalidArgument("staging memory of " + FormatBytes(want) +
                            " is too small to stage in waves: it must hold two I/O units (" +
                            FormatBytes(2 * max_unit) + ")");
-  job->waves = CutWaves(job->plan, m.pool->size());
-  job->pool = m.pool->data();
+  SW_ASSIGN_OR_RETURN(job->lease, m.pool->Acquire(want));
+  if (total > job->lease->size() && io::AlignDown(job->lease->size() / 2) < max_unit)
+    return InvalidArgument("staging memory of " + FormatBytes(job->lease->size()) +
+                           " is too small to stage in waves: it must hold two I/O units (" +
+                           FormatBytes(2 * max_unit) + ")");
+  m.last_staging = job->lease->size();
+  job->waves = CutWaves(job->plan, job->lease->size());
+  job->pool = job->lease->data();
   job->meta.assign(items.begin(), items.end());
   for (auto& w : job->meta) w.data = nullptr;  // the background never reads them
   state->bytes = job->plan.total_size;
@@ -317,7 +329,7 @@ Result<std::shared_ptr<AsyncSave>> AsyncSaver::SaveAsync(const SaveSpec& in,
   // 3. Start the background, then stage wave after wave.
   m.current = state;
   m.worker = std::thread([&m, job, state] { m.RunWorker(job, state); });
-  const int threads = m.CopyThreads();
+  const int threads = m.opts.copy_threads;  // 0: the rank's share of the CPUs
   for (std::size_t w = 0; w < job->waves.size(); ++w) {
     {
       // A pool half is free once the wave two before this one is written.
@@ -325,17 +337,26 @@ Result<std::shared_ptr<AsyncSave>> AsyncSaver::SaveAsync(const SaveSpec& in,
       job->cv.wait(lock, [&] { return w < 2 || job->written >= w - 1 || job->failed; });
       if (job->failed) break;
     }
-    const Wave& wave = job->waves[w];
-    ParallelFor(wave.u0, wave.u1, threads, [&](std::size_t u) {
-      engine::StageUnit(job->plan, items, u,
-                        job->pool + wave.pool_base + (job->plan.units[u].pos - wave.file_base));
-    });
+    Status staged = job->lease->Stage(WaveCopies(*job, items, job->waves[w]), threads);
+    if (!staged.ok()) {
+      // A bug (the plan and the pool disagree): stop the background, report it.
+      {
+        std::lock_guard lock(job->mu);
+        job->abandon = true;
+        job->cv.notify_all();
+      }
+      m.JoinWorker();
+      std::lock_guard lock(state->mu);
+      state->observed = true;
+      return staged;
+    }
     if (w + 1 == job->waves.size()) {
       // The caller is free from here on; set before the last hand-off so the
       // background's persist time is measured from this moment.
       std::lock_guard lock(state->mu);
       state->returned_at = os::MonotonicSeconds();
       state->stall = state->returned_at - t0;
+      state->copied = job->lease->copied_bytes();
     }
     std::lock_guard lock(job->mu);
     job->staged = w + 1;

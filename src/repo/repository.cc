@@ -215,6 +215,7 @@ Result<RankResult> Repository::WriteRankWith(
     r.seconds = index.seconds;
     r.backend = index.files.empty() ? "" : index.files[0].backend;
     r.direct_io = direct;
+    r.copied_bytes = index.copied_bytes;
     return r;
   };
   auto result = run();

@@ -9,6 +9,7 @@ The public surface:
   ``torch.distributed.checkpoint`` (``save``, ``async_save``, ``load``).
 - :func:`shardwise.import_dcp`: convert a stock DCP checkpoint.
 - :class:`shardwise.CorruptCheckpointError`: a damaged checkpoint.
+- :func:`shardwise.release_staging`: free the process's idle staging memory.
 
 Errors from the C++ core arrive as :class:`OSError` (with ``errno`` and
 ``filename``), :class:`CorruptCheckpointError`, :class:`ValueError`,
@@ -19,6 +20,7 @@ from __future__ import annotations
 import logging
 
 from ._core import CorruptCheckpointError
+from ._core import release_staging as _release_staging
 
 __version__ = "0.1.0"
 
@@ -29,8 +31,16 @@ __all__ = [
     "Checkpointer",
     "CorruptCheckpointError",
     "import_dcp",
+    "release_staging",
     "__version__",
 ]
+
+
+def release_staging() -> None:
+    """Frees the staging memory of asynchronous saves that no save in flight
+    holds. Staging memory belongs to the process and is reused by every save
+    (a new DCP Writer per save included); it is also freed at exit."""
+    _release_staging()
 
 
 def __getattr__(name: str):

@@ -22,15 +22,15 @@ import logging
 import os
 import time
 from concurrent.futures import Future as ConcurrentFuture
-from typing import Any, Optional, Union
+from typing import Any, Callable, Optional, Union
 
-
+import torch
 import torch.distributed as dist
 import torch.distributed.checkpoint as dcp
 from torch.distributed.checkpoint.api import CheckpointException
 from torch.distributed.checkpoint.state_dict_saver import AsyncCheckpointerType
 
-from . import _core
+from . import _core, _staging
 from ._progress import ProgressArg
 from .dcp import Reader, Writer
 
@@ -79,15 +79,50 @@ def _reraise(e: BaseException) -> None:
 
 
 class SaveHandle:
-    """One save. ``wait()`` blocks until it is committed and raises its error."""
+    """One save. ``wait()`` blocks until it is committed and raises its error.
 
-    def __init__(self, step: int, future: Optional[ConcurrentFuture], stall_s: float) -> None:
+    Attributes:
+        step: the step saved.
+        stall_seconds: how long ``save()`` blocked the caller.
+        skipped: True when ``overlap="skip"`` skipped this save because the
+            previous one was still persisting (nothing was saved).
+    """
+
+    def __init__(self, step: int, future: Optional[ConcurrentFuture], stall_s: float,
+                 snapshot: Optional[_staging.Snapshot] = None, skipped: bool = False) -> None:
         self.step = step
-        self.stall_seconds = stall_s  # how long save() blocked the caller
+        self.stall_seconds = stall_s
+        self.skipped = skipped
         self._future = future
+        self._snapshot = snapshot
+        self._hooks: list[Any] = []
+
+    @property
+    def copied_bytes(self) -> Optional[int]:
+        """Bytes of state the CPU copied for this save (the staging copy,
+        once: the writer writes from it). None for a synchronous save, which
+        copies while writing."""
+        return None if self._snapshot is None else self._snapshot.copied_bytes
 
     def done(self) -> bool:
         return self._future is None or self._future.done()
+
+    def snapshot_done(self) -> bool:
+        return self._snapshot is None or self._snapshot.done()
+
+    def wait_snapshot(self) -> None:
+        """Blocks until the lazy snapshot is complete: after this the state
+        may change. Needed only by loops that change parameters or optimizer
+        state other than through ``optimizer.step()`` (which waits by
+        itself). Also removes the step hooks."""
+        self._unhook()
+        if self._snapshot is not None:
+            self._snapshot.wait()
+
+    def _unhook(self) -> None:
+        hooks, self._hooks = self._hooks, []
+        for h in hooks:
+            h.remove()
 
     def wait(self, timeout: Optional[float] = None) -> None:
         if self._future is not None:
@@ -95,11 +130,41 @@ class SaveHandle:
                 self._future.result(timeout=timeout)
             except BaseException as e:  # DCP's CheckpointException is a BaseException
                 _reraise(e)
+            finally:
+                if self._future.done():
+                    self._unhook()
 
     def exception(self) -> Optional[BaseException]:
         if self._future is None or not self._future.done():
             return None
         return self._future.exception()
+
+
+def _as_list(optimizer: Any) -> list[Any]:
+    if optimizer is None:
+        return []
+    return list(optimizer) if isinstance(optimizer, (list, tuple)) else [optimizer]
+
+
+def _storage_of(t: torch.Tensor) -> int:
+    return _staging.local_tensor(t).untyped_storage().data_ptr()
+
+
+def _changed_only_by_step(optimizers: list[Any]) -> Callable[[torch.Tensor], bool]:
+    """Tensors that only ``optimizer.step()`` changes: the parameters and
+    the per-parameter state of these optimizers, by storage (state dicts
+    hold views of them)."""
+    storages = set()
+    for opt in optimizers:
+        for group in opt.param_groups:
+            for p in group["params"]:
+                storages.add(_storage_of(p))
+        for st in opt.state.values():
+            for v in st.values():
+                if isinstance(v, torch.Tensor):
+                    storages.add(_storage_of(v))
+    storages.discard(0)
+    return lambda t: t.untyped_storage().data_ptr() in storages
 
 
 class Checkpointer:
@@ -113,6 +178,15 @@ class Checkpointer:
         async_mode: ``"thread"`` (default) or ``"process"`` for
             ``dcp.async_save``'s executor, or ``None`` to always save
             synchronously.
+        snapshot: ``"eager"`` (default): ``save()`` returns once the state
+            is copied to host memory. ``"lazy"``: ``save(..., optimizer=opt)``
+            returns at once; parameters and optimizer state are copied in the
+            background while the next forward and backward run, and
+            ``opt.step()`` waits for that copy (see docs/python.md, "Lazy
+            snapshot", for the contract).
+        overlap: when a save is requested while the previous one still
+            persists: ``"wait"`` (default) for it, or ``"skip"`` this save
+            (the handle says ``skipped``).
         process_group: the group whose ranks checkpoint together. By default,
             when torch.distributed is initialized, a new gloo group over all
             ranks, created here (so every rank must construct the
@@ -121,17 +195,20 @@ class Checkpointer:
             collectives and deadlock. Works without torch.distributed too.
         progress: True for progress bars/log lines, or a callable
             ``(done_bytes, total_bytes)``.
+        pin_memory, staging_threads: as for :class:`shardwise.dcp.Writer`.
         **engine_options: ``io_backend``, ``queue_depth``, ``io_unit``,
             ``checksum_block``, ``direct_io``, ``commit_timeout_s``.
 
-    Saves never overlap: a save waits for the previous one first (and raises
-    its error, if any). Retention never deletes what ``latest`` names, or
-    anything newer than the newest valid checkpoint.
+    Staging memory belongs to the process (``shardwise.release_staging()``
+    frees it). Retention never deletes what ``latest`` names, or anything
+    newer than the newest valid checkpoint.
     """
 
     def __init__(self, root: Union[str, "os.PathLike[str]"], *, keep_last: Optional[int] = None,
                  keep_every: Optional[int] = None, async_mode: Optional[str] = "thread",
+                 snapshot: str = "eager", overlap: str = "wait",
                  process_group: Optional[Any] = None, progress: ProgressArg = None,
+                 pin_memory: Optional[bool] = None, staging_threads: Optional[int] = None,
                  **engine_options: Any) -> None:
         if keep_last is not None and keep_last < 1:
             raise ValueError("keep_last must be >= 1")
@@ -139,16 +216,28 @@ class Checkpointer:
             raise ValueError("keep_every must be >= 1")
         if async_mode not in ("thread", "process", None):
             raise ValueError("async_mode must be 'thread', 'process' or None")
+        if snapshot not in ("eager", "lazy"):
+            raise ValueError("snapshot must be 'eager' or 'lazy'")
+        if overlap not in ("wait", "skip"):
+            raise ValueError("overlap must be 'wait' or 'skip'")
+        if snapshot == "lazy" and async_mode is None:
+            raise ValueError("snapshot='lazy' needs an async_mode: a synchronous save has "
+                             "nothing to overlap the copy with")
         self.root = os.path.abspath(os.fspath(root))
         self.keep_last, self.keep_every = keep_last, keep_every
         self.async_mode = async_mode
+        self.snapshot = snapshot
+        self.overlap = overlap
         if process_group is None and dist.is_available() and dist.is_initialized():
             process_group = dist.new_group(backend="gloo")
         self.process_group = process_group
         self.progress = progress
         self.engine_options = engine_options
-        # One writer for every save: its staging pool is allocated once.
-        self._writer = Writer(None, progress=progress, **engine_options)
+        # In process mode the staged tensors go to DCP's checkpoint process:
+        # in shared memory, they get there without a copy.
+        self._writer = Writer(None, progress=progress, pin_memory=pin_memory,
+                              shared_memory=async_mode == "process",
+                              staging_threads=staging_threads, **engine_options)
         self._pending: Optional[SaveHandle] = None
         self._repo = None
         self._claimed = False
@@ -178,17 +267,7 @@ class Checkpointer:
         if dist.is_available() and dist.is_initialized():
             dist.barrier(group=self.process_group)
 
-    # -- public API ----------------------------------------------------------------
-    def save(self, step: int, state_dict: dict[str, Any], *, blocking: bool = False) -> SaveHandle:
-        """Saves ``state_dict`` as checkpoint ``step``.
-
-        Non-blocking (the default): returns once the state is staged in host
-        memory; the save persists in the background. ``blocking=True``
-        returns once the checkpoint is committed.
-        """
-        if not isinstance(step, int) or step < 0:
-            raise ValueError(f"step must be a non-negative int, got {step!r}")
-        self.wait()
+    def _claim(self) -> None:
         if self._rank() == 0:
             # One job writes a root: fail before staging anything if another
             # job writes here (its coordinator holds ROOT/.writer.lock).
@@ -197,9 +276,37 @@ class Checkpointer:
             self._claimed = True
             if first:  # where the shards go, and whether Lustre layouts apply
                 log.info("checkpoint root %s: %s", self.root, self._core_repo().filesystem_summary())
+
+    # -- public API ----------------------------------------------------------------
+    def save(self, step: int, state_dict: dict[str, Any], *, blocking: bool = False,
+             optimizer: Any = None) -> SaveHandle:
+        """Saves ``state_dict`` as checkpoint ``step``.
+
+        Non-blocking (the default): returns once the state is staged in host
+        memory (eager snapshot), or at once (lazy snapshot); the save
+        persists in the background. ``blocking=True`` returns once the
+        checkpoint is committed.
+
+        optimizer: the optimizer(s) whose ``step()`` changes the parameters
+            and optimizer state; needed with ``snapshot="lazy"``: their next
+            ``step()`` waits until the copy of those is complete.
+        """
+        if not isinstance(step, int) or step < 0:
+            raise ValueError(f"step must be a non-negative int, got {step!r}")
+        optimizers = _as_list(optimizer)
+        lazy = self.snapshot == "lazy" and not blocking
+        if lazy and not optimizers:
+            raise ValueError("snapshot='lazy' needs save(..., optimizer=opt): the copy of "
+                             "parameters and optimizer state runs until opt.step()")
+        if self.overlap == "skip" and self._pending is not None and not self._pending.done():
+            log.info("skipped step %d: the save of step %d is still persisting", step,
+                     self._pending.step)
+            return SaveHandle(step, None, 0.0, skipped=True)
+        t0 = time.monotonic()
+        self.wait()
+        self._claim()
         path = os.path.join(self.root, _step_name(step))
         self._writer.step = step
-        t0 = time.monotonic()
         if blocking or self.async_mode is None:
             try:
                 dcp.save(state_dict, storage_writer=self._writer, checkpoint_id=path,
@@ -208,27 +315,47 @@ class Checkpointer:
                 _reraise(e)
             stall = time.monotonic() - t0
             self._retention()
-            handle = SaveHandle(step, None, stall)
             log.info("saved %s in %.3f s", path, stall)
-            return handle
+            return SaveHandle(step, None, stall)
         kind = (AsyncCheckpointerType.PROCESS if self.async_mode == "process"
                 else AsyncCheckpointerType.THREAD)
-        response = dcp.async_save(state_dict, storage_writer=self._writer, checkpoint_id=path,
-                                  process_group=self.process_group, async_checkpointer_type=kind)
+        self._writer._lazy = _changed_only_by_step(optimizers) if lazy else None
+        # A lazy snapshot is handed to DCP as a future: its save starts once
+        # the copy is complete (in process mode, before the staged tensors
+        # are sent to the checkpoint process).
+        self._writer.async_staging = lazy
+        try:
+            response = dcp.async_save(state_dict, storage_writer=self._writer,
+                                      checkpoint_id=path, process_group=self.process_group,
+                                      async_checkpointer_type=kind)
+        finally:
+            self._writer._lazy = None
+            self._writer.async_staging = False
         future = getattr(response, "upload_completion", response)
+        snap = self._writer._snapshot
         stall = time.monotonic() - t0
+        handle = SaveHandle(step, future, stall, snap)
+        if lazy and snap is not None and not snap.done():
+            handle._hooks = [opt.register_step_pre_hook(self._step_hook(handle))
+                             for opt in optimizers]
+        if snap is not None:
+            # Once persisted, its staged memory may serve the next save (in
+            # process mode the checkpoint process is done with it then).
+            future.add_done_callback(lambda _f, s=snap: s.release())
         # Retention for this save runs in wait() (or the next save/close).
-        handle = SaveHandle(step, future, stall)
-
-        def done(f: ConcurrentFuture) -> None:
-            if self.async_mode == "process":
-                # The subprocess wrote from our staged copy; it may be reused.
-                self._writer._idle.set()
-
-        future.add_done_callback(done)
         self._pending = handle
         log.info("staged %s in %.3f s; persisting in the background", path, stall)
         return handle
+
+    @staticmethod
+    def _step_hook(handle: SaveHandle) -> Callable[..., None]:
+        def hook(optimizer: Any, args: Any, kwargs: Any) -> None:
+            # One shot: the first step after a lazy save waits for its copy
+            # (device copies: ordered before the step's kernels, no host wait).
+            handle._unhook()
+            if handle._snapshot is not None:
+                handle._snapshot.wait_on_device()
+        return hook
 
     def wait(self) -> None:
         """Waits for the save in flight; raises its error. Retention runs

@@ -23,7 +23,8 @@ import logging
 import os
 import secrets
 import threading
-from typing import Any, Optional, Union
+from concurrent.futures import Future as _ConcurrentFuture
+from typing import Any, Callable, Optional, Union
 
 import torch
 from torch.distributed.checkpoint.metadata import Metadata, StorageMeta
@@ -38,7 +39,7 @@ from torch.distributed.checkpoint.planner import (
 from torch.distributed.checkpoint.storage import StorageReader, StorageWriter, WriteResult
 from torch.futures import Future
 
-from . import _core, _metadata, _values
+from . import _core, _metadata, _staging, _values
 from ._progress import Progress, ProgressArg
 
 try:  # the AsyncStager protocol (torch >= 2.3)
@@ -46,16 +47,10 @@ try:  # the AsyncStager protocol (torch >= 2.3)
 except ImportError:  # pragma: no cover
     AsyncStager = object  # type: ignore[misc,assignment]
 
-try:
-    from torch.distributed.tensor import DTensor
-except ImportError:  # pragma: no cover
-    DTensor = None  # type: ignore[misc,assignment]
-
 log = logging.getLogger("shardwise")
 
 __all__ = ["Writer", "Reader"]
 
-_ALIGN = 4096
 PathLike = Union[str, "os.PathLike[str]"]
 
 
@@ -69,29 +64,6 @@ def _split(path: str) -> tuple[str, str]:
 
 def _options(**kw: Any) -> dict[str, Any]:
     return {k: v for k, v in kw.items() if v is not None}
-
-
-class _StagingPool:
-    """Host memory reused by every async save of one Writer.
-
-    Allocated once (grown only if a later state is larger), pinned through
-    torch when CUDA is available so that device-to-host copies run at full
-    speed. Tensors are staged at 4 KiB-aligned offsets.
-    """
-
-    def __init__(self) -> None:
-        self.buffer: Optional[torch.Tensor] = None
-
-    def ensure(self, nbytes: int) -> torch.Tensor:
-        if self.buffer is None or self.buffer.numel() < nbytes:
-            pin = torch.cuda.is_available()
-            self.buffer = torch.empty(max(nbytes, _ALIGN), dtype=torch.uint8, pin_memory=pin)
-            self.buffer.zero_()  # touch every page now, not during a save
-        return self.buffer
-
-
-def _local(t: Any) -> torch.Tensor:
-    return t.to_local() if DTensor is not None and isinstance(t, DTensor) else t
 
 
 class Writer(StorageWriter, AsyncStager):  # type: ignore[misc]
@@ -108,11 +80,29 @@ class Writer(StorageWriter, AsyncStager):  # type: ignore[misc]
             environment variables apply when not given.
         progress: True for a progress bar (tqdm when installed, else log
             lines), or a callable ``(done_bytes, total_bytes)``.
+        pin_memory, shared_memory, async_staging, non_blocking_copy: what
+            DCP's ``StagingOptions`` says, for :meth:`stage` (``async_save``).
+            ``pin_memory`` defaults to whether CUDA is available;
+            ``shared_memory`` (for ``AsyncCheckpointerType.PROCESS``: the
+            staged tensors reach DCP's checkpoint process without a copy)
+            defaults to False; with ``async_staging`` the copy runs in the
+            background and ``async_save`` returns an ``AsyncSaveResponse``
+            whose ``staging_completion`` says when the state may change.
+            ``staging_options`` (a DCP ``StagingOptions``) sets all four.
+        staging_threads: threads for the staging copy (default: this rank's
+            share of the CPUs).
 
-    The writer holds configuration only, so DCP's PROCESS mode can pickle it.
+    ``stage()`` copies into the process's staging memory, which every Writer
+    shares (a new Writer per save allocates nothing); ``write_data`` writes
+    staged tensors straight from it. The writer holds configuration only, so
+    DCP's PROCESS mode can pickle it.
     """
 
     _synchronize_after_execute = False
+    # Per process: the coordinator's current save nonce, and saves per nonce
+    # (see prepare_global_plan).
+    _nonce: Optional[str] = None
+    _saves_under: dict[str, int] = {}
 
     def __init__(self, path: Optional[PathLike] = None, *, replace: bool = False,
                  step: Optional[int] = None, user_metadata: Optional[dict[str, Any]] = None,
@@ -120,7 +110,10 @@ class Writer(StorageWriter, AsyncStager):  # type: ignore[misc]
                  io_unit: Optional[Union[int, str]] = None,
                  checksum_block: Optional[Union[int, str]] = None,
                  direct_io: Optional[str] = None, commit_timeout_s: Optional[float] = None,
-                 progress: ProgressArg = None) -> None:
+                 progress: ProgressArg = None, pin_memory: Optional[bool] = None,
+                 shared_memory: bool = False, async_staging: bool = False,
+                 non_blocking_copy: bool = True, staging_threads: Optional[int] = None,
+                 staging_options: Any = None) -> None:
         super().__init__()
         self.path = os.fspath(path) if path is not None else None
         self.replace = replace
@@ -130,18 +123,33 @@ class Writer(StorageWriter, AsyncStager):  # type: ignore[misc]
                                 checksum_block=checksum_block, direct_io=direct_io,
                                 commit_timeout_s=commit_timeout_s)
         self.progress = progress
+        if staging_options is not None:  # DCP's StagingOptions
+            pin_memory = staging_options.use_pinned_memory
+            shared_memory = staging_options.use_shared_memory
+            async_staging = staging_options.use_async_staging
+            non_blocking_copy = staging_options.use_non_blocking_copy
+        if pin_memory and not torch.cuda.is_available():
+            pin_memory = False  # pinning is for device copies; nothing to pin for here
+        self.pin_memory = pin_memory
+        self.shared_memory = bool(shared_memory)
+        self.async_staging = bool(async_staging)
+        self.non_blocking_copy = bool(non_blocking_copy)
+        if staging_threads is not None and staging_threads < 1:
+            raise ValueError("staging_threads must be >= 1")
+        self.staging_threads = staging_threads
         self._init_runtime()
 
     # -- pickling (PROCESS mode): configuration only --------------------------
+    _RUNTIME = ("_snapshot", "_lazy", "_storage_data", "_save_id")
+
     def _init_runtime(self) -> None:
-        self._pool = _StagingPool()
-        self._idle = threading.Event()
-        self._idle.set()
+        self._snapshot: Optional[_staging.Snapshot] = None  # the last stage()
+        self._lazy: Optional[Callable[[torch.Tensor], bool]] = None  # set by Checkpointer
         self._storage_data: Optional[dict[str, Any]] = None
+        self._save_id: Optional[str] = None
 
     def __getstate__(self) -> dict[str, Any]:
-        return {k: v for k, v in self.__dict__.items()
-                if k not in ("_pool", "_idle", "_storage_data")}
+        return {k: v for k, v in self.__dict__.items() if k not in self._RUNTIME}
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.__dict__.update(state)
@@ -163,17 +171,25 @@ class Writer(StorageWriter, AsyncStager):  # type: ignore[misc]
 
     def prepare_global_plan(self, plans: list[SavePlan]) -> list[SavePlan]:
         # The coordinator names the attempt; every rank learns it (and its
-        # rank and the world size) through its plan.
-        save_id = secrets.token_hex(8)
-        return [dataclasses.replace(p, storage_data={"save_id": save_id, "rank": i,
+        # rank and the world size) through its plan. With plan caching
+        # (DefaultSavePlanner(enable_plan_caching=True)) a rank whose plan did
+        # not change gets no new plan: it reuses its cached one, storage_data
+        # included. So a nonce drawn while some plans are cached could not
+        # reach every rank: then the previous nonce is kept, and every rank
+        # tells saves apart by counting them (write_data).
+        cached = any(not getattr(p, "usable", True) for p in plans)
+        if not cached or Writer._nonce is None:
+            Writer._nonce = secrets.token_hex(8)
+        nonce = Writer._nonce
+        return [dataclasses.replace(p, storage_data={"nonce": nonce, "rank": i,
                                                      "world_size": len(plans)})
                 for i, p in enumerate(plans)]
 
-    def _spec(self, sd: dict[str, Any]) -> dict[str, Any]:
+    def _spec(self, sd: dict[str, Any], save_id: str) -> dict[str, Any]:
         assert self.path is not None
         _, name = _split(self.path)
         return {"name": name, "step": self.step if self.step is not None else -1,
-                "save_id": sd["save_id"], "world_size": sd["world_size"], "rank": sd["rank"],
+                "save_id": save_id, "world_size": sd["world_size"], "rank": sd["rank"],
                 "replace": self.replace, "user_json": self.user_json}
 
     def _repo(self) -> Any:
@@ -182,17 +198,34 @@ class Writer(StorageWriter, AsyncStager):  # type: ignore[misc]
         return _core.Repository(root, self.options, True)
 
     def write_data(self, plan: SavePlan, planner: SavePlanner) -> Future[list[WriteResult]]:
-        try:
-            return self._write_data(plan, planner)
-        finally:
-            self._idle.set()  # the staging pool may be reused
-
-    def _write_data(self, plan: SavePlan, planner: SavePlanner) -> Future[list[WriteResult]]:
         sd = plan.storage_data
-        if not isinstance(sd, dict) or "save_id" not in sd:
-            raise RuntimeError("shardwise.dcp.Writer: the plan carries no save id; "
+        if not isinstance(sd, dict) or "nonce" not in sd:
+            raise RuntimeError("shardwise.dcp.Writer: the plan carries no save nonce; "
                                "prepare_global_plan did not run")
+        # Every rank counts the saves it wrote under this nonce: the same
+        # count on every rank, so the save id is the same everywhere.
+        count = Writer._saves_under.get(sd["nonce"], 0)
+        Writer._saves_under[sd["nonce"]] = count + 1
+        self._save_id = f"{sd['nonce']}-{count}"
         self._storage_data = sd
+        addresses: list[int] = []
+        copied = [0]
+        try:
+            return self._write_data(plan, planner, sd, addresses, copied)
+        finally:
+            # This save no longer needs its staged memory: the next save may
+            # reuse it. (A rank whose items hold none of it lets it go when
+            # the staged tensors are freed.)
+            for a in _core.release_staged(addresses):
+                snap = _staging.snapshot_at(a)
+                if snap is not None:
+                    snap.write_copied += copied[0]
+
+    def _write_data(self, plan: SavePlan, planner: SavePlanner, sd: dict[str, Any],
+                    addresses: list[int], copied: list[int]) -> Future[list[WriteResult]]:
+        snap = self._snapshot
+        if snap is not None and not snap.done():
+            snap.wait()  # a lazy snapshot's copies (its device copies, too)
         items: list[tuple[Any, ...]] = []
         keep: list[Any] = []  # keeps the memory alive during the call
         results: list[WriteResult] = []
@@ -213,22 +246,24 @@ class Writer(StorageWriter, AsyncStager):  # type: ignore[misc]
                 n = len(data)
                 items.append((fqn, "bytes", "uint8", [n], [0], [n], buf.data_ptr(), n))
             else:
-                t = _local(planner.resolve_data(item)).detach()
+                t = _staging.local_tensor(planner.resolve_data(item)).detach()
                 if t.device.type != "cpu":
                     t = t.cpu()
                 t = t.contiguous()
                 keep.append(t)
                 td = item.tensor_data
                 n = t.numel() * t.element_size()
+                addresses.append(t.data_ptr())
                 items.append((fqn, "tensor", _metadata.dtype_name(t.dtype), list(td.size),
                               list(td.chunk.offsets), list(td.chunk.sizes), t.data_ptr(), n))
             results.append(WriteResult(index=item.index, size_in_bytes=items[-1][-1],
                                        storage_data=None))
-        spec = self._spec(sd)
+        spec = self._spec(sd, self._save_id or "")
         total = sum(i[-1] for i in items)
         with Progress(self.progress, total, "save") as bar:
-            self._repo().write_rank(spec, items)
+            r = self._repo().write_rank(spec, items)
             bar.update(total)
+        copied[0] = int(r["copied_bytes"])
         fut: Future[list[WriteResult]] = Future()
         fut.set_result(results)
         return fut
@@ -237,9 +272,9 @@ class Writer(StorageWriter, AsyncStager):  # type: ignore[misc]
         # finish() runs on the coordinator, whose own write_data (same
         # Writer) recorded the attempt's save id and world size.
         sd = self._storage_data
-        if sd is None:
+        if sd is None or self._save_id is None:
             raise RuntimeError("shardwise.dcp.Writer.finish: write_data did not run here")
-        spec = self._spec(sd)
+        spec = self._spec(sd, self._save_id)
         spec["rank"] = 0
         spec["dcp_json"] = json.dumps(_metadata.to_json(metadata))
         self._repo().commit(spec)
@@ -256,75 +291,43 @@ class Writer(StorageWriter, AsyncStager):  # type: ignore[misc]
             return False
 
     # -- AsyncStager -------------------------------------------------------------
-    def stage(self, state_dict: dict[str, Any]) -> dict[str, Any]:
-        """Copies the state into the reusable staging pool; the save then
-        runs from the copy while training changes the originals."""
-        leaves: list[torch.Tensor] = []
+    def stage(self, state_dict: dict[str, Any]) -> Any:
+        """Copies the state into the process's staging memory (one parallel
+        copy in C++; device tensors on a side stream); the save then runs
+        from the copy while training changes the originals. With
+        ``async_staging``, returns a Future that completes when the copy is
+        done."""
+        pin = self.pin_memory if self.pin_memory is not None else torch.cuda.is_available()
+        snap = _staging.stage(state_dict, pin_memory=bool(pin), shared_memory=self.shared_memory,
+                              background=self.async_staging and self._lazy is None,
+                              lazy=self._lazy, non_blocking=self.non_blocking_copy,
+                              threads=self.staging_threads or 0)
+        # The previous save's memory goes back to the pool when nothing uses
+        # it any more (its write_data released it, or its tensors are gone).
+        self._snapshot = snap
+        if not self.async_staging:
+            return snap.state_dict
+        fut: Future[Any] = _ConcurrentFuture()
 
-        def collect(v: Any) -> None:
-            if isinstance(v, torch.Tensor):
-                leaves.append(_local(v))
-            elif isinstance(v, dict):
-                for x in v.values():
-                    collect(x)
-            elif isinstance(v, (list, tuple)):
-                for x in v:
-                    collect(x)
+        def complete() -> None:
+            try:
+                snap.wait()
+                fut.set_result(snap.state_dict)
+            except BaseException as e:  # surfaces through staging_completion
+                fut.set_exception(e)
 
-        collect(state_dict)
-        need = sum((t.numel() * t.element_size() + _ALIGN - 1) // _ALIGN * _ALIGN for t in leaves)
-        if self._idle.is_set():
-            self._idle.clear()
-            buffer = self._pool.ensure(need)
-        else:
-            # The previous save still writes from the pool (or ran in another
-            # process): stage into fresh memory rather than overwrite it.
-            log.debug("staging pool busy; staging into a new buffer")
-            buffer = torch.empty(max(need, _ALIGN), dtype=torch.uint8)
-        offset = 0
-        non_blocking = torch.cuda.is_available()
-
-        def copy(v: Any) -> Any:
-            nonlocal offset
-            if isinstance(v, torch.Tensor):
-                local = _local(v)
-                n = local.numel() * local.element_size()
-                view = buffer[offset:offset + n].view(local.dtype).view(local.shape)
-                offset += (n + _ALIGN - 1) // _ALIGN * _ALIGN
-                view.copy_(local.detach(), non_blocking=non_blocking)
-                if DTensor is not None and isinstance(v, DTensor):
-                    return DTensor.from_local(view, v.device_mesh, v.placements,
-                                              run_check=False, shape=v.shape, stride=v.stride())
-                return view
-            if isinstance(v, dict):
-                return type(v)((k, copy(x)) for k, x in v.items()) if type(v) is not dict \
-                    else {k: copy(x) for k, x in v.items()}
-            if isinstance(v, list):
-                return [copy(x) for x in v]
-            if isinstance(v, tuple):
-                return tuple(copy(x) for x in v)
-            return _copy_value(v)
-
-        staged = copy(state_dict)
-        if non_blocking:
-            torch.cuda.synchronize()
-        return staged
+        threading.Thread(target=complete, name="shardwise-staging", daemon=True).start()
+        return fut
 
     def synchronize_staging(self) -> None:
-        if torch.cuda.is_available():
-            torch.cuda.synchronize()
+        if self._snapshot is not None:
+            self._snapshot.wait()
 
     def close(self) -> None:
-        self._pool = _StagingPool()
-
-
-def _copy_value(v: Any) -> Any:
-    import copy
-
-    try:
-        return copy.deepcopy(v)
-    except Exception:  # an object that cannot be copied is saved as it is then
-        return v
+        """Waits for this writer's staging copy and lets its memory go."""
+        snap, self._snapshot = self._snapshot, None
+        if snap is not None:
+            snap.wait()
 
 
 class Reader(StorageReader):

@@ -68,13 +68,19 @@ struct StagingPool::State {
   std::uint64_t allocations = 0;
 
   // Keeps at most one idle slab (the largest): a pool holds one slab per
-  // save in flight plus one for the next save. Called with mu held.
-  void TrimIdle() {
-    if (fixed) return;
+  // save in flight plus one for the next save. Called with mu held; returns
+  // the slabs let go, for the caller to drop after unlocking (an allocator's
+  // memory may be freed through Python, which takes the GIL).
+  std::vector<std::shared_ptr<StagingLease::Slab>> TrimIdle() {
+    std::vector<std::shared_ptr<StagingLease::Slab>> dropped;
+    if (fixed) return dropped;
     std::shared_ptr<StagingLease::Slab> keep;
     for (const auto& s : slabs)
       if (!s->leased && (!keep || s->mem.size > keep->mem.size)) keep = s;
-    std::erase_if(slabs, [&](const auto& s) { return !s->leased && s != keep; });
+    for (auto& s : slabs)
+      if (!s->leased && s != keep) dropped.push_back(std::move(s));
+    std::erase(slabs, nullptr);
+    return dropped;
   }
 };
 
@@ -119,6 +125,7 @@ void StagingPool::SetAllocator(StagingAllocator allocator) {
 Result<std::shared_ptr<StagingLease>> StagingPool::Acquire(std::uint64_t bytes) {
   bytes = io::AlignUp(std::max<std::uint64_t>(bytes, 1));
   StagingAllocator allocator;
+  std::vector<std::shared_ptr<StagingLease::Slab>> dropped;  // freed outside the lock
   {
     std::lock_guard lock(state_->mu);
     std::shared_ptr<StagingLease::Slab> best;
@@ -136,9 +143,12 @@ Result<std::shared_ptr<StagingLease>> StagingPool::Acquire(std::uint64_t bytes) 
                              (state_->slabs[0]->leased ? " is in use by another save"
                                                        : " cannot hold " + FormatBytes(bytes)));
     // A larger state arrived: the idle slabs are too small for it.
-    std::erase_if(state_->slabs, [](const auto& s) { return !s->leased; });
+    for (auto& s : state_->slabs)
+      if (!s->leased) dropped.push_back(std::move(s));
+    std::erase(state_->slabs, nullptr);
     allocator = state_->allocator;
   }
+  dropped.clear();
   // Allocating (and faulting in) a large slab takes a while: not under the lock.
   Result<StagingMemory> mem = allocator ? allocator(bytes) : AllocateStagingMemory(bytes);
   if (!mem.ok()) return std::move(mem).status();
@@ -206,7 +216,8 @@ struct StagingLease::Impl {
   Status Record(std::span<const Copy> copies) {
     std::map<std::uint64_t, std::uint64_t> added;
     for (const Copy& c : copies) {
-      const std::uint64_t end = c.offset + io::AlignUp(std::max<std::uint64_t>(c.bytes, 1));
+      if (c.bytes == 0) continue;  // nothing to stage, no place taken
+      const std::uint64_t end = c.offset + io::AlignUp(c.bytes);
       if (c.offset % io::kAlignment != 0 || end > slab->mem.size || end < c.offset)
         return InvalidArgument("staging copy of " + std::to_string(c.bytes) + " bytes at offset " +
                                std::to_string(c.offset) + " does not fit a 4 KiB-aligned place in " +
@@ -216,18 +227,18 @@ struct StagingLease::Impl {
       bool overlap = next != added.end() && next->first < end;
       if (!overlap && next != added.begin()) {
         auto prev = std::prev(next);
-        overlap = prev->first + io::AlignUp(std::max<std::uint64_t>(prev->second, 1)) > c.offset;
+        overlap = prev->first + io::AlignUp(prev->second) > c.offset;
       }
       if (overlap)
         return InvalidArgument("staging copies overlap at offset " + std::to_string(c.offset));
       added[c.offset] = c.bytes;
     }
     for (const auto& [off, bytes] : added) {
-      const std::uint64_t end = off + io::AlignUp(std::max<std::uint64_t>(bytes, 1));
+      const std::uint64_t end = off + io::AlignUp(bytes);
       auto it = extents.upper_bound(off);
       if (it != extents.begin()) {
         auto prev = std::prev(it);
-        if (prev->first + io::AlignUp(std::max<std::uint64_t>(prev->second, 1)) > off) it = prev;
+        if (prev->first + io::AlignUp(prev->second) > off) it = prev;
       }
       while (it != extents.end() && it->first < end) it = extents.erase(it);
     }
@@ -359,9 +370,12 @@ void StagingLease::Release() {
       if (!holder || holder.get() == this) Registry().erase(it);
     }
   }
-  std::lock_guard lock(impl_->pool->mu);
-  impl_->slab->leased = false;
-  impl_->pool->TrimIdle();
+  std::vector<std::shared_ptr<Slab>> dropped;
+  {
+    std::lock_guard lock(impl_->pool->mu);
+    impl_->slab->leased = false;
+    dropped = impl_->pool->TrimIdle();
+  }
 }
 
 bool StagingLease::released() const {

@@ -3,11 +3,13 @@
 // errors to Python exceptions in exactly one place (Raise). It never sees
 // torch: Python passes data pointers and sizes and keeps the memory alive.
 #include <nanobind/nanobind.h>
+#include <nanobind/ndarray.h>
 #include <nanobind/stl/optional.h>
 #include <nanobind/stl/string.h>
 #include <nanobind/stl/tuple.h>
 #include <nanobind/stl/vector.h>
 
+#include <algorithm>
 #include <sstream>
 #include <type_traits>
 
@@ -171,6 +173,7 @@ class PyRepository {
     out["seconds"] = v.seconds;
     out["backend"] = v.backend;
     out["direct_io"] = v.direct_io;
+    out["copied_bytes"] = v.copied_bytes;
     return out;
   }
 
@@ -295,6 +298,138 @@ class PyReader {
   std::unique_ptr<CheckpointReader> reader_;
 };
 
+// -- staging memory (include/shardwise/staging.h) ------------------------------
+
+// Python objects held by C++ (the owner of allocator memory): released with
+// the GIL, and never after the interpreter is gone (then leaked).
+bool PythonAlive() {
+#if PY_VERSION_HEX >= 0x030D0000
+  return Py_IsInitialized() && !Py_IsFinalizing();
+#else
+  return Py_IsInitialized() && !_Py_IsFinalizing();
+#endif
+}
+
+std::shared_ptr<void> HoldPython(nb::object obj) {
+  return std::shared_ptr<void>(obj.release().ptr(), [](void* p) {
+    if (!PythonAlive()) return;
+    nb::gil_scoped_acquire gil;
+    Py_DECREF(static_cast<PyObject*>(p));
+  });
+}
+
+using CopyTuple = std::tuple<std::uintptr_t, std::uint64_t, std::uint64_t>;
+
+std::vector<StagingLease::Copy> MakeCopies(const std::vector<CopyTuple>& in) {
+  std::vector<StagingLease::Copy> out;
+  out.reserve(in.size());
+  for (const auto& [src, offset, bytes] : in)
+    out.push_back({reinterpret_cast<const void*>(src), offset, bytes});
+  return out;
+}
+
+// One save's slab, as Python sees it.
+class PyLease {
+ public:
+  explicit PyLease(std::shared_ptr<StagingLease> lease) : lease_(std::move(lease)) {}
+  std::uintptr_t address() const { return reinterpret_cast<std::uintptr_t>(lease_->data()); }
+  std::uint64_t size() const { return lease_->size(); }
+  bool fresh() const { return lease_->fresh(); }
+  bool staged() const { return lease_->staged(); }
+  bool released() const { return lease_->released(); }
+  std::uint64_t copied_bytes() const { return lease_->copied_bytes(); }
+
+  // The slab as a 1-D uint8 array (buffer protocol and DLPack) that keeps
+  // this lease leased for as long as the array (or a tensor made from it)
+  // lives: staged tensors hold their own save's memory.
+  nb::object Memory() {
+    auto* keep = new std::shared_ptr<StagingLease>(lease_);
+    nb::capsule owner(keep, [](void* p) noexcept {
+      delete static_cast<std::shared_ptr<StagingLease>*>(p);
+    });
+    std::size_t shape[1] = {static_cast<std::size_t>(lease_->size())};
+    nb::ndarray<std::uint8_t, nb::ndim<1>, nb::c_contig, nb::device::cpu> arr(
+        lease_->data(), 1, shape, owner);
+    return nb::cast(arr);
+  }
+
+  void Stage(const std::vector<CopyTuple>& copies, int threads) {
+    auto c = MakeCopies(copies);
+    Unlocked([&] { return lease_->Stage(c, threads); });
+  }
+  void StageInBackground(const std::vector<CopyTuple>& copies, int threads) {
+    auto c = MakeCopies(copies);
+    Unlocked([&] { return lease_->StageInBackground(std::move(c), threads); });
+  }
+  void WaitStaged() {
+    Unlocked([&] { return lease_->WaitStaged(); });
+  }
+  void Release() {
+    nb::gil_scoped_release release;
+    lease_->Release();
+  }
+
+ private:
+  std::shared_ptr<StagingLease> lease_;
+};
+
+PyLease AcquireStaging(const std::string& kind, std::uint64_t bytes) {
+  StagingPool& pool = StagingPool::ForProcess(kind);
+  return PyLease(Unlocked([&] { return pool.Acquire(bytes); }));
+}
+
+// allocate(nbytes) -> (address, size, owner): memory from Python (torch's
+// pinned or shared-memory allocator), kept alive through `owner`.
+void SetStagingAllocator(const std::string& kind, nb::callable allocate) {
+  StagingPool::ForProcess(kind).SetAllocator(
+      [fn = HoldPython(std::move(allocate))](std::uint64_t bytes) -> Result<StagingMemory> {
+        nb::gil_scoped_acquire gil;
+        try {
+          nb::object r = nb::borrow(static_cast<PyObject*>(fn.get()))(bytes);
+          auto [addr, size, owner] =
+              nb::cast<std::tuple<std::uintptr_t, std::uint64_t, nb::object>>(r);
+          return StagingMemory{reinterpret_cast<std::byte*>(addr), size, HoldPython(owner)};
+        } catch (const std::exception& e) {
+          return Status(StatusCode::kIoError,
+                        "cannot allocate " + FormatBytes(bytes) + " of staging memory: " +
+                            format::ToValidUtf8(e.what()),
+                        ENOMEM);
+        }
+      });
+}
+
+nb::dict StagingStatsOf(const std::string& kind) {
+  StagingStats st = StagingPool::ForProcess(kind).stats();
+  nb::dict out;
+  out["allocations"] = st.allocations;
+  out["reserved_bytes"] = st.reserved_bytes;
+  out["leased_bytes"] = st.leased_bytes;
+  out["slabs"] = st.slabs;
+  out["leased"] = st.leased;
+  return out;
+}
+
+// Releases the leases holding any of these addresses (a save's items, once
+// written). Returns the addresses of the leases released.
+std::vector<std::uintptr_t> ReleaseStaged(const std::vector<std::uintptr_t>& addresses) {
+  nb::gil_scoped_release release;
+  std::vector<std::shared_ptr<StagingLease>> found;
+  for (auto a : addresses)
+    if (auto l = StagingLease::Find(reinterpret_cast<const void*>(a), 1))
+      if (std::find(found.begin(), found.end(), l) == found.end()) found.push_back(std::move(l));
+  std::vector<std::uintptr_t> out;
+  for (auto& l : found) {
+    out.push_back(reinterpret_cast<std::uintptr_t>(l->data()));
+    l->Release();
+  }
+  return out;
+}
+
+void ReleaseAllStaging() {
+  nb::gil_scoped_release release;
+  StagingPool::ReleaseAllFree();
+}
+
 int CliMain(const std::vector<std::string>& argv) {
   std::ostringstream out, err;
   int rc;
@@ -342,6 +477,25 @@ NB_MODULE(_core, m) {
       .def("read", &PyReader::Read, "requests"_a)
       .def("check_files", &PyReader::CheckFiles)
       .def("verify", &PyReader::Verify);
+
+  nb::class_<PyLease>(m, "StagingLease")
+      .def_prop_ro("address", &PyLease::address)
+      .def_prop_ro("size", &PyLease::size)
+      .def_prop_ro("fresh", &PyLease::fresh)
+      .def_prop_ro("staged", &PyLease::staged)
+      .def_prop_ro("released", &PyLease::released)
+      .def_prop_ro("copied_bytes", &PyLease::copied_bytes)
+      .def("memory", &PyLease::Memory)
+      .def("stage", &PyLease::Stage, "copies"_a, "threads"_a = 0)
+      .def("stage_in_background", &PyLease::StageInBackground, "copies"_a, "threads"_a = 0)
+      .def("wait_staged", &PyLease::WaitStaged)
+      .def("release", &PyLease::Release);
+  m.def("acquire_staging", &AcquireStaging, "kind"_a, "nbytes"_a);
+  m.def("set_staging_allocator", &SetStagingAllocator, "kind"_a, "allocate"_a);
+  m.def("staging_stats", &StagingStatsOf, "kind"_a = "pageable");
+  m.def("release_staged", &ReleaseStaged, "addresses"_a);
+  m.def("release_staging", &ReleaseAllStaging);
+  m.def("copied_state_bytes", &shardwise::CopiedStateBytes);
 
   m.def("cli_main", &CliMain, "argv"_a);
 }

@@ -45,7 +45,7 @@ struct RankResult {
   double seconds = 0;       // write + fsync
   std::string backend;
   bool direct_io = false;
-  // Item bytes copied into I/O buffers; 0 when every item was written
+  // Tensor bytes copied into I/O buffers; 0 when every tensor was written
   // straight from staging memory (StagingLease).
   std::uint64_t copied_bytes = 0;
 };

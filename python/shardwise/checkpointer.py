@@ -96,6 +96,10 @@ class SaveHandle:
         self._future = future
         self._snapshot = snapshot
         self._hooks: list[Any] = []
+        self._error_seen = False  # wait() raised it: the next save does not again
+        # Whether an optimizer step found the lazy snapshot still copying (and
+        # so waited for it).
+        self.step_waited = False
 
     @property
     def copied_bytes(self) -> Optional[int]:
@@ -125,10 +129,15 @@ class SaveHandle:
             h.remove()
 
     def wait(self, timeout: Optional[float] = None) -> None:
+        """Blocks until the save is committed; raises its error (once: a save
+        whose error was raised here is not reported again by the next
+        ``Checkpointer.save``)."""
         if self._future is not None:
             try:
                 self._future.result(timeout=timeout)
             except BaseException as e:  # DCP's CheckpointException is a BaseException
+                if self._future.done():
+                    self._error_seen = True
                 _reraise(e)
             finally:
                 if self._future.done():
@@ -354,6 +363,7 @@ class Checkpointer:
             # (device copies: ordered before the step's kernels, no host wait).
             handle._unhook()
             if handle._snapshot is not None:
+                handle.step_waited = not handle._snapshot.done()
                 handle._snapshot.wait_on_device()
         return hook
 
@@ -364,6 +374,8 @@ class Checkpointer:
         rank, as save() and close() do)."""
         pending, self._pending = self._pending, None
         if pending is not None:
+            if pending._error_seen:
+                return  # the caller saw this save fail already
             pending.wait()
             self._retention()
 

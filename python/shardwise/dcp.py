@@ -319,6 +319,14 @@ class Writer(StorageWriter, AsyncStager):  # type: ignore[misc]
         threading.Thread(target=complete, name="shardwise-staging", daemon=True).start()
         return fut
 
+    @property
+    def copied_bytes(self) -> Optional[int]:
+        """Bytes of state the CPU copied for the last save this writer staged
+        (complete once it persisted): the staging copy, once, since
+        ``write_data`` writes staged tensors straight from the pool. None
+        before any ``stage()``."""
+        return None if self._snapshot is None else self._snapshot.copied_bytes
+
     def synchronize_staging(self) -> None:
         if self._snapshot is not None:
             self._snapshot.wait()

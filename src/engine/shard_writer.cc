@@ -221,7 +221,8 @@ std::uint64_t FillUnit(ShardPlan& plan, std::span<const WriteItem> items, std::s
       std::uint64_t l = std::min(plan.block, p.length - b);
       plan.crcs[p.item][(p.begin + b) / plan.block] = format::Crc32cCopy(at + b, src + b, l);
     }
-    copied += p.length;
+    // Serialized values (kBytes) are made for the save, not state copied.
+    if (items[p.item].kind == ItemKind::kTensor) copied += p.length;
   });
   return copied;
 }

@@ -26,7 +26,7 @@ struct ShardIndex {
   std::vector<FileRecord> files;
   std::vector<ItemRecord> items;  // one chunk each
   double seconds = 0;
-  std::uint64_t copied_bytes = 0;  // item bytes copied into I/O buffers
+  std::uint64_t copied_bytes = 0;  // tensor bytes copied into I/O buffers
 };
 
 // Checks one item before anything is written: name, shape, bounds, size.
@@ -83,7 +83,7 @@ void EncodeHeader(const ShardPlan& plan, std::uint32_t file, std::byte* dst);
 // Computes the checksums of unit u from its image (its file bytes).
 void ChecksumUnit(ShardPlan& plan, std::size_t u, const std::byte* image);
 // Copies and checksums in one pass into dst (an I/O buffer); returns the
-// item bytes copied.
+// tensor bytes copied (serialized values are not state copied).
 std::uint64_t FillUnit(ShardPlan& plan, std::span<const WriteItem> items, std::size_t u,
                        std::byte* dst);
 

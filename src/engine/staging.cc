@@ -13,6 +13,7 @@
 #include "common/parallel.h"
 #include "engine/copy_count.h"
 #include "io/aligned_buffer.h"
+#include "os/fault.h"
 #include "os/posix.h"
 #include "shardwise/options.h"
 
@@ -321,6 +322,7 @@ Status StagingLease::StageInBackground(std::vector<Copy> copies, int threads) {
   impl_->copying = true;
   const int n = threads > 0 ? threads : std::max(1, CpusPerLocalRank() - 1);
   impl_->background = std::thread([impl = impl_.get(), copies = std::move(copies), n]() mutable {
+    os::PausePoint("staging_background");
     impl->CopyAll(std::move(copies), n);
     std::lock_guard done(impl->mu);
     impl->copying = false;

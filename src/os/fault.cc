@@ -6,9 +6,11 @@
 #include <array>
 #include <atomic>
 #include <charconv>
+#include <chrono>
 #include <cstdlib>
 #include <cstring>
 #include <mutex>
+#include <thread>
 
 #include "os/power_loss.h"
 
@@ -168,6 +170,20 @@ void CrashPoint(std::string_view name) {
   State& s = S();
   if (s.crash_name.empty() || s.crash_name != name) return;
   if (++s.crash_hits == s.crash_nth) KillSelf();
+}
+
+void PausePoint(std::string_view name) {
+  const char* spec = std::getenv("SHARDWISE_PAUSE_AT");
+  if (!spec) return;
+  std::string_view rest(spec);
+  while (!rest.empty()) {
+    std::string_view rule = rest.substr(0, rest.find(','));
+    rest.remove_prefix(std::min(rest.size(), rule.size() + 1));
+    auto colon = rule.find(':');
+    if (colon == std::string_view::npos || rule.substr(0, colon) != name) continue;
+    const long ms = std::strtol(std::string(rule.substr(colon + 1)).c_str(), nullptr, 10);
+    if (ms > 0) std::this_thread::sleep_for(std::chrono::milliseconds(ms));
+  }
 }
 
 }  // namespace shardwise::os

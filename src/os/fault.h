@@ -14,6 +14,9 @@
 //          O_DIRECT stays valid; a transfer of under 8 KiB is not
 //          shortened), or "kill" (SIGKILL)
 // SHARDWISE_CRASH_AT grammar: NAME[@N]  (SIGKILL at the Nth pass of NAME)
+// SHARDWISE_PAUSE_AT grammar: NAME:MS[,NAME:MS...]  (sleep MS milliseconds at
+//          every pass of NAME: tests widen a race window with it, e.g. to
+//          kill a process in the middle of a background copy)
 #pragma once
 
 #include <cstdint>
@@ -72,5 +75,8 @@ std::uint64_t Count(Op op);
 // names this point. Names are listed in docs/format.md (commit protocol).
 void CrashPoint(std::string_view name);
 void SetCrashPoint(std::string name, std::uint64_t nth = 1);
+// Sleeps when SHARDWISE_PAUSE_AT names this point (read at every call, so a
+// test may set it in a running process).
+void PausePoint(std::string_view name);
 
 }  // namespace shardwise::os

@@ -113,6 +113,10 @@ class StagingLease {
   // leaving a core to the training loop); WaitStaged() waits for it. One
   // background copy at a time.
   Status StageInBackground(std::vector<Copy> copies, int threads = 0);
+  // Records extents that another process already staged into this memory
+  // (src is ignored): a DCP checkpoint process writing from its parent's
+  // shared staging memory adopts them, so they are written without a copy.
+  Status Adopt(std::span<const Copy> extents);
   // Waits for the background copy, if any.
   Status WaitStaged();
   bool staged() const;

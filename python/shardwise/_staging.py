@@ -148,6 +148,8 @@ class Snapshot:
         self.torch_copied = 0  # CPU bytes copied by torch (non-contiguous tensors)
         self.device_bytes = 0  # bytes copied by device-to-host DMA
         self.write_copied = 0  # bytes the writer copied again (0 when all went direct)
+        self.kind = "pageable"
+        self.extents: list[tuple[int, int]] = []  # (offset, bytes) of every staged tensor
         self._events: list[tuple[Any, Any]] = []  # (CUDA event, device)
         _snapshots[lease.address] = self
 
@@ -176,6 +178,18 @@ class Snapshot:
     def release(self) -> None:
         """Returns the memory to the pool (waits for background copies)."""
         self.lease.release()
+
+
+def adopt(record: dict[str, Any], tensors: list[torch.Tensor]) -> Any:
+    """In DCP's checkpoint process: a lease over the parent's shared staging
+    memory that ``tensors`` (views of it, received by file descriptor) lie
+    in, with the parent's staged extents, so they are written without a
+    copy. None when the tensors are not views of that memory."""
+    for t in tensors:
+        storage = t.untyped_storage()
+        if storage.nbytes() == record["size"] and storage.is_shared():
+            return _core.adopt_staged(storage.data_ptr(), record["size"], record["extents"])
+    return None
 
 
 def snapshot_at(address: int) -> Optional[Snapshot]:
@@ -237,6 +251,7 @@ def stage(state_dict: Any, *, pin_memory: bool = False, shared_memory: bool = Fa
     collect(state_dict)
     lease = _core.acquire_staging(kind, max(offset, ALIGN))
     snap = Snapshot(lease, offset)
+    snap.kind = kind
     base = _base_tensor(lease, kind)
     views: dict[tuple[Any, ...], torch.Tensor] = {}
     eager: list[tuple[int, int, int]] = []
@@ -251,6 +266,7 @@ def stage(state_dict: Any, *, pin_memory: bool = False, shared_memory: bool = Fa
         views[key_of(t)] = view
         if n == 0:
             continue
+        snap.extents.append((off, n))
         deferred = background or (lazy is not None and lazy(t))
         if t.device.type == "cuda":
             (by_device_later if deferred else by_device).append((view, t))

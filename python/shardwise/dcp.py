@@ -140,20 +140,32 @@ class Writer(StorageWriter, AsyncStager):  # type: ignore[misc]
         self._init_runtime()
 
     # -- pickling (PROCESS mode): configuration only --------------------------
-    _RUNTIME = ("_snapshot", "_lazy", "_storage_data", "_save_id")
+    _RUNTIME = ("_snapshot", "_lazy", "_storage_data", "_save_id", "_adopted")
 
     def _init_runtime(self) -> None:
         self._snapshot: Optional[_staging.Snapshot] = None  # the last stage()
         self._lazy: Optional[Callable[[torch.Tensor], bool]] = None  # set by Checkpointer
         self._storage_data: Optional[dict[str, Any]] = None
         self._save_id: Optional[str] = None
+        self._adopted: Any = None  # in DCP's checkpoint process: the parent's memory
+        self._shared_staging: Optional[dict[str, Any]] = None
 
     def __getstate__(self) -> dict[str, Any]:
-        return {k: v for k, v in self.__dict__.items() if k not in self._RUNTIME}
+        state = {k: v for k, v in self.__dict__.items() if k not in self._RUNTIME}
+        snap = self._snapshot
+        # PROCESS mode: the checkpoint process gets the staged tensors as
+        # views of our shared memory, and through this record knows they
+        # are staged extents, written without a copy.
+        state["_shared_staging"] = (
+            {"size": snap.lease.size, "extents": snap.extents}
+            if snap is not None and snap.kind.startswith("shared") else None)
+        return state
 
     def __setstate__(self, state: dict[str, Any]) -> None:
+        shared = state.pop("_shared_staging", None)
         self.__dict__.update(state)
         self._init_runtime()
+        self._shared_staging = shared
 
     # -- StorageWriter ---------------------------------------------------------
     def reset(self, checkpoint_id: Optional[PathLike] = None) -> None:
@@ -220,6 +232,7 @@ class Writer(StorageWriter, AsyncStager):  # type: ignore[misc]
                 snap = _staging.snapshot_at(a)
                 if snap is not None:
                     snap.write_copied += copied[0]
+            self._adopted = None
 
     def _write_data(self, plan: SavePlan, planner: SavePlanner, sd: dict[str, Any],
                     addresses: list[int], copied: list[int]) -> Future[list[WriteResult]]:
@@ -250,6 +263,8 @@ class Writer(StorageWriter, AsyncStager):  # type: ignore[misc]
                 if t.device.type != "cpu":
                     t = t.cpu()
                 t = t.contiguous()
+                if self._shared_staging is not None and self._adopted is None and t.numel():
+                    self._adopted = _staging.adopt(self._shared_staging, [t])
                 keep.append(t)
                 td = item.tensor_data
                 n = t.numel() * t.element_size()
@@ -264,6 +279,7 @@ class Writer(StorageWriter, AsyncStager):  # type: ignore[misc]
             r = self._repo().write_rank(spec, items)
             bar.update(total)
         copied[0] = int(r["copied_bytes"])
+        self.last_write_copied_bytes = copied[0]
         fut: Future[list[WriteResult]] = Future()
         fut.set_result(results)
         return fut

@@ -168,6 +168,29 @@ def test_staging_options_and_release(tmp_path):
     assert _core.staging_stats()["reserved_bytes"] == 0
 
 
+def test_a_checkpoint_process_writes_shared_staging_memory_without_a_copy(tmp_path):
+    """What DCP's PROCESS mode does, in one process: the writer is pickled
+    with a record of the staged extents; the checkpoint process, where the
+    parent's lease does not exist, adopts the shared memory it received."""
+    import pickle
+
+    state = rank_state(0)
+    w = Writer(tmp_path / "r" / "a", shared_memory=True)
+    staged = w.stage(state)
+    child = pickle.loads(pickle.dumps(w))
+    assert child._shared_staging["extents"]
+    w._snapshot.release()  # as in another process: no lease of ours holds it
+    dcp.save(staged, storage_writer=child, no_dist=True)
+    assert child.last_write_copied_bytes == 0
+    back = zeros_like_state(rank_state(0))
+    dcp.load(back, storage_reader=Reader(tmp_path / "r" / "a"), no_dist=True)
+    assert flat_equal(back, state)
+    # Without the record, the same tensors are copied once more.
+    plain = Writer(tmp_path / "r" / "b")
+    dcp.save(staged, storage_writer=plain, no_dist=True)
+    assert plain.last_write_copied_bytes == tensor_bytes(state)
+
+
 def test_overlap_skip(tmp_path):
     ck = shardwise.Checkpointer(tmp_path / "ck", overlap="skip")
     big = {"w": torch.randn(4096, 4096)}  # 64 MiB: its persist outlasts the next call

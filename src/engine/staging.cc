@@ -331,6 +331,14 @@ Status StagingLease::StageInBackground(std::vector<Copy> copies, int threads) {
   return Status::Ok();
 }
 
+Status StagingLease::Adopt(std::span<const Copy> extents) {
+  std::vector<Copy> records(extents.begin(), extents.end());
+  for (Copy& c : records) c.src = data() + c.offset;  // Record checks src for null only
+  std::lock_guard lock(impl_->mu);
+  if (impl_->released) return InvalidArgument("adopting into a released lease");
+  return impl_->Record(records);
+}
+
 Status StagingLease::WaitStaged() {
   std::unique_lock lock(impl_->mu);
   impl_->JoinBackground(lock);

@@ -5,6 +5,7 @@
 #include <nanobind/nanobind.h>
 #include <nanobind/ndarray.h>
 #include <nanobind/stl/optional.h>
+#include <nanobind/stl/pair.h>
 #include <nanobind/stl/string.h>
 #include <nanobind/stl/tuple.h>
 #include <nanobind/stl/vector.h>
@@ -425,6 +426,20 @@ std::vector<std::uintptr_t> ReleaseStaged(const std::vector<std::uintptr_t>& add
   return out;
 }
 
+// Memory staged by another process (shared memory mapped here): a lease
+// over it whose extents are known, so writes go straight from it. None when
+// a lease of this process holds that memory already.
+std::optional<PyLease> AdoptStaged(std::uintptr_t address, std::uint64_t size,
+                    const std::vector<std::pair<std::uint64_t, std::uint64_t>>& extents) {
+  if (StagingLease::Find(reinterpret_cast<const void*>(address), 1)) return std::nullopt;
+  auto pool = Take(StagingPool::Wrap(reinterpret_cast<void*>(address), size));
+  auto lease = Take(pool->Acquire(size));
+  std::vector<StagingLease::Copy> records;
+  for (const auto& [offset, bytes] : extents) records.push_back({nullptr, offset, bytes});
+  Check(lease->Adopt(records));
+  return PyLease(std::move(lease));  // the lease keeps the pool's state alive
+}
+
 void ReleaseAllStaging() {
   nb::gil_scoped_release release;
   StagingPool::ReleaseAllFree();
@@ -494,6 +509,7 @@ NB_MODULE(_core, m) {
   m.def("set_staging_allocator", &SetStagingAllocator, "kind"_a, "allocate"_a);
   m.def("staging_stats", &StagingStatsOf, "kind"_a = "pageable");
   m.def("release_staged", &ReleaseStaged, "addresses"_a);
+  m.def("adopt_staged", &AdoptStaged, "address"_a, "size"_a, "extents"_a);
   m.def("release_staging", &ReleaseAllStaging);
   m.def("copied_state_bytes", &shardwise::CopiedStateBytes);
 

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import logging
 import os
+import threading
 import time
 from concurrent.futures import Future as ConcurrentFuture
 from typing import Any, Callable, Optional, Union
@@ -100,6 +101,11 @@ class SaveHandle:
         # Whether an optimizer step found the lazy snapshot still copying (and
         # so waited for it).
         self.step_waited = False
+        # Retention after this save (rank 0, in the background): done, and
+        # why it failed if it did (the save is committed regardless).
+        self._retained = threading.Event()
+        self._retained.set()
+        self.retention_error: Optional[BaseException] = None
 
     @property
     def copied_bytes(self) -> Optional[int]:
@@ -142,6 +148,7 @@ class SaveHandle:
             finally:
                 if self._future.done():
                     self._unhook()
+            self._retained.wait(timeout)
 
     def exception(self) -> Optional[BaseException]:
         if self._future is None or not self._future.done():
@@ -249,6 +256,7 @@ class Checkpointer:
                               staging_threads=staging_threads, **engine_options)
         self._pending: Optional[SaveHandle] = None
         self._repo = None
+        self._repo_lock = threading.Lock()
         self._claimed = False
         if self._rank() == 0:
             os.makedirs(self.root, exist_ok=True)
@@ -260,19 +268,38 @@ class Checkpointer:
         return 0
 
     def _core_repo(self) -> Any:
-        if self._repo is None:
-            opts = {k: v for k, v in self.engine_options.items() if k != "checksum_block"}
-            self._repo = _core.Repository(self.root, opts, True)
-        return self._repo
+        with self._repo_lock:  # retention uses it from the background
+            if self._repo is None:
+                opts = {k: v for k, v in self.engine_options.items() if k != "checksum_block"}
+                self._repo = _core.Repository(self.root, opts, True)
+            return self._repo
 
-    def _retention(self) -> None:
-        if not (self.keep_last or self.keep_every):
+    def _apply_retention(self) -> None:
+        """Rank 0: the retention policy, once a save committed."""
+        if not (self.keep_last or self.keep_every) or self._rank() != 0:
             return
-        if self._rank() == 0:
-            report = self._core_repo().gc(keep_last=self.keep_last, keep_every=self.keep_every)
-            if report["removed_checkpoints"]:
-                log.info("retention removed %s", ", ".join(report["removed_checkpoints"]))
-        # Every rank returns once retention is done, so all see the same steps.
+        report = self._core_repo().gc(keep_last=self.keep_last, keep_every=self.keep_every)
+        if report["removed_checkpoints"]:
+            log.info("retention removed %s", ", ".join(report["removed_checkpoints"]))
+
+    def _retain_after(self, handle: SaveHandle, future: ConcurrentFuture) -> None:
+        # In the background, as part of the save: the training loop never
+        # waits for deletions.
+        handle._retained.clear()
+
+        def after(f: ConcurrentFuture) -> None:
+            try:
+                if f.exception() is None:
+                    self._apply_retention()
+            except Exception as e:  # the save is committed; retention failed
+                handle.retention_error = e
+                log.warning("retention after step %d failed: %s", handle.step, e)
+            finally:
+                handle._retained.set()
+
+        future.add_done_callback(after)
+
+    def _barrier(self) -> None:
         if dist.is_available() and dist.is_initialized():
             dist.barrier(group=self.process_group)
 
@@ -312,7 +339,7 @@ class Checkpointer:
                      self._pending.step)
             return SaveHandle(step, None, 0.0, skipped=True)
         t0 = time.monotonic()
-        self.wait()
+        self._wait_previous()
         self._claim()
         path = os.path.join(self.root, _step_name(step))
         self._writer.step = step
@@ -323,7 +350,9 @@ class Checkpointer:
             except BaseException as e:
                 _reraise(e)
             stall = time.monotonic() - t0
-            self._retention()
+            self._apply_retention()
+            if self.keep_last or self.keep_every:
+                self._barrier()  # a blocking save returns with every rank seeing the same steps
             log.info("saved %s in %.3f s", path, stall)
             return SaveHandle(step, None, stall)
         kind = (AsyncCheckpointerType.PROCESS if self.async_mode == "process"
@@ -351,7 +380,7 @@ class Checkpointer:
             # Once persisted, its staged memory may serve the next save (in
             # process mode the checkpoint process is done with it then).
             future.add_done_callback(lambda _f, s=snap: s.release())
-        # Retention for this save runs in wait() (or the next save/close).
+        self._retain_after(handle, future)
         self._pending = handle
         log.info("staged %s in %.3f s; persisting in the background", path, stall)
         return handle
@@ -367,17 +396,19 @@ class Checkpointer:
                 handle._snapshot.wait_on_device()
         return hook
 
-    def wait(self) -> None:
-        """Waits for the save in flight; raises its error. Retention runs
-        here, after the save committed; with retention on and
-        torch.distributed initialized, this is collective (call it on every
-        rank, as save() and close() do)."""
+    def _wait_previous(self) -> None:
         pending, self._pending = self._pending, None
-        if pending is not None:
-            if pending._error_seen:
-                return  # the caller saw this save fail already
+        if pending is not None and not pending._error_seen:  # else the caller saw it fail
             pending.wait()
-            self._retention()
+
+    def wait(self) -> None:
+        """Waits for the save in flight (and, on rank 0, its retention);
+        raises its error. With retention on and torch.distributed
+        initialized, this is collective (call it on every rank, as close()
+        does): every rank then sees the same steps."""
+        self._wait_previous()
+        if self.keep_last or self.keep_every:
+            self._barrier()
 
     def steps(self) -> list[int]:
         """Steps of the committed checkpoints, oldest first."""

@@ -51,31 +51,33 @@ def median(v):
 
 
 def rank_state(rank: int, nbytes: int):
-    """A transformer-like shard: bf16 weights, fp32 moments, some biases;
-    names carry the rank, so every rank writes all of its own bytes."""
+    """A transformer-like shard, nested as a model and optimizer state dict:
+    bf16 weights and biases, fp32 moments; names carry the rank, so every
+    rank writes all of its own bytes."""
     import torch
 
     g = torch.Generator().manual_seed(rank)
-    state, left, layer, hidden = {}, nbytes, 0, 1024
+    model, optim, left, layer, hidden = {}, {}, nbytes, 0, 1024
     while left > 0:
         rows = max(1, min(4 * hidden, left // (10 * hidden)))
         w = torch.randn(rows, hidden, generator=g)
         p = f"r{rank}.layers.{layer}"
-        state[f"{p}.weight"] = w.to(torch.bfloat16)
-        state[f"{p}.exp_avg"] = w * 0.1
-        state[f"{p}.exp_avg_sq"] = w.abs() * 0.01
-        state[f"{p}.bias"] = torch.randn(rows, generator=g)
-        left -= rows * hidden * 10 + rows * 4
+        model[f"{p}.weight"] = w.to(torch.bfloat16)
+        model[f"{p}.bias"] = torch.randn(rows, generator=g).to(torch.bfloat16)
+        optim[p] = {"exp_avg": w * 0.1, "exp_avg_sq": w.abs() * 0.01}
+        left -= rows * hidden * 10 + rows * 2
         layer += 1
-    state["step"] = 1000
-    return state
+    return {"model": model, "optim": optim, "step": 1000}
 
 
 def tensor_bytes(state) -> int:
     import torch
 
-    return sum(v.numel() * v.element_size() for v in state.values()
-               if isinstance(v, torch.Tensor))
+    if isinstance(state, torch.Tensor):
+        return state.numel() * state.element_size()
+    if isinstance(state, dict):
+        return sum(tensor_bytes(v) for v in state.values())
+    return 0
 
 
 def copy_limit(nbytes: int, threads: int) -> float:
@@ -110,8 +112,15 @@ def _max_over_ranks(x: float) -> float:
     return float(t.item())
 
 
-def idiom_and_eager(rank: int, world: int, store: str, args: dict, out: str) -> None:
+def _as_torchrun(world: int) -> None:
+    # torchrun tells each rank how many share its node; shardwise gives each
+    # rank its share of the cores from it.
     os.environ.setdefault("OMP_NUM_THREADS", "1")
+    os.environ["LOCAL_WORLD_SIZE"] = str(world)
+
+
+def idiom_and_eager(rank: int, world: int, store: str, args: dict, out: str) -> None:
+    _as_torchrun(world)
     import torch
     import torch.distributed as dist
     import torch.distributed.checkpoint as dcp
@@ -205,7 +214,7 @@ def make_model(layers: int, hidden: int):
 
 
 def training(rank: int, world: int, store: str, args: dict, out: str) -> None:
-    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    _as_torchrun(world)
     import torch
     import torch.distributed as dist
     from torch.distributed.checkpoint.state_dict import get_state_dict
@@ -276,20 +285,23 @@ def training(rank: int, world: int, store: str, args: dict, out: str) -> None:
             rounds_s.append(time.monotonic() - t_round)
         return rounds_s, steps_s
 
-    rounds = args["rounds"]
-    for mode in ("none", "eager", "lazy"):
-        ck = None
-        if mode != "none":
-            ck = shardwise.Checkpointer(os.path.join(root, mode), keep_last=1, snapshot=mode)
-            run(ck, 1, f"warmup {mode}")  # the pool is allocated here
-        dist.barrier()
-        r_s, st = run(ck, rounds, mode)
-        samples[f"{mode} round seconds"] = r_s
-        samples[f"{mode} step0 seconds"] = [t for s, t in st if s == 0]
-        samples[f"{mode} step1 seconds"] = [t for s, t in st if s == 1]
-        samples[f"{mode} other step seconds"] = [t for s, t in st if s >= 2]
-        if ck is not None:
-            ck.close()
+    # Modes interleaved round by round, so that the machine's noise hits
+    # all three alike.
+    cks = {mode: shardwise.Checkpointer(os.path.join(root, mode), keep_last=1, snapshot=mode)
+           for mode in ("eager", "lazy")}
+    for mode, ck in cks.items():
+        run(ck, 1, f"warmup {mode}")  # the pool is allocated here
+    for _ in range(args["rounds"]):
+        for mode in ("none", "eager", "lazy"):
+            dist.barrier()
+            r_s, st = run(cks.get(mode), 1, mode)
+            samples.setdefault(f"{mode} round seconds", []).extend(r_s)
+            samples.setdefault(f"{mode} step0 seconds", []).extend(t for s, t in st if s == 0)
+            samples.setdefault(f"{mode} step1 seconds", []).extend(t for s, t in st if s == 1)
+            samples.setdefault(f"{mode} other step seconds", []).extend(
+                t for s, t in st if s >= 2)
+    for ck in cks.values():
+        ck.close()
     if rank == 0:
         with open(out, "w") as f:
             json.dump(res, f)
@@ -364,7 +376,7 @@ def main() -> None:
     ap.add_argument("--hidden", type=int, default=1024)
     ap.add_argument("--batch", type=int, default=16)
     ap.add_argument("--interval", type=int, default=12, help="steps from one save to the next")
-    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--rounds", type=int, default=8)
     ap.add_argument("--json")
     args = ap.parse_args()
     if args.saves < 3:

@@ -358,21 +358,24 @@ class Checkpointer:
         kind = (AsyncCheckpointerType.PROCESS if self.async_mode == "process"
                 else AsyncCheckpointerType.THREAD)
         self._writer._lazy = _changed_only_by_step(optimizers) if lazy else None
-        # A lazy snapshot is handed to DCP as a future: its save starts once
-        # the copy is complete (in process mode, before the staged tensors
-        # are sent to the checkpoint process).
-        self._writer.async_staging = lazy
+        # stage() hands DCP a future, completed below once this save's
+        # foreground work is done (and, for a lazy snapshot, once its copy is
+        # done: in process mode the staged tensors are sent to the checkpoint
+        # process only then).
+        self._writer._hold = True
         try:
             response = dcp.async_save(state_dict, storage_writer=self._writer,
                                       checkpoint_id=path, process_group=self.process_group,
                                       async_checkpointer_type=kind)
+        except BaseException as e:
+            self._writer._release_held(error=e)
+            raise
         finally:
             self._writer._lazy = None
-            self._writer.async_staging = False
+            self._writer._hold = False
         future = getattr(response, "upload_completion", response)
         snap = self._writer._snapshot
-        stall = time.monotonic() - t0
-        handle = SaveHandle(step, future, stall, snap)
+        handle = SaveHandle(step, future, 0.0, snap)
         if lazy and snap is not None and not snap.done():
             handle._hooks = [opt.register_step_pre_hook(self._step_hook(handle))
                              for opt in optimizers]
@@ -382,7 +385,10 @@ class Checkpointer:
             future.add_done_callback(lambda _f, s=snap: s.release())
         self._retain_after(handle, future)
         self._pending = handle
-        log.info("staged %s in %.3f s; persisting in the background", path, stall)
+        handle.stall_seconds = time.monotonic() - t0
+        self._writer._release_held()
+        log.debug("staged %s in %.3f s; persisting in the background", path,
+                  handle.stall_seconds)
         return handle
 
     @staticmethod

@@ -140,7 +140,7 @@ class Writer(StorageWriter, AsyncStager):  # type: ignore[misc]
         self._init_runtime()
 
     # -- pickling (PROCESS mode): configuration only --------------------------
-    _RUNTIME = ("_snapshot", "_lazy", "_storage_data", "_save_id", "_adopted")
+    _RUNTIME = ("_snapshot", "_lazy", "_storage_data", "_save_id", "_adopted", "_hold", "_held")
 
     def _init_runtime(self) -> None:
         self._snapshot: Optional[_staging.Snapshot] = None  # the last stage()
@@ -148,6 +148,12 @@ class Writer(StorageWriter, AsyncStager):  # type: ignore[misc]
         self._storage_data: Optional[dict[str, Any]] = None
         self._save_id: Optional[str] = None
         self._adopted: Any = None  # in DCP's checkpoint process: the parent's memory
+        # Set by the Checkpointer: stage() hands DCP a future that the
+        # Checkpointer completes (_release_held) just before save() returns,
+        # so DCP's background thread does not compete for the GIL with the
+        # end of save().
+        self._hold = False
+        self._held: Optional[tuple[Any, _staging.Snapshot]] = None
         self._shared_staging: Optional[dict[str, Any]] = None
 
     def __getstate__(self) -> dict[str, Any]:
@@ -321,19 +327,25 @@ class Writer(StorageWriter, AsyncStager):  # type: ignore[misc]
         # The previous save's memory goes back to the pool when nothing uses
         # it any more (its write_data released it, or its tensors are gone).
         self._snapshot = snap
+        if self._hold:
+            held: Future[Any] = _ConcurrentFuture()
+            self._held = (held, snap)
+            return held
         if not self.async_staging:
             return snap.state_dict
         fut: Future[Any] = _ConcurrentFuture()
-
-        def complete() -> None:
-            try:
-                snap.wait()
-                fut.set_result(snap.state_dict)
-            except BaseException as e:  # surfaces through staging_completion
-                fut.set_exception(e)
-
-        threading.Thread(target=complete, name="shardwise-staging", daemon=True).start()
+        _complete_when_staged(fut, snap)
         return fut
+
+    def _release_held(self, error: Optional[BaseException] = None) -> None:
+        held, self._held = self._held, None
+        if held is None:
+            return
+        fut, snap = held
+        if error is not None:
+            fut.set_exception(error)
+        else:
+            _complete_when_staged(fut, snap)
 
     @property
     def copied_bytes(self) -> Optional[int]:
@@ -352,6 +364,23 @@ class Writer(StorageWriter, AsyncStager):  # type: ignore[misc]
         snap, self._snapshot = self._snapshot, None
         if snap is not None:
             snap.wait()
+
+
+def _complete_when_staged(fut: Any, snap: _staging.Snapshot) -> None:
+    """Completes ``fut`` with the staged state dict once every copy is done
+    (at once, or from a helper thread)."""
+    if snap.done():
+        fut.set_result(snap.state_dict)
+        return
+
+    def complete() -> None:
+        try:
+            snap.wait()
+            fut.set_result(snap.state_dict)
+        except BaseException as e:  # surfaces through staging_completion
+            fut.set_exception(e)
+
+    threading.Thread(target=complete, name="shardwise-staging", daemon=True).start()
 
 
 class Reader(StorageReader):

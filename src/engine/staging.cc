@@ -1,6 +1,11 @@
 // Process-wide staging pools and their leases (include/shardwise/staging.h).
 #include "shardwise/staging.h"
 
+#if defined(__x86_64__) || defined(__SSE2__)
+#include <emmintrin.h>
+#include <xmmintrin.h>
+#endif
+
 #include <algorithm>
 #include <atomic>
 #include <condition_variable>
@@ -26,6 +31,36 @@ constexpr std::uint64_t kSlabRounding = 2ull << 20;
 constexpr std::uint64_t kCopyPiece = 8ull << 20;
 
 std::atomic<std::uint64_t> g_copied{0};
+
+// Staging copies stream through memory once and are read again only by the
+// writer, much later: non-temporal stores skip the cache's read-for-
+// ownership and pollution. glibc's memcpy picks them only for sizes above a
+// threshold (3/4 of the last-level cache), which single tensors often are
+// not; measured here: 8 MiB pieces by memcpy ran at half the speed of one
+// 1 GiB memcpy, and at its speed with this loop.
+void StreamCopy(std::byte* dst, const std::byte* src, std::uint64_t n) {
+#if defined(__x86_64__) || defined(__SSE2__)
+  constexpr std::uint64_t kMin = 256 << 10;
+  if (n >= kMin && reinterpret_cast<std::uintptr_t>(dst) % 16 == 0) {
+    const std::uint64_t blocks = n / 64;
+    for (std::uint64_t i = 0; i < blocks; ++i) {
+      const auto* s = reinterpret_cast<const __m128i*>(src + i * 64);
+      auto* d = reinterpret_cast<__m128i*>(dst + i * 64);
+      _mm_prefetch(reinterpret_cast<const char*>(src + i * 64 + 512), _MM_HINT_T0);
+      const __m128i a = _mm_loadu_si128(s), b = _mm_loadu_si128(s + 1);
+      const __m128i c = _mm_loadu_si128(s + 2), e = _mm_loadu_si128(s + 3);
+      _mm_stream_si128(d, a);
+      _mm_stream_si128(d + 1, b);
+      _mm_stream_si128(d + 2, c);
+      _mm_stream_si128(d + 3, e);
+    }
+    _mm_sfence();  // streamed stores are visible before the copy is reported done
+    std::memcpy(dst + blocks * 64, src + blocks * 64, n - blocks * 64);
+    return;
+  }
+#endif
+  std::memcpy(dst, src, n);
+}
 
 // Unreleased leases by slab address, for Find().
 std::mutex& RegistryMutex() {
@@ -269,7 +304,7 @@ struct StagingLease::Impl {
     }
     ParallelFor(0, pieces.size(), threads, [&](std::size_t i) {
       const Piece& p = pieces[i];
-      std::memcpy(p.dst, p.src, p.bytes);
+      StreamCopy(p.dst, p.src, p.bytes);
       if (p.zero) std::memset(p.dst + p.bytes, 0, p.zero);
     });
     copied.fetch_add(total, std::memory_order_relaxed);

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import atexit
 import copy as _copy
+import os
 import threading
 import weakref
 from typing import Any, Callable, Optional
@@ -85,6 +86,14 @@ def _allocate(kind: str, nbytes: int) -> tuple[int, int, Any]:
         t = torch.empty(n, dtype=torch.uint8, pin_memory=True)
         owner: Any = t
     else:
+        # Shared memory lives in /dev/shm: touching pages past its capacity
+        # would kill the process with SIGBUS, so refuse clearly instead.
+        free = _shm_free_bytes()
+        if free is not None and free < n:
+            raise MemoryError(
+                f"shared staging memory of {n / 2**30:.2f} GiB does not fit /dev/shm "
+                f"({free / 2**30:.2f} GiB free): enlarge it (e.g. docker --shm-size, a "
+                f"Kubernetes emptyDir with medium: Memory) or stage without shared_memory")
         # Allocated in shared memory directly (share_memory_() would copy),
         # then touched once so that no save pays for page faults.
         storage = torch.UntypedStorage._new_shared(n)
@@ -93,6 +102,14 @@ def _allocate(kind: str, nbytes: int) -> tuple[int, int, Any]:
         owner = _Registered(t) if kind == "shared-pinned" else t
     _owners[t.data_ptr()] = t
     return t.data_ptr(), n, owner
+
+
+def _shm_free_bytes() -> Optional[int]:
+    try:
+        st = os.statvfs("/dev/shm")
+    except OSError:
+        return None
+    return st.f_bavail * st.f_frsize
 
 
 def _ensure_allocator(kind: str) -> None:

@@ -352,6 +352,33 @@ def test_two_saves_in_flight_never_share_bytes(tmp_path):
     run_ranks(2, _in_flight, str(tmp_path / "root"))
 
 
+def _dtensor_async(rank: int, world: int, root: str) -> None:
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.tensor import Replicate, Shard, distribute_tensor
+
+    group = dist.new_group(backend="gloo")
+    mesh = init_device_mesh("cpu", (world,))
+    g = torch.Generator().manual_seed(3)
+    full = torch.randn(64, 48, generator=g)
+    state = {"w": distribute_tensor(full, mesh, [Shard(0)]),
+             "b": distribute_tensor(full[0].clone(), mesh, [Replicate()])}
+    w = Writer(os.path.join(root, "step-000000000001"))
+    fut = dcp.async_save(state, storage_writer=w, process_group=group)
+    state["w"].to_local().zero_()  # the staged local shard is what is saved
+    fut.result()
+    assert w.copied_bytes == tensor_bytes(state)  # local shards, once
+    back = {"w": distribute_tensor(torch.zeros(64, 48), mesh, [Shard(0)]),
+            "b": distribute_tensor(torch.zeros(48), mesh, [Replicate()])}
+    dcp.load(back, storage_reader=Reader(os.path.join(root, "step-000000000001")),
+             process_group=group)
+    assert torch.equal(back["w"].full_tensor(), full)
+    assert torch.equal(back["b"].full_tensor(), full[0])
+
+
+def test_dtensor_shards_stage_their_local_tensors(tmp_path):
+    run_ranks(2, _dtensor_async, str(tmp_path / "root"))
+
+
 def _plan_caching(rank: int, world: int, root: str) -> None:
     group = dist.new_group(backend="gloo")
     state = rank_state(rank)

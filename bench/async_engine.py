@@ -179,8 +179,10 @@ def idiom_and_eager(rank: int, world: int, store: str, args: dict, out: str) -> 
             h = ck.save(i + 1, state)
             stall = _max_over_ranks(h.stall_seconds)
             h.wait()
+            copy_s = _max_over_ranks(h._snapshot.copy_seconds)
             if i > 0:
                 samples.setdefault("eager stall", []).append(stall)
+                samples.setdefault("eager copy", []).append(copy_s)
                 samples.setdefault("eager copied bytes", []).append(h.copied_bytes)
         ck.close()
         # The copy limit: one rank alone, then every rank at once.
@@ -329,6 +331,7 @@ def report(idiom: dict, train: dict, train2: dict) -> dict:
             alone = min(v for k, v in idiom.items() if k.startswith("memcpy alone"))
             together = min(v for k, v in idiom.items() if k.startswith("memcpy together"))
             r["eager: stall s"] = stall
+            r["eager: of which the copy s"] = median(s["eager copy"])
             r["eager: copy limit, one rank alone s"] = alone
             r["eager: copy limit, all ranks at once s"] = together
             r["eager: stall / limit (one rank alone)"] = stall / alone

@@ -25,6 +25,7 @@ import atexit
 import copy as _copy
 import os
 import threading
+import time
 import weakref
 from typing import Any, Callable, Optional
 
@@ -166,6 +167,7 @@ class Snapshot:
         self.device_bytes = 0  # bytes copied by device-to-host DMA
         self.write_copied = 0  # bytes the writer copied again (0 when all went direct)
         self.kind = "pageable"
+        self.copy_seconds = 0.0  # the foreground copy (the part of the stall that moves bytes)
         self.extents: list[tuple[int, int]] = []  # (offset, bytes) of every staged tensor
         self._events: list[tuple[Any, Any]] = []  # (CUDA event, device)
         _snapshots[lease.address] = self
@@ -310,7 +312,9 @@ def stage(state_dict: Any, *, pin_memory: bool = False, shared_memory: bool = Fa
     if by_device_later:
         _copy_from_devices(snap, by_device_later, non_blocking)
     if eager:
+        t0 = time.monotonic()
         lease.stage(eager, threads)
+        snap.copy_seconds = time.monotonic() - t0
     for view, t in by_torch:
         view.copy_(t)
         snap.torch_copied += view.numel() * view.element_size()

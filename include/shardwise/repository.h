@@ -115,8 +115,12 @@ class Repository {
 
   // Every rank: writes its items as one shard into the staging directory,
   // fsyncs it and leaves its fragment. On failure, leaves a failure marker
-  // so the coordinator stops waiting.
-  Result<RankResult> WriteRank(const SaveSpec& spec, std::span<const WriteItem> items);
+  // so the coordinator stops waiting. `released`, when given, is called once
+  // the items' memory is no longer read (every byte copied into I/O buffers
+  // or written), before the last writes and the fsync complete, or when the
+  // write fails: a caller streaming from live memory may let it change then.
+  Result<RankResult> WriteRank(const SaveSpec& spec, std::span<const WriteItem> items,
+                               const std::function<void()>& released = {});
   // The coordinator: waits (up to options.commit_timeout_s) for every rank's
   // fragment, then commits. Returns only once the checkpoint is durable.
   Result<CommitResult> Commit(const SaveSpec& spec);

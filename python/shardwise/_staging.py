@@ -211,6 +211,30 @@ def adopt(record: dict[str, Any], tensors: list[torch.Tensor]) -> Any:
     return None
 
 
+def tensor_bytes(state_dict: Any) -> int:
+    """Bytes of the (local) tensors in a state dict, each tensor once."""
+    seen: set[tuple[Any, ...]] = set()
+    total = 0
+
+    def walk(v: Any) -> None:
+        nonlocal total
+        if isinstance(v, torch.Tensor):
+            t = local_tensor(v)
+            key = (t.device, t.data_ptr(), t.dtype, tuple(t.shape), tuple(t.stride()))
+            if key not in seen or t.numel() == 0:
+                seen.add(key)
+                total += t.numel() * t.element_size()
+        elif isinstance(v, dict):
+            for x in v.values():
+                walk(x)
+        elif isinstance(v, (list, tuple)):
+            for x in v:
+                walk(x)
+
+    walk(state_dict)
+    return total
+
+
 def snapshot_at(address: int) -> Optional[Snapshot]:
     """The live snapshot whose lease starts at ``address``."""
     return _snapshots.get(address)

@@ -211,6 +211,12 @@ class Checkpointer:
             collectives and deadlock. Works without torch.distributed too.
         progress: True for progress bars/log lines, or a callable
             ``(done_bytes, total_bytes)``.
+        staging_budget: bytes (or a size such as ``"8GiB"``) of staging
+            memory one save may use. A state over the budget is not staged:
+            ``save()`` returns once the writer has copied its last byte into
+            the I/O buffers (bounded memory, at the price of a stall of
+            about the write time; in process mode, of the whole save).
+            Default: no limit.
         pin_memory, staging_threads: as for :class:`shardwise.dcp.Writer`.
         **engine_options: ``io_backend``, ``queue_depth``, ``io_unit``,
             ``checksum_block``, ``direct_io``, ``commit_timeout_s``.
@@ -225,6 +231,7 @@ class Checkpointer:
                  snapshot: str = "eager", overlap: str = "wait",
                  process_group: Optional[Any] = None, progress: ProgressArg = None,
                  pin_memory: Optional[bool] = None, staging_threads: Optional[int] = None,
+                 staging_budget: Optional[Union[int, str]] = None,
                  **engine_options: Any) -> None:
         if keep_last is not None and keep_last < 1:
             raise ValueError("keep_last must be >= 1")
@@ -254,6 +261,11 @@ class Checkpointer:
         self._writer = Writer(None, progress=progress, pin_memory=pin_memory,
                               shared_memory=async_mode == "process",
                               staging_threads=staging_threads, **engine_options)
+        if isinstance(staging_budget, str):
+            staging_budget = _core.parse_size(staging_budget)
+        if staging_budget is not None and staging_budget < 0:
+            raise ValueError("staging_budget must be >= 0")
+        self._writer._budget = staging_budget
         self._pending: Optional[SaveHandle] = None
         self._repo = None
         self._repo_lock = threading.Lock()
@@ -385,8 +397,14 @@ class Checkpointer:
             future.add_done_callback(lambda _f, s=snap: s.release())
         self._retain_after(handle, future)
         self._pending = handle
-        handle.stall_seconds = time.monotonic() - t0
+        stream = self._writer._stream
         self._writer._release_held()
+        if stream is not None:
+            # Over the staging budget: the state is read while it is written;
+            # return once the writer is done reading it (or the save failed).
+            while not stream.wait(0.05) and not future.done():
+                pass
+        handle.stall_seconds = time.monotonic() - t0
         log.debug("staged %s in %.3f s; persisting in the background", path,
                   handle.stall_seconds)
         return handle

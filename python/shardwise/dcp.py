@@ -140,7 +140,8 @@ class Writer(StorageWriter, AsyncStager):  # type: ignore[misc]
         self._init_runtime()
 
     # -- pickling (PROCESS mode): configuration only --------------------------
-    _RUNTIME = ("_snapshot", "_lazy", "_storage_data", "_save_id", "_adopted", "_hold", "_held")
+    _RUNTIME = ("_snapshot", "_lazy", "_storage_data", "_save_id", "_adopted", "_hold", "_held",
+                "_budget", "_stream", "_held_state")
 
     def _init_runtime(self) -> None:
         self._snapshot: Optional[_staging.Snapshot] = None  # the last stage()
@@ -153,7 +154,13 @@ class Writer(StorageWriter, AsyncStager):  # type: ignore[misc]
         # so DCP's background thread does not compete for the GIL with the
         # end of save().
         self._hold = False
-        self._held: Optional[tuple[Any, _staging.Snapshot]] = None
+        self._held: Optional[tuple[Any, Optional[_staging.Snapshot]]] = None
+        # Set by the Checkpointer: a state over this many bytes is not staged
+        # but streamed (write_data copies it into I/O buffers and sets
+        # _stream once done reading it; save() waits for that).
+        self._budget: Optional[int] = None
+        self._stream: Any = None
+        self._held_state: Any = None
         self._shared_staging: Optional[dict[str, Any]] = None
 
     def __getstate__(self) -> dict[str, Any]:
@@ -282,7 +289,7 @@ class Writer(StorageWriter, AsyncStager):  # type: ignore[misc]
         spec = self._spec(sd, self._save_id or "")
         total = sum(i[-1] for i in items)
         with Progress(self.progress, total, "save") as bar:
-            r = self._repo().write_rank(spec, items)
+            r = self._repo().write_rank(spec, items, self._stream)
             bar.update(total)
         copied[0] = int(r["copied_bytes"])
         self.last_write_copied_bytes = copied[0]
@@ -319,6 +326,19 @@ class Writer(StorageWriter, AsyncStager):  # type: ignore[misc]
         from the copy while training changes the originals. With
         ``async_staging``, returns a Future that completes when the copy is
         done."""
+        self._stream = None
+        if self._budget is not None and _staging.tensor_bytes(state_dict) > self._budget:
+            # Over the staging budget: nothing is staged; the state is copied
+            # once, into the I/O buffers, by write_data (bounded memory, and
+            # a stall until the last byte is copied).
+            self._snapshot = None
+            self._stream = _core.Event()
+            if self._hold:
+                held_s: Future[Any] = _ConcurrentFuture()
+                self._held = (held_s, None)
+                self._held_state = state_dict
+                return held_s
+            return state_dict
         pin = self.pin_memory if self.pin_memory is not None else torch.cuda.is_available()
         snap = _staging.stage(state_dict, pin_memory=bool(pin), shared_memory=self.shared_memory,
                               background=self.async_staging and self._lazy is None,
@@ -344,6 +364,9 @@ class Writer(StorageWriter, AsyncStager):  # type: ignore[misc]
         fut, snap = held
         if error is not None:
             fut.set_exception(error)
+        elif snap is None:  # streamed: the state itself
+            state, self._held_state = self._held_state, None
+            fut.set_result(state)
         else:
             _complete_when_staged(fut, snap)
 

@@ -191,6 +191,33 @@ def test_a_checkpoint_process_writes_shared_staging_memory_without_a_copy(tmp_pa
     assert plain.last_write_copied_bytes == tensor_bytes(state)
 
 
+def test_a_state_over_the_staging_budget_is_streamed(tmp_path):
+    state = rank_state(0)
+    nbytes = tensor_bytes(state)
+    before = _core.staging_stats()["leased_bytes"]
+    ck = shardwise.Checkpointer(tmp_path / "ck", staging_budget=nbytes // 2)
+    os.environ["SHARDWISE_PAUSE_AT"] = "write_shard:300"  # the writer starts late
+    try:
+        h = ck.save(1, state)
+    finally:
+        del os.environ["SHARDWISE_PAUSE_AT"]
+    assert h.stall_seconds >= 0.3  # save() waited for the writer to read the state
+    assert _core.staging_stats()["leased_bytes"] == before  # nothing was staged
+    state["r0"]["w"].add_(1.0)  # save() returned: the writer is done reading
+    h.wait()
+    back = zeros_like_state(rank_state(0))
+    assert ck.load(back) == 1
+    assert flat_equal(back, rank_state(0))
+    ck.close()
+    ck2 = shardwise.Checkpointer(tmp_path / "ck2", staging_budget="1GiB")  # fits: staged
+    h = ck2.save(1, state)
+    h.wait()
+    assert h.copied_bytes == nbytes
+    ck2.close()
+    with pytest.raises(ValueError):
+        shardwise.Checkpointer(tmp_path / "ck3", staging_budget="lots")
+
+
 def test_overlap_skip(tmp_path):
     ck = shardwise.Checkpointer(tmp_path / "ck", overlap="skip")
     big = {"w": torch.randn(4096, 4096)}  # 64 MiB: its persist outlasts the next call

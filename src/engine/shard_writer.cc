@@ -311,8 +311,10 @@ std::vector<std::uint8_t> FindStaged(std::span<const WriteItem> items,
 
 Result<ShardIndex> WriteShard(const ShardTarget& target, std::int32_t rank,
                               const std::string& save_id, std::span<const WriteItem> items,
-                              const Options& options, io::IoBackend& backend) {
+                              const Options& options, io::IoBackend& backend,
+                              const std::function<void()>& released) {
   double t0 = os::MonotonicSeconds();
+  os::PausePoint("write_shard");
   const std::string& path = target.path;
   const bool direct_io = target.direct_io;
   std::vector<std::shared_ptr<StagingLease>> leases;  // held until written
@@ -329,15 +331,27 @@ Result<ShardIndex> WriteShard(const ShardTarget& target, std::int32_t rank,
   // All part files' units in one batch: they are written in parallel. A
   // direct unit is checksummed from the memory it is written from; the others
   // are copied and checksummed in one pass.
+  // Only direct units still read item memory once filled: the write itself
+  // reads it. So memory is free once every unit was filled and no direct
+  // unit remains; with direct units, once the writes are done.
   std::atomic<std::uint64_t> copied{0};
+  std::atomic<std::size_t> filled{0};
+  std::atomic<bool> told{false};
+  auto release = [&] {
+    if (released && !told.exchange(true)) released();
+  };
+  bool any_direct = false;
+  for (const Unit& u : plan.units) any_direct = any_direct || u.src;
   SW_RETURN_IF_ERROR(backend.Write(io_units, [&](std::size_t u, std::byte* buf) {
     if (plan.units[u].src) {
       ChecksumUnit(plan, u, plan.units[u].src);
     } else {
       copied.fetch_add(FillUnit(plan, items, u, buf), std::memory_order_relaxed);
     }
+    if (filled.fetch_add(1) + 1 == plan.units.size() && !any_direct) release();
     return Status::Ok();
   }));
+  release();
   AddCopiedStateBytes(copied.load());
   // The data is written; make it (and the file sizes) durable.
   for (os::File& f : files) {

@@ -8,6 +8,7 @@
 // the layout.
 #pragma once
 
+#include <functional>
 #include <span>
 #include <string>
 #include <vector>
@@ -108,10 +109,13 @@ struct ShardTarget {
 Result<std::vector<os::File>> CreateShardFiles(const ShardTarget& target, const ShardPlan& plan);
 
 // Plans and writes `items` into a new file at target.path (which must not
-// exist). Returns after the data and the file size are durable.
+// exist). Returns after the data and the file size are durable. `released`
+// (optional) is called once every unit has been copied or handed to the
+// backend: the items' memory is not read after that.
 Result<ShardIndex> WriteShard(const ShardTarget& target, std::int32_t rank,
                               const std::string& save_id,
                               std::span<const WriteItem> items,
-                              const Options& options, io::IoBackend& backend);
+                              const Options& options, io::IoBackend& backend,
+                              const std::function<void()>& released = {});
 
 }  // namespace shardwise::engine

@@ -11,6 +11,10 @@
 #include <nanobind/stl/vector.h>
 
 #include <algorithm>
+#include <chrono>
+#include <condition_variable>
+#include <functional>
+#include <mutex>
 #include <sstream>
 #include <type_traits>
 
@@ -157,6 +161,36 @@ std::vector<WriteItem> MakeItems(const std::vector<ItemTuple>& in) {
   return out;
 }
 
+// A one-shot signal set from C++ threads without the GIL (e.g. "the items'
+// memory is free") and waited for from Python with the GIL released.
+class PyEvent {
+ public:
+  void Set() {
+    std::lock_guard lock(mu_);
+    set_ = true;
+    cv_.notify_all();
+  }
+  bool IsSet() const {
+    std::lock_guard lock(mu_);
+    return set_;
+  }
+  // True once set; false after timeout_s (negative: no limit).
+  bool Wait(double timeout_s) {
+    nb::gil_scoped_release release;
+    std::unique_lock lock(mu_);
+    if (timeout_s < 0) {
+      cv_.wait(lock, [&] { return set_; });
+      return true;
+    }
+    return cv_.wait_for(lock, std::chrono::duration<double>(timeout_s), [&] { return set_; });
+  }
+
+ private:
+  mutable std::mutex mu_;
+  std::condition_variable cv_;
+  bool set_ = false;
+};
+
 class PyRepository {
  public:
   PyRepository(const std::string& root, const nb::dict& options, bool create) {
@@ -164,10 +198,13 @@ class PyRepository {
   }
   std::string root() const { return repo_->root(); }
 
-  nb::dict WriteRank(const nb::dict& spec_d, const std::vector<ItemTuple>& items_t) {
+  nb::dict WriteRank(const nb::dict& spec_d, const std::vector<ItemTuple>& items_t,
+                     PyEvent* released) {
     SaveSpec spec = MakeSpec(spec_d);
     std::vector<WriteItem> items = MakeItems(items_t);
-    RankResult v = Unlocked([&] { return repo_->WriteRank(spec, items); });
+    std::function<void()> on_released;
+    if (released) on_released = [released] { released->Set(); };
+    RankResult v = Unlocked([&] { return repo_->WriteRank(spec, items, on_released); });
     nb::dict out;
     out["shard_path"] = v.shard_path;
     out["bytes"] = v.bytes;
@@ -471,11 +508,18 @@ NB_MODULE(_core, m) {
       PyExc_Exception, nullptr);
   m.attr("CorruptCheckpointError") = nb::handle(g_corrupt_error);
 
+  nb::class_<PyEvent>(m, "Event")
+      .def(nb::init<>())
+      .def("set", &PyEvent::Set)
+      .def("is_set", &PyEvent::IsSet)
+      .def("wait", &PyEvent::Wait, "timeout_s"_a = -1.0);
+
   nb::class_<PyRepository>(m, "Repository")
       .def(nb::init<const std::string&, const nb::dict&, bool>(), "root"_a, "options"_a,
            "create"_a = true)
       .def_prop_ro("root", &PyRepository::root)
-      .def("write_rank", &PyRepository::WriteRank, "spec"_a, "items"_a)
+      .def("write_rank", &PyRepository::WriteRank, "spec"_a, "items"_a,
+           "released"_a = nb::none())
       .def("commit", &PyRepository::Commit, "spec"_a)
       .def("wait_committed", &PyRepository::WaitCommitted, "spec"_a, "timeout_s"_a)
       .def("report_failure", &PyRepository::ReportFailure, "spec"_a, "why"_a)
@@ -512,6 +556,7 @@ NB_MODULE(_core, m) {
   m.def("adopt_staged", &AdoptStaged, "address"_a, "size"_a, "extents"_a);
   m.def("release_staging", &ReleaseAllStaging);
   m.def("copied_state_bytes", &shardwise::CopiedStateBytes);
+  m.def("parse_size", [](const std::string& text) -> std::uint64_t { return Take(shardwise::ParseSize(text)); }, "text"_a);
 
   m.def("cli_main", &CliMain, "argv"_a);
 }

@@ -154,13 +154,24 @@ std::string Repository::StagingDir(const SaveSpec& spec) const {
   return os::JoinPath(impl_->root, "." + spec.name + repo::kStagingMarker + spec.save_id);
 }
 
-Result<RankResult> Repository::WriteRank(const SaveSpec& spec, std::span<const WriteItem> items) {
+Result<RankResult> Repository::WriteRank(const SaveSpec& spec, std::span<const WriteItem> items,
+                                         const std::function<void()>& released) {
+  // However the write ends, the caller learns that the items are free.
+  struct Once {
+    const std::function<void()>& fn;
+    bool done = false;
+    void operator()() {
+      if (!done && fn) fn();
+      done = true;
+    }
+    ~Once() { (*this)(); }
+  } once{released};
   return WriteRankWith(spec, [&](const std::string& shard, bool direct, void* out) -> Status {
     SW_ASSIGN_OR_RETURN(io::IoBackend * backend, impl_->Backend());
     engine::ShardTarget target{shard, direct, impl_->Placement(), spec.world_size};
     SW_ASSIGN_OR_RETURN(engine::ShardIndex index,
                         engine::WriteShard(target, spec.rank, spec.save_id, items,
-                                           impl_->options, *backend));
+                                           impl_->options, *backend, [&] { once(); }));
     *static_cast<engine::ShardIndex*>(out) = std::move(index);
     return Status::Ok();
   });

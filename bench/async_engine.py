@@ -362,6 +362,11 @@ def report(idiom: dict, train: dict, train2: dict) -> dict:
         r[f"lazy ({tag}): extra s, next step"] = lazy_extra1
         r[f"lazy ({tag}): extra per checkpointed step / eager stall"] = (
             (lazy_extra0 + max(0.0, lazy_extra1)) / eager_stall)
+        eager_extra = (median(s["eager step0 seconds"]) - base_step +
+                       max(0.0, median(s["eager step1 seconds"]) - base_step))
+        r[f"lazy ({tag}): eager's extra of the same steps s"] = eager_extra
+        r[f"lazy ({tag}): lazy extra / eager extra"] = (
+            (lazy_extra0 + max(0.0, lazy_extra1)) / eager_extra)
         r[f"lazy ({tag}): copied bytes / state bytes"] = (max(s["lazy copied bytes"]) /
                                                          t["state_bytes"])
     return r

@@ -255,6 +255,7 @@ class Writer(StorageWriter, AsyncStager):  # type: ignore[misc]
         items: list[tuple[Any, ...]] = []
         keep: list[Any] = []  # keeps the memory alive during the call
         results: list[WriteResult] = []
+        attempt = {"save_id": self._save_id}  # every result names the attempt it wrote
         for item in plan.items:
             fqn = item.index.fqn
             if item.type == WriteItemType.BYTE_IO:
@@ -285,7 +286,7 @@ class Writer(StorageWriter, AsyncStager):  # type: ignore[misc]
                 items.append((fqn, "tensor", _metadata.dtype_name(t.dtype), list(td.size),
                               list(td.chunk.offsets), list(td.chunk.sizes), t.data_ptr(), n))
             results.append(WriteResult(index=item.index, size_in_bytes=items[-1][-1],
-                                       storage_data=None))
+                                       storage_data=attempt))
         spec = self._spec(sd, self._save_id or "")
         total = sum(i[-1] for i in items)
         with Progress(self.progress, total, "save") as bar:
@@ -303,6 +304,16 @@ class Writer(StorageWriter, AsyncStager):  # type: ignore[misc]
         sd = self._storage_data
         if sd is None or self._save_id is None:
             raise RuntimeError("shardwise.dcp.Writer.finish: write_data did not run here")
+        # Every rank must have written under the same save id, or the commit
+        # would wait for shards that went elsewhere: say so instead.
+        ids = {r.storage_data["save_id"] for rs in results for r in rs
+               if isinstance(r.storage_data, dict) and "save_id" in r.storage_data}
+        if ids - {self._save_id}:
+            raise RuntimeError(
+                f"shardwise.dcp.Writer: ranks wrote this checkpoint under different save ids "
+                f"({', '.join(sorted(ids | {self._save_id}))}): their cached save plans "
+                f"(enable_plan_caching) come from different save series; use one planner "
+                f"instance class per series, or no plan caching")
         spec = self._spec(sd, self._save_id)
         spec["rank"] = 0
         spec["dcp_json"] = json.dumps(_metadata.to_json(metadata))

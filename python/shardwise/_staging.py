@@ -339,9 +339,10 @@ def stage(state_dict: Any, *, pin_memory: bool = False, shared_memory: bool = Fa
         t0 = time.monotonic()
         lease.stage(eager, threads)
         snap.copy_seconds = time.monotonic() - t0
-    for view, t in by_torch:
-        view.copy_(t)
-        snap.torch_copied += view.numel() * view.element_size()
+    with torch.no_grad():  # parameters may be passed as they are
+        for view, t in by_torch:
+            view.copy_(t)
+            snap.torch_copied += view.numel() * view.element_size()
     if later:
         lease.stage_in_background(later, threads)
 
@@ -379,7 +380,7 @@ def _copy_from_devices(snap: Snapshot, copies: list[tuple[torch.Tensor, torch.Te
         stream = _side_stream(device)
         # After the work that produced the tensors, on a stream of our own.
         stream.wait_stream(torch.cuda.current_stream(device))
-        with torch.cuda.stream(stream):
+        with torch.cuda.stream(stream), torch.no_grad():
             for view, t in pairs:
                 view.copy_(t, non_blocking=non_blocking)
                 t.record_stream(stream)  # its memory stays valid until the copy ran

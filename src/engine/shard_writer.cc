@@ -8,7 +8,9 @@
 #include <map>
 #include <memory>
 #include <set>
+#include <thread>
 
+#include "common/parallel.h"
 #include "engine/copy_count.h"
 #include "format/crc32c.h"
 #include "format/json_reader.h"
@@ -86,13 +88,77 @@ std::vector<std::uint32_t> PartitionItems(std::span<const WriteItem> items, int 
 
 }  // namespace
 
+namespace {
+
+// Appends item i's units to the plan (the last unit is of its file).
+void PlaceItem(ShardPlan& plan, std::uint32_t i, std::uint64_t len, Source from,
+               const std::byte* mem, std::uint64_t unit_max, std::uint64_t base) {
+  const std::uint64_t at = plan.extent[i];
+  const std::uint32_t f = plan.item_file[i];
+  // Whole-page units written from memory, cut at unit_max; `exact`: the
+  // last one ends with the item instead of at a page boundary.
+  auto from_memory = [&](std::uint64_t bytes, bool exact) {
+    for (std::uint64_t b = 0; b < bytes; b += unit_max) {
+      const std::uint64_t l = std::min(unit_max, bytes - b);
+      plan.units.push_back({at + b, exact ? l : AlignUp(l), {{i, b, l, false}}, f,
+                            base + at + b, mem + b});
+    }
+  };
+  // Copied into filled units: packed into the previous one when it is a
+  // filled unit with room, else in units of their own cut at unit_max.
+  auto copied = [&](std::uint64_t begin, bool checksum) {
+    Unit& last = plan.units.back();
+    const std::uint64_t end_if_packed = at + AlignUp(len) - last.offset;
+    if (!last.src && end_if_packed <= unit_max &&
+        last.offset + last.length == at + begin) {
+      last.pieces.push_back({i, begin, len - begin, checksum});
+      last.length = end_if_packed;
+      return;
+    }
+    for (std::uint64_t b = begin; b < len; b += unit_max) {
+      const std::uint64_t l = std::min(unit_max, len - b);
+      plan.units.push_back({at + b, AlignUp(l), {{i, b, l, checksum}}, f, base + at + b});
+    }
+  };
+  switch (from) {
+    case Source::kCopy:
+      copied(0, true);
+      return;
+    case Source::kStaged: {
+      // Staged items whose memory runs on from one another share a unit.
+      Unit& last = plan.units.back();
+      const std::uint64_t end_if_packed = at + AlignUp(len) - last.offset;
+      if (last.src && last.src + last.length == mem && end_if_packed <= unit_max &&
+          last.length % io::kAlignment == 0) {
+        last.pieces.push_back({i, 0, len, false});
+        last.length = end_if_packed;
+        return;
+      }
+      from_memory(AlignUp(len), false);
+      plan.units.back().pieces.back().length = len - (plan.units.back().pieces.back().begin);
+      return;
+    }
+    case Source::kExact:
+      from_memory(len, true);
+      return;
+    case Source::kPages: {
+      const std::uint64_t body = io::AlignDown(len);
+      from_memory(body, false);
+      if (body < len) copied(body, false);  // the tail: copied, checksummed from memory
+      return;
+    }
+  }
+}
+
+}  // namespace
+
 Result<ShardPlan> PlanShard(std::span<const WriteItem> items, std::int32_t rank,
                             const std::string& save_id, const Options& options,
-                            std::span<const std::uint8_t> direct) {
+                            std::span<const Source> sources) {
   if (save_id.size() > format::kMaxSaveIdBytes)
     return InvalidArgument("save id longer than 64 bytes");
-  if (!direct.empty() && direct.size() != items.size())
-    return Status(StatusCode::kInternal, "PlanShard: one direct flag per item");
+  if (!sources.empty() && sources.size() != items.size())
+    return Status(StatusCode::kInternal, "PlanShard: one source per item");
   ShardPlan plan;
   plan.block = options.checksum_block_bytes;
   plan.rank = rank;
@@ -145,26 +211,9 @@ Result<ShardPlan> PlanShard(std::span<const WriteItem> items, std::int32_t rank,
     for (std::uint32_t i = 0; i < items.size(); ++i) {
       const std::uint64_t len = items[i].nbytes;
       if (len == 0 || plan.item_file[i] != f) continue;
-      const std::uint64_t at = plan.extent[i];
-      const auto* mem = !direct.empty() && direct[i]
-                            ? static_cast<const std::byte*>(items[i].data) : nullptr;
-      Unit& last = plan.units.back();
-      const std::uint64_t end_if_packed = at + AlignUp(len) - last.offset;
-      // Packed into the previous unit: a filled unit takes any filled item;
-      // a direct unit takes a direct item whose memory continues its own.
-      const bool packs = end_if_packed <= unit_max &&
-                         (mem ? last.src && last.src + last.length == mem : !last.src);
-      if (packs) {
-        last.pieces.push_back({i, 0, len});
-        last.length = end_if_packed;
-        continue;
-      }
-      // Large items get units of their own, small ones start a new unit.
-      for (std::uint64_t b = 0; b < len; b += unit_max) {
-        const std::uint64_t l = std::min(unit_max, len - b);
-        plan.units.push_back(
-            {at + b, AlignUp(l), {{i, b, l}}, f, base + at + b, mem ? mem + b : nullptr});
-      }
+      const Source from = sources.empty() ? Source::kCopy : sources[i];
+      PlaceItem(plan, i, len, from, static_cast<const std::byte*>(items[i].data), unit_max,
+                base);
     }
     base += plan.file_sizes[f];
   }
@@ -217,9 +266,13 @@ std::uint64_t FillUnit(ShardPlan& plan, std::span<const WriteItem> items, std::s
   std::uint64_t copied = 0;
   ForEachPiece(plan, u, dst, [&](const Piece& p, std::byte* at) {
     const auto* src = static_cast<const std::byte*>(items[p.item].data) + p.begin;
-    for (std::uint64_t b = 0; b < p.length; b += plan.block) {
-      std::uint64_t l = std::min(plan.block, p.length - b);
-      plan.crcs[p.item][(p.begin + b) / plan.block] = format::Crc32cCopy(at + b, src + b, l);
+    if (!p.checksum) {
+      std::memcpy(at, src, p.length);  // checksummed from the item's memory
+    } else {
+      for (std::uint64_t b = 0; b < p.length; b += plan.block) {
+        std::uint64_t l = std::min(plan.block, p.length - b);
+        plan.crcs[p.item][(p.begin + b) / plan.block] = format::Crc32cCopy(at + b, src + b, l);
+      }
     }
     // Serialized values (kBytes) are made for the save, not state copied.
     if (items[p.item].kind == ItemKind::kTensor) copied += p.length;
@@ -288,26 +341,52 @@ ShardIndex MakeIndex(ShardPlan& plan, std::span<const WriteItem> items, const st
 }
 
 namespace {
+// Items smaller than this are copied and packed with their neighbours: one
+// write for a layer's biases and norms rather than one each.
+constexpr std::uint64_t kOwnWritesMinBytes = 256 << 10;
+}  // namespace
 
-// Marks the items whose memory is an extent staged into a live lease (and so
-// written straight from it) and collects those leases, whose copies must be
-// done before anything is written.
-std::vector<std::uint8_t> FindStaged(std::span<const WriteItem> items,
-                                     std::vector<std::shared_ptr<StagingLease>>* leases) {
-  std::vector<std::uint8_t> direct(items.size(), 0);
+std::vector<Source> ChooseSources(std::span<const WriteItem> items, bool direct_io,
+                                  std::vector<std::shared_ptr<StagingLease>>* leases) {
+  std::vector<Source> sources(items.size(), Source::kCopy);
   for (std::size_t i = 0; i < items.size(); ++i) {
     const WriteItem& w = items[i];
-    if (w.nbytes == 0 || reinterpret_cast<std::uintptr_t>(w.data) % io::kAlignment != 0) continue;
-    auto lease = StagingLease::Find(w.data, AlignUp(w.nbytes));
-    if (!lease || !lease->IsStagedExtent(w.data, w.nbytes)) continue;
-    direct[i] = 1;
-    if (std::find(leases->begin(), leases->end(), lease) == leases->end())
-      leases->push_back(std::move(lease));
+    if (w.nbytes == 0) continue;
+    const bool aligned = reinterpret_cast<std::uintptr_t>(w.data) % io::kAlignment == 0;
+    if (aligned) {
+      auto lease = StagingLease::Find(w.data, AlignUp(w.nbytes));
+      if (lease && lease->IsStagedExtent(w.data, w.nbytes)) {
+        sources[i] = Source::kStaged;
+        if (std::find(leases->begin(), leases->end(), lease) == leases->end())
+          leases->push_back(std::move(lease));
+        continue;
+      }
+    }
+    if (w.nbytes < kOwnWritesMinBytes) continue;
+    if (!direct_io) sources[i] = Source::kExact;
+    else if (aligned) sources[i] = Source::kPages;
   }
-  return direct;
+  return sources;
 }
 
-}  // namespace
+void ChecksumFromSource(ShardPlan& plan, std::span<const WriteItem> items,
+                        std::span<const Source> sources, int threads) {
+  struct Block {
+    std::uint32_t item;
+    std::uint64_t index;
+  };
+  std::vector<Block> blocks;
+  for (std::uint32_t i = 0; i < items.size(); ++i)
+    if (!sources.empty() && sources[i] != Source::kCopy)
+      for (std::uint64_t b = 0; b < plan.crcs[i].size(); ++b) blocks.push_back({i, b});
+  ParallelFor(0, blocks.size(), threads, [&](std::size_t k) {
+    const Block& blk = blocks[k];
+    const std::uint64_t off = blk.index * plan.block;
+    const auto* data = static_cast<const std::byte*>(items[blk.item].data);
+    plan.crcs[blk.item][blk.index] =
+        format::Crc32c(data + off, std::min(plan.block, items[blk.item].nbytes - off));
+  });
+}
 
 Result<ShardIndex> WriteShard(const ShardTarget& target, std::int32_t rank,
                               const std::string& save_id, std::span<const WriteItem> items,
@@ -318,45 +397,50 @@ Result<ShardIndex> WriteShard(const ShardTarget& target, std::int32_t rank,
   const std::string& path = target.path;
   const bool direct_io = target.direct_io;
   std::vector<std::shared_ptr<StagingLease>> leases;  // held until written
-  std::vector<std::uint8_t> direct = FindStaged(items, &leases);
+  const std::vector<Source> sources = ChooseSources(items, direct_io, &leases);
   for (const auto& lease : leases) SW_RETURN_IF_ERROR(lease->WaitStaged());
-  SW_ASSIGN_OR_RETURN(ShardPlan plan, PlanShard(items, rank, save_id, options, direct));
+  SW_ASSIGN_OR_RETURN(ShardPlan plan, PlanShard(items, rank, save_id, options, sources));
   SW_ASSIGN_OR_RETURN(std::vector<os::File> files, CreateShardFiles(target, plan));
   std::vector<io::IoUnit> io_units(plan.units.size());
+  bool exact_ends = false;
   for (std::size_t u = 0; u < plan.units.size(); ++u) {
     const os::File& f = files[plan.units[u].file];
     io_units[u] = {f.fd(), &f.path(), plan.units[u].offset,
                    static_cast<std::uint32_t>(plan.units[u].length), plan.units[u].src};
+    exact_ends = exact_ends || plan.units[u].length % io::kAlignment != 0;
   }
-  // All part files' units in one batch: they are written in parallel. A
-  // direct unit is checksummed from the memory it is written from; the others
-  // are copied and checksummed in one pass.
-  // Only direct units still read item memory once filled: the write itself
-  // reads it. So memory is free once every unit was filled and no direct
-  // unit remains; with direct units, once the writes are done.
+  // Items written from their memory are checksummed from it in a pass of
+  // their own, on the rank's cores, while the writes run; copied items are
+  // checksummed as they are copied. All part files' units go in one batch:
+  // they are written in parallel.
+  std::thread checksums([&] { ChecksumFromSource(plan, items, sources, CpusPerLocalRank()); });
   std::atomic<std::uint64_t> copied{0};
   std::atomic<std::size_t> filled{0};
+  bool any_direct = false;
+  for (const Unit& u : plan.units) any_direct = any_direct || u.src;
   std::atomic<bool> told{false};
   auto release = [&] {
     if (released && !told.exchange(true)) released();
   };
-  bool any_direct = false;
-  for (const Unit& u : plan.units) any_direct = any_direct || u.src;
-  SW_RETURN_IF_ERROR(backend.Write(io_units, [&](std::size_t u, std::byte* buf) {
-    if (plan.units[u].src) {
-      ChecksumUnit(plan, u, plan.units[u].src);
-    } else {
-      copied.fetch_add(FillUnit(plan, items, u, buf), std::memory_order_relaxed);
-    }
+  Status written = backend.Write(io_units, [&](std::size_t u, std::byte* buf) {
+    if (!plan.units[u].src) copied.fetch_add(FillUnit(plan, items, u, buf));
+    // Item memory is free once every unit is copied, unless some are
+    // written from it (then once the writes and checksums are done).
     if (filled.fetch_add(1) + 1 == plan.units.size() && !any_direct) release();
     return Status::Ok();
-  }));
+  });
+  checksums.join();
   release();
+  SW_RETURN_IF_ERROR(written);
   AddCopiedStateBytes(copied.load());
-  // The data is written; make it (and the file sizes) durable.
-  for (os::File& f : files) {
-    SW_RETURN_IF_ERROR(os::Fsync(f.fd(), f.path()));
-    SW_RETURN_IF_ERROR(f.Close());
+  for (std::size_t p = 0; p < files.size(); ++p) {
+    // A file whose last item was written byte for byte still gets its
+    // padded size (fallocate gave it already where the filesystem has it).
+    if (exact_ends) SW_RETURN_IF_ERROR(os::Ftruncate(files[p].fd(), plan.file_sizes[p],
+                                                      files[p].path()));
+    // The data is written; make it (and the file sizes) durable.
+    SW_RETURN_IF_ERROR(os::Fsync(files[p].fd(), files[p].path()));
+    SW_RETURN_IF_ERROR(files[p].Close());
   }
   os::CrashPoint("shard_written");
   ShardIndex index = MakeIndex(plan, items, path, backend.name(), direct_io);

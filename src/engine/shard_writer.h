@@ -9,6 +9,7 @@
 #pragma once
 
 #include <functional>
+#include <memory>
 #include <span>
 #include <string>
 #include <vector>
@@ -17,6 +18,7 @@
 #include "io/backend.h"
 #include "os/posix.h"
 #include "shardwise/options.h"
+#include "shardwise/staging.h"
 #include "shardwise/types.h"
 
 namespace shardwise::engine {
@@ -33,16 +35,31 @@ struct ShardIndex {
 // Checks one item before anything is written: name, shape, bounds, size.
 Status ValidateWriteItem(const WriteItem& item);
 
-// A contiguous part of one item placed in a unit. Pieces start on a
-// checksum-block boundary of their item, so every block lies in one unit.
+// A contiguous part of one item placed in a unit. Pieces of copied items
+// start on a checksum-block boundary of their item, so every block lies in
+// one unit and is checksummed while it is copied; `checksum` is false for
+// the copied tail of an item written from its memory, whose blocks the
+// checksum pass computes from that memory.
 struct Piece {
   std::uint32_t item;
   std::uint64_t begin;  // byte offset within the item
   std::uint64_t length;
+  bool checksum = true;
+};
+
+// Where the bytes of an item are written from.
+enum class Source : std::uint8_t {
+  kCopy,    // copied into an I/O buffer, checksummed in the same pass
+  kStaged,  // a staged extent (4 KiB-aligned, zero up to its next 4 KiB
+            // boundary): whole pages written from it; adjacent ones share units
+  kPages,   // 4 KiB-aligned memory (O_DIRECT): its whole pages written from
+            // it, the tail past the last whole page copied
+  kExact,   // any memory, buffered I/O: written from it byte for byte; the
+            // padding is never written (the preallocated file reads zero)
 };
 
 // One write: a 4 KiB-aligned range of part file `file` holding whole pieces
-// and padding. The unit at offset 0 of each file starts with its header.
+// and padding (a kExact unit ends where its item ends instead). The unit at offset 0 of each file starts with its header.
 // `pos` is the unit's position in the concatenation of all part files (what
 // a staging buffer holding the whole rank is indexed by). `src`, when set,
 // is memory that already holds the unit's bytes (direct items, below).
@@ -71,13 +88,22 @@ struct ShardPlan {
 };
 
 // Validates the items and lays them out (docs/format.md, "Shard files").
-// `direct[i]` set: item i's memory is 4 KiB-aligned and zero up to its next
-// 4 KiB boundary (a staged extent), so its units are written from it; items
-// whose memory runs on from one another share a unit. Other items are
-// copied into I/O buffers, small ones packed together.
+// `sources[i]` says where item i is written from (default: every item
+// copied; small copied items are packed together).
 Result<ShardPlan> PlanShard(std::span<const WriteItem> items, std::int32_t rank,
                             const std::string& save_id, const Options& options,
-                            std::span<const std::uint8_t> direct = {});
+                            std::span<const Source> sources = {});
+
+// Where each item is best written from, given the I/O mode: staged extents
+// from the staging pool, else from its own memory when that is large enough
+// to be worth its own writes and O_DIRECT (if on) allows it, else copied.
+std::vector<Source> ChooseSources(std::span<const WriteItem> items, bool direct_io,
+                                  std::vector<std::shared_ptr<StagingLease>>* leases);
+
+// The checksums of every item not copied (Source other than kCopy), from its
+// memory, on `threads` threads.
+void ChecksumFromSource(ShardPlan& plan, std::span<const WriteItem> items,
+                        std::span<const Source> sources, int threads);
 
 // Writes the header of part file `file` (kShardHeaderBytes) to dst.
 void EncodeHeader(const ShardPlan& plan, std::uint32_t file, std::byte* dst);

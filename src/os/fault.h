@@ -6,6 +6,7 @@
 //
 // SHARDWISE_FAULTS grammar:  rule[,rule...]   rule = OP@N=ACTION
 //   OP     open|write|read|fsync|rename|fallocate|mkdir|unlink
+//          (fallocate counts ftruncate too: both set a file's size)
 //   N      1-based index of the call of that OP that fails (counted per OP,
 //          over the whole process; "N+" fails the Nth and every later call)
 //   ACTION an errno name (EIO, ENOSPC, EDQUOT, EROFS, EACCES, EINTR...),

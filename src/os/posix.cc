@@ -162,8 +162,14 @@ Status Fallocate(int fd, std::uint64_t off, std::uint64_t len,
 }
 
 Status Ftruncate(int fd, std::uint64_t len, const std::string& path) {
-  if (::ftruncate(fd, static_cast<off_t>(len)) != 0)
-    return IoError("ftruncate", path, errno);
+  // Counted as a fallocate by the fault seam: both set a file's size.
+  int err = 0;
+  if (Injected(Op::kFallocate, &err)) return IoError("ftruncate", path, err);
+  int r;
+  do {
+    r = ::ftruncate(fd, static_cast<off_t>(len));
+  } while (r != 0 && errno == EINTR);
+  if (r != 0) return IoError("ftruncate", path, errno);
   return Status::Ok();
 }
 

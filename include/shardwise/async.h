@@ -41,7 +41,8 @@ struct AsyncOptions {
   // above); it must hold at least two I/O units.
   std::uint64_t staging_bytes = 0;
   OverlapPolicy overlap = OverlapPolicy::kWait;
-  // Threads for the staging copy; 0: one per CPU.
+  // Threads for the staging copy; 0: the repository's Options::threads
+  // (default: the rank's share of the CPUs).
   int copy_threads = 0;
   // Back the saver's memory with transparent huge pages (a pool of its own
   // instead of the process's). Off by default: measured on our machines,

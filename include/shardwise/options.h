@@ -24,6 +24,11 @@ struct Options {
   // I/Os in flight per rank (io_uring queue depth, or pool threads).
   // SHARDWISE_QUEUE_DEPTH
   int queue_depth = 8;
+  // Threads per rank for copies, checksums and I/O submission (staging
+  // copies, the checksum pass, io_uring's fill and consume work). 0: the
+  // CPUs this process may use divided by the ranks on this node
+  // (LOCAL_WORLD_SIZE, as torchrun sets it). SHARDWISE_THREADS
+  int threads = 0;
   // Size of one write or read. A multiple of checksum_block_bytes and of
   // 4 KiB. SHARDWISE_IO_UNIT
   std::uint64_t io_unit_bytes = 8ull << 20;
@@ -76,6 +81,8 @@ struct Options {
   static Result<Options> FromEnv(Options base);
   // Checks the invariants above.
   Status Validate() const;
+  // `threads`, or its default when 0.
+  int EffectiveThreads() const;
 };
 
 // Parses "512MiB", "2GiB", "4k", "1000000" into bytes.

@@ -27,6 +27,9 @@ namespace shardwise {
 namespace fs {
 class Placement;  // internal (src/fs)
 }
+namespace engine {
+struct ShardTarget;  // internal (src/engine)
+}
 
 struct SaveSpec {
   std::string name;          // empty: "step-%012d" of step
@@ -166,11 +169,12 @@ class Repository {
   friend void SetPlacementForTesting(Repository&, std::unique_ptr<fs::Placement>);
   // Writes this rank's shard through `write_shard(shard_path, direct_io)`
   // inside the staging protocol (directory, lock, fragment, failure marker).
-  // `index` is an engine::ShardIndex* to fill. Internal; used by WriteRank
-  // and AsyncSaver.
+  // `index` is an engine::ShardIndex* to fill; the target says where the
+  // shard goes and how it is written (the root's I/O mode). Internal; used
+  // by WriteRank and AsyncSaver.
   Result<RankResult> WriteRankWith(
       const SaveSpec& spec,
-      const std::function<Status(const std::string&, bool, void* index)>& write_shard);
+      const std::function<Status(const engine::ShardTarget& target, void* index)>& write_shard);
   Result<CommitResult> CommitNormalized(const SaveSpec& spec);
   struct Impl;
   explicit Repository(std::unique_ptr<Impl> impl);

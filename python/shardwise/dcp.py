@@ -76,8 +76,10 @@ class Writer(StorageWriter, AsyncStager):  # type: ignore[misc]
         step: recorded in the manifest (``shardwise ls`` shows it).
         user_metadata: a JSON-compatible dict stored in the manifest.
         io_backend, queue_depth, io_unit, checksum_block, direct_io,
-        commit_timeout_s: engine options (docs/cpp-api.md); ``SHARDWISE_*``
-            environment variables apply when not given.
+        commit_timeout_s, threads: engine options (docs/cpp-api.md);
+            ``SHARDWISE_*`` environment variables apply when not given.
+            ``direct_io="auto"`` (the default) lets the root's filesystem
+            decide (docs/cpp-api.md, "I/O mode").
         progress: True for a progress bar (tqdm when installed, else log
             lines), or a callable ``(done_bytes, total_bytes)``.
         pin_memory, shared_memory, async_staging, non_blocking_copy: what
@@ -110,6 +112,7 @@ class Writer(StorageWriter, AsyncStager):  # type: ignore[misc]
                  io_unit: Optional[Union[int, str]] = None,
                  checksum_block: Optional[Union[int, str]] = None,
                  direct_io: Optional[str] = None, commit_timeout_s: Optional[float] = None,
+                 threads: Optional[int] = None,
                  progress: ProgressArg = None, pin_memory: Optional[bool] = None,
                  shared_memory: bool = False, async_staging: bool = False,
                  non_blocking_copy: bool = True, staging_threads: Optional[int] = None,
@@ -121,7 +124,7 @@ class Writer(StorageWriter, AsyncStager):  # type: ignore[misc]
         self.user_json = json.dumps(user_metadata or {})
         self.options = _options(io_backend=io_backend, queue_depth=queue_depth, io_unit=io_unit,
                                 checksum_block=checksum_block, direct_io=direct_io,
-                                commit_timeout_s=commit_timeout_s)
+                                commit_timeout_s=commit_timeout_s, threads=threads)
         self.progress = progress
         if staging_options is not None:  # DCP's StagingOptions
             pin_memory = staging_options.use_pinned_memory
@@ -429,18 +432,18 @@ class Reader(StorageReader):
     Args:
         path: the checkpoint directory; DCP's ``checkpoint_id`` overrides it.
         progress: as for :class:`Writer`.
-        io_backend, queue_depth, io_unit, direct_io: engine options.
+        io_backend, queue_depth, io_unit, direct_io, threads: engine options.
     """
 
     def __init__(self, path: Optional[PathLike] = None, *, progress: ProgressArg = None,
                  io_backend: Optional[str] = None, queue_depth: Optional[int] = None,
                  io_unit: Optional[Union[int, str]] = None,
-                 direct_io: Optional[str] = None) -> None:
+                 direct_io: Optional[str] = None, threads: Optional[int] = None) -> None:
         super().__init__()
         self.path = os.fspath(path) if path is not None else None
         self.progress = progress
         self.options = _options(io_backend=io_backend, queue_depth=queue_depth, io_unit=io_unit,
-                                direct_io=direct_io)
+                                direct_io=direct_io, threads=threads)
         self._core: Any = None
         self._manifest: Optional[dict[str, Any]] = None
         self._chunks: dict[tuple[str, tuple[int, ...]], int] = {}

@@ -6,6 +6,8 @@
 #include <cstdio>
 #include <cstdlib>
 
+#include "common/parallel.h"
+
 namespace shardwise {
 
 std::string_view IoBackendKindName(IoBackendKind kind) {
@@ -104,6 +106,9 @@ Result<Options> Options::FromEnv(Options o) {
   if (std::getenv("SHARDWISE_QUEUE_DEPTH")) {
     SW_ASSIGN_OR_RETURN(o.queue_depth, EnvInt("SHARDWISE_QUEUE_DEPTH", 1, 256));
   }
+  if (std::getenv("SHARDWISE_THREADS")) {
+    SW_ASSIGN_OR_RETURN(o.threads, EnvInt("SHARDWISE_THREADS", 0, 1024));
+  }
   for (auto [name, field] :
        {std::pair{"SHARDWISE_IO_UNIT", &o.io_unit_bytes},
         std::pair{"SHARDWISE_CHECKSUM_BLOCK", &o.checksum_block_bytes}}) {
@@ -177,6 +182,8 @@ Status Options::Validate() const {
     return InvalidArgument(
         "io_unit_bytes must be a multiple of checksum_block_bytes, at most "
         "1 GiB");
+  if (threads < 0 || threads > 1024)
+    return InvalidArgument("threads must be in [0, 1024] (0: the CPUs per local rank)");
   if (files_per_rank < 1 || files_per_rank > 64)
     return InvalidArgument("files_per_rank must be in [1, 64]");
   if (stripe_count < -1 || stripe_count > 65535)
@@ -188,5 +195,7 @@ Status Options::Validate() const {
     return InvalidArgument("timeouts must be non-negative");
   return Status::Ok();
 }
+
+int Options::EffectiveThreads() const { return threads > 0 ? threads : CpusPerLocalRank(); }
 
 }  // namespace shardwise

@@ -12,6 +12,7 @@
 #include "format/crc32c.h"
 #include "format/manifest.h"
 #include "format/shard_header.h"
+#include "fs/io_mode.h"
 #include "io/aligned_buffer.h"
 #include "io/backend.h"
 #include "os/posix.h"
@@ -276,9 +277,11 @@ Result<std::unique_ptr<CheckpointReader>> CheckpointReader::Open(const std::stri
   }
   SW_ASSIGN_OR_RETURN(impl->manifest, format::Parse(*text, format::kManifestKind, mpath));
   SW_ASSIGN_OR_RETURN(impl->backend, io::MakeIoBackend(options));
-  // Reads use O_DIRECT where it works, so verification sees the device and
-  // not the page cache.
-  SW_ASSIGN_OR_RETURN(impl->direct_io, io::ResolveDirectIo(options, dir));
+  // Reads use O_DIRECT where the root's I/O mode says so (where it works,
+  // but not on memory filesystems), so verification sees the storage and
+  // not the page cache. The mode is decided once per root.
+  SW_ASSIGN_OR_RETURN(fs::IoMode mode, fs::IoModeFor(os::Dirname(dir), options));
+  impl->direct_io = mode.direct_reads;
   std::size_t nf = impl->manifest.files.size();
   impl->files.resize(nf);
   impl->file_status.resize(nf);

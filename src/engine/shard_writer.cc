@@ -303,7 +303,8 @@ Result<std::vector<os::File>> CreateShardFiles(const ShardTarget& target, const 
     } else {
       SW_ASSIGN_OR_RETURN(file, os::Open(path, flags, 0644));
     }
-    SW_RETURN_IF_ERROR(os::Fallocate(file.fd(), 0, plan.file_sizes[p], path));
+    if (target.preallocate)
+      SW_RETURN_IF_ERROR(os::Fallocate(file.fd(), 0, plan.file_sizes[p], path));
     files.push_back(std::move(file));
   }
   return files;
@@ -413,7 +414,8 @@ Result<ShardIndex> WriteShard(const ShardTarget& target, std::int32_t rank,
   // their own, on the rank's cores, while the writes run; copied items are
   // checksummed as they are copied. All part files' units go in one batch:
   // they are written in parallel.
-  std::thread checksums([&] { ChecksumFromSource(plan, items, sources, CpusPerLocalRank()); });
+  std::thread checksums(
+      [&] { ChecksumFromSource(plan, items, sources, options.EffectiveThreads()); });
   std::atomic<std::uint64_t> copied{0};
   std::atomic<std::size_t> filled{0};
   bool any_direct = false;
@@ -435,8 +437,8 @@ Result<ShardIndex> WriteShard(const ShardTarget& target, std::int32_t rank,
   AddCopiedStateBytes(copied.load());
   for (std::size_t p = 0; p < files.size(); ++p) {
     // A file whose last item was written byte for byte still gets its
-    // padded size (fallocate gave it already where the filesystem has it).
-    if (exact_ends) SW_RETURN_IF_ERROR(os::Ftruncate(files[p].fd(), plan.file_sizes[p],
+    // padded size (fallocate gave it already where it ran).
+    if (exact_ends || !target.preallocate) SW_RETURN_IF_ERROR(os::Ftruncate(files[p].fd(), plan.file_sizes[p],
                                                       files[p].path()));
     // The data is written; make it (and the file sizes) durable.
     SW_RETURN_IF_ERROR(os::Fsync(files[p].fd(), files[p].path()));

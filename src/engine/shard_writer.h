@@ -128,10 +128,11 @@ struct ShardTarget {
   bool direct_io = false;
   fs::Placement* placement = nullptr;  // null: a plain open
   int writers = 1;                     // files written at once (for the layout policy)
+  bool preallocate = true;             // fallocate each file (fs::IoMode)
 };
 
 // Creates the shard's part files (O_EXCL, each with its Lustre layout where
-// one applies, preallocated).
+// one applies, preallocated unless the target says not to).
 Result<std::vector<os::File>> CreateShardFiles(const ShardTarget& target, const ShardPlan& plan);
 
 // Plans and writes `items` into a new file at target.path (which must not

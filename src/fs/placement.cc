@@ -8,7 +8,6 @@
 #include <cerrno>
 #include <cstring>
 
-#include "io/backend.h"
 
 namespace shardwise::fs {
 namespace {
@@ -113,7 +112,6 @@ Result<FsInfo> ProbeFilesystem(const std::string& dir, const LustreApi* api) {
   FsInfo info;
   info.type = FsTypeName(static_cast<long>(st.f_type));
   info.lustre = static_cast<unsigned long>(st.f_type) == kLustreSuperMagic;
-  info.direct_io = io::ProbeDirectIo(dir);
   if (info.lustre && api != nullptr) {
     if (auto n = api->OstCount(dir); n.ok()) info.ost_count = *n;
     if (auto l = api->DefaultLayout(dir); l.ok()) info.default_layout = *l;
@@ -146,11 +144,16 @@ std::unique_ptr<Placement> Placement::ForDirectory(const std::string& dir,
   std::unique_ptr<LayoutSetter> setter;
   if (fs.lustre && options.layout != LayoutMode::kOff)
     setter = api ? MakeLustreApiSetter(std::move(api)) : MakeIoctlSetter();
-  return std::make_unique<Placement>(std::move(fs), std::move(setter), options);
+  return std::make_unique<Placement>(std::move(fs), std::move(setter), options,
+                                     IoModeFor(dir, options));
 }
 
-Placement::Placement(FsInfo fs, std::unique_ptr<LayoutSetter> setter, const Options& options)
-    : fs_(std::move(fs)), setter_(std::move(setter)), options_(options) {
+Placement::Placement(FsInfo fs, std::unique_ptr<LayoutSetter> setter, const Options& options,
+                     Result<IoMode> io_mode)
+    : fs_(std::move(fs)),
+      setter_(std::move(setter)),
+      options_(options),
+      io_mode_(std::move(io_mode)) {
   if (options_.layout == LayoutMode::kOff) off_reason_ = "layouts are off: SHARDWISE_LAYOUT=off";
   else if (!setter_ && !fs_.lustre) off_reason_ = fs_.type + " is not Lustre";
   else if (!setter_) off_reason_ = "no way to set layouts";
@@ -181,10 +184,13 @@ Result<os::File> Placement::Create(const std::string& path, int flags, int mode,
 }
 
 std::string Placement::Summary() const {
+  const std::string io =
+      "; I/O: " + (io_mode_.ok() ? io_mode_->why : io_mode_.status().message());
   std::string s = fs_.type;
   if (!off_reason_.empty()) {
-    if (!fs_.lustre && options_.layout != LayoutMode::kOff) return s + " (not Lustre): no layout applied";
-    return s + ": no layout applied (" + off_reason_ + ")";
+    if (!fs_.lustre && options_.layout != LayoutMode::kOff)
+      return s + " (not Lustre): no layout applied" + io;
+    return s + ": no layout applied (" + off_reason_ + ")" + io;
   }
   s += fs_.ost_count > 0 ? ", " + std::to_string(fs_.ost_count) + " OSTs" : ", OST count unknown";
   if (fs_.default_layout.stripe_size > 0)
@@ -192,7 +198,7 @@ std::string Placement::Summary() const {
          std::to_string(fs_.default_layout.stripe_size >> 10) + " KiB";
   s += ", layouts set through " + std::string(setter_->name());
   if (setter_->name() == "ioctl" && !fs_.api.empty()) s += " (" + fs_.api + ")";
-  return s;
+  return s + io;
 }
 
 std::uint64_t Placement::AlignedIoUnit() const {

@@ -7,6 +7,7 @@
 #include <memory>
 #include <string>
 
+#include "fs/io_mode.h"
 #include "fs/layout.h"
 #include "fs/lustre_api.h"
 #include "os/posix.h"
@@ -23,7 +24,6 @@ std::string FsTypeName(long magic);
 struct FsInfo {
   std::string type;            // FsTypeName of statfs' f_type
   bool lustre = false;
-  bool direct_io = false;      // O_DIRECT writes work in the directory
   int ost_count = 0;           // 0: unknown
   Layout default_layout;       // stripe_size 0: unknown
   std::string api;             // the liblustreapi loaded, or why none was
@@ -32,8 +32,8 @@ struct FsInfo {
 // statfs says Lustre (false when statfs fails).
 bool IsLustre(const std::string& dir);
 
-// statfs, the O_DIRECT probe and, on Lustre with `api`, the OST count and
-// the directory's default layout.
+// statfs and, on Lustre with `api`, the OST count and the directory's
+// default layout.
 Result<FsInfo> ProbeFilesystem(const std::string& dir, const LustreApi* api);
 
 // Sets a layout as a file is created.
@@ -70,20 +70,26 @@ struct PlacementReport {
 // Creates the shard files of one checkpoint root. Probes the filesystem once.
 class Placement {
  public:
-  // Probes `dir`. With options.layout off, or off Lustre, files are created
-  // plainly and Summary() says why.
+  // Probes `dir` and decides its I/O mode (IoModeFor). With options.layout
+  // off, or off Lustre, files are created plainly and Summary() says why.
   static std::unique_ptr<Placement> ForDirectory(const std::string& dir, const Options& options);
-  // For tests: a given filesystem and setter (may be null: no layouts).
-  Placement(FsInfo fs, std::unique_ptr<LayoutSetter> setter, const Options& options);
+  // For tests: a given filesystem and setter (may be null: no layouts), and
+  // an I/O mode (default: buffered, preallocated).
+  Placement(FsInfo fs, std::unique_ptr<LayoutSetter> setter, const Options& options,
+            Result<IoMode> io_mode = IoMode{});
 
   // Creates `path` for a file of `bytes`, written alongside `writers` others
   // files at once.
   Result<os::File> Create(const std::string& path, int flags, int mode, std::uint64_t bytes,
                           int writers, PlacementReport* report = nullptr);
   const FsInfo& fs() const { return fs_; }
-  // One line: the filesystem and whether layouts are applied, e.g.
-  // "ext4 (not Lustre): no layout applied" or
-  // "lustre, 24 OSTs, layouts set through liblustreapi.so.1".
+  // How shard files here are written and read (an error when the options
+  // ask for O_DIRECT where it does not work).
+  const Result<IoMode>& io_mode() const { return io_mode_; }
+  // One line: the filesystem, whether layouts are applied and the I/O
+  // mode, e.g. "ext4 (not Lustre): no layout applied; I/O: ext4: O_DIRECT
+  // by measurement (...)" or "lustre, 24 OSTs, layouts set through
+  // liblustreapi.so.1; I/O: lustre: O_DIRECT ...".
   std::string Summary() const;
   // The I/O unit aligned to the stripe size that will be used.
   std::uint64_t AlignedIoUnit() const;
@@ -92,6 +98,7 @@ class Placement {
   FsInfo fs_;
   std::unique_ptr<LayoutSetter> setter_;
   Options options_;
+  Result<IoMode> io_mode_;
   std::string off_reason_;  // non-empty: no layouts, and why
 };
 

@@ -51,9 +51,4 @@ std::unique_ptr<IoBackend> MakeThreadBackend(const Options& options);
 // kUnavailable when io_uring is not compiled in or cannot be initialised.
 Result<std::unique_ptr<IoBackend>> MakeUringBackend(const Options& options);
 
-// Whether O_DIRECT works in `dir`: a probe file is written and removed.
-bool ProbeDirectIo(const std::string& dir);
-// Resolves DirectIoMode for a directory (kOn where unsupported is an error).
-Result<bool> ResolveDirectIo(const Options& options, const std::string& dir);
-
 }  // namespace shardwise::io

@@ -62,36 +62,5 @@ TEST(IoBackend, FallsBackWhenIoUringIsBlocked) {
                                    "did not report kUnavailable";
 }
 
-// The probe agrees with an independent O_DIRECT write in the same directory
-// (tmpfs gained O_DIRECT in Linux 6.6, so no filesystem here is known to
-// refuse it), and the modes resolve as documented.
-TEST(IoBackend, DirectIoProbe) {
-  for (const char* dir : {"/tmp", "/dev/shm"}) {
-    if (::access(dir, W_OK) != 0) continue;
-    std::string path = std::string(dir) + "/sw-odirect-check-" + std::to_string(::getpid());
-    bool works = false;
-    int fd = ::open(path.c_str(), O_WRONLY | O_CREAT | O_DIRECT, 0600);
-    if (fd >= 0) {
-      void* buf = std::aligned_alloc(4096, 4096);
-      std::memset(buf, 0, 4096);
-      works = ::pwrite(fd, buf, 4096, 0) == 4096;
-      std::free(buf);
-      ::close(fd);
-    }
-    ::unlink(path.c_str());
-    EXPECT_EQ(ProbeDirectIo(dir), works) << dir;
-    Options o;
-    o.direct_io = DirectIoMode::kOff;
-    EXPECT_FALSE(*ResolveDirectIo(o, dir));
-    o.direct_io = DirectIoMode::kAuto;
-    EXPECT_EQ(*ResolveDirectIo(o, dir), works);
-    o.direct_io = DirectIoMode::kOn;
-    EXPECT_EQ(ResolveDirectIo(o, dir).ok(), works);
-  }
-  Options o;
-  o.direct_io = DirectIoMode::kOn;
-  EXPECT_EQ(ResolveDirectIo(o, "/nonexistent-dir").status().code(), StatusCode::kUnavailable);
-}
-
 }  // namespace
 }  // namespace shardwise::io

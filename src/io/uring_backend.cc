@@ -1,10 +1,15 @@
 // io_uring backend: one ring of queue_depth entries and as many registered
-// buffers. The calling thread fills a buffer, submits it, and reaps
-// completions, so copying overlaps with the device's work. Short transfers
-// are resubmitted for the remainder; a transfer making no progress is an
+// buffers. Worker threads (Options::threads) fill buffers, or consume what
+// was read; the calling thread submits and reaps. So copies and checksums
+// run on the rank's cores while the device works. Short transfers are
+// resubmitted for the remainder; a transfer making no progress is an
 // error.
 #include <algorithm>
+#include <condition_variable>
 #include <cstring>
+#include <deque>
+#include <mutex>
+#include <thread>
 #include <vector>
 
 #include "io/aligned_buffer.h"
@@ -14,6 +19,8 @@
 
 #ifdef SHARDWISE_HAVE_URING
 #include <liburing.h>
+#include <sys/eventfd.h>
+#include <unistd.h>
 #endif
 
 namespace shardwise::io {
@@ -23,16 +30,25 @@ namespace {
 
 class UringBackend final : public IoBackend {
  public:
-  UringBackend(const Options& o, io_uring ring)
-      : ring_(ring), depth_(o.queue_depth), max_unit_(o.io_unit_bytes) {}
-  ~UringBackend() override { io_uring_queue_exit(&ring_); }
+  UringBackend(const Options& o, io_uring ring, int event_fd)
+      : ring_(ring),
+        depth_(o.queue_depth),
+        workers_(o.EffectiveThreads()),
+        event_fd_(event_fd),
+        max_unit_(o.io_unit_bytes) {}
+  ~UringBackend() override {
+    io_uring_queue_exit(&ring_);
+    ::close(event_fd_);
+  }
 
   std::string_view name() const override { return "uring"; }
 
   Status Write(std::span<const IoUnit> units, const UnitFn& fill) override {
+    SW_RETURN_IF_ERROR(Usable());
     return Run(units, true, fill);
   }
   Status Read(std::span<const IoUnit> units, const UnitFn& consume) override {
+    SW_RETURN_IF_ERROR(Usable());
     return Run(units, false, consume);
   }
 
@@ -41,6 +57,12 @@ class UringBackend final : public IoBackend {
     std::size_t unit = 0;
     std::uint32_t done = 0;  // bytes already transferred
   };
+
+  Status Usable() const {
+    if (!broken_) return Status::Ok();
+    return Status(StatusCode::kIoError,
+                  "the io_uring ring failed earlier (submit or wait); open a new repository");
+  }
 
   void Prep(std::span<const IoUnit> units, int slot, bool write,
             std::uint32_t len) {
@@ -98,109 +120,231 @@ class UringBackend final : public IoBackend {
     fixed_ = io_uring_register_buffers(&ring_, iov.data(), iov.size()) == 0;
   }
 
+  // The calling thread owns the ring: it submits, reaps and resubmits short
+  // transfers (requests belong to the thread that submits them, so no
+  // short-lived thread may). `workers_` threads fill buffers for writes, or
+  // consume what was read, so copies and checksums use the rank's cores
+  // while depth_ transfers are in flight; they wake the ring thread through
+  // an eventfd it keeps a read armed on.
   Status Run(std::span<const IoUnit> units, bool write, const UnitFn& fn) {
     if (units.empty()) return Status::Ok();
     EnsureBuffers(units);
     slots_.assign(depth_, Slot{});
+    RunState st;
+    for (int i = depth_ - 1; i >= 0; --i) st.free_slots.push_back(i);
+    const int workers = std::clamp(workers_, 1, depth_);
+    st.workers_left = workers;
+    std::vector<std::thread> pool;
+    pool.reserve(workers);
+    for (int w = 0; w < workers; ++w)
+      pool.emplace_back([&] { write ? FillWork(units, fn, st) : ConsumeWork(units, fn, st); });
+    Drive(units, write, st);
+    for (auto& t : pool) t.join();
+    return st.first;
+  }
+
+  static constexpr std::uint64_t kWake = ~0ull;  // user_data of the eventfd read
+
+  struct RunState {
+    std::mutex mu;  // everything below
+    std::condition_variable cv;
     std::vector<int> free_slots;
-    for (int i = depth_ - 1; i >= 0; --i) free_slots.push_back(i);
-    std::size_t next = 0;
-    int inflight = 0;
+    std::vector<int> filled;    // writes: slots ready to submit
+    std::deque<int> read_done;  // reads: slots whose read completed, to consume
+    std::size_t next = 0;       // next unit to start
+    std::size_t consumed = 0;
+    int workers_left = 0;
     Status first;
-    auto fail = [&](Status s) {
+    void Fail(Status s) {  // with mu held
       if (first.ok()) first = std::move(s);
-    };
-    while ((first.ok() && next < units.size()) || inflight > 0) {
-      int queued = 0;
-      while (first.ok() && next < units.size() && !free_slots.empty()) {
-        int slot = free_slots.back();
-        slots_[slot] = Slot{next, 0};
+      cv.notify_all();
+    }
+  };
+
+  void Wake() {
+    std::uint64_t one = 1;
+    while (::write(event_fd_, &one, sizeof one) < 0 && errno == EINTR) {
+    }
+  }
+
+  void FillWork(std::span<const IoUnit> units, const UnitFn& fill, RunState& st) {
+    std::unique_lock lock(st.mu);
+    while (st.first.ok() && st.next < units.size()) {
+      if (st.free_slots.empty()) {
+        st.cv.wait(lock);
+        continue;
+      }
+      const int slot = st.free_slots.back();
+      st.free_slots.pop_back();
+      const std::size_t u = st.next++;
+      slots_[slot] = Slot{u, 0};
+      lock.unlock();
+      Status s = fill(u, units[u].src ? nullptr : buffers_[slot].data());
+      lock.lock();
+      if (s.ok()) {
+        st.filled.push_back(slot);
+      } else {
+        st.Fail(std::move(s));
+        st.free_slots.push_back(slot);
+      }
+      Wake();
+    }
+    --st.workers_left;
+    Wake();
+  }
+
+  void ConsumeWork(std::span<const IoUnit> units, const UnitFn& consume, RunState& st) {
+    std::unique_lock lock(st.mu);
+    while (st.first.ok() && st.consumed < units.size()) {
+      if (st.read_done.empty()) {
+        st.cv.wait(lock);
+        continue;
+      }
+      const int slot = st.read_done.front();
+      st.read_done.pop_front();
+      lock.unlock();
+      Status s = consume(slots_[slot].unit, buffers_[slot].data());
+      lock.lock();
+      if (!s.ok()) st.Fail(std::move(s));
+      ++st.consumed;
+      st.free_slots.push_back(slot);
+      Wake();
+    }
+    --st.workers_left;
+    st.cv.notify_all();
+    Wake();
+  }
+
+  // The ring thread: submits what is ready, reaps, until every worker has
+  // left and nothing is in flight.
+  void Drive(std::span<const IoUnit> units, bool write, RunState& st) {
+    int inflight = 0;  // transfers
+    std::vector<int> to_start;
+    while (true) {
+      bool leave;
+      bool failed;
+      {
+        std::lock_guard lock(st.mu);
+        failed = !st.first.ok();
         if (write) {
-          Status s = fn(next, units[next].src ? nullptr : buffers_[slot].data());
-          if (!s.ok()) {
-            fail(std::move(s));
-            break;
+          to_start.swap(st.filled);
+        } else {
+          while (!failed && st.next < units.size() && !st.free_slots.empty()) {
+            const int slot = st.free_slots.back();
+            st.free_slots.pop_back();
+            slots_[slot] = Slot{st.next++, 0};
+            to_start.push_back(slot);
           }
         }
-        Status s = Start(units, slot, write);
-        if (!s.ok()) {
-          fail(std::move(s));
-          break;
+        leave = st.workers_left == 0 && st.filled.empty();
+      }
+      int queued = 0;
+      for (int slot : to_start) {
+        Status s = failed ? Status::Ok() : Start(units, slot, write);
+        if (failed || !s.ok()) {
+          std::lock_guard lock(st.mu);
+          if (!s.ok()) st.Fail(std::move(s));
+          st.free_slots.push_back(slot);
+          if (!write) ++st.consumed;  // never to be read: counted as done
+          st.cv.notify_all();
+          continue;
         }
-        free_slots.pop_back();
-        ++next;
         ++queued;
       }
-      if (queued > 0) {
-        int r;
-        do {
-          r = io_uring_submit(&ring_);
-        } while (r == -EINTR);
-        if (r < 0) {
-          // Nothing was submitted; those slots are not in flight.
-          fail(IoError("io_uring_submit", *units[0].path, -r));
-          break;
-        }
-        inflight += queued;
+      to_start.clear();
+      if (leave && inflight == 0 && queued == 0) return;
+      if (!armed_) {
+        io_uring_sqe* sqe = io_uring_get_sqe(&ring_);
+        io_uring_prep_read(sqe, event_fd_, &event_count_, sizeof event_count_, 0);
+        io_uring_sqe_set_data64(sqe, kWake);
+        armed_ = true;
       }
-      if (inflight == 0) break;
-      io_uring_cqe* cqe = nullptr;
       int r;
+      do {
+        r = io_uring_submit(&ring_);
+      } while (r == -EINTR);
+      if (r < 0) {
+        // Nothing was submitted, and the entries stay queued in the ring:
+        // it is not used again (the backend keeps the buffers).
+        broken_ = true;
+        std::unique_lock lock(st.mu);
+        st.Fail(IoError("io_uring_submit", *units[0].path, -r));
+        st.cv.wait(lock, [&] { return st.workers_left == 0; });
+        return;
+      }
+      inflight += queued;
+      io_uring_cqe* cqe = nullptr;
       do {
         r = io_uring_wait_cqe(&ring_, &cqe);
       } while (r == -EINTR);
       if (r < 0) {
-        fail(IoError("io_uring_wait_cqe", *units[0].path, -r));
-        break;  // cannot reap: leave; the ring is torn down with the backend
+        // Cannot reap: in-flight transfers may still use the buffers; stop
+        // the workers and never use this ring again.
+        broken_ = true;
+        std::unique_lock lock(st.mu);
+        st.Fail(IoError("io_uring_wait_cqe", *units[0].path, -r));
+        st.cv.wait(lock, [&] { return st.workers_left == 0; });
+        return;
       }
       unsigned head;
       unsigned seen = 0;
       io_uring_for_each_cqe(&ring_, head, cqe) {
         ++seen;
-        int slot = static_cast<int>(io_uring_cqe_get_data64(cqe));
-        Slot& s = slots_[slot];
-        const IoUnit& u = units[s.unit];
-        int res = cqe->res;
+        const std::uint64_t tag = io_uring_cqe_get_data64(cqe);
+        if (tag == kWake) {
+          armed_ = false;
+          continue;
+        }
         --inflight;
-        if (res < 0) {
-          fail(IoError(write ? "write" : "read", *u.path, -res));
-          free_slots.push_back(slot);
-          continue;
-        }
-        if (res == 0) {
-          fail(write ? IoError("write (no progress)", *u.path, EIO)
-                     : Corrupt("read " + *u.path +
-                                   ": file is truncated (end of file at " +
-                                   std::to_string(u.offset + s.done) + ")",
-                               *u.path));
-          free_slots.push_back(slot);
-          continue;
-        }
-        s.done += static_cast<std::uint32_t>(res);
-        if (s.done < u.length && first.ok()) {
-          Status st = Start(units, slot, write);
-          if (st.ok()) {
-            ++inflight;
-            io_uring_submit(&ring_);
-            continue;
-          }
-          fail(std::move(st));
-          free_slots.push_back(slot);
-          continue;
-        }
-        if (!write && first.ok() && s.done == u.length) {
-          Status st = fn(s.unit, buffers_[slot].data());
-          if (!st.ok()) fail(std::move(st));
-        }
-        free_slots.push_back(slot);
+        const int slot = static_cast<int>(tag);
+        Completed(units, write, st, slot, cqe->res, &inflight);
       }
       io_uring_cq_advance(&ring_, seen);
     }
-    return first;
+  }
+
+  // One transfer's completion: resubmits the rest of a short one, frees
+  // the slot of a finished write, hands a finished read to the workers.
+  void Completed(std::span<const IoUnit> units, bool write, RunState& st, int slot, int res,
+                 int* inflight) {
+    Slot& s = slots_[slot];
+    const IoUnit& u = units[s.unit];
+    Status error;
+    if (res < 0) {
+      error = IoError(write ? "write" : "read", *u.path, -res);
+    } else if (res == 0) {
+      error = write ? IoError("write (no progress)", *u.path, EIO)
+                    : Corrupt("read " + *u.path + ": file is truncated (end of file at " +
+                                  std::to_string(u.offset + s.done) + ")",
+                              *u.path);
+    } else {
+      s.done += static_cast<std::uint32_t>(res);
+    }
+    std::lock_guard lock(st.mu);
+    if (error.ok() && s.done < u.length && st.first.ok()) {
+      error = Start(units, slot, write);
+      if (error.ok()) {
+        ++*inflight;  // submitted with the next round
+        return;
+      }
+    }
+    if (!error.ok()) st.Fail(std::move(error));
+    if (write || !st.first.ok()) {
+      st.free_slots.push_back(slot);
+      if (!write) ++st.consumed;
+    } else {
+      st.read_done.push_back(slot);
+    }
+    st.cv.notify_all();
   }
 
   io_uring ring_;
   int depth_;
+  int workers_;
+  int event_fd_;  // workers wake the ring thread through it
+  std::uint64_t event_count_ = 0;
+  bool armed_ = false;  // a read of event_fd_ is in the ring
+  bool broken_ = false;
   std::uint64_t max_unit_;
   bool fixed_ = false;
   std::vector<AlignedBuffer> buffers_;
@@ -211,11 +355,18 @@ class UringBackend final : public IoBackend {
 
 Result<std::unique_ptr<IoBackend>> MakeUringBackend(const Options& options) {
   io_uring ring;
-  int r = io_uring_queue_init(static_cast<unsigned>(options.queue_depth), &ring, 0);
+  // One entry more than transfers in flight: the armed read of the eventfd.
+  int r = io_uring_queue_init(static_cast<unsigned>(options.queue_depth) + 1, &ring, 0);
   if (r < 0)
     return Status(StatusCode::kUnavailable,
                   std::string("io_uring_queue_init: ") + std::strerror(-r), -r);
-  return std::unique_ptr<IoBackend>(new UringBackend(options, ring));
+  const int efd = ::eventfd(0, EFD_CLOEXEC);
+  if (efd < 0) {
+    const int err = errno;
+    io_uring_queue_exit(&ring);
+    return Status(StatusCode::kUnavailable, std::string("eventfd: ") + std::strerror(err), err);
+  }
+  return std::unique_ptr<IoBackend>(new UringBackend(options, ring, efd));
 }
 
 #else

@@ -104,6 +104,7 @@ Options MakeOptions(const nb::dict& d) {
     };
     if (key == "io_backend") o.io_backend = Take(ParseIoBackendKind(nb::cast<std::string>(v)));
     else if (key == "queue_depth") o.queue_depth = nb::cast<int>(v);
+    else if (key == "threads") o.threads = nb::cast<int>(v);
     else if (key == "io_unit") o.io_unit_bytes = size(v);
     else if (key == "checksum_block") o.checksum_block_bytes = size(v);
     else if (key == "direct_io") {

@@ -168,10 +168,9 @@ struct AsyncSaver::Impl {
   // The background half of a save.
   Status Persist(const std::shared_ptr<Job>& job) {
     Options options = repo.options();
-    auto written = repo.WriteRankWith(job->spec, [&](const std::string& shard, bool direct,
+    auto written = repo.WriteRankWith(job->spec, [&](const engine::ShardTarget& target,
                                                      void* out) -> Status {
       double t0 = os::MonotonicSeconds();
-      engine::ShardTarget target{shard, direct, repo.impl_->Placement(), job->spec.world_size};
       SW_ASSIGN_OR_RETURN(std::vector<os::File> files, engine::CreateShardFiles(target, job->plan));
       for (std::size_t w = 0; w < job->waves.size(); ++w) {
         {
@@ -198,13 +197,19 @@ struct AsyncSaver::Impl {
         job->written = w + 1;
         job->cv.notify_all();
       }
-      for (os::File& f : files) {
+      for (std::size_t p = 0; p < files.size(); ++p) {
+        os::File& f = files[p];
+        // Units end on page boundaries; without preallocation the size is
+        // still set explicitly, as the format requires.
+        if (!target.preallocate)
+          SW_RETURN_IF_ERROR(os::Ftruncate(f.fd(), job->plan.file_sizes[p], f.path()));
         SW_RETURN_IF_ERROR(os::Fsync(f.fd(), f.path()));
         SW_RETURN_IF_ERROR(f.Close());
       }
       os::CrashPoint("shard_written");
       auto* index = static_cast<engine::ShardIndex*>(out);
-      *index = engine::MakeIndex(job->plan, job->meta, shard, backend->name(), direct);
+      *index = engine::MakeIndex(job->plan, job->meta, target.path, backend->name(),
+                                 target.direct_io);
       index->seconds = os::MonotonicSeconds() - t0;
       return Status::Ok();
     });
@@ -329,7 +334,8 @@ Result<std::shared_ptr<AsyncSave>> AsyncSaver::SaveAsync(const SaveSpec& in,
   // 3. Start the background, then stage wave after wave.
   m.current = state;
   m.worker = std::thread([&m, job, state] { m.RunWorker(job, state); });
-  const int threads = m.opts.copy_threads;  // 0: the rank's share of the CPUs
+  const int threads =
+      m.opts.copy_threads > 0 ? m.opts.copy_threads : m.repo.options().EffectiveThreads();
   for (std::size_t w = 0; w < job->waves.size(); ++w) {
     {
       // A pool half is free once the wave two before this one is written.

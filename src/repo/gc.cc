@@ -65,7 +65,8 @@ Result<GcReport> Repository::Gc(const GcOptions& gc) {
   SW_ASSIGN_OR_RETURN(auto entries, os::ListDir(root));
   for (const auto& e : entries) {
     if (e.type != DT_REG || (e.name.rfind(std::string(repo::kLatestName) + ".tmp-", 0) != 0 &&
-                             e.name.rfind(".shardwise-odirect-probe-", 0) != 0))
+                             e.name.rfind(fs::kProbePrefix, 0) != 0 &&
+                             e.name.rfind(".shardwise-odirect-probe-", 0) != 0))  // older probe name
       continue;
     std::string path = os::JoinPath(root, e.name);
     auto st = os::Lstat(path);

@@ -166,9 +166,8 @@ Result<RankResult> Repository::WriteRank(const SaveSpec& spec, std::span<const W
     }
     ~Once() { (*this)(); }
   } once{released};
-  return WriteRankWith(spec, [&](const std::string& shard, bool direct, void* out) -> Status {
+  return WriteRankWith(spec, [&](const engine::ShardTarget& target, void* out) -> Status {
     SW_ASSIGN_OR_RETURN(io::IoBackend * backend, impl_->Backend());
-    engine::ShardTarget target{shard, direct, impl_->Placement(), spec.world_size};
     SW_ASSIGN_OR_RETURN(engine::ShardIndex index,
                         engine::WriteShard(target, spec.rank, spec.save_id, items,
                                            impl_->options, *backend, [&] { once(); }));
@@ -179,7 +178,7 @@ Result<RankResult> Repository::WriteRank(const SaveSpec& spec, std::span<const W
 
 Result<RankResult> Repository::WriteRankWith(
     const SaveSpec& in,
-    const std::function<Status(const std::string&, bool, void*)>& write_shard) {
+    const std::function<Status(const engine::ShardTarget&, void*)>& write_shard) {
   SaveSpec spec = in;
   SW_RETURN_IF_ERROR(Normalize(spec));
   const std::string final_dir = os::JoinPath(impl_->root, spec.name);
@@ -194,10 +193,13 @@ Result<RankResult> Repository::WriteRankWith(
     std::string lock_path = os::JoinPath(staging, repo::kLockName);
     SW_ASSIGN_OR_RETURN(os::File lock, os::Open(lock_path, O_RDWR | O_CREAT, 0644));
     (void)os::Flock(lock.fd(), /*exclusive=*/false, /*try_only=*/false, lock_path);
-    SW_ASSIGN_OR_RETURN(bool direct, io::ResolveDirectIo(impl_->options, staging));
+    fs::Placement* placement = impl_->Placement();
+    SW_ASSIGN_OR_RETURN(fs::IoMode mode, placement->io_mode());
     std::string shard = os::JoinPath(staging, repo::ShardName(spec.rank));
+    const bool direct = mode.direct_writes;
+    engine::ShardTarget target{shard, direct, placement, spec.world_size, mode.preallocate};
     engine::ShardIndex index;
-    Status written = write_shard(shard, direct, &index);
+    Status written = write_shard(target, &index);
     if (!written.ok()) {
       if (written.err() == EEXIST)
         return Status(StatusCode::kAlreadyExists,

@@ -9,7 +9,9 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include "fs/io_mode.h"
 #include "os/fault.h"
+#include "os/posix.h"
 #include "shardwise/shardwise.h"
 #include "testing/test_util.h"
 
@@ -224,6 +226,25 @@ TEST_F(RepositoryTest, GcRemovesAbandonedStagingButNotLiveSaves) {
   ::close(fd);  // the writer died
   report = repo_->Gc(gc);
   EXPECT_EQ(report->removed_staging, std::vector<std::string>{".step-000000000003.staging-live"});
+  EXPECT_TRUE(Holds(*repo_, "step-000000000001", 1));
+}
+
+// Probe files of processes killed while probing the root's I/O mode
+// (named ones, where the filesystem has no O_TMPFILE) go with gc.
+TEST_F(RepositoryTest, GcRemovesLeftoverProbeFiles) {
+  ASSERT_TRUE(Save(1, 1).ok());
+  const std::string probe = dir_ / (std::string(fs::kProbePrefix) + "write-0a1b2c");
+  const std::string old_probe = dir_ / ".shardwise-odirect-probe-0a1b2c";
+  testing::WriteAll(probe, "x");
+  testing::WriteAll(old_probe, "x");
+  GcOptions gc;
+  EXPECT_TRUE(repo_->Gc(gc)->removed_staging.empty());  // within grace: maybe at work
+  gc.staging_grace_s = 0;
+  auto report = repo_->Gc(gc);
+  ASSERT_TRUE(report.ok());
+  EXPECT_EQ(report->removed_staging.size(), 2u);
+  EXPECT_FALSE(os::Exists(probe));
+  EXPECT_FALSE(os::Exists(old_probe));
   EXPECT_TRUE(Holds(*repo_, "step-000000000001", 1));
 }
 

@@ -1,0 +1,203 @@
+#include "fs/io_mode.h"
+
+#include <fcntl.h>
+#include <sys/statfs.h>
+#include <sys/uio.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <atomic>
+#include <cerrno>
+#include <chrono>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <thread>
+#include <vector>
+
+#include "common/parallel.h"
+#include "fs/placement.h"
+#include "os/posix.h"
+
+namespace shardwise::fs {
+namespace {
+
+constexpr std::size_t kPage = 4096;
+// The measurement: this many bytes per run, written in pieces of kPiece by
+// up to kProbeThreads threads; buffered I/O is chosen only when it is this
+// much faster (O_DIRECT keeps checkpoints out of the page cache, which the
+// training job needs, and makes the final fsync cheap).
+constexpr std::size_t kProbeBytes = 32 << 20;
+constexpr std::size_t kPiece = 4 << 20;
+constexpr std::size_t kProbeBuffer = 256 << 10;
+constexpr int kProbeThreads = 4;
+constexpr double kBufferedMustWinBy = 1.2;
+
+struct FreeDeleter {
+  void operator()(void* p) const { std::free(p); }
+};
+
+// A probe file in `dir`: unnamed (O_TMPFILE) where the filesystem has
+// that, so a crash leaves nothing; else named with kProbePrefix and
+// unlinked at once (gc removes it if we die first). Raw syscalls: see
+// ProbeDirectIo.
+int OpenProbe(const std::string& dir, int flags, const char* what) {
+  int fd = ::open(dir.c_str(), O_TMPFILE | O_WRONLY | O_CLOEXEC | flags, 0600);
+  if (fd >= 0 || (errno != EOPNOTSUPP && errno != EISDIR && errno != ENOENT)) return fd;
+  std::string path = os::JoinPath(dir, kProbePrefix + std::string(what) + os::RandomHex(6));
+  fd = ::open(path.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC | flags, 0600);
+  if (fd >= 0) ::unlink(path.c_str());
+  return fd;
+}
+
+// One timed run: a fresh file, preallocated as shard files are, written in
+// pieces of kPiece (one small buffer repeated, so the probe adds little to
+// the process's memory) and made durable. Returns GB/s.
+Result<double> TimedWrite(const std::string& dir, bool direct, const std::byte* buf) {
+  const int fd = OpenProbe(dir, direct ? O_DIRECT : 0, "write-");
+  if (fd < 0) return Status(StatusCode::kIoError, "open a probe file in " + dir, errno, dir);
+  const auto t0 = std::chrono::steady_clock::now();
+  (void)::posix_fallocate(fd, 0, kProbeBytes);
+  const int threads = std::clamp(AvailableCpus(), 1, kProbeThreads);
+  std::vector<iovec> iov(kPiece / kProbeBuffer, {const_cast<std::byte*>(buf), kProbeBuffer});
+  std::atomic<int> failed{0};
+  ParallelFor(0, kProbeBytes / kPiece, threads, [&](std::size_t i) {
+    if (::pwritev(fd, iov.data(), static_cast<int>(iov.size()), static_cast<off_t>(i * kPiece)) !=
+        static_cast<ssize_t>(kPiece))
+      failed.store(errno ? errno : EIO);
+  });
+  if (!failed.load() && ::fdatasync(fd) != 0) failed.store(errno);
+  const double s =
+      std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  ::close(fd);
+  if (int e = failed.load())
+    return Status(StatusCode::kIoError, "write a probe file in " + dir, e, dir);
+  return static_cast<double>(kProbeBytes) / std::max(s, 1e-9) / 1e9;
+}
+
+bool IsMemoryFs(std::string_view type) { return type == "tmpfs" || type == "ramfs"; }
+
+}  // namespace
+
+bool ProbeDirectIo(const std::string& dir) {
+  const int fd = OpenProbe(dir, O_DIRECT, "odirect-");
+  if (fd < 0) return false;
+  std::unique_ptr<void, FreeDeleter> buf(std::aligned_alloc(kPage, kPage));
+  std::memset(buf.get(), 0, kPage);
+  // Some filesystems accept the open flag and fail the first write.
+  const bool ok = ::pwrite(fd, buf.get(), kPage, 0) == static_cast<ssize_t>(kPage);
+  ::close(fd);
+  return ok;
+}
+
+Result<WriteRates> MeasureWriteModes(const std::string& dir) {
+  std::unique_ptr<void, FreeDeleter> mem(std::aligned_alloc(kPage, kProbeBuffer));
+  if (!mem) return Status(StatusCode::kIoError, "no memory for the I/O probe", ENOMEM);
+  auto* buf = static_cast<std::byte*>(mem.get());
+  for (std::size_t i = 0; i < kProbeBuffer; ++i) buf[i] = static_cast<std::byte>(i * 131 + 7);
+  WriteRates r;
+  for (int round = 0; round < 2; ++round) {
+    SW_ASSIGN_OR_RETURN(double d, TimedWrite(dir, true, buf));
+    SW_ASSIGN_OR_RETURN(double b, TimedWrite(dir, false, buf));
+    r.direct_gbps = std::max(r.direct_gbps, d);
+    r.buffered_gbps = std::max(r.buffered_gbps, b);
+  }
+  return r;
+}
+
+Result<IoMode> DecideIoMode(std::string_view fs_type, bool direct_works,
+                            DirectIoMode requested,
+                            const std::function<Result<WriteRates>()>& measure) {
+  IoMode m;
+  m.preallocate = !IsMemoryFs(fs_type);
+  const std::string fs(fs_type);
+  char line[256];
+  switch (requested) {
+    case DirectIoMode::kOn:
+      if (!direct_works)
+        return Status(StatusCode::kUnavailable,
+                      "O_DIRECT was required (direct_io=on) but does not work on this " + fs,
+                      EINVAL);
+      m.direct_writes = m.direct_reads = true;
+      m.why = "O_DIRECT: required by the options (direct_io=on)";
+      return m;
+    case DirectIoMode::kOff:
+      m.why = "buffered: O_DIRECT is off in the options (direct_io=off)";
+      return m;
+    case DirectIoMode::kAuto: break;
+  }
+  if (IsMemoryFs(fs_type)) {
+    // Its O_DIRECT is a copy as well, page by page; preallocating would
+    // zero every page before the write fills it.
+    m.why = fs + " keeps files in memory: buffered, written from tensor memory byte for "
+                 "byte, no preallocation";
+    return m;
+  }
+  if (!direct_works) {
+    m.why = "buffered: O_DIRECT does not work on this " + fs;
+    return m;
+  }
+  if (fs_type == "nfs") {
+    m.why = "nfs: buffered (O_DIRECT makes every write a synchronous round trip; the final "
+            "fsync flushes them together)";
+    return m;
+  }
+  m.direct_reads = true;  // loads and verify see the storage, not the page cache
+  if (fs_type == "lustre") {
+    m.direct_writes = true;
+    m.why = "lustre: O_DIRECT with stripe-aligned units (no client page cache, no "
+            "per-page locking)";
+    return m;
+  }
+  auto rates = measure();
+  if (!rates.ok()) {
+    m.direct_writes = true;
+    m.why = fs + ": O_DIRECT (the write measurement failed: " + rates.status().message() + ")";
+    return m;
+  }
+  m.measured = true;
+  m.direct_gbps = rates->direct_gbps;
+  m.buffered_gbps = rates->buffered_gbps;
+  m.direct_writes = rates->buffered_gbps < kBufferedMustWinBy * rates->direct_gbps;
+  std::snprintf(line, sizeof line,
+                "%s: %s by measurement (durable writes: O_DIRECT %.2f GB/s, buffered %.2f "
+                "GB/s; buffered must win by %.0f%%)",
+                fs.c_str(), m.direct_writes ? "O_DIRECT" : "buffered", rates->direct_gbps,
+                rates->buffered_gbps, (kBufferedMustWinBy - 1) * 100);
+  m.why = line;
+  return m;
+}
+
+namespace {
+std::mutex g_mu;
+std::map<std::pair<std::string, DirectIoMode>, IoMode>& Cache() {
+  static auto* cache = new std::map<std::pair<std::string, DirectIoMode>, IoMode>;
+  return *cache;
+}
+}  // namespace
+
+Result<IoMode> IoModeFor(const std::string& root, const Options& options) {
+  const auto key = std::make_pair(root, options.direct_io);
+  // One decision at a time: two first saves into one root measure once.
+  std::lock_guard lock(g_mu);
+  if (auto it = Cache().find(key); it != Cache().end()) return it->second;
+  struct statfs st {};
+  if (::statfs(root.c_str(), &st) != 0)
+    return Status(StatusCode::kIoError, "statfs " + root, errno, root);
+  const std::string type = FsTypeName(static_cast<long>(st.f_type));
+  const bool direct_works = options.direct_io != DirectIoMode::kOff && ProbeDirectIo(root);
+  SW_ASSIGN_OR_RETURN(IoMode mode, DecideIoMode(type, direct_works, options.direct_io,
+                                                [&] { return MeasureWriteModes(root); }));
+  Cache()[key] = mode;
+  return mode;
+}
+
+void ForgetIoModesForTesting() {
+  std::lock_guard lock(g_mu);
+  Cache().clear();
+}
+
+}  // namespace shardwise::fs

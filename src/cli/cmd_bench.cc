@@ -5,9 +5,13 @@
 // fsyncs: what is measured is durable bytes.
 #include <poll.h>
 #include <signal.h>
+#include <sys/mman.h>
+#include <sys/resource.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <algorithm>
+#include <atomic>
 #include <cmath>
 #include <cstring>
 #include <nlohmann/json.hpp>
@@ -20,6 +24,8 @@
 #include "cli/cli.h"
 #include "cli/output.h"
 #include "cli/synthetic.h"
+#include "common/parallel.h"
+#include "format/crc32c.h"
 #include "fs/placement.h"
 #include "os/posix.h"
 #include "shardwise/repository.h"
@@ -43,6 +49,11 @@ checksum, and compares it with what it saved.
 
 Save time runs from the start signal until the coordinator's commit is
 durable; load time until the last rank has read and verified its data.
+The report also gives the CPU time of each (user + system, every thread
+of every rank, per GB), the machine's copy and CRC32C rates measured
+afterwards with the time one copy and one checksum pass of the same bytes
+take (the limit where the data stays in memory, as on tmpfs), and the I/O
+mode the root's filesystem got (O_DIRECT or buffered, and why).
 
 Options:
   --dir D              where to write (a checkpoint root)            [required]
@@ -146,6 +157,85 @@ std::string OneLine(std::string s) {
   return s;
 }
 
+// User and system seconds of this process, all its threads (io_uring's
+// workers among them).
+double CpuSeconds() {
+  rusage ru{};
+  ::getrusage(RUSAGE_SELF, &ru);
+  auto sec = [](const timeval& t) { return static_cast<double>(t.tv_sec) + t.tv_usec / 1e6; };
+  return sec(ru.ru_utime) + sec(ru.ru_stime);
+}
+
+// What the machine allows a save or load of memory-resident data: one copy
+// and one CRC32C pass over the bytes, each at the best rate of 1 thread or
+// every CPU (each thread its own share; median of 3), into and from
+// pre-faulted memory.
+// A filesystem that keeps files in memory (tmpfs) also allocates a page for
+// every 4 KiB it stores: `fresh_copy_gbps` is memcpy into memory never
+// touched before (4 KiB pages), which pays that.
+struct MachineLimit {
+  double copy_gbps = 0;
+  double fresh_copy_gbps = 0;
+  double crc_gbps = 0;
+  int threads = 1;
+  static double Pass(std::uint64_t bytes, double copy, double crc) {
+    if (copy <= 0 || crc <= 0) return 0;
+    return static_cast<double>(bytes) / 1e9 * (1 / copy + 1 / crc);
+  }
+  double Seconds(std::uint64_t bytes) const { return Pass(bytes, copy_gbps, crc_gbps); }
+  double FreshSeconds(std::uint64_t bytes) const { return Pass(bytes, fresh_copy_gbps, crc_gbps); }
+};
+
+MachineLimit MeasureMachineLimit() {
+  constexpr std::uint64_t kBytes = 256ull << 20;
+  MachineLimit m;
+  m.threads = AvailableCpus();
+  std::vector<std::byte> src(kBytes), dst(kBytes);
+  for (std::uint64_t i = 0; i < kBytes; i += 4096) src[i] = static_cast<std::byte>(i >> 12);
+  std::memset(dst.data(), 0, kBytes);
+  auto rate = [&](int threads, auto&& body) {
+    std::vector<double> r;
+    const std::uint64_t share = kBytes / static_cast<std::uint64_t>(threads);
+    for (int rep = 0; rep < 3; ++rep) {
+      const double t0 = os::MonotonicSeconds();
+      ParallelFor(0, static_cast<std::size_t>(threads), threads,
+                  [&](std::size_t t) { body(t * share, share); });
+      r.push_back(static_cast<double>(kBytes) / (os::MonotonicSeconds() - t0) / 1e9);
+    }
+    std::sort(r.begin(), r.end());
+    return r[1];
+  };
+  std::atomic<std::uint32_t> sink{0};
+  for (int t : {1, m.threads}) {
+    m.copy_gbps = std::max(m.copy_gbps, rate(t, [&](std::uint64_t off, std::uint64_t n) {
+      std::memcpy(dst.data() + off, src.data() + off, n);
+    }));
+    m.crc_gbps = std::max(m.crc_gbps, rate(t, [&](std::uint64_t off, std::uint64_t n) {
+      sink.fetch_xor(format::Crc32c(src.data() + off, n));
+    }));
+    std::vector<double> fresh;
+    for (int rep = 0; rep < 3; ++rep) {
+      void* mem = ::mmap(nullptr, kBytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS,
+                         -1, 0);
+      if (mem == MAP_FAILED) break;
+      (void)::madvise(mem, kBytes, MADV_NOHUGEPAGE);
+      auto* to = static_cast<std::byte*>(mem);
+      const std::uint64_t share = kBytes / static_cast<std::uint64_t>(t);
+      const double t0 = os::MonotonicSeconds();
+      ParallelFor(0, static_cast<std::size_t>(t), t, [&](std::size_t k) {
+        std::memcpy(to + k * share, src.data() + k * share, share);
+      });
+      fresh.push_back(static_cast<double>(kBytes) / (os::MonotonicSeconds() - t0) / 1e9);
+      ::munmap(mem, kBytes);
+    }
+    if (fresh.size() == 3) {
+      std::sort(fresh.begin(), fresh.end());
+      m.fresh_copy_gbps = std::max(m.fresh_copy_gbps, fresh[1]);
+    }
+  }
+  return m;
+}
+
 [[noreturn]] void RunChild(int rank, int ranks, std::uint64_t size, const Options& opts,
                            const std::string& dir, const SaveSpec& base, int go_fd,
                            int go2_fd, int out_fd) {
@@ -167,6 +257,7 @@ std::string OneLine(std::string s) {
 
   SaveSpec spec = base;
   spec.rank = rank;
+  const double cpu0 = CpuSeconds();
   auto wr = (*repo)->WriteRank(spec, state.items);
   if (!wr.ok()) {
     Send(out_fd, "E\t" + std::to_string(rank) + "\t" + OneLine(wr.status().message()));
@@ -184,7 +275,7 @@ std::string OneLine(std::string s) {
   }
   std::ostringstream msg;
   msg << "S\t" << rank << "\t" << wr->seconds << "\t" << commit_s << "\t" << wr->backend << "\t"
-      << (wr->direct_io ? 1 : 0) << "\t" << wr->bytes;
+      << (wr->direct_io ? 1 : 0) << "\t" << wr->bytes << "\t" << CpuSeconds() - cpu0;
   Send(out_fd, msg.str());
   if (!WaitByte(go2_fd)) ::_exit(1);
 
@@ -212,12 +303,13 @@ std::string OneLine(std::string s) {
     q.dst_bytes = state.items[i].nbytes;
     reqs.push_back(std::move(q));
   }
+  const double cpu1 = CpuSeconds();
   Status rs = (*reader)->Read(reqs);
   if (!rs.ok()) {
     Send(out_fd, "E\t" + std::to_string(rank) + "\t" + OneLine(rs.message()));
     ::_exit(1);
   }
-  Send(out_fd, "L\t" + std::to_string(rank));
+  Send(out_fd, "L\t" + std::to_string(rank) + "\t" + std::to_string(CpuSeconds() - cpu1));
   // Outside the timing: the loaded bytes must equal the saved ones.
   for (std::size_t i = 0; i < state.items.size(); ++i)
     if (std::memcmp(back[i].get(), state.items[i].data, state.items[i].nbytes) != 0) {
@@ -419,6 +511,14 @@ int RunBench(const Argv& argv, std::ostream& out, std::ostream& err) {
     }
   }
   layout_json["summary"] = layout_line;
+  if (const auto& mode = placement->io_mode(); mode.ok())
+    layout_json["io_mode"] = {{"direct_writes", mode->direct_writes},
+                              {"direct_reads", mode->direct_reads},
+                              {"preallocate", mode->preallocate},
+                              {"measured", mode->measured},
+                              {"why", mode->why}};
+  else
+    return UsageError(err, "bench", mode.status().message());
 
   SaveSpec spec;
   spec.save_id = os::RandomHex(8);
@@ -491,7 +591,7 @@ int RunBench(const Argv& argv, std::ostream& out, std::ostream& err) {
     items += std::stoull(v[2]);
     data_bytes += std::stoull(v[3]);
   }
-  double max_write = 0, commit = 0;
+  double max_write = 0, commit = 0, save_cpu = 0, load_cpu = 0;
   std::string backend;
   bool direct = false;
   for (const auto& s : *saved) {
@@ -500,7 +600,14 @@ int RunBench(const Argv& argv, std::ostream& out, std::ostream& err) {
     backend = s[4];
     direct = s[5] == "1";
     file_bytes += std::stoull(s[6]);
+    save_cpu += std::stod(s[7]);
   }
+  for (const auto& l : *loaded) load_cpu += std::stod(l[2]);
+  // Measured once the ranks are gone, so it competes with nothing.
+  const MachineLimit limit = MeasureMachineLimit();
+  const double limit_s = limit.Seconds(data_bytes);
+  const double fresh_s = limit.FreshSeconds(data_bytes);
+  auto cpu_per_gb = [&](double cpu) { return data_bytes ? cpu / (data_bytes / 1e9) : 0; };
   bool keep = args->Has("keep");
   std::string ckpt_dir = os::JoinPath((*repo)->root(), spec.name);
   if (!keep) {
@@ -525,7 +632,18 @@ int RunBench(const Argv& argv, std::ostream& out, std::ostream& err) {
     j["save"] = {{"bytes", data_bytes}, {"file_bytes", file_bytes}, {"seconds", save_s},
                  {"gb_per_s", gbps(data_bytes, save_s)}, {"max_rank_write_seconds", max_write},
                  {"commit_seconds", commit}};
-    j["load"] = {{"bytes", data_bytes}, {"seconds", load_s}, {"gb_per_s", gbps(data_bytes, load_s)}};
+    j["save"]["cpu_seconds"] = save_cpu;
+    j["save"]["cpu_seconds_per_gb"] = cpu_per_gb(save_cpu);
+    j["save"]["of_machine_limit"] = save_s > 0 ? limit_s / save_s : 0;
+    j["save"]["of_fresh_page_limit"] = save_s > 0 ? fresh_s / save_s : 0;
+    j["load"] = {{"bytes", data_bytes}, {"seconds", load_s}, {"gb_per_s", gbps(data_bytes, load_s)},
+                 {"cpu_seconds", load_cpu}, {"cpu_seconds_per_gb", cpu_per_gb(load_cpu)},
+                 {"of_machine_limit", load_s > 0 ? limit_s / load_s : 0}};
+    j["machine"] = {{"copy_gb_per_s", limit.copy_gbps},
+                    {"fresh_page_copy_gb_per_s", limit.fresh_copy_gbps},
+                    {"crc32c_gb_per_s", limit.crc_gbps}, {"threads", limit.threads},
+                    {"limit_seconds", limit_s}, {"fresh_page_limit_seconds", fresh_s}};
+    j["io_mode"] = layout_json["io_mode"];
     j["verified"] = true;
     j["checkpoint"] = keep ? nlohmann::ordered_json(ckpt_dir) : nlohmann::ordered_json(nullptr);
     j["layout"] = layout_json;
@@ -537,7 +655,7 @@ int RunBench(const Argv& argv, std::ostream& out, std::ostream& err) {
     WriteJson(out, j);
     return kExitOk;
   }
-  char line[256];
+  char line[512];
   out << "shardwise bench: " << ranks << " rank(s) x " << FormatBytes(size) << " in "
       << (*repo)->root() << "\n"
       << "  backend " << backend << ", O_DIRECT " << (direct ? "on" : "off") << ", queue depth "
@@ -551,6 +669,24 @@ int RunBench(const Argv& argv, std::ostream& out, std::ostream& err) {
   std::snprintf(line, sizeof line, "  load  %s in %s: %.2f GB/s (checksums verified, bit-exact)\n",
                 FormatBytes(data_bytes).c_str(), FormatSeconds(load_s).c_str(),
                 gbps(data_bytes, load_s));
+  out << line;
+  std::snprintf(line, sizeof line,
+                "  cpu   save %.2f s (%.2f s/GB), load %.2f s (%.2f s/GB): user+system, every "
+                "thread of every rank\n",
+                save_cpu, cpu_per_gb(save_cpu), load_cpu, cpu_per_gb(load_cpu));
+  out << line;
+  std::snprintf(line, sizeof line,
+                "  machine: copy %.2f GB/s, CRC32C %.2f GB/s (best of 1 and %d threads); one "
+                "copy and one checksum pass of these bytes take %s:\n"
+                "         save at %.2fx, load at %.2fx of that limit (data in memory, e.g. tmpfs)\n",
+                limit.copy_gbps, limit.crc_gbps, limit.threads, FormatSeconds(limit_s).c_str(),
+                save_s > 0 ? limit_s / save_s : 0, load_s > 0 ? limit_s / load_s : 0);
+  out << line;
+  std::snprintf(line, sizeof line,
+                "         copy into new pages %.2f GB/s (what a memory filesystem pays per "
+                "page it stores): save at %.2fx of a limit of %s\n",
+                limit.fresh_copy_gbps, save_s > 0 ? fresh_s / save_s : 0,
+                FormatSeconds(fresh_s).c_str());
   out << line;
   if (provisioned_mbps > 0) {
     std::snprintf(line, sizeof line,

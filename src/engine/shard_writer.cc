@@ -424,13 +424,16 @@ Result<ShardIndex> WriteShard(const ShardTarget& target, std::int32_t rank,
   auto release = [&] {
     if (released && !told.exchange(true)) released();
   };
-  Status written = backend.Write(io_units, [&](std::size_t u, std::byte* buf) {
-    if (!plan.units[u].src) copied.fetch_add(FillUnit(plan, items, u, buf));
-    // Item memory is free once every unit is copied, unless some are
-    // written from it (then once the writes and checksums are done).
-    if (filled.fetch_add(1) + 1 == plan.units.size() && !any_direct) release();
-    return Status::Ok();
-  });
+  Status written = backend.Write(
+      io_units,
+      [&](std::size_t u, std::byte* buf) {
+        if (!plan.units[u].src) copied.fetch_add(FillUnit(plan, items, u, buf));
+        // Item memory is free once every unit is copied, unless some are
+        // written from it (then once the writes and checksums are done).
+        if (filled.fetch_add(1) + 1 == plan.units.size() && !any_direct) release();
+        return Status::Ok();
+      },
+      target.MaxInFlight(files.size()));
   checksums.join();
   release();
   SW_RETURN_IF_ERROR(written);

@@ -129,6 +129,11 @@ struct ShardTarget {
   fs::Placement* placement = nullptr;  // null: a plain open
   int writers = 1;                     // files written at once (for the layout policy)
   bool preallocate = true;             // fallocate each file (fs::IoMode)
+  int writes_per_file = 0;             // in flight per file; 0: the queue depth
+  // What to pass the backend's Write for a shard of `files` files.
+  int MaxInFlight(std::size_t files) const {
+    return writes_per_file > 0 ? writes_per_file * static_cast<int>(files) : 0;
+  }
 };
 
 // Creates the shard's part files (O_EXCL, each with its Lustre layout where

@@ -131,9 +131,11 @@ Result<IoMode> DecideIoMode(std::string_view fs_type, bool direct_works,
   }
   if (IsMemoryFs(fs_type)) {
     // Its O_DIRECT is a copy as well, page by page; preallocating would
-    // zero every page before the write fills it.
+    // zero every page before the write fills it; and writes into one file
+    // take its inode lock in turn, so more than one in flight only spins.
+    m.writes_per_file = 1;
     m.why = fs + " keeps files in memory: buffered, written from tensor memory byte for "
-                 "byte, no preallocation";
+                 "byte, one write in flight per file, no preallocation";
     return m;
   }
   if (!direct_works) {

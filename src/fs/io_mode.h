@@ -22,6 +22,7 @@ struct IoMode {
   bool direct_writes = false;  // O_DIRECT for shard writes
   bool direct_reads = false;   // O_DIRECT for shard reads (loads, verify)
   bool preallocate = true;     // fallocate each shard file before writing it
+  int writes_per_file = 0;     // writes in flight per file; 0: Options::queue_depth
   bool measured = false;       // chosen by MeasureWriteModes
   double direct_gbps = 0;      // the measurement, when measured
   double buffered_gbps = 0;

@@ -32,6 +32,7 @@ TEST(IoMode, MemoryFilesystemsAreBufferedAndNotPreallocated) {
     EXPECT_FALSE(m->direct_writes) << type;
     EXPECT_FALSE(m->direct_reads) << type;
     EXPECT_FALSE(m->preallocate) << type;
+    EXPECT_EQ(m->writes_per_file, 1) << type;
     EXPECT_NE(m->why.find(type), std::string::npos) << m->why;
   }
 }

@@ -189,10 +189,13 @@ struct AsyncSaver::Impl {
         }
         // Checksums are computed here, over the staged bytes, just before
         // each unit is written: they cost the training loop nothing.
-        SW_RETURN_IF_ERROR(backend->Write(units, [&](std::size_t i, std::byte*) {
-          engine::ChecksumUnit(job->plan, wave.u0 + i, units[i].src);
-          return Status::Ok();
-        }));
+        SW_RETURN_IF_ERROR(backend->Write(
+            units,
+            [&](std::size_t i, std::byte*) {
+              engine::ChecksumUnit(job->plan, wave.u0 + i, units[i].src);
+              return Status::Ok();
+            },
+            target.MaxInFlight(files.size())));
         std::lock_guard lock(job->mu);
         job->written = w + 1;
         job->cv.notify_all();

@@ -94,7 +94,9 @@ TEST_P(SourceWrite, RoundTripsBitExactAndCopiesOnlyWhatItMust) {
     else if (r->direct_io) want_copied += shift % 4096 == 0 ? n % 4096 : n;
   }
   EXPECT_EQ(r->copied_bytes, want_copied) << "direct_io=" << r->direct_io;
-  if (std::string(std::get<3>(GetParam())) == "/dev/shm") EXPECT_FALSE(r->direct_io);
+  if (std::string(std::get<3>(GetParam())) == "/dev/shm") {
+    EXPECT_FALSE(r->direct_io);
+  }
   RecordProperty("direct_io", r->direct_io ? "on" : "off");
 
   auto reader = (*repo)->OpenCheckpoint("step-000000000001");

@@ -514,7 +514,6 @@ int RunBench(const Argv& argv, std::ostream& out, std::ostream& err) {
   if (const auto& mode = placement->io_mode(); mode.ok())
     layout_json["io_mode"] = {{"direct_writes", mode->direct_writes},
                               {"direct_reads", mode->direct_reads},
-                              {"preallocate", mode->preallocate},
                               {"measured", mode->measured},
                               {"why", mode->why}};
   else

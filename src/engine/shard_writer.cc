@@ -303,8 +303,7 @@ Result<std::vector<os::File>> CreateShardFiles(const ShardTarget& target, const 
     } else {
       SW_ASSIGN_OR_RETURN(file, os::Open(path, flags, 0644));
     }
-    if (target.preallocate)
-      SW_RETURN_IF_ERROR(os::Fallocate(file.fd(), 0, plan.file_sizes[p], path));
+    SW_RETURN_IF_ERROR(os::Fallocate(file.fd(), 0, plan.file_sizes[p], path));
     files.push_back(std::move(file));
   }
   return files;
@@ -424,24 +423,21 @@ Result<ShardIndex> WriteShard(const ShardTarget& target, std::int32_t rank,
   auto release = [&] {
     if (released && !told.exchange(true)) released();
   };
-  Status written = backend.Write(
-      io_units,
-      [&](std::size_t u, std::byte* buf) {
-        if (!plan.units[u].src) copied.fetch_add(FillUnit(plan, items, u, buf));
-        // Item memory is free once every unit is copied, unless some are
-        // written from it (then once the writes and checksums are done).
-        if (filled.fetch_add(1) + 1 == plan.units.size() && !any_direct) release();
-        return Status::Ok();
-      },
-      target.MaxInFlight(files.size()));
+  Status written = backend.Write(io_units, [&](std::size_t u, std::byte* buf) {
+    if (!plan.units[u].src) copied.fetch_add(FillUnit(plan, items, u, buf));
+    // Item memory is free once every unit is copied, unless some are
+    // written from it (then once the writes and checksums are done).
+    if (filled.fetch_add(1) + 1 == plan.units.size() && !any_direct) release();
+    return Status::Ok();
+  });
   checksums.join();
   release();
   SW_RETURN_IF_ERROR(written);
   AddCopiedStateBytes(copied.load());
   for (std::size_t p = 0; p < files.size(); ++p) {
     // A file whose last item was written byte for byte still gets its
-    // padded size (fallocate gave it already where it ran).
-    if (exact_ends || !target.preallocate) SW_RETURN_IF_ERROR(os::Ftruncate(files[p].fd(), plan.file_sizes[p],
+    // padded size (fallocate gave it already where the filesystem has it).
+    if (exact_ends) SW_RETURN_IF_ERROR(os::Ftruncate(files[p].fd(), plan.file_sizes[p],
                                                       files[p].path()));
     // The data is written; make it (and the file sizes) durable.
     SW_RETURN_IF_ERROR(os::Fsync(files[p].fd(), files[p].path()));

@@ -128,16 +128,10 @@ struct ShardTarget {
   bool direct_io = false;
   fs::Placement* placement = nullptr;  // null: a plain open
   int writers = 1;                     // files written at once (for the layout policy)
-  bool preallocate = true;             // fallocate each file (fs::IoMode)
-  int writes_per_file = 0;             // in flight per file; 0: the queue depth
-  // What to pass the backend's Write for a shard of `files` files.
-  int MaxInFlight(std::size_t files) const {
-    return writes_per_file > 0 ? writes_per_file * static_cast<int>(files) : 0;
-  }
 };
 
 // Creates the shard's part files (O_EXCL, each with its Lustre layout where
-// one applies, preallocated unless the target says not to).
+// one applies, preallocated).
 Result<std::vector<os::File>> CreateShardFiles(const ShardTarget& target, const ShardPlan& plan);
 
 // Plans and writes `items` into a new file at target.path (which must not

@@ -2,9 +2,8 @@
 // kExact with buffered I/O) against the copying path: bit-exact round trips
 // for aligned and unaligned memory, views at offsets, sizes from 1 byte to
 // several I/O units, both backends, O_DIRECT on and off, on a disk and on
-// tmpfs (whose I/O mode writes buffered, one write in flight per file,
-// without preallocation); zero padding; and exactly the bytes that had to
-// be copied.
+// tmpfs (whose I/O mode writes buffered); zero padding; and exactly the
+// bytes that had to be copied.
 #include <gtest/gtest.h>
 
 #include <cstdlib>

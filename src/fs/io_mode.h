@@ -1,5 +1,5 @@
 // How shard files under one checkpoint root are written and read: through
-// the page cache or with O_DIRECT, preallocated or not, and why. Decided
+// the page cache or with O_DIRECT, and why. Decided
 // once per root and process, from what the root's filesystem is known to do
 // well, or, where nothing is known, from a short measurement of both write
 // modes. docs/cpp-api.md ("I/O mode") has the table.
@@ -21,8 +21,6 @@ inline constexpr char kProbePrefix[] = ".shardwise-probe-";
 struct IoMode {
   bool direct_writes = false;  // O_DIRECT for shard writes
   bool direct_reads = false;   // O_DIRECT for shard reads (loads, verify)
-  bool preallocate = true;     // fallocate each shard file before writing it
-  int writes_per_file = 0;     // writes in flight per file; 0: Options::queue_depth
   bool measured = false;       // chosen by MeasureWriteModes
   double direct_gbps = 0;      // the measurement, when measured
   double buffered_gbps = 0;

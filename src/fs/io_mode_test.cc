@@ -25,14 +25,12 @@ Result<WriteRates> NoMeasure() {
   return WriteRates{};
 }
 
-TEST(IoMode, MemoryFilesystemsAreBufferedAndNotPreallocated) {
+TEST(IoMode, MemoryFilesystemsAreBuffered) {
   for (const char* type : {"tmpfs", "ramfs"}) {
     auto m = DecideIoMode(type, /*direct_works=*/true, DirectIoMode::kAuto, NoMeasure);
     ASSERT_TRUE(m.ok()) << m.status().ToString();
     EXPECT_FALSE(m->direct_writes) << type;
     EXPECT_FALSE(m->direct_reads) << type;
-    EXPECT_FALSE(m->preallocate) << type;
-    EXPECT_EQ(m->writes_per_file, 1) << type;
     EXPECT_NE(m->why.find(type), std::string::npos) << m->why;
   }
 }
@@ -42,7 +40,6 @@ TEST(IoMode, LustreUsesODirectWithoutMeasuring) {
   ASSERT_TRUE(m.ok());
   EXPECT_TRUE(m->direct_writes);
   EXPECT_TRUE(m->direct_reads);
-  EXPECT_TRUE(m->preallocate);
   EXPECT_FALSE(m->measured);
 }
 
@@ -73,7 +70,6 @@ TEST(IoMode, OtherFilesystemsAreMeasuredAndBufferedMustWinClearly) {
   ASSERT_TRUE(b.ok());
   EXPECT_FALSE(b->direct_writes);
   EXPECT_TRUE(b->direct_reads);  // reads still see the storage
-  EXPECT_TRUE(b->preallocate);
   EXPECT_NE(b->why.find("buffered by measurement"), std::string::npos) << b->why;
   // A failed measurement falls back to O_DIRECT and says why.
   auto f = DecideIoMode("xfs", true, DirectIoMode::kAuto, [] {
@@ -93,7 +89,6 @@ TEST(IoMode, OptionsOverrideTheTable) {
   ASSERT_TRUE(on.ok());
   EXPECT_TRUE(on->direct_writes);
   EXPECT_TRUE(on->direct_reads);
-  EXPECT_FALSE(on->preallocate);  // still a memory filesystem
   auto refused = DecideIoMode("nfs", false, DirectIoMode::kOn, NoMeasure);
   EXPECT_EQ(refused.status().code(), StatusCode::kUnavailable);
   EXPECT_NE(refused.status().message().find("O_DIRECT was required"), std::string::npos);

@@ -74,7 +74,7 @@ class Placement {
   // off, or off Lustre, files are created plainly and Summary() says why.
   static std::unique_ptr<Placement> ForDirectory(const std::string& dir, const Options& options);
   // For tests: a given filesystem and setter (may be null: no layouts), and
-  // an I/O mode (default: buffered, preallocated).
+  // an I/O mode (default: buffered).
   Placement(FsInfo fs, std::unique_ptr<LayoutSetter> setter, const Options& options,
             Result<IoMode> io_mode = IoMode{});
 

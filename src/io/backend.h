@@ -38,11 +38,7 @@ class IoBackend {
   virtual ~IoBackend() = default;
   virtual std::string_view name() const = 0;
   // Runs every unit; returns the first error, after in-flight I/O settled.
-  // `max_in_flight` (0: the queue depth) caps the writes in flight: buffered
-  // writes into one file take its inode lock one at a time, and more only
-  // spin on it.
-  virtual Status Write(std::span<const IoUnit> units, const UnitFn& fill,
-                       int max_in_flight = 0) = 0;
+  virtual Status Write(std::span<const IoUnit> units, const UnitFn& fill) = 0;
   virtual Status Read(std::span<const IoUnit> units, const UnitFn& consume) = 0;
 };
 

@@ -21,8 +21,8 @@ class ThreadBackend final : public IoBackend {
 
   std::string_view name() const override { return "threads"; }
 
-  Status Write(std::span<const IoUnit> units, const UnitFn& fill, int max_in_flight) override {
-    return Run(units, max_in_flight, [&](std::size_t i, std::byte* buf) -> Status {
+  Status Write(std::span<const IoUnit> units, const UnitFn& fill) override {
+    return Run(units, [&](std::size_t i, std::byte* buf) -> Status {
       const IoUnit& u = units[i];
       SW_RETURN_IF_ERROR(fill(i, u.src ? nullptr : buf));
       return os::PwriteAll(u.fd, u.src ? u.src : buf, u.length, u.offset, *u.path);
@@ -30,7 +30,7 @@ class ThreadBackend final : public IoBackend {
   }
 
   Status Read(std::span<const IoUnit> units, const UnitFn& consume) override {
-    return Run(units, 0, [&](std::size_t i, std::byte* buf) -> Status {
+    return Run(units, [&](std::size_t i, std::byte* buf) -> Status {
       const IoUnit& u = units[i];
       SW_RETURN_IF_ERROR(os::PreadAll(u.fd, buf, u.length, u.offset, *u.path));
       return consume(i, buf);
@@ -38,10 +38,9 @@ class ThreadBackend final : public IoBackend {
   }
 
  private:
-  Status Run(std::span<const IoUnit> units, int max_in_flight, const UnitFn& work) {
+  Status Run(std::span<const IoUnit> units, const UnitFn& work) {
     if (units.empty()) return Status::Ok();
-    const int threads = max_in_flight > 0 ? std::min(threads_, max_in_flight) : threads_;
-    std::size_t n = std::min<std::size_t>(threads, units.size());
+    std::size_t n = std::min<std::size_t>(threads_, units.size());
     std::uint64_t need = 0;
     for (const IoUnit& u : units)
       if (!u.src) need = std::max<std::uint64_t>(need, u.length);

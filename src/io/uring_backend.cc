@@ -43,13 +43,13 @@ class UringBackend final : public IoBackend {
 
   std::string_view name() const override { return "uring"; }
 
-  Status Write(std::span<const IoUnit> units, const UnitFn& fill, int max_in_flight) override {
+  Status Write(std::span<const IoUnit> units, const UnitFn& fill) override {
     SW_RETURN_IF_ERROR(Usable());
-    return Run(units, true, fill, max_in_flight > 0 ? std::min(max_in_flight, depth_) : depth_);
+    return Run(units, true, fill);
   }
   Status Read(std::span<const IoUnit> units, const UnitFn& consume) override {
     SW_RETURN_IF_ERROR(Usable());
-    return Run(units, false, consume, depth_);
+    return Run(units, false, consume);
   }
 
  private:
@@ -126,7 +126,7 @@ class UringBackend final : public IoBackend {
   // consume what was read, so copies and checksums use the rank's cores
   // while depth_ transfers are in flight; they wake the ring thread through
   // an eventfd it keeps a read armed on.
-  Status Run(std::span<const IoUnit> units, bool write, const UnitFn& fn, int max_in_flight) {
+  Status Run(std::span<const IoUnit> units, bool write, const UnitFn& fn) {
     if (units.empty()) return Status::Ok();
     EnsureBuffers(units);
     slots_.assign(depth_, Slot{});
@@ -138,7 +138,7 @@ class UringBackend final : public IoBackend {
     pool.reserve(workers);
     for (int w = 0; w < workers; ++w)
       pool.emplace_back([&] { write ? FillWork(units, fn, st) : ConsumeWork(units, fn, st); });
-    Drive(units, write, st, max_in_flight);
+    Drive(units, write, st);
     for (auto& t : pool) t.join();
     return st.first;
   }
@@ -217,9 +217,8 @@ class UringBackend final : public IoBackend {
 
   // The ring thread: submits what is ready, reaps, until every worker has
   // left and nothing is in flight.
-  void Drive(std::span<const IoUnit> units, bool write, RunState& st, int max_in_flight) {
-    int inflight = 0;       // transfers
-    std::deque<int> ready;  // filled, waiting for room under max_in_flight
+  void Drive(std::span<const IoUnit> units, bool write, RunState& st) {
+    int inflight = 0;  // transfers
     std::vector<int> to_start;
     while (true) {
       bool leave;
@@ -228,13 +227,7 @@ class UringBackend final : public IoBackend {
         std::lock_guard lock(st.mu);
         failed = !st.first.ok();
         if (write) {
-          ready.insert(ready.end(), st.filled.begin(), st.filled.end());
-          st.filled.clear();
-          while (!ready.empty() &&
-                 (failed || inflight + static_cast<int>(to_start.size()) < max_in_flight)) {
-            to_start.push_back(ready.front());
-            ready.pop_front();
-          }
+          to_start.swap(st.filled);
         } else {
           while (!failed && st.next < units.size() && !st.free_slots.empty()) {
             const int slot = st.free_slots.back();
@@ -243,7 +236,7 @@ class UringBackend final : public IoBackend {
             to_start.push_back(slot);
           }
         }
-        leave = st.workers_left == 0 && st.filled.empty() && ready.empty();
+        leave = st.workers_left == 0 && st.filled.empty();
       }
       int queued = 0;
       for (int slot : to_start) {

@@ -189,23 +189,15 @@ struct AsyncSaver::Impl {
         }
         // Checksums are computed here, over the staged bytes, just before
         // each unit is written: they cost the training loop nothing.
-        SW_RETURN_IF_ERROR(backend->Write(
-            units,
-            [&](std::size_t i, std::byte*) {
-              engine::ChecksumUnit(job->plan, wave.u0 + i, units[i].src);
-              return Status::Ok();
-            },
-            target.MaxInFlight(files.size())));
+        SW_RETURN_IF_ERROR(backend->Write(units, [&](std::size_t i, std::byte*) {
+          engine::ChecksumUnit(job->plan, wave.u0 + i, units[i].src);
+          return Status::Ok();
+        }));
         std::lock_guard lock(job->mu);
         job->written = w + 1;
         job->cv.notify_all();
       }
-      for (std::size_t p = 0; p < files.size(); ++p) {
-        os::File& f = files[p];
-        // Units end on page boundaries; without preallocation the size is
-        // still set explicitly, as the format requires.
-        if (!target.preallocate)
-          SW_RETURN_IF_ERROR(os::Ftruncate(f.fd(), job->plan.file_sizes[p], f.path()));
+      for (os::File& f : files) {
         SW_RETURN_IF_ERROR(os::Fsync(f.fd(), f.path()));
         SW_RETURN_IF_ERROR(f.Close());
       }

@@ -197,8 +197,7 @@ Result<RankResult> Repository::WriteRankWith(
     SW_ASSIGN_OR_RETURN(fs::IoMode mode, placement->io_mode());
     std::string shard = os::JoinPath(staging, repo::ShardName(spec.rank));
     const bool direct = mode.direct_writes;
-    engine::ShardTarget target{shard,           direct,          placement,
-                               spec.world_size, mode.preallocate, mode.writes_per_file};
+    engine::ShardTarget target{shard, direct, placement, spec.world_size};
     engine::ShardIndex index;
     Status written = write_shard(target, &index);
     if (!written.ok()) {

@@ -8,6 +8,7 @@
 #include <cstring>
 #include <mutex>
 #include <optional>
+#include <span>
 
 #include "format/crc32c.h"
 #include "format/manifest.h"
@@ -34,6 +35,7 @@ struct ReadUnit {
   std::size_t chunk;
   std::uint64_t first_block;
   std::uint64_t nblocks;
+  bool in_place = false;      // read straight into the destination
 };
 
 std::string Dims(const std::vector<std::int64_t>& v) {
@@ -205,8 +207,33 @@ struct CheckpointReader::Impl {
     }
   }
 
+  // Buffered reads need no alignment: a unit whose bytes land in one
+  // contiguous run of the destination is read straight into it and
+  // checked there (no copy out of an I/O buffer).
+  void ReadInPlace(std::vector<ReadUnit>& units, std::vector<io::IoUnit>& io_units,
+                   const std::vector<std::vector<Run>>& runs,
+                   std::span<const ReadRequest> requests) const {
+    const std::uint64_t B = manifest.checksum_block;
+    for (std::size_t k = 0; k < units.size(); ++k) {
+      ReadUnit& u = units[k];
+      const ChunkRecord& ch = u.item->chunks[u.chunk];
+      const std::uint64_t lo = u.first_block * B;
+      const std::uint64_t hi = std::min((u.first_block + u.nblocks) * B, ch.length);
+      const auto& rs = runs[u.request];
+      auto it = std::upper_bound(rs.begin(), rs.end(), lo,
+                                 [](std::uint64_t v, const Run& r) { return v < r.src + r.len; });
+      if (it == rs.end() || it->src > lo || it->src + it->len < hi) continue;
+      u.in_place = true;
+      io_units[k].dst = static_cast<std::byte*>(requests[u.request].dst) + it->dst + (lo - it->src);
+      io_units[k].length = static_cast<std::uint32_t>(hi - lo);
+    }
+  }
+
+  // Checks unit u's blocks in `buf`: with `runs`, copying each into `dst`
+  // on the way; without, where they are (verify, or a read in place, which
+  // has no padding to check).
   Status CheckBlocks(const ReadUnit& u, const std::byte* buf, const std::vector<Run>* runs,
-                     std::byte* dst) const {
+                     std::byte* dst, bool padding = true) const {
     const ChunkRecord& ch = u.item->chunks[u.chunk];
     const std::uint64_t B = manifest.checksum_block;
     for (std::uint64_t k = 0; k < u.nblocks; ++k) {
@@ -219,7 +246,7 @@ struct CheckpointReader::Impl {
         if (actual != stored) return Mismatch(*u.item, u.chunk, b, stored, actual);
         // Verification also checks the zero padding after the chunk's last
         // block, so a flipped byte anywhere in a file we wrote is found.
-        if (k + 1 == u.nblocks && hi == ch.length) {
+        if (padding && k + 1 == u.nblocks && hi == ch.length) {
           std::uint64_t pad = io::AlignUp(ch.offset + hi) - (ch.offset + hi);
           for (std::uint64_t i = 0; i < pad; ++i)
             if (src[len + i] != std::byte{0})
@@ -337,8 +364,10 @@ Status CheckpointReader::Read(std::span<const ReadRequest> requests) {
   }
   std::vector<std::string> paths;
   m.FixPaths(units, io_units, paths);
+  if (!m.direct_io) m.ReadInPlace(units, io_units, runs, requests);
   return m.backend->Read(io_units, [&](std::size_t u, std::byte* buf) {
     const ReadUnit& ru = units[u];
+    if (ru.in_place) return m.CheckBlocks(ru, buf, nullptr, nullptr, /*padding=*/false);
     return m.CheckBlocks(ru, buf, &runs[ru.request],
                          static_cast<std::byte*>(requests[ru.request].dst));
   });

@@ -129,8 +129,8 @@ Result<IoMode> DecideIoMode(std::string_view fs_type, bool direct_works,
     case DirectIoMode::kAuto: break;
   }
   if (IsMemoryFs(fs_type)) {
-    // Its O_DIRECT is a copy as well, page by page (measured here: 1.4x
-    // the time and 1.5x the CPU of buffered writes; docs/PERFORMANCE.md).
+    // Its O_DIRECT is a copy as well, page by page (measured here: 1.17x
+    // the time and 1.14x the CPU of buffered saves; docs/PERFORMANCE.md).
     m.why = fs + " keeps files in memory: buffered, written from tensor memory byte for byte";
     return m;
   }

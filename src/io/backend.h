@@ -28,6 +28,9 @@ struct IoUnit {
   // such as checksums. This is how async saves write from staging memory
   // without a second copy.
   const std::byte* src = nullptr;
+  // Reads only (buffered I/O, any alignment and length): when set, the
+  // bytes are read straight into here and `consume` is called with it.
+  std::byte* dst = nullptr;
 };
 
 // Called with the unit's index and its buffer (io_unit_bytes, aligned).

@@ -32,8 +32,9 @@ class ThreadBackend final : public IoBackend {
   Status Read(std::span<const IoUnit> units, const UnitFn& consume) override {
     return Run(units, [&](std::size_t i, std::byte* buf) -> Status {
       const IoUnit& u = units[i];
-      SW_RETURN_IF_ERROR(os::PreadAll(u.fd, buf, u.length, u.offset, *u.path));
-      return consume(i, buf);
+      std::byte* to = u.dst ? u.dst : buf;
+      SW_RETURN_IF_ERROR(os::PreadAll(u.fd, to, u.length, u.offset, *u.path));
+      return consume(i, to);
     });
   }
 
@@ -43,7 +44,7 @@ class ThreadBackend final : public IoBackend {
     std::size_t n = std::min<std::size_t>(threads_, units.size());
     std::uint64_t need = 0;
     for (const IoUnit& u : units)
-      if (!u.src) need = std::max<std::uint64_t>(need, u.length);
+      if (!u.src && !u.dst) need = std::max<std::uint64_t>(need, u.length);
     EnsureBuffers(n, std::min<std::uint64_t>(AlignUp(need), unit_bytes_));
     std::atomic<std::size_t> next{0};
     std::atomic<bool> failed{false};

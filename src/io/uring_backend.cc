@@ -74,6 +74,11 @@ class UringBackend final : public IoBackend {
       io_uring_sqe_set_data64(sqe, static_cast<std::uint64_t>(slot));
       return;
     }
+    if (!write && u.dst) {
+      io_uring_prep_read(sqe, u.fd, u.dst + done, len, u.offset + done);
+      io_uring_sqe_set_data64(sqe, static_cast<std::uint64_t>(slot));
+      return;
+    }
     std::byte* buf = buffers_[slot].data() + done;
     if (write) {
       if (fixed_)
@@ -107,7 +112,7 @@ class UringBackend final : public IoBackend {
   void EnsureBuffers(std::span<const IoUnit> units) {
     std::uint64_t need = 0;
     for (const IoUnit& u : units)
-      if (!u.src) need = std::max<std::uint64_t>(need, u.length);
+      if (!u.src && !u.dst) need = std::max<std::uint64_t>(need, u.length);
     need = std::min<std::uint64_t>(std::max<std::uint64_t>(AlignUp(need), kAlignment), max_unit_);
     if (!buffers_.empty() && buffers_[0].size() >= need) return;
     if (fixed_) io_uring_unregister_buffers(&ring_);
@@ -203,7 +208,8 @@ class UringBackend final : public IoBackend {
       const int slot = st.read_done.front();
       st.read_done.pop_front();
       lock.unlock();
-      Status s = consume(slots_[slot].unit, buffers_[slot].data());
+      const std::size_t u = slots_[slot].unit;
+      Status s = consume(u, units[u].dst ? units[u].dst : buffers_[slot].data());
       lock.lock();
       if (!s.ok()) st.Fail(std::move(s));
       ++st.consumed;

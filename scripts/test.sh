@@ -2,7 +2,8 @@
 # Runs every test: the C++ suite with warnings as errors, again under
 # AddressSanitizer+UndefinedBehaviorSanitizer and under ThreadSanitizer; the
 # Python suite (real multi-process torch.distributed); the deployment
-# toolkit's tests (stub cloud CLIs, kustomize renders); a short libFuzzer run
+# toolkit's tests (stub cloud CLIs, kustomize renders); the layer check
+# (scripts/check_layers.py); a short libFuzzer run
 # of every fuzz target (scripts/fuzz.sh); shellcheck. Sets
 # everything up first (scripts/setup.sh).
 set -euo pipefail
@@ -11,6 +12,8 @@ cd "$(dirname "$0")/.."
 scripts/setup.sh dev asan tsan python
 
 jobs=$(nproc)
+echo "== Layers (scripts/check_layers.py: includes follow docs/architecture.md)"
+python3 scripts/check_layers.py
 echo "== C++ tests (dev: -Wall -Wextra -Werror)"
 ctest --preset dev -j "$jobs"
 echo "== C++ tests under ASan+UBSan"

@@ -1,0 +1,136 @@
+#!/usr/bin/env python3
+"""Fails when a file includes a header of a layer it may not use.
+
+The layers and the edges allowed between them are the table below, the one
+docs/architecture.md shows. A file belongs to the layer of its folder
+(src/<layer>/..., include/shardwise/ is the public API, tools/ and
+examples/ are callers of the public API). Tests (*_test.cc) and the test
+harnesses (src/testing/, fuzz/, bench/) may include any layer: they test the
+internals from outside.
+
+Known violations that are not fixed yet are listed in KNOWN with the reason;
+each one is reported, a new one fails, and one that no longer occurs fails
+too (so the list only shrinks).
+
+    scripts/check_layers.py            # check the tree
+    scripts/check_layers.py --table    # print the table (for the docs)
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import sys
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+# layer -> the layers it may include (itself always). "api" is
+# include/shardwise/, which every layer may use.
+ALLOWED: dict[str, set[str]] = {
+    "api": set(),
+    "common": {"api"},
+    "os": {"api", "common"},
+    "format": {"api", "common", "os"},
+    "io": {"api", "common", "os"},
+    "fs": {"api", "common", "os"},
+    "engine": {"api", "common", "os", "format", "io", "fs"},
+    "repo": {"api", "common", "os", "format", "io", "fs", "engine"},
+    "cli": {"api"},
+    "python": {"api"},
+    "tools": {"api", "cli"},
+    "examples": {"api"},
+}
+ANY = {"testing", "fuzz", "bench"}  # harnesses: may include every layer
+LAYER_OF_INCLUDE = {"shardwise": "api", "common": "common", "os": "os", "format": "format",
+                    "io": "io", "fs": "fs", "engine": "engine", "repo": "repo", "cli": "cli",
+                    "python": "python", "testing": "testing"}
+
+# (file, included header): why it is still here. Issue 13 removes them.
+KNOWN: dict[tuple[str, str], str] = {
+    ("src/cli/cmd_bench.cc", "common/parallel.h"): "bench harness: ParallelFor, AvailableCpus",
+    ("src/cli/cmd_bench.cc", "format/crc32c.h"): "bench: the machine's CRC32C rate",
+    ("src/cli/cmd_bench.cc", "fs/placement.h"): "bench: layout decision for the report",
+    ("src/cli/cmd_bench.cc", "os/posix.h"): "files, clocks",
+    ("src/cli/cmd_bench_async.cc", "common/parallel.h"): "bench harness: ParallelFor",
+    ("src/cli/cmd_bench_async.cc", "io/aligned_buffer.h"): "bench: aligned copy target",
+    ("src/cli/cmd_bench_async.cc", "os/posix.h"): "files, clocks",
+    ("src/cli/cmd_ls.cc", "os/posix.h"): "paths",
+    ("src/cli/cmd_ls.cc", "repo/export.h"): "export state: belongs in CheckpointInfo",
+    ("src/cli/cmd_verify.cc", "os/posix.h"): "paths",
+    ("src/cli/output.cc", "os/posix.h"): "paths",
+    ("src/python/core_module.cc", "format/json_reader.h"): "UTF-8 helpers: need a header",
+    ("src/python/core_module.cc", "cli/cli.h"): "the CLI entry point: a public shardwise/cli.h",
+}
+
+INCLUDE = re.compile(r'^\s*#\s*include\s+"([a-z_]+)/([^"]+)"', re.M)
+
+
+def layer_of(rel: str) -> str | None:
+    parts = rel.split("/")
+    if parts[0] == "include":
+        return "api"
+    if parts[0] == "src" and len(parts) > 2:
+        return parts[1]
+    if parts[0] in ("tools", "examples", "fuzz", "bench"):
+        return parts[0]
+    return None
+
+
+def sources() -> list[str]:
+    out = []
+    for top in ("include", "src", "tools", "examples", "fuzz", "bench"):
+        for dirpath, _, files in os.walk(os.path.join(ROOT, top)):
+            for f in files:
+                if f.endswith((".cc", ".h")):
+                    out.append(os.path.relpath(os.path.join(dirpath, f), ROOT))
+    return sorted(out)
+
+
+def check() -> int:
+    bad, seen = [], set()
+    for rel in sources():
+        layer = layer_of(rel)
+        if layer is None or layer in ANY or rel.endswith("_test.cc") or "/testdata/" in rel:
+            continue
+        if layer not in ALLOWED:
+            bad.append(f"{rel}: layer '{layer}' is not in the table (scripts/check_layers.py)")
+            continue
+        with open(os.path.join(ROOT, rel), encoding="utf-8") as f:
+            text = f.read()
+        for m in INCLUDE.finditer(text):
+            target = LAYER_OF_INCLUDE.get(m.group(1))
+            if target is None or target == layer or target in ALLOWED[layer]:
+                continue
+            header = f"{m.group(1)}/{m.group(2)}"
+            if (rel, header) in KNOWN:
+                seen.add((rel, header))
+                continue
+            bad.append(f"{rel}: includes {header}: layer '{layer}' may not use '{target}' "
+                       f"(allowed: {', '.join(sorted(ALLOWED[layer])) or 'none'})")
+    for key, why in sorted(KNOWN.items()):
+        if key not in seen:
+            bad.append(f"{key[0]} no longer includes {key[1]}: remove it from KNOWN "
+                       f"in scripts/check_layers.py ({why})")
+    for key in sorted(seen):
+        print(f"known, to fix: {key[0]} includes {key[1]} ({KNOWN[key]})")
+    for b in bad:
+        print(f"LAYER VIOLATION: {b}", file=sys.stderr)
+    print(f"layers: {len(bad)} violation(s), {len(seen)} known")
+    return 1 if bad else 0
+
+
+def table() -> None:
+    print("| layer | may include |\n|---|---|")
+    for layer, allowed in ALLOWED.items():
+        print(f"| `{layer}` | {', '.join(f'`{a}`' for a in sorted(allowed)) or '(nothing)'} |")
+
+
+if __name__ == "__main__":
+    ap = argparse.ArgumentParser(description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--table", action="store_true", help="print the allowed-edges table")
+    a = ap.parse_args()
+    if a.table:
+        table()
+        sys.exit(0)
+    sys.exit(check())

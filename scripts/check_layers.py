@@ -14,6 +14,7 @@ too (so the list only shrinks).
 
     scripts/check_layers.py            # check the tree
     scripts/check_layers.py --table    # print the table (for the docs)
+    scripts/check_layers.py --self-test
 """
 from __future__ import annotations
 
@@ -76,61 +77,97 @@ def layer_of(rel: str) -> str | None:
     return None
 
 
-def sources() -> list[str]:
+def sources(root: str) -> list[str]:
     out = []
     for top in ("include", "src", "tools", "examples", "fuzz", "bench"):
-        for dirpath, _, files in os.walk(os.path.join(ROOT, top)):
+        for dirpath, _, files in os.walk(os.path.join(root, top)):
             for f in files:
                 if f.endswith((".cc", ".h")):
-                    out.append(os.path.relpath(os.path.join(dirpath, f), ROOT))
+                    out.append(os.path.relpath(os.path.join(dirpath, f), root))
     return sorted(out)
 
 
-def check() -> int:
+def check(root: str = ROOT, known: dict[tuple[str, str], str] = KNOWN) -> int:
     bad, seen = [], set()
-    for rel in sources():
+    for rel in sources(root):
         layer = layer_of(rel)
         if layer is None or layer in ANY or rel.endswith("_test.cc") or "/testdata/" in rel:
             continue
         if layer not in ALLOWED:
             bad.append(f"{rel}: layer '{layer}' is not in the table (scripts/check_layers.py)")
             continue
-        with open(os.path.join(ROOT, rel), encoding="utf-8") as f:
+        with open(os.path.join(root, rel), encoding="utf-8") as f:
             text = f.read()
         for m in INCLUDE.finditer(text):
             target = LAYER_OF_INCLUDE.get(m.group(1))
             if target is None or target == layer or target in ALLOWED[layer]:
                 continue
             header = f"{m.group(1)}/{m.group(2)}"
-            if (rel, header) in KNOWN:
+            if (rel, header) in known:
                 seen.add((rel, header))
                 continue
             bad.append(f"{rel}: includes {header}: layer '{layer}' may not use '{target}' "
                        f"(allowed: {', '.join(sorted(ALLOWED[layer])) or 'none'})")
-    for key, why in sorted(KNOWN.items()):
+    for key, why in sorted(known.items()):
         if key not in seen:
             bad.append(f"{key[0]} no longer includes {key[1]}: remove it from KNOWN "
                        f"in scripts/check_layers.py ({why})")
     for key in sorted(seen):
-        print(f"known, to fix: {key[0]} includes {key[1]} ({KNOWN[key]})")
+        print(f"known, to fix: {key[0]} includes {key[1]} ({known[key]})")
     for b in bad:
         print(f"LAYER VIOLATION: {b}", file=sys.stderr)
     print(f"layers: {len(bad)} violation(s), {len(seen)} known")
     return 1 if bad else 0
 
 
-def table() -> None:
-    print("| layer | may include |\n|---|---|")
+def self_test() -> int:
+    """The check fails on a forbidden include, on a stale KNOWN entry, and
+    passes a clean tree and a test that includes anything."""
+    import tempfile
+
+    def tree(files: dict[str, str]) -> str:
+        d = tempfile.mkdtemp(prefix="layers-")
+        for rel, text in files.items():
+            os.makedirs(os.path.dirname(os.path.join(d, rel)), exist_ok=True)
+            with open(os.path.join(d, rel), "w") as f:
+                f.write(text)
+        return d
+
+    ok = {"src/io/a.h": '#include "os/posix.h"\n',
+          "src/io/a_test.cc": '#include "repo/commit.h"\n'}
+    forbidden = dict(ok, **{"src/io/b.cc": '#include "repo/listing.h"\n'})
+    results = [check(tree(ok), {}) == 0, check(tree(forbidden), {}) == 1,
+               check(tree(ok), {("src/io/a.h", "os/posix.h"): "stale"}) == 1]
+    print(f"self-test: {results}")
+    return 0 if all(results) else 1
+
+
+def table_text() -> str:
+    rows = ["| layer | may include |", "|---|---|"]
     for layer, allowed in ALLOWED.items():
-        print(f"| `{layer}` | {', '.join(f'`{a}`' for a in sorted(allowed)) or '(nothing)'} |")
+        rows.append(f"| `{layer}` | {', '.join(f'`{a}`' for a in sorted(allowed)) or '(nothing)'} |")
+    return "\n".join(rows) + "\n"
+
+
+def table() -> None:
+    print(table_text(), end="")
 
 
 if __name__ == "__main__":
     ap = argparse.ArgumentParser(description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--table", action="store_true", help="print the allowed-edges table")
+    ap.add_argument("--self-test", action="store_true",
+                    help="check that the check fails where it must")
     a = ap.parse_args()
     if a.table:
         table()
         sys.exit(0)
+    if a.self_test:
+        sys.exit(self_test())
+    docs = os.path.join(ROOT, "docs", "architecture.md")
+    with open(docs, encoding="utf-8") as f:
+        if table_text() not in f.read():
+            sys.exit(f"{docs}: its allowed-edges table differs from the one in "
+                     f"scripts/check_layers.py (print it with --table)")
     sys.exit(check())

@@ -13,6 +13,7 @@ scripts/setup.sh dev asan tsan python
 
 jobs=$(nproc)
 echo "== Layers (scripts/check_layers.py: includes follow docs/architecture.md)"
+python3 scripts/check_layers.py --self-test 2>/dev/null
 python3 scripts/check_layers.py
 echo "== C++ tests (dev: -Wall -Wextra -Werror)"
 ctest --preset dev -j "$jobs"

@@ -56,11 +56,8 @@ KNOWN: dict[tuple[str, str], str] = {
     ("src/cli/cmd_bench_async.cc", "io/aligned_buffer.h"): "bench: aligned copy target",
     ("src/cli/cmd_bench_async.cc", "os/posix.h"): "files, clocks",
     ("src/cli/cmd_ls.cc", "os/posix.h"): "paths",
-    ("src/cli/cmd_ls.cc", "repo/export.h"): "export state: belongs in CheckpointInfo",
     ("src/cli/cmd_verify.cc", "os/posix.h"): "paths",
     ("src/cli/output.cc", "os/posix.h"): "paths",
-    ("src/python/core_module.cc", "format/json_reader.h"): "UTF-8 helpers: need a header",
-    ("src/python/core_module.cc", "cli/cli.h"): "the CLI entry point: a public shardwise/cli.h",
 }
 
 INCLUDE = re.compile(r'^\s*#\s*include\s+"([a-z_]+)/([^"]+)"', re.M)

@@ -63,6 +63,14 @@ struct CommitResult {
   std::string export_error;
 };
 
+// The S3 export of a committed checkpoint (docs/lustre.md).
+enum class ExportState { kNotRequested, kPending, kExported, kFailed };
+std::string_view ExportStateName(ExportState state);  // "not requested", "pending", ...
+struct ExportInfo {
+  ExportState state = ExportState::kNotRequested;
+  std::string detail;  // task id, failure reason, ...
+};
+
 struct CheckpointInfo {
   enum class State {
     kCommitted,  // has a valid manifest
@@ -82,6 +90,9 @@ struct CheckpointInfo {
   bool is_latest = false;
   bool active = false;      // staging: a live process holds it or it is fresh
   std::string problem;      // kInvalid: why
+  // Committed, and listed with exports: its export state (asks aws or lfs
+  // when a request is pending).
+  std::optional<ExportInfo> export_info;
 };
 std::string_view CheckpointStateName(CheckpointInfo::State state);
 
@@ -135,7 +146,10 @@ class Repository {
   Result<CommitResult> Save(SaveSpec spec, std::span<const WriteItem> items);
 
   // Committed checkpoints (oldest first), then staging and leftovers.
-  Result<std::vector<CheckpointInfo>> List() const;
+  // `with_exports`: each committed one also gets its export_info.
+  Result<std::vector<CheckpointInfo>> List(bool with_exports = false) const;
+  // Whether exports matter here: requested by the options, or recorded.
+  bool ExportsInUse() const;
   // The newest committed checkpoint (highest step, then newest commit), or
   // nullopt. ROOT/latest names the same one except after a crash between a
   // commit's rename and its update of `latest`; tools may read either.

@@ -8,3 +8,4 @@
 #include "shardwise/staging.h"
 #include "shardwise/status.h"
 #include "shardwise/types.h"
+#include "shardwise/utf8.h"

@@ -8,6 +8,8 @@
 #include <string>
 #include <vector>
 
+#include "shardwise/cli.h"
+
 namespace shardwise::cli {
 
 inline constexpr int kExitOk = 0;
@@ -21,8 +23,5 @@ int RunInspect(const Argv& args, std::ostream& out, std::ostream& err);
 int RunVerify(const Argv& args, std::ostream& out, std::ostream& err);
 int RunGc(const Argv& args, std::ostream& out, std::ostream& err);
 int RunBench(const Argv& args, std::ostream& out, std::ostream& err);
-
-// Dispatches argv[1] to a verb; prints the overview for --help or no verb.
-int RunCli(const Argv& argv, std::ostream& out, std::ostream& err);
 
 }  // namespace shardwise::cli

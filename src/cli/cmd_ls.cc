@@ -4,7 +4,6 @@
 #include "cli/cli.h"
 #include "cli/output.h"
 #include "os/posix.h"
-#include "repo/export.h"
 #include "shardwise/repository.h"
 
 namespace shardwise::cli {
@@ -45,7 +44,9 @@ int RunLs(const Argv& argv, std::ostream& out, std::ostream& err) {
   if (!opts.ok()) return UsageError(err, "ls", opts.status().message());
   auto repo = Repository::Open(root, *opts, /*create=*/false);
   if (!repo.ok()) return UsageError(err, "ls", repo.status().message());
-  auto list = (*repo)->List();
+  const bool exports = (*repo)->ExportsInUse();
+  // JSON always reports export states (not requested, when none was).
+  auto list = (*repo)->List(/*with_exports=*/exports || args->json());
   if (!list.ok()) return UsageError(err, "ls", list.status().message());
 
   double now = os::NowUnix();
@@ -70,8 +71,8 @@ int RunLs(const Argv& argv, std::ostream& out, std::ostream& err) {
         e["save_id"] = c.save_id;
         e["latest"] = c.is_latest;
         e["problem"] = c.problem.empty() ? nullptr : nlohmann::ordered_json(c.problem);
-        repo::ExportStatus ex = repo::QueryExport((*repo)->root(), c.name);
-        e["export"] = {{"state", repo::ExportStateName(ex.state)},
+        const ExportInfo ex = c.export_info.value_or(ExportInfo{});
+        e["export"] = {{"state", ExportStateName(ex.state)},
                        {"detail", ex.detail.empty() ? nlohmann::ordered_json(nullptr)
                                                     : nlohmann::ordered_json(ex.detail)}};
         j["checkpoints"].push_back(e);
@@ -93,8 +94,6 @@ int RunLs(const Argv& argv, std::ostream& out, std::ostream& err) {
       {"NAME", "STEP", "TIME (UTC)", "RANKS", "SIZE", "LATEST"}};
   std::vector<std::vector<std::string>> staging = {{"DIRECTORY", "STATE", "AGE"}};
   std::vector<std::string> invalid, export_notes;
-  const bool exports = opts->export_mode != ExportMode::kOff ||
-                       os::Exists(os::JoinPath((*repo)->root(), repo::kExportsDir));
   if (exports) rows[0].push_back("EXPORT");
   for (const auto& c : *list) {
     switch (c.state) {
@@ -103,9 +102,9 @@ int RunLs(const Argv& argv, std::ostream& out, std::ostream& err) {
                         FormatTime(c.created_unix), std::to_string(c.world_size),
                         FormatBytes(c.bytes), c.is_latest ? "*" : ""});
         if (exports) {
-          repo::ExportStatus ex = repo::QueryExport((*repo)->root(), c.name);
-          rows.back().push_back(std::string(repo::ExportStateName(ex.state)));
-          if (ex.state == repo::ExportState::kFailed)
+          const ExportInfo ex = c.export_info.value_or(ExportInfo{});
+          rows.back().push_back(std::string(ExportStateName(ex.state)));
+          if (ex.state == ExportState::kFailed)
             export_notes.push_back(c.name + ": export failed: " + ex.detail);
         }
         break;

@@ -20,6 +20,7 @@
 #include "os/fault.h"
 #include "os/posix.h"
 #include "shardwise/staging.h"
+#include "shardwise/utf8.h"
 
 namespace shardwise::engine {
 namespace {
@@ -33,7 +34,7 @@ Status ValidateWriteItem(const WriteItem& it) {
   if (it.name.empty()) return InvalidArgument("an item has an empty name");
   if (it.name.size() > format::kMaxNameBytes)
     return InvalidArgument(n + ": name longer than 4096 bytes");
-  if (it.name.find('\0') != std::string::npos || !format::ValidUtf8(it.name))
+  if (it.name.find('\0') != std::string::npos || !ValidUtf8(it.name))
     return InvalidArgument(n + ": name must be valid UTF-8 without NUL");
   if (it.global_shape.size() > static_cast<std::size_t>(format::kMaxDims))
     return InvalidArgument(n + ": more than 64 dimensions");

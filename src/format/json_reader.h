@@ -61,10 +61,4 @@ class JsonReader {
   std::string err_;
 };
 
-// Strict UTF-8 (RFC 3629: no overlongs, no surrogates).
-bool ValidUtf8(std::string_view s);
-// `s` with every byte that is not part of well-formed UTF-8 written as \xNN:
-// for messages that quote untrusted bytes (file names, damaged files).
-std::string ToValidUtf8(std::string_view s);
-
 }  // namespace shardwise::format

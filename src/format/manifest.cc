@@ -9,6 +9,7 @@
 
 #include "format/crc32c.h"
 #include "format/json_reader.h"
+#include "shardwise/utf8.h"
 
 namespace shardwise::format {
 

@@ -18,8 +18,8 @@
 #include <sstream>
 #include <type_traits>
 
-#include "cli/cli.h"
-#include "format/json_reader.h"
+#include "shardwise/cli.h"
+#include "shardwise/utf8.h"
 #include "shardwise/shardwise.h"
 
 namespace nb = nanobind;
@@ -35,8 +35,8 @@ PyObject* g_corrupt_error = nullptr;  // shardwise.CorruptCheckpointError
   nb::gil_scoped_acquire gil;
   // Messages may quote untrusted bytes (file names, damaged files): Python
   // strings must be valid UTF-8.
-  const std::string msg = format::ToValidUtf8(s.message());
-  const std::string path = format::ToValidUtf8(s.path());
+  const std::string msg = ToValidUtf8(s.message());
+  const std::string path = ToValidUtf8(s.path());
   switch (s.code()) {
     case StatusCode::kCorrupt: {
       nb::object exc = nb::borrow(g_corrupt_error)(msg);
@@ -431,7 +431,7 @@ void SetStagingAllocator(const std::string& kind, nb::callable allocate) {
         } catch (const std::exception& e) {
           return Status(StatusCode::kIoError,
                         "cannot allocate " + FormatBytes(bytes) + " of staging memory: " +
-                            format::ToValidUtf8(e.what()),
+                            ToValidUtf8(e.what()),
                         ENOMEM);
         }
       });

@@ -39,15 +39,6 @@ Result<std::vector<std::string>> CheckpointFiles(const std::string& dir) {
 
 }  // namespace
 
-std::string_view ExportStateName(ExportState state) {
-  switch (state) {
-    case ExportState::kNotRequested: return "not requested";
-    case ExportState::kPending: return "pending";
-    case ExportState::kExported: return "exported";
-    case ExportState::kFailed: return "failed";
-  }
-  return "unknown";
-}
 
 Status RequestExport(const std::string& root, const std::string& name, const Options& options,
                      std::string* request_error) {

@@ -7,19 +7,14 @@
 #include <string>
 
 #include "shardwise/options.h"
+#include "shardwise/repository.h"
 #include "shardwise/status.h"
 
 namespace shardwise::repo {
 
 inline constexpr char kExportsDir[] = ".exports";
 
-enum class ExportState { kNotRequested, kPending, kExported, kFailed };
-std::string_view ExportStateName(ExportState state);  // "not requested", "pending", ...
-
-struct ExportStatus {
-  ExportState state = ExportState::kNotRequested;
-  std::string detail;  // task id, failure reason, ...
-};
+using ExportStatus = ExportInfo;  // shardwise/repository.h
 
 // Requests the export of checkpoint NAME under ROOT as options.export_mode
 // says, and records the request (or its failure) durably. A failed request

@@ -6,6 +6,7 @@
 
 #include "format/manifest.h"
 #include "os/posix.h"
+#include "repo/export.h"
 #include "repo/listing.h"
 #include "repo/repository_impl.h"
 
@@ -43,7 +44,22 @@ bool StagingActive(const std::string& dir, double grace_s, double* newest_mtime)
 
 }  // namespace repo
 
-Result<std::vector<CheckpointInfo>> Repository::List() const {
+std::string_view ExportStateName(ExportState state) {
+  switch (state) {
+    case ExportState::kNotRequested: return "not requested";
+    case ExportState::kPending: return "pending";
+    case ExportState::kExported: return "exported";
+    case ExportState::kFailed: return "failed";
+  }
+  return "unknown";
+}
+
+bool Repository::ExportsInUse() const {
+  return impl_->options.export_mode != ExportMode::kOff ||
+         os::Exists(os::JoinPath(impl_->root, repo::kExportsDir));
+}
+
+Result<std::vector<CheckpointInfo>> Repository::List(bool with_exports) const {
   const std::string& root = impl_->root;
   SW_ASSIGN_OR_RETURN(auto entries, os::ListDir(root));
   auto latest = repo::ReadLatestFile(root);
@@ -93,6 +109,7 @@ Result<std::vector<CheckpointInfo>> Repository::List() const {
       info.created_unix = m->created_unix;
       info.save_id = m->save_id;
       info.items = m->items.size();
+      if (with_exports) info.export_info = repo::QueryExport(root, e.name);
     }
     info.is_latest = latest && *latest == e.name;
     committed.push_back(std::move(info));

@@ -1,11 +1,15 @@
-// The shardwise CLI. main only dispatches; the verbs live in src/cli.
+// The shardwise CLI. main only dispatches; the verbs live in src/cli, behind
+// the public entry point shardwise/cli.h.
 #include <iostream>
 
-#include "cli/cli.h"
+#include <string>
+#include <vector>
+
+#include "shardwise/cli.h"
 
 int main(int argc, char** argv) {
   std::ios::sync_with_stdio(false);
-  shardwise::cli::Argv args(argv, argv + argc);
+  std::vector<std::string> args(argv, argv + argc);
   int rc = shardwise::cli::RunCli(args, std::cout, std::cerr);
   std::cout.flush();
   return rc;

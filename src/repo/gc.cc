@@ -107,7 +107,7 @@ Result<GcReport> Repository::Gc(const GcOptions& gc) {
                 (gc.keep_last && n - i <= *gc.keep_last) ||
                 (gc.keep_every && c.step >= 0 && c.step % *gc.keep_every == 0);
     if (!keep && impl_->options.retention_requires_export &&
-        repo::QueryExport(root, c.name).state != repo::ExportState::kExported) {
+        repo::QueryExport(root, c.name).state != ExportState::kExported) {
       keep = true;  // its only copy may be this one
       report.kept_unexported.push_back(c.name);
     }

@@ -282,8 +282,7 @@ class Checkpointer:
     def _core_repo(self) -> Any:
         with self._repo_lock:  # retention uses it from the background
             if self._repo is None:
-                opts = {k: v for k, v in self.engine_options.items() if k != "checksum_block"}
-                self._repo = _core.Repository(self.root, opts, True)
+                self._repo = _core.Repository(self.root, self.engine_options, True)
             return self._repo
 
     def _apply_retention(self) -> None:

@@ -23,11 +23,6 @@
 #include "shardwise/utf8.h"
 
 namespace shardwise::engine {
-namespace {
-
-using io::AlignUp;
-
-}  // namespace
 
 Status ValidateWriteItem(const WriteItem& it) {
   std::string n = "item '" + it.name + "'";
@@ -101,7 +96,7 @@ void PlaceItem(ShardPlan& plan, std::uint32_t i, std::uint64_t len, Source from,
   auto from_memory = [&](std::uint64_t bytes, bool exact) {
     for (std::uint64_t b = 0; b < bytes; b += unit_max) {
       const std::uint64_t l = std::min(unit_max, bytes - b);
-      plan.units.push_back({at + b, exact ? l : AlignUp(l), {{i, b, l, false}}, f,
+      plan.units.push_back({at + b, exact ? l : io::AlignUp(l), {{i, b, l, false}}, f,
                             base + at + b, mem + b});
     }
   };
@@ -109,7 +104,7 @@ void PlaceItem(ShardPlan& plan, std::uint32_t i, std::uint64_t len, Source from,
   // filled unit with room, else in units of their own cut at unit_max.
   auto copied = [&](std::uint64_t begin, bool checksum) {
     Unit& last = plan.units.back();
-    const std::uint64_t end_if_packed = at + AlignUp(len) - last.offset;
+    const std::uint64_t end_if_packed = at + io::AlignUp(len) - last.offset;
     if (!last.src && end_if_packed <= unit_max &&
         last.offset + last.length == at + begin) {
       last.pieces.push_back({i, begin, len - begin, checksum});
@@ -118,7 +113,7 @@ void PlaceItem(ShardPlan& plan, std::uint32_t i, std::uint64_t len, Source from,
     }
     for (std::uint64_t b = begin; b < len; b += unit_max) {
       const std::uint64_t l = std::min(unit_max, len - b);
-      plan.units.push_back({at + b, AlignUp(l), {{i, b, l, checksum}}, f, base + at + b});
+      plan.units.push_back({at + b, io::AlignUp(l), {{i, b, l, checksum}}, f, base + at + b});
     }
   };
   switch (from) {
@@ -128,14 +123,14 @@ void PlaceItem(ShardPlan& plan, std::uint32_t i, std::uint64_t len, Source from,
     case Source::kStaged: {
       // Staged items whose memory runs on from one another share a unit.
       Unit& last = plan.units.back();
-      const std::uint64_t end_if_packed = at + AlignUp(len) - last.offset;
+      const std::uint64_t end_if_packed = at + io::AlignUp(len) - last.offset;
       if (last.src && last.src + last.length == mem && end_if_packed <= unit_max &&
           last.length % io::kAlignment == 0) {
         last.pieces.push_back({i, 0, len, false});
         last.length = end_if_packed;
         return;
       }
-      from_memory(AlignUp(len), false);
+      from_memory(io::AlignUp(len), false);
       plan.units.back().pieces.back().length = len - (plan.units.back().pieces.back().begin);
       return;
     }
@@ -202,7 +197,7 @@ Result<ShardPlan> PlanShard(std::span<const WriteItem> items, std::int32_t rank,
     std::uint32_t f = file_of_group[group[i]];
     plan.item_file[i] = f;
     plan.extent[i] = plan.file_sizes[f];
-    plan.file_sizes[f] = AlignUp(plan.file_sizes[f] + items[i].nbytes);
+    plan.file_sizes[f] = io::AlignUp(plan.file_sizes[f] + items[i].nbytes);
   }
 
   // Units, file by file; the header unit is filled.
@@ -355,7 +350,7 @@ std::vector<Source> ChooseSources(std::span<const WriteItem> items, bool direct_
     if (w.nbytes == 0) continue;
     const bool aligned = reinterpret_cast<std::uintptr_t>(w.data) % io::kAlignment == 0;
     if (aligned) {
-      auto lease = StagingLease::Find(w.data, AlignUp(w.nbytes));
+      auto lease = StagingLease::Find(w.data, io::AlignUp(w.nbytes));
       if (lease && lease->IsStagedExtent(w.data, w.nbytes)) {
         sources[i] = Source::kStaged;
         if (std::find(leases->begin(), leases->end(), lease) == leases->end())

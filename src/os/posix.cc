@@ -135,14 +135,6 @@ Status Fsync(int fd, const std::string& path) {
   return Status::Ok();
 }
 
-Status Fdatasync(int fd, const std::string& path) {
-  int err = 0;
-  if (Injected(Op::kFsync, &err)) return IoError("fdatasync", path, err);
-  if (::fdatasync(fd) != 0) return IoError("fdatasync", path, errno);
-  power_loss::AfterFsync(fd, path);
-  return Status::Ok();
-}
-
 Status Fallocate(int fd, std::uint64_t off, std::uint64_t len,
                  const std::string& path) {
   int err = 0;

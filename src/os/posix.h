@@ -52,7 +52,6 @@ Result<std::size_t> Pread(int fd, void* buf, std::size_t n, std::uint64_t off,
 Status PreadAll(int fd, void* buf, std::size_t n, std::uint64_t off,
                 const std::string& path);
 Status Fsync(int fd, const std::string& path);
-Status Fdatasync(int fd, const std::string& path);
 // Reserves space; filesystems without fallocate are not an error.
 Status Fallocate(int fd, std::uint64_t off, std::uint64_t len,
                  const std::string& path);

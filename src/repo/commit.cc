@@ -93,8 +93,7 @@ Status WaitForFragments(const std::string& staging, const SaveSpec& spec,
 }
 
 // Merges the fragments into one manifest.
-Result<Manifest> MergeFragments(const std::string& staging, const SaveSpec& spec,
-                                const Options& options) {
+Result<Manifest> MergeFragments(const std::string& staging, const SaveSpec& spec) {
   Manifest m;
   m.name = spec.name;
   m.step = spec.step;
@@ -167,7 +166,6 @@ Result<Manifest> MergeFragments(const std::string& staging, const SaveSpec& spec
       for (ChunkRecord& c : it.chunks) have.chunks.push_back(std::move(c));
     }
   }
-  (void)options;
   SW_RETURN_IF_ERROR(format::Validate(m, os::JoinPath(staging, format::kManifestName)));
   return m;
 }
@@ -218,7 +216,7 @@ Result<CommitResult> Repository::CommitNormalized(const SaveSpec& spec) {
 
   // Steps 1-2 happened on every rank; wait until all of them reported.
   SW_RETURN_IF_ERROR(WaitForFragments(staging, spec, impl_->options, lock.fd()));
-  SW_ASSIGN_OR_RETURN(Manifest m, MergeFragments(staging, spec, impl_->options));
+  SW_ASSIGN_OR_RETURN(Manifest m, MergeFragments(staging, spec));
 
   // Step 3a: the commit record, durable inside the staging directory.
   SW_RETURN_IF_ERROR(os::WriteFileAtomic(os::JoinPath(staging, format::kManifestName),
@@ -323,8 +321,7 @@ Result<CommitResult> Repository::Save(SaveSpec spec, std::span<const WriteItem> 
   if (spec.world_size != 1)
     return InvalidArgument("Save() is for one process; use WriteRank and Commit for several");
   SW_RETURN_IF_ERROR(Normalize(spec));
-  SW_ASSIGN_OR_RETURN(RankResult r, WriteRank(spec, items));
-  (void)r;
+  SW_RETURN_IF_ERROR(WriteRank(spec, items).status());
   return Commit(spec);
 }
 

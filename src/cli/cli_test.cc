@@ -165,14 +165,21 @@ TEST_F(CliTest, Gc) {
 TEST(CliBench, SmallRunReportsAndVerifies) {
   TempDir dir;
   ProcResult r = Cli({"bench", "--dir", dir / "b", "--ranks", "2", "--size-per-rank", "8MiB",
-                      "--io-unit", "1MiB", "--json"});
+                      "--io-unit", "1MiB", "--threads", "2", "--json"});
   ASSERT_EQ(r.exit_code, 0) << r.out;
   Json j = JsonOf(r);
   for (const char* k : {"save", "load"}) {
     EXPECT_EQ(j[k]["bytes"].get<std::uint64_t>(), j["save"]["bytes"].get<std::uint64_t>());
     EXPECT_GT(j[k]["seconds"].get<double>(), 0);
     EXPECT_GT(j[k]["gb_per_s"].get<double>(), 0);
+    // CPU time of every rank, and the machine's limit measured in the run.
+    EXPECT_GT(j[k]["cpu_seconds"].get<double>(), 0);
+    EXPECT_GT(j[k]["of_machine_limit"].get<double>(), 0);
   }
+  EXPECT_EQ(j["threads_per_rank"], 2);
+  for (const char* k : {"copy_gb_per_s", "fresh_page_copy_gb_per_s", "crc32c_gb_per_s"})
+    EXPECT_GT(j["machine"][k].get<double>(), 0) << k;
+  EXPECT_FALSE(j["io_mode"]["why"].get<std::string>().empty());
   EXPECT_GE(j["save"]["bytes"].get<std::uint64_t>(), 15u << 20);
   EXPECT_TRUE(j["backend"] == "uring" || j["backend"] == "threads");
   EXPECT_TRUE(j["direct_io"].is_boolean());
@@ -188,6 +195,7 @@ TEST(CliBench, SmallRunReportsAndVerifies) {
   EXPECT_NE(keep.out.find("backend threads"), std::string::npos) << keep.out;
   EXPECT_EQ(Cli({"verify", dir / "b"}).exit_code, 0);
   EXPECT_EQ(Cli({"bench", "--dir", dir / "b", "--size-per-rank", "12XB"}).exit_code, 2);
+  EXPECT_EQ(Cli({"bench", "--dir", dir / "b", "--threads", "-1"}).exit_code, 2);
   EXPECT_EQ(Cli({"bench"}).exit_code, 2);
 }
 

@@ -34,7 +34,8 @@ namespace shardwise::cli {
 
 constexpr char kBenchHelp[] = R"(Usage: shardwise bench --dir D [--ranks R] [--size-per-rank SIZE]
                        [--io-backend auto|uring|threads] [--queue-depth N]
-                       [--io-unit SIZE] [--direct-io auto|on|off] [--keep] [--json]
+                       [--io-unit SIZE] [--direct-io auto|on|off] [--threads N]
+                       [--keep] [--json]
                        [--layout auto|off] [--stripe-count N] [--stripe-size SIZE]
                        [--files-per-rank K] [--provisioned-mbps X | --fsx-describe FILE]
        shardwise bench --async --dir D [--size-per-rank SIZE] [--saves N]
@@ -62,7 +63,10 @@ Options:
   --io-backend B       auto (io_uring, else threads), uring, threads [auto]
   --queue-depth N      I/Os in flight per rank                       [8]
   --io-unit SIZE       bytes per write/read                          [8MiB]
-  --direct-io M        auto (probe), on, off                         [auto]
+  --direct-io M        auto (the root's filesystem decides; the report
+                       says what and why), on, off                   [auto]
+  --threads N          threads per rank for copies and checksums
+                       (SHARDWISE_THREADS; 0: CPUs / LOCAL_WORLD_SIZE) [0]
   --keep               leave the committed checkpoint in D
   --json               machine-readable output (schema in docs/cli.md)
 
@@ -386,6 +390,7 @@ int RunBench(const Argv& argv, std::ostream& out, std::ostream& err) {
   auto args = Args::Parse(argv, {{"json"}, {"keep"}, {"async"}, {"dir", true}, {"ranks", true},
                                  {"size-per-rank", true}, {"io-backend", true},
                                  {"queue-depth", true}, {"io-unit", true}, {"direct-io", true},
+                                 {"threads", true},
                                  {"saves", true}, {"staging-budget", true}, {"layout", true},
                                  {"stripe-count", true}, {"stripe-size", true},
                                  {"files-per-rank", true},
@@ -420,6 +425,11 @@ int RunBench(const Argv& argv, std::ostream& out, std::ostream& err) {
   auto qd = args->GetInt("queue-depth", 1, 256);
   if (!qd.ok()) return UsageError(err, "bench", qd.status().message());
   if (*qd) opts.queue_depth = static_cast<int>(**qd);
+  if (args->Get("threads")) {
+    auto t = args->GetInt("threads", 0, 1024);
+    if (!t.ok()) return UsageError(err, "bench", t.status().message());
+    opts.threads = static_cast<int>(t->value_or(0));
+  }
   if (auto u = args->Get("io-unit")) {
     auto v = ParseSize(*u);
     if (!v.ok()) return UsageError(err, "bench", "--io-unit: " + v.status().message());
@@ -627,6 +637,7 @@ int RunBench(const Argv& argv, std::ostream& out, std::ostream& err) {
     j["backend"] = backend;
     j["direct_io"] = direct;
     j["queue_depth"] = opts.queue_depth;
+    j["threads_per_rank"] = opts.EffectiveThreads();
     j["io_unit_bytes"] = opts.io_unit_bytes;
     j["save"] = {{"bytes", data_bytes}, {"file_bytes", file_bytes}, {"seconds", save_s},
                  {"gb_per_s", gbps(data_bytes, save_s)}, {"max_rank_write_seconds", max_write},
@@ -658,8 +669,8 @@ int RunBench(const Argv& argv, std::ostream& out, std::ostream& err) {
   out << "shardwise bench: " << ranks << " rank(s) x " << FormatBytes(size) << " in "
       << (*repo)->root() << "\n"
       << "  backend " << backend << ", O_DIRECT " << (direct ? "on" : "off") << ", queue depth "
-      << opts.queue_depth << ", I/O unit " << FormatBytes(opts.io_unit_bytes) << ", " << items
-      << " items\n"
+      << opts.queue_depth << ", I/O unit " << FormatBytes(opts.io_unit_bytes) << ", "
+      << opts.EffectiveThreads() << " thread(s) per rank, " << items << " items\n"
       << "  filesystem: " << layout_line << "\n";
   std::snprintf(line, sizeof line, "  save  %s in %s: %.2f GB/s (durable; commit %s)\n",
                 FormatBytes(data_bytes).c_str(), FormatSeconds(save_s).c_str(),

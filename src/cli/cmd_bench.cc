@@ -13,6 +13,7 @@
 #include <algorithm>
 #include <atomic>
 #include <cmath>
+#include <cstdlib>
 #include <cstring>
 #include <nlohmann/json.hpp>
 #include <iostream>
@@ -50,6 +51,8 @@ checksum, and compares it with what it saved.
 
 Save time runs from the start signal until the coordinator's commit is
 durable; load time until the last rank has read and verified its data.
+The ranks run as torchrun's would on one node (LOCAL_WORLD_SIZE=R unless
+set), so each copies and checksums on its share of the CPUs by default.
 The report also gives the CPU time of each (user + system, every thread
 of every rank, per GB), the machine's copy and CRC32C rates measured
 afterwards with the time one copy and one checksum pass of the same bytes
@@ -535,6 +538,10 @@ int RunBench(const Argv& argv, std::ostream& out, std::ostream& err) {
   spec.world_size = ranks;
   spec.user_json = R"({"shardwise_bench":true})";
 
+  // The ranks share this machine as torchrun's would: each defaults to its
+  // share of the CPUs (Options::threads), unless the caller set the count.
+  if (!std::getenv("LOCAL_WORLD_SIZE"))
+    ::setenv("LOCAL_WORLD_SIZE", std::to_string(ranks).c_str(), 1);
   int res[2], go[2], go2[2];
   if (::pipe(res) || ::pipe(go) || ::pipe(go2)) {
     err << "shardwise bench: pipe: " << std::strerror(errno) << '\n';

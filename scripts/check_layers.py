@@ -55,9 +55,6 @@ KNOWN: dict[tuple[str, str], str] = {
     ("src/cli/cmd_bench_async.cc", "common/parallel.h"): "bench harness: ParallelFor",
     ("src/cli/cmd_bench_async.cc", "io/aligned_buffer.h"): "bench: aligned copy target",
     ("src/cli/cmd_bench_async.cc", "os/posix.h"): "files, clocks",
-    ("src/cli/cmd_ls.cc", "os/posix.h"): "paths",
-    ("src/cli/cmd_verify.cc", "os/posix.h"): "paths",
-    ("src/cli/output.cc", "os/posix.h"): "paths",
 }
 
 INCLUDE = re.compile(r'^\s*#\s*include\s+"([a-z_]+)/([^"]+)"', re.M)

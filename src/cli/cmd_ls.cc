@@ -3,7 +3,6 @@
 #include "cli/args.h"
 #include "cli/cli.h"
 #include "cli/output.h"
-#include "os/posix.h"
 #include "shardwise/repository.h"
 
 namespace shardwise::cli {
@@ -49,7 +48,7 @@ int RunLs(const Argv& argv, std::ostream& out, std::ostream& err) {
   auto list = (*repo)->List(/*with_exports=*/exports || args->json());
   if (!list.ok()) return UsageError(err, "ls", list.status().message());
 
-  double now = os::NowUnix();
+  double now = UnixNow();
   if (args->json()) {
     nlohmann::ordered_json j;
     j["root"] = (*repo)->root();

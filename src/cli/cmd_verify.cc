@@ -1,11 +1,11 @@
-#include <sys/stat.h>
+#include <filesystem>
+#include <system_error>
 
 #include <nlohmann/json.hpp>
 
 #include "cli/args.h"
 #include "cli/cli.h"
 #include "cli/output.h"
-#include "os/posix.h"
 #include "shardwise/repository.h"
 
 namespace shardwise::cli {
@@ -48,7 +48,7 @@ Outcome VerifyOne(const std::string& dir, const std::string& name, const Options
   Outcome o;
   o.dir = dir;
   o.name = name;
-  double t0 = os::MonotonicSeconds();
+  double t0 = MonotonicNow();
   auto reader = CheckpointReader::Open(dir, opts);
   if (!reader.ok()) {
     o.ok = false;
@@ -58,7 +58,7 @@ Outcome VerifyOne(const std::string& dir, const std::string& name, const Options
   Progress bar(err, progress, "verify " + name);
   auto report = (*reader)->Verify([&](std::uint64_t d, std::uint64_t t) { bar.Update(d, t); });
   bar.Finish();
-  o.seconds = os::MonotonicSeconds() - t0;
+  o.seconds = MonotonicNow() - t0;
   if (!report.ok()) {
     o.ok = false;
     o.problems.push_back({"", report.status()});
@@ -86,26 +86,28 @@ int RunVerify(const Argv& argv, std::ostream& out, std::ostream& err) {
   if (!opts.ok()) return UsageError(err, "verify", opts.status().message());
   std::string path = args->positional()[0];
   while (path.size() > 1 && path.back() == '/') path.pop_back();
-  auto st = os::Stat(path);
-  if (!st.ok()) return UsageError(err, "verify", st.status().message());
-  if (!S_ISDIR(st->st_mode)) return UsageError(err, "verify", path + " is not a directory");
-  auto entries = os::ListDir(path);
-  if (!entries.ok()) return UsageError(err, "verify", entries.status().message());
+  namespace fs = std::filesystem;
+  std::error_code ec;
+  const fs::file_status st = fs::status(path, ec);
+  if (ec) return UsageError(err, "verify", "stat " + path + ": " + ec.message());
+  if (!fs::is_directory(st)) return UsageError(err, "verify", path + " is not a directory");
   const bool progress = !args->json() && !args->Has("no-progress") && StderrIsTty();
 
   std::vector<Outcome> outcomes;
   bool is_checkpoint = false, has_shards = false;
-  for (const auto& e : *entries) {
-    if (e.name == "manifest.json") is_checkpoint = true;
-    if (e.name.rfind("rank-", 0) == 0 && e.name.find(".shard") != std::string::npos)
-      has_shards = true;
+  for (fs::directory_iterator it(path, ec), end; !ec && it != end; it.increment(ec)) {
+    const std::string e = it->path().filename().string();
+    if (e == "manifest.json") is_checkpoint = true;
+    if (e.rfind("rank-", 0) == 0 && e.find(".shard") != std::string::npos) has_shards = true;
   }
+  if (ec) return UsageError(err, "verify", "list " + path + ": " + ec.message());
+  const std::string base = fs::path(path).filename().string();
   if (is_checkpoint) {
-    outcomes.push_back(VerifyOne(path, os::Basename(path), *opts, progress, err));
+    outcomes.push_back(VerifyOne(path, base, *opts, progress, err));
   } else if (has_shards) {
     Outcome o;
     o.dir = path;
-    o.name = os::Basename(path);
+    o.name = base;
     o.ok = false;
     o.problems.push_back({"manifest.json",
                           Corrupt(path + "/manifest.json: missing (the directory holds "
@@ -117,7 +119,7 @@ int RunVerify(const Argv& argv, std::ostream& out, std::ostream& err) {
     auto list = (*repo)->List();
     if (!list.ok()) return UsageError(err, "verify", list.status().message());
     for (const auto& c : *list) {
-      std::string dir = os::JoinPath(path, c.name);
+      std::string dir = (fs::path(path) / c.name).string();
       if (c.state == CheckpointInfo::State::kCommitted) {
         outcomes.push_back(VerifyOne(dir, c.name, *opts, progress, err));
       } else if (c.state == CheckpointInfo::State::kInvalid) {

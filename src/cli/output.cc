@@ -6,7 +6,10 @@
 #include <cstdio>
 #include <ctime>
 
-#include "os/posix.h"
+#include <chrono>
+#include <filesystem>
+#include <system_error>
+
 #include "shardwise/options.h"
 
 namespace shardwise::cli {
@@ -58,14 +61,24 @@ std::string FormatSeconds(double s) {
 
 bool StderrIsTty() { return ::isatty(2) == 1; }
 
+double MonotonicNow() {
+  return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch())
+      .count();
+}
+
+double UnixNow() {
+  return std::chrono::duration<double>(std::chrono::system_clock::now().time_since_epoch())
+      .count();
+}
+
 Progress::Progress(std::ostream& err, bool enabled, std::string label)
-    : err_(err), enabled_(enabled), label_(std::move(label)), start_(os::MonotonicSeconds()) {}
+    : err_(err), enabled_(enabled), label_(std::move(label)), start_(MonotonicNow()) {}
 
 Progress::~Progress() { Finish(); }
 
 void Progress::Update(std::uint64_t done, std::uint64_t total) {
   if (!enabled_) return;
-  double now = os::MonotonicSeconds();
+  double now = MonotonicNow();
   if (now - last_ < 0.1 && done < total) return;  // at most 10 redraws a second
   last_ = now;
   double el = now - start_;
@@ -94,9 +107,12 @@ int UsageError(std::ostream& err, const std::string& verb, const std::string& me
   return 2;
 }
 void RemoveLoneWriterLock(const std::string& root) {
-  auto entries = os::ListDir(root);
-  if (entries.ok() && entries->size() == 1 && (*entries)[0].name == ".writer.lock")
-    (void)os::Unlink(os::JoinPath(root, ".writer.lock"));
+  namespace fs = std::filesystem;
+  std::error_code ec;
+  fs::directory_iterator it(root, ec);
+  if (ec || it == fs::directory_iterator() || it->path().filename() != ".writer.lock") return;
+  const fs::path lock = it->path();
+  if (++it == fs::directory_iterator()) fs::remove(lock, ec);  // nothing else in the root
 }
 
 }  // namespace shardwise::cli

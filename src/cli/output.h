@@ -37,6 +37,9 @@ class Progress {
 
 // Whether stderr is a terminal.
 bool StderrIsTty();
+// Clocks for reports: seconds of a steady clock, and since the epoch.
+double MonotonicNow();
+double UnixNow();
 
 }  // namespace shardwise::cli
 

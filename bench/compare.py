@@ -94,6 +94,7 @@ def drop_caches() -> None:
 
 def rank_main(rank: int, world: int, store: str, args: dict, out: str) -> None:
     os.environ.setdefault("OMP_NUM_THREADS", "1")
+    os.environ.setdefault("LOCAL_WORLD_SIZE", str(world))  # as torchrun sets it, one node
     import torch
     import torch.distributed as dist
     import torch.distributed.checkpoint as dcp
@@ -224,6 +225,7 @@ def local_sums(state) -> dict:
 def reload_main(rank: int, world: int, store: str, args: dict, out: str) -> None:
     """A fresh group of `world` ranks loads the checkpoint saved by another world size."""
     os.environ.setdefault("OMP_NUM_THREADS", "1")
+    os.environ.setdefault("LOCAL_WORLD_SIZE", str(world))  # as torchrun sets it, one node
     import torch.distributed as dist
     import torch.distributed.checkpoint as dcp
 

@@ -47,15 +47,7 @@ LAYER_OF_INCLUDE = {"shardwise": "api", "common": "common", "os": "os", "format"
                     "python": "python", "testing": "testing"}
 
 # (file, included header): why it is still here. Issue 13 removes them.
-KNOWN: dict[tuple[str, str], str] = {
-    ("src/cli/cmd_bench.cc", "common/parallel.h"): "bench harness: ParallelFor, AvailableCpus",
-    ("src/cli/cmd_bench.cc", "format/crc32c.h"): "bench: the machine's CRC32C rate",
-    ("src/cli/cmd_bench.cc", "fs/placement.h"): "bench: layout decision for the report",
-    ("src/cli/cmd_bench.cc", "os/posix.h"): "files, clocks",
-    ("src/cli/cmd_bench_async.cc", "common/parallel.h"): "bench harness: ParallelFor",
-    ("src/cli/cmd_bench_async.cc", "io/aligned_buffer.h"): "bench: aligned copy target",
-    ("src/cli/cmd_bench_async.cc", "os/posix.h"): "files, clocks",
-}
+KNOWN: dict[tuple[str, str], str] = {}
 
 INCLUDE = re.compile(r'^\s*#\s*include\s+"([a-z_]+)/([^"]+)"', re.M)
 

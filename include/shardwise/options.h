@@ -3,7 +3,9 @@
 #pragma once
 
 #include <cstdint>
+#include <span>
 #include <string>
+#include <string_view>
 
 #include "shardwise/status.h"
 
@@ -73,6 +75,7 @@ struct Options {
   // SHARDWISE_RETENTION_REQUIRES_EXPORT=0|1
   bool retention_requires_export = false;
   // Polling interval while waiting on the filesystem (fragments, commits).
+  // SHARDWISE_POLL_INTERVAL_S
   double poll_interval_s = 0.02;
 
   // Applies SHARDWISE_* variables on top of `base`; a malformed value is an
@@ -84,6 +87,31 @@ struct Options {
   // `threads`, or its default when 0.
   int EffectiveThreads() const;
 };
+
+// One row of the option table, the one description of every option: its
+// Options field, SHARDWISE_* variable, Python keyword (Writer, Reader,
+// Checkpointer, Repository), `shardwise bench` flag, the values it takes,
+// its default and its help line. FromEnv, the bench flags, the binding's
+// keywords, `shardwise options` and docs/cpp-api.md all come from it.
+struct OptionInfo {
+  std::string_view field;    // "io_unit_bytes"
+  std::string_view env;      // "SHARDWISE_IO_UNIT"
+  std::string_view keyword;  // "io_unit": the Python keyword
+  std::string_view flag;     // "--io-unit"; empty: not a `shardwise bench` flag
+  std::string_view values;   // what the parser takes: "SIZE", "1-256", "auto|on|off"
+  std::string_view help;     // one line
+  // Parses `text` (range included) into the field; the message says what is
+  // expected, without naming the option (SetOption adds the name).
+  Status (*parse)(Options& options, std::string_view text);
+  // The field's value as parse accepts it ("" for an unset string).
+  std::string (*show)(const Options& options);
+};
+std::span<const OptionInfo> OptionTable();
+// The row whose field, variable, keyword or flag is `name`; null if none.
+const OptionInfo* FindOption(std::string_view name);
+// Parses `text` into the option `name` (field, variable, keyword or flag).
+// Errors name the option as `name` was spelled.
+Status SetOption(Options& options, std::string_view name, std::string_view text);
 
 // Parses "512MiB", "2GiB", "4k", "1000000" into bytes.
 Result<std::uint64_t> ParseSize(std::string_view text);

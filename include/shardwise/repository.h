@@ -116,6 +116,23 @@ struct GcReport {
   bool dry_run = false;
 };
 
+// Where the shard files of a save go on a root, and how they are written:
+// what the root's filesystem and the options decide (docs/lustre.md;
+// docs/cpp-api.md, "I/O mode").
+struct StorageReport {
+  std::string filesystem;     // "ext4", "tmpfs", "lustre", ... or "0x<magic>"
+  bool lustre = false;
+  bool layout_applied = false;
+  std::string layout_reason;  // on Lustre with layouts on: the policy's reason
+  int stripe_count = 0;       // when applied
+  std::uint64_t stripe_size = 0;
+  bool direct_writes = false;  // O_DIRECT
+  bool direct_reads = false;
+  bool io_measured = false;    // decided by a measurement on this root
+  std::string io_why;
+  std::string summary;         // one line saying all of the above
+};
+
 class Repository {
  public:
   // Opens ROOT (creating it when `create`).
@@ -156,6 +173,13 @@ class Repository {
   Result<std::optional<std::string>> Latest() const;
   Result<std::unique_ptr<CheckpointReader>> OpenCheckpoint(const std::string& name) const;
 
+  // Deletes the committed checkpoint NAME (and its export record). It
+  // vanishes atomically: a crash midway leaves a hidden leftover that gc
+  // removes, never a partial checkpoint. When `latest` names it, `latest`
+  // first moves to the newest remaining checkpoint (or goes). Claims the
+  // root for writing (LockForWriting). NotFound when NAME is not committed.
+  Status Delete(const std::string& name);
+
   // Removes abandoned staging directories and leftovers, and applies
   // retention. Never removes what `latest` names, anything newer than the
   // newest valid checkpoint, or a save still in progress.
@@ -172,6 +196,9 @@ class Repository {
   // how) Lustre layouts are applied, or why not (docs/lustre.md). Probes the
   // root on first use.
   std::string FilesystemSummary();
+  // The same, in fields, for a save of `files` shard files of
+  // `bytes_per_file` each (the Lustre layout depends on both).
+  Result<StorageReport> DescribeStorage(int files, std::uint64_t bytes_per_file);
 
   // Fills spec.name and spec.save_id defaults and checks the spec.
   static Status Normalize(SaveSpec& spec);

@@ -23,5 +23,6 @@ int RunInspect(const Argv& args, std::ostream& out, std::ostream& err);
 int RunVerify(const Argv& args, std::ostream& out, std::ostream& err);
 int RunGc(const Argv& args, std::ostream& out, std::ostream& err);
 int RunBench(const Argv& args, std::ostream& out, std::ostream& err);
+int RunOptions(const Argv& args, std::ostream& out, std::ostream& err);
 
 }  // namespace shardwise::cli

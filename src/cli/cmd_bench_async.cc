@@ -7,23 +7,21 @@
 #include <algorithm>
 #include <cstdio>
 #include <cstring>
+#include <filesystem>
 #include <fstream>
 #include <nlohmann/json.hpp>
 #include <string>
 #include <vector>
 
-#include "cli/bench.h"
-#include "cli/cli.h"
-#include "cli/output.h"
-#include "cli/synthetic.h"
-#include "common/parallel.h"
-#include "io/aligned_buffer.h"
-#include "os/posix.h"
+#include "bench.h"
+#include "output.h"
 #include "shardwise/async.h"
+#include "synthetic.h"
 
 namespace shardwise::cli {
 namespace {
 
+// VmHWM (peak) or VmRSS (current) of this process, bytes.
 std::uint64_t StatusField(const char* key) {
   std::ifstream f("/proc/self/status");
   std::string line;
@@ -54,217 +52,179 @@ struct TrainingLoop {
   }
   // Steps per second over `seconds`.
   double Rate(double seconds) {
-    double t0 = os::MonotonicSeconds(), t;
+    double t0 = MonotonicNow(), t;
     long n = 0;
     do {
       Step();
       ++n;
-      t = os::MonotonicSeconds();
+      t = MonotonicNow();
     } while (t - t0 < seconds);
     return static_cast<double>(n) / (t - t0);
   }
 };
 
-// The machine's copy limit for the stall: plain memcpy of the state's bytes
-// into pre-faulted memory, on one thread and on every CPU (each thread its
-// own contiguous share), best median of 3 of either.
-struct CopyLimit {
-  double one_thread_gbps = 0, all_threads_gbps = 0;
+// What the saves measured.
+struct AsyncFigures {
+  std::vector<double> stalls;  // the saves after the first
+  std::vector<double> persists;
+  std::vector<double> quiet;   // the loop's undisturbed rate, between saves
+  double first_stall = 0;
+  long busy_steps = 0;         // the loop's steps while saves persisted
+  double busy_seconds = 0;
+  std::uint64_t file_bytes = 0, staging_bytes = 0, baseline_rss = 0, peak_rss = 0;
+  int waves = 0;
+  Rate copy;  // the limit for the stall
   int threads = 1;
-  double best() const { return std::max(one_thread_gbps, all_threads_gbps); }
 };
 
-CopyLimit MeasureCopyLimit(const SyntheticState& s, std::byte* pool, std::uint64_t pool_bytes) {
-  // Each thread copies whole items round-robin into its own slice of the pool.
-  auto run = [&](int threads) {
-    std::vector<double> rates;
-    const std::uint64_t slice = io::AlignDown(pool_bytes / threads);
-    for (int rep = 0; rep < 3; ++rep) {
-      double t0 = os::MonotonicSeconds();
-      ParallelFor(0, threads, threads, [&](std::size_t t) {
-        std::byte* dst = pool + t * slice;
-        std::uint64_t off = 0;
-        for (std::size_t i = t; i < s.items.size(); i += threads) {
-          const auto* src = static_cast<const std::byte*>(s.items[i].data);
-          for (std::uint64_t done = 0; done < s.items[i].nbytes;) {
-            if (off >= slice) off = 0;
-            std::uint64_t n = std::min(s.items[i].nbytes - done, slice - off);
-            std::memcpy(dst + off, src + done, n);
-            off += n;
-            done += n;
-          }
-        }
-      });
-      rates.push_back(static_cast<double>(s.bytes) / (os::MonotonicSeconds() - t0) / 1e9);
-    }
-    return Median(rates);
-  };
-  CopyLimit limit;
-  limit.threads = AvailableCpus();
-  limit.one_thread_gbps = run(1);
-  limit.all_threads_gbps = limit.threads > 1 ? run(limit.threads) : limit.one_thread_gbps;
-  return limit;
-}
-
-}  // namespace
-
-std::uint64_t PeakRssBytes() { return StatusField("VmHWM:"); }
-std::uint64_t CurrentRssBytes() { return StatusField("VmRSS:"); }
-
-int RunAsyncBench(const BenchParams& p, std::ostream& out, std::ostream& err) {
-  if (p.ranks != 1) {
-    err << "shardwise bench: --async runs one process (several saves through one engine); "
-           "use --ranks 1\n";
-    return kExitUsage;
-  }
-  if (p.saves < 2) {
-    err << "shardwise bench: --saves must be at least 2 (the first save sets up the pool)\n";
-    return kExitUsage;
-  }
-  auto repo = Repository::Open(p.dir, p.options, true);
-  if (!repo.ok()) return UsageError(err, "bench", repo.status().message());
-  const std::uint64_t baseline_rss = CurrentRssBytes();
-  SyntheticState state = MakeTransformerState(p.size_per_rank, 0, 1, 20261129);
+// Runs p.saves saves of `state` through one engine while a CPU-bound loop
+// stands in for training; keeps only the newest checkpoint on disk. Returns
+// the name of the last one.
+Result<std::string> RunSaves(const BenchParams& p, Repository& repo, const SyntheticState& state,
+                             AsyncFigures& f, std::ostream& err) {
   AsyncOptions ao;
   ao.staging_bytes = p.staging_budget;
-  auto saver = AsyncSaver::Create(**repo, ao);
-  if (!saver.ok()) {
-    err << "shardwise bench: " << saver.status().message() << '\n';
-    return kExitProblem;
-  }
+  SW_ASSIGN_OR_RETURN(auto saver, AsyncSaver::Create(repo, ao));
   TrainingLoop loop;
   loop.Rate(0.2);  // warm up
-  // The undisturbed rate is sampled between saves, so both rates see the
-  // same machine conditions.
-  std::vector<double> quiet;
-  const std::string id = os::RandomHex(6);
-  std::vector<double> stalls, persists;
-  long busy_steps = 0;
-  double busy_seconds = 0;
-  double first_stall = 0;
-  std::uint64_t file_bytes = 0;
-  int waves = 0;
+  const std::string id = RandomId(12);
   std::string previous;
-  bool tty = StderrIsTty() && !p.json;
+  const bool tty = StderrIsTty() && !p.json;
   for (int i = 0; i < p.saves; ++i) {
     if (tty) err << "\rbench --async: save " << (i + 1) << "/" << p.saves << std::flush;
     SaveSpec spec;
     spec.name = "bench-async-" + id + "-" + std::to_string(i);
-    auto h = (*saver)->SaveAsync(spec, state.items);
-    if (!h.ok()) {
-      err << "\nshardwise bench: " << h.status().message() << '\n';
-      return kExitProblem;
-    }
+    SW_ASSIGN_OR_RETURN(auto h, saver->SaveAsync(spec, state.items));
     // "Training" continues while the save persists.
-    double t0 = os::MonotonicSeconds();
+    const double t0 = MonotonicNow();
     long steps = 0;
-    while (!(*h)->Done()) {
-      loop.Step();
-      ++steps;
-    }
-    double busy = os::MonotonicSeconds() - t0;
-    Status s = (*h)->Wait();
-    if (!s.ok()) {
-      err << "\nshardwise bench: " << s.message() << '\n';
-      return kExitProblem;
-    }
-    if (i == 0) first_stall = (*h)->stall_seconds();
-    else stalls.push_back((*h)->stall_seconds());
-    persists.push_back((*h)->persist_seconds());
-    busy_steps += steps;
-    busy_seconds += busy;
-    file_bytes = (*h)->bytes();
-    waves = (*h)->waves();
-    quiet.push_back(loop.Rate(std::max(0.2, std::min(busy, 1.0))));
-    // Keep only the newest benchmark checkpoint on disk.
-    if (!previous.empty()) (void)os::RemoveTree(os::JoinPath((*repo)->root(), previous));
+    for (; !h->Done(); ++steps) loop.Step();
+    const double busy = MonotonicNow() - t0;
+    SW_RETURN_IF_ERROR(h->Wait());
+    if (i == 0) f.first_stall = h->stall_seconds();
+    else f.stalls.push_back(h->stall_seconds());
+    f.persists.push_back(h->persist_seconds());
+    f.busy_steps += steps;
+    f.busy_seconds += busy;
+    f.file_bytes = h->bytes();
+    f.waves = h->waves();
+    // The undisturbed rate is sampled between saves, so both rates see the
+    // same machine conditions.
+    f.quiet.push_back(loop.Rate(std::max(0.2, std::min(busy, 1.0))));
+    if (!previous.empty()) (void)repo.Delete(previous);
     previous = spec.name;
   }
-  const double undisturbed = Median(quiet);
   if (tty) err << "\r\033[K" << std::flush;
-  const std::uint64_t peak_rss = PeakRssBytes();
-  // The limit for the stall, measured now on the same bytes and memory.
-  auto probe = AllocateStagingMemory(state.bytes);
-  const CopyLimit limit = probe.ok() ? MeasureCopyLimit(state, probe->data, probe->size)
-                                     : CopyLimit{};
-  const double memcpy_gbps = limit.best();
-  if (!p.keep) {
-    (void)os::RemoveTree(os::JoinPath((*repo)->root(), previous));
-    auto latest = os::ReadSmallFile(os::JoinPath((*repo)->root(), "latest"), 4096);
-    if (latest.ok() && latest->rfind("bench-async-" + id, 0) == 0)
-      (void)os::Unlink(os::JoinPath((*repo)->root(), "latest"));
-    RemoveLoneWriterLock((*repo)->root());
-  }
-  const std::uint64_t bytes = state.bytes;
-  const double stall = Median(stalls), persist = Median(persists);
+  f.staging_bytes = saver->staging_bytes();
+  return previous;
+}
+
+void PrintAsyncJson(const BenchParams& p, const std::string& root, std::uint64_t bytes,
+                    const AsyncFigures& f, std::ostream& out) {
+  using J = nlohmann::ordered_json;
+  const double stall = Median(f.stalls), persist = Median(f.persists);
+  const double undisturbed = Median(f.quiet);
   // Too short a persist to time the loop against: no figure.
-  const bool timed = busy_seconds >= 0.05;
-  const double during_rate = timed ? static_cast<double>(busy_steps) / busy_seconds : 0;
-  const double memcpy_s = memcpy_gbps > 0 ? static_cast<double>(bytes) / (memcpy_gbps * 1e9) : 0;
+  const bool timed = f.busy_seconds >= 0.05;
+  const double during = timed ? static_cast<double>(f.busy_steps) / f.busy_seconds : 0;
+  const double memcpy_s = f.copy.best() > 0 ? static_cast<double>(bytes) / (f.copy.best() * 1e9) : 0;
   auto gbps = [&](double s) { return s > 0 ? static_cast<double>(bytes) / s / 1e9 : 0; };
-  const std::uint64_t staging = (*saver)->staging_bytes();
-  const std::int64_t overhead = static_cast<std::int64_t>(peak_rss) -
-                                static_cast<std::int64_t>(baseline_rss + bytes + staging);
-  if (p.json) {
-    using J = nlohmann::ordered_json;
-    J j;
-    j["mode"] = "async";
-    j["dir"] = (*repo)->root();
-    j["saves"] = p.saves;
-    j["state_bytes"] = bytes;
-    j["file_bytes"] = file_bytes;
-    j["staging_bytes"] = staging;
-    j["waves"] = waves;
-    j["backend"] = std::string(IoBackendKindName(p.options.io_backend));
-    j["stall"] = {{"bytes", bytes}, {"seconds", stall}, {"gb_per_s", gbps(stall)}};
-    j["first_stall"] = {{"bytes", bytes}, {"seconds", first_stall}, {"gb_per_s", gbps(first_stall)}};
-    j["persist"] = {{"bytes", bytes}, {"seconds", persist}, {"gb_per_s", gbps(persist)}};
-    j["memcpy_gb_per_s"] = memcpy_gbps;
-    j["memcpy"] = {{"one_thread_gb_per_s", limit.one_thread_gbps},
-                   {"all_threads_gb_per_s", limit.all_threads_gbps},
-                   {"threads", limit.threads}};
-    j["stall_over_memcpy"] = memcpy_s > 0 ? stall / memcpy_s : 0;
-    j["training"] = {{"undisturbed_steps_per_s", undisturbed},
-                     {"during_persist_steps_per_s", timed ? J(during_rate) : J(nullptr)},
-                     {"ratio", timed && undisturbed > 0 ? J(during_rate / undisturbed) : J(nullptr)}};
-    j["baseline_rss_bytes"] = baseline_rss;
-    j["peak_rss_bytes"] = peak_rss;
-    j["rss_overhead_bytes"] = overhead;
-    WriteJson(out, j);
-    return kExitOk;
-  }
+  J j;
+  j["mode"] = "async";
+  j["dir"] = root;
+  j["saves"] = p.saves;
+  j["state_bytes"] = bytes;
+  j["file_bytes"] = f.file_bytes;
+  j["staging_bytes"] = f.staging_bytes;
+  j["waves"] = f.waves;
+  j["backend"] = std::string(IoBackendKindName(p.options.io_backend));
+  j["stall"] = {{"bytes", bytes}, {"seconds", stall}, {"gb_per_s", gbps(stall)}};
+  j["first_stall"] = {{"bytes", bytes}, {"seconds", f.first_stall}, {"gb_per_s", gbps(f.first_stall)}};
+  j["persist"] = {{"bytes", bytes}, {"seconds", persist}, {"gb_per_s", gbps(persist)}};
+  j["memcpy_gb_per_s"] = f.copy.best();
+  j["memcpy"] = {{"one_thread_gb_per_s", f.copy.one_thread_gbps},
+                 {"all_threads_gb_per_s", f.copy.all_threads_gbps},
+                 {"threads", f.threads}};
+  j["stall_over_memcpy"] = memcpy_s > 0 ? stall / memcpy_s : 0;
+  j["training"] = {{"undisturbed_steps_per_s", undisturbed},
+                   {"during_persist_steps_per_s", timed ? J(during) : J(nullptr)},
+                   {"ratio", timed && undisturbed > 0 ? J(during / undisturbed) : J(nullptr)}};
+  j["baseline_rss_bytes"] = f.baseline_rss;
+  j["peak_rss_bytes"] = f.peak_rss;
+  j["rss_overhead_bytes"] = static_cast<std::int64_t>(f.peak_rss) -
+                            static_cast<std::int64_t>(f.baseline_rss + bytes + f.staging_bytes);
+  WriteJson(out, j);
+}
+
+void PrintAsyncReport(const BenchParams& p, const std::string& root, std::uint64_t bytes,
+                      const AsyncFigures& f, std::ostream& out) {
+  const double stall = Median(f.stalls), persist = Median(f.persists);
+  const double undisturbed = Median(f.quiet);
+  const double memcpy_s = f.copy.best() > 0 ? static_cast<double>(bytes) / (f.copy.best() * 1e9) : 0;
+  auto gbps = [&](double s) { return s > 0 ? static_cast<double>(bytes) / s / 1e9 : 0; };
+  const std::int64_t overhead = static_cast<std::int64_t>(f.peak_rss) -
+                                static_cast<std::int64_t>(f.baseline_rss + bytes + f.staging_bytes);
   char line[256];
   out << "shardwise bench --async: " << p.saves << " saves of " << FormatBytes(bytes)
-      << " through one engine in " << (*repo)->root() << "\n";
-  out << "  staging pool " << FormatBytes(staging) << " (" << waves << " wave"
-      << (waves == 1 ? "" : "s") << " per save)\n";
+      << " through one engine in " << root << "\n";
+  out << "  staging pool " << FormatBytes(f.staging_bytes) << " (" << f.waves << " wave"
+      << (f.waves == 1 ? "" : "s") << " per save)\n";
   std::snprintf(line, sizeof line,
                 "  stall     %s median (%.2f GB/s); copy limit %s (%.2f GB/s): %.2fx\n",
                 FormatSeconds(stall).c_str(), gbps(stall), FormatSeconds(memcpy_s).c_str(),
-                memcpy_gbps, memcpy_s > 0 ? stall / memcpy_s : 0);
+                f.copy.best(), memcpy_s > 0 ? stall / memcpy_s : 0);
   out << line;
   std::snprintf(line, sizeof line,
                 "            (the limit is the best memcpy into pre-faulted memory: %.2f GB/s on "
                 "1 thread, %.2f GB/s on %d)\n",
-                limit.one_thread_gbps, limit.all_threads_gbps, limit.threads);
+                f.copy.one_thread_gbps, f.copy.all_threads_gbps, f.threads);
   out << line;
   std::snprintf(line, sizeof line, "  first     %s (allocates and faults in the pool)\n",
-                FormatSeconds(first_stall).c_str());
+                FormatSeconds(f.first_stall).c_str());
   out << line;
   std::snprintf(line, sizeof line, "  persist   %s median in the background (%.2f GB/s)\n",
                 FormatSeconds(persist).c_str(), gbps(persist));
   out << line;
-  if (timed) {
+  if (f.busy_seconds >= 0.05) {
+    const double during = static_cast<double>(f.busy_steps) / f.busy_seconds;
     std::snprintf(line, sizeof line,
                   "  training  %.0f%% of its undisturbed rate while persisting\n",
-                  undisturbed > 0 ? 100 * during_rate / undisturbed : 0);
+                  undisturbed > 0 ? 100 * during / undisturbed : 0);
     out << line;
   } else {
     out << "  training  (persist too short to measure)\n";
   }
-  out << "  memory    peak RSS " << FormatBytes(peak_rss) << " = baseline "
-      << FormatBytes(baseline_rss) << " + state " << FormatBytes(bytes) << " + pool "
-      << FormatBytes(staging) << " + " << FormatBytes(overhead > 0 ? overhead : 0) << "\n";
+  out << "  memory    peak RSS " << FormatBytes(f.peak_rss) << " = baseline "
+      << FormatBytes(f.baseline_rss) << " + state " << FormatBytes(bytes) << " + pool "
+      << FormatBytes(f.staging_bytes) << " + " << FormatBytes(overhead > 0 ? overhead : 0) << "\n";
+}
+
+}  // namespace
+
+
+int RunAsyncBench(const BenchParams& p, std::ostream& out, std::ostream& err) {
+  if (p.ranks != 1)
+    return UsageError(err, "bench", "--async runs one process (several saves through one "
+                                    "engine); use --ranks 1");
+  std::error_code ec;
+  const bool root_created = !std::filesystem::exists(p.dir, ec);
+  auto repo = Repository::Open(p.dir, p.options, true);
+  if (!repo.ok()) return UsageError(err, "bench", repo.status().message());
+  AsyncFigures f;
+  f.baseline_rss = StatusField("VmRSS:");
+  const SyntheticState state = MakeTransformerState(p.size_per_rank, 0, 1, 20261129);
+  auto last = RunSaves(p, **repo, state, f, err);
+  if (!last.ok()) {
+    err << "\nshardwise bench: " << last.status().message() << '\n';
+    return kExitProblem;
+  }
+  f.peak_rss = StatusField("VmHWM:");
+  // The limit for the stall, measured now on the same bytes and memory.
+  if (auto probe = AllocateStagingMemory(state.bytes); probe.ok())
+    f.copy = MeasureCopyInto(state.items, {probe->data, probe->size}, &f.threads);
+  if (!p.keep) RemoveBenchCheckpoint(**repo, *last, root_created);
+  if (p.json) PrintAsyncJson(p, (*repo)->root(), state.bytes, f, out);
+  else PrintAsyncReport(p, (*repo)->root(), state.bytes, f, out);
   return kExitOk;
 }
 

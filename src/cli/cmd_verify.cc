@@ -3,9 +3,9 @@
 
 #include <nlohmann/json.hpp>
 
-#include "cli/args.h"
-#include "cli/cli.h"
-#include "cli/output.h"
+#include "args.h"
+#include "cli.h"
+#include "output.h"
 #include "shardwise/repository.h"
 
 namespace shardwise::cli {

@@ -1,4 +1,4 @@
-#include "cli/output.h"
+#include "output.h"
 
 #include <unistd.h>
 
@@ -7,8 +7,7 @@
 #include <ctime>
 
 #include <chrono>
-#include <filesystem>
-#include <system_error>
+#include <sstream>
 
 #include "shardwise/options.h"
 
@@ -61,6 +60,25 @@ std::string FormatSeconds(double s) {
 
 bool StderrIsTty() { return ::isatty(2) == 1; }
 
+std::string Wrap(const std::string& head, const std::string& text, std::size_t indent) {
+  std::string out, line = head;
+  if (head.size() + 1 > indent) {  // the text goes under a long head
+    out = head + "\n";
+    line.clear();
+  }
+  line.resize(indent, ' ');
+  std::istringstream words(text);
+  for (std::string w; words >> w;) {
+    if (line.size() + w.size() + 1 > 76 && line.size() > indent) {
+      out += line + "\n";
+      line = std::string(indent, ' ');
+    }
+    if (line.back() != ' ') line += ' ';
+    line += w;
+  }
+  return out + line + "\n";
+}
+
 double MonotonicNow() {
   return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch())
       .count();
@@ -105,14 +123,6 @@ int UsageError(std::ostream& err, const std::string& verb, const std::string& me
   err << "shardwise " << verb << ": " << message << "\n"
       << "Try 'shardwise " << verb << " --help'.\n";
   return 2;
-}
-void RemoveLoneWriterLock(const std::string& root) {
-  namespace fs = std::filesystem;
-  std::error_code ec;
-  fs::directory_iterator it(root, ec);
-  if (ec || it == fs::directory_iterator() || it->path().filename() != ".writer.lock") return;
-  const fs::path lock = it->path();
-  if (++it == fs::directory_iterator()) fs::remove(lock, ec);  // nothing else in the root
 }
 
 }  // namespace shardwise::cli

@@ -13,6 +13,10 @@ namespace shardwise::cli {
 void PrintTable(std::ostream& out, const std::vector<std::vector<std::string>>& rows,
                 const std::vector<std::size_t>& right_align = {});
 
+// `head`, then `text` wrapped at 76 columns and indented by `indent`; the
+// text starts under `head` when head does not leave it room. Ends in "\n".
+std::string Wrap(const std::string& head, const std::string& text, std::size_t indent);
+
 // "2026-11-29 17:05:03" in UTC.
 std::string FormatTime(double unix_seconds);
 std::string FormatShape(const std::vector<std::int64_t>& shape);
@@ -46,9 +50,6 @@ double UnixNow();
 namespace shardwise::cli {
 // Prints "shardwise VERB: MESSAGE" and a hint, returns kExitUsage (2).
 int UsageError(std::ostream& err, const std::string& verb, const std::string& message);
-// After a benchmark without --keep: removes the root's writer lock file when
-// nothing else is left in the root, so the directory is left as found.
-void RemoveLoneWriterLock(const std::string& root);
 
 // Writes `j` indented, with any invalid UTF-8 (file names are arbitrary
 // bytes) replaced rather than thrown on.

@@ -5,6 +5,7 @@
 #include <cmath>
 #include <cstdio>
 #include <cstdlib>
+#include <type_traits>
 
 #include "common/parallel.h"
 
@@ -72,100 +73,212 @@ std::string FormatBytes(std::uint64_t bytes) {
 
 namespace {
 
-Result<long long> EnvInt(const char* name, long long lo, long long hi) {
-  const char* v = std::getenv(name);
+std::string Str(std::string_view v) { return std::string(v); }
+
+Result<long long> ParseInt(std::string_view text, long long lo, long long hi) {
   long long out = 0;
-  auto [end, ec] = std::from_chars(v, v + std::char_traits<char>::length(v), out);
-  if (ec != std::errc() || *end != '\0' || out < lo || out > hi)
-    return InvalidArgument(std::string("environment variable ") + name + "='" +
-                           v + "' is not an integer in [" +
-                           std::to_string(lo) + ", " + std::to_string(hi) + "]");
+  auto [end, ec] = std::from_chars(text.data(), text.data() + text.size(), out);
+  if (ec != std::errc() || end != text.data() + text.size() || out < lo || out > hi)
+    return InvalidArgument("'" + Str(text) + "' is not an integer in [" + std::to_string(lo) +
+                           ", " + std::to_string(hi) + "]");
   return out;
 }
 
-Result<double> EnvSeconds(const char* name) {
-  const char* v = std::getenv(name);
-  char* end = nullptr;
-  double d = std::strtod(v, &end);
-  if (end == v || *end != '\0' || !std::isfinite(d) || d < 0)
-    return InvalidArgument(std::string("environment variable ") + name + "='" +
-                           v + "' is not a non-negative number of seconds");
-  return d;
+// Field parsers, one per kind of value. The ranges here are the ones
+// Options::Validate checks, so a value a parser takes is valid on its own.
+template <auto Field, long long Lo, long long Hi>
+Status Int(Options& o, std::string_view t) {
+  SW_ASSIGN_OR_RETURN(long long v, ParseInt(t, Lo, Hi));
+  o.*Field = static_cast<std::remove_reference_t<decltype(o.*Field)>>(v);
+  return Status::Ok();
+}
+template <auto Field>
+std::string ShowInt(const Options& o) { return std::to_string(o.*Field); }
+
+template <auto Field>
+Status Size(Options& o, std::string_view t) {
+  SW_ASSIGN_OR_RETURN(o.*Field, ParseSize(t));
+  return Status::Ok();
+}
+template <auto Field>
+std::string ShowSize(const Options& o) {
+  const std::uint64_t v = o.*Field;
+  if (v != 0 && v % (1ull << 20) == 0) return std::to_string(v >> 20) + "MiB";
+  if (v != 0 && v % (1ull << 10) == 0) return std::to_string(v >> 10) + "KiB";
+  return std::to_string(v);
 }
 
+template <auto Field>
+Status Seconds(Options& o, std::string_view t) {
+  const std::string s(t);
+  char* end = nullptr;
+  const double d = std::strtod(s.c_str(), &end);
+  if (s.empty() || *end != '\0' || !std::isfinite(d) || d < 0)
+    return InvalidArgument("'" + s + "' is not a non-negative number of seconds");
+  o.*Field = d;
+  return Status::Ok();
+}
+template <auto Field>
+std::string ShowSeconds(const Options& o) {
+  char buf[32];
+  std::snprintf(buf, sizeof buf, "%g", o.*Field);
+  return buf;
+}
+
+template <auto Field>
+Status Text(Options& o, std::string_view t) {
+  o.*Field = Str(t);
+  return Status::Ok();
+}
+template <auto Field>
+std::string ShowText(const Options& o) { return o.*Field; }
+
+// Enumerations: the words each value is spelled with; the first is the one
+// shown. "1"/"0" stand for on/off where a mode has them.
+template <typename E>
+struct Word {
+  std::string_view word;
+  E value;
+};
+template <typename E, std::size_t N>
+Status ParseWord(E* out, std::string_view t, const Word<E> (&words)[N], std::string_view expected) {
+  for (const auto& w : words)
+    if (w.word == t) {
+      *out = w.value;
+      return Status::Ok();
+    }
+  return InvalidArgument("'" + Str(t) + "' (expected " + Str(expected) + ")");
+}
+template <typename E, std::size_t N>
+std::string ShowWord(E v, const Word<E> (&words)[N]) {
+  for (const auto& w : words)
+    if (w.value == v) return Str(w.word);
+  return "?";
+}
+
+constexpr Word<DirectIoMode> kDirectIo[] = {
+    {"auto", DirectIoMode::kAuto}, {"on", DirectIoMode::kOn}, {"off", DirectIoMode::kOff},
+    {"1", DirectIoMode::kOn}, {"0", DirectIoMode::kOff}};
+constexpr Word<LayoutMode> kLayout[] = {
+    {"auto", LayoutMode::kAuto}, {"off", LayoutMode::kOff}, {"0", LayoutMode::kOff}};
+constexpr Word<ExportMode> kExport[] = {{"off", ExportMode::kOff},
+                                        {"fsx-task", ExportMode::kFsxTask},
+                                        {"hsm", ExportMode::kHsm},
+                                        {"0", ExportMode::kOff}};
+
+Status Backend(Options& o, std::string_view t) {
+  SW_ASSIGN_OR_RETURN(o.io_backend, ParseIoBackendKind(t));
+  return Status::Ok();
+}
+std::string ShowBackend(const Options& o) { return Str(IoBackendKindName(o.io_backend)); }
+
+Status RetentionRequiresExport(Options& o, std::string_view t) {
+  SW_ASSIGN_OR_RETURN(long long v, ParseInt(t, 0, 1));
+  o.retention_requires_export = v == 1;
+  return Status::Ok();
+}
+
+constexpr OptionInfo kTable[] = {
+    {"io_backend", "SHARDWISE_IO_BACKEND", "io_backend", "--io-backend", "auto|uring|threads",
+     "I/O engine: auto (io_uring, else a thread pool), uring, threads", Backend, ShowBackend},
+    {"queue_depth", "SHARDWISE_QUEUE_DEPTH", "queue_depth", "--queue-depth", "1-256",
+     "I/Os in flight per rank", Int<&Options::queue_depth, 1, 256>,
+     ShowInt<&Options::queue_depth>},
+    {"threads", "SHARDWISE_THREADS", "threads", "--threads", "0-1024",
+     "threads per rank for copies, checksums and I/O work; 0: the CPUs this process may use "
+     "divided by LOCAL_WORLD_SIZE",
+     Int<&Options::threads, 0, 1024>, ShowInt<&Options::threads>},
+    {"io_unit_bytes", "SHARDWISE_IO_UNIT", "io_unit", "--io-unit", "SIZE",
+     "bytes per write or read; a multiple of the checksum block, at most 1 GiB",
+     Size<&Options::io_unit_bytes>, ShowSize<&Options::io_unit_bytes>},
+    {"checksum_block_bytes", "SHARDWISE_CHECKSUM_BLOCK", "checksum_block", "", "SIZE",
+     "CRC32C granularity (a slice is verified reading only the blocks it touches); a multiple "
+     "of 4 KiB",
+     Size<&Options::checksum_block_bytes>, ShowSize<&Options::checksum_block_bytes>},
+    {"direct_io", "SHARDWISE_DIRECT_IO", "direct_io", "--direct-io", "auto|on|off",
+     "O_DIRECT: auto (the root's filesystem decides; docs/cpp-api.md, \"I/O mode\"), on (fail "
+     "if unsupported), off",
+     [](Options& o, std::string_view t) {
+       return ParseWord(&o.direct_io, t, kDirectIo, "auto, on or off");
+     },
+     [](const Options& o) { return ShowWord(o.direct_io, kDirectIo); }},
+    {"commit_timeout_s", "SHARDWISE_COMMIT_TIMEOUT_S", "commit_timeout_s", "", "SECONDS",
+     "how long the coordinator waits for every rank's fragment",
+     Seconds<&Options::commit_timeout_s>, ShowSeconds<&Options::commit_timeout_s>},
+    {"staging_grace_s", "SHARDWISE_STAGING_GRACE_S", "staging_grace_s", "", "SECONDS",
+     "gc leaves staging directories younger than this alone",
+     Seconds<&Options::staging_grace_s>, ShowSeconds<&Options::staging_grace_s>},
+    {"poll_interval_s", "SHARDWISE_POLL_INTERVAL_S", "poll_interval_s", "", "SECONDS",
+     "how often waits on the filesystem (fragments, commits) look again",
+     Seconds<&Options::poll_interval_s>, ShowSeconds<&Options::poll_interval_s>},
+    {"layout", "SHARDWISE_LAYOUT", "layout", "--layout", "auto|off",
+     "Lustre layouts: auto (on Lustre, each shard file gets the layout the policy picks; "
+     "docs/lustre.md), off",
+     [](Options& o, std::string_view t) {
+       return ParseWord(&o.layout, t, kLayout, "auto or off");
+     },
+     [](const Options& o) { return ShowWord(o.layout, kLayout); }},
+    {"stripe_count", "SHARDWISE_STRIPE_COUNT", "stripe_count", "--stripe-count", "-1-65535",
+     "stripes per shard file: 0 the policy, -1 every OST, n", Int<&Options::stripe_count, -1, 65535>,
+     ShowInt<&Options::stripe_count>},
+    {"stripe_size", "SHARDWISE_STRIPE_SIZE", "stripe_size", "--stripe-size", "SIZE",
+     "stripe size, a multiple of 64 KiB under 4 GiB; 0 the policy (4 MiB)",
+     Size<&Options::stripe_size>, ShowSize<&Options::stripe_size>},
+    {"files_per_rank", "SHARDWISE_FILES_PER_RANK", "files_per_rank", "--files-per-rank", "1-64",
+     "split each rank's shard into up to this many part files, at tensor boundaries",
+     Int<&Options::files_per_rank, 1, 64>, ShowInt<&Options::files_per_rank>},
+    {"lustre_api", "SHARDWISE_LUSTREAPI", "lustre_api", "", "PATH",
+     "the liblustreapi to load (empty: liblustreapi.so.1 from the library path)",
+     Text<&Options::lustre_api>, ShowText<&Options::lustre_api>},
+    {"export_mode", "SHARDWISE_EXPORT", "export", "", "off|fsx-task|hsm",
+     "after each commit, export to S3: fsx-task (aws fsx create-data-repository-task), hsm "
+     "(lfs hsm_archive), off",
+     [](Options& o, std::string_view t) {
+       return ParseWord(&o.export_mode, t, kExport, "off, fsx-task or hsm");
+     },
+     [](const Options& o) { return ShowWord(o.export_mode, kExport); }},
+    {"fsx_id", "SHARDWISE_FSX_ID", "fsx_id", "", "ID", "the FSx file system id, for fsx-task",
+     Text<&Options::fsx_id>, ShowText<&Options::fsx_id>},
+    {"fsx_mount", "SHARDWISE_FSX_MOUNT", "fsx_mount", "", "PATH",
+     "the file system's local mount point (export paths are relative to it)",
+     Text<&Options::fsx_mount>, ShowText<&Options::fsx_mount>},
+    {"retention_requires_export", "SHARDWISE_RETENTION_REQUIRES_EXPORT",
+     "retention_requires_export", "", "0|1",
+     "1: retention keeps every checkpoint whose export is not done", RetentionRequiresExport,
+     [](const Options& o) { return std::string(o.retention_requires_export ? "1" : "0"); }},
+};
+
 }  // namespace
+
+std::span<const OptionInfo> OptionTable() { return kTable; }
+
+const OptionInfo* FindOption(std::string_view name) {
+  for (const auto& row : kTable)
+    if (name == row.field || name == row.env || name == row.keyword ||
+        (!row.flag.empty() && name == row.flag))
+      return &row;
+  return nullptr;
+}
+
+Status SetOption(Options& o, std::string_view name, std::string_view text) {
+  const OptionInfo* row = FindOption(name);
+  if (!row) return InvalidArgument("unknown option '" + Str(name) + "' (shardwise options lists them)");
+  Status s = row->parse(o, text);
+  if (s.ok()) return s;
+  // "NAME='x' is not ..." or "NAME: bad size 'x' ..."
+  const std::string& m = s.message();
+  return InvalidArgument(Str(name) + (m.rfind('\'', 0) == 0 ? "=" : ": ") + m);
+  return Status::Ok();
+}
 
 Result<Options> Options::FromEnv() { return FromEnv(Options()); }
 
 Result<Options> Options::FromEnv(Options o) {
-  if (std::getenv("SHARDWISE_IO_BACKEND")) {
-    auto k = ParseIoBackendKind(std::getenv("SHARDWISE_IO_BACKEND"));
-    if (!k.ok()) return k.status().WithContext("SHARDWISE_IO_BACKEND");
-    o.io_backend = *k;
-  }
-  if (std::getenv("SHARDWISE_QUEUE_DEPTH")) {
-    SW_ASSIGN_OR_RETURN(o.queue_depth, EnvInt("SHARDWISE_QUEUE_DEPTH", 1, 256));
-  }
-  if (std::getenv("SHARDWISE_THREADS")) {
-    SW_ASSIGN_OR_RETURN(o.threads, EnvInt("SHARDWISE_THREADS", 0, 1024));
-  }
-  for (auto [name, field] :
-       {std::pair{"SHARDWISE_IO_UNIT", &o.io_unit_bytes},
-        std::pair{"SHARDWISE_CHECKSUM_BLOCK", &o.checksum_block_bytes}}) {
-    if (!std::getenv(name)) continue;
-    auto size = ParseSize(std::getenv(name));
-    if (!size.ok()) return size.status().WithContext(name);
-    *field = *size;
-  }
-  if (const char* v = std::getenv("SHARDWISE_DIRECT_IO")) {
-    std::string s(v);
-    if (s == "auto") o.direct_io = DirectIoMode::kAuto;
-    else if (s == "on" || s == "1") o.direct_io = DirectIoMode::kOn;
-    else if (s == "off" || s == "0") o.direct_io = DirectIoMode::kOff;
-    else
-      return InvalidArgument("SHARDWISE_DIRECT_IO='" + s +
-                             "' (expected auto, on or off)");
-  }
-  if (const char* v = std::getenv("SHARDWISE_LAYOUT")) {
-    std::string s(v);
-    if (s == "auto") o.layout = LayoutMode::kAuto;
-    else if (s == "off" || s == "0") o.layout = LayoutMode::kOff;
-    else return InvalidArgument("SHARDWISE_LAYOUT='" + s + "' (expected auto or off)");
-  }
-  if (std::getenv("SHARDWISE_STRIPE_COUNT")) {
-    SW_ASSIGN_OR_RETURN(long long n, EnvInt("SHARDWISE_STRIPE_COUNT", -1, 65535));
-    o.stripe_count = static_cast<int>(n);
-  }
-  if (std::getenv("SHARDWISE_FILES_PER_RANK")) {
-    SW_ASSIGN_OR_RETURN(long long n, EnvInt("SHARDWISE_FILES_PER_RANK", 1, 64));
-    o.files_per_rank = static_cast<int>(n);
-  }
-  if (const char* v = std::getenv("SHARDWISE_STRIPE_SIZE")) {
-    auto size = ParseSize(v);
-    if (!size.ok()) return size.status().WithContext("SHARDWISE_STRIPE_SIZE");
-    o.stripe_size = *size;
-  }
-  if (const char* v = std::getenv("SHARDWISE_LUSTREAPI")) o.lustre_api = v;
-  if (const char* v = std::getenv("SHARDWISE_EXPORT")) {
-    std::string s(v);
-    if (s == "off" || s == "0") o.export_mode = ExportMode::kOff;
-    else if (s == "fsx-task") o.export_mode = ExportMode::kFsxTask;
-    else if (s == "hsm") o.export_mode = ExportMode::kHsm;
-    else return InvalidArgument("SHARDWISE_EXPORT='" + s + "' (expected off, fsx-task or hsm)");
-  }
-  if (const char* v = std::getenv("SHARDWISE_FSX_ID")) o.fsx_id = v;
-  if (const char* v = std::getenv("SHARDWISE_FSX_MOUNT")) o.fsx_mount = v;
-  if (std::getenv("SHARDWISE_RETENTION_REQUIRES_EXPORT")) {
-    SW_ASSIGN_OR_RETURN(long long b, EnvInt("SHARDWISE_RETENTION_REQUIRES_EXPORT", 0, 1));
-    o.retention_requires_export = b == 1;
-  }
-  if (std::getenv("SHARDWISE_COMMIT_TIMEOUT_S")) {
-    SW_ASSIGN_OR_RETURN(o.commit_timeout_s, EnvSeconds("SHARDWISE_COMMIT_TIMEOUT_S"));
-  }
-  if (std::getenv("SHARDWISE_STAGING_GRACE_S")) {
-    SW_ASSIGN_OR_RETURN(o.staging_grace_s, EnvSeconds("SHARDWISE_STAGING_GRACE_S"));
-  }
-  SW_RETURN_IF_ERROR(o.Validate());
+  for (const auto& row : kTable)
+    if (const char* v = std::getenv(std::string(row.env).c_str()))
+      SW_RETURN_IF_ERROR(SetOption(o, row.env, v));
+  if (Status s = o.Validate(); !s.ok())
+    return InvalidArgument("the SHARDWISE_* environment: " + s.message());
   return o;
 }
 

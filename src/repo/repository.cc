@@ -67,6 +67,37 @@ fs::Placement* Repository::Impl::Placement() {
 
 std::string Repository::FilesystemSummary() { return impl_->Placement()->Summary(); }
 
+Result<StorageReport> Repository::DescribeStorage(int files, std::uint64_t bytes_per_file) {
+  if (files < 1) return InvalidArgument("DescribeStorage: files must be >= 1");
+  fs::Placement* placement = impl_->Placement();
+  const Options& opts = impl_->options;
+  StorageReport r;
+  r.filesystem = placement->fs().type;
+  r.lustre = placement->fs().lustre;
+  r.summary = placement->Summary();
+  if (r.lustre && opts.layout != LayoutMode::kOff) {
+    const fs::LayoutDecision d = fs::DecideLayout(
+        {files, bytes_per_file, placement->fs().ost_count, opts.stripe_count, opts.stripe_size});
+    r.layout_applied = d.apply;
+    r.layout_reason = d.reason;
+    if (d.apply) {
+      r.stripe_count = d.layout.stripe_count;
+      r.stripe_size = d.layout.stripe_size;
+      r.summary += "; shard files: " + std::to_string(d.layout.stripe_count) +
+                   " stripe(s) of " + FormatBytes(d.layout.stripe_size) + " (" +
+                   d.reason + ")";
+    } else {
+      r.summary += "; " + d.reason;
+    }
+  }
+  SW_ASSIGN_OR_RETURN(const fs::IoMode& mode, placement->io_mode());
+  r.direct_writes = mode.direct_writes;
+  r.direct_reads = mode.direct_reads;
+  r.io_measured = mode.measured;
+  r.io_why = mode.why;
+  return r;
+}
+
 Status Repository::LockForWriting() {
   std::lock_guard lock(impl_->writer_mu);
   if (impl_->writer_lock) return Status::Ok();

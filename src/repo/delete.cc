@@ -1,0 +1,51 @@
+// Repository::Delete: removes one committed checkpoint, keeping `latest`
+// pointed at a checkpoint that exists.
+#include "os/posix.h"
+#include "repo/export.h"
+#include "repo/listing.h"
+#include "repo/repository_impl.h"
+
+namespace shardwise {
+
+Status repo::RemoveCommitted(const std::string& root, const std::string& name) {
+  const std::string hidden = os::JoinPath(root, "." + name + kDeletingMarker + os::RandomHex(6));
+  SW_RETURN_IF_ERROR(os::Rename(os::JoinPath(root, name), hidden));
+  SW_RETURN_IF_ERROR(os::FsyncDir(root));
+  SW_RETURN_IF_ERROR(os::RemoveTree(hidden));
+  RemoveExportRecord(root, name);
+  return Status::Ok();
+}
+
+Status Repository::Delete(const std::string& name) {
+  const std::string& root = impl_->root;
+  SW_ASSIGN_OR_RETURN(auto all, List());
+  const CheckpointInfo* target = nullptr;
+  std::optional<std::string> successor;  // the newest committed one after NAME goes
+  for (const auto& c : all) {
+    if (c.state != CheckpointInfo::State::kCommitted) continue;
+    if (c.name == name) target = &c;
+    else successor = c.name;
+  }
+  if (!target) {
+    for (const auto& c : all)
+      if (c.dir_name == name && c.state == CheckpointInfo::State::kInvalid)
+        return Corrupt(os::JoinPath(root, name) + ": not a valid checkpoint (" + c.problem +
+                           "); remove it by hand after looking at it",
+                       os::JoinPath(root, name));
+    return NotFound("no committed checkpoint '" + name + "' in " + root, os::JoinPath(root, name));
+  }
+  SW_RETURN_IF_ERROR(LockForWriting());
+  // `latest` moves first, so it never names a checkpoint that is gone.
+  if (repo::ReadLatestFile(root) == name) {
+    const std::string latest = os::JoinPath(root, repo::kLatestName);
+    if (successor) {
+      SW_RETURN_IF_ERROR(os::WriteFileAtomic(latest, *successor + "\n", "latest"));
+    } else {
+      SW_RETURN_IF_ERROR(os::Unlink(latest));
+      SW_RETURN_IF_ERROR(os::FsyncDir(root));
+    }
+  }
+  return repo::RemoveCommitted(root, name);
+}
+
+}  // namespace shardwise

@@ -9,6 +9,7 @@
 
 #include "format/crc32c.h"
 #include "format/json_reader.h"
+#include "format/json_writer.h"
 #include "shardwise/utf8.h"
 
 namespace shardwise::format {
@@ -19,38 +20,6 @@ namespace {
 
 constexpr std::string_view kTrailerKey = ",\"self_crc32c\":\"";
 constexpr std::size_t kTrailerLen = kTrailerKey.size() + 8 + 3;  // hex "}\n
-
-void AppendEscaped(std::string& out, std::string_view s) {
-  out += '"';
-  for (char c : s) {
-    auto u = static_cast<unsigned char>(c);
-    if (c == '"') out += "\\\"";
-    else if (c == '\\') out += "\\\\";
-    else if (u < 0x20) {
-      char buf[8];
-      std::snprintf(buf, sizeof buf, "\\u%04x", u);
-      out += buf;
-    } else out += c;
-  }
-  out += '"';
-}
-
-template <typename T>
-void AppendInt(std::string& out, T v) {
-  char buf[24];
-  auto [p, ec] = std::to_chars(buf, buf + sizeof buf, v);
-  out.append(buf, p);
-}
-
-template <typename T>
-void AppendIntArray(std::string& out, const std::vector<T>& v) {
-  out += '[';
-  for (std::size_t i = 0; i < v.size(); ++i) {
-    if (i) out += ',';
-    AppendInt(out, v[i]);
-  }
-  out += ']';
-}
 
 // ---- parsing ---------------------------------------------------------------
 // The parser walks the text with a streaming reader and fills the structs
@@ -457,10 +426,8 @@ std::string Serialize(const Manifest& m, std::string_view kind) {
   AppendInt(out, m.world_size);
   out += ",\"rank\":";
   AppendInt(out, m.rank);
-  char buf[64];
-  std::snprintf(buf, sizeof buf, "%.6f", m.created_unix);
   out += ",\"created_unix\":";
-  out += buf;
+  AppendFixed(out, m.created_unix, 6);
   out += ",\"checksum\":{\"algorithm\":\"crc32c\",\"block_bytes\":";
   AppendInt(out, m.checksum_block);
   out += "},\n\"files\":[";

@@ -71,6 +71,74 @@ Outcome VerifyOne(const std::string& dir, const std::string& name, const Options
   return o;
 }
 
+// A checkpoint that cannot be verified at all: its manifest is missing or
+// damaged.
+Outcome Damaged(const std::string& dir, const std::string& name, Status why) {
+  Outcome o;
+  o.dir = dir;
+  o.name = name;
+  o.ok = false;
+  o.problems.push_back({"manifest.json", std::move(why)});
+  return o;
+}
+
+// Verifies every committed checkpoint under the root `root`; invalid ones
+// are reported damaged. An error: the root cannot be opened or listed.
+Result<std::vector<Outcome>> VerifyRoot(const std::string& root, const Options& opts,
+                                        bool progress, std::ostream& err) {
+  auto repo = Repository::Open(root, opts, false);
+  if (!repo.ok()) return repo.status();
+  auto list = (*repo)->List();
+  if (!list.ok()) return list.status();
+  std::vector<Outcome> outcomes;
+  for (const auto& c : *list) {
+    std::string dir = (std::filesystem::path(root) / c.name).string();
+    if (c.state == CheckpointInfo::State::kCommitted) {
+      outcomes.push_back(VerifyOne(dir, c.name, opts, progress, err));
+    } else if (c.state == CheckpointInfo::State::kInvalid) {
+      outcomes.push_back(Damaged(dir, c.name, Corrupt(c.problem)));
+    }
+  }
+  return outcomes;
+}
+
+void PrintVerifyJson(std::ostream& out, const std::string& path, bool all_ok,
+                     const std::vector<Outcome>& outcomes) {
+  using J = nlohmann::ordered_json;
+  J j;
+  j["path"] = path;
+  j["ok"] = all_ok;
+  j["checkpoints"] = J::array();
+  for (const auto& o : outcomes) {
+    J e = {{"name", o.name}, {"dir", o.dir}, {"ok", o.ok}, {"bytes_checked", o.bytes},
+           {"files_checked", o.files}, {"seconds", o.seconds}};
+    e["problems"] = J::array();
+    for (const auto& p : o.problems)
+      e["problems"].push_back({{"file", p.file},
+                               {"code", StatusCodeName(p.status.code())},
+                               {"message", p.status.message()}});
+    j["checkpoints"].push_back(std::move(e));
+  }
+  WriteJson(out, j);
+}
+
+void PrintVerifyText(std::ostream& out, const std::string& path,
+                     const std::vector<Outcome>& outcomes) {
+  if (outcomes.empty()) out << "No committed checkpoints in " << path << ".\n";
+  for (const auto& o : outcomes) {
+    if (o.ok) {
+      double gbs = o.seconds > 0 ? static_cast<double>(o.bytes) / o.seconds / 1e9 : 0;
+      char rate[32];
+      std::snprintf(rate, sizeof rate, "%.2f GB/s", gbs);
+      out << "OK       " << o.name << "  " << FormatBytes(o.bytes) << " in " << o.files
+          << " file(s), " << FormatSeconds(o.seconds) << " (" << rate << ")\n";
+    } else {
+      out << "DAMAGED  " << o.name << "  (" << o.dir << ")\n";
+      for (const auto& p : o.problems) out << "  - " << p.status.message() << '\n';
+    }
+  }
+}
+
 }  // namespace
 
 int RunVerify(const Argv& argv, std::ostream& out, std::ostream& err) {
@@ -93,7 +161,8 @@ int RunVerify(const Argv& argv, std::ostream& out, std::ostream& err) {
   if (!fs::is_directory(st)) return UsageError(err, "verify", path + " is not a directory");
   const bool progress = !args->json() && !args->Has("no-progress") && StderrIsTty();
 
-  std::vector<Outcome> outcomes;
+  // PATH is a checkpoint (it has a manifest), the remains of one (shard
+  // files but no manifest), or else a root.
   bool is_checkpoint = false, has_shards = false;
   for (fs::directory_iterator it(path, ec), end; !ec && it != end; it.increment(ec)) {
     const std::string e = it->path().filename().string();
@@ -102,70 +171,25 @@ int RunVerify(const Argv& argv, std::ostream& out, std::ostream& err) {
   }
   if (ec) return UsageError(err, "verify", "list " + path + ": " + ec.message());
   const std::string base = fs::path(path).filename().string();
+  std::vector<Outcome> outcomes;
   if (is_checkpoint) {
     outcomes.push_back(VerifyOne(path, base, *opts, progress, err));
   } else if (has_shards) {
-    Outcome o;
-    o.dir = path;
-    o.name = base;
-    o.ok = false;
-    o.problems.push_back({"manifest.json",
-                          Corrupt(path + "/manifest.json: missing (the directory holds "
-                                         "shard files but no commit record)")});
-    outcomes.push_back(o);
+    outcomes.push_back(Damaged(path, base,
+                               Corrupt(path + "/manifest.json: missing (the directory holds "
+                                              "shard files but no commit record)")));
   } else {
-    auto repo = Repository::Open(path, *opts, false);
-    if (!repo.ok()) return UsageError(err, "verify", repo.status().message());
-    auto list = (*repo)->List();
-    if (!list.ok()) return UsageError(err, "verify", list.status().message());
-    for (const auto& c : *list) {
-      std::string dir = (fs::path(path) / c.name).string();
-      if (c.state == CheckpointInfo::State::kCommitted) {
-        outcomes.push_back(VerifyOne(dir, c.name, *opts, progress, err));
-      } else if (c.state == CheckpointInfo::State::kInvalid) {
-        Outcome o;
-        o.dir = dir;
-        o.name = c.name;
-        o.ok = false;
-        o.problems.push_back({"manifest.json", Corrupt(c.problem)});
-        outcomes.push_back(o);
-      }
-    }
+    auto all = VerifyRoot(path, *opts, progress, err);
+    if (!all.ok()) return UsageError(err, "verify", all.status().message());
+    outcomes = std::move(*all);
   }
 
   bool all_ok = true;
   for (const auto& o : outcomes) all_ok = all_ok && o.ok;
   if (args->json()) {
-    using J = nlohmann::ordered_json;
-    J j;
-    j["path"] = path;
-    j["ok"] = all_ok;
-    j["checkpoints"] = J::array();
-    for (const auto& o : outcomes) {
-      J e = {{"name", o.name}, {"dir", o.dir}, {"ok", o.ok}, {"bytes_checked", o.bytes},
-             {"files_checked", o.files}, {"seconds", o.seconds}};
-      e["problems"] = J::array();
-      for (const auto& p : o.problems)
-        e["problems"].push_back({{"file", p.file},
-                                 {"code", StatusCodeName(p.status.code())},
-                                 {"message", p.status.message()}});
-      j["checkpoints"].push_back(std::move(e));
-    }
-    WriteJson(out, j);
+    PrintVerifyJson(out, path, all_ok, outcomes);
   } else {
-    if (outcomes.empty()) out << "No committed checkpoints in " << path << ".\n";
-    for (const auto& o : outcomes) {
-      if (o.ok) {
-        double gbs = o.seconds > 0 ? static_cast<double>(o.bytes) / o.seconds / 1e9 : 0;
-        char rate[32];
-        std::snprintf(rate, sizeof rate, "%.2f GB/s", gbs);
-        out << "OK       " << o.name << "  " << FormatBytes(o.bytes) << " in " << o.files
-            << " file(s), " << FormatSeconds(o.seconds) << " (" << rate << ")\n";
-      } else {
-        out << "DAMAGED  " << o.name << "  (" << o.dir << ")\n";
-        for (const auto& p : o.problems) out << "  - " << p.status.message() << '\n';
-      }
-    }
+    PrintVerifyText(out, path, outcomes);
   }
   return all_ok ? kExitOk : kExitProblem;
 }

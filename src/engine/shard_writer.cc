@@ -12,6 +12,7 @@
 
 #include "common/parallel.h"
 #include "engine/copy_count.h"
+#include "format/chunk_geometry.h"
 #include "format/crc32c.h"
 #include "format/json_reader.h"
 #include "format/manifest.h"
@@ -34,26 +35,27 @@ Status ValidateWriteItem(const WriteItem& it) {
   if (it.global_shape.size() > static_cast<std::size_t>(format::kMaxDims))
     return InvalidArgument(n + ": more than 64 dimensions");
   std::size_t nd = it.global_shape.size();
-  if (!it.chunk_offsets.empty() && it.chunk_offsets.size() != nd)
+  // Omitted chunk_offsets mean zeros, omitted chunk_sizes the whole shape.
+  // The geometry rule is format's (the one Validate applies to manifests);
+  // its findings are reported in the writer's order: ranks, the bytes-item
+  // rule, then bounds and size.
+  static constexpr std::int64_t kZeros[format::kMaxDims] = {};
+  using P = format::ChunkFit::Problem;
+  const format::ChunkFit fit = format::FitChunk(
+      it.global_shape,
+      it.chunk_offsets.empty() ? std::span<const std::int64_t>(kZeros, nd)
+                               : std::span<const std::int64_t>(it.chunk_offsets),
+      it.chunk_sizes.empty() ? it.global_shape : it.chunk_sizes, DTypeSize(it.dtype));
+  if (fit.problem == P::kOffsetsRank)
     return InvalidArgument(n + ": chunk_offsets has the wrong rank");
-  if (!it.chunk_sizes.empty() && it.chunk_sizes.size() != nd)
-    return InvalidArgument(n + ": chunk_sizes has the wrong rank");
+  if (fit.problem == P::kSizesRank) return InvalidArgument(n + ": chunk_sizes has the wrong rank");
   if (it.kind == ItemKind::kBytes && (it.dtype != DType::kUInt8 || nd != 1))
     return InvalidArgument(n + ": a bytes item must be uint8 with shape [n]");
-  std::uint64_t vol = 1;
-  for (std::size_t d = 0; d < nd; ++d) {
-    std::int64_t off = it.chunk_offsets.empty() ? 0 : it.chunk_offsets[d];
-    std::int64_t size = it.chunk_sizes.empty() ? it.global_shape[d] : it.chunk_sizes[d];
-    std::int64_t end;
-    if (it.global_shape[d] < 0 || off < 0 || size < 0 ||
-        __builtin_add_overflow(off, size, &end) || end > it.global_shape[d])
-      return InvalidArgument(n + ": chunk lies outside the global shape in dimension " +
-                             std::to_string(d));
-    if (__builtin_mul_overflow(vol, static_cast<std::uint64_t>(size), &vol))
-      return InvalidArgument(n + ": size overflows");
-  }
-  std::uint64_t bytes;
-  if (__builtin_mul_overflow(vol, DTypeSize(it.dtype), &bytes) || bytes != it.nbytes)
+  if (fit.problem == P::kOutside)
+    return InvalidArgument(n + ": chunk lies outside the global shape in dimension " +
+                           std::to_string(fit.dim));
+  if (fit.problem == P::kVolumeOverflow) return InvalidArgument(n + ": size overflows");
+  if (fit.problem == P::kBytesOverflow || fit.bytes != it.nbytes)
     return InvalidArgument(n + ": nbytes " + std::to_string(it.nbytes) +
                            " does not match shape and dtype");
   if (it.nbytes > 0 && it.data == nullptr) return InvalidArgument(n + ": data is null");

@@ -227,44 +227,12 @@ class UringBackend final : public IoBackend {
     int inflight = 0;  // transfers
     std::vector<int> to_start;
     while (true) {
-      bool leave;
       bool failed;
-      {
-        std::lock_guard lock(st.mu);
-        failed = !st.first.ok();
-        if (write) {
-          to_start.swap(st.filled);
-        } else {
-          while (!failed && st.next < units.size() && !st.free_slots.empty()) {
-            const int slot = st.free_slots.back();
-            st.free_slots.pop_back();
-            slots_[slot] = Slot{st.next++, 0};
-            to_start.push_back(slot);
-          }
-        }
-        leave = st.workers_left == 0 && st.filled.empty();
-      }
-      int queued = 0;
-      for (int slot : to_start) {
-        Status s = failed ? Status::Ok() : Start(units, slot, write);
-        if (failed || !s.ok()) {
-          std::lock_guard lock(st.mu);
-          if (!s.ok()) st.Fail(std::move(s));
-          st.free_slots.push_back(slot);
-          if (!write) ++st.consumed;  // never to be read: counted as done
-          st.cv.notify_all();
-          continue;
-        }
-        ++queued;
-      }
+      const bool leave = TakeReady(units, write, st, &to_start, &failed);
+      const int queued = StartReady(units, write, st, to_start, failed);
       to_start.clear();
       if (leave && inflight == 0 && queued == 0) return;
-      if (!armed_) {
-        io_uring_sqe* sqe = io_uring_get_sqe(&ring_);
-        io_uring_prep_read(sqe, event_fd_, &event_count_, sizeof event_count_, 0);
-        io_uring_sqe_set_data64(sqe, kWake);
-        armed_ = true;
-      }
+      ArmWake();
       int r;
       do {
         r = io_uring_submit(&ring_);
@@ -272,10 +240,7 @@ class UringBackend final : public IoBackend {
       if (r < 0) {
         // Nothing was submitted, and the entries stay queued in the ring:
         // it is not used again (the backend keeps the buffers).
-        broken_ = true;
-        std::unique_lock lock(st.mu);
-        st.Fail(IoError("io_uring_submit", *units[0].path, -r));
-        st.cv.wait(lock, [&] { return st.workers_left == 0; });
+        Abandon(st, IoError("io_uring_submit", *units[0].path, -r));
         return;
       }
       inflight += queued;
@@ -286,27 +251,90 @@ class UringBackend final : public IoBackend {
       if (r < 0) {
         // Cannot reap: in-flight transfers may still use the buffers; stop
         // the workers and never use this ring again.
-        broken_ = true;
-        std::unique_lock lock(st.mu);
-        st.Fail(IoError("io_uring_wait_cqe", *units[0].path, -r));
-        st.cv.wait(lock, [&] { return st.workers_left == 0; });
+        Abandon(st, IoError("io_uring_wait_cqe", *units[0].path, -r));
         return;
       }
-      unsigned head;
-      unsigned seen = 0;
-      io_uring_for_each_cqe(&ring_, head, cqe) {
-        ++seen;
-        const std::uint64_t tag = io_uring_cqe_get_data64(cqe);
-        if (tag == kWake) {
-          armed_ = false;
-          continue;
-        }
-        --inflight;
-        const int slot = static_cast<int>(tag);
-        Completed(units, write, st, slot, cqe->res, &inflight);
-      }
-      io_uring_cq_advance(&ring_, seen);
+      Reap(units, write, st, &inflight);
     }
+  }
+
+  // Under the lock: moves the slots ready to start into `to_start` (filled
+  // ones for writes; for reads, free slots get the next units). Returns
+  // whether the ring thread may leave once nothing is in flight;
+  // `*failed`: the run has already failed.
+  bool TakeReady(std::span<const IoUnit> units, bool write, RunState& st,
+                 std::vector<int>* to_start, bool* failed) {
+    std::lock_guard lock(st.mu);
+    *failed = !st.first.ok();
+    if (write) {
+      to_start->swap(st.filled);
+    } else {
+      while (!*failed && st.next < units.size() && !st.free_slots.empty()) {
+        const int slot = st.free_slots.back();
+        st.free_slots.pop_back();
+        slots_[slot] = Slot{st.next++, 0};
+        to_start->push_back(slot);
+      }
+    }
+    return st.workers_left == 0 && st.filled.empty();
+  }
+
+  // Queues the transfers of `to_start`, or, once the run has failed, hands
+  // their slots back unused. Returns how many were queued.
+  int StartReady(std::span<const IoUnit> units, bool write, RunState& st,
+                 const std::vector<int>& to_start, bool failed) {
+    int queued = 0;
+    for (int slot : to_start) {
+      Status s = failed ? Status::Ok() : Start(units, slot, write);
+      if (failed || !s.ok()) {
+        std::lock_guard lock(st.mu);
+        if (!s.ok()) st.Fail(std::move(s));
+        st.free_slots.push_back(slot);
+        if (!write) ++st.consumed;  // never to be read: counted as done
+        st.cv.notify_all();
+        continue;
+      }
+      ++queued;
+    }
+    return queued;
+  }
+
+  // Keeps a read of the eventfd in the ring, so that a worker's Wake()
+  // ends the ring thread's wait.
+  void ArmWake() {
+    if (armed_) return;
+    io_uring_sqe* sqe = io_uring_get_sqe(&ring_);
+    io_uring_prep_read(sqe, event_fd_, &event_count_, sizeof event_count_, 0);
+    io_uring_sqe_set_data64(sqe, kWake);
+    armed_ = true;
+  }
+
+  // The ring failed: it is never used again. Fails the run and waits for
+  // the workers to leave.
+  void Abandon(RunState& st, Status why) {
+    broken_ = true;
+    std::unique_lock lock(st.mu);
+    st.Fail(std::move(why));
+    st.cv.wait(lock, [&] { return st.workers_left == 0; });
+  }
+
+  // Handles every completion in the ring.
+  void Reap(std::span<const IoUnit> units, bool write, RunState& st, int* inflight) {
+    io_uring_cqe* cqe;
+    unsigned head;
+    unsigned seen = 0;
+    io_uring_for_each_cqe(&ring_, head, cqe) {
+      ++seen;
+      const std::uint64_t tag = io_uring_cqe_get_data64(cqe);
+      if (tag == kWake) {
+        armed_ = false;
+        continue;
+      }
+      --*inflight;
+      const int slot = static_cast<int>(tag);
+      Completed(units, write, st, slot, cqe->res, inflight);
+    }
+    io_uring_cq_advance(&ring_, seen);
   }
 
   // One transfer's completion: resubmits the rest of a short one, frees

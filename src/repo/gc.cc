@@ -25,18 +25,10 @@ bool IsValid(const Repository& repo, const std::string& name, bool full_verify) 
   return report.ok() && report->problems.empty();
 }
 
-}  // namespace
-
-Result<GcReport> Repository::Gc(const GcOptions& gc) {
-  if (gc.keep_last && *gc.keep_last < 1) return InvalidArgument("keep_last must be >= 1");
-  if (gc.keep_every && *gc.keep_every < 1) return InvalidArgument("keep_every must be >= 1");
-  const std::string& root = impl_->root;
-  const double grace = gc.staging_grace_s.value_or(impl_->options.staging_grace_s);
-  GcReport report;
-  report.dry_run = gc.dry_run;
-  SW_ASSIGN_OR_RETURN(auto all, List());
-
-  // 1. Staging directories nobody works on, and leftovers.
+// Step 1 of gc: staging directories nobody works on, and leftovers, are
+// removed; a replaced checkpoint whose successor never arrived is put back.
+Status RemoveAbandonedStaging(const std::string& root, const std::vector<CheckpointInfo>& all,
+                              double grace, bool dry_run, GcReport* report) {
   for (const auto& c : all) {
     if (c.state != CheckpointInfo::State::kStaging &&
         c.state != CheckpointInfo::State::kLeftover)
@@ -51,17 +43,22 @@ Result<GcReport> Repository::Gc(const GcOptions& gc) {
     if (repo::ParseHiddenDir(c.dir_name, repo::kReplacedMarker, &name, &id) &&
         !os::Exists(os::JoinPath(root, name)) &&
         os::Exists(os::JoinPath(path, format::kManifestName))) {
-      if (!gc.dry_run) {
+      if (!dry_run) {
         SW_RETURN_IF_ERROR(os::RenameNoReplace(path, os::JoinPath(root, name)));
         SW_RETURN_IF_ERROR(os::FsyncDir(root));
       }
       continue;
     }
-    if (!gc.dry_run) SW_RETURN_IF_ERROR(os::RemoveTree(path));
-    report.removed_staging.push_back(c.dir_name);
+    if (!dry_run) SW_RETURN_IF_ERROR(os::RemoveTree(path));
+    report->removed_staging.push_back(c.dir_name);
   }
-  // Temporary files of interrupted atomic writes (latest.tmp-*), and O_DIRECT
-  // probe files of processes killed while probing.
+  return Status::Ok();
+}
+
+// Temporary files of interrupted atomic writes (latest.tmp-*), and O_DIRECT
+// probe files of processes killed while probing, once older than `grace`.
+Status RemoveStaleTempFiles(const std::string& root, double grace, bool dry_run,
+                            GcReport* report) {
   SW_ASSIGN_OR_RETURN(auto entries, os::ListDir(root));
   for (const auto& e : entries) {
     if (e.type != DT_REG || (e.name.rfind(std::string(repo::kLatestName) + ".tmp-", 0) != 0 &&
@@ -71,10 +68,63 @@ Result<GcReport> Repository::Gc(const GcOptions& gc) {
     std::string path = os::JoinPath(root, e.name);
     auto st = os::Lstat(path);
     if (st.ok() && os::NowUnix() - static_cast<double>(st->st_mtim.tv_sec) >= grace) {
-      if (!gc.dry_run) SW_RETURN_IF_ERROR(os::Unlink(path));
-      report.removed_staging.push_back(e.name);
+      if (!dry_run) SW_RETURN_IF_ERROR(os::Unlink(path));
+      report->removed_staging.push_back(e.name);
     }
   }
+  return Status::Ok();
+}
+
+// The index in `committed` of the newest valid checkpoint, or -1.
+std::ptrdiff_t NewestValid(const Repository& repo,
+                           const std::vector<const CheckpointInfo*>& committed,
+                           bool full_verify) {
+  for (std::ptrdiff_t i = static_cast<std::ptrdiff_t>(committed.size()) - 1; i >= 0; --i)
+    if (IsValid(repo, committed[i]->name, full_verify)) return i;
+  return -1;
+}
+
+// Step 2 of gc: keeps the anchor and everything newer, `latest`, and what
+// the retention options keep (and, with `requires_export`, what is not
+// exported yet); deletes the rest.
+Status ApplyRetention(const std::string& root, const std::vector<const CheckpointInfo*>& committed,
+                      std::ptrdiff_t anchor, const GcOptions& gc, bool requires_export,
+                      GcReport* report) {
+  const std::ptrdiff_t n = static_cast<std::ptrdiff_t>(committed.size());
+  for (std::ptrdiff_t i = 0; i < n; ++i) {
+    const CheckpointInfo& c = *committed[i];
+    bool keep = i >= anchor || c.is_latest ||
+                (gc.keep_last && n - i <= *gc.keep_last) ||
+                (gc.keep_every && c.step >= 0 && c.step % *gc.keep_every == 0);
+    if (!keep && requires_export &&
+        repo::QueryExport(root, c.name).state != ExportState::kExported) {
+      keep = true;  // its only copy may be this one
+      report->kept_unexported.push_back(c.name);
+    }
+    if (keep) {
+      report->kept.push_back(c.name);
+      continue;
+    }
+    if (!gc.dry_run) SW_RETURN_IF_ERROR(repo::RemoveCommitted(root, c.name));
+    report->removed_checkpoints.push_back(c.name);
+  }
+  return Status::Ok();
+}
+
+}  // namespace
+
+Result<GcReport> Repository::Gc(const GcOptions& gc) {
+  if (gc.keep_last && *gc.keep_last < 1) return InvalidArgument("keep_last must be >= 1");
+  if (gc.keep_every && *gc.keep_every < 1) return InvalidArgument("keep_every must be >= 1");
+  const std::string& root = impl_->root;
+  const double grace = gc.staging_grace_s.value_or(impl_->options.staging_grace_s);
+  GcReport report;
+  report.dry_run = gc.dry_run;
+  SW_ASSIGN_OR_RETURN(auto all, List());
+
+  // 1. Staging directories nobody works on, leftovers, stale temporary files.
+  SW_RETURN_IF_ERROR(RemoveAbandonedStaging(root, all, grace, gc.dry_run, &report));
+  SW_RETURN_IF_ERROR(RemoveStaleTempFiles(root, grace, gc.dry_run, &report));
 
   // 2. Retention over committed checkpoints (oldest first in `all`).
   std::vector<const CheckpointInfo*> committed;
@@ -89,42 +139,14 @@ Result<GcReport> Repository::Gc(const GcOptions& gc) {
   // Anchor: the newest checkpoint that is valid. Nothing newer is deleted
   // (it may be a damaged one an operator wants to look at), and if none is
   // valid nothing is deleted at all.
-  std::ptrdiff_t anchor = -1;
-  for (std::ptrdiff_t i = static_cast<std::ptrdiff_t>(committed.size()) - 1; i >= 0; --i)
-    if (IsValid(*this, committed[i]->name, gc.full_verify)) {
-      anchor = i;
-      break;
-    }
+  const std::ptrdiff_t anchor = NewestValid(*this, committed, gc.full_verify);
   if (anchor < 0) {
     for (auto* c : committed) report.kept.push_back(c->name);
     return report;
   }
   report.newest_valid = committed[anchor]->name;
-  const std::ptrdiff_t n = static_cast<std::ptrdiff_t>(committed.size());
-  for (std::ptrdiff_t i = 0; i < n; ++i) {
-    const CheckpointInfo& c = *committed[i];
-    bool keep = i >= anchor || c.is_latest ||
-                (gc.keep_last && n - i <= *gc.keep_last) ||
-                (gc.keep_every && c.step >= 0 && c.step % *gc.keep_every == 0);
-    if (!keep && impl_->options.retention_requires_export &&
-        repo::QueryExport(root, c.name).state != ExportState::kExported) {
-      keep = true;  // its only copy may be this one
-      report.kept_unexported.push_back(c.name);
-    }
-    if (keep) {
-      report.kept.push_back(c.name);
-      continue;
-    }
-    if (!gc.dry_run) {
-      std::string hidden = os::JoinPath(root, "." + c.name + repo::kDeletingMarker +
-                                                  os::RandomHex(6));
-      SW_RETURN_IF_ERROR(os::Rename(os::JoinPath(root, c.name), hidden));
-      SW_RETURN_IF_ERROR(os::FsyncDir(root));
-      SW_RETURN_IF_ERROR(os::RemoveTree(hidden));
-      repo::RemoveExportRecord(root, c.name);
-    }
-    report.removed_checkpoints.push_back(c.name);
-  }
+  SW_RETURN_IF_ERROR(ApplyRetention(root, committed, anchor, gc,
+                                    impl_->options.retention_requires_export, &report));
   return report;
 }
 

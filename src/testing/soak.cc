@@ -16,10 +16,12 @@
 #include <dirent.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
 #include <fstream>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -70,88 +72,110 @@ int Fail(const std::string& why) {
   return 2;
 }
 
-}  // namespace
+// An error that ends the run (exit 2), or nothing.
+using Problem = std::optional<std::string>;
 
-int main(int argc, char** argv) {
+struct Config {
   std::string dir;
   int saves = 200, keep_last = 3, warmup = 10;
   std::uint64_t size = 256ull << 20;
+};
+
+Problem ParseArgs(int argc, char** argv, Config* c) {
   for (int i = 1; i < argc; ++i) {
     std::string a = argv[i];
     std::string v = i + 1 < argc ? argv[i + 1] : "";
-    if (a == "--dir") dir = v, ++i;
-    else if (a == "--saves") saves = std::atoi(v.c_str()), ++i;
-    else if (a == "--keep-last") keep_last = std::atoi(v.c_str()), ++i;
-    else if (a == "--warmup") warmup = std::atoi(v.c_str()), ++i;
+    if (a == "--dir") c->dir = v, ++i;
+    else if (a == "--saves") c->saves = std::atoi(v.c_str()), ++i;
+    else if (a == "--keep-last") c->keep_last = std::atoi(v.c_str()), ++i;
+    else if (a == "--warmup") c->warmup = std::atoi(v.c_str()), ++i;
     else if (a == "--size") {
       auto s = ParseSize(v);
-      if (!s.ok()) return Fail(s.status().message());
-      size = *s;
+      if (!s.ok()) return s.status().message();
+      c->size = *s;
       ++i;
     } else {
-      return Fail("usage: sw_soak --dir D [--saves N] [--size SIZE] [--keep-last K] [--warmup W]");
+      return "usage: sw_soak --dir D [--saves N] [--size SIZE] [--keep-last K] [--warmup W]";
     }
   }
-  if (dir.empty() || saves <= warmup || keep_last < 1 || warmup < 1)
-    return Fail("need --dir, --saves > --warmup >= 1, --keep-last >= 1");
-  auto repo = Repository::Open(dir, Options());
-  if (!repo.ok()) return Fail(repo.status().ToString());
-  auto saver = AsyncSaver::Create(**repo);
-  if (!saver.ok()) return Fail(saver.status().ToString());
-  cli::SyntheticState state = cli::MakeTransformerState(size, 0, 1, 42);
-  GcOptions gc;
-  gc.keep_last = keep_last;
+  if (c->dir.empty() || c->saves <= c->warmup || c->keep_last < 1 || c->warmup < 1)
+    return "need --dir, --saves > --warmup >= 1, --keep-last >= 1";
+  return std::nullopt;
+}
 
-  std::uint64_t rss_warm = 0, pool_warm = 0;
-  int fds_warm = 0, threads_warm = 0;
-  double t0 = os::MonotonicSeconds(), stall_sum = 0, stall_max = 0;
+// What may leak: resident memory, descriptors, threads, the staging pool.
+struct Sample {
+  std::uint64_t rss = 0, pool = 0;
+  int fds = 0, threads = 0;
+};
+
+Sample TakeSample(const AsyncSaver& saver) {
+  Sample s;
+  s.rss = RssBytes();
+  s.fds = CountEntries("/proc/self/fd");
+  s.threads = Threads();
+  s.pool = saver.staging_bytes();
+  return s;
+}
+
+// "Training": every tensor changes a little.
+void Train(cli::SyntheticState& state, int step) {
+  for (auto& item : state.items) {
+    auto* p = static_cast<std::byte*>(const_cast<void*>(item.data));
+    for (std::uint64_t b = 0; b < item.nbytes; b += 4096)
+      p[b] = static_cast<std::byte>(static_cast<int>(p[b]) + step);
+  }
+}
+
+struct Stalls {
+  double sum = 0, max = 0;
+};
+
+// The saves, each followed by retention; samples after `warmup` of them.
+Problem RunSaves(const Config& c, Repository& repo, AsyncSaver& saver,
+                 cli::SyntheticState& state, Sample* warm, Stalls* stalls) {
+  GcOptions gc;
+  gc.keep_last = c.keep_last;
   volatile double sink = 0;
-  for (int s = 1; s <= saves; ++s) {
-    // "Training": every tensor changes a little.
-    for (auto& item : state.items) {
-      auto* p = static_cast<std::byte*>(const_cast<void*>(item.data));
-      for (std::uint64_t b = 0; b < item.nbytes; b += 4096)
-        p[b] = static_cast<std::byte>(static_cast<int>(p[b]) + s);
-    }
+  for (int s = 1; s <= c.saves; ++s) {
+    Train(state, s);
     SaveSpec spec;
     spec.step = s;
-    auto h = (*saver)->SaveAsync(spec, state.items);
-    if (!h.ok()) return Fail("save " + std::to_string(s) + ": " + h.status().ToString());
+    auto h = saver.SaveAsync(spec, state.items);
+    if (!h.ok()) return "save " + std::to_string(s) + ": " + h.status().ToString();
     for (int k = 0; k < 20000; ++k) sink = sink + k * 0.5;  // work while it persists
-    if (Status w = (*h)->Wait(); !w.ok()) return Fail("save " + std::to_string(s) + ": " + w.ToString());
-    stall_sum += (*h)->stall_seconds();
-    stall_max = std::max(stall_max, (*h)->stall_seconds());
-    auto r = (*repo)->Gc(gc);
-    if (!r.ok()) return Fail("retention after save " + std::to_string(s) + ": " + r.status().ToString());
-    if (s == warmup) {
-      rss_warm = RssBytes();
-      fds_warm = CountEntries("/proc/self/fd");
-      threads_warm = Threads();
-      pool_warm = (*saver)->staging_bytes();
-    }
+    if (Status w = (*h)->Wait(); !w.ok()) return "save " + std::to_string(s) + ": " + w.ToString();
+    stalls->sum += (*h)->stall_seconds();
+    stalls->max = std::max(stalls->max, (*h)->stall_seconds());
+    auto r = repo.Gc(gc);
+    if (!r.ok()) return "retention after save " + std::to_string(s) + ": " + r.status().ToString();
+    if (s == c.warmup) *warm = TakeSample(saver);
   }
-  const double seconds = os::MonotonicSeconds() - t0;
-  const std::uint64_t rss_end = RssBytes();
-  const int fds_end = CountEntries("/proc/self/fd");
-  const int threads_end = Threads();
-  const std::uint64_t pool_end = (*saver)->staging_bytes();
+  return std::nullopt;
+}
 
-  // Every kept checkpoint verifies; the newest holds the last state.
-  auto list = (*repo)->List();
-  if (!list.ok()) return Fail(list.status().ToString());
-  int kept = 0, bad = 0;
+struct Kept {
+  int count = 0, failing_verify = 0;
+  bool newest_exact = false;
+};
+
+// Every kept checkpoint verifies; the newest holds the last state.
+Problem CheckKept(const Repository& repo, int saves, const cli::SyntheticState& state,
+                  Kept* kept) {
+  auto list = repo.List();
+  if (!list.ok()) return list.status().ToString();
   std::string newest;
   for (const auto& c : *list) {
     if (c.state != CheckpointInfo::State::kCommitted) continue;
-    ++kept;
+    ++kept->count;
     newest = c.name;
-    auto reader = (*repo)->OpenCheckpoint(c.name);
+    auto reader = repo.OpenCheckpoint(c.name);
     auto report = reader.ok() ? (*reader)->Verify() : Result<VerifyReport>(reader.status());
-    if (!report.ok() || !report->problems.empty()) ++bad;
+    if (!report.ok() || !report->problems.empty()) ++kept->failing_verify;
   }
   bool exact = newest == Repository::StepName(saves);
   if (exact) {
-    auto reader = (*repo)->OpenCheckpoint(newest);
+    auto reader = repo.OpenCheckpoint(newest);
     for (const auto& item : state.items) {
       std::vector<std::byte> back(item.nbytes);
       if (!reader.ok() || !(*reader)->ReadItem(item.name, back.data(), back.size()).ok() ||
@@ -161,11 +185,19 @@ int main(int argc, char** argv) {
       }
     }
   }
-  const double growth = rss_warm ? (static_cast<double>(rss_end) - static_cast<double>(rss_warm)) /
-                                       static_cast<double>(rss_warm)
+  kept->newest_exact = exact;
+  return std::nullopt;
+}
+
+// Prints the JSON report; returns whether every invariant holds.
+bool Report(const Config& c, const cli::SyntheticState& state, double seconds,
+            const Stalls& stalls, const Sample& warm, const Sample& end, const Kept& kept) {
+  const double growth = warm.rss ? (static_cast<double>(end.rss) - static_cast<double>(warm.rss)) /
+                                       static_cast<double>(warm.rss)
                                  : 0;
-  const bool ok = (!kCheckRss || growth < 0.05) && fds_end <= fds_warm && threads_end <= threads_warm &&
-                  pool_end == pool_warm && bad == 0 && kept == keep_last && exact;
+  const bool ok = (!kCheckRss || growth < 0.05) && end.fds <= warm.fds &&
+                  end.threads <= warm.threads && end.pool == warm.pool &&
+                  kept.failing_verify == 0 && kept.count == c.keep_last && kept.newest_exact;
   std::printf(
       "{\"saves\": %d, \"state_bytes\": %llu, \"keep_last\": %d, \"seconds\": %.1f,\n"
       " \"stall_mean_s\": %.4f, \"stall_max_s\": %.4f,\n"
@@ -173,12 +205,34 @@ int main(int argc, char** argv) {
       " \"fds_after_warmup\": %d, \"fds_end\": %d, \"threads_after_warmup\": %d, \"threads_end\": %d,\n"
       " \"staging_bytes_after_warmup\": %llu, \"staging_bytes_end\": %llu,\n"
       " \"kept\": %d, \"kept_failing_verify\": %d, \"newest_bit_exact\": %s, \"ok\": %s}\n",
-      saves, static_cast<unsigned long long>(state.bytes), keep_last, seconds,
-      stall_sum / saves, stall_max, static_cast<unsigned long long>(rss_warm),
-      static_cast<unsigned long long>(rss_end), growth, kCheckRss ? "true" : "false", fds_warm,
-      fds_end, threads_warm,
-      threads_end, static_cast<unsigned long long>(pool_warm),
-      static_cast<unsigned long long>(pool_end), kept, bad, exact ? "true" : "false",
-      ok ? "true" : "false");
-  return ok ? 0 : 1;
+      c.saves, static_cast<unsigned long long>(state.bytes), c.keep_last, seconds,
+      stalls.sum / c.saves, stalls.max, static_cast<unsigned long long>(warm.rss),
+      static_cast<unsigned long long>(end.rss), growth, kCheckRss ? "true" : "false", warm.fds,
+      end.fds, warm.threads, end.threads, static_cast<unsigned long long>(warm.pool),
+      static_cast<unsigned long long>(end.pool), kept.count, kept.failing_verify,
+      kept.newest_exact ? "true" : "false", ok ? "true" : "false");
+  return ok;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  Config c;
+  if (Problem p = ParseArgs(argc, argv, &c)) return Fail(*p);
+  auto repo = Repository::Open(c.dir, Options());
+  if (!repo.ok()) return Fail(repo.status().ToString());
+  auto saver = AsyncSaver::Create(**repo);
+  if (!saver.ok()) return Fail(saver.status().ToString());
+  cli::SyntheticState state = cli::MakeTransformerState(c.size, 0, 1, 42);
+
+  Sample warm;
+  Stalls stalls;
+  const double t0 = os::MonotonicSeconds();
+  if (Problem p = RunSaves(c, **repo, **saver, state, &warm, &stalls)) return Fail(*p);
+  const double seconds = os::MonotonicSeconds() - t0;
+  const Sample end = TakeSample(**saver);
+
+  Kept kept;
+  if (Problem p = CheckKept(**repo, c.saves, state, &kept)) return Fail(*p);
+  return Report(c, state, seconds, stalls, warm, end, kept) ? 0 : 1;
 }

@@ -30,6 +30,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <map>
+#include <optional>
 #include <random>
 #include <string>
 #include <thread>
@@ -106,184 +107,235 @@ struct Stats {
   std::map<std::string, int> fault_kinds;
 };
 
-}  // namespace
+// An invariant that failed, or nothing.
+using Problem = std::optional<std::string>;
 
-int main(int argc, char** argv) {
+constexpr char kDataSeed[] = "7";
+
+struct Config {
   std::string dir;
   int trials = 200, first = 0;
   std::uint64_t seed = 1;
   std::string size = "1MiB";
   bool verbose = false;
+  std::string helper, cli;  // the sibling binaries
+};
+
+bool ParseArgs(int argc, char** argv, Config* c) {
   for (int i = 1; i < argc; ++i) {
     std::string a = argv[i], v = i + 1 < argc ? argv[i + 1] : "";
-    if (a == "--dir") dir = v, ++i;
-    else if (a == "--trials") trials = std::atoi(v.c_str()), ++i;
-    else if (a == "--seed") seed = std::strtoull(v.c_str(), nullptr, 10), ++i;
-    else if (a == "--size") size = v, ++i;
-    else if (a == "--verbose") verbose = true;
+    if (a == "--dir") c->dir = v, ++i;
+    else if (a == "--trials") c->trials = std::atoi(v.c_str()), ++i;
+    else if (a == "--seed") c->seed = std::strtoull(v.c_str(), nullptr, 10), ++i;
+    else if (a == "--size") c->size = v, ++i;
+    else if (a == "--verbose") c->verbose = true;
     else {
       std::fprintf(stderr, "usage: sw_torture --dir D [--trials N] [--seed S] [--size SIZE] "
                            "[--verbose]\n");
-      return 2;
+      return false;
     }
   }
-  if (dir.empty() || trials < 1) return 2;
-  auto size_b = ParseSize(size);
-  if (!size_b.ok()) return 2;
-  (void)os::RemoveTree(dir);
-  if (!os::MkdirAll(dir).ok()) return 2;
-  const std::string helper = Sibling("sw_save_helper"), cli = Sibling("shardwise");
-  const std::string data_seed = "7";
-  Stats st;
+  return true;
+}
+
+// The complete checkpoint a later trial must still find bit-exact.
+struct History {
   std::int64_t last_ok = -1;
   int last_ok_world = 0;
-  std::map<std::int64_t, int> world_of;
+};
 
-  auto fail = [&](int t, const std::string& what) {
-    std::fprintf(stderr,
-                 "sw_torture: FAILED at trial %d (seed %llu): %s\n"
-                 "  replay: sw_torture --dir %s --seed %llu --trials %d --size %s --verbose\n",
-                 t, static_cast<unsigned long long>(seed), what.c_str(), dir.c_str(),
-                 static_cast<unsigned long long>(seed), t + 1, size.c_str());
-    return 1;
-  };
+// One trial's plan. Everything random is drawn from the trial's own stream,
+// in a fixed order, so that a seed and a trial number replay it exactly.
+struct Trial {
+  int t = 0;
+  std::int64_t step = 0;
+  int world = 0;
+  int scenario = 0;
+  std::string save_id;
+  std::vector<std::vector<std::string>> envs;  // per process
+  std::vector<int> victims;
+  std::string what = "clean";
+};
 
-  for (int t = first; t < trials; ++t) {
-    std::mt19937_64 rng(seed * 0x9E3779B97F4A7C15ull + static_cast<std::uint64_t>(t));
-    auto pick = [&](std::uint64_t n) { return rng() % n; };
-    const std::int64_t step = t + 1;
-    const int world = 1 + static_cast<int>(pick(3));
-    world_of[step] = world;
-    const std::string save_id = "t" + std::to_string(t) + "x" + std::to_string(pick(1 << 20));
-    // Processes: ranks 0..world-1, then the coordinator.
-    const int nproc = world + 1;
-    const int scenario = static_cast<int>(pick(10));
-    std::vector<std::vector<std::string>> envs(nproc);
-    std::string what = "clean";
-    std::vector<int> victims;
-    if (scenario >= 3 && scenario <= 6) {  // a fault at a random syscall
-      std::string rule = std::string(kOps[pick(std::size(kOps))]) + "@" +
-                         std::to_string(1 + pick(3)) + "=" + kActions[pick(std::size(kActions))];
-      if (scenario == 6) {
-        for (int p = 0; p < nproc; ++p) victims.push_back(p);
-      } else {
-        victims.push_back(static_cast<int>(pick(nproc)));
-      }
-      for (int v : victims) {
-        envs[v].push_back("SHARDWISE_FAULTS=" + rule);
-        // A kill at a syscall is a power cut half the time: what was not
-        // yet durable is lost too (os/power_loss.h).
-        if (rule.ends_with("=kill") && pick(2) == 0) envs[v].push_back("SHARDWISE_POWER_LOSS=1");
-      }
-      what = "fault " + rule + " in " + std::to_string(victims.size()) + " process(es)";
-      ++st.faults;
-      ++st.fault_kinds[rule.substr(rule.find('=') + 1)];
-    } else if (scenario >= 7) {  // SIGKILL at a random moment
-      if (scenario == 9) {
-        for (int p = 0; p < nproc; ++p) victims.push_back(p);
-      } else {
-        victims.push_back(static_cast<int>(pick(nproc)));
-      }
-      what = "SIGKILL of " + std::to_string(victims.size()) + " process(es)";
-      ++st.kills;
-    }
-    for (auto& e : envs) {
-      e.push_back("SHARDWISE_COMMIT_TIMEOUT_S=1.5");
-      e.push_back("SHARDWISE_STAGING_GRACE_S=0");
-    }
-    std::vector<Proc> procs(nproc);
-    for (int r = 0; r < world; ++r)
-      procs[r].pid = Spawn({helper, "rank", dir, std::to_string(step), data_seed, size,
-                            std::to_string(world), std::to_string(r), save_id},
-                           envs[r]);
-    procs[world].pid = Spawn({helper, "commit", dir, std::to_string(step), std::to_string(world),
-                              save_id},
-                             envs[world]);
-    if (scenario >= 7) {
-      std::this_thread::sleep_for(std::chrono::microseconds(pick(25000)));
-      for (int v : victims) {
-        ::kill(procs[v].pid, SIGKILL);
-        procs[v].killed = true;
-      }
-    }
-    if (!WaitAll(procs, 60)) return fail(t, "a save process hung (" + what + ")");
-    const bool commit_ok = Succeeded(procs[world]);
-    // Retention now and then, itself sometimes killed.
-    if (pick(3) == 0) {
-      ++st.gcs;
-      std::vector<Proc> gc(1);
-      gc[0].pid = Spawn({cli, "gc", dir, "--keep-last", "2", "--grace", "0"}, {});
-      if (pick(3) == 0) {
-        std::this_thread::sleep_for(std::chrono::microseconds(pick(20000)));
-        ::kill(gc[0].pid, SIGKILL);
-        ++st.gc_killed;
-      }
-      if (!WaitAll(gc, 60)) return fail(t, "gc hung");
-    }
+std::uint64_t Pick(std::mt19937_64& rng, std::uint64_t n) { return rng() % n; }
 
-    // --- invariants, with nothing running
-    auto repo = Repository::Open(dir, Options());
-    if (!repo.ok()) return fail(t, "open: " + repo.status().ToString());
-    auto list = (*repo)->List();
-    if (!list.ok()) return fail(t, "list: " + list.status().ToString());
-    std::int64_t newest = -1;
-    std::map<std::string, bool> committed;
-    for (const auto& c : *list) {
-      if (c.state == CheckpointInfo::State::kInvalid)
-        return fail(t, "invalid checkpoint " + c.name + " is visible: " + c.problem);
-      if (c.state != CheckpointInfo::State::kCommitted) continue;
-      auto reader = (*repo)->OpenCheckpoint(c.name);
-      auto report = reader.ok() ? (*reader)->Verify() : Result<VerifyReport>(reader.status());
-      if (!report.ok() || !report->problems.empty())
-        return fail(t, "committed checkpoint " + c.name + " does not verify (" + what + ")");
-      committed[c.name] = true;
-      newest = std::max(newest, c.step);
+Trial PlanTrial(int t, std::mt19937_64& rng, Stats& st) {
+  auto pick = [&](std::uint64_t n) { return Pick(rng, n); };
+  Trial tr;
+  tr.t = t;
+  tr.step = t + 1;
+  tr.world = 1 + static_cast<int>(pick(3));
+  tr.save_id = "t" + std::to_string(t) + "x" + std::to_string(pick(1 << 20));
+  // Processes: ranks 0..world-1, then the coordinator.
+  const int nproc = tr.world + 1;
+  tr.scenario = static_cast<int>(pick(10));
+  tr.envs.resize(nproc);
+  if (tr.scenario >= 3 && tr.scenario <= 6) {  // a fault at a random syscall
+    std::string rule = std::string(kOps[pick(std::size(kOps))]) + "@" +
+                       std::to_string(1 + pick(3)) + "=" + kActions[pick(std::size(kActions))];
+    if (tr.scenario == 6) {
+      for (int p = 0; p < nproc; ++p) tr.victims.push_back(p);
+    } else {
+      tr.victims.push_back(static_cast<int>(pick(nproc)));
     }
-    auto latest_file = os::ReadSmallFile(os::JoinPath(dir, "latest"), 4096);
-    if (latest_file.ok()) {
-      std::string name = latest_file->substr(0, latest_file->find('\n'));
-      if (!committed.count(name)) return fail(t, "latest names " + name + ", not a checkpoint");
+    for (int v : tr.victims) {
+      tr.envs[v].push_back("SHARDWISE_FAULTS=" + rule);
+      // A kill at a syscall is a power cut half the time: what was not
+      // yet durable is lost too (os/power_loss.h).
+      if (rule.ends_with("=kill") && pick(2) == 0) tr.envs[v].push_back("SHARDWISE_POWER_LOSS=1");
     }
-    auto latest = (*repo)->Latest();
-    if (!latest.ok()) return fail(t, "Latest(): " + latest.status().ToString());
-    if (newest >= 0 && (!*latest || **latest != Repository::StepName(newest)))
-      return fail(t, "Latest() is not the newest committed checkpoint");
-    const bool present = committed.count(Repository::StepName(step)) > 0;
-    if (commit_ok && !present) return fail(t, "a save reported committed is missing");
-    if (present) {
-      if (!commit_ok) ++st.recovered_after_kill;  // committed, then the process died
-      last_ok = step;
-      last_ok_world = world;
+    tr.what = "fault " + rule + " in " + std::to_string(tr.victims.size()) + " process(es)";
+    ++st.faults;
+    ++st.fault_kinds[rule.substr(rule.find('=') + 1)];
+  } else if (tr.scenario >= 7) {  // SIGKILL at a random moment
+    if (tr.scenario == 9) {
+      for (int p = 0; p < nproc; ++p) tr.victims.push_back(p);
+    } else {
+      tr.victims.push_back(static_cast<int>(pick(nproc)));
     }
-    if (commit_ok) ++st.committed;
-    else ++st.failed_saves;
-    if (last_ok >= 0) {
-      std::vector<Proc> check(1);
-      check[0].pid = Spawn({helper, "check", dir, std::to_string(last_ok), data_seed, size,
-                            std::to_string(last_ok_world)},
-                           {});
-      if (!WaitAll(check, 60) || !Succeeded(check[0]))
-        return fail(t, "the newest complete checkpoint (step " + std::to_string(last_ok) +
-                           ") is missing or not bit-exact");
-    }
-    GcOptions gc;
-    gc.staging_grace_s = 0;
-    auto g = (*repo)->Gc(gc);
-    if (!g.ok()) return fail(t, "gc: " + g.status().ToString());
-    auto after = (*repo)->List();
-    for (const auto& c : *after)
-      if (c.state == CheckpointInfo::State::kStaging || c.state == CheckpointInfo::State::kLeftover)
-        return fail(t, "gc left " + c.dir_name);
-    // Nothing else hidden may pile up in the root either.
-    auto entries = os::ListDir(dir);
-    for (const auto& e : *entries)
-      if (e.name[0] == '.' && e.name != ".writer.lock" && e.name != ".exports")
-        return fail(t, "gc left " + e.name + " in the root");
-    ++st.trials;
-    if (verbose)
-      std::fprintf(stderr, "trial %d: world %d, %s: %s\n", t, world, what.c_str(),
-                   commit_ok ? "committed" : (present ? "committed (process died)" : "not saved"));
+    tr.what = "SIGKILL of " + std::to_string(tr.victims.size()) + " process(es)";
+    ++st.kills;
   }
+  for (auto& e : tr.envs) {
+    e.push_back("SHARDWISE_COMMIT_TIMEOUT_S=1.5");
+    e.push_back("SHARDWISE_STAGING_GRACE_S=0");
+  }
+  return tr;
+}
+
+// Runs the save's processes (killing the victims at a random moment, for a
+// SIGKILL scenario) until all are gone. `*commit_ok`: the coordinator
+// reported success.
+Problem RunSave(const Config& c, const Trial& tr, std::mt19937_64& rng, bool* commit_ok) {
+  const int world = tr.world;
+  std::vector<Proc> procs(world + 1);
+  for (int r = 0; r < world; ++r)
+    procs[r].pid = Spawn({c.helper, "rank", c.dir, std::to_string(tr.step), kDataSeed, c.size,
+                          std::to_string(world), std::to_string(r), tr.save_id},
+                         tr.envs[r]);
+  procs[world].pid = Spawn({c.helper, "commit", c.dir, std::to_string(tr.step),
+                            std::to_string(world), tr.save_id},
+                           tr.envs[world]);
+  if (tr.scenario >= 7) {
+    std::this_thread::sleep_for(std::chrono::microseconds(Pick(rng, 25000)));
+    for (int v : tr.victims) {
+      ::kill(procs[v].pid, SIGKILL);
+      procs[v].killed = true;
+    }
+  }
+  if (!WaitAll(procs, 60)) return "a save process hung (" + tr.what + ")";
+  *commit_ok = Succeeded(procs[world]);
+  return std::nullopt;
+}
+
+// Retention now and then, itself sometimes killed.
+Problem MaybeRunGc(const Config& c, std::mt19937_64& rng, Stats& st) {
+  if (Pick(rng, 3) != 0) return std::nullopt;
+  ++st.gcs;
+  std::vector<Proc> gc(1);
+  gc[0].pid = Spawn({c.cli, "gc", c.dir, "--keep-last", "2", "--grace", "0"}, {});
+  if (Pick(rng, 3) == 0) {
+    std::this_thread::sleep_for(std::chrono::microseconds(Pick(rng, 20000)));
+    ::kill(gc[0].pid, SIGKILL);
+    ++st.gc_killed;
+  }
+  if (!WaitAll(gc, 60)) return "gc hung";
+  return std::nullopt;
+}
+
+// Invariants 1 and 2: every committed checkpoint verifies, `latest` names
+// one, Latest() names the newest. Fills `committed` with their names.
+Problem CheckCommitted(const Config& c, const Repository& repo, const Trial& tr,
+                       std::map<std::string, bool>* committed) {
+  auto list = repo.List();
+  if (!list.ok()) return "list: " + list.status().ToString();
+  std::int64_t newest = -1;
+  for (const auto& ck : *list) {
+    if (ck.state == CheckpointInfo::State::kInvalid)
+      return "invalid checkpoint " + ck.name + " is visible: " + ck.problem;
+    if (ck.state != CheckpointInfo::State::kCommitted) continue;
+    auto reader = repo.OpenCheckpoint(ck.name);
+    auto report = reader.ok() ? (*reader)->Verify() : Result<VerifyReport>(reader.status());
+    if (!report.ok() || !report->problems.empty())
+      return "committed checkpoint " + ck.name + " does not verify (" + tr.what + ")";
+    (*committed)[ck.name] = true;
+    newest = std::max(newest, ck.step);
+  }
+  auto latest_file = os::ReadSmallFile(os::JoinPath(c.dir, "latest"), 4096);
+  if (latest_file.ok()) {
+    std::string name = latest_file->substr(0, latest_file->find('\n'));
+    if (!committed->count(name)) return "latest names " + name + ", not a checkpoint";
+  }
+  auto latest = repo.Latest();
+  if (!latest.ok()) return "Latest(): " + latest.status().ToString();
+  if (newest >= 0 && (!*latest || **latest != Repository::StepName(newest)))
+    return "Latest() is not the newest committed checkpoint";
+  return std::nullopt;
+}
+
+// Invariant 3: the newest checkpoint known complete is there, bit-exact.
+Problem CheckNewestComplete(const Config& c, const History& h) {
+  if (h.last_ok < 0) return std::nullopt;
+  std::vector<Proc> check(1);
+  check[0].pid = Spawn({c.helper, "check", c.dir, std::to_string(h.last_ok), kDataSeed, c.size,
+                        std::to_string(h.last_ok_world)},
+                       {});
+  if (!WaitAll(check, 60) || !Succeeded(check[0]))
+    return "the newest complete checkpoint (step " + std::to_string(h.last_ok) +
+           ") is missing or not bit-exact";
+  return std::nullopt;
+}
+
+// Invariant 4: gc, with nothing running, leaves no staging directory,
+// leftover or other hidden entry.
+Problem CheckGcCleans(const Config& c, Repository& repo) {
+  GcOptions gc;
+  gc.staging_grace_s = 0;
+  auto g = repo.Gc(gc);
+  if (!g.ok()) return "gc: " + g.status().ToString();
+  auto after = repo.List();
+  for (const auto& ck : *after)
+    if (ck.state == CheckpointInfo::State::kStaging || ck.state == CheckpointInfo::State::kLeftover)
+      return "gc left " + ck.dir_name;
+  // Nothing else hidden may pile up in the root either.
+  auto entries = os::ListDir(c.dir);
+  for (const auto& e : *entries)
+    if (e.name[0] == '.' && e.name != ".writer.lock" && e.name != ".exports")
+      return "gc left " + e.name + " in the root";
+  return std::nullopt;
+}
+
+Problem RunTrial(const Config& c, int t, Stats& st, History& h) {
+  std::mt19937_64 rng(c.seed * 0x9E3779B97F4A7C15ull + static_cast<std::uint64_t>(t));
+  const Trial tr = PlanTrial(t, rng, st);
+  bool commit_ok = false;
+  if (Problem p = RunSave(c, tr, rng, &commit_ok)) return p;
+  if (Problem p = MaybeRunGc(c, rng, st)) return p;
+
+  // --- invariants, with nothing running
+  auto repo = Repository::Open(c.dir, Options());
+  if (!repo.ok()) return "open: " + repo.status().ToString();
+  std::map<std::string, bool> committed;
+  if (Problem p = CheckCommitted(c, **repo, tr, &committed)) return p;
+  const bool present = committed.count(Repository::StepName(tr.step)) > 0;
+  if (commit_ok && !present) return "a save reported committed is missing";
+  if (present) {
+    if (!commit_ok) ++st.recovered_after_kill;  // committed, then the process died
+    h.last_ok = tr.step;
+    h.last_ok_world = tr.world;
+  }
+  if (commit_ok) ++st.committed;
+  else ++st.failed_saves;
+  if (Problem p = CheckNewestComplete(c, h)) return p;
+  if (Problem p = CheckGcCleans(c, **repo)) return p;
+  ++st.trials;
+  if (c.verbose)
+    std::fprintf(stderr, "trial %d: world %d, %s: %s\n", t, tr.world, tr.what.c_str(),
+                 commit_ok ? "committed" : (present ? "committed (process died)" : "not saved"));
+  return std::nullopt;
+}
+
+void PrintSummary(const Stats& st, std::uint64_t seed) {
   std::printf("{\"trials\": %d, \"seed\": %llu, \"committed\": %d, \"failed_saves\": %d, "
               "\"committed_then_killed\": %d, \"fault_trials\": %d, \"kill_trials\": %d, "
               "\"retention_runs\": %d, \"retention_killed\": %d, \"faults\": {",
@@ -295,5 +347,32 @@ int main(int argc, char** argv) {
     firstk = false;
   }
   std::printf("}, \"invariant_failures\": 0}\n");
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  Config c;
+  if (!ParseArgs(argc, argv, &c)) return 2;
+  if (c.dir.empty() || c.trials < 1) return 2;
+  auto size_b = ParseSize(c.size);
+  if (!size_b.ok()) return 2;
+  (void)os::RemoveTree(c.dir);
+  if (!os::MkdirAll(c.dir).ok()) return 2;
+  c.helper = Sibling("sw_save_helper");
+  c.cli = Sibling("shardwise");
+  Stats st;
+  History h;
+  for (int t = c.first; t < c.trials; ++t) {
+    if (Problem p = RunTrial(c, t, st, h)) {
+      std::fprintf(stderr,
+                   "sw_torture: FAILED at trial %d (seed %llu): %s\n"
+                   "  replay: sw_torture --dir %s --seed %llu --trials %d --size %s --verbose\n",
+                   t, static_cast<unsigned long long>(c.seed), p->c_str(), c.dir.c_str(),
+                   static_cast<unsigned long long>(c.seed), t + 1, c.size.c_str());
+      return 1;
+    }
+  }
+  PrintSummary(st, c.seed);
   return 0;
 }

@@ -356,6 +356,24 @@ def test_throughput_scratch_and_persistent(cloud: Cloud, tmp_path: Path) -> None
     assert rows["fs-p"][3:6] == ["38400", "125", "4687.5"]
     assert rows["fs-c"][4:6] == ["unknown", "unknown"]   # no arithmetic on null
     assert "fs-s: SCRATCH_2 baseline" in p.stdout
+    # --mbps: the one number `shardwise bench --provisioned-mbps` takes; only
+    # for exactly one file system with a known throughput.
+    env = {"PATH": os.environ["PATH"], "HOME": str(tmp_path)}
+    many = subprocess.run([str(FSX), "throughput", "--from-json", str(saved), "--mbps"],
+                          capture_output=True, text=True, env=env)
+    assert many.returncode != 0 and "holds 3 Lustre file systems" in many.stderr
+    for fs_id, want in (("fs-p", "4687.5"), ("fs-s", "468.75")):
+        one = tmp_path / f"{fs_id}.json"
+        one.write_text(json.dumps({"FileSystems": [
+            f for f in json.loads(saved.read_text())["FileSystems"] if f["FileSystemId"] == fs_id]}))
+        p = subprocess.run([str(FSX), "throughput", "--mbps", "--from-json", str(one)],
+                           capture_output=True, text=True, env=env)
+        assert p.returncode == 0 and p.stdout.strip() == want, p.stderr
+    unknown = tmp_path / "fs-c.json"
+    unknown.write_text(json.dumps({"FileSystems": [json.loads(saved.read_text())["FileSystems"][2]]}))
+    p = subprocess.run([str(FSX), "throughput", "--from-json", str(unknown), "--mbps"],
+                       capture_output=True, text=True, env=env)
+    assert p.returncode != 0 and "fs-c reports no throughput" in p.stderr
 
 
 def test_status_shows_lifecycle_dns_and_mount_name(cloud: Cloud) -> None:

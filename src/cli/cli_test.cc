@@ -5,6 +5,7 @@
 #include <gtest/gtest.h>
 #include <unistd.h>
 
+#include <fstream>
 #include <nlohmann/json.hpp>
 #include <sstream>
 
@@ -229,6 +230,32 @@ TEST(CliBench, AsyncReportsStallPersistMemoryAndTraining) {
   EXPECT_FALSE(os::Exists(dir / "a"));  // nothing left without --keep
   EXPECT_EQ(Cli({"bench", "--async", "--dir", dir / "a", "--ranks", "2"}).exit_code, 2);
   EXPECT_EQ(Cli({"bench", "--dir", dir / "a", "--saves", "3"}).exit_code, 2);
+}
+
+// docs/cpp-api.md shows the option table exactly as `shardwise options
+// --markdown` prints it.
+TEST(CliOptions, DocsTableIsTheOptionTable) {
+  std::ifstream f(std::string(SW_SOURCE_DIR) + "/docs/cpp-api.md");
+  std::stringstream doc;
+  doc << f.rdbuf();
+  const std::string begin = "src/common/options.cc; src/cli/cli_test.cc fails when they differ -->\n";
+  const std::string text = doc.str();
+  const auto a = text.find(begin), b = text.find("<!-- end of generated table -->");
+  ASSERT_NE(a, std::string::npos);
+  ASSERT_NE(b, std::string::npos);
+  std::ostringstream out, err;
+  ASSERT_EQ(RunOptions({"--markdown"}, out, err), kExitOk);
+  EXPECT_EQ(text.substr(a + begin.size(), b - a - begin.size()), out.str())
+      << "regenerate the table in docs/cpp-api.md with `shardwise options --markdown`";
+  // Every variable is listed, and a malformed one is reported with its name.
+  std::ostringstream o2, e2;
+  EXPECT_EQ(RunOptions({"--json"}, o2, e2), kExitOk);
+  EXPECT_EQ(nlohmann::json::parse(o2.str())["options"].size(), OptionTable().size());
+  testing::ScopedEnv bad("SHARDWISE_DIRECT_IO", "sometimes");
+  std::ostringstream o3, e3;
+  EXPECT_EQ(RunOptions({}, o3, e3), kExitProblem);
+  EXPECT_NE(e3.str().find("SHARDWISE_DIRECT_IO='sometimes' (expected auto, on or off)"),
+            std::string::npos) << e3.str();
 }
 
 TEST(CliArgs, InProcessVerbs) {

@@ -133,11 +133,9 @@ struct CheckpointReader::Impl {
         return Corrupt(path + ": missing (the manifest lists it)", path);
       return file.status();
     }
-    struct stat st;
-    if (::fstat(file->fd(), &st) != 0) return IoError("fstat", path, errno);
+    SW_ASSIGN_OR_RETURN(const struct stat st, os::Fstat(file->fd(), path));
     if (!S_ISREG(st.st_mode)) return Corrupt(path + ": not a regular file", path);
-    if (::fcntl(file->fd(), F_SETFL, direct_io ? O_DIRECT : 0) != 0)
-      return IoError("fcntl(O_DIRECT)", path, errno);
+    SW_RETURN_IF_ERROR(os::SetDirectIo(file->fd(), direct_io, path));
     if (static_cast<std::uint64_t>(st.st_size) != rec.size)
       return Corrupt(path + ": size is " + std::to_string(st.st_size) +
                          " bytes, the manifest says " + std::to_string(rec.size) +

@@ -1,6 +1,4 @@
 // MeasureHostLimits and MeasureCopyInto (include/shardwise/host.h).
-#include <sys/mman.h>
-
 #include <algorithm>
 #include <atomic>
 #include <chrono>
@@ -9,6 +7,7 @@
 
 #include "common/parallel.h"
 #include "format/crc32c.h"
+#include "os/posix.h"
 #include "shardwise/host.h"
 
 namespace shardwise {
@@ -53,10 +52,9 @@ class FreshPages {
   ~FreshPages() { Unmap(); }
   bool Map(std::uint64_t bytes) {
     Unmap();
-    void* mem = ::mmap(nullptr, bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
-    if (mem == MAP_FAILED) return false;
-    (void)::madvise(mem, bytes, MADV_NOHUGEPAGE);  // a hint: huge pages would hide the cost
-    data_ = static_cast<std::byte*>(mem);
+    auto mem = os::MapUntouched(bytes);
+    if (!mem.ok()) return false;
+    data_ = static_cast<std::byte*>(*mem);
     bytes_ = bytes;
     return true;
   }
@@ -64,7 +62,7 @@ class FreshPages {
 
  private:
   void Unmap() {
-    if (data_) ::munmap(data_, bytes_);
+    os::Unmap(data_, bytes_);
     data_ = nullptr;
   }
   std::byte* data_ = nullptr;

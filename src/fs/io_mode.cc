@@ -1,7 +1,6 @@
 #include "fs/io_mode.h"
 
 #include <fcntl.h>
-#include <sys/statfs.h>
 #include <sys/uio.h>
 #include <unistd.h>
 
@@ -182,10 +181,8 @@ Result<IoMode> IoModeFor(const std::string& root, const Options& options) {
   // One decision at a time: two first saves into one root measure once.
   std::lock_guard lock(g_mu);
   if (auto it = Cache().find(key); it != Cache().end()) return it->second;
-  struct statfs st {};
-  if (::statfs(root.c_str(), &st) != 0)
-    return Status(StatusCode::kIoError, "statfs " + root, errno, root);
-  const std::string type = FsTypeName(static_cast<long>(st.f_type));
+  SW_ASSIGN_OR_RETURN(const long magic, os::FilesystemMagic(root));
+  const std::string type = FsTypeName(magic);
   const bool direct_works = options.direct_io != DirectIoMode::kOff && ProbeDirectIo(root);
   SW_ASSIGN_OR_RETURN(IoMode mode, DecideIoMode(type, direct_works, options.direct_io,
                                                 [&] { return MeasureWriteModes(root); }));

@@ -144,8 +144,8 @@ TEST(IoMode, DecidedOncePerRoot) {
   EXPECT_EQ(again->why, first->why);
   Options off;
   off.direct_io = DirectIoMode::kOff;
-  EXPECT_EQ(IoModeFor(path, off).status().code(), StatusCode::kIoError);  // decided anew
-  EXPECT_EQ(IoModeFor(path + "-other", auto_mode).status().code(), StatusCode::kIoError);
+  EXPECT_EQ(IoModeFor(path, off).status().code(), StatusCode::kNotFound);  // decided anew: the root is gone
+  EXPECT_EQ(IoModeFor(path + "-other", auto_mode).status().code(), StatusCode::kNotFound);
   ForgetIoModesForTesting();
   EXPECT_FALSE(IoModeFor(path, auto_mode).ok());
 }

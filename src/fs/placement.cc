@@ -1,8 +1,7 @@
 #include "fs/placement.h"
 
 #include <fcntl.h>
-#include <sys/ioctl.h>
-#include <sys/statfs.h>
+#include <sys/ioctl.h>  // _IOW
 #include <unistd.h>
 
 #include <cerrno>
@@ -58,21 +57,20 @@ class IoctlSetter final : public LayoutSetter {
     lum.lmm_stripe_count = static_cast<std::uint16_t>(layout.stripe_count);  // -1: 0xFFFF, all
     lum.lmm_stripe_offset = static_cast<std::uint16_t>(layout.stripe_offset);
     Created c;
-    if (::ioctl(file.fd(), kLlIocLovSetstripe, &lum) == 0) {
+    const Status set = os::Ioctl(file.fd(), kLlIocLovSetstripe, &lum, "LL_IOC_LOV_SETSTRIPE", path);
+    if (set.ok()) {
       c.applied = true;
       c.how = "ioctl LL_IOC_LOV_SETSTRIPE";
     } else {
-      int err = errno;
+      const int err = set.err();
       if (err != ENOTTY && err != EOPNOTSUPP && err != EINVAL) {
-        (void)::unlink(path.c_str());
-        return Status(StatusCode::kIoError,
-                      "ioctl LL_IOC_LOV_SETSTRIPE " + path + ": " + std::strerror(err), err, path);
+        (void)os::Unlink(path);
+        return set;
       }
       c.how = std::string("not applied: ioctl LL_IOC_LOV_SETSTRIPE: ") + std::strerror(err) +
               " (the filesystem does not take Lustre layouts)";
     }
-    c.fd = ::dup(file.fd());  // `file` closes its own descriptor
-    if (c.fd < 0) return Status(StatusCode::kIoError, "dup " + path, errno, path);
+    c.fd = file.Release();
     return c;
   }
 };
@@ -100,18 +98,15 @@ std::string FsTypeName(long magic) {
 }
 
 bool IsLustre(const std::string& dir) {
-  struct statfs st {};
-  return ::statfs(dir.c_str(), &st) == 0 &&
-         static_cast<unsigned long>(st.f_type) == kLustreSuperMagic;
+  auto magic = os::FilesystemMagic(dir);
+  return magic.ok() && static_cast<unsigned long>(*magic) == kLustreSuperMagic;
 }
 
 Result<FsInfo> ProbeFilesystem(const std::string& dir, const LustreApi* api) {
-  struct statfs st {};
-  if (::statfs(dir.c_str(), &st) != 0)
-    return Status(StatusCode::kIoError, "statfs " + dir, errno, dir);
+  SW_ASSIGN_OR_RETURN(const long magic, os::FilesystemMagic(dir));
   FsInfo info;
-  info.type = FsTypeName(static_cast<long>(st.f_type));
-  info.lustre = static_cast<unsigned long>(st.f_type) == kLustreSuperMagic;
+  info.type = FsTypeName(magic);
+  info.lustre = static_cast<unsigned long>(magic) == kLustreSuperMagic;
   if (info.lustre && api != nullptr) {
     if (auto n = api->OstCount(dir); n.ok()) info.ost_count = *n;
     if (auto l = api->DefaultLayout(dir); l.ok()) info.default_layout = *l;

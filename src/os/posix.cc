@@ -8,11 +8,15 @@
 #include <stdio.h>
 #include <sys/file.h>
 #include <sys/mman.h>
+#include <sys/ioctl.h>
 #include <sys/random.h>
+#include <sys/statfs.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
 #include <cerrno>
+#include <climits>
+#include <cstdlib>
 #include <chrono>
 #include <cstring>
 #include <thread>
@@ -392,6 +396,65 @@ Result<void*> MapAnonymous(std::uint64_t bytes, bool huge_pages) {
       for (std::uint64_t off = 0; off < bytes; off += 4096) b[off] = std::byte{0};
     }
   }
+  return p;
+}
+
+Result<struct stat> Fstat(int fd, const std::string& path) {
+  struct stat st {};
+  if (::fstat(fd, &st) != 0) return IoError("fstat", path, errno);
+  return st;
+}
+
+Status SetDirectIo(int fd, bool on, const std::string& path) {
+  const int flags = ::fcntl(fd, F_GETFL);
+  if (flags < 0) return IoError("fcntl(F_GETFL)", path, errno);
+  if (::fcntl(fd, F_SETFL, on ? (flags | O_DIRECT) : (flags & ~O_DIRECT)) != 0)
+    return IoError(on ? "fcntl(O_DIRECT)" : "fcntl(~O_DIRECT)", path, errno);
+  return Status::Ok();
+}
+
+Status Touch(int fd, const std::string& path) {
+  if (::futimens(fd, nullptr) != 0) return IoError("futimens", path, errno);
+  return Status::Ok();
+}
+
+Status Ioctl(int fd, unsigned long request, void* arg, const std::string& what,
+             const std::string& path) {
+  int r;
+  do {
+    r = ::ioctl(fd, request, arg);
+  } while (r != 0 && errno == EINTR);
+  if (r != 0) return IoError("ioctl " + what, path, errno);
+  return Status::Ok();
+}
+
+Result<long> FilesystemMagic(const std::string& dir) {
+  struct statfs st {};
+  if (::statfs(dir.c_str(), &st) != 0) return IoError("statfs", dir, errno);
+  return static_cast<long>(st.f_type);
+}
+
+long ProcessId() { return static_cast<long>(::getpid()); }
+long ParentProcessId() { return static_cast<long>(::getppid()); }
+
+std::string HostName() {
+  char host[256] = {};
+  if (::gethostname(host, sizeof host - 1) != 0) return "?";
+  return host;
+}
+
+std::string RealPath(const std::string& path) {
+  char real[PATH_MAX];
+  return ::realpath(path.c_str(), real) ? std::string(real) : path;
+}
+
+Result<void*> MapUntouched(std::uint64_t bytes) {
+  void* p = ::mmap(nullptr, bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+  if (p == MAP_FAILED)
+    return Status(StatusCode::kIoError,
+                  "cannot map " + std::to_string(bytes) + " bytes of memory: " + std::strerror(errno),
+                  errno);
+  (void)::madvise(p, bytes, MADV_NOHUGEPAGE);  // a hint: huge pages would hide the cost
   return p;
 }
 

@@ -85,7 +85,7 @@ Status WaitForFragments(const std::string& staging, const SaveSpec& spec,
     // Keep the staging directory visibly alive for gc on filesystems where
     // flock is not available.
     if (now - last_touch > 10) {
-      ::futimens(lock_fd, nullptr);
+      (void)os::Touch(lock_fd, staging);  // best effort: the wait goes on
       last_touch = now;
     }
     os::SleepSeconds(options.poll_interval_s);

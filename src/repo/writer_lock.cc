@@ -1,10 +1,6 @@
 #include "repo/writer_lock.h"
 
 #include <fcntl.h>
-#include <limits.h>
-#include <stdlib.h>
-#include <sys/file.h>
-#include <unistd.h>
 
 #include <cerrno>
 #include <cstdio>
@@ -47,70 +43,60 @@ bool SameJob(const std::string& owner) {
   long pid = -1;
   char host[256] = {};
   if (std::sscanf(owner.c_str(), "pid %ld on %255s", &pid, host) != 2) return false;
-  char self[256] = "?";
-  (void)::gethostname(self, sizeof self - 1);
-  if (std::string(host) != self) return false;
-  return pid == static_cast<long>(::getppid()) || ParentOf(pid) == static_cast<long>(::getpid());
+  if (host != os::HostName()) return false;
+  return pid == os::ParentProcessId() || ParentOf(pid) == os::ProcessId();
 }
 
 std::string Describe() {
-  char host[256] = "?";
-  (void)::gethostname(host, sizeof host - 1);
   char when[64];
   std::time_t now = std::time(nullptr);
   std::strftime(when, sizeof when, "%Y-%m-%d %H:%M:%S UTC", std::gmtime(&now));
-  return "pid " + std::to_string(::getpid()) + " on " + host + " since " + when;
+  return "pid " + std::to_string(os::ProcessId()) + " on " + os::HostName() + " since " + when;
+}
+
+// The holder's description stored in the lock file ("" when unreadable).
+std::string ReadOwner(const os::File& f) {
+  char buf[512] = {};
+  auto n = os::Pread(f.fd(), buf, sizeof buf - 1, 0, f.path());
+  std::string owner = n.ok() ? std::string(buf, *n) : "";
+  while (!owner.empty() && (owner.back() == '\n' || owner.back() == ' ')) owner.pop_back();
+  return owner;
 }
 
 }  // namespace
 
 Result<std::shared_ptr<WriterLock>> WriterLock::Acquire(const std::string& root) {
-  char real[PATH_MAX];
-  std::string key = ::realpath(root.c_str(), real) ? std::string(real) : root;
+  const std::string key = os::RealPath(root);
   std::lock_guard lock(g_mu);
   if (auto it = Held().find(key); it != Held().end())
     if (auto held = it->second.lock()) return held;
   const std::string path = os::JoinPath(root, kWriterLockName);
-  int fd = ::open(path.c_str(), O_RDWR | O_CREAT | O_NOFOLLOW | O_CLOEXEC, 0644);
-  if (fd < 0) return Status(StatusCode::kIoError, "open " + path, errno, path);
-  int r;
-  do {
-    r = ::flock(fd, LOCK_EX | LOCK_NB);
-  } while (r != 0 && errno == EINTR);
+  SW_ASSIGN_OR_RETURN(os::File file, os::Open(path, O_RDWR | O_CREAT | O_NOFOLLOW, 0644));
+  const Status locked = os::Flock(file.fd(), /*exclusive=*/true, /*try_only=*/true, path);
   std::string note;
-  if (r != 0) {
-    int err = errno;
-    if (err == EWOULDBLOCK) {
-      char buf[512] = {};
-      ssize_t n = ::pread(fd, buf, sizeof buf - 1, 0);
-      std::string owner = n > 0 ? std::string(buf, static_cast<std::size_t>(n)) : "";
-      while (!owner.empty() && (owner.back() == '\n' || owner.back() == ' ')) owner.pop_back();
-      if (SameJob(owner)) {  // our parent or child holds it for the job: share
-        auto held = std::shared_ptr<WriterLock>(
-            new WriterLock(key, fd, "the root is held by this job's " + owner));
-        Held()[key] = held;
-        return held;
-      }
-      ::close(fd);
+  if (locked.ok()) {
+    const std::string who = Describe() + "\n";
+    // The description is for people; the flock is the lock.
+    if (os::Ftruncate(file.fd(), 0, path).ok())
+      (void)os::Pwrite(file.fd(), who.data(), who.size(), 0, path);
+  } else if (locked.err() == EWOULDBLOCK) {
+    const std::string owner = ReadOwner(file);
+    if (!SameJob(owner))
       return Status(StatusCode::kAborted,
                     root + " is being written by another job (" +
                         (owner.empty() ? std::string("holder unknown") : owner) +
                         "): two jobs must not share a checkpoint root; give this job its own "
                         "root. The lock (" + path +
                         ") is released as soon as that job's coordinator exits.",
-                    err, path);
-    }
-    if (err != ENOLCK && err != EOPNOTSUPP && err != ENOSYS) {
-      ::close(fd);
-      return Status(StatusCode::kIoError, "flock " + path, err, path);
-    }
+                    EWOULDBLOCK, path);
+    note = "the root is held by this job's " + owner;  // our parent or child: share
+  } else if (locked.code() == StatusCode::kUnavailable) {
     note = "flock is not available on this filesystem (mount Lustre with -o flock): "
            "concurrent jobs on one root are not detected";
   } else {
-    std::string who = Describe() + "\n";
-    if (::ftruncate(fd, 0) == 0) (void)::pwrite(fd, who.data(), who.size(), 0);
+    return locked;
   }
-  auto held = std::shared_ptr<WriterLock>(new WriterLock(key, fd, note));
+  auto held = std::shared_ptr<WriterLock>(new WriterLock(key, std::move(file), note));
   Held()[key] = held;
   return held;
 }
@@ -118,7 +104,7 @@ Result<std::shared_ptr<WriterLock>> WriterLock::Acquire(const std::string& root)
 WriterLock::~WriterLock() {
   std::lock_guard lock(g_mu);
   Held().erase(key_);
-  ::close(fd_);  // releases the flock
+  (void)file_.Close();  // releases the flock, before another Acquire may look
 }
 
 }  // namespace shardwise::repo

@@ -9,6 +9,7 @@
 #include <memory>
 #include <string>
 
+#include "os/posix.h"
 #include "shardwise/status.h"
 
 namespace shardwise::repo {
@@ -30,10 +31,10 @@ class WriterLock {
   const std::string& note() const { return note_; }
 
  private:
-  WriterLock(std::string key, int fd, std::string note)
-      : key_(std::move(key)), fd_(fd), note_(std::move(note)) {}
+  WriterLock(std::string key, os::File file, std::string note)
+      : key_(std::move(key)), file_(std::move(file)), note_(std::move(note)) {}
   std::string key_;
-  int fd_;
+  os::File file_;  // closing it releases the flock
   std::string note_;
 };
 

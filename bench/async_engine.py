@@ -170,7 +170,7 @@ def idiom_and_eager(rank: int, world: int, store: str, args: dict, out: str) -> 
                 if rank == 0:
                     shutil.rmtree(os.path.dirname(path) if label == "dcp" else path,
                                   ignore_errors=True)
-        res["idiom allocations"] = shardwise._core.staging_stats()["allocations"]
+        res["idiom allocations"] = shardwise._core.staging_stats().allocations
     if "eager" in args["parts"]:
         ckroot = fresh(os.path.join(root, "eager"))
         ck = shardwise.Checkpointer(ckroot, keep_last=1, process_group=group)

@@ -90,8 +90,8 @@ def main() -> None:
         requests = []
         for it in manifest["items"]:
             dst = targets[it["name"]]
-            requests.append((it["name"], 0, [], [], dst.data_ptr(),
-                             dst.numel() * dst.element_size(), [], []))
+            requests.append(_core.ReadRequest(it["name"], address=dst.data_ptr(),
+                                              nbytes=dst.numel() * dst.element_size()))
         t0 = time.monotonic()
         reader.read(requests)
         samples["core read"].append(time.monotonic() - t0)

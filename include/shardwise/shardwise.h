@@ -9,3 +9,4 @@
 #include "shardwise/status.h"
 #include "shardwise/types.h"
 #include "shardwise/utf8.h"
+#include "shardwise/version.h"

@@ -9,27 +9,33 @@ The public surface:
   ``torch.distributed.checkpoint`` (``save``, ``async_save``, ``load``).
 - :func:`shardwise.import_dcp`: convert a stock DCP checkpoint.
 - :class:`shardwise.CorruptCheckpointError`: a damaged checkpoint.
+- :class:`shardwise.AbortedError`: a save abandoned because another job
+  holds the root or a rank failed; :class:`shardwise.UnavailableError`: a
+  facility the save needs is missing here. Both derive from RuntimeError.
 - :func:`shardwise.release_staging`: free the process's idle staging memory.
 
 Errors from the C++ core arrive as :class:`OSError` (with ``errno`` and
 ``filename``), :class:`CorruptCheckpointError`, :class:`ValueError`,
-:class:`TimeoutError` or :class:`RuntimeError`.
+:class:`AbortedError`, :class:`UnavailableError`, :class:`TimeoutError` or
+:class:`RuntimeError`. The three shardwise errors carry the file or directory
+they concern in ``path`` (None when there is none); OSError in ``filename``.
 """
 from __future__ import annotations
 
 import logging
 
-from ._core import CorruptCheckpointError
+from ._core import AbortedError, CorruptCheckpointError, UnavailableError
+from ._core import __version__  # the VERSION file, compiled in
 from ._core import release_staging as _release_staging
-
-__version__ = "0.1.0"
 
 logger = logging.getLogger("shardwise")
 logger.addHandler(logging.NullHandler())
 
 __all__ = [
+    "AbortedError",
     "Checkpointer",
     "CorruptCheckpointError",
+    "UnavailableError",
     "import_dcp",
     "release_staging",
     "__version__",

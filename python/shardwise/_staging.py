@@ -135,7 +135,9 @@ atexit.register(release_staging)
 def staging_stats(kind: str = "pageable") -> dict[str, int]:
     """The process pool of ``kind``: allocations so far, bytes reserved and
     leased, slabs."""
-    return dict(_core.staging_stats(kind))
+    st = _core.staging_stats(kind)
+    return {k: getattr(st, k) for k in ("allocations", "reserved_bytes", "leased_bytes", "slabs",
+                                        "leased")}
 
 
 # -- snapshots ----------------------------------------------------------------------

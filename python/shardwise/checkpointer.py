@@ -290,8 +290,11 @@ class Checkpointer:
         if not (self.keep_last or self.keep_every) or self._rank() != 0:
             return
         report = self._core_repo().gc(keep_last=self.keep_last, keep_every=self.keep_every)
-        if report["removed_checkpoints"]:
-            log.info("retention removed %s", ", ".join(report["removed_checkpoints"]))
+        if report.removed_checkpoints:
+            log.info("retention removed %s", ", ".join(report.removed_checkpoints))
+        if report.kept_unexported:
+            log.info("retention kept %s: not exported to S3 yet",
+                     ", ".join(report.kept_unexported))
 
     def _retain_after(self, handle: SaveHandle, future: ConcurrentFuture) -> None:
         # In the background, as part of the save: the training loop never
@@ -437,8 +440,8 @@ class Checkpointer:
         """Steps of the committed checkpoints, oldest first."""
         out = []
         for c in self._core_repo().list():
-            if c["state"] == "committed" and c["step"] >= 0 and c["name"] == _step_name(c["step"]):
-                out.append(int(c["step"]))
+            if c.state == "committed" and c.step >= 0 and c.name == _step_name(c.step):
+                out.append(c.step)
         return sorted(set(out))
 
     def latest_step(self) -> Optional[int]:

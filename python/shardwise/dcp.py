@@ -66,6 +66,31 @@ def _options(**kw: Any) -> dict[str, Any]:
     return {k: v for k, v in kw.items() if v is not None}
 
 
+_repos: dict[tuple[Any, ...], Any] = {}
+_repos_lock = threading.Lock()
+
+
+def _repository(root: str, options: dict[str, Any]) -> Any:
+    """One C++ repository handle per root, options and SHARDWISE_*
+    environment, for the process: DCP users build a new Writer per save, and
+    opening a repository reads the environment, probes the filesystem and
+    sets up io_uring."""
+    env = tuple(sorted((k, v) for k, v in os.environ.items() if k.startswith("SHARDWISE_")))
+    key = (root, tuple(sorted((k, repr(v)) for k, v in options.items())), env)
+    with _repos_lock:
+        repo = _repos.get(key)
+        if repo is None:
+            repo = _repos[key] = _core.Repository(root, options, True)
+        return repo
+
+
+def _corrupt(message: str, path: Optional[str]) -> BaseException:
+    """A CorruptCheckpointError naming the file or directory, as the core's do."""
+    e = _core.CorruptCheckpointError(message)
+    e.path = path
+    return e
+
+
 class Writer(StorageWriter, AsyncStager):  # type: ignore[misc]
     """DCP storage writer: saves into a shardwise checkpoint directory.
 
@@ -122,6 +147,9 @@ class Writer(StorageWriter, AsyncStager):  # type: ignore[misc]
         self.replace = replace
         self.step = step
         self.user_json = json.dumps(user_metadata or {})
+        # The coordinator's last commit (shardwise._core.CommitResult: name,
+        # dir, bytes, latest_updated, export_error), or None.
+        self.last_commit: Optional[Any] = None
         self.options = _options(io_backend=io_backend, queue_depth=queue_depth, io_unit=io_unit,
                                 checksum_block=checksum_block, direct_io=direct_io,
                                 commit_timeout_s=commit_timeout_s, threads=threads)
@@ -213,17 +241,17 @@ class Writer(StorageWriter, AsyncStager):  # type: ignore[misc]
                                                      "world_size": len(plans)})
                 for i, p in enumerate(plans)]
 
-    def _spec(self, sd: dict[str, Any], save_id: str) -> dict[str, Any]:
+    def _spec(self, sd: dict[str, Any], save_id: str) -> Any:
         assert self.path is not None
         _, name = _split(self.path)
-        return {"name": name, "step": self.step if self.step is not None else -1,
-                "save_id": save_id, "world_size": sd["world_size"], "rank": sd["rank"],
-                "replace": self.replace, "user_json": self.user_json}
+        return _core.SaveSpec(name=name, step=self.step if self.step is not None else -1,
+                              save_id=save_id, world_size=sd["world_size"], rank=sd["rank"],
+                              replace=self.replace, user_json=self.user_json)
 
     def _repo(self) -> Any:
         assert self.path is not None
         root, _ = _split(self.path)
-        return _core.Repository(root, self.options, True)
+        return _repository(root, self.options)
 
     def write_data(self, plan: SavePlan, planner: SavePlanner) -> Future[list[WriteResult]]:
         sd = plan.storage_data
@@ -255,7 +283,7 @@ class Writer(StorageWriter, AsyncStager):  # type: ignore[misc]
         snap = self._snapshot
         if snap is not None and not snap.done():
             snap.wait()  # a lazy snapshot's copies (its device copies, too)
-        items: list[tuple[Any, ...]] = []
+        items: list[Any] = []  # _core.WriteItem
         keep: list[Any] = []  # keeps the memory alive during the call
         results: list[WriteResult] = []
         attempt = {"save_id": self._save_id}  # every result names the attempt it wrote
@@ -274,7 +302,8 @@ class Writer(StorageWriter, AsyncStager):  # type: ignore[misc]
                 buf = torch.frombuffer(bytearray(data), dtype=torch.uint8)
                 keep.append(buf)
                 n = len(data)
-                items.append((fqn, "bytes", "uint8", [n], [0], [n], buf.data_ptr(), n))
+                items.append(_core.WriteItem(fqn, "bytes", "uint8", [n], [0], [n],
+                                             buf.data_ptr(), n))
             else:
                 t = _staging.local_tensor(planner.resolve_data(item)).detach()
                 if t.device.type != "cpu":
@@ -286,16 +315,17 @@ class Writer(StorageWriter, AsyncStager):  # type: ignore[misc]
                 td = item.tensor_data
                 n = t.numel() * t.element_size()
                 addresses.append(t.data_ptr())
-                items.append((fqn, "tensor", _metadata.dtype_name(t.dtype), list(td.size),
-                              list(td.chunk.offsets), list(td.chunk.sizes), t.data_ptr(), n))
-            results.append(WriteResult(index=item.index, size_in_bytes=items[-1][-1],
+                items.append(_core.WriteItem(fqn, "tensor", _metadata.dtype_name(t.dtype),
+                                             list(td.size), list(td.chunk.offsets),
+                                             list(td.chunk.sizes), t.data_ptr(), n))
+            results.append(WriteResult(index=item.index, size_in_bytes=items[-1].nbytes,
                                        storage_data=attempt))
         spec = self._spec(sd, self._save_id or "")
-        total = sum(i[-1] for i in items)
+        total = sum(i.nbytes for i in items)
         with Progress(self.progress, total, "save") as bar:
             r = self._repo().write_rank(spec, items, self._stream)
             bar.update(total)
-        copied[0] = int(r["copied_bytes"])
+        copied[0] = r.copied_bytes
         self.last_write_copied_bytes = copied[0]
         fut: Future[list[WriteResult]] = Future()
         fut.set_result(results)
@@ -318,9 +348,13 @@ class Writer(StorageWriter, AsyncStager):  # type: ignore[misc]
                 f"(enable_plan_caching) come from different save series; use one planner "
                 f"instance class per series, or no plan caching")
         spec = self._spec(sd, self._save_id)
-        spec["rank"] = 0
-        spec["dcp_json"] = json.dumps(_metadata.to_json(metadata))
-        self._repo().commit(spec)
+        spec.rank = 0
+        spec.dcp_json = json.dumps(_metadata.to_json(metadata))
+        result = self._repo().commit(spec)
+        self.last_commit = result
+        if result.export_error:
+            log.warning("checkpoint %s is committed, but its export to S3 was not requested: %s",
+                        result.name, result.export_error)
 
     def storage_meta(self) -> Optional[StorageMeta]:
         return StorageMeta(checkpoint_id=self.path)
@@ -497,45 +531,45 @@ class Reader(StorageReader):
         core = self._open()
         assert self._manifest is not None
         items = {it["name"]: it for it in self._manifest["items"]}
-        requests: list[tuple[Any, ...]] = []
+        requests: list[Any] = []  # _core.ReadRequest
         pending: list[tuple[Any, torch.Tensor, torch.Tensor, bool]] = []
         for req in plan.items:
             fqn = req.storage_index.fqn
             it = items.get(fqn)
             if it is None:
-                raise _core.CorruptCheckpointError(
-                    f"{self.path}: the checkpoint has no item {fqn!r}")
+                raise _corrupt(f"{self.path}: the checkpoint has no item {fqn!r}", self.path)
             if req.type == LoadItemType.BYTE_IO:
                 n = int(it["shape"][0])
                 buf = torch.empty(n, dtype=torch.uint8)
-                core.read([(fqn, 0, [], [], buf.data_ptr(), n, [], [])])
+                core.read([_core.ReadRequest(fqn, address=buf.data_ptr(), nbytes=n)])
                 try:
                     value = _values.decode(buf.numpy().tobytes(), f"{self.path}: item {fqn!r}")
                 except ValueError as e:
-                    raise _core.CorruptCheckpointError(str(e)) from None
+                    raise _corrupt(str(e), self.path) from None
                 planner.load_bytes(req, _values.as_torch_bytes(value))
                 continue
             key = (fqn, tuple(int(x) for x in req.storage_index.offset))
             chunk = self._chunks.get(key)
             if chunk is None:
-                raise _core.CorruptCheckpointError(
-                    f"{self.path}: item {fqn!r} has no chunk at offsets {list(key[1])}")
+                raise _corrupt(f"{self.path}: item {fqn!r} has no chunk at offsets {list(key[1])}",
+                               self.path)
             saved_dtype = _metadata.dtype_from_name(it["dtype"])
             target = planner.resolve_tensor(req).detach()
             direct = (target.device.type == "cpu" and target.is_contiguous()
                       and target.dtype == saved_dtype)
             dst = target if direct else torch.empty(list(req.lengths), dtype=saved_dtype)
-            requests.append((fqn, chunk, list(req.storage_offsets), list(req.lengths),
-                             dst.data_ptr(), dst.numel() * dst.element_size(), [], []))
+            requests.append(_core.ReadRequest(fqn, chunk, list(req.storage_offsets),
+                                              list(req.lengths), dst.data_ptr(),
+                                              dst.numel() * dst.element_size()))
             pending.append((req, target, dst, direct))
-        total = sum(r[5] for r in requests)
+        total = sum(r.nbytes for r in requests)
         with Progress(self.progress, total, "load") as bar:
             # Batches of about 256 MiB: parallel inside, progress between.
-            batch: list[tuple[Any, ...]] = []
+            batch: list[Any] = []
             size = 0
             for r in requests:
                 batch.append(r)
-                size += r[5]
+                size += r.nbytes
                 if size >= 256 << 20:
                     core.read(batch)
                     bar.update(size)

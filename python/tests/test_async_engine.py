@@ -115,7 +115,7 @@ def test_checkpointer_copies_the_state_once_and_reuses_its_memory(tmp_path):
         assert h.copied_bytes == nbytes  # staging copy once, nothing in write_data
         allocations.append(shardwise._staging.staging_stats()["allocations"])
     assert allocations[-1] == allocations[0]  # the pool was reused
-    assert _core.staging_stats()["leased"] == 0  # every save gave its memory back
+    assert _core.staging_stats().leased == 0  # every save gave its memory back
     back = zeros_like_state(rank_state(0))
     assert ck.load(back) == 4
     want = rank_state(0)
@@ -134,7 +134,7 @@ def test_dcp_idiom_new_writer_per_save_allocates_once(tmp_path):
         state["r0"]["w"].mul_(2.0)
         fut.result()
         assert w.copied_bytes == tensor_bytes(state)
-        counts.append(_core.staging_stats()["allocations"])
+        counts.append(_core.staging_stats().allocations)
     assert counts[-1] == counts[0], counts
     back = zeros_like_state(rank_state(0))
     dcp.load(back, storage_reader=Reader(tmp_path / "r" / "step-000000000004"), no_dist=True)
@@ -163,9 +163,9 @@ def test_staging_options_and_release(tmp_path):
     with pytest.raises(ValueError, match="staging_threads"):
         Writer(tmp_path / "x", staging_threads=0)
     dcp.async_save(rank_state(0), storage_writer=Writer(tmp_path / "y"), no_dist=True).result()
-    assert _core.staging_stats()["reserved_bytes"] > 0
+    assert _core.staging_stats().reserved_bytes > 0
     shardwise.release_staging()
-    assert _core.staging_stats()["reserved_bytes"] == 0
+    assert _core.staging_stats().reserved_bytes == 0
 
 
 def test_a_checkpoint_process_writes_shared_staging_memory_without_a_copy(tmp_path):
@@ -195,7 +195,7 @@ def test_a_checkpoint_process_writes_shared_staging_memory_without_a_copy(tmp_pa
 def test_a_state_over_the_staging_budget_is_streamed(tmp_path):
     state = rank_state(0)
     nbytes = tensor_bytes(state)
-    before = _core.staging_stats()["leased_bytes"]
+    before = _core.staging_stats().leased_bytes
     ck = shardwise.Checkpointer(tmp_path / "ck", staging_budget=nbytes // 2)
     os.environ["SHARDWISE_PAUSE_AT"] = "write_shard:300"  # the writer starts late
     try:
@@ -203,7 +203,7 @@ def test_a_state_over_the_staging_budget_is_streamed(tmp_path):
     finally:
         del os.environ["SHARDWISE_PAUSE_AT"]
     assert h.stall_seconds >= 0.3  # save() waited for the writer to read the state
-    assert _core.staging_stats()["leased_bytes"] == before  # nothing was staged
+    assert _core.staging_stats().leased_bytes == before  # nothing was staged
     state["r0"]["w"].add_(1.0)  # save() returned: the writer is done reading
     h.wait()
     back = zeros_like_state(rank_state(0))
@@ -343,7 +343,7 @@ def _writer_per_save(rank: int, world: int, root: str) -> None:
         state[f"r{rank}"]["w"].add_(1.0)
         fut.result()
         assert w.copied_bytes == nbytes, (w.copied_bytes, nbytes)
-        allocations.append(_core.staging_stats()["allocations"])
+        allocations.append(_core.staging_stats().allocations)
     assert allocations == [allocations[0]] * 5, allocations  # allocated by the first save only
     back = zeros_like_state(rank_state(rank))
     dcp.load(back, storage_reader=Reader(os.path.join(root, "step-000000000005")))
@@ -493,7 +493,7 @@ def test_sigkill_during_a_lazy_snapshot_leaves_the_previous_checkpoint(tmp_path)
     assert "mid-snapshot" in r.stdout, r.stdout  # killed while the copy ran
     ck = shardwise.Checkpointer(root)
     assert ck.steps() == [1]  # step 2 is invisible
-    assert _core.Reader(str(root / "step-000000000001"), {}).verify() == []
+    assert _core.Reader(str(root / "step-000000000001"), {}).verify().problems == []
     back = {"m": nn.Linear(4096, 4096).state_dict()}
     assert ck.load(back) == 1
     ck.close()

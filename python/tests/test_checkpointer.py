@@ -138,6 +138,43 @@ def test_error_mapping(tmp_path):
     assert c.value.path.endswith("manifest.json")
 
 
+def test_aborted_error_and_typed_results(tmp_path):
+    """A rank's failure reaches the coordinator's commit as AbortedError (a
+    RuntimeError) naming the rank; results and options are typed."""
+    assert issubclass(shardwise.AbortedError, RuntimeError)
+    assert issubclass(shardwise.UnavailableError, RuntimeError)
+    repo = _core.Repository(str(tmp_path / "a"), {"commit_timeout_s": 30, "direct_io": "off",
+                                                  "io_unit": "2MiB", "threads": 1}, True)
+    t = torch.ones(64)
+    item = _core.WriteItem("x", "tensor", "float32", [64], [0], [64], t.data_ptr(), 256)
+    spec = _core.SaveSpec(name="s", step=1, save_id="ab1", world_size=2, rank=0)
+    repo.write_rank(spec, [item])
+    failed = _core.SaveSpec(name="s", step=1, save_id="ab1", world_size=2, rank=1)
+    repo.report_failure(failed, "out of memory on rank 1")
+    with pytest.raises(shardwise.AbortedError, match="rank 1 failed: ABORTED: out of memory on rank 1") as e:
+        repo.commit(spec)
+    assert e.value.path is not None and ".staging-ab1" in e.value.path
+    assert [c.state for c in repo.list()] in ([], ["staging"])
+    # An unknown or malformed option is refused, naming it; values may be
+    # numbers or the words `shardwise options` shows.
+    with pytest.raises(ValueError, match="queue_depth='0' is not an integer"):
+        _core.Repository(str(tmp_path / "b"), {"queue_depth": 0}, True)
+    with pytest.raises(ValueError, match="unknown option 'SHARDWISE_THREADS'"):
+        _core.Repository(str(tmp_path / "b"), {"SHARDWISE_THREADS": 1}, True)
+    with pytest.raises(TypeError, match="option threads"):
+        _core.Repository(str(tmp_path / "b"), {"threads": [1]}, True)
+    # Delete: the checkpoint goes and `latest` moves back.
+    for step in (1, 2):
+        s = _core.SaveSpec(name=f"step-{step:012d}", step=step, save_id=f"d{step}")
+        repo.write_rank(s, [item])
+        assert repo.commit(s).latest_updated
+    repo.delete("step-000000000002")
+    assert repo.latest() == "step-000000000001"
+    assert (tmp_path / "a" / "latest").read_text() == "step-000000000001\n"
+    with pytest.raises(FileNotFoundError):
+        repo.delete("step-000000000002")
+
+
 def test_replace(tmp_path):
     path = tmp_path / "r" / "step-000000000001"
     dcp.save({"x": torch.ones(4)}, storage_writer=Writer(path), no_dist=True)
@@ -162,13 +199,12 @@ def test_never_unpickles(tmp_path):
     root = tmp_path / "hostile"
     repo = _core.Repository(str(root), {}, True)
     buf = torch.frombuffer(bytearray(payload), dtype=torch.uint8)
-    spec = {"name": "step-000000000001", "step": 1, "dcp_json": json.dumps(
+    spec = _core.SaveSpec(name="step-000000000001", step=1, save_id="x1", dcp_json=json.dumps(
         {"format": 1, "version": None, "planner_data": None,
-         "state_dict_metadata": {"obj": {"type": "bytes"}}})}
-    repo.write_rank(spec | {"save_id": "x1"},
-                    [("obj", "bytes", "uint8", [len(payload)], [0], [len(payload)],
-                      buf.data_ptr(), len(payload))])
-    repo.commit(spec | {"save_id": "x1"})
+         "state_dict_metadata": {"obj": {"type": "bytes"}}}))
+    repo.write_rank(spec, [_core.WriteItem("obj", "bytes", "uint8", [len(payload)], [0],
+                                           [len(payload)], buf.data_ptr(), len(payload))])
+    repo.commit(spec)
     state = {"obj": None}
     with pytest.raises(BaseException) as e:
         dcp.load(state, storage_reader=Reader(root / "step-000000000001"), no_dist=True)
@@ -206,9 +242,14 @@ def test_loads_cpp_written_checkpoint(tmp_path):
     root = tmp_path / "cpp"
     repo = _core.Repository(str(root), {}, True)
     t = torch.arange(12, dtype=torch.float32).reshape(3, 4)
-    spec = {"name": "step-000000000002", "step": 2, "save_id": "c1"}
-    repo.write_rank(spec, [("w", "tensor", "float32", [3, 4], [0, 0], [3, 4], t.data_ptr(), 48)])
-    repo.commit(spec)
+    spec = _core.SaveSpec(name="step-000000000002", step=2, save_id="c1")
+    r = repo.write_rank(spec, [_core.WriteItem("w", "tensor", "float32", [3, 4], [0, 0], [3, 4],
+                                               t.data_ptr(), 48)])
+    assert r.bytes >= 48 and r.shard_path.endswith(".shard")
+    c = repo.commit(spec)
+    assert (c.name, c.latest_updated, c.export_error) == ("step-000000000002", True, "")
+    info = [i for i in repo.list() if i.name == "step-000000000002"]
+    assert [(i.state, i.step, i.items, i.is_latest) for i in info] == [("committed", 2, 1, True)]
     back = {"w": torch.zeros(3, 4)}
     dcp.load(back, storage_reader=Reader(root / "step-000000000002"), no_dist=True)
     assert torch.equal(back["w"], t)

@@ -88,7 +88,7 @@ def test_round_trip_transformer_adamw_4_ranks(tmp_path):
     assert sum(1 for s in sizes if s > 8192) >= 2, sizes
     for it in manifest["items"]:
         assert len(it["chunks"]) == 1, it["name"]
-    assert shardwise._core.Reader(path, {}).verify() == []
+    assert shardwise._core.Reader(path, {}).verify().problems == []
 
 
 # -- DTensor resharding N -> M ------------------------------------------------------------
@@ -201,14 +201,14 @@ def test_rank_killed_mid_save(tmp_path):
             p.kill()
         p.join(30)
     repo = shardwise._core.Repository(root, {}, False)
-    committed = [c["name"] for c in repo.list() if c["state"] == "committed"]
+    committed = [c.name for c in repo.list() if c.state == "committed"]
     assert committed == ["step-000000000001"]
     assert repo.latest() == "step-000000000001"
     back = {"x": torch.zeros(1 << 16), "y": torch.zeros(128, 128)}
     dcp.load(back, storage_reader=Reader(os.path.join(root, "step-000000000001")), no_dist=True)
     assert torch.equal(back["y"], _full(1, (128, 128)))
     report = repo.gc(grace_s=0)
-    assert len(report["removed_staging"]) == 1
+    assert len(report.removed_staging) == 1
 
 
 # -- a corrupted shard: CorruptCheckpointError naming the item; Checkpointer falls back

@@ -4,6 +4,7 @@
 
 #include "output.h"
 #include "shardwise/options.h"
+#include "shardwise/version.h"
 
 namespace shardwise::cli {
 namespace {
@@ -47,7 +48,7 @@ int RunCli(const Argv& argv, std::ostream& out, std::ostream& err) {
     return argv.size() < 2 ? kExitUsage : kExitOk;
   }
   if (argv[1] == "--version") {
-    out << "shardwise 0.1.0\n";
+    out << "shardwise " << Version() << "\n";
     return kExitOk;
   }
   using Verb = std::function<int(const Argv&, std::ostream&, std::ostream&)>;

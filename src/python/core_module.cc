@@ -17,6 +17,7 @@
 #include <mutex>
 #include <sstream>
 #include <type_traits>
+#include <unordered_map>
 
 #include "shardwise/cli.h"
 #include "shardwise/utf8.h"
@@ -28,7 +29,9 @@ using namespace nb::literals;
 namespace shardwise::python {
 namespace {
 
-PyObject* g_corrupt_error = nullptr;  // shardwise.CorruptCheckpointError
+PyObject* g_corrupt_error = nullptr;      // shardwise.CorruptCheckpointError
+PyObject* g_aborted_error = nullptr;      // shardwise.AbortedError
+PyObject* g_unavailable_error = nullptr;  // shardwise.UnavailableError
 
 // The one place where a Status becomes a Python exception.
 [[noreturn]] void Raise(const Status& s) {
@@ -37,13 +40,15 @@ PyObject* g_corrupt_error = nullptr;  // shardwise.CorruptCheckpointError
   // strings must be valid UTF-8.
   const std::string msg = ToValidUtf8(s.message());
   const std::string path = ToValidUtf8(s.path());
+  auto raise_with_path = [&](PyObject* type) {
+    nb::object exc = nb::borrow(type)(msg);
+    exc.attr("path") = path.empty() ? nb::object(nb::none()) : nb::object(nb::str(path.c_str()));
+    PyErr_SetObject(type, exc.ptr());
+  };
   switch (s.code()) {
-    case StatusCode::kCorrupt: {
-      nb::object exc = nb::borrow(g_corrupt_error)(msg);
-      exc.attr("path") = path.empty() ? nb::object(nb::none()) : nb::object(nb::str(path.c_str()));
-      PyErr_SetObject(g_corrupt_error, exc.ptr());
-      break;
-    }
+    case StatusCode::kCorrupt: raise_with_path(g_corrupt_error); break;
+    case StatusCode::kAborted: raise_with_path(g_aborted_error); break;
+    case StatusCode::kUnavailable: raise_with_path(g_unavailable_error); break;
     case StatusCode::kIoError:
     case StatusCode::kNotFound:
     case StatusCode::kAlreadyExists: {
@@ -91,76 +96,44 @@ auto Unlocked(Fn&& fn) {
   }
 }
 
+// A Python option value as the option table's parsers read it.
+std::string OptionText(const std::string& key, nb::handle v) {
+  if (nb::isinstance<nb::bool_>(v)) return nb::cast<bool>(v) ? "1" : "0";
+  if (nb::isinstance<nb::int_>(v) || nb::isinstance<nb::float_>(v) || nb::isinstance<nb::str>(v))
+    return nb::cast<std::string>(nb::str(v));
+  nb::gil_scoped_acquire gil;
+  PyErr_SetString(PyExc_TypeError, ("option " + key + ": expected a str, int, float or bool, "
+                                    "not " + nb::cast<std::string>(nb::str(v.type()))).c_str());
+  throw nb::python_error();
+}
+
+// Engine options: the SHARDWISE_* environment, then the keywords of the
+// option table (`shardwise options`); None leaves an option as it is.
 Options MakeOptions(const nb::dict& d) {
-  auto base = Options::FromEnv();
-  if (!base.ok()) Raise(base.status());
-  Options o = *base;
+  Options o = Take(Options::FromEnv());
   for (auto [k, v] : d) {
-    std::string key = nb::cast<std::string>(k);
+    const std::string key = nb::cast<std::string>(k);
     if (v.is_none()) continue;
-    auto size = [&](nb::handle h) -> std::uint64_t {
-      if (nb::isinstance<nb::str>(h)) return Take(ParseSize(nb::cast<std::string>(h)));
-      return nb::cast<std::uint64_t>(h);
-    };
-    if (key == "io_backend") o.io_backend = Take(ParseIoBackendKind(nb::cast<std::string>(v)));
-    else if (key == "queue_depth") o.queue_depth = nb::cast<int>(v);
-    else if (key == "threads") o.threads = nb::cast<int>(v);
-    else if (key == "io_unit") o.io_unit_bytes = size(v);
-    else if (key == "checksum_block") o.checksum_block_bytes = size(v);
-    else if (key == "direct_io") {
-      std::string m = nb::cast<std::string>(v);
-      if (m == "auto") o.direct_io = DirectIoMode::kAuto;
-      else if (m == "on") o.direct_io = DirectIoMode::kOn;
-      else if (m == "off") o.direct_io = DirectIoMode::kOff;
-      else Raise(InvalidArgument("direct_io must be auto, on or off"));
-    } else if (key == "commit_timeout_s") o.commit_timeout_s = nb::cast<double>(v);
-    else if (key == "staging_grace_s") o.staging_grace_s = nb::cast<double>(v);
-    else Raise(InvalidArgument("unknown option '" + key + "'"));
+    const OptionInfo* row = FindOption(key);
+    if (!row || row->keyword != key)
+      Raise(InvalidArgument("unknown option '" + key + "' (`shardwise options` lists the "
+                            "Python keywords)"));
+    Check(SetOption(o, key, OptionText(key, v)));
   }
   Check(o.Validate());
   return o;
 }
 
-SaveSpec MakeSpec(const nb::dict& d) {
-  SaveSpec s;
-  for (auto [k, v] : d) {
-    std::string key = nb::cast<std::string>(k);
-    if (v.is_none()) continue;
-    if (key == "name") s.name = nb::cast<std::string>(v);
-    else if (key == "step") s.step = nb::cast<std::int64_t>(v);
-    else if (key == "save_id") s.save_id = nb::cast<std::string>(v);
-    else if (key == "world_size") s.world_size = nb::cast<std::int32_t>(v);
-    else if (key == "rank") s.rank = nb::cast<std::int32_t>(v);
-    else if (key == "replace") s.replace = nb::cast<bool>(v);
-    else if (key == "user_json") s.user_json = nb::cast<std::string>(v);
-    else if (key == "dcp_json") s.dcp_json = nb::cast<std::string>(v);
-    else Raise(InvalidArgument("unknown save spec field '" + key + "'"));
-  }
-  return s;
-}
-
-using ItemTuple = std::tuple<std::string, std::string, std::string, std::vector<std::int64_t>,
-                             std::vector<std::int64_t>, std::vector<std::int64_t>, std::uintptr_t,
-                             std::uint64_t>;
-
-std::vector<WriteItem> MakeItems(const std::vector<ItemTuple>& in) {
-  std::vector<WriteItem> out;
-  out.reserve(in.size());
-  for (const auto& [name, kind, dtype, shape, offsets, sizes, ptr, nbytes] : in) {
-    WriteItem w;
-    w.name = name;
-    if (kind == "bytes") w.kind = ItemKind::kBytes;
-    else if (kind != "tensor") Raise(InvalidArgument("item kind must be tensor or bytes"));
-    w.dtype = Take(ParseDType(dtype));
-    w.global_shape = shape;
-    w.chunk_offsets = offsets;
-    w.chunk_sizes = sizes;
-    w.data = reinterpret_cast<const void*>(ptr);
-    w.nbytes = nbytes;
-    out.push_back(std::move(w));
-  }
-  return out;
-}
+// One read as Python builds it: the item by name (ReadRequest holds a
+// pointer into the manifest, which only the reader knows).
+struct PyReadRequest {
+  std::string item;
+  std::size_t chunk = 0;
+  std::vector<std::int64_t> offsets, lengths;
+  std::uintptr_t address = 0;
+  std::uint64_t nbytes = 0;
+  std::vector<std::int64_t> dst_shape, dst_offsets;
+};
 
 // A one-shot signal set from C++ threads without the GIL (e.g. "the items'
 // memory is free") and waited for from Python with the GIL released.
@@ -199,69 +172,31 @@ class PyRepository {
   }
   std::string root() const { return repo_->root(); }
 
-  nb::dict WriteRank(const nb::dict& spec_d, const std::vector<ItemTuple>& items_t,
-                     PyEvent* released) {
-    SaveSpec spec = MakeSpec(spec_d);
-    std::vector<WriteItem> items = MakeItems(items_t);
+  RankResult WriteRank(const SaveSpec& spec, const std::vector<WriteItem>& items,
+                       PyEvent* released) {
     std::function<void()> on_released;
     if (released) on_released = [released] { released->Set(); };
-    RankResult v = Unlocked([&] { return repo_->WriteRank(spec, items, on_released); });
-    nb::dict out;
-    out["shard_path"] = v.shard_path;
-    out["bytes"] = v.bytes;
-    out["seconds"] = v.seconds;
-    out["backend"] = v.backend;
-    out["direct_io"] = v.direct_io;
-    out["copied_bytes"] = v.copied_bytes;
-    return out;
+    return Unlocked([&] { return repo_->WriteRank(spec, items, on_released); });
   }
-
-  nb::dict Commit(const nb::dict& spec_d) {
-    SaveSpec spec = MakeSpec(spec_d);
-    CommitResult v = Unlocked([&] { return repo_->Commit(spec); });
-    nb::dict out;
-    out["name"] = v.name;
-    out["dir"] = v.dir;
-    out["bytes"] = v.bytes;
-    out["latest_updated"] = v.latest_updated;
-    return out;
+  CommitResult Commit(const SaveSpec& spec) {
+    return Unlocked([&] { return repo_->Commit(spec); });
   }
-
-  void WaitCommitted(const nb::dict& spec_d, double timeout_s) {
-    SaveSpec spec = MakeSpec(spec_d);
+  void WaitCommitted(const SaveSpec& spec, double timeout_s) {
     Unlocked([&] { return repo_->WaitCommitted(spec, timeout_s); });
   }
-
   void LockForWriting() { Check(repo_->LockForWriting()); }
   std::string FilesystemSummary() { return repo_->FilesystemSummary(); }
-  void ReportFailure(const nb::dict& spec_d, const std::string& why) {
-    Check(repo_->ReportFailure(MakeSpec(spec_d), Status(StatusCode::kAborted, why)));
+  void ReportFailure(const SaveSpec& spec, const std::string& why) {
+    Check(repo_->ReportFailure(spec, Status(StatusCode::kAborted, why)));
   }
-
-  nb::list List() {
-    std::vector<CheckpointInfo> all = Take(repo_->List());
-    nb::list out;
-    for (const auto& c : all) {
-      nb::dict e;
-      e["name"] = c.name;
-      e["dir_name"] = c.dir_name;
-      e["state"] = std::string(CheckpointStateName(c.state));
-      e["step"] = c.step;
-      e["world_size"] = c.world_size;
-      e["bytes"] = c.bytes;
-      e["time_unix"] = c.created_unix;
-      e["save_id"] = c.save_id;
-      e["latest"] = c.is_latest;
-      e["active"] = c.active;
-      e["problem"] = c.problem;
-      out.append(e);
-    }
-    return out;
+  std::vector<CheckpointInfo> List(bool with_exports) {
+    return Unlocked([&] { return repo_->List(with_exports); });
   }
-
   std::optional<std::string> Latest() { return Take(repo_->Latest()); }
-
-  nb::dict Gc(std::optional<int> keep_last, std::optional<int> keep_every, bool dry_run,
+  void Delete(const std::string& name) {
+    Unlocked([&] { return repo_->Delete(name); });
+  }
+  GcReport Gc(std::optional<int> keep_last, std::optional<int> keep_every, bool dry_run,
               std::optional<double> grace, bool verify) {
     GcOptions gc;
     gc.keep_last = keep_last;
@@ -269,52 +204,42 @@ class PyRepository {
     gc.dry_run = dry_run;
     gc.staging_grace_s = grace;
     gc.full_verify = verify;
-    GcReport v = Unlocked([&] { return repo_->Gc(gc); });
-    nb::dict out;
-    out["removed_staging"] = v.removed_staging;
-    out["removed_checkpoints"] = v.removed_checkpoints;
-    out["kept"] = v.kept;
-    out["newest_valid"] = v.newest_valid;
-    return out;
+    return Unlocked([&] { return repo_->Gc(gc); });
   }
 
  private:
   std::unique_ptr<Repository> repo_;
 };
 
-using ReadTuple = std::tuple<std::string, std::size_t, std::vector<std::int64_t>,
-                             std::vector<std::int64_t>, std::uintptr_t, std::uint64_t,
-                             std::vector<std::int64_t>, std::vector<std::int64_t>>;
-
 class PyReader {
  public:
   PyReader(const std::string& dir, const nb::dict& options) {
     Options o = MakeOptions(options);
     reader_ = Unlocked([&] { return CheckpointReader::Open(dir, o); });
+    for (const ItemRecord& it : reader_->manifest().items) items_.emplace(it.name, &it);
   }
 
   // The validated manifest as JSON text (parsed by Python's json module; no
   // pickle anywhere).
   std::string ManifestJson() const { return reader_->ManifestJson(); }
 
-  // requests: (item name, chunk index, offsets, lengths, dst ptr, dst bytes,
-  // dst shape, dst offsets)
-  void Read(const std::vector<ReadTuple>& reqs) {
-    const Manifest& m = reader_->manifest();
+  void Read(const std::vector<PyReadRequest>& reqs) {
     std::vector<ReadRequest> out;
     out.reserve(reqs.size());
-    for (const auto& [name, chunk, offsets, lengths, ptr, nbytes, dshape, doffs] : reqs) {
-      const ItemRecord* it = m.FindItem(name);
-      if (!it) Raise(NotFound("no item '" + name + "' in " + reader_->dir()));
+    for (const PyReadRequest& r : reqs) {
+      auto it = items_.find(r.item);
+      if (it == items_.end())
+        Raise(Corrupt(reader_->dir() + ": the checkpoint has no item '" + r.item + "'",
+                      reader_->dir()));
       ReadRequest q;
-      q.item = it;
-      q.chunk = chunk;
-      q.offsets = offsets;
-      q.lengths = lengths;
-      q.dst = reinterpret_cast<void*>(ptr);
-      q.dst_bytes = nbytes;
-      q.dst_shape = dshape;
-      q.dst_offsets = doffs;
+      q.item = it->second;
+      q.chunk = r.chunk;
+      q.offsets = r.offsets;
+      q.lengths = r.lengths;
+      q.dst = reinterpret_cast<void*>(r.address);
+      q.dst_bytes = r.nbytes;
+      q.dst_shape = r.dst_shape;
+      q.dst_offsets = r.dst_offsets;
       out.push_back(std::move(q));
     }
     Unlocked([&] { return reader_->Read(out); });
@@ -324,17 +249,13 @@ class PyReader {
     Unlocked([&] { return reader_->CheckFiles(); });
   }
 
-  nb::list Verify() {
-    VerifyReport v = Unlocked([&] { return reader_->Verify(); });
-    nb::list problems;
-    for (const auto& p : v.problems)
-      problems.append(nb::make_tuple(p.file, std::string(StatusCodeName(p.status.code())),
-                                     p.status.message()));
-    return problems;
+  VerifyReport Verify() {
+    return Unlocked([&] { return reader_->Verify(); });
   }
 
  private:
   std::unique_ptr<CheckpointReader> reader_;
+  std::unordered_map<std::string, const ItemRecord*> items_;  // by name
 };
 
 // -- staging memory (include/shardwise/staging.h) ------------------------------
@@ -437,15 +358,8 @@ void SetStagingAllocator(const std::string& kind, nb::callable allocate) {
       });
 }
 
-nb::dict StagingStatsOf(const std::string& kind) {
-  StagingStats st = StagingPool::ForProcess(kind).stats();
-  nb::dict out;
-  out["allocations"] = st.allocations;
-  out["reserved_bytes"] = st.reserved_bytes;
-  out["leased_bytes"] = st.leased_bytes;
-  out["slabs"] = st.slabs;
-  out["leased"] = st.leased;
-  return out;
+StagingStats StagingStatsOf(const std::string& kind) {
+  return StagingPool::ForProcess(kind).stats();
 }
 
 // Releases the leases holding any of these addresses (a save's items, once
@@ -498,23 +412,172 @@ int CliMain(const std::vector<std::string>& argv) {
 }  // namespace
 }  // namespace shardwise::python
 
-NB_MODULE(_core, m) {
-  using namespace shardwise::python;
-  m.doc() = "shardwise C++ core (internal; use the shardwise package)";
-  g_corrupt_error = PyErr_NewExceptionWithDoc(
-      "shardwise.CorruptCheckpointError",
+namespace shardwise::python {
+namespace {
+
+// A Python exception class shardwise.NAME deriving from `base`, with a
+// `path` attribute (None unless the error names a file).
+PyObject* NewError(nb::module_& m, const char* name, const char* doc, PyObject* base) {
+  PyObject* type = PyErr_NewExceptionWithDoc((std::string("shardwise.") + name).c_str(), doc,
+                                             base, nullptr);
+  nb::handle(type).attr("path") = nb::none();
+  m.attr(name) = nb::handle(type);
+  return type;
+}
+
+void BindErrors(nb::module_& m) {
+  g_corrupt_error = NewError(
+      m, "CorruptCheckpointError",
       "A checkpoint is damaged: a checksum mismatch, a missing or truncated file, or an "
       "invalid manifest. The message names the file (and the item, for data); `path` holds "
       "the file.",
-      PyExc_Exception, nullptr);
-  m.attr("CorruptCheckpointError") = nb::handle(g_corrupt_error);
+      PyExc_Exception);
+  g_aborted_error = NewError(
+      m, "AbortedError",
+      "A save was abandoned: another job holds the checkpoint root (the message names it), "
+      "or a rank of this save failed (the message says which and why). `path` holds the "
+      "file or directory concerned.",
+      PyExc_RuntimeError);
+  g_unavailable_error = NewError(
+      m, "UnavailableError",
+      "A facility the save needs is not available here (for example flock on a Lustre "
+      "mount without -o flock, or io_uring where it was asked for). `path` holds the file "
+      "concerned, when there is one.",
+      PyExc_RuntimeError);
+}
 
+// SaveSpec and WriteItem: built from Python with keywords, read back by name.
+void BindSaveTypes(nb::module_& m) {
+  nb::class_<SaveSpec>(m, "SaveSpec")
+      .def("__init__",
+           [](SaveSpec* s, std::string name, std::int64_t step, std::string save_id,
+              std::int32_t world_size, std::int32_t rank, bool replace, std::string user_json,
+              std::string dcp_json) {
+             new (s) SaveSpec{std::move(name), step,    std::move(save_id), world_size, rank,
+                              replace,         std::move(user_json), std::move(dcp_json)};
+           },
+           "name"_a = "", "step"_a = -1, "save_id"_a = "", "world_size"_a = 1, "rank"_a = 0,
+           "replace"_a = false, "user_json"_a = "{}", "dcp_json"_a = "")
+      .def_rw("name", &SaveSpec::name)
+      .def_rw("step", &SaveSpec::step)
+      .def_rw("save_id", &SaveSpec::save_id)
+      .def_rw("world_size", &SaveSpec::world_size)
+      .def_rw("rank", &SaveSpec::rank)
+      .def_rw("replace", &SaveSpec::replace)
+      .def_rw("user_json", &SaveSpec::user_json)
+      .def_rw("dcp_json", &SaveSpec::dcp_json);
+  nb::class_<WriteItem>(m, "WriteItem")
+      .def("__init__",
+           [](WriteItem* w, std::string name, const std::string& kind, const std::string& dtype,
+              std::vector<std::int64_t> global_shape, std::vector<std::int64_t> chunk_offsets,
+              std::vector<std::int64_t> chunk_sizes, std::uintptr_t address,
+              std::uint64_t nbytes) {
+             if (kind != "tensor" && kind != "bytes")
+               Raise(InvalidArgument("WriteItem " + name + ": kind must be tensor or bytes"));
+             new (w) WriteItem{std::move(name),
+                               kind == "bytes" ? ItemKind::kBytes : ItemKind::kTensor,
+                               Take(ParseDType(dtype)),
+                               std::move(global_shape),
+                               std::move(chunk_offsets),
+                               std::move(chunk_sizes),
+                               reinterpret_cast<const void*>(address),
+                               nbytes};
+           },
+           "name"_a, "kind"_a, "dtype"_a, "global_shape"_a, "chunk_offsets"_a, "chunk_sizes"_a,
+           "address"_a, "nbytes"_a)
+      .def_ro("name", &WriteItem::name)
+      .def_prop_ro("kind", [](const WriteItem& w) {
+        return w.kind == ItemKind::kBytes ? "bytes" : "tensor";
+      })
+      .def_prop_ro("dtype", [](const WriteItem& w) { return std::string(DTypeName(w.dtype)); })
+      .def_ro("global_shape", &WriteItem::global_shape)
+      .def_ro("chunk_offsets", &WriteItem::chunk_offsets)
+      .def_ro("chunk_sizes", &WriteItem::chunk_sizes)
+      .def_prop_ro("address", [](const WriteItem& w) {
+        return reinterpret_cast<std::uintptr_t>(w.data);
+      })
+      .def_ro("nbytes", &WriteItem::nbytes);
+  nb::class_<PyReadRequest>(m, "ReadRequest")
+      .def("__init__",
+           [](PyReadRequest* r, std::string item, std::size_t chunk,
+              std::vector<std::int64_t> offsets, std::vector<std::int64_t> lengths,
+              std::uintptr_t address, std::uint64_t nbytes, std::vector<std::int64_t> dst_shape,
+              std::vector<std::int64_t> dst_offsets) {
+             new (r) PyReadRequest{std::move(item), chunk,  std::move(offsets),
+                                   std::move(lengths), address, nbytes,
+                                   std::move(dst_shape), std::move(dst_offsets)};
+           },
+           "item"_a, "chunk"_a = 0, "offsets"_a = std::vector<std::int64_t>{},
+           "lengths"_a = std::vector<std::int64_t>{}, "address"_a, "nbytes"_a,
+           "dst_shape"_a = std::vector<std::int64_t>{},
+           "dst_offsets"_a = std::vector<std::int64_t>{})
+      .def_ro("item", &PyReadRequest::item)
+      .def_ro("chunk", &PyReadRequest::chunk)
+      .def_ro("nbytes", &PyReadRequest::nbytes);
+}
+
+// What the core returns: read-only, named fields.
+void BindResults(nb::module_& m) {
+  nb::class_<RankResult>(m, "RankResult")
+      .def_ro("shard_path", &RankResult::shard_path)
+      .def_ro("bytes", &RankResult::bytes)
+      .def_ro("seconds", &RankResult::seconds)
+      .def_ro("backend", &RankResult::backend)
+      .def_ro("direct_io", &RankResult::direct_io)
+      .def_ro("copied_bytes", &RankResult::copied_bytes);
+  nb::class_<CommitResult>(m, "CommitResult")
+      .def_ro("name", &CommitResult::name)
+      .def_ro("dir", &CommitResult::dir)
+      .def_ro("bytes", &CommitResult::bytes)
+      .def_ro("latest_updated", &CommitResult::latest_updated)
+      .def_ro("export_error", &CommitResult::export_error);
+  nb::class_<ExportInfo>(m, "ExportInfo")
+      .def_prop_ro("state", [](const ExportInfo& e) { return std::string(ExportStateName(e.state)); })
+      .def_ro("detail", &ExportInfo::detail);
+  nb::class_<CheckpointInfo>(m, "CheckpointInfo")
+      .def_prop_ro("state",
+                   [](const CheckpointInfo& c) { return std::string(CheckpointStateName(c.state)); })
+      .def_ro("name", &CheckpointInfo::name)
+      .def_ro("dir_name", &CheckpointInfo::dir_name)
+      .def_ro("step", &CheckpointInfo::step)
+      .def_ro("world_size", &CheckpointInfo::world_size)
+      .def_ro("bytes", &CheckpointInfo::bytes)
+      .def_ro("created_unix", &CheckpointInfo::created_unix)
+      .def_ro("save_id", &CheckpointInfo::save_id)
+      .def_ro("items", &CheckpointInfo::items)
+      .def_ro("is_latest", &CheckpointInfo::is_latest)
+      .def_ro("active", &CheckpointInfo::active)
+      .def_ro("problem", &CheckpointInfo::problem)
+      .def_ro("export_info", &CheckpointInfo::export_info);
+  nb::class_<GcReport>(m, "GcReport")
+      .def_ro("removed_staging", &GcReport::removed_staging)
+      .def_ro("removed_checkpoints", &GcReport::removed_checkpoints)
+      .def_ro("kept", &GcReport::kept)
+      .def_ro("kept_unexported", &GcReport::kept_unexported)
+      .def_ro("newest_valid", &GcReport::newest_valid)
+      .def_ro("dry_run", &GcReport::dry_run);
+  nb::class_<VerifyProblem>(m, "VerifyProblem")
+      .def_ro("file", &VerifyProblem::file)
+      .def_prop_ro("code", [](const VerifyProblem& p) { return std::string(StatusCodeName(p.status.code())); })
+      .def_prop_ro("message", [](const VerifyProblem& p) { return ToValidUtf8(p.status.message()); });
+  nb::class_<VerifyReport>(m, "VerifyReport")
+      .def_ro("bytes_checked", &VerifyReport::bytes_checked)
+      .def_ro("files_checked", &VerifyReport::files_checked)
+      .def_ro("problems", &VerifyReport::problems);
+  nb::class_<StagingStats>(m, "StagingStats")
+      .def_ro("allocations", &StagingStats::allocations)
+      .def_ro("reserved_bytes", &StagingStats::reserved_bytes)
+      .def_ro("leased_bytes", &StagingStats::leased_bytes)
+      .def_ro("slabs", &StagingStats::slabs)
+      .def_ro("leased", &StagingStats::leased);
+}
+
+void BindRepository(nb::module_& m) {
   nb::class_<PyEvent>(m, "Event")
       .def(nb::init<>())
       .def("set", &PyEvent::Set)
       .def("is_set", &PyEvent::IsSet)
       .def("wait", &PyEvent::Wait, "timeout_s"_a = -1.0);
-
   nb::class_<PyRepository>(m, "Repository")
       .def(nb::init<const std::string&, const nb::dict&, bool>(), "root"_a, "options"_a,
            "create"_a = true)
@@ -526,18 +589,20 @@ NB_MODULE(_core, m) {
       .def("report_failure", &PyRepository::ReportFailure, "spec"_a, "why"_a)
       .def("lock_for_writing", &PyRepository::LockForWriting)
       .def("filesystem_summary", &PyRepository::FilesystemSummary)
-      .def("list", &PyRepository::List)
+      .def("list", &PyRepository::List, "with_exports"_a = false)
       .def("latest", &PyRepository::Latest)
+      .def("delete", &PyRepository::Delete, "name"_a)
       .def("gc", &PyRepository::Gc, "keep_last"_a = nb::none(), "keep_every"_a = nb::none(),
            "dry_run"_a = false, "grace_s"_a = nb::none(), "verify"_a = false);
-
   nb::class_<PyReader>(m, "Reader")
       .def(nb::init<const std::string&, const nb::dict&>(), "dir"_a, "options"_a)
       .def("manifest_json", &PyReader::ManifestJson)
       .def("read", &PyReader::Read, "requests"_a)
       .def("check_files", &PyReader::CheckFiles)
       .def("verify", &PyReader::Verify);
+}
 
+void BindStaging(nb::module_& m) {
   nb::class_<PyLease>(m, "StagingLease")
       .def_prop_ro("address", &PyLease::address)
       .def_prop_ro("size", &PyLease::size)
@@ -557,7 +622,22 @@ NB_MODULE(_core, m) {
   m.def("adopt_staged", &AdoptStaged, "address"_a, "size"_a, "extents"_a);
   m.def("release_staging", &ReleaseAllStaging);
   m.def("copied_state_bytes", &shardwise::CopiedStateBytes);
-  m.def("parse_size", [](const std::string& text) -> std::uint64_t { return Take(shardwise::ParseSize(text)); }, "text"_a);
+}
 
+}  // namespace
+}  // namespace shardwise::python
+
+NB_MODULE(_core, m) {
+  using namespace shardwise::python;
+  m.doc() = "shardwise C++ core (internal; use the shardwise package)";
+  m.attr("__version__") = std::string(shardwise::Version());
+  BindErrors(m);
+  BindSaveTypes(m);
+  BindResults(m);
+  BindRepository(m);
+  BindStaging(m);
+  m.def("parse_size", [](const std::string& text) -> std::uint64_t {
+    return Take(shardwise::ParseSize(text));
+  }, "text"_a);
   m.def("cli_main", &CliMain, "argv"_a);
 }

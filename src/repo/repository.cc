@@ -51,12 +51,22 @@ bool ParseHiddenDir(std::string_view entry, std::string_view marker, std::string
 
 }  // namespace repo
 
-Result<io::IoBackend*> Repository::Impl::Backend() {
-  std::lock_guard lock(backend_mu);
-  if (!backend) {
-    SW_ASSIGN_OR_RETURN(backend, io::MakeIoBackend(options));
+Result<Repository::Impl::BackendLease> Repository::Impl::Backend() {
+  std::unique_ptr<io::IoBackend> b;
+  {
+    std::lock_guard lock(backend_mu);
+    if (!idle_backends.empty()) {
+      b = std::move(idle_backends.back());
+      idle_backends.pop_back();
+    }
   }
-  return backend.get();
+  if (!b) {
+    SW_ASSIGN_OR_RETURN(b, io::MakeIoBackend(options));
+  }
+  return BackendLease(b.release(), [this](io::IoBackend* done) {
+    std::lock_guard lock(backend_mu);
+    idle_backends.emplace_back(done);
+  });
 }
 
 fs::Placement* Repository::Impl::Placement() {
@@ -198,7 +208,7 @@ Result<RankResult> Repository::WriteRank(const SaveSpec& spec, std::span<const W
     ~Once() { (*this)(); }
   } once{released};
   return WriteRankWith(spec, [&](const engine::ShardTarget& target, void* out) -> Status {
-    SW_ASSIGN_OR_RETURN(io::IoBackend * backend, impl_->Backend());
+    SW_ASSIGN_OR_RETURN(Impl::BackendLease backend, impl_->Backend());
     SW_ASSIGN_OR_RETURN(engine::ShardIndex index,
                         engine::WriteShard(target, spec.rank, spec.save_id, items,
                                            impl_->options, *backend, [&] { once(); }));

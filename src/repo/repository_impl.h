@@ -1,9 +1,11 @@
 // Shared state and naming rules of the repository (see docs/format.md).
 #pragma once
 
+#include <functional>
 #include <memory>
 #include <mutex>
 #include <string>
+#include <vector>
 
 #include "fs/placement.h"
 #include "io/backend.h"
@@ -40,14 +42,20 @@ namespace shardwise {
 struct Repository::Impl {
   std::string root;
   Options options;
+  // I/O backends, reused from save to save. A backend runs one transfer at
+  // a time, so saves in flight at once (two async saves, two threads) each
+  // take their own: an idle one, or a new one.
   std::mutex backend_mu;
-  std::unique_ptr<io::IoBackend> backend;  // created on first save, reused
+  std::vector<std::unique_ptr<io::IoBackend>> idle_backends;
   std::mutex placement_mu;
   std::unique_ptr<fs::Placement> placement;  // probed on first save
   std::mutex writer_mu;
   std::shared_ptr<repo::WriterLock> writer_lock;  // from the first commit or retention on
 
-  Result<io::IoBackend*> Backend();
+  // A backend for one shard's transfers, returned to the pool when the
+  // lease goes.
+  using BackendLease = std::unique_ptr<io::IoBackend, std::function<void(io::IoBackend*)>>;
+  Result<BackendLease> Backend();
   fs::Placement* Placement();
 };
 

@@ -9,6 +9,9 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <cstring>
+#include <thread>
+
 #include "fs/io_mode.h"
 #include "os/fault.h"
 #include "os/posix.h"
@@ -93,6 +96,53 @@ TEST_F(RepositoryTest, SaveListLatest) {
   auto entries = os::ListDir(dir_ / "step-000000000020");
   ASSERT_TRUE(entries.ok());
   EXPECT_EQ(entries->size(), 2u);
+  EXPECT_EQ(StagingCount(*repo_), 0);
+}
+
+// One Repository, saves from several threads at once (two async saves in
+// flight, as Python's DCP path has them): each save gets its own I/O
+// backend, and every checkpoint holds its own bytes.
+TEST_F(RepositoryTest, ConcurrentSavesThroughOneRepository) {
+  constexpr int kSaves = 4;
+  std::vector<OwnedItems> items;
+  for (int i = 0; i < kSaves; ++i) {
+    items.push_back(OwnedItems());
+    items.back().Add("w", DType::kFloat32, {512, 512}, 100 + i);  // 1 MiB each
+  }
+  std::vector<Status> got(kSaves);
+  std::vector<std::thread> threads;
+  for (int i = 0; i < kSaves; ++i)
+    threads.emplace_back([&, i] {
+      SaveSpec spec;
+      spec.step = i + 1;
+      auto r = repo_->Save(spec, items[i].items);
+      got[i] = r.ok() ? Status::Ok() : r.status();
+    });
+  for (auto& t : threads) t.join();
+  for (int i = 0; i < kSaves; ++i) {
+    ASSERT_TRUE(got[i].ok()) << got[i].ToString();
+    auto reader = repo_->OpenCheckpoint(Repository::StepName(i + 1));
+    ASSERT_TRUE(reader.ok());
+    std::vector<std::byte> back(items[i].items[0].nbytes);
+    ASSERT_TRUE((*reader)->ReadItem("w", back.data(), back.size()).ok());
+    EXPECT_EQ(std::memcmp(back.data(), items[i].items[0].data, back.size()), 0) << i;
+  }
+}
+
+// Delete: the checkpoint vanishes, `latest` moves back first, and what is
+// not a committed checkpoint is refused.
+TEST_F(RepositoryTest, DeleteMovesLatestBack) {
+  ASSERT_TRUE(Save(1, 1).ok());
+  ASSERT_TRUE(Save(2, 2).ok());
+  ASSERT_TRUE(repo_->Delete("step-000000000002").ok());
+  EXPECT_EQ(Committed(*repo_), std::vector<std::string>{"step-000000000001"});
+  auto latest = os::ReadSmallFile(dir_ / "latest", 4096);
+  ASSERT_TRUE(latest.ok());
+  EXPECT_EQ(*latest, "step-000000000001\n");
+  EXPECT_EQ(repo_->Delete("step-000000000002").code(), StatusCode::kNotFound);
+  EXPECT_EQ(repo_->Delete("../etc").code(), StatusCode::kNotFound);
+  ASSERT_TRUE(repo_->Delete("step-000000000001").ok());
+  EXPECT_FALSE(os::Exists(dir_ / "latest"));  // nothing left to name
   EXPECT_EQ(StagingCount(*repo_), 0);
 }
 

@@ -4,6 +4,7 @@ options`; every other argument is a typed object below."""
 from typing import Any, Callable, Optional
 
 __version__: str
+MANIFEST_NAME: str  # "manifest.json" (shardwise/names.h)
 
 class CorruptCheckpointError(Exception):
     path: Optional[str]

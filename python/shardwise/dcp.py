@@ -588,6 +588,6 @@ class Reader(StorageReader):
     @classmethod
     def validate_checkpoint_id(cls, checkpoint_id: PathLike) -> bool:
         try:
-            return os.path.isfile(os.path.join(os.fspath(checkpoint_id), "manifest.json"))
+            return os.path.isfile(os.path.join(os.fspath(checkpoint_id), _core.MANIFEST_NAME))
         except TypeError:
             return False

@@ -7,6 +7,7 @@
 #include "cli.h"
 #include "output.h"
 #include "shardwise/repository.h"
+#include "shardwise/names.h"
 
 namespace shardwise::cli {
 
@@ -52,7 +53,7 @@ Outcome VerifyOne(const std::string& dir, const std::string& name, const Options
   auto reader = CheckpointReader::Open(dir, opts);
   if (!reader.ok()) {
     o.ok = false;
-    o.problems.push_back({"manifest.json", reader.status()});
+    o.problems.push_back({std::string(names::kManifest), reader.status()});
     return o;
   }
   Progress bar(err, progress, "verify " + name);
@@ -78,7 +79,7 @@ Outcome Damaged(const std::string& dir, const std::string& name, Status why) {
   o.dir = dir;
   o.name = name;
   o.ok = false;
-  o.problems.push_back({"manifest.json", std::move(why)});
+  o.problems.push_back({std::string(names::kManifest), std::move(why)});
   return o;
 }
 
@@ -166,8 +167,8 @@ int RunVerify(const Argv& argv, std::ostream& out, std::ostream& err) {
   bool is_checkpoint = false, has_shards = false;
   for (fs::directory_iterator it(path, ec), end; !ec && it != end; it.increment(ec)) {
     const std::string e = it->path().filename().string();
-    if (e == "manifest.json") is_checkpoint = true;
-    if (e.rfind("rank-", 0) == 0 && e.find(".shard") != std::string::npos) has_shards = true;
+    if (e == names::kManifest) is_checkpoint = true;
+    if (names::IsShardFile(e)) has_shards = true;
   }
   if (ec) return UsageError(err, "verify", "list " + path + ": " + ec.message());
   const std::string base = fs::path(path).filename().string();

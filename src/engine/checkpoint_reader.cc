@@ -18,6 +18,7 @@
 #include "io/backend.h"
 #include "os/posix.h"
 #include "shardwise/reader.h"
+#include "shardwise/names.h"
 
 namespace shardwise {
 namespace {
@@ -291,7 +292,7 @@ Result<std::unique_ptr<CheckpointReader>> CheckpointReader::Open(const std::stri
   auto impl = std::make_unique<Impl>();
   impl->dir = dir;
   impl->options = options;
-  std::string mpath = os::JoinPath(dir, format::kManifestName);
+  std::string mpath = os::JoinPath(dir, names::kManifest);
   auto text = os::ReadSmallFile(mpath, format::kMaxManifestBytes);
   if (!text.ok()) {
     if (text.status().err() == ENOENT)

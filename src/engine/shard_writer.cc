@@ -22,6 +22,7 @@
 #include "os/posix.h"
 #include "shardwise/staging.h"
 #include "shardwise/utf8.h"
+#include "shardwise/names.h"
 
 namespace shardwise::engine {
 
@@ -278,22 +279,13 @@ std::uint64_t FillUnit(ShardPlan& plan, std::span<const WriteItem> items, std::s
   return copied;
 }
 
-std::string ShardPartPath(const std::string& path, std::size_t p) {
-  if (p == 0) return path;
-  constexpr std::string_view kExt = ".shard";
-  std::string stem = path;
-  if (stem.size() > kExt.size() && stem.compare(stem.size() - kExt.size(), kExt.size(), kExt) == 0)
-    stem.resize(stem.size() - kExt.size());
-  return stem + ".part" + std::to_string(p) + std::string(kExt);
-}
-
 Result<std::vector<os::File>> CreateShardFiles(const ShardTarget& target, const ShardPlan& plan) {
   // O_EXCL: a rank never writes into a file another attempt created.
   int flags = O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC | (target.direct_io ? O_DIRECT : 0);
   const int nfiles = static_cast<int>(plan.file_sizes.size());
   std::vector<os::File> files;
   for (int p = 0; p < nfiles; ++p) {
-    std::string path = ShardPartPath(target.path, static_cast<std::size_t>(p));
+    std::string path = names::ShardPartPath(target.path, static_cast<std::size_t>(p));
     os::File file;
     if (target.placement) {
       SW_ASSIGN_OR_RETURN(file, target.placement->Create(path, flags, 0644, plan.file_sizes[p],
@@ -311,7 +303,7 @@ ShardIndex MakeIndex(ShardPlan& plan, std::span<const WriteItem> items, const st
                      std::string_view backend, bool direct_io) {
   ShardIndex index;
   for (std::size_t p = 0; p < plan.file_sizes.size(); ++p)
-    index.files.push_back({os::Basename(ShardPartPath(path, p)), plan.rank, plan.file_sizes[p],
+    index.files.push_back({os::Basename(names::ShardPartPath(path, p)), plan.rank, plan.file_sizes[p],
                            std::string(backend), direct_io});
   std::map<std::string_view, std::size_t> by_name;  // chunks of one item share a record
   for (std::size_t i = 0; i < items.size(); ++i) {

@@ -120,7 +120,6 @@ ShardIndex MakeIndex(ShardPlan& plan, std::span<const WriteItem> items, const st
 
 // Part file p of the shard at `path`: `path` itself for p = 0, else
 // rank-NNNNN.partP.shard beside it.
-std::string ShardPartPath(const std::string& path, std::size_t p);
 
 // Where one rank's shard file goes and how it is created.
 struct ShardTarget {

@@ -10,6 +10,7 @@
 #include "shardwise/shardwise.h"
 #include "testing/holds.h"
 #include "testing/test_util.h"
+#include "shardwise/names.h"
 
 namespace shardwise {
 namespace {
@@ -70,8 +71,8 @@ TEST(SplitPlan, PartsHoldWholeItemsInOrderWithTheirOwnHeaders) {
   }
   EXPECT_EQ(pos, plan->total_size);
   EXPECT_EQ(headers, (std::vector<int>{1, 1, 1}));
-  EXPECT_EQ(engine::ShardPartPath("/r/rank-00003.shard", 0), "/r/rank-00003.shard");
-  EXPECT_EQ(engine::ShardPartPath("/r/rank-00003.shard", 2), "/r/rank-00003.part2.shard");
+  EXPECT_EQ(names::ShardPartPath("/r/rank-00003.shard", 0), "/r/rank-00003.shard");
+  EXPECT_EQ(names::ShardPartPath("/r/rank-00003.shard", 2), "/r/rank-00003.part2.shard");
 }
 
 TEST(SplitPlan, OneHugeItemMakesFewerFiles) {

@@ -11,7 +11,6 @@
 
 namespace shardwise::format {
 
-inline constexpr char kManifestName[] = "manifest.json";
 inline constexpr char kManifestKind[] = "shardwise.checkpoint";
 inline constexpr char kFragmentKind[] = "shardwise.fragment";
 
@@ -39,8 +38,6 @@ Result<Manifest> Parse(std::string_view text, std::string_view kind,
 Status Validate(const Manifest& m, const std::string& path);
 
 // A plain file name: [A-Za-z0-9._-]+, not starting with '.', at most 255
-// bytes. Checkpoint names follow the same rule.
-bool IsSafeFileName(std::string_view name);
 
 // Number of checksum blocks covering `length` bytes.
 std::uint64_t BlockCount(std::uint64_t length, std::uint64_t block);

@@ -10,6 +10,7 @@
 #include "format/manifest.h"
 #include "format/manifest_internal.h"
 #include "shardwise/utf8.h"
+#include "shardwise/names.h"
 
 namespace shardwise::format {
 
@@ -175,7 +176,7 @@ Status ParseFileRecord(Parser& p, std::size_t index, FileRecord* r) {
     *handled = true;
     if (key == "name") {
       SW_ASSIGN_OR_RETURN(r->name, p.Str(w, "name", 255));
-      if (!IsSafeFileName(r->name))
+      if (!names::IsSafeName(r->name))
         return p.Bad(w, "name", "'" + r->name +
                                     "' is not a plain file name inside the checkpoint "
                                     "(no '/', no '..', no leading '.')");

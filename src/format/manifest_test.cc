@@ -1,4 +1,5 @@
 #include "format/manifest.h"
+#include "shardwise/names.h"
 
 #include <gtest/gtest.h>
 
@@ -162,11 +163,11 @@ TEST(Manifest, DeepNestingDoesNotCrash) {
 }
 
 TEST(Manifest, SafeFileNames) {
-  EXPECT_TRUE(IsSafeFileName("rank-00001.shard"));
-  EXPECT_TRUE(IsSafeFileName("step-000000000100"));
+  EXPECT_TRUE(names::IsSafeName("rank-00001.shard"));
+  EXPECT_TRUE(names::IsSafeName("step-000000000100"));
   for (const char* bad : {"", ".", "..", "../x", "/abs", "a/b", ".hidden", "a b", "x\n"})
-    EXPECT_FALSE(IsSafeFileName(bad)) << bad;
-  EXPECT_FALSE(IsSafeFileName(std::string(256, 'a')));
+    EXPECT_FALSE(names::IsSafeName(bad)) << bad;
+  EXPECT_FALSE(names::IsSafeName(std::string(256, 'a')));
 }
 
 }  // namespace

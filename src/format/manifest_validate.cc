@@ -8,6 +8,7 @@
 #include "format/json_reader.h"
 #include "format/manifest.h"
 #include "shardwise/utf8.h"
+#include "shardwise/names.h"
 
 namespace shardwise::format {
 
@@ -29,7 +30,7 @@ Status ValidateFiles(const Manifest& m, const std::string& path) {
   for (const FileRecord& f : m.files) {
     if (!file_names.insert(f.name).second)
       return Bad(path, "file '" + f.name + "' is listed twice");
-    if (f.name == kManifestName) return Bad(path, "a data file may not be named manifest.json");
+    if (f.name == names::kManifest) return Bad(path, "a data file may not be named manifest.json");
     if (f.rank >= m.world_size)
       return Bad(path, "file '" + f.name + "' has rank " + std::to_string(f.rank) +
                            " but world_size is " + std::to_string(m.world_size));
@@ -128,16 +129,6 @@ Status ValidateEmbeddedJson(const Manifest& m, const std::string& path) {
 
 }  // namespace
 
-bool IsSafeFileName(std::string_view name) {
-  if (name.empty() || name.size() > 255 || name[0] == '.') return false;
-  for (char c : name) {
-    bool ok = (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') ||
-              (c >= '0' && c <= '9') || c == '.' || c == '_' || c == '-';
-    if (!ok) return false;
-  }
-  return true;
-}
-
 std::uint64_t BlockCount(std::uint64_t length, std::uint64_t block) {
   return (length + block - 1) / block;
 }
@@ -153,7 +144,7 @@ std::optional<std::uint64_t> Volume(const std::vector<std::int64_t>& shape) {
 }
 
 Status Validate(const Manifest& m, const std::string& path) {
-  if (!m.name.empty() && !IsSafeFileName(m.name))
+  if (!m.name.empty() && !names::IsSafeName(m.name))
     return Bad(path, "name '" + m.name + "' is not a safe directory name");
   SW_RETURN_IF_ERROR(ValidateFiles(m, path));
   std::unordered_set<std::string_view> item_names;

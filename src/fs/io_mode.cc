@@ -20,6 +20,7 @@
 #include "common/parallel.h"
 #include "fs/placement.h"
 #include "os/posix.h"
+#include "shardwise/names.h"
 
 namespace shardwise::fs {
 namespace {
@@ -46,7 +47,7 @@ struct FreeDeleter {
 int OpenProbe(const std::string& dir, int flags, const char* what) {
   int fd = ::open(dir.c_str(), O_TMPFILE | O_WRONLY | O_CLOEXEC | flags, 0600);
   if (fd >= 0 || (errno != EOPNOTSUPP && errno != EISDIR && errno != ENOENT)) return fd;
-  std::string path = os::JoinPath(dir, kProbePrefix + std::string(what) + os::RandomHex(6));
+  std::string path = os::JoinPath(dir, std::string(names::kProbePrefix) + std::string(what) + os::RandomHex(6));
   fd = ::open(path.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC | flags, 0600);
   if (fd >= 0) ::unlink(path.c_str());
   return fd;

@@ -16,7 +16,6 @@ namespace shardwise::fs {
 
 // Probe files in a root start with this; gc removes those that processes
 // killed while probing left behind.
-inline constexpr char kProbePrefix[] = ".shardwise-probe-";
 
 struct IoMode {
   bool direct_writes = false;  // O_DIRECT for shard writes

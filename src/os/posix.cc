@@ -23,6 +23,7 @@
 
 #include "os/fault.h"
 #include "os/power_loss.h"
+#include "shardwise/names.h"
 
 namespace shardwise::os {
 namespace {
@@ -356,7 +357,7 @@ Result<std::string> ReadSmallFile(const std::string& path,
 
 Status WriteFileAtomic(const std::string& path, std::string_view data,
                        std::string_view crash_tag) {
-  std::string tmp = path + ".tmp-" + RandomHex(6);
+  std::string tmp = names::TempPath(path, RandomHex(6));
   {
     SW_ASSIGN_OR_RETURN(File f,
                         Open(tmp, O_WRONLY | O_CREAT | O_EXCL, 0644));

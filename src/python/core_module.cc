@@ -631,6 +631,7 @@ NB_MODULE(_core, m) {
   using namespace shardwise::python;
   m.doc() = "shardwise C++ core (internal; use the shardwise package)";
   m.attr("__version__") = std::string(shardwise::Version());
+  m.attr("MANIFEST_NAME") = std::string(shardwise::names::kManifest);
   BindErrors(m);
   BindSaveTypes(m);
   BindResults(m);

@@ -27,13 +27,14 @@
 #include "repo/listing.h"
 #include "repo/export.h"
 #include "repo/repository_impl.h"
+#include "shardwise/names.h"
 
 namespace shardwise {
 namespace {
 
 // Step of a committed checkpoint, from its manifest; nullopt when unreadable.
 std::optional<std::int64_t> CommittedStep(const std::string& dir) {
-  std::string path = os::JoinPath(dir, format::kManifestName);
+  std::string path = os::JoinPath(dir, names::kManifest);
   auto text = os::ReadSmallFile(path, format::kMaxManifestBytes);
   if (!text.ok()) return std::nullopt;
   auto m = format::Parse(*text, format::kManifestKind, path);
@@ -52,14 +53,13 @@ Status WaitForFragments(const std::string& staging, const SaveSpec& spec,
     int count = 0;
     for (const auto& e : entries) {
       int rank = -1;
-      char tail[32] = {};
-      if (std::sscanf(e.name.c_str(), "rank-%d.%31s", &rank, tail) != 2) continue;
+      names::RankFile kind;
+      if (!names::ParseRankFile(e.name, &rank, &kind)) continue;
       if (rank < 0 || rank >= spec.world_size) continue;
-      std::string t(tail);
-      if (t == "fragment.json" && !have[rank]) {
+      if (kind == names::RankFile::kFragment && !have[rank]) {
         have[rank] = true;
         ++count;
-      } else if (t == "failed") {
+      } else if (kind == names::RankFile::kFailed) {
         auto why = os::ReadSmallFile(os::JoinPath(staging, e.name), 1 << 16);
         return Status(StatusCode::kAborted,
                       "rank " + std::to_string(rank) + " failed: " +
@@ -112,7 +112,7 @@ Result<Manifest> MergeFragments(const std::string& staging, const SaveSpec& spec
     std::atomic<int> next{0};
     auto work = [&] {
       for (int r = next++; r < spec.world_size; r = next++) {
-        std::string path = os::JoinPath(staging, repo::FragmentName(r));
+        std::string path = os::JoinPath(staging, names::RankFileName(r, names::RankFile::kFragment));
         auto text = os::ReadSmallFile(path, format::kMaxManifestBytes);
         frags[r] = text.ok() ? format::Parse(*text, format::kFragmentKind, path)
                              : Result<Manifest>(text.status());
@@ -126,7 +126,7 @@ Result<Manifest> MergeFragments(const std::string& staging, const SaveSpec& spec
     for (auto& t : pool) t.join();
   }
   for (int r = 0; r < spec.world_size; ++r) {
-    std::string path = os::JoinPath(staging, repo::FragmentName(r));
+    std::string path = os::JoinPath(staging, names::RankFileName(r, names::RankFile::kFragment));
     SW_ASSIGN_OR_RETURN(Manifest f, std::move(frags[r]));
     if (f.save_id != spec.save_id || f.rank != r || f.world_size != spec.world_size ||
         f.name != spec.name)
@@ -166,7 +166,7 @@ Result<Manifest> MergeFragments(const std::string& staging, const SaveSpec& spec
       for (ChunkRecord& c : it.chunks) have.chunks.push_back(std::move(c));
     }
   }
-  SW_RETURN_IF_ERROR(format::Validate(m, os::JoinPath(staging, format::kManifestName)));
+  SW_RETURN_IF_ERROR(format::Validate(m, os::JoinPath(staging, names::kManifest)));
   return m;
 }
 
@@ -181,7 +181,7 @@ Result<CommitResult> Repository::Commit(const SaveSpec& in) {
   if (!result.ok() && os::Exists(staging)) {
     // Tell ranks in WaitCommitted to stop waiting. Best effort: the disk may
     // be what failed.
-    (void)os::WriteFileAtomic(os::JoinPath(staging, "commit.failed"),
+    (void)os::WriteFileAtomic(os::JoinPath(staging, names::kCommitFailed),
                               result.status().ToString() + "\n");
   }
   if (result.ok() && impl_->options.export_mode != ExportMode::kOff) {
@@ -210,7 +210,7 @@ Result<CommitResult> Repository::CommitNormalized(const SaveSpec& spec) {
                     0, staging);
     os::SleepSeconds(impl_->options.poll_interval_s);
   }
-  std::string lock_path = os::JoinPath(staging, repo::kLockName);
+  std::string lock_path = os::JoinPath(staging, names::kStagingLock);
   SW_ASSIGN_OR_RETURN(os::File lock, os::Open(lock_path, O_RDWR | O_CREAT, 0644));
   (void)os::Flock(lock.fd(), false, false, lock_path);
 
@@ -219,14 +219,14 @@ Result<CommitResult> Repository::CommitNormalized(const SaveSpec& spec) {
   SW_ASSIGN_OR_RETURN(Manifest m, MergeFragments(staging, spec));
 
   // Step 3a: the commit record, durable inside the staging directory.
-  SW_RETURN_IF_ERROR(os::WriteFileAtomic(os::JoinPath(staging, format::kManifestName),
+  SW_RETURN_IF_ERROR(os::WriteFileAtomic(os::JoinPath(staging, names::kManifest),
                                          format::Serialize(m, format::kManifestKind),
                                          "manifest"));
   os::CrashPoint("manifest_written");
   // Fragments and the lock are no longer needed: the committed directory
   // holds only the manifest and the shards.
   for (int r = 0; r < spec.world_size; ++r)
-    SW_RETURN_IF_ERROR(os::Unlink(os::JoinPath(staging, repo::FragmentName(r))));
+    SW_RETURN_IF_ERROR(os::Unlink(os::JoinPath(staging, names::RankFileName(r, names::RankFile::kFragment))));
   SW_RETURN_IF_ERROR(lock.Close());
   SW_RETURN_IF_ERROR(os::Unlink(lock_path));
   // Step 3b: the staging directory's entries are durable.
@@ -240,8 +240,8 @@ Result<CommitResult> Repository::CommitNormalized(const SaveSpec& spec) {
       return Status(StatusCode::kAlreadyExists,
                     "checkpoint " + final_dir + " already exists (pass replace to overwrite it)",
                     EEXIST, final_dir);
-    const std::string old = os::JoinPath(root, "." + spec.name + repo::kReplacedMarker +
-                                                   spec.save_id);
+    const std::string old =
+        os::JoinPath(root, names::HiddenDir(spec.name, names::Hidden::kReplaced, spec.save_id));
     Status x = os::RenameExchange(staging, final_dir);
     if (x.ok()) {
       os::CrashPoint("exchanged");
@@ -278,7 +278,7 @@ Result<CommitResult> Repository::CommitNormalized(const SaveSpec& spec) {
     if (cur_step && *cur_step > spec.step) advance = false;
   }
   if (advance) {
-    SW_RETURN_IF_ERROR(os::WriteFileAtomic(os::JoinPath(root, repo::kLatestName),
+    SW_RETURN_IF_ERROR(os::WriteFileAtomic(os::JoinPath(root, names::kLatest),
                                            spec.name + "\n", "latest"));
     result.latest_updated = true;
   }
@@ -291,7 +291,7 @@ Status Repository::WaitCommitted(const SaveSpec& in, double timeout_s) {
   SW_RETURN_IF_ERROR(Normalize(spec));
   const std::string staging = StagingDir(spec);
   const std::string manifest = os::JoinPath(os::JoinPath(impl_->root, spec.name),
-                                            format::kManifestName);
+                                            names::kManifest);
   const double deadline = os::MonotonicSeconds() + timeout_s;
   while (true) {
     if (!os::Exists(staging) && os::Exists(manifest)) {
@@ -306,7 +306,7 @@ Status Repository::WaitCommitted(const SaveSpec& in, double timeout_s) {
     if (os::Exists(staging)) {
       SW_ASSIGN_OR_RETURN(auto entries, os::ListDir(staging));
       for (const auto& e : entries)
-        if (e.name.size() > 7 && e.name.compare(e.name.size() - 7, 7, ".failed") == 0)
+        if (names::IsFailureMarker(e.name))
           return Status(StatusCode::kAborted, "save aborted: " + e.name + " in " + staging, 0,
                         staging);
     }

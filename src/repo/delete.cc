@@ -4,11 +4,12 @@
 #include "repo/export.h"
 #include "repo/listing.h"
 #include "repo/repository_impl.h"
+#include "shardwise/names.h"
 
 namespace shardwise {
 
 Status repo::RemoveCommitted(const std::string& root, const std::string& name) {
-  const std::string hidden = os::JoinPath(root, "." + name + kDeletingMarker + os::RandomHex(6));
+  const std::string hidden = os::JoinPath(root, names::HiddenDir(name, names::Hidden::kDeleting, os::RandomHex(6)));
   SW_RETURN_IF_ERROR(os::Rename(os::JoinPath(root, name), hidden));
   SW_RETURN_IF_ERROR(os::FsyncDir(root));
   SW_RETURN_IF_ERROR(os::RemoveTree(hidden));
@@ -37,7 +38,7 @@ Status Repository::Delete(const std::string& name) {
   SW_RETURN_IF_ERROR(LockForWriting());
   // `latest` moves first, so it never names a checkpoint that is gone.
   if (repo::ReadLatestFile(root) == name) {
-    const std::string latest = os::JoinPath(root, repo::kLatestName);
+    const std::string latest = os::JoinPath(root, names::kLatest);
     if (successor) {
       SW_RETURN_IF_ERROR(os::WriteFileAtomic(latest, *successor + "\n", "latest"));
     } else {

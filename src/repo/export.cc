@@ -6,6 +6,7 @@
 #include <nlohmann/json.hpp>
 
 #include "os/posix.h"
+#include "shardwise/names.h"
 
 namespace shardwise::repo {
 namespace {
@@ -13,7 +14,7 @@ namespace {
 constexpr double kCommandTimeoutS = 120;
 
 std::string RecordPath(const std::string& root, const std::string& name) {
-  return os::JoinPath(os::JoinPath(root, kExportsDir), name + ".json");
+  return os::JoinPath(os::JoinPath(root, names::kExportsDir), name + ".json");
 }
 
 std::string FirstLine(const std::string& s) {
@@ -93,7 +94,7 @@ Status RequestExport(const std::string& root, const std::string& name, const Opt
   }
   rec["error"] = error.empty() ? nlohmann::ordered_json(nullptr) : nlohmann::ordered_json(error);
   *request_error = error;
-  SW_RETURN_IF_ERROR(os::MkdirAll(os::JoinPath(root, kExportsDir)));
+  SW_RETURN_IF_ERROR(os::MkdirAll(os::JoinPath(root, names::kExportsDir)));
   return os::WriteFileAtomic(RecordPath(root, name), rec.dump(2) + "\n", "export record");
 }
 

@@ -12,7 +12,6 @@
 
 namespace shardwise::repo {
 
-inline constexpr char kExportsDir[] = ".exports";
 
 using ExportStatus = ExportInfo;  // shardwise/repository.h
 

@@ -10,6 +10,7 @@
 #include "repo/export.h"
 #include "repo/listing.h"
 #include "repo/repository_impl.h"
+#include "shardwise/names.h"
 
 namespace shardwise {
 namespace {
@@ -40,9 +41,9 @@ Status RemoveAbandonedStaging(const std::string& root, const std::vector<Checkpo
     // A replaced checkpoint whose successor never arrived (crash between the
     // two renames of a non-atomic replace) is put back, not deleted.
     std::string name, id;
-    if (repo::ParseHiddenDir(c.dir_name, repo::kReplacedMarker, &name, &id) &&
+    if (names::ParseHiddenDir(c.dir_name, names::Hidden::kReplaced, &name, &id) &&
         !os::Exists(os::JoinPath(root, name)) &&
-        os::Exists(os::JoinPath(path, format::kManifestName))) {
+        os::Exists(os::JoinPath(path, names::kManifest))) {
       if (!dry_run) {
         SW_RETURN_IF_ERROR(os::RenameNoReplace(path, os::JoinPath(root, name)));
         SW_RETURN_IF_ERROR(os::FsyncDir(root));
@@ -61,9 +62,8 @@ Status RemoveStaleTempFiles(const std::string& root, double grace, bool dry_run,
                             GcReport* report) {
   SW_ASSIGN_OR_RETURN(auto entries, os::ListDir(root));
   for (const auto& e : entries) {
-    if (e.type != DT_REG || (e.name.rfind(std::string(repo::kLatestName) + ".tmp-", 0) != 0 &&
-                             e.name.rfind(fs::kProbePrefix, 0) != 0 &&
-                             e.name.rfind(".shardwise-odirect-probe-", 0) != 0))  // older probe name
+    if (e.type != DT_REG ||
+        (!names::IsTempOf(e.name, names::kLatest) && !names::IsProbeFile(e.name)))
       continue;
     std::string path = os::JoinPath(root, e.name);
     auto st = os::Lstat(path);

@@ -9,16 +9,17 @@
 #include "repo/export.h"
 #include "repo/listing.h"
 #include "repo/repository_impl.h"
+#include "shardwise/names.h"
 
 namespace shardwise {
 namespace repo {
 
 std::optional<std::string> ReadLatestFile(const std::string& root) {
-  auto text = os::ReadSmallFile(os::JoinPath(root, kLatestName), 4096);
+  auto text = os::ReadSmallFile(os::JoinPath(root, names::kLatest), 4096);
   if (!text.ok()) return std::nullopt;
   std::string name = *text;
   while (!name.empty() && (name.back() == '\n' || name.back() == '\r')) name.pop_back();
-  if (!format::IsSafeFileName(name) || name == kLatestName) return std::nullopt;
+  if (!names::IsSafeName(name) || name == names::kLatest) return std::nullopt;
   return name;
 }
 
@@ -35,7 +36,7 @@ bool StagingActive(const std::string& dir, double grace_s, double* newest_mtime)
   if (newest_mtime) *newest_mtime = newest;
   if (os::NowUnix() - newest < grace_s) return true;
   // A live writer holds the lock (shared); an exclusive try tells.
-  std::string lock_path = os::JoinPath(dir, kLockName);
+  std::string lock_path = os::JoinPath(dir, names::kStagingLock);
   auto lock = os::Open(lock_path, O_RDONLY | O_NOFOLLOW);
   if (!lock.ok()) return false;
   Status s = os::Flock(lock->fd(), /*exclusive=*/true, /*try_only=*/true, lock_path);
@@ -56,7 +57,7 @@ std::string_view ExportStateName(ExportState state) {
 
 bool Repository::ExportsInUse() const {
   return impl_->options.export_mode != ExportMode::kOff ||
-         os::Exists(os::JoinPath(impl_->root, repo::kExportsDir));
+         os::Exists(os::JoinPath(impl_->root, names::kExportsDir));
 }
 
 Result<std::vector<CheckpointInfo>> Repository::List(bool with_exports) const {
@@ -71,12 +72,12 @@ Result<std::vector<CheckpointInfo>> Repository::List(bool with_exports) const {
     std::string name, id;
     if (e.name[0] == '.') {
       if (e.type != DT_DIR) continue;
-      if (repo::ParseHiddenDir(e.name, repo::kStagingMarker, &name, &id)) {
+      if (names::ParseHiddenDir(e.name, names::Hidden::kStaging, &name, &id)) {
         info.state = CheckpointInfo::State::kStaging;
         info.active = repo::StagingActive(path, impl_->options.staging_grace_s,
                                           &info.created_unix);
-      } else if (repo::ParseHiddenDir(e.name, repo::kReplacedMarker, &name, &id) ||
-                 repo::ParseHiddenDir(e.name, repo::kDeletingMarker, &name, &id)) {
+      } else if (names::ParseHiddenDir(e.name, names::Hidden::kReplaced, &name, &id) ||
+                 names::ParseHiddenDir(e.name, names::Hidden::kDeleting, &name, &id)) {
         info.state = CheckpointInfo::State::kLeftover;
         repo::StagingActive(path, 0, &info.created_unix);
       } else {
@@ -89,8 +90,8 @@ Result<std::vector<CheckpointInfo>> Repository::List(bool with_exports) const {
     }
     // Only real directories holding a manifest are checkpoints; symlinks and
     // other entries are never followed.
-    if (e.type != DT_DIR || !format::IsSafeFileName(e.name)) continue;
-    std::string mpath = os::JoinPath(path, format::kManifestName);
+    if (e.type != DT_DIR || !names::IsSafeName(e.name)) continue;
+    std::string mpath = os::JoinPath(path, names::kManifest);
     if (!os::Exists(mpath)) continue;
     info.name = e.name;
     auto text = os::ReadSmallFile(mpath, format::kMaxManifestBytes);
@@ -139,7 +140,7 @@ Result<std::optional<std::string>> Repository::Latest() const {
 
 Result<std::unique_ptr<CheckpointReader>> Repository::OpenCheckpoint(
     const std::string& name) const {
-  if (!format::IsSafeFileName(name))
+  if (!names::IsSafeName(name))
     return InvalidArgument("'" + name + "' is not a checkpoint name");
   std::string dir = os::JoinPath(impl_->root, name);
   auto st = os::Lstat(dir);

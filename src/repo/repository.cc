@@ -10,44 +10,10 @@
 #include "os/fault.h"
 #include "os/posix.h"
 #include "repo/repository_impl.h"
+#include "shardwise/names.h"
 
 namespace shardwise {
 namespace repo {
-
-std::string ShardName(int rank) {
-  char buf[32];
-  std::snprintf(buf, sizeof buf, "rank-%05d.shard", rank);
-  return buf;
-}
-std::string FragmentName(int rank) {
-  char buf[40];
-  std::snprintf(buf, sizeof buf, "rank-%05d.fragment.json", rank);
-  return buf;
-}
-std::string FailedName(int rank) {
-  char buf[32];
-  std::snprintf(buf, sizeof buf, "rank-%05d.failed", rank);
-  return buf;
-}
-
-bool IsSafeSaveId(std::string_view id) {
-  if (id.empty() || id.size() > 64) return false;
-  for (char c : id)
-    if (!((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
-          c == '_' || c == '-'))
-      return false;
-  return true;
-}
-
-bool ParseHiddenDir(std::string_view entry, std::string_view marker, std::string* name,
-                    std::string* id) {
-  if (entry.size() < 2 || entry[0] != '.') return false;
-  auto pos = entry.rfind(marker);
-  if (pos == std::string_view::npos || pos < 2) return false;
-  *name = std::string(entry.substr(1, pos - 1));
-  *id = std::string(entry.substr(pos + marker.size()));
-  return format::IsSafeFileName(*name) && IsSafeSaveId(*id);
-}
 
 }  // namespace repo
 
@@ -170,7 +136,7 @@ Status Repository::Normalize(SaveSpec& spec) {
     if (spec.step < 0) return InvalidArgument("a save needs a name or a step");
     spec.name = StepName(spec.step);
   }
-  if (!format::IsSafeFileName(spec.name) || spec.name == repo::kLatestName)
+  if (!names::IsSafeName(spec.name) || spec.name == names::kLatest)
     return InvalidArgument("checkpoint name '" + spec.name +
                            "' must match [A-Za-z0-9._-]+, not start with '.', and not "
                            "be 'latest'");
@@ -185,14 +151,14 @@ Status Repository::Normalize(SaveSpec& spec) {
       return InvalidArgument("a save with several ranks needs a save_id shared by all ranks");
     spec.save_id = os::RandomHex(8);
   }
-  if (!repo::IsSafeSaveId(spec.save_id))
+  if (!names::IsSafeSaveId(spec.save_id))
     return InvalidArgument("save_id '" + spec.save_id + "' must match [A-Za-z0-9_-]{1,64}");
   if (spec.user_json.empty()) spec.user_json = "{}";
   return Status::Ok();
 }
 
 std::string Repository::StagingDir(const SaveSpec& spec) const {
-  return os::JoinPath(impl_->root, "." + spec.name + repo::kStagingMarker + spec.save_id);
+  return os::JoinPath(impl_->root, names::HiddenDir(spec.name, names::Hidden::kStaging, spec.save_id));
 }
 
 Result<RankResult> Repository::WriteRank(const SaveSpec& spec, std::span<const WriteItem> items,
@@ -231,12 +197,12 @@ Result<RankResult> Repository::WriteRankWith(
   auto run = [&]() -> Result<RankResult> {
     SW_RETURN_IF_ERROR(os::Mkdir(staging, 0755, /*exist_ok=*/true));
     // Holding the staging lock tells gc this save is alive.
-    std::string lock_path = os::JoinPath(staging, repo::kLockName);
+    std::string lock_path = os::JoinPath(staging, names::kStagingLock);
     SW_ASSIGN_OR_RETURN(os::File lock, os::Open(lock_path, O_RDWR | O_CREAT, 0644));
     (void)os::Flock(lock.fd(), /*exclusive=*/false, /*try_only=*/false, lock_path);
     fs::Placement* placement = impl_->Placement();
     SW_ASSIGN_OR_RETURN(fs::IoMode mode, placement->io_mode());
-    std::string shard = os::JoinPath(staging, repo::ShardName(spec.rank));
+    std::string shard = os::JoinPath(staging, names::RankFileName(spec.rank, names::RankFile::kShard));
     const bool direct = mode.direct_writes;
     engine::ShardTarget target{shard, direct, placement, spec.world_size};
     engine::ShardIndex index;
@@ -258,7 +224,7 @@ Result<RankResult> Repository::WriteRankWith(
     frag.checksum_block = impl_->options.checksum_block_bytes;
     frag.files = index.files;
     frag.items = std::move(index.items);
-    SW_RETURN_IF_ERROR(os::WriteFileAtomic(os::JoinPath(staging, repo::FragmentName(spec.rank)),
+    SW_RETURN_IF_ERROR(os::WriteFileAtomic(os::JoinPath(staging, names::RankFileName(spec.rank, names::RankFile::kFragment)),
                                            format::Serialize(frag, format::kFragmentKind),
                                            "fragment"));
     os::CrashPoint("fragment_written");
@@ -282,7 +248,7 @@ Status Repository::ReportFailure(const SaveSpec& in, const Status& why) {
   SW_RETURN_IF_ERROR(Normalize(spec));
   std::string staging = StagingDir(spec);
   if (!os::Exists(staging)) return Status::Ok();
-  return os::WriteFileAtomic(os::JoinPath(staging, repo::FailedName(spec.rank)),
+  return os::WriteFileAtomic(os::JoinPath(staging, names::RankFileName(spec.rank, names::RankFile::kFailed)),
                              why.ToString() + "\n");
 }
 

@@ -10,30 +10,16 @@
 #include "fs/placement.h"
 #include "io/backend.h"
 #include "repo/writer_lock.h"
+#include "shardwise/names.h"
 #include "shardwise/repository.h"
 
 namespace shardwise::repo {
-
-inline constexpr char kLatestName[] = "latest";
-inline constexpr char kLockName[] = ".lock";
-inline constexpr char kStagingMarker[] = ".staging-";
-inline constexpr char kReplacedMarker[] = ".replaced-";
-inline constexpr char kDeletingMarker[] = ".deleting-";
-
-std::string ShardName(int rank);
-std::string FragmentName(int rank);
-std::string FailedName(int rank);
-bool IsSafeSaveId(std::string_view id);
 
 // Removes the committed checkpoint ROOT/NAME: renames it to a hidden
 // .NAME.deleting-ID entry (it vanishes from listings atomically; a crash
 // midway leaves a leftover gc removes), fsyncs ROOT, removes the tree and
 // the export record. The caller holds the writer lock.
 Status RemoveCommitted(const std::string& root, const std::string& name);
-
-// Splits ".NAME.staging-ID" (or .replaced-/.deleting-) into NAME and ID.
-bool ParseHiddenDir(std::string_view entry, std::string_view marker, std::string* name,
-                    std::string* id);
 
 }  // namespace shardwise::repo
 

@@ -17,6 +17,7 @@
 #include "os/posix.h"
 #include "shardwise/shardwise.h"
 #include "testing/test_util.h"
+#include "shardwise/names.h"
 
 namespace shardwise {
 namespace {
@@ -283,7 +284,7 @@ TEST_F(RepositoryTest, GcRemovesAbandonedStagingButNotLiveSaves) {
 // (named ones, where the filesystem has no O_TMPFILE) go with gc.
 TEST_F(RepositoryTest, GcRemovesLeftoverProbeFiles) {
   ASSERT_TRUE(Save(1, 1).ok());
-  const std::string probe = dir_ / (std::string(fs::kProbePrefix) + "write-0a1b2c");
+  const std::string probe = dir_ / (std::string(names::kProbePrefix) + "write-0a1b2c");
   const std::string old_probe = dir_ / ".shardwise-odirect-probe-0a1b2c";
   testing::WriteAll(probe, "x");
   testing::WriteAll(old_probe, "x");

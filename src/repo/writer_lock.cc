@@ -9,6 +9,7 @@
 #include <mutex>
 
 #include "os/posix.h"
+#include "shardwise/names.h"
 
 namespace shardwise::repo {
 namespace {
@@ -70,7 +71,7 @@ Result<std::shared_ptr<WriterLock>> WriterLock::Acquire(const std::string& root)
   std::lock_guard lock(g_mu);
   if (auto it = Held().find(key); it != Held().end())
     if (auto held = it->second.lock()) return held;
-  const std::string path = os::JoinPath(root, kWriterLockName);
+  const std::string path = os::JoinPath(root, names::kWriterLock);
   SW_ASSIGN_OR_RETURN(os::File file, os::Open(path, O_RDWR | O_CREAT | O_NOFOLLOW, 0644));
   const Status locked = os::Flock(file.fd(), /*exclusive=*/true, /*try_only=*/true, path);
   std::string note;

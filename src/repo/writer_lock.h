@@ -14,7 +14,6 @@
 
 namespace shardwise::repo {
 
-inline constexpr char kWriterLockName[] = ".writer.lock";
 
 class WriterLock {
  public:

@@ -38,6 +38,7 @@
 
 #include "os/posix.h"
 #include "shardwise/shardwise.h"
+#include "shardwise/names.h"
 
 using namespace shardwise;
 
@@ -261,7 +262,7 @@ Problem CheckCommitted(const Config& c, const Repository& repo, const Trial& tr,
     (*committed)[ck.name] = true;
     newest = std::max(newest, ck.step);
   }
-  auto latest_file = os::ReadSmallFile(os::JoinPath(c.dir, "latest"), 4096);
+  auto latest_file = os::ReadSmallFile(os::JoinPath(c.dir, names::kLatest), 4096);
   if (latest_file.ok()) {
     std::string name = latest_file->substr(0, latest_file->find('\n'));
     if (!committed->count(name)) return "latest names " + name + ", not a checkpoint";
@@ -300,7 +301,7 @@ Problem CheckGcCleans(const Config& c, Repository& repo) {
   // Nothing else hidden may pile up in the root either.
   auto entries = os::ListDir(c.dir);
   for (const auto& e : *entries)
-    if (e.name[0] == '.' && e.name != ".writer.lock" && e.name != ".exports")
+    if (e.name[0] == '.' && e.name != names::kWriterLock && e.name != names::kExportsDir)
       return "gc left " + e.name + " in the root";
   return std::nullopt;
 }

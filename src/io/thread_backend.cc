@@ -4,9 +4,9 @@
 #include <algorithm>
 #include <atomic>
 #include <mutex>
-#include <thread>
 #include <vector>
 
+#include "common/parallel.h"
 #include "io/aligned_buffer.h"
 #include "io/backend.h"
 #include "os/posix.h"
@@ -63,14 +63,8 @@ class ThreadBackend final : public IoBackend {
         }
       }
     };
-    if (n == 1) {
-      body(0);
-    } else {
-      std::vector<std::thread> pool;
-      pool.reserve(n);
-      for (std::size_t t = 0; t < n; ++t) pool.emplace_back(body, t);
-      for (auto& th : pool) th.join();
-    }
+    // Thread t owns buffers_[t].
+    ParallelFor(0, n, static_cast<int>(n), body);
     return first;
   }
 

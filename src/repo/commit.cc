@@ -17,10 +17,10 @@
 #include <sys/stat.h>
 
 #include <algorithm>
-#include <atomic>
 #include <map>
-#include <thread>
 
+#include "common/parallel.h"
+#include "common/poll.h"
 #include "format/manifest.h"
 #include "os/fault.h"
 #include "os/posix.h"
@@ -42,54 +42,53 @@ std::optional<std::int64_t> CommittedStep(const std::string& dir) {
   return m->step;
 }
 
+// Up to 16 rank numbers of `have` that are false, "3, 7, 12, ...".
+std::string MissingRanks(const std::vector<bool>& have) {
+  std::string missing;
+  int shown = 0, left = 0;
+  for (std::size_t r = 0; r < have.size(); ++r)
+    if (!have[r] && shown++ < 16) missing += (missing.empty() ? "" : ", ") + std::to_string(r);
+    else if (!have[r]) ++left;
+  return left ? missing + ", ..." : missing;
+}
+
 // Waits for every rank's fragment; aborts on a failure marker or timeout.
 Status WaitForFragments(const std::string& staging, const SaveSpec& spec,
                         const Options& options, int lock_fd) {
-  const double deadline = os::MonotonicSeconds() + options.commit_timeout_s;
-  double last_touch = 0;
-  while (true) {
+  std::vector<bool> have(spec.world_size, false);
+  double last_touch = os::MonotonicSeconds();
+  auto all_reported = [&]() -> Result<bool> {
     SW_ASSIGN_OR_RETURN(auto entries, os::ListDir(staging));
-    std::vector<bool> have(spec.world_size, false);
     int count = 0;
     for (const auto& e : entries) {
       int rank = -1;
       names::RankFile kind;
-      if (!names::ParseRankFile(e.name, &rank, &kind)) continue;
-      if (rank < 0 || rank >= spec.world_size) continue;
-      if (kind == names::RankFile::kFragment && !have[rank]) {
+      if (!names::ParseRankFile(e.name, &rank, &kind) || rank >= spec.world_size) continue;
+      if (kind == names::RankFile::kFragment) {
+        count += have[rank] ? 0 : 1;
         have[rank] = true;
-        ++count;
       } else if (kind == names::RankFile::kFailed) {
         auto why = os::ReadSmallFile(os::JoinPath(staging, e.name), 1 << 16);
-        return Status(StatusCode::kAborted,
-                      "rank " + std::to_string(rank) + " failed: " +
-                          (why.ok() ? *why : std::string("(reason unreadable)")),
+        std::string text = why.ok() ? *why : std::string("(reason unreadable)");
+        while (!text.empty() && (text.back() == '\n' || text.back() == ' ')) text.pop_back();
+        return Status(StatusCode::kAborted, "rank " + std::to_string(rank) + " failed: " + text,
                       0, staging);
       }
     }
-    if (count == spec.world_size) return Status::Ok();
-    double now = os::MonotonicSeconds();
-    if (now >= deadline) {
-      std::string missing;
-      int shown = 0;
-      for (int r = 0; r < spec.world_size && shown < 16; ++r)
-        if (!have[r]) {
-          missing += (shown++ ? ", " : "") + std::to_string(r);
-        }
-      if (spec.world_size - count > shown) missing += ", ...";
-      return Status(StatusCode::kTimeout,
-                    "timed out after " + std::to_string(options.commit_timeout_s) +
-                        " s waiting for ranks " + missing + " to report in " + staging,
-                    0, staging);
-    }
     // Keep the staging directory visibly alive for gc on filesystems where
     // flock is not available.
-    if (now - last_touch > 10) {
+    if (const double now = os::MonotonicSeconds(); now - last_touch > 10) {
       (void)os::Touch(lock_fd, staging);  // best effort: the wait goes on
       last_touch = now;
     }
-    os::SleepSeconds(options.poll_interval_s);
-  }
+    return std::count(have.begin(), have.end(), true) == spec.world_size;
+  };
+  return PollUntil(options.commit_timeout_s, options.poll_interval_s, all_reported, [&] {
+    return Status(StatusCode::kTimeout,
+                  "timed out after " + std::to_string(options.commit_timeout_s) +
+                      " s waiting for ranks " + MissingRanks(have) + " to report in " + staging,
+                  0, staging);
+  });
 }
 
 // Merges the fragments into one manifest.
@@ -108,23 +107,14 @@ Result<Manifest> MergeFragments(const std::string& staging, const SaveSpec& spec
   // Read and check the fragments in parallel (one per rank: thousands on a
   // large job), then merge them in rank order.
   std::vector<Result<Manifest>> frags(spec.world_size, Status(StatusCode::kInternal, "unread"));
-  {
-    std::atomic<int> next{0};
-    auto work = [&] {
-      for (int r = next++; r < spec.world_size; r = next++) {
-        std::string path = os::JoinPath(staging, names::RankFileName(r, names::RankFile::kFragment));
-        auto text = os::ReadSmallFile(path, format::kMaxManifestBytes);
-        frags[r] = text.ok() ? format::Parse(*text, format::kFragmentKind, path)
-                             : Result<Manifest>(text.status());
-      }
-    };
-    unsigned n = std::max(1u, std::min(std::thread::hardware_concurrency(), 16u));
-    std::vector<std::thread> pool;
-    for (unsigned t = 1; t < n && static_cast<int>(t) < spec.world_size; ++t)
-      pool.emplace_back(work);
-    work();
-    for (auto& t : pool) t.join();
-  }
+  ParallelFor(0, static_cast<std::size_t>(spec.world_size), std::min(AvailableCpus(), 16),
+              [&](std::size_t r) {
+                const std::string path = os::JoinPath(
+                    staging, names::RankFileName(static_cast<int>(r), names::RankFile::kFragment));
+                auto text = os::ReadSmallFile(path, format::kMaxManifestBytes);
+                frags[r] = text.ok() ? format::Parse(*text, format::kFragmentKind, path)
+                                     : Result<Manifest>(text.status());
+              });
   for (int r = 0; r < spec.world_size; ++r) {
     std::string path = os::JoinPath(staging, names::RankFileName(r, names::RankFile::kFragment));
     SW_ASSIGN_OR_RETURN(Manifest f, std::move(frags[r]));
@@ -201,15 +191,15 @@ Result<CommitResult> Repository::CommitNormalized(const SaveSpec& spec) {
   const std::string staging = StagingDir(spec);
   const std::string final_dir = os::JoinPath(root, spec.name);
   // The coordinator may start before any rank created the staging directory.
-  const double deadline = os::MonotonicSeconds() + impl_->options.commit_timeout_s;
-  while (!os::Exists(staging)) {
-    if (os::MonotonicSeconds() >= deadline)
-      return Status(StatusCode::kTimeout,
-                    "timed out after " + std::to_string(impl_->options.commit_timeout_s) +
-                        " s: no rank created " + staging,
-                    0, staging);
-    os::SleepSeconds(impl_->options.poll_interval_s);
-  }
+  const Options& o = impl_->options;
+  SW_RETURN_IF_ERROR(PollUntil(
+      o.commit_timeout_s, o.poll_interval_s, [&]() -> Result<bool> { return os::Exists(staging); },
+      [&] {
+        return Status(StatusCode::kTimeout,
+                      "timed out after " + std::to_string(o.commit_timeout_s) +
+                          " s: no rank created " + staging,
+                      0, staging);
+      }));
   std::string lock_path = os::JoinPath(staging, names::kStagingLock);
   SW_ASSIGN_OR_RETURN(os::File lock, os::Open(lock_path, O_RDWR | O_CREAT, 0644));
   (void)os::Flock(lock.fd(), false, false, lock_path);
@@ -292,13 +282,12 @@ Status Repository::WaitCommitted(const SaveSpec& in, double timeout_s) {
   const std::string staging = StagingDir(spec);
   const std::string manifest = os::JoinPath(os::JoinPath(impl_->root, spec.name),
                                             names::kManifest);
-  const double deadline = os::MonotonicSeconds() + timeout_s;
-  while (true) {
+  auto committed = [&]() -> Result<bool> {
     if (!os::Exists(staging) && os::Exists(manifest)) {
       SW_ASSIGN_OR_RETURN(std::string text,
                           os::ReadSmallFile(manifest, format::kMaxManifestBytes));
       SW_ASSIGN_OR_RETURN(Manifest m, format::Parse(text, format::kManifestKind, manifest));
-      if (m.save_id == spec.save_id) return Status::Ok();
+      if (m.save_id == spec.save_id) return true;
       return Status(StatusCode::kAborted,
                     manifest + " was committed by another save (" + m.save_id + ")", 0,
                     manifest);
@@ -310,11 +299,12 @@ Status Repository::WaitCommitted(const SaveSpec& in, double timeout_s) {
           return Status(StatusCode::kAborted, "save aborted: " + e.name + " in " + staging, 0,
                         staging);
     }
-    if (os::MonotonicSeconds() >= deadline)
-      return Status(StatusCode::kTimeout, "timed out waiting for the commit of " + spec.name,
-                    0, staging);
-    os::SleepSeconds(impl_->options.poll_interval_s);
-  }
+    return false;
+  };
+  return PollUntil(timeout_s, impl_->options.poll_interval_s, committed, [&] {
+    return Status(StatusCode::kTimeout, "timed out waiting for the commit of " + spec.name, 0,
+                  staging);
+  });
 }
 
 Result<CommitResult> Repository::Save(SaveSpec spec, std::span<const WriteItem> items) {

@@ -3,7 +3,7 @@
 # AddressSanitizer+UndefinedBehaviorSanitizer and under ThreadSanitizer; the
 # Python suite (real multi-process torch.distributed); the deployment
 # toolkit's tests (stub cloud CLIs, kustomize renders); the layer check
-# (scripts/check_layers.py); a short libFuzzer run
+# (scripts/check_layers.py) and the function-length check; a short libFuzzer run
 # of every fuzz target (scripts/fuzz.sh); shellcheck. Sets
 # everything up first (scripts/setup.sh).
 set -euo pipefail
@@ -15,6 +15,9 @@ jobs=$(nproc)
 echo "== Layers (scripts/check_layers.py: includes follow docs/architecture.md)"
 python3 scripts/check_layers.py --self-test 2>/dev/null
 python3 scripts/check_layers.py
+echo "== Function length (scripts/check_function_length.py: at most 80 lines in src/)"
+python3 scripts/check_function_length.py --self-test >/dev/null
+python3 scripts/check_function_length.py
 echo "== C++ tests (dev: -Wall -Wextra -Werror)"
 ctest --preset dev -j "$jobs"
 echo "== C++ tests under ASan+UBSan"

@@ -213,6 +213,124 @@ struct AsyncSaver::Impl {
     return repo.WaitCommitted(job->spec, options.commit_timeout_s);
   }
 
+  // With OverlapPolicy::kSkip and the previous save still persisting: the
+  // handle of a skipped save; else null.
+  std::shared_ptr<AsyncSave> SkipIfBusy(const std::string& name, double t0) {
+    if (!current || opts.overlap != OverlapPolicy::kSkip) return nullptr;
+    {
+      std::lock_guard lock(current->mu);
+      if (current->done) return nullptr;
+    }
+    auto state = std::make_shared<AsyncSave::State>();
+    state->skipped = true;
+    state->name = name;
+    state->status = Status(StatusCode::kAborted,
+                           "skipped: the previous save (" + current->name + ") is still persisting");
+    state->done = true;
+    state->stall = os::MonotonicSeconds() - t0;
+    return std::make_shared<AsyncSave>(state);
+  }
+
+  // Waits for the previous save; its failure, if nobody saw it yet.
+  Status JoinPrevious() {
+    if (!current) return Status::Ok();
+    JoinWorker();
+    std::lock_guard lock(current->mu);
+    if (current->status.ok() || current->observed) return Status::Ok();
+    current->observed = true;
+    return current->status.WithContext("previous async save " + current->name +
+                                       " failed (not saved now; call again to save)");
+  }
+
+  // The shard's plan, a staging lease and the waves that fit in it.
+  Result<std::shared_ptr<Job>> PlanJob(const SaveSpec& in, std::span<const WriteItem> items,
+                                       AsyncSave::State& state) {
+    SaveSpec spec = in;
+    SW_RETURN_IF_ERROR(Repository::Normalize(spec));
+    state.name = spec.name;
+    const std::string final_dir = os::JoinPath(repo.root(), spec.name);
+    if (!spec.replace && os::Exists(final_dir))
+      return Status(StatusCode::kAlreadyExists,
+                    "checkpoint " + final_dir + " already exists (pass replace to overwrite it)",
+                    EEXIST);
+    auto job = std::make_shared<Job>();
+    job->spec = spec;
+    SW_ASSIGN_OR_RETURN(job->plan, engine::PlanShard(items, spec.rank, spec.save_id,
+                                                     repo.options()));
+    const std::uint64_t total = job->plan.total_size;
+    std::uint64_t want = opts.staging_bytes ? std::min(total, opts.staging_bytes) : total;
+    if (pool->capacity() > 0) want = std::min(want, pool->capacity());
+    std::uint64_t max_unit = 0;
+    for (const auto& u : job->plan.units) max_unit = std::max(max_unit, u.length);
+    // Waves need room for two I/O units: one being written, one staged.
+    auto too_small = [&](std::uint64_t size) -> Status {
+      if (total <= size || io::AlignDown(size / 2) >= max_unit) return Status::Ok();
+      return InvalidArgument("staging memory of " + FormatBytes(size) +
+                             " is too small to stage in waves: it must hold two I/O units (" +
+                             FormatBytes(2 * max_unit) + ")");
+    };
+    SW_RETURN_IF_ERROR(too_small(want));
+    SW_ASSIGN_OR_RETURN(job->lease, pool->Acquire(want));
+    SW_RETURN_IF_ERROR(too_small(job->lease->size()));
+    last_staging = job->lease->size();
+    job->waves = CutWaves(job->plan, job->lease->size());
+    job->pool = job->lease->data();
+    job->meta.assign(items.begin(), items.end());
+    for (auto& w : job->meta) w.data = nullptr;  // the background never reads them
+    state.bytes = job->plan.total_size;
+    state.waves = static_cast<int>(job->waves.size());
+    return job;
+  }
+
+  // Copies wave after wave into the pool, each once the background wrote
+  // the wave two before it. Returns when the last is staged (the caller's
+  // stall ends), or with the background's error if it failed meanwhile.
+  Status StageWaves(Job& job, std::span<const WriteItem> items, AsyncSave::State& state,
+                    double t0) {
+    const int threads = opts.copy_threads > 0 ? opts.copy_threads
+                                              : repo.options().EffectiveThreads();
+    for (std::size_t w = 0; w < job.waves.size(); ++w) {
+      {
+        std::unique_lock lock(job.mu);
+        job.cv.wait(lock, [&] { return w < 2 || job.written >= w - 1 || job.failed; });
+        if (job.failed) break;
+      }
+      Status staged = job.lease->Stage(WaveCopies(job, items, job.waves[w]), threads);
+      if (!staged.ok()) {
+        // A bug (the plan and the pool disagree): stop the background, report it.
+        {
+          std::lock_guard lock(job.mu);
+          job.abandon = true;
+          job.cv.notify_all();
+        }
+        JoinWorker();
+        std::lock_guard lock(state.mu);
+        state.observed = true;
+        return staged;
+      }
+      if (w + 1 == job.waves.size()) {
+        // The caller is free from here on; set before the last hand-off so
+        // the background's persist time is measured from this moment.
+        std::lock_guard lock(state.mu);
+        state.returned_at = os::MonotonicSeconds();
+        state.stall = state.returned_at - t0;
+        state.copied = job.lease->copied_bytes();
+      }
+      std::lock_guard lock(job.mu);
+      job.staged = w + 1;
+      job.cv.notify_all();
+    }
+    {
+      std::lock_guard lock(job.mu);
+      if (!job.failed) return Status::Ok();
+    }
+    // The background failed while we were still staging: report it now.
+    JoinWorker();
+    std::lock_guard lock(state.mu);
+    state.observed = true;
+    return state.status;
+  }
+
   void RunWorker(std::shared_ptr<Job> job, std::shared_ptr<AsyncSave::State> state) {
     Status s;
     try {
@@ -263,118 +381,16 @@ Result<std::shared_ptr<AsyncSave>> AsyncSaver::SaveAsync(const SaveSpec& in,
                                                          std::span<const WriteItem> items) {
   Impl& m = *impl_;
   const double t0 = os::MonotonicSeconds();
-  auto state = std::make_shared<AsyncSave::State>();
-
   // 1. The previous save: wait for it, or skip this one.
-  if (m.current) {
-    bool running;
-    {
-      std::lock_guard lock(m.current->mu);
-      running = !m.current->done;
-    }
-    if (running && m.opts.overlap == OverlapPolicy::kSkip) {
-      state->skipped = true;
-      state->name = in.name;
-      state->status = Status(StatusCode::kAborted,
-                             "skipped: the previous save (" + m.current->name +
-                                 ") is still persisting");
-      state->done = true;
-      state->stall = os::MonotonicSeconds() - t0;
-      return std::make_shared<AsyncSave>(state);
-    }
-    m.JoinWorker();
-    std::lock_guard lock(m.current->mu);
-    if (!m.current->status.ok() && !m.current->observed) {
-      m.current->observed = true;
-      return m.current->status.WithContext("previous async save " + m.current->name +
-                                           " failed (not saved now; call again to save)");
-    }
-  }
-
+  if (auto skipped = m.SkipIfBusy(in.name, t0)) return skipped;
+  SW_RETURN_IF_ERROR(m.JoinPrevious());
   // 2. Plan the shard and the waves.
-  SaveSpec spec = in;
-  SW_RETURN_IF_ERROR(Repository::Normalize(spec));
-  state->name = spec.name;
-  if (!spec.replace && os::Exists(os::JoinPath(m.repo.root(), spec.name)))
-    return Status(StatusCode::kAlreadyExists,
-                  "checkpoint " + os::JoinPath(m.repo.root(), spec.name) +
-                      " already exists (pass replace to overwrite it)",
-                  EEXIST);
-  const Options& options = m.repo.options();
-  auto job = std::make_shared<Job>();
-  job->spec = spec;
-  SW_ASSIGN_OR_RETURN(job->plan, engine::PlanShard(items, spec.rank, spec.save_id, options));
-  const std::uint64_t total = job->plan.total_size;
-  std::uint64_t want = m.opts.staging_bytes ? std::min(total, m.opts.staging_bytes) : total;
-  if (m.pool->capacity() > 0) want = std::min(want, m.pool->capacity());
-  std::uint64_t max_unit = 0;
-  for (const auto& u : job->plan.units) max_unit = std::max(max_unit, u.length);
-  if (total > want && io::AlignDown(want / 2) < max_unit)
-    return InvalidArgument("staging memory of " + FormatBytes(want) +
-                           " is too small to stage in waves: it must hold two I/O units (" +
-                           FormatBytes(2 * max_unit) + ")");
-  SW_ASSIGN_OR_RETURN(job->lease, m.pool->Acquire(want));
-  if (total > job->lease->size() && io::AlignDown(job->lease->size() / 2) < max_unit)
-    return InvalidArgument("staging memory of " + FormatBytes(job->lease->size()) +
-                           " is too small to stage in waves: it must hold two I/O units (" +
-                           FormatBytes(2 * max_unit) + ")");
-  m.last_staging = job->lease->size();
-  job->waves = CutWaves(job->plan, job->lease->size());
-  job->pool = job->lease->data();
-  job->meta.assign(items.begin(), items.end());
-  for (auto& w : job->meta) w.data = nullptr;  // the background never reads them
-  state->bytes = job->plan.total_size;
-  state->waves = static_cast<int>(job->waves.size());
-
+  auto state = std::make_shared<AsyncSave::State>();
+  SW_ASSIGN_OR_RETURN(std::shared_ptr<Job> job, m.PlanJob(in, items, *state));
   // 3. Start the background, then stage wave after wave.
   m.current = state;
   m.worker = std::thread([&m, job, state] { m.RunWorker(job, state); });
-  const int threads =
-      m.opts.copy_threads > 0 ? m.opts.copy_threads : m.repo.options().EffectiveThreads();
-  for (std::size_t w = 0; w < job->waves.size(); ++w) {
-    {
-      // A pool half is free once the wave two before this one is written.
-      std::unique_lock lock(job->mu);
-      job->cv.wait(lock, [&] { return w < 2 || job->written >= w - 1 || job->failed; });
-      if (job->failed) break;
-    }
-    Status staged = job->lease->Stage(WaveCopies(*job, items, job->waves[w]), threads);
-    if (!staged.ok()) {
-      // A bug (the plan and the pool disagree): stop the background, report it.
-      {
-        std::lock_guard lock(job->mu);
-        job->abandon = true;
-        job->cv.notify_all();
-      }
-      m.JoinWorker();
-      std::lock_guard lock(state->mu);
-      state->observed = true;
-      return staged;
-    }
-    if (w + 1 == job->waves.size()) {
-      // The caller is free from here on; set before the last hand-off so the
-      // background's persist time is measured from this moment.
-      std::lock_guard lock(state->mu);
-      state->returned_at = os::MonotonicSeconds();
-      state->stall = state->returned_at - t0;
-      state->copied = job->lease->copied_bytes();
-    }
-    std::lock_guard lock(job->mu);
-    job->staged = w + 1;
-    job->cv.notify_all();
-  }
-  bool failed;
-  {
-    std::lock_guard lock(job->mu);
-    failed = job->failed;
-  }
-  if (failed) {
-    // The background failed while we were still staging: report it now.
-    m.JoinWorker();
-    std::lock_guard lock(state->mu);
-    state->observed = true;
-    return state->status;
-  }
+  SW_RETURN_IF_ERROR(m.StageWaves(*job, items, *state, t0));
   return std::make_shared<AsyncSave>(state);
 }
 

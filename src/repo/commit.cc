@@ -183,15 +183,12 @@ Result<CommitResult> Repository::Commit(const SaveSpec& in) {
   return result;
 }
 
-Result<CommitResult> Repository::CommitNormalized(const SaveSpec& spec) {
-  // One job per root (repo/writer_lock.h); on failure, Commit tells the
-  // waiting ranks through commit.failed.
-  SW_RETURN_IF_ERROR(LockForWriting());
-  const std::string& root = impl_->root;
-  const std::string staging = StagingDir(spec);
-  const std::string final_dir = os::JoinPath(root, spec.name);
-  // The coordinator may start before any rank created the staging directory.
-  const Options& o = impl_->options;
+namespace {
+
+// The coordinator may start before any rank created the staging directory:
+// waits for it, then holds its lock (shared, as the ranks do) so gc leaves it
+// alone while the commit runs.
+Result<os::File> JoinStaging(const std::string& staging, const Options& o) {
   SW_RETURN_IF_ERROR(PollUntil(
       o.commit_timeout_s, o.poll_interval_s, [&]() -> Result<bool> { return os::Exists(staging); },
       [&] {
@@ -200,9 +197,36 @@ Result<CommitResult> Repository::CommitNormalized(const SaveSpec& spec) {
                           " s: no rank created " + staging,
                       0, staging);
       }));
-  std::string lock_path = os::JoinPath(staging, names::kStagingLock);
+  const std::string lock_path = os::JoinPath(staging, names::kStagingLock);
   SW_ASSIGN_OR_RETURN(os::File lock, os::Open(lock_path, O_RDWR | O_CREAT, 0644));
   (void)os::Flock(lock.fd(), false, false, lock_path);
+  return lock;
+}
+
+// Points `latest` at the checkpoint just committed unless it names one of a
+// later step. Returns whether it moved.
+Result<bool> AdvanceLatest(const std::string& root, const SaveSpec& spec) {
+  auto current = repo::ReadLatestFile(root);
+  if (current && *current != spec.name) {
+    auto cur_step = CommittedStep(os::JoinPath(root, *current));
+    if (cur_step && *cur_step > spec.step) return false;
+  }
+  SW_RETURN_IF_ERROR(
+      os::WriteFileAtomic(os::JoinPath(root, names::kLatest), spec.name + "\n", "latest"));
+  return true;
+}
+
+}  // namespace
+
+Result<CommitResult> Repository::CommitNormalized(const SaveSpec& spec) {
+  // One job per root (repo/writer_lock.h); on failure, Commit tells the
+  // waiting ranks through commit.failed.
+  SW_RETURN_IF_ERROR(LockForWriting());
+  const std::string& root = impl_->root;
+  const std::string staging = StagingDir(spec);
+  const std::string final_dir = os::JoinPath(root, spec.name);
+  SW_ASSIGN_OR_RETURN(os::File lock, JoinStaging(staging, impl_->options));
+  const std::string lock_path = lock.path();
 
   // Steps 1-2 happened on every rank; wait until all of them reported.
   SW_RETURN_IF_ERROR(WaitForFragments(staging, spec, impl_->options, lock.fd()));
@@ -216,7 +240,8 @@ Result<CommitResult> Repository::CommitNormalized(const SaveSpec& spec) {
   // Fragments and the lock are no longer needed: the committed directory
   // holds only the manifest and the shards.
   for (int r = 0; r < spec.world_size; ++r)
-    SW_RETURN_IF_ERROR(os::Unlink(os::JoinPath(staging, names::RankFileName(r, names::RankFile::kFragment))));
+    SW_RETURN_IF_ERROR(
+        os::Unlink(os::JoinPath(staging, names::RankFileName(r, names::RankFile::kFragment))));
   SW_RETURN_IF_ERROR(lock.Close());
   SW_RETURN_IF_ERROR(os::Unlink(lock_path));
   // Step 3b: the staging directory's entries are durable.
@@ -261,17 +286,7 @@ Result<CommitResult> Repository::CommitNormalized(const SaveSpec& spec) {
   result.name = spec.name;
   result.dir = final_dir;
   result.bytes = m.TotalBytes();
-  auto current = repo::ReadLatestFile(root);
-  bool advance = true;
-  if (current && *current != spec.name) {
-    auto cur_step = CommittedStep(os::JoinPath(root, *current));
-    if (cur_step && *cur_step > spec.step) advance = false;
-  }
-  if (advance) {
-    SW_RETURN_IF_ERROR(os::WriteFileAtomic(os::JoinPath(root, names::kLatest),
-                                           spec.name + "\n", "latest"));
-    result.latest_updated = true;
-  }
+  SW_ASSIGN_OR_RETURN(result.latest_updated, AdvanceLatest(root, spec));
   os::CrashPoint("committed");
   return result;
 }

@@ -6,7 +6,10 @@
 //           and fsync manifest.json, rename, fsync ROOT, update latest);
 //   load:   CheckpointReader::Open (read and validate the manifest: what a
 //           restarting job does before reading data).
-//   scale_commit [--ranks 256,1024,4096] [--items 200] [--dir D] [--runs 3] [--json]
+// With --gathered, the ranks' indexes are handed to CommitGathered in memory
+// (binary rank indexes, as DCP's gather delivers them) instead of fragment
+// files the coordinator waits for and reads.
+//   scale_commit [--ranks 256,1024,4096] [--items 200] [--dir D] [--runs 3] [--gathered] [--json]
 #include <fcntl.h>
 #include <unistd.h>
 
@@ -18,6 +21,7 @@
 #include <vector>
 
 #include "format/manifest.h"
+#include "format/rank_index.h"
 #include "os/posix.h"
 #include "shardwise/shardwise.h"
 
@@ -30,8 +34,10 @@ double Median(std::vector<double> v) {
   return v.size() % 2 ? v[v.size() / 2] : (v[v.size() / 2 - 1] + v[v.size() / 2]) / 2;
 }
 
-// Writes R fragments and sparse shards into the staging directory of `spec`.
-Status Generate(Repository& repo, const SaveSpec& spec, int items) {
+// Writes R sparse shards into the staging directory of `spec`, and R
+// fragment files, or with `gathered` R binary indexes into *indexes.
+Status Generate(Repository& repo, const SaveSpec& spec, int items,
+                std::vector<std::string>* indexes) {
   std::string staging = repo.StagingDir(spec);
   SW_RETURN_IF_ERROR(os::Mkdir(staging, 0755, true));
   const std::int64_t rows = 64, cols = 256;  // 32 KiB per chunk (fp16)
@@ -62,6 +68,10 @@ Status Generate(Repository& repo, const SaveSpec& spec, int items) {
     int fd = ::open(path.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
     if (fd < 0 || ::ftruncate(fd, static_cast<off_t>(size)) != 0) return IoError("create", path, errno);
     ::close(fd);
+    if (spec.gathered) {
+      indexes->push_back(format::EncodeRankIndex(f));
+      continue;
+    }
     std::string text = format::Serialize(f, format::kFragmentKind);
     std::string fpath = os::JoinPath(staging, frag);
     fd = ::open(fpath.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
@@ -78,7 +88,7 @@ int main(int argc, char** argv) {
   std::vector<int> ranks = {256, 1024, 4096};
   int items = 200, runs = 3;
   std::string dir = "/tmp/shardwise-scale";
-  bool json = false, keep = false, generate_only = false;
+  bool json = false, keep = false, generate_only = false, gathered = false;
   for (int i = 1; i < argc; ++i) {
     std::string a = argv[i];
     auto next = [&]() -> std::string { return i + 1 < argc ? argv[++i] : ""; };
@@ -90,11 +100,12 @@ int main(int argc, char** argv) {
     else if (a == "--dir") dir = next();
     else if (a == "--runs") runs = std::stoi(next());
     else if (a == "--json") json = true;
+    else if (a == "--gathered") gathered = true;
     else if (a == "--keep") keep = true;
     else if (a == "--generate-only") generate_only = keep = true;  // for profiling
     else {
       std::fprintf(stderr, "usage: scale_commit [--ranks 256,1024,4096] [--items 200] [--dir D] "
-                           "[--runs 3] [--json] [--keep]\n");
+                           "[--runs 3] [--gathered] [--json] [--keep]\n");
       return 2;
     }
   }
@@ -114,14 +125,16 @@ int main(int argc, char** argv) {
       spec.world_size = R;
       spec.save_id = "sim" + std::to_string(run);
       spec.name = Repository::StepName(1);
-      Status g = Generate(**repo, spec, items);
+      spec.gathered = gathered;
+      std::vector<std::string> indexes;
+      Status g = Generate(**repo, spec, items, &indexes);
       if (!g.ok()) return std::fprintf(stderr, "%s\n", g.ToString().c_str()), 1;
       if (generate_only) {
         std::printf("%s\n", (*repo)->StagingDir(spec).c_str());
         return 0;
       }
       double t0 = os::MonotonicSeconds();
-      auto c = (*repo)->Commit(spec);
+      auto c = gathered ? (*repo)->CommitGathered(spec, indexes) : (*repo)->Commit(spec);
       double t1 = os::MonotonicSeconds();
       if (!c.ok()) return std::fprintf(stderr, "%s\n", c.status().ToString().c_str()), 1;
       auto reader = CheckpointReader::Open(os::JoinPath(dir, spec.name), o);
@@ -136,9 +149,9 @@ int main(int argc, char** argv) {
     if (json) {
       char buf[256];
       std::snprintf(buf, sizeof buf,
-                    "%s{\"ranks\":%d,\"items_per_rank\":%d,\"manifest_bytes\":%llu,"
-                    "\"commit_s\":%.4f,\"metadata_load_s\":%.4f}",
-                    out_json.size() > 1 ? "," : "", R, items,
+                    "%s{\"ranks\":%d,\"items_per_rank\":%d,\"gathered\":%s,"
+                    "\"manifest_bytes\":%llu,\"commit_s\":%.4f,\"metadata_load_s\":%.4f}",
+                    out_json.size() > 1 ? "," : "", R, items, gathered ? "true" : "false",
                     static_cast<unsigned long long>(manifest_bytes), mc, ml);
       out_json += buf;
     } else {

@@ -17,7 +17,10 @@ import re
 import sys
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-SCOPE = re.compile(r"\b(namespace|class|struct|union|enum)\b[^()]*$")
+# A head that opens a scope, not a function: "namespace x", "class Foo : Bar",
+# "template <typename T> struct S", "enum class E : int".
+SCOPE = re.compile(r"^(?:template\s*<[^{]*?>\s*)?(?:\[\[[^\]]*\]\]\s*)?"
+                   r"(?:inline\s+)?(?:namespace|class|struct|union|enum)\b[^()]*$")
 CONTROL = re.compile(r"^\s*(if|for|while|switch|do|else|try|catch|return)\b")
 
 
@@ -59,19 +62,43 @@ def blank(text: str) -> str:
     return "".join(out)
 
 
+def _initializer(code: str, head_start: int, i: int) -> bool:
+    """Whether the '{' at i initializes something rather than opening a
+    body: a member in a constructor's initializer list (`) : a_{1}, b_{2} {`),
+    where the brace follows a name and the head has ") :"."""
+    head = code[head_start:i]
+    before = head.rstrip()
+    return bool(before) and (before[-1].isalnum() or before[-1] in "_>") and \
+        re.search(r"\)\s*:(?!:)", head) is not None and not before.endswith(")")
+
+
 def functions(text: str) -> list[tuple[int, int, str]]:
     """(first line, last line, head) of every function body in `text`."""
     code = blank(text)
     stack: list[tuple[bool, int, str]] = []  # (is a function body, start line, head)
     found = []
     head_start = 0
+    parens = 0  # depth of ( ): braces inside are initializers (`= {}` defaults)
+    inits: list[int] = []  # depth of braces that initialize a member or value
     for i, c in enumerate(code):
+        if c == "(":
+            parens += 1
+        elif c == ")":
+            parens = max(parens - 1, 0)
+        if parens or c not in ";{}":
+            continue
+        if c == "{" and (inits or _initializer(code, head_start, i)):
+            inits.append(i)
+            continue
+        if c == "}" and inits:
+            inits.pop()
+            continue
         if c in ";{}":
             if c == "{":
                 head = code[head_start:i]
                 in_decl = all(not fn for fn, _, _ in stack)
                 flat = " ".join(head.split())
-                is_fn = (in_decl and "(" in flat and not SCOPE.search(flat.split("(")[0])
+                is_fn = (in_decl and "(" in flat and not SCOPE.search(flat)
                          and not CONTROL.match(flat) and not flat.rstrip().endswith("="))
                 first = code.count("\n", 0, head_start + len(head) - len(head.lstrip()))
                 stack.append((is_fn, first + 1, flat))
@@ -112,10 +139,12 @@ def self_test() -> int:
     text = ("#include <x.h>\n#if defined(A)\n#endif\nnamespace a {\nstruct S {\n  int Member(int y) const {\n" + long_body +
             "\n    return y;\n  }\n};\nint F(int x,\n      int y) {\n  auto l = [&] {\n" +
             long_body + "\n  };\n  if (x) {\n  }\n  return \"}\" [0];\n}\n"
-            "int Short() { return 1; }  // }\n}  // namespace a\n")
+            "int Short() { return 1; }  // }\n"
+            "template <class T> Result<struct stat> Tpl(T t = {}, int n = T{}) {\n" + long_body +
+            "\n}\nS::S(int a) : a_{a}, b_{2} {\n" + long_body + "\n}\n}  // namespace a\n")
     got = [(last - first + 1, head.split("(")[0].split()[-1]) for first, last, head in
            functions(text)]
-    ok = got == [(88, "Member"), (93, "F"), (1, "Short")]
+    ok = got == [(88, "Member"), (93, "F"), (1, "Short"), (87, "Tpl"), (87, "S::S")]
     print(f"self-test: {'ok' if ok else 'FAILED'} {got}")
     return 0 if ok else 1
 

@@ -40,6 +40,11 @@ struct SaveSpec {
   bool replace = false;      // allow replacing a committed checkpoint
   std::string user_json = "{}";  // metadata stored in the manifest
   std::string dcp_json;          // DCP planner data, or empty
+  // A collective carries each rank's index to the coordinator (DCP gathers
+  // RankResult::index in WriteResult.storage_data), which commits with
+  // CommitGathered: ranks write no fragment files and nobody polls the
+  // staging directory. false: the filesystem protocol (fragments, Commit).
+  bool gathered = false;
 };
 
 struct RankResult {
@@ -51,6 +56,9 @@ struct RankResult {
   // Tensor bytes copied into I/O buffers; 0 when every tensor was written
   // straight from staging memory (StagingLease).
   std::uint64_t copied_bytes = 0;
+  // With SaveSpec::gathered: this rank's shard index, binary (docs/format.md,
+  // "Rank index"), for the coordinator's CommitGathered.
+  std::string index;
 };
 
 struct CommitResult {
@@ -155,6 +163,12 @@ class Repository {
   // The coordinator: waits (up to options.commit_timeout_s) for every rank's
   // fragment, then commits. Returns only once the checkpoint is durable.
   Result<CommitResult> Commit(const SaveSpec& spec);
+  // The coordinator of a gathered save (SaveSpec::gathered): commits from
+  // every rank's RankResult::index (indexes[r]: rank r's; empty for a rank
+  // that wrote nothing), once the collective has them all. The same commit
+  // protocol as Commit from step 3 on; a damaged or foreign index is
+  // kCorrupt naming the rank.
+  Result<CommitResult> CommitGathered(const SaveSpec& spec, std::span<const std::string> indexes);
   // Any rank: waits until the coordinator committed this save.
   Status WaitCommitted(const SaveSpec& spec, double timeout_s);
   // Any rank: records that this rank failed, so Commit aborts promptly.
@@ -217,6 +231,7 @@ class Repository {
       const SaveSpec& spec,
       const std::function<Status(const engine::ShardTarget& target, void* index)>& write_shard);
   Result<CommitResult> CommitNormalized(const SaveSpec& spec);
+  void RequestExportFor(CommitResult& result);  // Options::export_mode after a commit
   struct Impl;
   explicit Repository(std::unique_ptr<Impl> impl);
   std::unique_ptr<Impl> impl_;

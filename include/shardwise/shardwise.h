@@ -2,6 +2,8 @@
 #pragma once
 
 #include "shardwise/async.h"
+#include "shardwise/host.h"
+#include "shardwise/names.h"
 #include "shardwise/options.h"
 #include "shardwise/reader.h"
 #include "shardwise/repository.h"

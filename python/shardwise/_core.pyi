@@ -24,9 +24,10 @@ class SaveSpec:
     replace: bool
     user_json: str
     dcp_json: str
+    gathered: bool  # ranks return RankResult.index; the coordinator calls commit_gathered
     def __init__(self, name: str = "", step: int = -1, save_id: str = "", world_size: int = 1,
                  rank: int = 0, replace: bool = False, user_json: str = "{}",
-                 dcp_json: str = "") -> None: ...
+                 dcp_json: str = "", gathered: bool = False) -> None: ...
 
 class WriteItem:
     name: str
@@ -56,6 +57,7 @@ class RankResult:
     backend: str
     direct_io: bool
     copied_bytes: int
+    index: bytes  # with SaveSpec.gathered: this rank's shard index (binary)
 
 class CommitResult:
     name: str
@@ -121,6 +123,7 @@ class Repository:
     def write_rank(self, spec: SaveSpec, items: list[WriteItem],
                    released: Optional[Event] = None) -> RankResult: ...
     def commit(self, spec: SaveSpec) -> CommitResult: ...
+    def commit_gathered(self, spec: SaveSpec, indexes: list[bytes]) -> CommitResult: ...
     def wait_committed(self, spec: SaveSpec, timeout_s: float) -> None: ...
     def report_failure(self, spec: SaveSpec, why: str) -> None: ...
     def lock_for_writing(self) -> None: ...

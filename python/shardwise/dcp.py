@@ -17,6 +17,7 @@ and never unpickles anything; non-tensor values are stored as JSON.
 """
 from __future__ import annotations
 
+import collections
 import dataclasses
 import json
 import logging
@@ -66,21 +67,30 @@ def _options(**kw: Any) -> dict[str, Any]:
     return {k: v for k, v in kw.items() if v is not None}
 
 
-_repos: dict[tuple[Any, ...], Any] = {}
+_repos: "collections.OrderedDict[tuple[Any, ...], Any]" = collections.OrderedDict()
 _repos_lock = threading.Lock()
+_REPOS_KEPT = 8
 
 
 def _repository(root: str, options: dict[str, Any]) -> Any:
     """One C++ repository handle per root, options and SHARDWISE_*
     environment, for the process: DCP users build a new Writer per save, and
     opening a repository reads the environment, probes the filesystem and
-    sets up io_uring."""
+    sets up io_uring. The newest few are kept. A kept handle keeps this
+    process's claim on the root it committed to (format.md, "Writers")
+    until the process exits; a forked child opens its own."""
     env = tuple(sorted((k, v) for k, v in os.environ.items() if k.startswith("SHARDWISE_")))
-    key = (root, tuple(sorted((k, repr(v)) for k, v in options.items())), env)
+    key = (os.getpid(), root, tuple(sorted((k, repr(v)) for k, v in options.items())), env)
     with _repos_lock:
         repo = _repos.get(key)
+        if repo is not None and not os.path.isdir(root):
+            repo = None  # the root was removed since: open (and create) it again
         if repo is None:
-            repo = _repos[key] = _core.Repository(root, options, True)
+            repo = _core.Repository(root, options, True)
+        _repos[key] = repo
+        _repos.move_to_end(key)
+        while len(_repos) > _REPOS_KEPT:
+            _repos.popitem(last=False)
         return repo
 
 
@@ -141,7 +151,7 @@ class Writer(StorageWriter, AsyncStager):  # type: ignore[misc]
                  progress: ProgressArg = None, pin_memory: Optional[bool] = None,
                  shared_memory: bool = False, async_staging: bool = False,
                  non_blocking_copy: bool = True, staging_threads: Optional[int] = None,
-                 staging_options: Any = None) -> None:
+                 staging_options: Any = None, **engine_options: Any) -> None:
         super().__init__()
         self.path = os.fspath(path) if path is not None else None
         self.replace = replace
@@ -152,7 +162,8 @@ class Writer(StorageWriter, AsyncStager):  # type: ignore[misc]
         self.last_commit: Optional[Any] = None
         self.options = _options(io_backend=io_backend, queue_depth=queue_depth, io_unit=io_unit,
                                 checksum_block=checksum_block, direct_io=direct_io,
-                                commit_timeout_s=commit_timeout_s, threads=threads)
+                                commit_timeout_s=commit_timeout_s, threads=threads,
+                                **engine_options)
         self.progress = progress
         if staging_options is not None:  # DCP's StagingOptions
             pin_memory = staging_options.use_pinned_memory
@@ -246,7 +257,7 @@ class Writer(StorageWriter, AsyncStager):  # type: ignore[misc]
         _, name = _split(self.path)
         return _core.SaveSpec(name=name, step=self.step if self.step is not None else -1,
                               save_id=save_id, world_size=sd["world_size"], rank=sd["rank"],
-                              replace=self.replace, user_json=self.user_json)
+                              replace=self.replace, user_json=self.user_json, gathered=True)
 
     def _repo(self) -> Any:
         assert self.path is not None
@@ -321,10 +332,23 @@ class Writer(StorageWriter, AsyncStager):  # type: ignore[misc]
             results.append(WriteResult(index=item.index, size_in_bytes=items[-1].nbytes,
                                        storage_data=attempt))
         spec = self._spec(sd, self._save_id or "")
+        if not items:
+            # Nothing to save on this rank: no shard; the coordinator learns
+            # it from the absence of an index among the gathered results.
+            if self._stream is not None:
+                self._stream.set()
+            self.last_write_copied_bytes = 0
+            fut0: Future[list[WriteResult]] = Future()
+            fut0.set_result(results)
+            return fut0
         total = sum(i.nbytes for i in items)
         with Progress(self.progress, total, "save") as bar:
             r = self._repo().write_rank(spec, items, self._stream)
             bar.update(total)
+        # This rank's shard index travels to the coordinator with its first
+        # result: DCP gathers the results, finish() commits from them.
+        results[0] = dataclasses.replace(
+            results[0], storage_data={**attempt, "rank": sd["rank"], "index": r.index})
         copied[0] = r.copied_bytes
         self.last_write_copied_bytes = copied[0]
         fut: Future[list[WriteResult]] = Future()
@@ -350,7 +374,15 @@ class Writer(StorageWriter, AsyncStager):  # type: ignore[misc]
         spec = self._spec(sd, self._save_id)
         spec.rank = 0
         spec.dcp_json = json.dumps(_metadata.to_json(metadata))
-        result = self._repo().commit(spec)
+        # Each rank's shard index, from the results DCP gathered: no fragment
+        # files, no polling. A rank that saved nothing sent none.
+        indexes = [b""] * sd["world_size"]
+        for rs in results:
+            for r in rs:
+                d = r.storage_data
+                if isinstance(d, dict) and "index" in d:
+                    indexes[d["rank"]] = d["index"]
+        result = self._repo().commit_gathered(spec, indexes)
         self.last_commit = result
         if result.export_error:
             log.warning("checkpoint %s is committed, but its export to S3 was not requested: %s",
@@ -472,12 +504,13 @@ class Reader(StorageReader):
     def __init__(self, path: Optional[PathLike] = None, *, progress: ProgressArg = None,
                  io_backend: Optional[str] = None, queue_depth: Optional[int] = None,
                  io_unit: Optional[Union[int, str]] = None,
-                 direct_io: Optional[str] = None, threads: Optional[int] = None) -> None:
+                 direct_io: Optional[str] = None, threads: Optional[int] = None,
+                 **engine_options: Any) -> None:
         super().__init__()
         self.path = os.fspath(path) if path is not None else None
         self.progress = progress
         self.options = _options(io_backend=io_backend, queue_depth=queue_depth, io_unit=io_unit,
-                                direct_io=direct_io, threads=threads)
+                                direct_io=direct_io, threads=threads, **engine_options)
         self._core: Any = None
         self._manifest: Optional[dict[str, Any]] = None
         self._chunks: dict[tuple[str, tuple[int, ...]], int] = {}

@@ -91,6 +91,30 @@ def test_round_trip_transformer_adamw_4_ranks(tmp_path):
     assert shardwise._core.Reader(path, {}).verify().problems == []
 
 
+def _replicated_only(rank: int, world: int, path: str) -> None:
+    state = {"w": torch.arange(4096, dtype=torch.float32)}  # the same on every rank
+    w = Writer(path, step=3)
+    dcp.save(state, storage_writer=w)
+    if rank == 0:  # the coordinator committed from the gathered indexes
+        assert w.last_commit is not None and w.last_commit.name == "step-000000000003"
+    back = {"w": torch.zeros(4096)}
+    dcp.load(back, storage_reader=Reader(path))
+    assert torch.equal(back["w"], state["w"])
+
+
+def test_gathered_commit_with_a_rank_that_saves_nothing(tmp_path):
+    """DCP writes a replicated tensor once: the other rank has nothing to
+    save, writes no shard and sends no index; the coordinator commits from
+    what DCP gathered (there are no fragment files to wait for)."""
+    path = str(tmp_path / "ckpt" / "step-000000000003")
+    run_ranks(2, _replicated_only, path)
+    manifest = json.load(open(os.path.join(path, "manifest.json")))
+    assert manifest["world_size"] == 2
+    assert len(manifest["files"]) == 1, manifest["files"]
+    assert sorted(os.listdir(path)) == ["manifest.json", manifest["files"][0]["name"]]
+    assert shardwise._core.Reader(path, {}).verify().problems == []
+
+
 # -- DTensor resharding N -> M ------------------------------------------------------------
 def _full(seed: int, shape: tuple) -> torch.Tensor:
     g = torch.Generator().manual_seed(seed)
@@ -184,7 +208,9 @@ def test_process_mode_shares_the_root_claim_with_its_child(tmp_path):
 
 # -- a rank killed mid-save leaves the previous checkpoint loadable --------------------
 def _save_step(rank: int, world: int, root: str, step: int) -> None:
-    state = {"x": torch.full((1 << 16,), float(step + rank)), "y": _full(step, (128, 128))}
+    # "x{rank}" is this rank's own: every rank writes (a replicated-only rank
+    # would have nothing to save).
+    state = {f"x{rank}": torch.full((1 << 16,), float(step + rank)), "y": _full(step, (128, 128))}
     dcp.save(state, storage_writer=Writer(os.path.join(root, f"step-{step:012d}")))
 
 
@@ -204,9 +230,10 @@ def test_rank_killed_mid_save(tmp_path):
     committed = [c.name for c in repo.list() if c.state == "committed"]
     assert committed == ["step-000000000001"]
     assert repo.latest() == "step-000000000001"
-    back = {"x": torch.zeros(1 << 16), "y": torch.zeros(128, 128)}
+    back = {"x3": torch.zeros(1 << 16), "y": torch.zeros(128, 128)}
     dcp.load(back, storage_reader=Reader(os.path.join(root, "step-000000000001")), no_dist=True)
     assert torch.equal(back["y"], _full(1, (128, 128)))
+    assert torch.equal(back["x3"], torch.full((1 << 16,), 4.0))
     report = repo.gc(grace_s=0)
     assert len(report.removed_staging) == 1
 

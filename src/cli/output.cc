@@ -73,7 +73,7 @@ std::string Wrap(const std::string& head, const std::string& text, std::size_t i
       out += line + "\n";
       line = std::string(indent, ' ');
     }
-    if (line.back() != ' ') line += ' ';
+    if (!line.empty() && line.back() != ' ') line += ' ';
     line += w;
   }
   return out + line + "\n";

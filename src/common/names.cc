@@ -83,6 +83,9 @@ bool ParseRankFile(std::string_view entry, int* rank, RankFile* kind) {
   if (digits < 5 || r > 0x7fffffff) return false;
   for (RankFile k : {RankFile::kShard, RankFile::kFragment, RankFile::kFailed})
     if (rest.substr(digits) == RankSuffix(k)) {
+      // Only the one spelling RankFileName gives ("rank-000003..." is not
+      // rank 3's).
+      if (RankFileName(static_cast<int>(r), k) != entry) return false;
       *rank = static_cast<int>(r);
       *kind = k;
       return true;

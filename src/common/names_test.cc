@@ -15,11 +15,12 @@ TEST(Names, RankFilesRoundTrip) {
     EXPECT_EQ(got, k);
   }
   EXPECT_EQ(RankFileName(3, RankFile::kShard), "rank-00003.shard");
+  EXPECT_EQ(RankFileName(123456, RankFile::kShard), "rank-123456.shard");
   int rank;
   RankFile kind;
   for (const char* bad : {"rank-3.shard", "rank-00003.part1.shard", "rank-00003.shard.tmp-ab",
                           "rank-x0003.failed", "rank-00003", "xrank-00003.failed",
-                          "rank-99999999999.shard"})
+                          "rank-99999999999.shard", "rank-000003.fragment.json"})
     EXPECT_FALSE(ParseRankFile(bad, &rank, &kind)) << bad;
   EXPECT_TRUE(IsFailureMarker("rank-00007.failed"));
   EXPECT_TRUE(IsFailureMarker(kCommitFailed));

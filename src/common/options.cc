@@ -108,13 +108,16 @@ std::string ShowSize(const Options& o) {
   return std::to_string(v);
 }
 
-template <auto Field>
+// Seconds: a non-negative number, "inf" (no limit) included; with
+// `positive`, more than 0 and finite.
+template <auto Field, bool positive = false>
 Status Seconds(Options& o, std::string_view t) {
   const std::string s(t);
   char* end = nullptr;
   const double d = std::strtod(s.c_str(), &end);
-  if (s.empty() || *end != '\0' || !std::isfinite(d) || d < 0)
-    return InvalidArgument("'" + s + "' is not a non-negative number of seconds");
+  if (s.empty() || *end != '\0' || std::isnan(d) || d < 0 || (positive && (d == 0 || std::isinf(d))))
+    return InvalidArgument("'" + s + (positive ? "' is not a positive number of seconds"
+                                               : "' is not a non-negative number of seconds"));
   o.*Field = d;
   return Status::Ok();
 }
@@ -210,7 +213,7 @@ constexpr OptionInfo kTable[] = {
      Seconds<&Options::staging_grace_s>, ShowSeconds<&Options::staging_grace_s>},
     {"poll_interval_s", "SHARDWISE_POLL_INTERVAL_S", "poll_interval_s", "", "SECONDS",
      "how often waits on the filesystem (fragments, commits) look again",
-     Seconds<&Options::poll_interval_s>, ShowSeconds<&Options::poll_interval_s>},
+     Seconds<&Options::poll_interval_s, true>, ShowSeconds<&Options::poll_interval_s>},
     {"layout", "SHARDWISE_LAYOUT", "layout", "--layout", "auto|off",
      "Lustre layouts: auto (on Lustre, each shard file gets the layout the policy picks; "
      "docs/lustre.md), off",
@@ -303,9 +306,10 @@ Status Options::Validate() const {
     return InvalidArgument("stripe_count must be -1 (every OST), 0 (policy) or 1..65535");
   if (stripe_size % (64 << 10) != 0 || stripe_size >= (4ull << 30))
     return InvalidArgument("stripe_size must be a multiple of 64 KiB, under 4 GiB (0: policy)");
-  if (!(commit_timeout_s >= 0) || !(staging_grace_s >= 0) ||
-      !(poll_interval_s > 0))
-    return InvalidArgument("timeouts must be non-negative");
+  if (!(commit_timeout_s >= 0) || !(staging_grace_s >= 0))
+    return InvalidArgument("commit_timeout_s and staging_grace_s must be non-negative");
+  if (!(poll_interval_s > 0) || std::isinf(poll_interval_s))
+    return InvalidArgument("poll_interval_s must be a positive number of seconds");
   return Status::Ok();
 }
 

@@ -28,6 +28,12 @@ using FileExtents = std::vector<std::vector<Extent>>;  // per file index
 Status ValidateFiles(const Manifest& m, const std::string& path) {
   std::unordered_set<std::string_view> file_names;
   for (const FileRecord& f : m.files) {
+    // The parser checks this too; a manifest built otherwise (a decoded rank
+    // index) must not name a path outside the checkpoint either.
+    if (!names::IsSafeName(f.name))
+      return Bad(path, "file '" + f.name +
+                           "' is not a plain file name inside the checkpoint (no '/', no "
+                           "'..', no leading '.')");
     if (!file_names.insert(f.name).second)
       return Bad(path, "file '" + f.name + "' is listed twice");
     if (f.name == names::kManifest) return Bad(path, "a data file may not be named manifest.json");

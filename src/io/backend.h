@@ -43,6 +43,9 @@ class IoBackend {
   // Runs every unit; returns the first error, after in-flight I/O settled.
   virtual Status Write(std::span<const IoUnit> units, const UnitFn& fill) = 0;
   virtual Status Read(std::span<const IoUnit> units, const UnitFn& consume) = 0;
+  // False once the backend cannot run transfers any more (an io_uring whose
+  // submission failed): a pool drops it rather than hand it out again.
+  virtual bool usable() const { return true; }
 };
 
 // Makes the backend `options.io_backend` asks for. kAuto tries io_uring and

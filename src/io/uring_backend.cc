@@ -42,6 +42,7 @@ class UringBackend final : public IoBackend {
   }
 
   std::string_view name() const override { return "uring"; }
+  bool usable() const override { return !broken_; }
 
   Status Write(std::span<const IoUnit> units, const UnitFn& fill) override {
     SW_RETURN_IF_ERROR(Usable());

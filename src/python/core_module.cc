@@ -99,8 +99,12 @@ auto Unlocked(Fn&& fn) {
 // A Python option value as the option table's parsers read it.
 std::string OptionText(const std::string& key, nb::handle v) {
   if (nb::isinstance<nb::bool_>(v)) return nb::cast<bool>(v) ? "1" : "0";
-  if (nb::isinstance<nb::int_>(v) || nb::isinstance<nb::float_>(v) || nb::isinstance<nb::str>(v))
-    return nb::cast<std::string>(nb::str(v));
+  if (nb::isinstance<nb::str>(v)) return nb::cast<std::string>(v);
+  // Integers of any kind (numpy's included) through __index__, other
+  // numbers through __float__.
+  if (PyIndex_Check(v.ptr())) return nb::cast<std::string>(nb::str(nb::int_(v)));
+  if (PyFloat_Check(v.ptr()) || PyObject_HasAttrString(v.ptr(), "__float__"))
+    return nb::cast<std::string>(nb::repr(nb::float_(v)));
   nb::gil_scoped_acquire gil;
   PyErr_SetString(PyExc_TypeError, ("option " + key + ": expected a str, int, float or bool, "
                                     "not " + nb::cast<std::string>(nb::str(v.type()))).c_str());
@@ -180,6 +184,12 @@ class PyRepository {
   }
   CommitResult Commit(const SaveSpec& spec) {
     return Unlocked([&] { return repo_->Commit(spec); });
+  }
+  CommitResult CommitGathered(const SaveSpec& spec, const std::vector<nb::bytes>& indexes) {
+    std::vector<std::string> copies;
+    copies.reserve(indexes.size());
+    for (const nb::bytes& b : indexes) copies.emplace_back(b.c_str(), b.size());
+    return Unlocked([&] { return repo_->CommitGathered(spec, copies); });
   }
   void WaitCommitted(const SaveSpec& spec, double timeout_s) {
     Unlocked([&] { return repo_->WaitCommitted(spec, timeout_s); });
@@ -452,12 +462,13 @@ void BindSaveTypes(nb::module_& m) {
       .def("__init__",
            [](SaveSpec* s, std::string name, std::int64_t step, std::string save_id,
               std::int32_t world_size, std::int32_t rank, bool replace, std::string user_json,
-              std::string dcp_json) {
-             new (s) SaveSpec{std::move(name), step,    std::move(save_id), world_size, rank,
-                              replace,         std::move(user_json), std::move(dcp_json)};
+              std::string dcp_json, bool gathered) {
+             new (s) SaveSpec{std::move(name),      step,     std::move(save_id),
+                              world_size,           rank,     replace,
+                              std::move(user_json), std::move(dcp_json), gathered};
            },
            "name"_a = "", "step"_a = -1, "save_id"_a = "", "world_size"_a = 1, "rank"_a = 0,
-           "replace"_a = false, "user_json"_a = "{}", "dcp_json"_a = "")
+           "replace"_a = false, "user_json"_a = "{}", "dcp_json"_a = "", "gathered"_a = false)
       .def_rw("name", &SaveSpec::name)
       .def_rw("step", &SaveSpec::step)
       .def_rw("save_id", &SaveSpec::save_id)
@@ -465,7 +476,8 @@ void BindSaveTypes(nb::module_& m) {
       .def_rw("rank", &SaveSpec::rank)
       .def_rw("replace", &SaveSpec::replace)
       .def_rw("user_json", &SaveSpec::user_json)
-      .def_rw("dcp_json", &SaveSpec::dcp_json);
+      .def_rw("dcp_json", &SaveSpec::dcp_json)
+      .def_rw("gathered", &SaveSpec::gathered);
   nb::class_<WriteItem>(m, "WriteItem")
       .def("__init__",
            [](WriteItem* w, std::string name, const std::string& kind, const std::string& dtype,
@@ -524,7 +536,10 @@ void BindResults(nb::module_& m) {
       .def_ro("seconds", &RankResult::seconds)
       .def_ro("backend", &RankResult::backend)
       .def_ro("direct_io", &RankResult::direct_io)
-      .def_ro("copied_bytes", &RankResult::copied_bytes);
+      .def_ro("copied_bytes", &RankResult::copied_bytes)
+      .def_prop_ro("index", [](const RankResult& r) {
+        return nb::bytes(r.index.data(), r.index.size());
+      });
   nb::class_<CommitResult>(m, "CommitResult")
       .def_ro("name", &CommitResult::name)
       .def_ro("dir", &CommitResult::dir)
@@ -585,6 +600,7 @@ void BindRepository(nb::module_& m) {
       .def("write_rank", &PyRepository::WriteRank, "spec"_a, "items"_a,
            "released"_a = nb::none())
       .def("commit", &PyRepository::Commit, "spec"_a)
+      .def("commit_gathered", &PyRepository::CommitGathered, "spec"_a, "indexes"_a)
       .def("wait_committed", &PyRepository::WaitCommitted, "spec"_a, "timeout_s"_a)
       .def("report_failure", &PyRepository::ReportFailure, "spec"_a, "why"_a)
       .def("lock_for_writing", &PyRepository::LockForWriting)

@@ -17,11 +17,13 @@
 #include <sys/stat.h>
 
 #include <algorithm>
+#include <functional>
 #include <map>
 
 #include "common/parallel.h"
 #include "common/poll.h"
 #include "format/manifest.h"
+#include "format/rank_index.h"
 #include "os/fault.h"
 #include "os/posix.h"
 #include "repo/listing.h"
@@ -91,8 +93,26 @@ Status WaitForFragments(const std::string& staging, const SaveSpec& spec,
   });
 }
 
-// Merges the fragments into one manifest.
-Result<Manifest> MergeFragments(const std::string& staging, const SaveSpec& spec) {
+// Reads and parses every rank's fragment file, in parallel (one per rank:
+// thousands on a large job).
+std::vector<Result<Manifest>> ReadFragments(const std::string& staging, const SaveSpec& spec) {
+  std::vector<Result<Manifest>> frags(spec.world_size, Status(StatusCode::kInternal, "unread"));
+  ParallelFor(0, static_cast<std::size_t>(spec.world_size), std::min(AvailableCpus(), 16),
+              [&](std::size_t r) {
+                const std::string path = os::JoinPath(
+                    staging, names::RankFileName(static_cast<int>(r), names::RankFile::kFragment));
+                auto text = os::ReadSmallFile(path, format::kMaxManifestBytes);
+                frags[r] = text.ok() ? format::Parse(*text, format::kFragmentKind, path)
+                                     : Result<Manifest>(text.status());
+              });
+  return frags;
+}
+
+// Merges the ranks' fragments (frags[r]: rank r's, from `source(r)`) into
+// one manifest, in rank order.
+Result<Manifest> MergeFragments(const std::string& staging, const SaveSpec& spec,
+                                std::vector<Result<Manifest>> frags,
+                                const std::function<std::string(int)>& source) {
   Manifest m;
   m.name = spec.name;
   m.step = spec.step;
@@ -104,19 +124,8 @@ Result<Manifest> MergeFragments(const std::string& staging, const SaveSpec& spec
   m.dcp_json = spec.dcp_json;
   std::map<std::string, std::size_t, std::less<>> by_name;
   bool block_set = false;
-  // Read and check the fragments in parallel (one per rank: thousands on a
-  // large job), then merge them in rank order.
-  std::vector<Result<Manifest>> frags(spec.world_size, Status(StatusCode::kInternal, "unread"));
-  ParallelFor(0, static_cast<std::size_t>(spec.world_size), std::min(AvailableCpus(), 16),
-              [&](std::size_t r) {
-                const std::string path = os::JoinPath(
-                    staging, names::RankFileName(static_cast<int>(r), names::RankFile::kFragment));
-                auto text = os::ReadSmallFile(path, format::kMaxManifestBytes);
-                frags[r] = text.ok() ? format::Parse(*text, format::kFragmentKind, path)
-                                     : Result<Manifest>(text.status());
-              });
   for (int r = 0; r < spec.world_size; ++r) {
-    std::string path = os::JoinPath(staging, names::RankFileName(r, names::RankFile::kFragment));
+    const std::string path = source(r);
     SW_ASSIGN_OR_RETURN(Manifest f, std::move(frags[r]));
     if (f.save_id != spec.save_id || f.rank != r || f.world_size != spec.world_size ||
         f.name != spec.name)
@@ -124,6 +133,7 @@ Result<Manifest> MergeFragments(const std::string& staging, const SaveSpec& spec
                          std::to_string(f.rank) + ", world size " +
                          std::to_string(f.world_size) + ")",
                      path);
+    if (f.files.empty() && f.items.empty()) continue;  // the rank wrote nothing
     if (!block_set) {
       m.checksum_block = f.checksum_block;
       block_set = true;
@@ -160,31 +170,6 @@ Result<Manifest> MergeFragments(const std::string& staging, const SaveSpec& spec
   return m;
 }
 
-}  // namespace
-
-Result<CommitResult> Repository::Commit(const SaveSpec& in) {
-  SaveSpec spec = in;
-  SW_RETURN_IF_ERROR(Normalize(spec));
-
-  auto result = CommitNormalized(spec);
-  const std::string staging = StagingDir(spec);
-  if (!result.ok() && os::Exists(staging)) {
-    // Tell ranks in WaitCommitted to stop waiting. Best effort: the disk may
-    // be what failed.
-    (void)os::WriteFileAtomic(os::JoinPath(staging, names::kCommitFailed),
-                              result.status().ToString() + "\n");
-  }
-  if (result.ok() && impl_->options.export_mode != ExportMode::kOff) {
-    // The checkpoint is committed whatever happens here (docs/lustre.md).
-    std::string request_error;
-    Status s = repo::RequestExport(impl_->root, spec.name, impl_->options, &request_error);
-    result->export_error = s.ok() ? request_error : s.ToString();
-  }
-  return result;
-}
-
-namespace {
-
 // The coordinator may start before any rank created the staging directory:
 // waits for it, then holds its lock (shared, as the ranks do) so gc leaves it
 // alone while the commit runs.
@@ -206,6 +191,7 @@ Result<os::File> JoinStaging(const std::string& staging, const Options& o) {
 // Points `latest` at the checkpoint just committed unless it names one of a
 // later step. Returns whether it moved.
 Result<bool> AdvanceLatest(const std::string& root, const SaveSpec& spec) {
+  std::lock_guard lock(repo::LatestMutex());
   auto current = repo::ReadLatestFile(root);
   if (current && *current != spec.name) {
     auto cur_step = CommittedStep(os::JoinPath(root, *current));
@@ -216,22 +202,13 @@ Result<bool> AdvanceLatest(const std::string& root, const SaveSpec& spec) {
   return true;
 }
 
-}  // namespace
-
-Result<CommitResult> Repository::CommitNormalized(const SaveSpec& spec) {
-  // One job per root (repo/writer_lock.h); on failure, Commit tells the
-  // waiting ranks through commit.failed.
-  SW_RETURN_IF_ERROR(LockForWriting());
-  const std::string& root = impl_->root;
-  const std::string staging = StagingDir(spec);
+// Step 3 of the commit protocol, once every rank's shard is durable and
+// `m` merges their indexes: the commit record, then the rename.
+Result<CommitResult> PublishCommit(const std::string& root, const SaveSpec& spec,
+                                   const std::string& staging, const Manifest& m, os::File lock,
+                                   bool fragment_files) {
   const std::string final_dir = os::JoinPath(root, spec.name);
-  SW_ASSIGN_OR_RETURN(os::File lock, JoinStaging(staging, impl_->options));
   const std::string lock_path = lock.path();
-
-  // Steps 1-2 happened on every rank; wait until all of them reported.
-  SW_RETURN_IF_ERROR(WaitForFragments(staging, spec, impl_->options, lock.fd()));
-  SW_ASSIGN_OR_RETURN(Manifest m, MergeFragments(staging, spec));
-
   // Step 3a: the commit record, durable inside the staging directory.
   SW_RETURN_IF_ERROR(os::WriteFileAtomic(os::JoinPath(staging, names::kManifest),
                                          format::Serialize(m, format::kManifestKind),
@@ -239,7 +216,7 @@ Result<CommitResult> Repository::CommitNormalized(const SaveSpec& spec) {
   os::CrashPoint("manifest_written");
   // Fragments and the lock are no longer needed: the committed directory
   // holds only the manifest and the shards.
-  for (int r = 0; r < spec.world_size; ++r)
+  for (int r = 0; fragment_files && r < spec.world_size; ++r)
     SW_RETURN_IF_ERROR(
         os::Unlink(os::JoinPath(staging, names::RankFileName(r, names::RankFile::kFragment))));
   SW_RETURN_IF_ERROR(lock.Close());
@@ -288,6 +265,86 @@ Result<CommitResult> Repository::CommitNormalized(const SaveSpec& spec) {
   result.bytes = m.TotalBytes();
   SW_ASSIGN_OR_RETURN(result.latest_updated, AdvanceLatest(root, spec));
   os::CrashPoint("committed");
+  return result;
+}
+
+}  // namespace
+
+Result<CommitResult> Repository::Commit(const SaveSpec& in) {
+  SaveSpec spec = in;
+  SW_RETURN_IF_ERROR(Normalize(spec));
+
+  auto result = CommitNormalized(spec);
+  const std::string staging = StagingDir(spec);
+  if (!result.ok() && os::Exists(staging)) {
+    // Tell ranks in WaitCommitted to stop waiting. Best effort: the disk may
+    // be what failed.
+    (void)os::WriteFileAtomic(os::JoinPath(staging, names::kCommitFailed),
+                              result.status().ToString() + "\n");
+  }
+  if (result.ok()) RequestExportFor(*result);
+  return result;
+}
+
+void Repository::RequestExportFor(CommitResult& result) {
+  if (impl_->options.export_mode == ExportMode::kOff) return;
+  // The checkpoint is committed whatever happens here (docs/lustre.md).
+  std::string request_error;
+  Status s = repo::RequestExport(impl_->root, result.name, impl_->options, &request_error);
+  result.export_error = s.ok() ? request_error : s.ToString();
+}
+
+
+Result<CommitResult> Repository::CommitNormalized(const SaveSpec& spec) {
+  // One job per root (repo/writer_lock.h); on failure, Commit tells the
+  // waiting ranks through commit.failed.
+  SW_RETURN_IF_ERROR(LockForWriting());
+  const std::string staging = StagingDir(spec);
+  SW_ASSIGN_OR_RETURN(os::File lock, JoinStaging(staging, impl_->options));
+  // Steps 1-2 happened on every rank; wait until all of them reported.
+  SW_RETURN_IF_ERROR(WaitForFragments(staging, spec, impl_->options, lock.fd()));
+  SW_ASSIGN_OR_RETURN(Manifest m, MergeFragments(staging, spec, ReadFragments(staging, spec),
+                                                 [&](int r) {
+                                                   return os::JoinPath(staging, names::RankFileName(
+                                                       r, names::RankFile::kFragment));
+                                                 }));
+  return PublishCommit(impl_->root, spec, staging, m, std::move(lock), /*fragment_files=*/true);
+}
+
+Result<CommitResult> Repository::CommitGathered(const SaveSpec& in,
+                                                std::span<const std::string> indexes) {
+  SaveSpec spec = in;
+  SW_RETURN_IF_ERROR(Normalize(spec));
+  if (indexes.size() != static_cast<std::size_t>(spec.world_size))
+    return InvalidArgument("CommitGathered: " + std::to_string(indexes.size()) +
+                           " rank indexes for a world of " + std::to_string(spec.world_size));
+  SW_RETURN_IF_ERROR(LockForWriting());
+  const std::string staging = StagingDir(spec);
+  // Every rank finished before the collective handed the indexes over, so
+  // nothing is awaited. A save where no rank wrote a file has no staging
+  // directory yet.
+  SW_RETURN_IF_ERROR(os::Mkdir(staging, 0755, /*exist_ok=*/true));
+  const std::string lock_path = os::JoinPath(staging, names::kStagingLock);
+  SW_ASSIGN_OR_RETURN(os::File lock, os::Open(lock_path, O_RDWR | O_CREAT, 0644));
+  (void)os::Flock(lock.fd(), false, false, lock_path);
+  auto source = [&](int r) { return staging + " (rank " + std::to_string(r) + "'s index)"; };
+  std::vector<Result<Manifest>> frags(indexes.size(), Status(StatusCode::kInternal, "unread"));
+  ParallelFor(0, indexes.size(), std::min(AvailableCpus(), 16), [&](std::size_t r) {
+    if (!indexes[r].empty()) {
+      frags[r] = format::DecodeRankIndex(indexes[r], source(static_cast<int>(r)));
+      return;
+    }
+    Manifest none;  // a rank with nothing to save sends no index
+    none.name = spec.name;
+    none.save_id = spec.save_id;
+    none.world_size = spec.world_size;
+    none.rank = static_cast<std::int32_t>(r);
+    frags[r] = std::move(none);
+  });
+  SW_ASSIGN_OR_RETURN(Manifest m, MergeFragments(staging, spec, std::move(frags), source));
+  auto result = PublishCommit(impl_->root, spec, staging, m, std::move(lock),
+                              /*fragment_files=*/false);
+  if (result.ok()) RequestExportFor(*result);
   return result;
 }
 

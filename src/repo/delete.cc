@@ -17,8 +17,17 @@ Status repo::RemoveCommitted(const std::string& root, const std::string& name) {
   return Status::Ok();
 }
 
+std::mutex& repo::LatestMutex() {
+  static std::mutex mu;
+  return mu;
+}
+
 Status Repository::Delete(const std::string& name) {
   const std::string& root = impl_->root;
+  SW_RETURN_IF_ERROR(LockForWriting());
+  // The successor is chosen and `latest` written with no commit of this
+  // process moving `latest` meanwhile.
+  std::lock_guard latest_lock(repo::LatestMutex());
   SW_ASSIGN_OR_RETURN(auto all, List());
   const CheckpointInfo* target = nullptr;
   std::optional<std::string> successor;  // the newest committed one after NAME goes
@@ -35,7 +44,6 @@ Status Repository::Delete(const std::string& name) {
                        os::JoinPath(root, name));
     return NotFound("no committed checkpoint '" + name + "' in " + root, os::JoinPath(root, name));
   }
-  SW_RETURN_IF_ERROR(LockForWriting());
   // `latest` moves first, so it never names a checkpoint that is gone.
   if (repo::ReadLatestFile(root) == name) {
     const std::string latest = os::JoinPath(root, names::kLatest);

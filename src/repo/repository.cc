@@ -7,6 +7,7 @@
 
 #include "engine/shard_writer.h"
 #include "format/manifest.h"
+#include "format/rank_index.h"
 #include "os/fault.h"
 #include "os/posix.h"
 #include "repo/repository_impl.h"
@@ -30,6 +31,10 @@ Result<Repository::Impl::BackendLease> Repository::Impl::Backend() {
     SW_ASSIGN_OR_RETURN(b, io::MakeIoBackend(options));
   }
   return BackendLease(b.release(), [this](io::IoBackend* done) {
+    if (!done->usable()) {  // a broken ring is never handed out again
+      delete done;
+      return;
+    }
     std::lock_guard lock(backend_mu);
     idle_backends.emplace_back(done);
   });
@@ -202,7 +207,8 @@ Result<RankResult> Repository::WriteRankWith(
     (void)os::Flock(lock.fd(), /*exclusive=*/false, /*try_only=*/false, lock_path);
     fs::Placement* placement = impl_->Placement();
     SW_ASSIGN_OR_RETURN(fs::IoMode mode, placement->io_mode());
-    std::string shard = os::JoinPath(staging, names::RankFileName(spec.rank, names::RankFile::kShard));
+    std::string shard =
+        os::JoinPath(staging, names::RankFileName(spec.rank, names::RankFile::kShard));
     const bool direct = mode.direct_writes;
     engine::ShardTarget target{shard, direct, placement, spec.world_size};
     engine::ShardIndex index;
@@ -224,11 +230,15 @@ Result<RankResult> Repository::WriteRankWith(
     frag.checksum_block = impl_->options.checksum_block_bytes;
     frag.files = index.files;
     frag.items = std::move(index.items);
-    SW_RETURN_IF_ERROR(os::WriteFileAtomic(os::JoinPath(staging, names::RankFileName(spec.rank, names::RankFile::kFragment)),
-                                           format::Serialize(frag, format::kFragmentKind),
-                                           "fragment"));
-    os::CrashPoint("fragment_written");
     RankResult r;
+    if (spec.gathered) {
+      r.index = format::EncodeRankIndex(frag);  // the collective carries it
+    } else {
+      SW_RETURN_IF_ERROR(os::WriteFileAtomic(
+          os::JoinPath(staging, names::RankFileName(spec.rank, names::RankFile::kFragment)),
+          format::Serialize(frag, format::kFragmentKind), "fragment"));
+      os::CrashPoint("fragment_written");
+    }
     r.shard_path = shard;
     r.bytes = 0;
     for (const FileRecord& f : index.files) r.bytes += f.size;
@@ -248,8 +258,9 @@ Status Repository::ReportFailure(const SaveSpec& in, const Status& why) {
   SW_RETURN_IF_ERROR(Normalize(spec));
   std::string staging = StagingDir(spec);
   if (!os::Exists(staging)) return Status::Ok();
-  return os::WriteFileAtomic(os::JoinPath(staging, names::RankFileName(spec.rank, names::RankFile::kFailed)),
-                             why.ToString() + "\n");
+  return os::WriteFileAtomic(
+      os::JoinPath(staging, names::RankFileName(spec.rank, names::RankFile::kFailed)),
+      why.ToString() + "\n");
 }
 
 }  // namespace shardwise

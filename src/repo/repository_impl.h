@@ -15,6 +15,11 @@
 
 namespace shardwise::repo {
 
+// Serializes the updates of `latest` in this process (a commit moving it
+// forward, a delete moving it back); other processes do not write the root
+// (the writer lock).
+std::mutex& LatestMutex();
+
 // Removes the committed checkpoint ROOT/NAME: renames it to a hidden
 // .NAME.deleting-ID entry (it vanishes from listings atomically; a crash
 // midway leaves a leftover gc removes), fsyncs ROOT, removes the tree and

@@ -9,6 +9,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cstring>
 #include <thread>
 
@@ -145,6 +146,122 @@ TEST_F(RepositoryTest, DeleteMovesLatestBack) {
   ASSERT_TRUE(repo_->Delete("step-000000000001").ok());
   EXPECT_FALSE(os::Exists(dir_ / "latest"));  // nothing left to name
   EXPECT_EQ(StagingCount(*repo_), 0);
+}
+
+// A gathered save of 3 ranks in this process (as DCP's collective gives the
+// coordinator every rank's index): ranks 0 and 2 write item "w<rank>",
+// rank 1 writes nothing and sends no index.
+Result<CommitResult> SaveGathered(Repository& repo, std::int64_t step, std::uint64_t seed,
+                                  std::vector<std::string>* indexes_out = nullptr) {
+  SaveSpec spec;
+  spec.step = step;
+  spec.world_size = 3;
+  spec.save_id = "g" + std::to_string(step);
+  spec.gathered = true;
+  std::vector<std::string> indexes(3);
+  for (int r : {0, 2}) {
+    OwnedItems it;
+    it.Add("w" + std::to_string(r), DType::kFloat32, {64, 33}, seed + r);
+    spec.rank = r;
+    SW_ASSIGN_OR_RETURN(RankResult rr, repo.WriteRank(spec, it.items));
+    indexes[r] = rr.index;
+  }
+  if (indexes_out) *indexes_out = indexes;
+  spec.rank = 0;
+  return repo.CommitGathered(spec, indexes);
+}
+
+bool HoldsGathered(Repository& repo, const std::string& name, std::uint64_t seed) {
+  auto reader = repo.OpenCheckpoint(name);
+  if (!reader.ok() || (*reader)->manifest().items.size() != 2) return false;
+  for (int r : {0, 2}) {
+    OwnedItems want;
+    want.Add("w" + std::to_string(r), DType::kFloat32, {64, 33}, seed + r);
+    std::vector<std::byte> back(want.items[0].nbytes);
+    if (!(*reader)->ReadItem(want.items[0].name, back.data(), back.size()).ok()) return false;
+    if (std::memcmp(back.data(), want.items[0].data, back.size()) != 0) return false;
+  }
+  auto report = (*reader)->Verify();
+  return report.ok() && report->problems.empty();
+}
+
+// The gathered commit: no fragment files, nothing awaited; damaged or
+// foreign indexes are refused naming the rank.
+TEST_F(RepositoryTest, GatheredCommitWritesNoFragments) {
+  std::vector<std::string> idx;
+  auto c = SaveGathered(*repo_, 1, 10, &idx);
+  ASSERT_TRUE(c.ok()) << c.status().ToString();
+  EXPECT_TRUE(c->latest_updated);
+  EXPECT_TRUE(HoldsGathered(*repo_, "step-000000000001", 10));
+  EXPECT_TRUE(idx[1].empty());
+  EXPECT_FALSE(idx[0].empty());
+  auto entries = os::ListDir(dir_ / "step-000000000001");
+  ASSERT_TRUE(entries.ok());
+  std::vector<std::string> files;
+  for (const auto& e : *entries) files.push_back(e.name);
+  std::sort(files.begin(), files.end());
+  EXPECT_EQ(files, (std::vector<std::string>{"manifest.json", "rank-00000.shard",
+                                             "rank-00002.shard"}));
+
+  // Rank 2's index damaged in transit, from another save, or missing a file.
+  SaveSpec spec;
+  spec.step = 2;
+  spec.world_size = 3;
+  spec.save_id = "bad2";
+  spec.gathered = true;
+  std::vector<std::string> indexes(3);
+  for (int r : {0, 2}) {
+    spec.rank = r;
+    OwnedItems mine = r == 0 ? Items(3) : OwnedItems();
+    if (r == 2) mine.Add("c", DType::kInt32, {8}, 5);
+    auto rr = repo_->WriteRank(spec, mine.items);
+    ASSERT_TRUE(rr.ok()) << rr.status().ToString();
+    indexes[r] = rr->index;
+  }
+  spec.rank = 0;
+  auto damaged = indexes;
+  damaged[2][damaged[2].size() / 2] ^= 1;
+  auto d = repo_->CommitGathered(spec, damaged);
+  EXPECT_EQ(d.status().code(), StatusCode::kCorrupt);
+  EXPECT_NE(d.status().message().find("rank 2's index"), std::string::npos) << d.status().message();
+  auto foreign = indexes;
+  foreign[2] = idx[2];  // the first save's
+  auto f = repo_->CommitGathered(spec, foreign);
+  EXPECT_EQ(f.status().code(), StatusCode::kCorrupt);
+  EXPECT_NE(f.status().message().find("belongs to another save"), std::string::npos);
+  EXPECT_EQ(repo_->CommitGathered(spec, std::vector<std::string>(2)).status().code(),
+            StatusCode::kInvalidArgument);
+  auto ok = repo_->CommitGathered(spec, indexes);
+  ASSERT_TRUE(ok.ok()) << ok.status().ToString();
+  EXPECT_TRUE(Holds(*repo_, "step-000000000002", 3));
+}
+
+// A failed syscall at every step of a gathered commit: the checkpoint is
+// complete or invisible, and gc leaves nothing behind.
+TEST_F(RepositoryTest, GatheredFailureAtEveryCommitStep) {
+  os::SetFaults({});
+  ASSERT_TRUE(SaveGathered(*repo_, 1, 1).ok());
+  const std::uint64_t fsyncs = os::Count(os::Op::kFsync), renames = os::Count(os::Op::kRename);
+  int step = 100;
+  for (auto [op, count] : {std::pair{os::Op::kFsync, fsyncs}, std::pair{os::Op::kRename, renames}}) {
+    for (std::uint64_t n = 1; n <= count; ++n) {
+      ++step;
+      os::SetFaults({{op, n, false, EIO, false, false}});
+      auto r = SaveGathered(*repo_, step, 7);
+      os::ClearFaults();
+      const std::string ctx = std::string(os::OpName(op)) + " #" + std::to_string(n);
+      const std::string name = Repository::StepName(step);
+      auto c = Committed(*repo_);
+      if (r.ok() || std::find(c.begin(), c.end(), name) != c.end()) {
+        EXPECT_TRUE(HoldsGathered(*repo_, name, 7)) << ctx;
+      }
+      EXPECT_TRUE(HoldsGathered(*repo_, "step-000000000001", 1)) << ctx;
+      GcOptions gc;
+      gc.staging_grace_s = 0;
+      ASSERT_TRUE(repo_->Gc(gc).ok()) << ctx;
+      EXPECT_EQ(StagingCount(*repo_), 0) << ctx;
+    }
+  }
 }
 
 TEST_F(RepositoryTest, RefusesToOverwriteUnlessAsked) {

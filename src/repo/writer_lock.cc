@@ -48,6 +48,14 @@ bool SameJob(const std::string& owner) {
   return pid == os::ParentProcessId() || ParentOf(pid) == os::ProcessId();
 }
 
+// Whether `owner` ("pid P on HOST since ...") is this process.
+bool IsThisProcess(const std::string& owner) {
+  long pid = -1;
+  char host[256] = {};
+  return std::sscanf(owner.c_str(), "pid %ld on %255s", &pid, host) == 2 &&
+         pid == os::ProcessId() && host == os::HostName();
+}
+
 std::string Describe() {
   char when[64];
   std::time_t now = std::time(nullptr);
@@ -73,7 +81,14 @@ Result<std::shared_ptr<WriterLock>> WriterLock::Acquire(const std::string& root)
     if (auto held = it->second.lock()) return held;
   const std::string path = os::JoinPath(root, names::kWriterLock);
   SW_ASSIGN_OR_RETURN(os::File file, os::Open(path, O_RDWR | O_CREAT | O_NOFOLLOW, 0644));
-  const Status locked = os::Flock(file.fd(), /*exclusive=*/true, /*try_only=*/true, path);
+  Status locked = os::Flock(file.fd(), /*exclusive=*/true, /*try_only=*/true, path);
+  // This process's previous holder may be between its last reference and
+  // closing its descriptor (~WriterLock): it closes without g_mu, so wait
+  // for it briefly instead of reporting ourselves as another job.
+  for (int i = 0; i < 200 && locked.err() == EWOULDBLOCK && IsThisProcess(ReadOwner(file)); ++i) {
+    os::SleepSeconds(0.005);
+    locked = os::Flock(file.fd(), /*exclusive=*/true, /*try_only=*/true, path);
+  }
   std::string note;
   if (locked.ok()) {
     const std::string who = Describe() + "\n";
@@ -103,9 +118,11 @@ Result<std::shared_ptr<WriterLock>> WriterLock::Acquire(const std::string& root)
 }
 
 WriterLock::~WriterLock() {
+  (void)file_.Close();  // releases the flock
   std::lock_guard lock(g_mu);
-  Held().erase(key_);
-  (void)file_.Close();  // releases the flock, before another Acquire may look
+  // An Acquire since the last reference went may have registered a new
+  // holder under the same key: leave that one.
+  if (auto it = Held().find(key_); it != Held().end() && it->second.expired()) Held().erase(it);
 }
 
 }  // namespace shardwise::repo

@@ -37,7 +37,7 @@ double Median(std::vector<double> v) {
 // Writes R sparse shards into the staging directory of `spec`, and R
 // fragment files, or with `gathered` R binary indexes into *indexes.
 Status Generate(Repository& repo, const SaveSpec& spec, int items,
-                std::vector<std::string>* indexes) {
+                std::vector<std::string>* indexes, std::uint64_t* report_bytes) {
   std::string staging = repo.StagingDir(spec);
   SW_RETURN_IF_ERROR(os::Mkdir(staging, 0755, true));
   const std::int64_t rows = 64, cols = 256;  // 32 KiB per chunk (fp16)
@@ -70,9 +70,11 @@ Status Generate(Repository& repo, const SaveSpec& spec, int items,
     ::close(fd);
     if (spec.gathered) {
       indexes->push_back(format::EncodeRankIndex(f));
+      *report_bytes += indexes->back().size();
       continue;
     }
     std::string text = format::Serialize(f, format::kFragmentKind);
+    *report_bytes += text.size();
     std::string fpath = os::JoinPath(staging, frag);
     fd = ::open(fpath.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
     if (fd < 0 || ::write(fd, text.data(), text.size()) != static_cast<ssize_t>(text.size()))
@@ -113,7 +115,7 @@ int main(int argc, char** argv) {
   std::string out_json = "[";
   for (int R : ranks) {
     std::vector<double> commit, load;
-    std::uint64_t manifest_bytes = 0;
+    std::uint64_t manifest_bytes = 0, report_bytes = 0;
     for (int run = 0; run < runs; ++run) {
       (void)os::RemoveTree(dir);
       Options o;
@@ -127,7 +129,8 @@ int main(int argc, char** argv) {
       spec.name = Repository::StepName(1);
       spec.gathered = gathered;
       std::vector<std::string> indexes;
-      Status g = Generate(**repo, spec, items, &indexes);
+      report_bytes = 0;
+      Status g = Generate(**repo, spec, items, &indexes, &report_bytes);
       if (!g.ok()) return std::fprintf(stderr, "%s\n", g.ToString().c_str()), 1;
       if (generate_only) {
         std::printf("%s\n", (*repo)->StagingDir(spec).c_str());
@@ -150,8 +153,10 @@ int main(int argc, char** argv) {
       char buf[256];
       std::snprintf(buf, sizeof buf,
                     "%s{\"ranks\":%d,\"items_per_rank\":%d,\"gathered\":%s,"
+                    "\"rank_report_bytes\":%llu,"
                     "\"manifest_bytes\":%llu,\"commit_s\":%.4f,\"metadata_load_s\":%.4f}",
                     out_json.size() > 1 ? "," : "", R, items, gathered ? "true" : "false",
+                    static_cast<unsigned long long>(report_bytes),
                     static_cast<unsigned long long>(manifest_bytes), mc, ml);
       out_json += buf;
     } else {

@@ -29,6 +29,7 @@ import torch
 import torch.distributed as dist
 import torch.distributed.checkpoint as dcp
 from torch.distributed.checkpoint.api import CheckpointException
+from torch.distributed.checkpoint.default_planner import DefaultSavePlanner
 from torch.distributed.checkpoint.state_dict_saver import AsyncCheckpointerType
 
 from . import _core, _staging
@@ -38,6 +39,24 @@ from .dcp import Reader, Writer
 log = logging.getLogger("shardwise")
 
 __all__ = ["Checkpointer", "SaveHandle"]
+
+
+def _caching_planner() -> Optional[type]:
+    """A DefaultSavePlanner class of this Checkpointer's own, with plan
+    caching on: a steady-state save skips re-planning. DCP keys its plan
+    cache by the planner's class name, so each Checkpointer gets its own
+    class (two Checkpointers saving different states never share plans).
+    None when this torch has no plan caching."""
+    import inspect
+
+    if "enable_plan_caching" not in inspect.signature(DefaultSavePlanner.__init__).parameters:
+        return None
+    global _planners
+    _planners += 1
+    return type(f"_ShardwiseCheckpointerPlanner{_planners}", (DefaultSavePlanner,), {})
+
+
+_planners = 0
 
 
 def _step_name(step: int) -> str:
@@ -266,6 +285,7 @@ class Checkpointer:
         if staging_budget is not None and staging_budget < 0:
             raise ValueError("staging_budget must be >= 0")
         self._writer._budget = staging_budget
+        self._planner_class = _caching_planner()
         self._pending: Optional[SaveHandle] = None
         self._repo = None
         self._repo_lock = threading.Lock()
@@ -278,6 +298,14 @@ class Checkpointer:
         if dist.is_available() and dist.is_initialized():
             return dist.get_rank(self.process_group)
         return 0
+
+    def _planner(self, process: bool = False) -> Any:
+        """DCP's default save planner, with plan caching where torch has it.
+        Not in process mode: DCP pickles the planner to its checkpoint
+        process, which cannot import a class made here (it plans afresh)."""
+        if self._planner_class is None or process:
+            return None
+        return self._planner_class(enable_plan_caching=True)
 
     def _core_repo(self) -> Any:
         with self._repo_lock:  # retention uses it from the background
@@ -360,7 +388,7 @@ class Checkpointer:
         if blocking or self.async_mode is None:
             try:
                 dcp.save(state_dict, storage_writer=self._writer, checkpoint_id=path,
-                         process_group=self.process_group)
+                         process_group=self.process_group, planner=self._planner())
             except BaseException as e:
                 _reraise(e)
             stall = time.monotonic() - t0
@@ -380,7 +408,8 @@ class Checkpointer:
         try:
             response = dcp.async_save(state_dict, storage_writer=self._writer,
                                       checkpoint_id=path, process_group=self.process_group,
-                                      async_checkpointer_type=kind)
+                                      async_checkpointer_type=kind,
+                                      planner=self._planner(kind == AsyncCheckpointerType.PROCESS))
         except BaseException as e:
             self._writer._release_held(error=e)
             raise

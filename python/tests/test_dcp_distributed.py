@@ -238,6 +238,31 @@ def test_rank_killed_mid_save(tmp_path):
     assert len(report.removed_staging) == 1
 
 
+def _ckpt_cached_plans(rank: int, world: int, root: str) -> None:
+    from torch.distributed.checkpoint.planner import SavePlanner
+
+    ck = shardwise.Checkpointer(root)
+    state = {f"own{rank}": torch.zeros(1024), "shared": torch.zeros(32, 32)}
+    for step in (1, 2, 3):
+        for t in state.values():
+            t.fill_(float(step))
+        ck.save(step, state).wait()
+    ck.close()
+    # The Checkpointer's own planner class planned with caching on.
+    keys = [k for k in SavePlanner._cached_save_plan if k.startswith("_ShardwiseCheckpointer")]
+    assert len(keys) == 1, list(SavePlanner._cached_save_plan)
+    for step in (1, 2, 3):
+        back = {f"own{rank}": torch.zeros(1024), "shared": torch.zeros(32, 32)}
+        dcp.load(back, storage_reader=Reader(os.path.join(root, f"step-{step:012d}")))
+        assert all(torch.equal(t, torch.full_like(t, float(step))) for t in back.values()), step
+
+
+def test_checkpointer_caches_save_plans(tmp_path):
+    """Steady-state saves reuse DCP's cached plans (the second and third
+    saves skip re-planning) and still save each step's values."""
+    run_ranks(2, _ckpt_cached_plans, str(tmp_path / "root"))
+
+
 # -- a corrupted shard: CorruptCheckpointError naming the item; Checkpointer falls back
 def _ckpt_two_steps(rank: int, world: int, root: str) -> None:
     ck = shardwise.Checkpointer(root)

@@ -41,19 +41,29 @@ log = logging.getLogger("shardwise")
 __all__ = ["Checkpointer", "SaveHandle"]
 
 
-def _caching_planner() -> Optional[type]:
-    """A DefaultSavePlanner class of this Checkpointer's own, with plan
-    caching on: a steady-state save skips re-planning. DCP keys its plan
-    cache by the planner's class name, so each Checkpointer gets its own
-    class (two Checkpointers saving different states never share plans).
-    None when this torch has no plan caching."""
+class _CheckpointerPlanner(DefaultSavePlanner):
+    """DCP's default save planner with plan caching on, so a steady-state
+    save skips re-planning. DCP keys its plan cache by the planner's class
+    name; each Checkpointer gets a key of its own instead, so two
+    Checkpointers saving different states never share plans. A module-level
+    class: DCP's process mode pickles the planner to its checkpoint process,
+    which plans (and caches) there."""
+
+    def __init__(self, key: str) -> None:
+        super().__init__(enable_plan_caching=True)
+        self._cached_plans_key = key
+
+
+def _caching_planner_key() -> Optional[str]:
+    """A plan-cache key of this Checkpointer's own; None when this torch has
+    no plan caching."""
     import inspect
 
     if "enable_plan_caching" not in inspect.signature(DefaultSavePlanner.__init__).parameters:
         return None
     global _planners
     _planners += 1
-    return type(f"_ShardwiseCheckpointerPlanner{_planners}", (DefaultSavePlanner,), {})
+    return f"_ShardwiseCheckpointer{_planners}"
 
 
 _planners = 0
@@ -285,7 +295,7 @@ class Checkpointer:
         if staging_budget is not None and staging_budget < 0:
             raise ValueError("staging_budget must be >= 0")
         self._writer._budget = staging_budget
-        self._planner_class = _caching_planner()
+        self._planner_key = _caching_planner_key()
         self._pending: Optional[SaveHandle] = None
         self._repo = None
         self._repo_lock = threading.Lock()
@@ -299,13 +309,9 @@ class Checkpointer:
             return dist.get_rank(self.process_group)
         return 0
 
-    def _planner(self, process: bool = False) -> Any:
-        """DCP's default save planner, with plan caching where torch has it.
-        Not in process mode: DCP pickles the planner to its checkpoint
-        process, which cannot import a class made here (it plans afresh)."""
-        if self._planner_class is None or process:
-            return None
-        return self._planner_class(enable_plan_caching=True)
+    def _planner(self) -> Any:
+        """DCP's default save planner, with plan caching where torch has it."""
+        return _CheckpointerPlanner(self._planner_key) if self._planner_key else None
 
     def _core_repo(self) -> Any:
         with self._repo_lock:  # retention uses it from the background
@@ -408,8 +414,7 @@ class Checkpointer:
         try:
             response = dcp.async_save(state_dict, storage_writer=self._writer,
                                       checkpoint_id=path, process_group=self.process_group,
-                                      async_checkpointer_type=kind,
-                                      planner=self._planner(kind == AsyncCheckpointerType.PROCESS))
+                                      async_checkpointer_type=kind, planner=self._planner())
         except BaseException as e:
             self._writer._release_held(error=e)
             raise

@@ -26,6 +26,7 @@
 namespace shardwise::names {
 
 inline constexpr std::string_view kManifest = "manifest.json";
+inline constexpr std::string_view kIndex = "index.swi";  // format 2
 inline constexpr std::string_view kLatest = "latest";
 inline constexpr std::string_view kStagingLock = ".lock";
 inline constexpr std::string_view kCommitFailed = "commit.failed";

@@ -74,6 +74,11 @@ struct Options {
   // Retention keeps every checkpoint whose export is not "exported".
   // SHARDWISE_RETENTION_REQUIRES_EXPORT=0|1
   bool retention_requires_export = false;
+  // The on-disk format commits write (docs/format.md): 2, the commit record
+  // plus a binary index read in part, or 1, the whole index in
+  // manifest.json, for readers older than format 2. Readers take both.
+  // SHARDWISE_FORMAT_VERSION
+  int format_version = 2;
   // Polling interval while waiting on the filesystem (fragments, commits).
   // SHARDWISE_POLL_INTERVAL_S
   double poll_interval_s = 0.02;

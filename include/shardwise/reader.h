@@ -48,15 +48,38 @@ using ProgressFn = std::function<void(std::uint64_t, std::uint64_t)>;
 class CheckpointReader {
  public:
   // Opens a committed checkpoint directory: reads and validates
-  // manifest.json. Shard files are opened on first use, and each is checked
-  // for its size and header (rank, save id) then.
+  // manifest.json, and in format 2 the index's header and items table (not
+  // its chunk records). Shard files are opened on first use, and each is
+  // checked for its size and header (rank, save id) then.
   static Result<std::unique_ptr<CheckpointReader>> Open(const std::string& dir,
                                                         const Options& options = {});
   ~CheckpointReader();
 
+  // Format 1: the whole manifest. Format 2: the commit record (files and
+  // items empty) until LoadAll() fills them in.
   const Manifest& manifest() const;
-  // The validated manifest as JSON text (the manifest.json schema).
-  std::string ManifestJson() const;
+  // Format 2: reads the whole index into manifest() and checks it as a
+  // whole (format::Validate). Nothing to do in format 1.
+  Status LoadAll();
+  // The validated manifest as JSON text in the format-1 schema (files and
+  // items listed; format 2 loads the whole index for it).
+  Result<std::string> ManifestJson();
+
+  // Every item's name, kind, dtype and shape, without chunks: no index
+  // records are read.
+  const std::vector<ItemRecord>& ItemHeaders() const;
+  // The item with all its chunks; format 2 reads only this item's records.
+  // kNotFound when there is no such item. The record lives as long as the
+  // reader and may be passed to Read.
+  Result<const ItemRecord*> Item(std::string_view name);
+  // The item with only the chunks that overlap the box [offsets, offsets +
+  // sizes) of its global shape: in format 2 this reads a few index blocks
+  // however many chunks the item has. Chunk numbers in ReadRequest refer to
+  // this record's chunks.
+  Result<const ItemRecord*> ItemPart(std::string_view name, const std::vector<std::int64_t>& offsets,
+                                     const std::vector<std::int64_t>& sizes);
+  // Bytes of metadata read so far (manifest.json, and the index's blocks).
+  std::uint64_t metadata_bytes_read() const;
   const std::string& dir() const;
   std::string_view backend_name() const;
 

@@ -68,10 +68,23 @@ struct FileRecord {
   bool direct_io = false;
 };
 
+// Format 2 keeps files, items and chunks in a binary index next to
+// manifest.json (docs/format.md, "Format 2"); manifest.json then records
+// only this summary of it.
+struct IndexRef {
+  std::uint64_t size = 0;        // bytes of the index file
+  std::uint64_t files = 0, items = 0, chunks = 0;
+  std::uint64_t file_bytes = 0;  // sum of the shard files' sizes
+};
+
 // One checkpoint's commit record (manifest.json), or one rank's fragment.
+// format_version 1: files and items are here (format-1 manifests,
+// fragments, rank indexes, and every manifest a reader hands out in full).
+// format_version 2: a commit record as read from disk, whose files and items
+// are empty and live in the index that `index` describes.
 struct Manifest {
-  static constexpr int kFormatVersion = 1;
-  int format_version = kFormatVersion;
+  static constexpr int kLatestFormat = 2;  // what commits write by default
+  int format_version = 1;
   std::string name;           // checkpoint directory name
   std::int64_t step = -1;     // -1 when the caller gave none
   std::string save_id;        // the attempt that wrote it
@@ -83,6 +96,7 @@ struct Manifest {
   std::vector<ItemRecord> items;
   std::string user_json = "{}";  // caller metadata, a JSON object
   std::string dcp_json;          // DCP planner data (JSON) or empty
+  IndexRef index;                // format 2 only
 
   std::uint64_t TotalBytes() const;
   const ItemRecord* FindItem(std::string_view name) const;

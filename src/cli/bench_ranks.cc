@@ -96,9 +96,10 @@ void LoadRank(Repository& repo, const SaveSpec& spec, const SyntheticState& stat
   auto reader = repo.OpenCheckpoint(spec.name);
   if (!reader.ok()) Fail(out_fd, spec.rank, reader.status().message());
   std::vector<ReadRequest> reqs;
-  const Manifest& m = (*reader)->manifest();
   for (std::size_t i = 0; i < state.items.size(); ++i) {
-    const ItemRecord* it = m.FindItem(state.items[i].name);
+    // Only this rank's items are resolved (format 2 reads their records).
+    auto found = (*reader)->Item(state.items[i].name);
+    const ItemRecord* it = found.ok() ? *found : nullptr;
     std::size_t chunk = SIZE_MAX;
     for (std::size_t c = 0; it && c < it->chunks.size(); ++c)
       if (it->chunks[c].offsets == state.items[i].chunk_offsets) chunk = c;

@@ -121,6 +121,10 @@ int RunInspect(const Argv& argv, std::ostream& out, std::ostream& err) {
     }
     return UsageError(err, "inspect", reader.status().message());
   }
+  if (Status all = (*reader)->LoadAll(); !all.ok()) {  // format 2: the whole index
+    err << "shardwise inspect: " << all.message() << '\n';
+    return kExitProblem;
+  }
   if (args->json()) {
     PrintInspectJson(out, (*reader)->dir(), (*reader)->manifest());
   } else {

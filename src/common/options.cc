@@ -211,6 +211,10 @@ constexpr OptionInfo kTable[] = {
     {"staging_grace_s", "SHARDWISE_STAGING_GRACE_S", "staging_grace_s", "", "SECONDS",
      "gc leaves staging directories younger than this alone",
      Seconds<&Options::staging_grace_s>, ShowSeconds<&Options::staging_grace_s>},
+    {"format_version", "SHARDWISE_FORMAT_VERSION", "format_version", "", "1-2",
+     "the on-disk format commits write: 2 (a small commit record and a binary index read in "
+     "part) or 1 (everything in manifest.json, for older readers)",
+     Int<&Options::format_version, 1, 2>, ShowInt<&Options::format_version>},
     {"poll_interval_s", "SHARDWISE_POLL_INTERVAL_S", "poll_interval_s", "", "SECONDS",
      "how often waits on the filesystem (fragments, commits) look again",
      Seconds<&Options::poll_interval_s, true>, ShowSeconds<&Options::poll_interval_s>},

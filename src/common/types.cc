@@ -47,6 +47,7 @@ std::string_view ItemKindName(ItemKind kind) {
 }
 
 std::uint64_t Manifest::TotalBytes() const {
+  if (files.empty()) return index.file_bytes;  // a format-2 commit record
   std::uint64_t total = 0;
   for (const auto& f : files) total += f.size;
   return total;

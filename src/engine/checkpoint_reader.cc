@@ -6,11 +6,15 @@
 #include <cinttypes>
 #include <cstdio>
 #include <cstring>
+#include <deque>
 #include <mutex>
+#include <unordered_map>
+#include <unordered_set>
 #include <optional>
 #include <span>
 
 #include "format/crc32c.h"
+#include "format/index.h"
 #include "format/manifest.h"
 #include "format/shard_header.h"
 #include "fs/io_mode.h"
@@ -97,16 +101,81 @@ std::vector<Run> MakeRuns(const std::vector<std::int64_t>& S,
 struct CheckpointReader::Impl {
   std::string dir;
   Options options;
-  Manifest manifest;
+  Manifest manifest;  // format 2: the commit record until LoadAll
   std::unique_ptr<io::IoBackend> backend;
   bool direct_io = false;
   std::mutex mu;
   std::vector<std::optional<os::File>> files;
   std::vector<Status> file_status;  // result of the first open
   std::vector<bool> opened;
+  // Format 2: the index, and what was resolved from it (records live as
+  // long as the reader; Read accepts only items handed out here).
+  std::mutex index_mu;
+  std::optional<os::File> index_file;
+  std::unique_ptr<format::IndexReader> index;
+  std::vector<std::optional<FileRecord>> file_recs;
+  std::unordered_map<std::string, const ItemRecord*> whole_items;
+  std::deque<ItemRecord> resolved;
+  std::unordered_set<const ItemRecord*> known;
+  std::uint64_t manifest_bytes = 0;
+  bool loaded = false;  // LoadAll ran
 
-  std::string FilePath(std::uint32_t f) const {
-    return os::JoinPath(dir, manifest.files[f].name);
+  std::size_t FileCount() const {
+    return index && !loaded ? file_recs.size() : manifest.files.size();
+  }
+
+  // File record f: from the manifest, or resolved from the index once.
+  const FileRecord& FileRec(std::uint32_t f) {
+    if (!index || loaded) return manifest.files[f];
+    std::lock_guard lock(index_mu);
+    if (!file_recs[f]) {
+      auto rec = index->File(f);
+      // A record that cannot be read names the file by its number; opening
+      // it then fails with the index's error.
+      FileRecord unreadable;
+      unreadable.name = "(index record " + std::to_string(f) + ")";
+      file_recs[f] = rec.ok() ? *rec : unreadable;
+    }
+    return *file_recs[f];
+  }
+
+  std::string FilePath(std::uint32_t f) { return os::JoinPath(dir, FileRec(f).name); }
+
+  // Format 2: the items named, resolved from the index (whole, or the
+  // chunks overlapping a box).
+  Result<const ItemRecord*> Resolve(std::string_view name, const std::vector<std::int64_t>* offsets,
+                                    const std::vector<std::int64_t>* sizes);
+
+  bool Known(const ItemRecord* it) {
+    std::lock_guard lock(index_mu);
+    return known.count(it) != 0;
+  }
+
+  Status OpenIndex() {
+    const std::string path = os::JoinPath(dir, names::kIndex);
+    auto file = os::Open(path, O_RDONLY | O_NOFOLLOW | O_NONBLOCK);
+    if (!file.ok()) {
+      if (file.status().err() == ENOENT)
+        return Corrupt(path + ": missing (manifest.json is format 2 and names it)", path);
+      if (file.status().err() == ELOOP)
+        return Corrupt(path + ": is a symbolic link; refusing to follow it", path);
+      return file.status();
+    }
+    SW_ASSIGN_OR_RETURN(const struct stat st, os::Fstat(file->fd(), path));
+    if (!S_ISREG(st.st_mode)) return Corrupt(path + ": not a regular file", path);
+    if (static_cast<std::uint64_t>(st.st_size) != manifest.index.size)
+      return Corrupt(path + ": size is " + std::to_string(st.st_size) +
+                         " bytes, manifest.json says " + std::to_string(manifest.index.size),
+                     path);
+    index_file = std::move(*file);
+    const int fd = index_file->fd();
+    SW_ASSIGN_OR_RETURN(index, format::IndexReader::Open(
+                                   [fd, path](std::uint64_t off, std::size_t len, char* dst) {
+                                     return os::PreadAll(fd, dst, len, off, path);
+                                   },
+                                   manifest, path));
+    file_recs.resize(manifest.index.files);
+    return Status::Ok();
   }
 
   // Opens file f once and checks type, size and header.
@@ -119,7 +188,12 @@ struct CheckpointReader::Impl {
   }
 
   Status OpenAndCheck(std::uint32_t f) {
-    const FileRecord& rec = manifest.files[f];
+    if (index && !loaded) {
+      std::lock_guard lock(index_mu);
+      SW_ASSIGN_OR_RETURN(FileRecord r, index->File(f));
+      file_recs[f] = std::move(r);
+    }
+    const FileRecord& rec = FileRec(f);
     std::string path = FilePath(f);
     // O_NOFOLLOW: a shard that is a symlink (maybe pointing outside the
     // checkpoint) is refused. O_NONBLOCK: opening a FIFO must not hang.
@@ -165,7 +239,7 @@ struct CheckpointReader::Impl {
   }
 
   Status Mismatch(const ItemRecord& it, std::size_t c, std::uint64_t block,
-                  std::uint32_t stored, std::uint32_t actual) const {
+                  std::uint32_t stored, std::uint32_t actual) {
     const ChunkRecord& ch = it.chunks[c];
     char buf[64];
     std::snprintf(buf, sizeof buf, "stored %08" PRIx32 ", computed %08" PRIx32, stored, actual);
@@ -198,7 +272,7 @@ struct CheckpointReader::Impl {
 
   void FixPaths(std::vector<ReadUnit>& units, std::vector<io::IoUnit>& io_units,
                 std::vector<std::string>& paths) {
-    paths.resize(manifest.files.size());
+    paths.resize(FileCount());
     for (std::size_t u = 0; u < units.size(); ++u) {
       std::uint32_t f = units[u].item->chunks[units[u].chunk].file;
       if (paths[f].empty()) paths[f] = FilePath(f);
@@ -232,7 +306,7 @@ struct CheckpointReader::Impl {
   // on the way; without, where they are (verify, or a read in place, which
   // has no padding to check).
   Status CheckBlocks(const ReadUnit& u, const std::byte* buf, const std::vector<Run>* runs,
-                     std::byte* dst, bool padding = true) const {
+                     std::byte* dst, bool padding = true) {
     const ChunkRecord& ch = u.item->chunks[u.chunk];
     const std::uint64_t B = manifest.checksum_block;
     for (std::uint64_t k = 0; k < u.nblocks; ++k) {
@@ -281,10 +355,72 @@ CheckpointReader::~CheckpointReader() = default;
 
 const Manifest& CheckpointReader::manifest() const { return impl_->manifest; }
 const std::string& CheckpointReader::dir() const { return impl_->dir; }
-std::string CheckpointReader::ManifestJson() const {
-  return format::Serialize(impl_->manifest, format::kManifestKind);
-}
 std::string_view CheckpointReader::backend_name() const { return impl_->backend->name(); }
+
+Status CheckpointReader::LoadAll() {
+  Impl& m = *impl_;
+  std::lock_guard lock(m.index_mu);
+  if (!m.index || m.loaded) return Status::Ok();
+  SW_ASSIGN_OR_RETURN(Manifest all, m.index->ReadAll());
+  // Items resolved before stay valid: they live in `resolved`.
+  m.manifest.files = std::move(all.files);
+  m.manifest.items = std::move(all.items);
+  for (const auto& it : m.manifest.items) m.known.insert(&it);
+  m.loaded = true;
+  return Status::Ok();
+}
+
+Result<std::string> CheckpointReader::ManifestJson() {
+  SW_RETURN_IF_ERROR(LoadAll());
+  Manifest copy = impl_->manifest;
+  copy.format_version = 1;  // the schema that lists files and items
+  return format::Serialize(copy, format::kManifestKind);
+}
+
+const std::vector<ItemRecord>& CheckpointReader::ItemHeaders() const {
+  return impl_->index ? impl_->index->items() : impl_->manifest.items;
+}
+
+Result<const ItemRecord*> CheckpointReader::Impl::Resolve(std::string_view name,
+                                                          const std::vector<std::int64_t>* offsets,
+                                                          const std::vector<std::int64_t>* sizes) {
+  std::lock_guard lock(index_mu);
+  if (!offsets)
+    if (auto hit = whole_items.find(std::string(name)); hit != whole_items.end()) return hit->second;
+  const std::size_t i = index->Find(name);
+  if (i == index->items().size()) return NotFound("no item '" + std::string(name) + "' in " + dir);
+  ItemRecord rec = index->items()[i];
+  if (offsets) {
+    SW_ASSIGN_OR_RETURN(rec.chunks, index->ChunksOverlapping(i, *offsets, *sizes));
+  } else {
+    SW_ASSIGN_OR_RETURN(rec.chunks, index->Chunks(i));
+  }
+  const ItemRecord* out = &resolved.emplace_back(std::move(rec));
+  known.insert(out);
+  if (!offsets) whole_items.emplace(std::string(name), out);
+  return out;
+}
+
+Result<const ItemRecord*> CheckpointReader::Item(std::string_view name) {
+  if (!impl_->index) {
+    const ItemRecord* it = impl_->manifest.FindItem(name);
+    if (!it) return NotFound("no item '" + std::string(name) + "' in " + impl_->dir);
+    return it;
+  }
+  return impl_->Resolve(name, nullptr, nullptr);
+}
+
+Result<const ItemRecord*> CheckpointReader::ItemPart(std::string_view name,
+                                                     const std::vector<std::int64_t>& offsets,
+                                                     const std::vector<std::int64_t>& sizes) {
+  if (!impl_->index) return Item(name);
+  return impl_->Resolve(name, &offsets, &sizes);
+}
+
+std::uint64_t CheckpointReader::metadata_bytes_read() const {
+  std::lock_guard lock(impl_->index_mu);
+  return impl_->manifest_bytes + (impl_->index ? impl_->index->bytes_read() : 0);
+}
 
 Result<std::unique_ptr<CheckpointReader>> CheckpointReader::Open(const std::string& dir,
                                                                  const Options& options) {
@@ -302,13 +438,15 @@ Result<std::unique_ptr<CheckpointReader>> CheckpointReader::Open(const std::stri
     return text.status();
   }
   SW_ASSIGN_OR_RETURN(impl->manifest, format::Parse(*text, format::kManifestKind, mpath));
+  impl->manifest_bytes = text->size();
   SW_ASSIGN_OR_RETURN(impl->backend, io::MakeIoBackend(options));
   // Reads use O_DIRECT where the root's I/O mode says so (where it works,
   // but not on memory filesystems), so verification sees the storage and
   // not the page cache. The mode is decided once per root.
   SW_ASSIGN_OR_RETURN(fs::IoMode mode, fs::IoModeFor(os::Dirname(dir), options));
   impl->direct_io = mode.direct_reads;
-  std::size_t nf = impl->manifest.files.size();
+  if (impl->manifest.format_version >= 2) SW_RETURN_IF_ERROR(impl->OpenIndex());
+  std::size_t nf = impl->FileCount();
   impl->files.resize(nf);
   impl->file_status.resize(nf);
   impl->opened.assign(nf, false);
@@ -323,7 +461,9 @@ Status CheckpointReader::Read(std::span<const ReadRequest> requests) {
   std::vector<io::IoUnit> io_units;
   for (std::size_t r = 0; r < requests.size(); ++r) {
     const ReadRequest& q = requests[r];
-    if (!q.item || q.item < items.data() || q.item >= items.data() + items.size())
+    const bool ours = q.item && ((q.item >= items.data() && q.item < items.data() + items.size()) ||
+                                 m.Known(q.item));
+    if (!ours)
       return InvalidArgument("read request " + std::to_string(r) +
                              ": item does not belong to this checkpoint");
     const ItemRecord& it = *q.item;
@@ -373,8 +513,7 @@ Status CheckpointReader::Read(std::span<const ReadRequest> requests) {
 }
 
 Status CheckpointReader::ReadItem(std::string_view name, void* dst, std::uint64_t dst_bytes) {
-  const ItemRecord* it = impl_->manifest.FindItem(name);
-  if (!it) return NotFound("no item '" + std::string(name) + "' in " + impl_->dir);
+  SW_ASSIGN_OR_RETURN(const ItemRecord* it, Item(name));
   std::uint64_t covered = 0;
   for (const auto& ch : it->chunks) covered += *format::Volume(ch.sizes);
   if (covered != *format::Volume(it->shape))
@@ -395,7 +534,7 @@ Status CheckpointReader::ReadItem(std::string_view name, void* dst, std::uint64_
 }
 
 Status CheckpointReader::CheckFiles() {
-  for (std::uint32_t f = 0; f < impl_->manifest.files.size(); ++f)
+  for (std::uint32_t f = 0; f < impl_->FileCount(); ++f)
     SW_RETURN_IF_ERROR(impl_->OpenFile(f));
   return Status::Ok();
 }
@@ -403,6 +542,12 @@ Status CheckpointReader::CheckFiles() {
 Result<VerifyReport> CheckpointReader::Verify(const ProgressFn& progress) {
   Impl& m = *impl_;
   VerifyReport report;
+  if (Status s = LoadAll(); !s.ok()) {
+    // The index is part of the checkpoint: report it as its problem.
+    report.files_checked = 1;
+    report.problems.push_back({std::string(names::kIndex), s});
+    return report;
+  }
   const std::uint64_t total = m.manifest.TotalBytes();
   std::atomic<std::uint64_t> done{0};
   std::mutex progress_mu;

@@ -73,7 +73,7 @@ TEST_P(ShardIo, RoundTripIsBitExact) {
       EXPECT_EQ(0, std::memcmp(back.data(), w.data, w.nbytes)) << w.name;
     }
   }
-  const ItemRecord* blob = (*reader)->manifest().FindItem("blob");
+  const ItemRecord* blob = testing::FindItem(**reader, "blob");
   ASSERT_NE(blob, nullptr);
   EXPECT_EQ(blob->kind, ItemKind::kBytes);
   auto report = (*reader)->Verify();
@@ -94,7 +94,7 @@ TEST_P(ShardIo, HyperRectangleReads) {
   ASSERT_TRUE((*repo)->Save(spec, items.items).ok());
   auto reader = (*repo)->OpenCheckpoint("step-000000000001");
   ASSERT_TRUE(reader.ok());
-  const ItemRecord* it = (*reader)->manifest().FindItem("t");
+  const ItemRecord* it = testing::FindItem(**reader, "t");
   const auto* ref = static_cast<const float*>(items.items[0].data);
   std::mt19937 rng(1);
   for (int trial = 0; trial < 60; ++trial) {
@@ -211,7 +211,7 @@ class Damage : public ::testing::Test {
 TEST_F(Damage, FlippedDataByteNamesItemFileAndOffset) {
   auto reader = CheckpointReader::Open(ckpt_);
   ASSERT_TRUE(reader.ok());
-  const ItemRecord* big = (*reader)->manifest().FindItem("big");
+  const ItemRecord* big = testing::FindItem(**reader, "big");
   std::uint64_t off = big->chunks[0].offset + 100000;
   reader->reset();
   testing::FlipByte(shard_, off);
@@ -230,7 +230,7 @@ TEST_F(Damage, FlippedDataByteNamesItemFileAndOffset) {
   // are read and checked).
   std::vector<float> row(257);
   ReadRequest q;
-  q.item = (*r2)->manifest().FindItem("big");
+  q.item = testing::FindItem(**r2, "big");
   q.offsets = {0, 0};
   q.lengths = {1, 257};
   q.dst = row.data();
@@ -328,7 +328,7 @@ TEST(ShardWriterInput, SeveralChunksOfOneItemPerRank) {
   ASSERT_TRUE((*repo)->Save(spec, it.items).ok());
   auto reader = (*repo)->OpenCheckpoint("step-000000000001");
   ASSERT_TRUE(reader.ok());
-  ASSERT_EQ((*reader)->manifest().FindItem("t")->chunks.size(), 2u);
+  ASSERT_EQ(testing::FindItem(**reader, "t")->chunks.size(), 2u);
   std::vector<std::int32_t> all(30);
   ASSERT_TRUE((*reader)->ReadItem("t", all.data(), all.size() * 4).ok());
   EXPECT_EQ(0, std::memcmp(all.data(), it.data[0].data(), 48));

@@ -109,6 +109,7 @@ TEST_P(SourceWrite, RoundTripsBitExactAndCopiesOnlyWhatItMust) {
   // Padding is zero, as the format says: never the bytes after an item.
   std::string shard = testing::ReadAll(dir_ / "step-000000000001/rank-00000.shard");
   ASSERT_EQ(shard.size() % 4096, 0u);
+  ASSERT_TRUE((*reader)->LoadAll().ok());
   const Manifest& m = (*reader)->manifest();
   for (const auto& it : m.items) {
     const ChunkRecord& c = it.chunks[0];
@@ -155,7 +156,7 @@ TEST(ReadInPlace, FindsAFlippedByteOnEitherBackend) {
     ASSERT_TRUE((*reader)->ReadItem("w", back.data(), n).ok());
     ASSERT_EQ(std::memcmp(back.data(), in.items[0].data, n), 0);
 
-    const ChunkRecord& c = (*reader)->manifest().items[0].chunks[0];
+    const ChunkRecord& c = testing::FindItem(**reader, "w")->chunks[0];
     const std::string shard = dir / "step-000000000001/rank-00000.shard";
     std::string bytes = testing::ReadAll(shard);
     bytes[c.offset + 100000] ^= 0x10;
@@ -168,7 +169,7 @@ TEST(ReadInPlace, FindsAFlippedByteOnEitherBackend) {
         << s.message();
     // Rows 90..99 of the 257-wide rows: a slice whose runs are not one.
     ReadRequest q;
-    q.item = &(*again)->manifest().items[0];
+    q.item = testing::FindItem(**again, "w");
     q.chunk = 0;
     q.offsets = {90, 1};
     q.lengths = {10, 200};

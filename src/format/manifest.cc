@@ -7,6 +7,7 @@
 #include "format/crc32c.h"
 #include "format/json_writer.h"
 #include "format/manifest_internal.h"
+#include "shardwise/names.h"
 
 namespace shardwise::format {
 
@@ -31,7 +32,27 @@ std::string Serialize(const Manifest& m, std::string_view kind) {
   AppendFixed(out, m.created_unix, 6);
   out += ",\"checksum\":{\"algorithm\":\"crc32c\",\"block_bytes\":";
   AppendInt(out, m.checksum_block);
-  out += "},\n\"files\":[";
+  out += "},\n";
+  if (m.format_version >= 2) {
+    // A format-2 commit record: files and items live in the index.
+    out += "\"index\":{\"name\":";
+    AppendEscaped(out, names::kIndex);
+    for (auto [key, v] : {std::pair{"size", m.index.size}, {"files", m.index.files},
+                          {"items", m.index.items}, {"chunks", m.index.chunks},
+                          {"file_bytes", m.index.file_bytes}}) {
+      out += ",\"";
+      out += key;
+      out += "\":";
+      AppendInt(out, v);
+    }
+    out += "},\n\"user\":";
+    out += m.user_json.empty() ? "{}" : m.user_json;
+    out += ",\n\"dcp\":";
+    out += m.dcp_json.empty() ? "null" : m.dcp_json;
+    out += '}';
+    return Seal(std::move(out));
+  }
+  out += "\"files\":[";
   for (std::size_t i = 0; i < m.files.size(); ++i) {
     const FileRecord& f = m.files[i];
     out += i ? ",\n{" : "\n{";
@@ -83,6 +104,22 @@ std::string Serialize(const Manifest& m, std::string_view kind) {
   out += m.dcp_json.empty() ? "null" : m.dcp_json;
   out += '}';
   return Seal(std::move(out));
+}
+
+Manifest HeaderOf(const Manifest& m) {
+  Manifest h;
+  h.format_version = m.format_version;
+  h.name = m.name;
+  h.step = m.step;
+  h.save_id = m.save_id;
+  h.world_size = m.world_size;
+  h.rank = m.rank;
+  h.created_unix = m.created_unix;
+  h.checksum_block = m.checksum_block;
+  h.user_json = m.user_json;
+  h.dcp_json = m.dcp_json;
+  h.index = m.index;
+  return h;
 }
 
 std::string Seal(std::string body) {

@@ -22,8 +22,13 @@ inline constexpr std::size_t kMaxNameBytes = 4096;
 inline constexpr std::uint64_t kMaxFileBytes = 1ull << 50;  // 1 PiB
 
 // Serializes (with the self-checksum trailer). `kind` is kManifestKind or
-// kFragmentKind.
+// kFragmentKind. With m.format_version 2 it writes a commit record: the
+// header fields and `index` (m.index), no files or items.
 std::string Serialize(const Manifest& m, std::string_view kind);
+
+// Everything of `m` but its files and items: a format-2 commit record's
+// fields.
+Manifest HeaderOf(const Manifest& m);
 
 // Appends the self-checksum trailer to a JSON object text `body` ("{...}"):
 // the result ends with ,"self_crc32c":"xxxxxxxx"}\n where the CRC32C covers
@@ -36,6 +41,15 @@ Result<Manifest> Parse(std::string_view text, std::string_view kind,
 
 // Checks the rules that do not need the JSON (bounds, overlaps, names).
 Status Validate(const Manifest& m, const std::string& path);
+
+// Validate's rules for one item's own fields (kind, dims, volume), and for
+// one chunk of it against its file (geometry, length, alignment, extent,
+// checksum count): what a reader that resolves items one at a time (the
+// format-2 index) can check without the whole manifest.
+Status ValidateItemHeader(const ItemRecord& it, const std::string& path);
+Status ValidateChunkRecord(const ItemRecord& it, std::size_t c, const ChunkRecord& ch,
+                           const FileRecord& file, std::uint64_t checksum_block,
+                           const std::string& path);
 
 // A plain file name: [A-Za-z0-9._-]+, not starting with '.', at most 255
 

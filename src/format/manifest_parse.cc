@@ -310,19 +310,51 @@ Status ParseChecksum(Parser& p, const Where& ck, Manifest* m) {
   });
 }
 
+// Format 2's "index": the summary of index.swi.
+Status ParseIndexRef(Parser& p, const Where& ix, Manifest* m) {
+  return p.Object(ix, "must be an object",
+                  {"name", "size", "files", "items", "chunks", "file_bytes"},
+                  [&](const std::string& key, bool* handled) -> Status {
+    *handled = true;
+    if (key == "name") {
+      SW_ASSIGN_OR_RETURN(std::string name, p.Str(ix, key, 255));
+      if (name != names::kIndex) return p.Bad(ix, key, "must be " + std::string(names::kIndex));
+    } else if (key == "size") {
+      SW_ASSIGN_OR_RETURN(m->index.size, p.Uint(ix, key, 1ull << 42));
+    } else if (key == "files") {
+      SW_ASSIGN_OR_RETURN(m->index.files, p.Uint(ix, key, 1u << 24));
+    } else if (key == "items") {
+      SW_ASSIGN_OR_RETURN(m->index.items, p.Uint(ix, key, 1u << 26));
+    } else if (key == "chunks") {
+      SW_ASSIGN_OR_RETURN(m->index.chunks, p.Uint(ix, key, 1ull << 40));
+    } else if (key == "file_bytes") {
+      SW_ASSIGN_OR_RETURN(m->index.file_bytes, p.Uint(ix, key, UINT64_MAX));
+    } else {
+      *handled = false;
+    }
+    return Status::Ok();
+  });
+}
+
+// Which of the version-dependent members appeared.
+struct Seen {
+  bool files = false, items = false, index = false;
+};
+
 // One member of the top-level object; sets *handled to false for the keys
 // it does not know (self_crc32c, checked before, and unknown keys).
 Status ParseTopField(Parser& p, const std::string& key, std::string_view kind,
-                     const std::string& path, Manifest* m, bool* handled) {
+                     const std::string& path, Manifest* m, Seen* seen, bool* handled) {
   const Where top{};
   const Where ck{&top, "checksum"};
   *handled = true;
   if (key == "format_version") {
     SW_ASSIGN_OR_RETURN(auto v, p.Int(top, key, 0, INT32_MAX));
-    if (v != Manifest::kFormatVersion)
+    const int newest = kind == kFragmentKind ? 1 : Manifest::kLatestFormat;
+    if (v < 1 || v > newest)
       return Corrupt(path + ": format_version " + std::to_string(v) +
-                         " is not supported (this build reads version " +
-                         std::to_string(Manifest::kFormatVersion) + ")",
+                         " is not supported (this build reads versions 1 to " +
+                         std::to_string(newest) + ")",
                      path);
     m->format_version = static_cast<int>(v);
   } else if (key == "kind") {
@@ -345,15 +377,19 @@ Status ParseTopField(Parser& p, const std::string& key, std::string_view kind,
     SW_ASSIGN_OR_RETURN(m->created_unix, p.Double(top, key));
   } else if (key == "checksum") {
     return ParseChecksum(p, ck, m);
-  } else if (key == "files") {
+  } else if (key == "files" || key == "items" || key == "index") {
+    bool& flag = key == "files" ? seen->files : key == "items" ? seen->items : seen->index;
+    if (flag) return p.Bad(top, key, "appears twice");
+    flag = true;
+    if (key == "index") return ParseIndexRef(p, Where{&top, "index"}, m);
+    if (key == "items")
+      return p.Array(top, key, 1u << 26, [&](std::size_t i) -> Status {
+        m->items.emplace_back();
+        return ParseItemRecord(p, i, m->files.size(), &m->items.back());
+      });
     return p.Array(top, key, 1u << 24, [&](std::size_t i) -> Status {
       m->files.emplace_back();
       return ParseFileRecord(p, i, &m->files.back());
-    });
-  } else if (key == "items") {
-    return p.Array(top, key, 1u << 26, [&](std::size_t i) -> Status {
-      m->items.emplace_back();
-      return ParseItemRecord(p, i, m->files.size(), &m->items.back());
     });
   } else if (key == "user") {
     if (p.reader().Peek() != JsonReader::Kind::kObject)
@@ -379,16 +415,29 @@ Result<Manifest> ParseUnchecked(std::string_view text, std::string_view kind,
   // 2. Syntax and types, straight into the structs.
   Parser p(text, path);
   Manifest m;
+  Seen seen;
   if (p.reader().Peek() != JsonReader::Kind::kObject)
     return Corrupt(path + ": top level must be a JSON object", path);
   SW_RETURN_IF_ERROR(p.Object(
       Where{}, "must be an object",
       {"format_version", "kind", "name", "step", "save_id", "world_size", "rank", "created_unix",
-       "checksum", "files", "items", "user", "self_crc32c"},
+       "checksum", "user", "self_crc32c"},
       [&](const std::string& key, bool* handled) {
-        return ParseTopField(p, key, kind, path, &m, handled);
+        return ParseTopField(p, key, kind, path, &m, &seen, handled);
       }));
   if (!p.reader().AtEnd()) return Corrupt(path + ": not valid JSON (trailing characters)", path);
+  // Format 1 lists files and items; format 2 describes its index instead.
+  const Where top{};
+  if (m.format_version == 1) {
+    if (!seen.files) return p.Bad(top, "files", "missing");
+    if (!seen.items) return p.Bad(top, "items", "missing");
+    if (seen.index) return p.Bad(top, "index", "is not part of format 1");
+  } else {
+    if (!seen.index) return p.Bad(top, "index", "missing");
+    if (seen.files || seen.items)
+      return p.Bad(top, seen.files ? "files" : "items",
+                   "is not part of format 2 (files and items live in the index)");
+  }
 
   // 3. Semantic rules.
   SW_RETURN_IF_ERROR(Validate(m, path));

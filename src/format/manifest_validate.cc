@@ -44,48 +44,16 @@ Status ValidateFiles(const Manifest& m, const std::string& path) {
   return Status::Ok();
 }
 
-// Where the chunk lies in its tensor (the rule the writer applies too, see
-// chunk_geometry.h), then where it lies in its file. Records its extent.
+// Records chunk c's extent once its own rules hold.
 Status ValidateChunk(const Manifest& m, std::size_t i, std::size_t c, const std::string& path,
                      FileExtents& per_file) {
   const ItemRecord& it = m.items[i];
   const ChunkRecord& ch = it.chunks[c];
-  // Names for messages are built only on error: there may be a million.
-  auto bad = [&](const std::string& what) {
-    return Bad(path, "item '" + it.name + "' chunk " + std::to_string(c) + ": " + what);
-  };
-  using P = ChunkFit::Problem;
-  const ChunkFit fit = FitChunk(it.shape, ch.offsets, ch.sizes, DTypeSize(it.dtype));
-  switch (fit.problem) {
-    case P::kNone:
-      break;
-    case P::kOffsetsRank:
-    case P::kSizesRank:
-      return bad("offsets/sizes do not match the item's rank " + std::to_string(it.shape.size()));
-    case P::kOutside:
-      return bad("dimension " + std::to_string(fit.dim) + " lies outside the global shape");
-    case P::kVolumeOverflow:
-    case P::kBytesOverflow:
-      return bad("size overflows");
-  }
-  if (fit.bytes != ch.length)
-    return bad("length " + std::to_string(ch.length) + " does not match its shape and dtype (" +
-               std::to_string(fit.bytes) + " bytes)");
-  if (ch.offset % 4096 != 0)
-    return bad("file offset " + std::to_string(ch.offset) + " is not 4096-aligned");
-  if (ch.file >= m.files.size()) return bad("file index out of range");
-  const FileRecord& file = m.files[ch.file];
-  std::uint64_t end;
-  if (__builtin_add_overflow(ch.offset, ch.length, &end) || end > file.size)
-    return bad("extent [" + std::to_string(ch.offset) + ", +" + std::to_string(ch.length) +
-               ") lies outside file '" + file.name + "' of " + std::to_string(file.size) +
-               " bytes");
-  if (ch.length > 0 && ch.offset < 4096) return bad("extent overlaps the shard header");
-  const std::uint64_t blocks = BlockCount(ch.length, m.checksum_block);
-  if (ch.crc32c.size() != blocks)
-    return bad("has " + std::to_string(ch.crc32c.size()) + " checksums, expected " +
-               std::to_string(blocks));
-  if (ch.length > 0) per_file[ch.file].push_back({ch.offset, end, i});
+  if (ch.file >= m.files.size())
+    return Bad(path, "item '" + it.name + "' chunk " + std::to_string(c) +
+                         ": file index out of range");
+  SW_RETURN_IF_ERROR(ValidateChunkRecord(it, c, ch, m.files[ch.file], m.checksum_block, path));
+  if (ch.length > 0) per_file[ch.file].push_back({ch.offset, ch.offset + ch.length, i});
   return Status::Ok();
 }
 
@@ -149,6 +117,59 @@ std::optional<std::uint64_t> Volume(const std::vector<std::int64_t>& shape) {
   return v;
 }
 
+// Where the chunk lies in its tensor (the rule the writer applies too, see
+// chunk_geometry.h), then where it lies in its file.
+Status ValidateChunkRecord(const ItemRecord& it, std::size_t c, const ChunkRecord& ch,
+                           const FileRecord& file, std::uint64_t checksum_block,
+                           const std::string& path) {
+  // Names for messages are built only on error: there may be a million.
+  auto bad = [&](const std::string& what) {
+    return Bad(path, "item '" + it.name + "' chunk " + std::to_string(c) + ": " + what);
+  };
+  using P = ChunkFit::Problem;
+  const ChunkFit fit = FitChunk(it.shape, ch.offsets, ch.sizes, DTypeSize(it.dtype));
+  switch (fit.problem) {
+    case P::kNone:
+      break;
+    case P::kOffsetsRank:
+    case P::kSizesRank:
+      return bad("offsets/sizes do not match the item's rank " + std::to_string(it.shape.size()));
+    case P::kOutside:
+      return bad("dimension " + std::to_string(fit.dim) + " lies outside the global shape");
+    case P::kVolumeOverflow:
+    case P::kBytesOverflow:
+      return bad("size overflows");
+  }
+  if (fit.bytes != ch.length)
+    return bad("length " + std::to_string(ch.length) + " does not match its shape and dtype (" +
+               std::to_string(fit.bytes) + " bytes)");
+  if (ch.offset % 4096 != 0)
+    return bad("file offset " + std::to_string(ch.offset) + " is not 4096-aligned");
+  std::uint64_t end;
+  if (__builtin_add_overflow(ch.offset, ch.length, &end) || end > file.size)
+    return bad("extent [" + std::to_string(ch.offset) + ", +" + std::to_string(ch.length) +
+               ") lies outside file '" + file.name + "' of " + std::to_string(file.size) +
+               " bytes");
+  if (ch.length > 0 && ch.offset < 4096) return bad("extent overlaps the shard header");
+  const std::uint64_t blocks = BlockCount(ch.length, checksum_block);
+  if (ch.crc32c.size() != blocks)
+    return bad("has " + std::to_string(ch.crc32c.size()) + " checksums, expected " +
+               std::to_string(blocks));
+  return Status::Ok();
+}
+
+Status ValidateItemHeader(const ItemRecord& it, const std::string& path) {
+  auto iname = [&] { return "item '" + it.name + "'"; };
+  if (it.name.empty() || it.name.size() > kMaxNameBytes)
+    return Bad(path, "item name must not be empty or longer than 4096 bytes");
+  if (it.kind == ItemKind::kBytes && (it.dtype != DType::kUInt8 || it.shape.size() != 1))
+    return Bad(path, iname() + ": a bytes item must be uint8 with a 1-d shape");
+  if (it.shape.size() > static_cast<std::size_t>(kMaxDims))
+    return Bad(path, iname() + ": shape exceeds the limit 64 dimensions");
+  if (!Volume(it.shape)) return Bad(path, iname() + ": shape volume overflows");
+  return Status::Ok();
+}
+
 Status Validate(const Manifest& m, const std::string& path) {
   if (!m.name.empty() && !names::IsSafeName(m.name))
     return Bad(path, "name '" + m.name + "' is not a safe directory name");
@@ -161,9 +182,7 @@ Status Validate(const Manifest& m, const std::string& path) {
     const ItemRecord& it = m.items[i];
     auto iname = [&] { return "item '" + it.name + "'"; };
     if (!item_names.insert(it.name).second) return Bad(path, iname() + " is listed twice");
-    if (it.kind == ItemKind::kBytes && (it.dtype != DType::kUInt8 || it.shape.size() != 1))
-      return Bad(path, iname() + ": a bytes item must be uint8 with a 1-d shape");
-    if (!Volume(it.shape)) return Bad(path, iname() + ": shape volume overflows");
+    SW_RETURN_IF_ERROR(ValidateItemHeader(it, path));
     for (std::size_t c = 0; c < it.chunks.size(); ++c)
       SW_RETURN_IF_ERROR(ValidateChunk(m, i, c, path, per_file));
     if (!DistinctStarts(it, starts))

@@ -2,96 +2,22 @@
 
 #include <cstring>
 
+#include "format/binary.h"
 #include "format/crc32c.h"
 #include "format/manifest.h"
 
 namespace shardwise::format {
 namespace {
 
+using binary::Cursor;
+using binary::PutDims;
+using binary::PutSigned;
+using binary::PutStr;
+using binary::PutU32;
+using binary::PutVar;
+
 constexpr char kMagic[4] = {'S', 'W', 'R', 'X'};
 constexpr std::uint8_t kVersion = 1;
-
-void PutVar(std::string& out, std::uint64_t v) {
-  while (v >= 0x80) {
-    out += static_cast<char>(v | 0x80);
-    v >>= 7;
-  }
-  out += static_cast<char>(v);
-}
-void PutSigned(std::string& out, std::int64_t v) {
-  PutVar(out, (static_cast<std::uint64_t>(v) << 1) ^ static_cast<std::uint64_t>(v >> 63));
-}
-void PutStr(std::string& out, std::string_view s) {
-  PutVar(out, s.size());
-  out.append(s);
-}
-void PutU32(std::string& out, std::uint32_t v) {
-  for (int i = 0; i < 4; ++i) out += static_cast<char>(v >> (8 * i));
-}
-void PutDims(std::string& out, const std::vector<std::int64_t>& v) {
-  for (std::int64_t x : v) PutSigned(out, x);
-}
-
-// A bounds-checked cursor; every read failure is kCorrupt naming `where_`.
-class Cursor {
- public:
-  Cursor(std::string_view data, const std::string& where) : data_(data), where_(where) {}
-  Status Bad(const std::string& what) const {
-    return Corrupt(where_ + ": rank index " + what + " (at byte " + std::to_string(pos_) + ")",
-                   where_);
-  }
-  Result<std::uint64_t> Var(std::uint64_t max = UINT64_MAX) {
-    std::uint64_t v = 0;
-    for (int shift = 0; shift < 64; shift += 7) {
-      if (pos_ >= data_.size()) return Bad("is truncated");
-      const auto b = static_cast<std::uint8_t>(data_[pos_++]);
-      v |= static_cast<std::uint64_t>(b & 0x7f) << shift;
-      if (!(b & 0x80)) {
-        if (v > max) return Bad("holds a value out of range");
-        return v;
-      }
-    }
-    return Bad("holds an overlong number");
-  }
-  Result<std::int64_t> Signed() {
-    SW_ASSIGN_OR_RETURN(std::uint64_t z, Var());
-    return static_cast<std::int64_t>((z >> 1) ^ (~(z & 1) + 1));
-  }
-  Result<std::string> Str(std::size_t max) {
-    SW_ASSIGN_OR_RETURN(std::uint64_t n, Var(max));
-    if (n > data_.size() - pos_) return Bad("is truncated");
-    std::string s(data_.substr(pos_, n));
-    pos_ += n;
-    return s;
-  }
-  Result<std::uint32_t> U32() {
-    if (data_.size() - pos_ < 4) return Bad("is truncated");
-    std::uint32_t v = 0;
-    for (int i = 0; i < 4; ++i)
-      v |= static_cast<std::uint32_t>(static_cast<std::uint8_t>(data_[pos_++])) << (8 * i);
-    return v;
-  }
-  Result<std::vector<std::int64_t>> Dims(std::size_t n) {
-    std::vector<std::int64_t> v(n);
-    for (auto& x : v) {
-      SW_ASSIGN_OR_RETURN(x, Signed());
-    }
-    return v;
-  }
-  // A count of things of at least `min_bytes` each: never more than what is left.
-  Result<std::size_t> Count(std::size_t min_bytes) {
-    SW_ASSIGN_OR_RETURN(std::uint64_t n, Var());
-    if (n > (data_.size() - pos_) / std::max<std::size_t>(min_bytes, 1))
-      return Bad("declares more entries than it holds");
-    return static_cast<std::size_t>(n);
-  }
-  std::size_t left() const { return data_.size() - pos_; }
-
- private:
-  std::string_view data_;
-  const std::string& where_;
-  std::size_t pos_ = 0;
-};
 
 Status DecodeChunk(Cursor& c, std::size_t ndim, ChunkRecord* ch) {
   SW_ASSIGN_OR_RETURN(ch->offsets, c.Dims(ndim));
@@ -206,10 +132,10 @@ Result<Manifest> DecodeRankIndex(std::string_view bytes, const std::string& wher
     return bad("has version " + std::to_string(static_cast<std::uint8_t>(bytes[4])) +
                " (this build reads version 1)");
   const std::string_view body = bytes.substr(0, bytes.size() - 4);
-  Cursor tail(bytes.substr(bytes.size() - 4), where);
+  Cursor tail(bytes.substr(bytes.size() - 4), where, "rank index");
   SW_ASSIGN_OR_RETURN(std::uint32_t want, tail.U32());
   if (Crc32c(body.data(), body.size()) != want) return bad("fails its checksum");
-  Cursor c(body.substr(5), where);
+  Cursor c(body.substr(5), where, "rank index");
   Manifest m;
   SW_RETURN_IF_ERROR(DecodeBody(c, &m));
   SW_RETURN_IF_ERROR(Validate(m, where));

@@ -226,33 +226,81 @@ class PyReader {
   PyReader(const std::string& dir, const nb::dict& options) {
     Options o = MakeOptions(options);
     reader_ = Unlocked([&] { return CheckpointReader::Open(dir, o); });
-    for (const ItemRecord& it : reader_->manifest().items) items_.emplace(it.name, &it);
   }
 
-  // The validated manifest as JSON text (parsed by Python's json module; no
-  // pickle anywhere).
-  std::string ManifestJson() const { return reader_->ManifestJson(); }
+  // The validated manifest as JSON text in the format-1 schema (parsed by
+  // Python's json module; no pickle anywhere). Format 2: reads the whole
+  // index; loading a checkpoint uses header() and item() instead.
+  std::string ManifestJson() {
+    return Unlocked([&] { return reader_->ManifestJson(); });
+  }
+
+  // The commit record: no files, items or chunks.
+  nb::dict Header() const {
+    const Manifest& m = reader_->manifest();
+    nb::dict d;
+    d["format_version"] = m.format_version;
+    d["name"] = m.name;
+    d["step"] = m.step;
+    d["save_id"] = m.save_id;
+    d["world_size"] = m.world_size;
+    d["created_unix"] = m.created_unix;
+    d["bytes"] = m.TotalBytes();
+    d["items"] = reader_->ItemHeaders().size();
+    d["user"] = m.user_json.empty() ? std::string("{}") : m.user_json;
+    d["dcp"] = m.dcp_json.empty() ? nb::none() : nb::cast(m.dcp_json);
+    return d;
+  }
+
+  // Every item's name, from the items table (no chunk records are read).
+  std::vector<std::string> ItemNames() const {
+    std::vector<std::string> out;
+    out.reserve(reader_->ItemHeaders().size());
+    for (const ItemRecord& it : reader_->ItemHeaders()) out.push_back(it.name);
+    return out;
+  }
+
+  // One item: kind, dtype, shape and its chunks' boxes (format 2 reads only
+  // this item's records). KeyError-like NotFound when absent.
+  nb::dict Item(const std::string& name) {
+    const ItemRecord* it = Unlocked([&] { return reader_->Item(name); });
+    nb::dict d;
+    d["name"] = it->name;
+    d["kind"] = std::string(ItemKindName(it->kind));
+    d["dtype"] = std::string(DTypeName(it->dtype));
+    d["shape"] = it->shape;
+    nb::list chunks;
+    for (const ChunkRecord& c : it->chunks) chunks.append(nb::make_tuple(c.offsets, c.sizes));
+    d["chunks"] = chunks;
+    return d;
+  }
+
+  std::uint64_t MetadataBytesRead() const { return reader_->metadata_bytes_read(); }
 
   void Read(const std::vector<PyReadRequest>& reqs) {
-    std::vector<ReadRequest> out;
-    out.reserve(reqs.size());
-    for (const PyReadRequest& r : reqs) {
-      auto it = items_.find(r.item);
-      if (it == items_.end())
-        Raise(Corrupt(reader_->dir() + ": the checkpoint has no item '" + r.item + "'",
-                      reader_->dir()));
-      ReadRequest q;
-      q.item = it->second;
-      q.chunk = r.chunk;
-      q.offsets = r.offsets;
-      q.lengths = r.lengths;
-      q.dst = reinterpret_cast<void*>(r.address);
-      q.dst_bytes = r.nbytes;
-      q.dst_shape = r.dst_shape;
-      q.dst_offsets = r.dst_offsets;
-      out.push_back(std::move(q));
-    }
-    Unlocked([&] { return reader_->Read(out); });
+    Unlocked([&]() -> Status {
+      std::vector<ReadRequest> out;
+      out.reserve(reqs.size());
+      for (const PyReadRequest& r : reqs) {
+        auto it = reader_->Item(r.item);
+        if (!it.ok()) {
+          if (it.status().code() != StatusCode::kNotFound) return it.status();
+          return Corrupt(reader_->dir() + ": the checkpoint has no item '" + r.item + "'",
+                         reader_->dir());
+        }
+        ReadRequest q;
+        q.item = *it;
+        q.chunk = r.chunk;
+        q.offsets = r.offsets;
+        q.lengths = r.lengths;
+        q.dst = reinterpret_cast<void*>(r.address);
+        q.dst_bytes = r.nbytes;
+        q.dst_shape = r.dst_shape;
+        q.dst_offsets = r.dst_offsets;
+        out.push_back(std::move(q));
+      }
+      return reader_->Read(out);
+    });
   }
 
   void CheckFiles() {
@@ -265,7 +313,6 @@ class PyReader {
 
  private:
   std::unique_ptr<CheckpointReader> reader_;
-  std::unordered_map<std::string, const ItemRecord*> items_;  // by name
 };
 
 // -- staging memory (include/shardwise/staging.h) ------------------------------
@@ -613,6 +660,10 @@ void BindRepository(nb::module_& m) {
   nb::class_<PyReader>(m, "Reader")
       .def(nb::init<const std::string&, const nb::dict&>(), "dir"_a, "options"_a)
       .def("manifest_json", &PyReader::ManifestJson)
+      .def("header", &PyReader::Header)
+      .def("item_names", &PyReader::ItemNames)
+      .def("item", &PyReader::Item, "name"_a)
+      .def("metadata_bytes_read", &PyReader::MetadataBytesRead)
       .def("read", &PyReader::Read, "requests"_a)
       .def("check_files", &PyReader::CheckFiles)
       .def("verify", &PyReader::Verify);

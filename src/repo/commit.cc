@@ -22,6 +22,7 @@
 
 #include "common/parallel.h"
 #include "common/poll.h"
+#include "format/index.h"
 #include "format/manifest.h"
 #include "format/rank_index.h"
 #include "os/fault.h"
@@ -206,13 +207,24 @@ Result<bool> AdvanceLatest(const std::string& root, const SaveSpec& spec) {
 // `m` merges their indexes: the commit record, then the rename.
 Result<CommitResult> PublishCommit(const std::string& root, const SaveSpec& spec,
                                    const std::string& staging, const Manifest& m, os::File lock,
-                                   bool fragment_files) {
+                                   bool fragment_files, int format_version) {
   const std::string final_dir = os::JoinPath(root, spec.name);
   const std::string lock_path = lock.path();
-  // Step 3a: the commit record, durable inside the staging directory.
-  SW_RETURN_IF_ERROR(os::WriteFileAtomic(os::JoinPath(staging, names::kManifest),
-                                         format::Serialize(m, format::kManifestKind),
-                                         "manifest"));
+  // Step 3a: the commit record, durable inside the staging directory. In
+  // format 2 the index goes first: manifest.json describes it.
+  std::string record;
+  if (format_version >= 2) {
+    Manifest header = format::HeaderOf(m);
+    header.format_version = 2;
+    SW_ASSIGN_OR_RETURN(std::string index, format::EncodeIndex(m, &header.index));
+    SW_RETURN_IF_ERROR(
+        os::WriteFileAtomic(os::JoinPath(staging, names::kIndex), index, "index"));
+    record = format::Serialize(header, format::kManifestKind);
+  } else {
+    record = format::Serialize(m, format::kManifestKind);  // m.format_version is 1
+  }
+  SW_RETURN_IF_ERROR(
+      os::WriteFileAtomic(os::JoinPath(staging, names::kManifest), record, "manifest"));
   os::CrashPoint("manifest_written");
   // Fragments and the lock are no longer needed: the committed directory
   // holds only the manifest and the shards.
@@ -308,7 +320,8 @@ Result<CommitResult> Repository::CommitNormalized(const SaveSpec& spec) {
                                                    return os::JoinPath(staging, names::RankFileName(
                                                        r, names::RankFile::kFragment));
                                                  }));
-  return PublishCommit(impl_->root, spec, staging, m, std::move(lock), /*fragment_files=*/true);
+  return PublishCommit(impl_->root, spec, staging, m, std::move(lock), /*fragment_files=*/true,
+                       impl_->options.format_version);
 }
 
 Result<CommitResult> Repository::CommitGathered(const SaveSpec& in,
@@ -343,7 +356,7 @@ Result<CommitResult> Repository::CommitGathered(const SaveSpec& in,
   });
   SW_ASSIGN_OR_RETURN(Manifest m, MergeFragments(staging, spec, std::move(frags), source));
   auto result = PublishCommit(impl_->root, spec, staging, m, std::move(lock),
-                              /*fragment_files=*/false);
+                              /*fragment_files=*/false, impl_->options.format_version);
   if (result.ok()) RequestExportFor(*result);
   return result;
 }

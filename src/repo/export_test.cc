@@ -165,12 +165,13 @@ TEST(Export, HsmArchivesEveryFileAndWaitsForAllArchived) {
   SaveStep(*repo, 1);
   std::string calls = stubs.Calls();
   std::string dir = root / "step-000000000001";
-  EXPECT_NE(calls.find("lfs hsm_archive " + dir + "/manifest.json " + dir + "/rank-00000.shard"),
+  EXPECT_NE(calls.find("lfs hsm_archive " + dir + "/index.swi " + dir + "/manifest.json " + dir +
+                       "/rank-00000.shard"),
             std::string::npos)
       << calls;
   ExportStatus st = QueryExport(root.path(), "step-000000000001");
   EXPECT_EQ(st.state, ExportState::kPending);
-  EXPECT_EQ(st.detail, "0/2 files archived");
+  EXPECT_EQ(st.detail, "0/3 files archived");
   stubs.Set("archived", "");
   st = QueryExport(root.path(), "step-000000000001");
   EXPECT_EQ(st.state, ExportState::kExported) << st.detail;

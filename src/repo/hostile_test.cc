@@ -131,5 +131,59 @@ TEST(Hostile, CreatedFilesRespectTheUmask) {
   EXPECT_EQ(mode(root / "open/step-000000000001/manifest.json") & 0002, 0u);
 }
 
+// Format 2's index file: a symlink, a missing file, a file of another save
+// or a damaged block are refused by name, never followed or trusted.
+TEST(Hostile, AFormat2IndexThatIsNotOursIsRefused) {
+  TempDir root, other, outside;
+  SavedRepo(root.path(), 1);
+  {
+    auto repo = Repository::Open(other.path(), Options());
+    ASSERT_TRUE(repo.ok());
+    OwnedItems items;  // the same step and data, another save attempt
+    items.Add("w", DType::kFloat32, {64, 64}, 1);
+    SaveSpec spec;
+    spec.step = 1;
+    spec.save_id = "another-attempt";
+    ASSERT_TRUE((*repo)->Save(spec, items.items).ok());
+  }
+  const std::string ckpt = root / "step-000000000001";
+  const std::string index = ckpt + "/index.swi";
+  ASSERT_TRUE(CheckpointReader::Open(ckpt).ok());
+  auto refused = [&](const char* phrase) {
+    auto r = CheckpointReader::Open(ckpt);
+    Status s = r.ok() ? (*r)->LoadAll() : r.status();
+    EXPECT_EQ(s.code(), StatusCode::kCorrupt) << phrase << ": " << s.ToString();
+    EXPECT_NE(s.message().find(phrase), std::string::npos) << s.message();
+    EXPECT_NE(s.message().find(index), std::string::npos) << s.message();
+  };
+  const std::string good = testing::ReadAll(index);
+  // Another save's index, of the same size.
+  testing::WriteAll(index, testing::ReadAll(other / "step-000000000001/index.swi"));
+  refused("belongs to save attempt");
+  // A link to a file outside.
+  testing::WriteAll(outside / "index.swi", good);
+  ASSERT_EQ(::unlink(index.c_str()), 0);
+  ASSERT_EQ(::symlink((outside / "index.swi").c_str(), index.c_str()), 0);
+  refused("symbolic link");
+  ASSERT_EQ(::unlink(index.c_str()), 0);
+  refused("missing");
+  // A flipped byte, and a truncated file.
+  std::string flipped = good;
+  flipped[200] ^= 1;
+  testing::WriteAll(index, flipped);
+  refused("fails its checksum");
+  testing::WriteAll(index, good.substr(0, 2048));
+  refused("size is 2048 bytes");
+  testing::WriteAll(index, good);
+  auto r = CheckpointReader::Open(ckpt);
+  ASSERT_TRUE(r.ok());
+  EXPECT_TRUE((*r)->LoadAll().ok());
+  // verify names the index as the damaged file.
+  testing::WriteAll(index, flipped);
+  auto v = testing::RunProcess({SW_CLI, "verify", ckpt});
+  EXPECT_NE(v.exit_code, 0);
+  EXPECT_NE(v.out.find("index.swi"), std::string::npos) << v.out;
+}
+
 }  // namespace
 }  // namespace shardwise

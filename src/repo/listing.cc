@@ -109,7 +109,7 @@ Result<std::vector<CheckpointInfo>> Repository::List(bool with_exports) const {
       info.bytes = m->TotalBytes();
       info.created_unix = m->created_unix;
       info.save_id = m->save_id;
-      info.items = m->items.size();
+      info.items = m->format_version >= 2 ? m->index.items : m->items.size();
       if (with_exports) info.export_info = repo::QueryExport(root, e.name);
     }
     info.is_latest = latest && *latest == e.name;

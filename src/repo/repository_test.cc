@@ -86,6 +86,52 @@ class RepositoryTest : public ::testing::Test {
   std::unique_ptr<Repository> repo_;
 };
 
+// Format 1 (SHARDWISE_FORMAT_VERSION=1) and format 2 checkpoints side by
+// side in one root: both load, verify and list; only format 2 has an index,
+// and its reader reads one item's records, not the whole index.
+TEST_F(RepositoryTest, BothFormatsLoadVerifyAndList) {
+  for (int version : {1, 2}) {
+    Options o;
+    o.format_version = version;
+    auto repo = Repository::Open(dir_.path(), o);
+    ASSERT_TRUE(repo.ok());
+    OwnedItems it = Items(version);
+    for (int i = 0; i < 300; ++i) it.Add("extra." + std::to_string(i), DType::kInt32, {8}, i);
+    SaveSpec spec;
+    spec.step = version;
+    ASSERT_TRUE((*repo)->Save(spec, it.items).ok());
+  }
+  const std::string v1 = dir_ / "step-000000000001", v2 = dir_ / "step-000000000002";
+  EXPECT_FALSE(os::Exists(v1 + "/index.swi"));
+  EXPECT_TRUE(os::Exists(v2 + "/index.swi"));
+  EXPECT_NE(testing::ReadAll(v1 + "/manifest.json").find("\"files\":["), std::string::npos);
+  EXPECT_EQ(testing::ReadAll(v2 + "/manifest.json").find("\"files\":["), std::string::npos);
+  for (int version : {1, 2}) {
+    const std::string name = Repository::StepName(version);
+    EXPECT_TRUE(Holds(*repo_, name, version)) << name;
+    auto reader = repo_->OpenCheckpoint(name);
+    ASSERT_TRUE(reader.ok());
+    EXPECT_EQ((*reader)->manifest().format_version, version);
+    EXPECT_EQ((*reader)->ItemHeaders().size(), 302u);
+    ASSERT_NE(testing::FindItem(**reader, "extra.7"), nullptr);
+    if (version == 2) {
+      // The commit record, plus a handful of index blocks.
+      EXPECT_LT((*reader)->metadata_bytes_read(),
+                testing::ReadAll(v2 + "/manifest.json").size() + 16 * 4096);
+    }
+    auto json = (*reader)->ManifestJson();
+    ASSERT_TRUE(json.ok());
+    EXPECT_NE(json->find("\"extra.299\""), std::string::npos);
+  }
+  auto list = repo_->List();
+  ASSERT_TRUE(list.ok());
+  ASSERT_EQ(list->size(), 2u);
+  for (const auto& c : *list) {
+    EXPECT_EQ(c.items, 302u) << c.name;
+    EXPECT_GT(c.bytes, 0u);
+  }
+}
+
 TEST_F(RepositoryTest, SaveListLatest) {
   ASSERT_TRUE(Save(10, 1).ok());
   ASSERT_TRUE(Save(20, 2).ok());
@@ -94,10 +140,11 @@ TEST_F(RepositoryTest, SaveListLatest) {
   EXPECT_EQ(testing::ReadAll(dir_ / "latest"), "step-000000000020\n");
   EXPECT_TRUE(Holds(*repo_, "step-000000000010", 1));
   EXPECT_TRUE(Holds(*repo_, "step-000000000020", 2));
-  // The committed directory holds the manifest and shards, nothing else.
+  // The committed directory holds the manifest, the index and the shards,
+  // nothing else.
   auto entries = os::ListDir(dir_ / "step-000000000020");
   ASSERT_TRUE(entries.ok());
-  EXPECT_EQ(entries->size(), 2u);
+  EXPECT_EQ(entries->size(), 3u);
   EXPECT_EQ(StagingCount(*repo_), 0);
 }
 
@@ -173,7 +220,7 @@ Result<CommitResult> SaveGathered(Repository& repo, std::int64_t step, std::uint
 
 bool HoldsGathered(Repository& repo, const std::string& name, std::uint64_t seed) {
   auto reader = repo.OpenCheckpoint(name);
-  if (!reader.ok() || (*reader)->manifest().items.size() != 2) return false;
+  if (!reader.ok() || (*reader)->ItemHeaders().size() != 2) return false;
   for (int r : {0, 2}) {
     OwnedItems want;
     want.Add("w" + std::to_string(r), DType::kFloat32, {64, 33}, seed + r);
@@ -200,7 +247,7 @@ TEST_F(RepositoryTest, GatheredCommitWritesNoFragments) {
   std::vector<std::string> files;
   for (const auto& e : *entries) files.push_back(e.name);
   std::sort(files.begin(), files.end());
-  EXPECT_EQ(files, (std::vector<std::string>{"manifest.json", "rank-00000.shard",
+  EXPECT_EQ(files, (std::vector<std::string>{"index.swi", "manifest.json", "rank-00000.shard",
                                              "rank-00002.shard"}));
 
   // Rank 2's index damaged in transit, from another save, or missing a file.
@@ -499,6 +546,7 @@ TEST_F(RepositoryTest, MultiProcessSave) {
   auto reader = repo_->OpenCheckpoint("step-000000000042");
   ASSERT_TRUE(reader.ok());
   EXPECT_EQ((*reader)->manifest().world_size, kRanks);
+  ASSERT_TRUE((*reader)->LoadAll().ok());
   EXPECT_EQ((*reader)->manifest().files.size(), static_cast<std::size_t>(kRanks));
   std::vector<float> all(kRanks * 16 * 8);
   ASSERT_TRUE((*reader)->ReadItem("w", all.data(), all.size() * 4).ok());
@@ -506,7 +554,7 @@ TEST_F(RepositoryTest, MultiProcessSave) {
     OwnedItems want = rank_items(r);
     EXPECT_EQ(0, std::memcmp(all.data() + r * 16 * 8, want.items[0].data, 16 * 8 * 4)) << r;
   }
-  EXPECT_NE((*reader)->manifest().FindItem("only_rank1"), nullptr);
+  EXPECT_NE(testing::FindItem(**reader, "only_rank1"), nullptr);
 }
 
 TEST_F(RepositoryTest, CommitAbortsWhenARankFails) {

@@ -83,8 +83,9 @@ int main(int argc, char** argv) {
     for (int rank = 0; rank < world; ++rank) {
       auto state = Data(arg(4), step, arg(5), rank, world);
       for (const WriteItem& w : state.items) {
-        const ItemRecord* it = (*reader)->manifest().FindItem(w.name);
-        if (!it) return Fail(NotFound("item " + w.name));
+        auto found = (*reader)->Item(w.name);
+        if (!found.ok()) return Fail(found.status());
+        const ItemRecord* it = *found;
         std::size_t chunk = SIZE_MAX;
         for (std::size_t c = 0; c < it->chunks.size(); ++c)
           if (it->chunks[c].offsets == w.chunk_offsets) chunk = c;

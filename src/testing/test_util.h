@@ -14,9 +14,16 @@
 #include <vector>
 
 #include "os/posix.h"
+#include "shardwise/reader.h"
 #include "shardwise/types.h"
 
 namespace shardwise::testing {
+
+// The item with all its chunks (resolved from a format-2 index), or null.
+inline const ItemRecord* FindItem(CheckpointReader& reader, std::string_view name) {
+  auto it = reader.Item(name);
+  return it.ok() ? *it : nullptr;
+}
 
 // A fresh directory, removed with everything in it at the end of the test.
 // Sets an environment variable for a scope, restoring what was there.

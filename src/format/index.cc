@@ -1,0 +1,549 @@
+#include "format/index.h"
+
+#include <algorithm>
+#include <cstring>
+#include <unordered_map>
+
+#include "format/binary.h"
+#include "format/crc32c.h"
+#include "format/manifest.h"
+#include "shardwise/names.h"
+
+namespace shardwise::format {
+namespace {
+
+using binary::Cursor;
+using binary::GetU32;
+using binary::GetU64;
+using binary::PutDims;
+using binary::PutStr;
+using binary::PutU32;
+using binary::PutU64;
+using binary::PutVar;
+
+constexpr char kMagic[8] = {'S', 'W', 'I', 'N', 'D', 'E', 'X', '2'};
+constexpr std::size_t kHeaderBytes = 160;
+constexpr std::size_t kSaveIdBytes = 64;
+constexpr std::size_t kFileRecordBytes = 24;
+constexpr std::size_t kCacheBlocks = 256;
+enum : std::uint8_t { kThreads = 0, kUring = 1, kOtherBackend = 2 };
+
+std::size_t RecordBytes(std::size_t ndim) { return 16 * ndim + 32; }
+
+std::int64_t SortKey(const ChunkRecord& c, std::size_t sd) {
+  return c.offsets.empty() ? 0 : c.offsets[sd];
+}
+
+// The dimension along which the chunks' offsets differ most: sorting by it
+// makes a box lookup touch few records.
+std::size_t SortDim(const ItemRecord& it) {
+  std::size_t best = 0, best_n = 0;
+  std::vector<std::int64_t> v;
+  for (std::size_t d = 0; d < it.shape.size(); ++d) {
+    v.clear();
+    for (const auto& c : it.chunks) v.push_back(c.offsets[d]);
+    std::sort(v.begin(), v.end());
+    std::size_t n = static_cast<std::size_t>(std::unique(v.begin(), v.end()) - v.begin());
+    if (n > best_n) best = d, best_n = n;
+  }
+  return best;
+}
+
+// rank-NNNNN.shard is part 0, rank-NNNNN.partP.shard is part P.
+std::string ShardName(std::int32_t rank, std::uint32_t part) {
+  return names::ShardPartPath(names::RankFileName(rank, names::RankFile::kShard), part);
+}
+
+Result<std::uint32_t> PartOf(const FileRecord& f) {
+  const std::string base = names::RankFileName(f.rank, names::RankFile::kShard);
+  if (f.name == base) return 0u;
+  const std::string stem = base.substr(0, base.size() - names::kShardExt.size()) + ".part";
+  if (f.name.rfind(stem, 0) == 0) {
+    std::uint32_t part = 0;
+    for (std::size_t i = stem.size(); i < f.name.size() && part < (1u << 24); ++i) {
+      if (f.name[i] < '0' || f.name[i] > '9') break;
+      part = part * 10 + static_cast<std::uint32_t>(f.name[i] - '0');
+    }
+    if (ShardName(f.rank, part) == f.name) return part;
+  }
+  return InvalidArgument("file '" + f.name + "' is not named as rank " + std::to_string(f.rank) +
+                         "'s shard; format 2 records only shard files it can name");
+}
+
+void PutRecord(std::string& out, const ChunkRecord& c, std::uint64_t crc_first) {
+  for (std::int64_t v : c.offsets) PutU64(out, static_cast<std::uint64_t>(v));
+  for (std::int64_t v : c.sizes) PutU64(out, static_cast<std::uint64_t>(v));
+  PutU32(out, c.file);
+  PutU32(out, 0);
+  PutU64(out, c.offset);
+  PutU64(out, c.length);
+  PutU64(out, crc_first);
+}
+
+// Item entries, then (in `body`) each item's fence and sorted records.
+void EncodeItems(const Manifest& m, std::string& table, std::string& body,
+                 std::vector<std::uint32_t>& crcs) {
+  std::vector<std::size_t> order;
+  for (const ItemRecord& it : m.items) {
+    const std::size_t sd = SortDim(it), n = it.chunks.size();
+    order.resize(n);
+    for (std::size_t c = 0; c < n; ++c) order[c] = c;
+    std::sort(order.begin(), order.end(), [&](std::size_t a, std::size_t b) {
+      const auto ka = SortKey(it.chunks[a], sd), kb = SortKey(it.chunks[b], sd);
+      return ka != kb ? ka < kb : it.chunks[a].offsets < it.chunks[b].offsets;
+    });
+    std::int64_t max_extent = 0;
+    for (const auto& c : it.chunks)
+      if (!c.sizes.empty()) max_extent = std::max(max_extent, c.sizes[sd]);
+    PutStr(table, it.name);
+    PutVar(table, static_cast<std::uint64_t>(it.kind));
+    PutVar(table, static_cast<std::uint64_t>(it.dtype));
+    PutVar(table, it.shape.size());
+    PutDims(table, it.shape);
+    PutVar(table, n);
+    PutVar(table, sd);
+    PutVar(table, static_cast<std::uint64_t>(max_extent));
+    PutVar(table, body.size());  // where its fence (or records) start in the body
+    if (n > kIndexFenceStride)
+      for (std::size_t k = 0; k < n; k += kIndexFenceStride)
+        PutU64(body, static_cast<std::uint64_t>(SortKey(it.chunks[order[k]], sd)));
+    for (std::size_t c : order) {
+      PutRecord(body, it.chunks[c], crcs.size());
+      crcs.insert(crcs.end(), it.chunks[c].crc32c.begin(), it.chunks[c].crc32c.end());
+    }
+  }
+}
+
+// Cuts the logical stream into 4092-byte pieces, each sealed by its CRC32C.
+std::string SealBlocks(const std::string& logical) {
+  const std::size_t blocks = (logical.size() + kIndexPayloadBytes - 1) / kIndexPayloadBytes;
+  std::string out(blocks * kIndexBlockBytes, '\0');
+  for (std::size_t b = 0; b < blocks; ++b) {
+    char* dst = out.data() + b * kIndexBlockBytes;
+    const std::size_t from = b * kIndexPayloadBytes;
+    std::memcpy(dst, logical.data() + from, std::min(kIndexPayloadBytes, logical.size() - from));
+    const std::uint32_t crc = Crc32c(dst, kIndexPayloadBytes);
+    for (int i = 0; i < 4; ++i) dst[kIndexPayloadBytes + i] = static_cast<char>(crc >> (8 * i));
+  }
+  return out;
+}
+
+}  // namespace
+
+Result<std::string> EncodeIndex(const Manifest& m, IndexRef* ref) {
+  std::string files;
+  std::uint64_t file_bytes = 0;
+  for (const FileRecord& f : m.files) {
+    SW_ASSIGN_OR_RETURN(std::uint32_t part, PartOf(f));
+    PutU32(files, static_cast<std::uint32_t>(f.rank));
+    PutU32(files, part);
+    PutU64(files, f.size);
+    files += static_cast<char>(f.backend == "threads" ? kThreads
+                               : f.backend == "uring" ? kUring
+                                                      : kOtherBackend);
+    files += static_cast<char>(f.direct_io ? 1 : 0);
+    files.append(6, '\0');
+    file_bytes += f.size;
+  }
+  std::string table, body;
+  std::vector<std::uint32_t> crcs;
+  EncodeItems(m, table, body, crcs);
+  std::uint64_t chunks = 0;
+  for (const ItemRecord& it : m.items) chunks += it.chunks.size();
+  const std::uint64_t files_off = kHeaderBytes + table.size() + body.size();
+  std::string s(kMagic, sizeof kMagic);
+  for (std::uint64_t v : {static_cast<std::uint64_t>(m.world_size), m.checksum_block,
+                          static_cast<std::uint64_t>(m.files.size()),
+                          static_cast<std::uint64_t>(m.items.size()), chunks,
+                          static_cast<std::uint64_t>(crcs.size()),
+                          static_cast<std::uint64_t>(kHeaderBytes),
+                          static_cast<std::uint64_t>(table.size()), files_off,
+                          files_off + files.size(), file_bytes})
+    PutU64(s, v);
+  std::string id = m.save_id.substr(0, kSaveIdBytes);
+  id.resize(kSaveIdBytes, '\0');
+  s += id;
+  s += table;
+  s += body;
+  s += files;
+  for (std::uint32_t c : crcs) PutU32(s, c);
+  std::string out = SealBlocks(s);
+  *ref = {out.size(), m.files.size(), m.items.size(), chunks, file_bytes};
+  return out;
+}
+
+// ---------------------------------------------------------------------------
+
+struct IndexReader::Impl {
+  struct Entry {
+    std::uint64_t n = 0;        // chunks
+    std::size_t sort_dim = 0;
+    std::int64_t max_extent = 0;
+    std::uint64_t fence = 0;    // logical offset of the fence (or the records)
+    std::uint64_t records = 0;  // logical offset of the first record
+  };
+
+  IndexReadFn read;
+  std::string path;
+  Manifest commit;  // header fields, for checks and ReadAll
+  std::uint64_t logical = 0, physical = 0, files_off = 0, crcs_off = 0, ncrcs = 0;
+  std::vector<ItemRecord> items;
+  std::vector<Entry> entries;
+  std::unordered_map<std::string_view, std::size_t> by_name;
+  std::unordered_map<std::uint64_t, std::string> cache;  // verified blocks
+  std::unordered_map<std::uint32_t, FileRecord> files;
+  std::string whole;  // the whole logical stream, once ReadAll loaded it
+  std::uint64_t bytes_read = 0;
+
+  Status Bad(const std::string& what) const { return Corrupt(path + ": " + what, path); }
+
+  // Reads physical blocks [b0, b1) into `dst` and checks each.
+  Status ReadBlocks(std::uint64_t b0, std::uint64_t b1, char* dst) {
+    SW_RETURN_IF_ERROR(read(b0 * kIndexBlockBytes, (b1 - b0) * kIndexBlockBytes, dst));
+    bytes_read += (b1 - b0) * kIndexBlockBytes;
+    for (std::uint64_t b = b0; b < b1; ++b) {
+      const char* p = dst + (b - b0) * kIndexBlockBytes;
+      if (Crc32c(p, kIndexPayloadBytes) != GetU32(p + kIndexPayloadBytes))
+        return Bad("index block " + std::to_string(b) + " (bytes " +
+                   std::to_string(b * kIndexBlockBytes) + "..+4096) fails its checksum");
+    }
+    return Status::Ok();
+  }
+
+  // Logical bytes [off, off + len): small reads go through a cache of
+  // verified blocks, large ones are one read.
+  Status Load(std::uint64_t off, std::uint64_t len, std::string* out) {
+    if (off > logical || len > logical - off)
+      return Bad("index refers to bytes " + std::to_string(off) + "..+" + std::to_string(len) +
+                 " past its end (" + std::to_string(logical) + " bytes)");
+    out->resize(len);
+    if (len == 0) return Status::Ok();
+    if (!whole.empty()) {
+      std::memcpy(out->data(), whole.data() + off, len);
+      return Status::Ok();
+    }
+    const std::uint64_t b0 = off / kIndexPayloadBytes, b1 = (off + len - 1) / kIndexPayloadBytes + 1;
+    std::string big;
+    if (b1 - b0 > 2) {
+      big.resize((b1 - b0) * kIndexBlockBytes);
+      SW_RETURN_IF_ERROR(ReadBlocks(b0, b1, big.data()));
+    }
+    std::uint64_t done = 0;
+    for (std::uint64_t b = b0; b < b1; ++b) {
+      const char* blk;
+      if (!big.empty()) {
+        blk = big.data() + (b - b0) * kIndexBlockBytes;
+      } else {
+        auto it = cache.find(b);
+        if (it == cache.end()) {
+          if (cache.size() >= kCacheBlocks) cache.clear();
+          std::string fresh(kIndexBlockBytes, '\0');
+          SW_RETURN_IF_ERROR(ReadBlocks(b, b + 1, fresh.data()));
+          it = cache.emplace(b, std::move(fresh)).first;
+        }
+        blk = it->second.data();
+      }
+      const std::uint64_t within = b == b0 ? off % kIndexPayloadBytes : 0;
+      const std::uint64_t take = std::min<std::uint64_t>(kIndexPayloadBytes - within, len - done);
+      std::memcpy(out->data() + done, blk + within, take);
+      done += take;
+    }
+    return Status::Ok();
+  }
+
+  Status OpenHeader();
+  Status OpenItems(std::uint64_t items_off, std::uint64_t items_bytes, std::uint64_t body_end);
+  Result<ChunkRecord> DecodeRecord(std::size_t i, const char* p, std::uint64_t* crc_first);
+  Result<std::vector<ChunkRecord>> Records(std::size_t i, std::uint64_t first, std::uint64_t count);
+  Status LoadCrcs(const ItemRecord& it, std::vector<ChunkRecord>& chunks,
+                  const std::vector<std::uint64_t>& firsts);
+  Result<FileRecord> File(std::uint32_t f);
+};
+
+Status IndexReader::Impl::OpenHeader() {
+  const IndexRef& ref = commit.index;
+  if (ref.size % kIndexBlockBytes != 0 || ref.size < kIndexBlockBytes || ref.size > kMaxIndexBytes)
+    return Bad("index size " + std::to_string(ref.size) + " is not a positive multiple of 4096");
+  physical = ref.size;
+  logical = physical / kIndexBlockBytes * kIndexPayloadBytes;
+  std::string h;
+  SW_RETURN_IF_ERROR(Load(0, kHeaderBytes, &h));
+  if (std::memcmp(h.data(), kMagic, sizeof kMagic) != 0) return Bad("index has no SWINDEX2 magic");
+  std::uint64_t v[11];
+  for (int k = 0; k < 11; ++k) v[k] = GetU64(h.data() + 8 + 8 * k);
+  std::string id(h.data() + 96, kSaveIdBytes);
+  id.resize(std::strlen(id.c_str()));
+  if (id != commit.save_id)
+    return Bad("index belongs to save attempt '" + id + "', the manifest to '" + commit.save_id +
+               "'");
+  if (v[0] != static_cast<std::uint64_t>(commit.world_size) || v[1] != commit.checksum_block ||
+      v[2] != ref.files || v[3] != ref.items || v[4] != ref.chunks || v[10] != ref.file_bytes)
+    return Bad("index header disagrees with manifest.json (world size, block size or counts)");
+  ncrcs = v[5];
+  files_off = v[8];
+  crcs_off = v[9];
+  const std::uint64_t items_off = v[6], items_bytes = v[7];
+  if (items_off != kHeaderBytes || items_bytes > logical || files_off > logical ||
+      files_off < items_off + items_bytes || ref.files > (logical - files_off) / kFileRecordBytes ||
+      crcs_off != files_off + ref.files * kFileRecordBytes || ncrcs > (logical - crcs_off) / 4 ||
+      (logical - crcs_off - ncrcs * 4) >= kIndexPayloadBytes)
+    return Bad("index header's section offsets do not fit the file");
+  return OpenItems(items_off, items_bytes, files_off);
+}
+
+Status IndexReader::Impl::OpenItems(std::uint64_t items_off, std::uint64_t items_bytes,
+                                    std::uint64_t body_end) {
+  std::string table;
+  SW_RETURN_IF_ERROR(Load(items_off, items_bytes, &table));
+  Cursor c(table, path, "index items table");
+  const std::uint64_t body = items_off + items_bytes;
+  if (commit.index.items > items_bytes) return Bad("index declares more items than it holds");
+  items.resize(commit.index.items);
+  entries.resize(items.size());
+  std::uint64_t chunks = 0;
+  for (std::size_t i = 0; i < items.size(); ++i) {
+    ItemRecord& it = items[i];
+    Entry& e = entries[i];
+    SW_ASSIGN_OR_RETURN(it.name, c.Str(kMaxNameBytes));
+    SW_ASSIGN_OR_RETURN(std::uint64_t kind, c.Var(1));
+    it.kind = static_cast<ItemKind>(kind);
+    SW_ASSIGN_OR_RETURN(std::uint64_t dtype, c.Var(static_cast<std::uint64_t>(DType::kFloat8E5M2)));
+    it.dtype = static_cast<DType>(dtype);
+    SW_ASSIGN_OR_RETURN(std::uint64_t ndim, c.Var(kMaxDims));
+    SW_ASSIGN_OR_RETURN(it.shape, c.Dims(ndim));
+    SW_ASSIGN_OR_RETURN(e.n, c.Var(commit.index.chunks));
+    SW_ASSIGN_OR_RETURN(e.sort_dim, c.Var(ndim == 0 ? 0 : ndim - 1));
+    SW_ASSIGN_OR_RETURN(std::uint64_t max_extent, c.Var(INT64_MAX));
+    e.max_extent = static_cast<std::int64_t>(max_extent);
+    SW_ASSIGN_OR_RETURN(std::uint64_t rel, c.Var(body_end));
+    SW_RETURN_IF_ERROR(ValidateItemHeader(it, path));
+    if (!by_name.emplace(it.name, i).second) return Bad("item '" + it.name + "' is listed twice");
+    const std::uint64_t fence = e.n > kIndexFenceStride
+                                    ? (e.n + kIndexFenceStride - 1) / kIndexFenceStride * 8
+                                    : 0;
+    e.fence = body + rel;
+    e.records = e.fence + fence;
+    const std::uint64_t rb = RecordBytes(ndim);
+    if (e.fence > body_end || e.records > body_end || e.n > (body_end - e.records) / rb)
+      return Bad("item '" + it.name + "': its records lie outside the index body");
+    chunks += e.n;
+  }
+  if (c.left() != 0) return Bad("index items table has trailing bytes");
+  if (chunks != commit.index.chunks) return Bad("index items hold " + std::to_string(chunks) +
+                                                " chunks, the header says " +
+                                                std::to_string(commit.index.chunks));
+  // by_name holds views into items' names: items is never resized again.
+  return Status::Ok();
+}
+
+Result<FileRecord> IndexReader::Impl::File(std::uint32_t f) {
+  if (auto it = files.find(f); it != files.end()) return it->second;
+  if (f >= commit.index.files)
+    return Bad("index refers to file " + std::to_string(f) + " of " +
+               std::to_string(commit.index.files));
+  std::string r;
+  SW_RETURN_IF_ERROR(Load(files_off + std::uint64_t{f} * kFileRecordBytes, kFileRecordBytes, &r));
+  FileRecord rec;
+  const std::uint32_t rank = GetU32(r.data()), part = GetU32(r.data() + 4);
+  rec.size = GetU64(r.data() + 8);
+  const auto backend = static_cast<std::uint8_t>(r[16]), direct = static_cast<std::uint8_t>(r[17]);
+  if (rank >= static_cast<std::uint32_t>(commit.world_size) || part >= (1u << 24) ||
+      rec.size > kMaxFileBytes || backend > kOtherBackend || direct > 1)
+    return Bad("index file record " + std::to_string(f) + " is out of range");
+  rec.rank = static_cast<std::int32_t>(rank);
+  rec.name = ShardName(rec.rank, part);
+  rec.backend = backend == kThreads ? "threads" : backend == kUring ? "uring" : "other";
+  rec.direct_io = direct == 1;
+  files.emplace(f, rec);
+  return rec;
+}
+
+Result<ChunkRecord> IndexReader::Impl::DecodeRecord(std::size_t i, const char* p,
+                                                    std::uint64_t* crc_first) {
+  const std::size_t n = items[i].shape.size();
+  ChunkRecord ch;
+  ch.offsets.resize(n);
+  ch.sizes.resize(n);
+  for (std::size_t d = 0; d < n; ++d) ch.offsets[d] = static_cast<std::int64_t>(GetU64(p + 8 * d));
+  for (std::size_t d = 0; d < n; ++d)
+    ch.sizes[d] = static_cast<std::int64_t>(GetU64(p + 8 * (n + d)));
+  p += 16 * n;
+  ch.file = GetU32(p);
+  ch.offset = GetU64(p + 8);
+  ch.length = GetU64(p + 16);
+  *crc_first = GetU64(p + 24);
+  return ch;
+}
+
+// Records [first, first + count) of item i, checked and with checksums.
+Result<std::vector<ChunkRecord>> IndexReader::Impl::Records(std::size_t i, std::uint64_t first,
+                                                            std::uint64_t count) {
+  const ItemRecord& it = items[i];
+  const Entry& e = entries[i];
+  const std::size_t rb = RecordBytes(it.shape.size());
+  std::string raw;
+  SW_RETURN_IF_ERROR(Load(e.records + first * rb, count * rb, &raw));
+  std::vector<ChunkRecord> out(count);
+  std::vector<std::uint64_t> firsts(count);
+  for (std::uint64_t k = 0; k < count; ++k) {
+    SW_ASSIGN_OR_RETURN(out[k], DecodeRecord(i, raw.data() + k * rb, &firsts[k]));
+    if (k > 0) {
+      const auto ka = SortKey(out[k - 1], e.sort_dim), kb = SortKey(out[k], e.sort_dim);
+      if (ka > kb || (ka == kb && !(out[k - 1].offsets < out[k].offsets)))
+        return Bad("item '" + it.name + "': chunk records are not sorted (or two start at the "
+                   "same offsets)");
+    }
+    if (!out[k].sizes.empty() && out[k].sizes[e.sort_dim] > e.max_extent)
+      return Bad("item '" + it.name + "': a chunk is larger than the item's recorded extent");
+  }
+  SW_RETURN_IF_ERROR(LoadCrcs(it, out, firsts));
+  for (std::uint64_t k = 0; k < count; ++k) {
+    if (out[k].file >= commit.index.files)
+      return Bad("item '" + it.name + "' chunk " + std::to_string(first + k) +
+                 ": file index out of range");
+    SW_ASSIGN_OR_RETURN(FileRecord file, File(out[k].file));
+    SW_RETURN_IF_ERROR(
+        ValidateChunkRecord(it, first + k, out[k], file, commit.checksum_block, path));
+  }
+  return out;
+}
+
+Status IndexReader::Impl::LoadCrcs(const ItemRecord& it, std::vector<ChunkRecord>& chunks,
+                                   const std::vector<std::uint64_t>& firsts) {
+  std::uint64_t lo = UINT64_MAX, hi = 0, need = 0;
+  for (std::size_t k = 0; k < chunks.size(); ++k) {
+    const std::uint64_t n = BlockCount(chunks[k].length, commit.checksum_block);
+    if (firsts[k] > ncrcs || n > ncrcs - firsts[k])
+      return Bad("item '" + it.name + "': a chunk's checksums lie outside the index");
+    lo = std::min(lo, firsts[k]);
+    hi = std::max(hi, firsts[k] + n);
+    need += n;
+  }
+  if (need == 0) return Status::Ok();
+  std::string raw;
+  const bool together = hi - lo <= need + 1024;  // as written: one run
+  if (together) SW_RETURN_IF_ERROR(Load(crcs_off + lo * 4, (hi - lo) * 4, &raw));
+  for (std::size_t k = 0; k < chunks.size(); ++k) {
+    const std::uint64_t n = BlockCount(chunks[k].length, commit.checksum_block);
+    std::uint64_t base = firsts[k] - lo;
+    if (!together) {
+      SW_RETURN_IF_ERROR(Load(crcs_off + firsts[k] * 4, n * 4, &raw));
+      base = 0;
+    }
+    chunks[k].crc32c.resize(n);
+    for (std::uint64_t b = 0; b < n; ++b) chunks[k].crc32c[b] = GetU32(raw.data() + (base + b) * 4);
+  }
+  return Status::Ok();
+}
+
+// ---------------------------------------------------------------------------
+
+IndexReader::IndexReader(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
+IndexReader::~IndexReader() = default;
+
+Result<std::unique_ptr<IndexReader>> IndexReader::Open(IndexReadFn read, const Manifest& commit,
+                                                       const std::string& path) {
+  auto impl = std::make_unique<Impl>();
+  impl->read = std::move(read);
+  impl->path = path;
+  impl->commit = commit;
+  impl->commit.items.clear();
+  impl->commit.files.clear();
+  SW_RETURN_IF_ERROR(impl->OpenHeader());
+  return std::unique_ptr<IndexReader>(new IndexReader(std::move(impl)));
+}
+
+const std::vector<ItemRecord>& IndexReader::items() const { return impl_->items; }
+
+std::size_t IndexReader::Find(std::string_view name) const {
+  auto it = impl_->by_name.find(name);
+  return it == impl_->by_name.end() ? impl_->items.size() : it->second;
+}
+
+Result<std::vector<ChunkRecord>> IndexReader::Chunks(std::size_t i) {
+  if (i >= impl_->items.size()) return InvalidArgument("no item " + std::to_string(i));
+  return impl_->Records(i, 0, impl_->entries[i].n);
+}
+
+Result<std::vector<ChunkRecord>> IndexReader::ChunksOverlapping(
+    std::size_t i, const std::vector<std::int64_t>& offsets,
+    const std::vector<std::int64_t>& sizes) {
+  Impl& m = *impl_;
+  if (i >= m.items.size()) return InvalidArgument("no item " + std::to_string(i));
+  const ItemRecord& it = m.items[i];
+  const Impl::Entry& e = m.entries[i];
+  if (offsets.size() != it.shape.size() || sizes.size() != it.shape.size())
+    return InvalidArgument("box of item '" + it.name + "' must have " +
+                           std::to_string(it.shape.size()) + " dimensions");
+  for (std::size_t d = 0; d < offsets.size(); ++d)
+    if (offsets[d] < 0 || sizes[d] < 0 || offsets[d] > it.shape[d] - sizes[d])
+      return InvalidArgument("box of item '" + it.name + "' lies outside its shape");
+  auto overlaps = [&](const ChunkRecord& c) {
+    for (std::size_t d = 0; d < offsets.size(); ++d)
+      if (c.offsets[d] >= offsets[d] + sizes[d] || c.offsets[d] + c.sizes[d] <= offsets[d])
+        return false;
+    return true;
+  };
+  std::uint64_t start = 0;  // first record that may overlap
+  const std::size_t sd = e.sort_dim;
+  const std::int64_t lo = offsets.empty() ? 0 : offsets[sd] - e.max_extent + 1;
+  const std::int64_t hi = offsets.empty() ? 1 : offsets[sd] + sizes[sd];
+  if (e.n > kIndexFenceStride) {
+    const std::uint64_t nf = (e.n + kIndexFenceStride - 1) / kIndexFenceStride;
+    std::string fence;
+    SW_RETURN_IF_ERROR(m.Load(e.fence, nf * 8, &fence));
+    std::uint64_t g = 0;  // the last group whose first key is below lo
+    for (std::uint64_t k = 0; k < nf; ++k) {
+      const auto key = static_cast<std::int64_t>(GetU64(fence.data() + 8 * k));
+      if (k > 0 && key < static_cast<std::int64_t>(GetU64(fence.data() + 8 * (k - 1))))
+        return m.Bad("item '" + it.name + "': its fence is not sorted");
+      if (key < lo) g = k;
+    }
+    start = g * kIndexFenceStride;
+  }
+  std::vector<ChunkRecord> out;
+  for (std::uint64_t at = start; at < e.n; at += kIndexFenceStride) {
+    const std::uint64_t count = std::min<std::uint64_t>(kIndexFenceStride, e.n - at);
+    SW_ASSIGN_OR_RETURN(auto group, m.Records(i, at, count));
+    bool past = false;
+    for (auto& c : group) {
+      if (SortKey(c, sd) >= hi && !offsets.empty()) {
+        past = true;
+        break;
+      }
+      if (overlaps(c)) out.push_back(std::move(c));
+    }
+    if (past) break;
+  }
+  return out;
+}
+
+Result<FileRecord> IndexReader::File(std::uint32_t f) { return impl_->File(f); }
+
+Result<Manifest> IndexReader::ReadAll() {
+  Impl& m = *impl_;
+  if (m.whole.empty()) {
+    std::string phys(m.physical, '\0');
+    SW_RETURN_IF_ERROR(m.ReadBlocks(0, m.physical / kIndexBlockBytes, phys.data()));
+    std::string logical(m.logical, '\0');
+    for (std::uint64_t b = 0; b < m.physical / kIndexBlockBytes; ++b)
+      std::memcpy(logical.data() + b * kIndexPayloadBytes, phys.data() + b * kIndexBlockBytes,
+                  kIndexPayloadBytes);
+    m.whole = std::move(logical);
+  }
+  Manifest out = m.commit;
+  out.files.resize(m.commit.index.files);
+  for (std::uint32_t f = 0; f < out.files.size(); ++f) {
+    SW_ASSIGN_OR_RETURN(out.files[f], m.File(f));
+  }
+  out.items = m.items;
+  for (std::size_t i = 0; i < out.items.size(); ++i) {
+    SW_ASSIGN_OR_RETURN(out.items[i].chunks, Chunks(i));
+  }
+  SW_RETURN_IF_ERROR(Validate(out, m.path));
+  return out;
+}
+
+std::uint64_t IndexReader::bytes_read() const { return impl_->bytes_read; }
+
+}  // namespace shardwise::format

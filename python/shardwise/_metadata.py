@@ -1,11 +1,13 @@
 """DCP ``Metadata`` to and from the JSON stored in manifest.json ("dcp").
 
-The reader rebuilds ``Metadata`` from JSON only; nothing is unpickled.
-Checkpoints written by the C++ API carry no "dcp" block: their Metadata is
-derived from the manifest's items.
+The reader rebuilds ``Metadata`` from JSON and the checkpoint's items only;
+nothing is unpickled. Checkpoints written by the C++ API carry no "dcp"
+block: their Metadata is derived from the items alone.
 """
 from __future__ import annotations
 
+import json
+from collections.abc import Iterable, Iterator, Mapping
 from typing import Any
 
 import torch
@@ -20,7 +22,11 @@ from torch.distributed.checkpoint.metadata import (
 
 from ._values import _dec, _enc
 
-_FORMAT = 1
+# The "dcp" block of manifest.json. Format 1 repeated every item's dtype,
+# shape and chunks in "state_dict_metadata"; format 2 keeps only what the
+# checkpoint's items do not say (requires_grad, planner data, storage meta),
+# and the state_dict_metadata is resolved lazily from the items.
+_FORMAT = 2
 
 
 def dtype_name(dtype: torch.dtype) -> str:
@@ -35,20 +41,9 @@ def dtype_from_name(name: str) -> torch.dtype:
 
 
 def to_json(md: Metadata) -> dict[str, Any]:
-    sdm: dict[str, Any] = {}
-    for fqn, m in md.state_dict_metadata.items():
-        if isinstance(m, BytesStorageMetadata):
-            sdm[fqn] = {"type": "bytes"}
-        else:
-            sdm[fqn] = {
-                "type": "tensor",
-                "dtype": dtype_name(m.properties.dtype),
-                "requires_grad": bool(m.properties.requires_grad),
-                "size": list(m.size),
-                "chunks": [[list(c.offsets), list(c.sizes)] for c in m.chunks],
-            }
-    out: dict[str, Any] = {"format": _FORMAT, "version": md.version,
-                           "state_dict_metadata": sdm}
+    grad = sorted(fqn for fqn, m in md.state_dict_metadata.items()
+                  if isinstance(m, TensorStorageMetadata) and m.properties.requires_grad)
+    out: dict[str, Any] = {"format": _FORMAT, "version": md.version, "requires_grad": grad}
     # The default planners' planner_data maps flattened keys to their paths in
     # the nested state dict (lists of str/int): JSON as it is.
     out["planner_data"] = _enc(md.planner_data) if md.planner_data is not None else None
@@ -58,45 +53,95 @@ def to_json(md: Metadata) -> dict[str, Any]:
     return out
 
 
+def _storage_meta(d: dict[str, Any], checkpoint_id: str) -> StorageMeta:
+    sm = d.get("storage_meta") or {}
+    return StorageMeta(checkpoint_id=checkpoint_id, save_id=sm.get("save_id"),
+                       modules=sm.get("modules", []))
+
+
+def _tensor(dtype: str, size: list[int], chunks: Iterable[tuple[list[int], list[int]]],
+            requires_grad: bool = False) -> TensorStorageMetadata:
+    return TensorStorageMetadata(
+        properties=TensorProperties(dtype=dtype_from_name(dtype), requires_grad=requires_grad),
+        size=torch.Size(size),
+        chunks=[ChunkStorageMetadata(offsets=torch.Size(o), sizes=torch.Size(s))
+                for o, s in chunks],
+    )
+
+
 def from_json(d: dict[str, Any], checkpoint_id: str) -> Metadata:
-    if d.get("format") != _FORMAT:
+    """Metadata from a format-1 "dcp" block, which lists every entry."""
+    if d.get("format") != 1:
         raise ValueError(f"unsupported DCP metadata format {d.get('format')!r}")
     sdm: dict[str, Any] = {}
     for fqn, m in d["state_dict_metadata"].items():
         if m["type"] == "bytes":
             sdm[fqn] = BytesStorageMetadata()
-            continue
-        sdm[fqn] = TensorStorageMetadata(
-            properties=TensorProperties(dtype=dtype_from_name(m["dtype"]),
-                                        requires_grad=bool(m.get("requires_grad", False))),
-            size=torch.Size(m["size"]),
-            chunks=[ChunkStorageMetadata(offsets=torch.Size(o), sizes=torch.Size(s))
-                    for o, s in m["chunks"]],
-        )
-    sm = d.get("storage_meta") or {}
+        else:
+            sdm[fqn] = _tensor(m["dtype"], m["size"], m["chunks"],
+                               bool(m.get("requires_grad", False)))
     planner_data = d.get("planner_data")
-    return Metadata(
-        state_dict_metadata=sdm,
-        planner_data=_dec(planner_data) if planner_data is not None else None,
-        storage_meta=StorageMeta(checkpoint_id=checkpoint_id, save_id=sm.get("save_id"),
-                                 modules=sm.get("modules", [])),
-        version=d.get("version"),
-    )
-
-
-def from_items(manifest: dict[str, Any], checkpoint_id: str) -> Metadata:
-    """Metadata for a checkpoint written without DCP (C++ API, CLI bench)."""
-    sdm: dict[str, Any] = {}
-    for it in manifest["items"]:
-        if it["kind"] == "bytes":
-            sdm[it["name"]] = BytesStorageMetadata()
-            continue
-        sdm[it["name"]] = TensorStorageMetadata(
-            properties=TensorProperties(dtype=dtype_from_name(it["dtype"])),
-            size=torch.Size(it["shape"]),
-            chunks=[ChunkStorageMetadata(offsets=torch.Size(c["offsets"]),
-                                         sizes=torch.Size(c["sizes"]))
-                    for c in it["chunks"]],
-        )
     return Metadata(state_dict_metadata=sdm,
-                    storage_meta=StorageMeta(checkpoint_id=checkpoint_id))
+                    planner_data=_dec(planner_data) if planner_data is not None else None,
+                    storage_meta=_storage_meta(d, checkpoint_id), version=d.get("version"))
+
+
+class LazyStateDictMetadata(Mapping[str, Any]):
+    """DCP's ``state_dict_metadata``, resolved one entry at a time.
+
+    Membership, ``keys()`` and ``len()`` come from the checkpoint's items
+    table, which the reader holds already; ``m[fqn]`` reads that item's
+    chunk records (in format 2, only those) the first time it is asked for.
+    So a rank that loads some items reads the metadata of those items only.
+    ``items()`` and ``values()`` resolve every entry: DCP calls them only on
+    paths that rebuild a whole state dict (``_EmptyStateDictLoadPlanner``,
+    ``dcp_to_torch_save``).
+    """
+
+    def __init__(self, reader: Any, names: Iterable[str], requires_grad: Iterable[str] = ()):
+        self._reader = reader
+        self._names = dict.fromkeys(names)  # ordered, O(1) membership
+        self._grad = frozenset(requires_grad)
+        self._resolved: dict[str, Any] = {}
+
+    def __getitem__(self, fqn: str) -> Any:
+        hit = self._resolved.get(fqn)
+        if hit is not None:
+            return hit
+        if fqn not in self._names:
+            raise KeyError(fqn)
+        it = self._reader.item(fqn)
+        if it["kind"] == "bytes":
+            md: Any = BytesStorageMetadata()
+        else:
+            md = _tensor(it["dtype"], it["shape"], it["chunks"], fqn in self._grad)
+        self._resolved[fqn] = md
+        return md
+
+    def __contains__(self, fqn: object) -> bool:
+        return fqn in self._names
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._names)
+
+    def __len__(self) -> int:
+        return len(self._names)
+
+    def __reduce__(self) -> Any:
+        # Pickled (DCP's process-based async paths): as a plain dict.
+        return (dict, (dict(self.items()),))
+
+
+def lazy(reader: Any, header: dict[str, Any], checkpoint_id: str) -> Metadata:
+    """Metadata of a checkpoint whose "dcp" block is format 2 or absent (the
+    C++ API and the CLI write none): entries come from the items."""
+    d = json.loads(header["dcp"]) if header.get("dcp") else {}
+    if d and d.get("format") == 1:
+        return from_json(d, checkpoint_id)
+    if d and d.get("format") != _FORMAT:
+        raise ValueError(f"unsupported DCP metadata format {d.get('format')!r}")
+    sdm = LazyStateDictMetadata(reader, reader.item_names(), d.get("requires_grad", ()))
+    planner_data = d.get("planner_data")
+    return Metadata(state_dict_metadata=sdm,  # type: ignore[arg-type]
+                    planner_data=_dec(planner_data) if planner_data is not None else None,
+                    storage_meta=_storage_meta(d, checkpoint_id), version=d.get("version"))

@@ -489,7 +489,8 @@ def _complete_when_staged(fut: Any, snap: _staging.Snapshot) -> None:
 class Reader(StorageReader):
     """DCP storage reader for shardwise checkpoints.
 
-    Rebuilds DCP ``Metadata`` from manifest.json (JSON, never pickle). Every
+    Rebuilds DCP ``Metadata`` from manifest.json and the checkpoint's index
+    (never pickle), one entry at a time as DCP asks for it. Every
     byte read is verified against its CRC32C; a mismatch raises
     :class:`shardwise.CorruptCheckpointError` naming the item and the file.
     Reading a slice of a saved chunk (resharding) reads only the checksum
@@ -512,8 +513,9 @@ class Reader(StorageReader):
         self.options = _options(io_backend=io_backend, queue_depth=queue_depth, io_unit=io_unit,
                                 direct_io=direct_io, threads=threads, **engine_options)
         self._core: Any = None
-        self._manifest: Optional[dict[str, Any]] = None
-        self._chunks: dict[tuple[str, tuple[int, ...]], int] = {}
+        self._header: Optional[dict[str, Any]] = None
+        # Per item resolved so far: its dtype, shape, and chunk numbers by offsets.
+        self._items: dict[str, tuple[str, list[int], dict[tuple[int, ...], int]]] = {}
 
     def __getstate__(self) -> dict[str, Any]:
         return {k: v for k, v in self.__dict__.items() if k not in ("_core",)}
@@ -528,27 +530,39 @@ class Reader(StorageReader):
         if self.path is None:
             raise ValueError("shardwise.dcp.Reader needs a checkpoint directory")
         self._core = None
-        self._manifest = None
+        self._header = None
+        self._items = {}
 
     def _open(self) -> Any:
+        # Opening reads manifest.json and, in format 2, the index's items
+        # table: no chunk records until an item is asked for.
         if self._core is None:
             if self.path is None:
                 raise ValueError("shardwise.dcp.Reader needs a checkpoint directory")
             self._core = _core.Reader(os.fspath(self.path), self.options)
-            self._manifest = json.loads(self._core.manifest_json())
-            self._chunks = {}
-            for it in self._manifest["items"]:
-                for i, c in enumerate(it["chunks"]):
-                    self._chunks[(it["name"], tuple(c["offsets"]))] = i
+            self._header = self._core.header()
+            self._items = {}
         return self._core
 
+    def _item(self, fqn: str) -> tuple[str, list[int], dict[tuple[int, ...], int]]:
+        hit = self._items.get(fqn)
+        if hit is None:
+            try:
+                it = self._open().item(fqn)
+            except FileNotFoundError:
+                raise _corrupt(f"{self.path}: the checkpoint has no item {fqn!r}",
+                               self.path) from None
+            chunks = {tuple(o): i for i, (o, _) in enumerate(it["chunks"])}
+            hit = self._items[fqn] = (it["dtype"], list(it["shape"]), chunks)
+        return hit
+
     def read_metadata(self, *args: Any, **kwargs: Any) -> Metadata:
-        self._open()
-        assert self._manifest is not None and self.path is not None
-        dcp = self._manifest.get("dcp")
-        if dcp:
-            return _metadata.from_json(dcp, self.path)
-        return _metadata.from_items(self._manifest, self.path)
+        """DCP ``Metadata`` whose ``state_dict_metadata`` resolves each entry
+        from the checkpoint's index when DCP first asks for it, so a rank
+        reads the metadata of the items it loads and no more."""
+        core = self._open()
+        assert self._header is not None and self.path is not None
+        return _metadata.lazy(core, self._header, self.path)
 
     def set_up_storage_reader(self, metadata: Metadata, is_coordinator: bool, *args: Any,
                               **kwargs: Any) -> None:
@@ -562,17 +576,13 @@ class Reader(StorageReader):
 
     def read_data(self, plan: LoadPlan, planner: LoadPlanner) -> Future[None]:
         core = self._open()
-        assert self._manifest is not None
-        items = {it["name"]: it for it in self._manifest["items"]}
         requests: list[Any] = []  # _core.ReadRequest
         pending: list[tuple[Any, torch.Tensor, torch.Tensor, bool]] = []
         for req in plan.items:
             fqn = req.storage_index.fqn
-            it = items.get(fqn)
-            if it is None:
-                raise _corrupt(f"{self.path}: the checkpoint has no item {fqn!r}", self.path)
+            dtype, shape, chunks = self._item(fqn)
             if req.type == LoadItemType.BYTE_IO:
-                n = int(it["shape"][0])
+                n = int(shape[0])
                 buf = torch.empty(n, dtype=torch.uint8)
                 core.read([_core.ReadRequest(fqn, address=buf.data_ptr(), nbytes=n)])
                 try:
@@ -581,12 +591,12 @@ class Reader(StorageReader):
                     raise _corrupt(str(e), self.path) from None
                 planner.load_bytes(req, _values.as_torch_bytes(value))
                 continue
-            key = (fqn, tuple(int(x) for x in req.storage_index.offset))
-            chunk = self._chunks.get(key)
+            offsets = tuple(int(x) for x in req.storage_index.offset)
+            chunk = chunks.get(offsets)
             if chunk is None:
-                raise _corrupt(f"{self.path}: item {fqn!r} has no chunk at offsets {list(key[1])}",
+                raise _corrupt(f"{self.path}: item {fqn!r} has no chunk at offsets {list(offsets)}",
                                self.path)
-            saved_dtype = _metadata.dtype_from_name(it["dtype"])
+            saved_dtype = _metadata.dtype_from_name(dtype)
             target = planner.resolve_tensor(req).detach()
             direct = (target.device.type == "cpu" and target.is_contiguous()
                       and target.dtype == saved_dtype)

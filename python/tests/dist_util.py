@@ -65,3 +65,13 @@ def run_ranks(world: int, fn: Callable[..., Any], *args: Any, timeout: float = 3
         if p.is_alive():
             p.kill()
     assert codes == [0] * world, f"rank exit codes: {codes}"
+
+
+def read_manifest(path: Any) -> dict[str, Any]:
+    """A checkpoint's manifest with every file and item listed (the format-1
+    schema), whichever format it was written in."""
+    import json
+
+    import shardwise
+
+    return json.loads(shardwise._core.Reader(os.fspath(path), {}).manifest_json())

@@ -15,7 +15,7 @@ from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_di
 import shardwise
 from shardwise.dcp import Reader, Writer
 
-from dist_util import run_ranks, start_ranks
+from dist_util import run_ranks, start_ranks, read_manifest
 
 
 def make_model(seed: int = 0) -> tuple[nn.Module, torch.optim.Optimizer]:
@@ -79,7 +79,7 @@ def _round_trip(rank: int, world: int, path: str) -> None:
 def test_round_trip_transformer_adamw_4_ranks(tmp_path):
     path = str(tmp_path / "ckpt" / "step-000000000042")
     run_ranks(4, _round_trip, path)
-    manifest = json.load(open(os.path.join(path, "manifest.json")))
+    manifest = read_manifest(path)
     assert manifest["world_size"] == 4 and manifest["step"] == 42
     # Replicated tensors are written once, spread across ranks by size.
     sizes = [f["size"] for f in manifest["files"]]
@@ -108,10 +108,10 @@ def test_gathered_commit_with_a_rank_that_saves_nothing(tmp_path):
     what DCP gathered (there are no fragment files to wait for)."""
     path = str(tmp_path / "ckpt" / "step-000000000003")
     run_ranks(2, _replicated_only, path)
-    manifest = json.load(open(os.path.join(path, "manifest.json")))
+    manifest = read_manifest(path)
     assert manifest["world_size"] == 2
     assert len(manifest["files"]) == 1, manifest["files"]
-    assert sorted(os.listdir(path)) == ["manifest.json", manifest["files"][0]["name"]]
+    assert sorted(os.listdir(path)) == ["index.swi", "manifest.json", manifest["files"][0]["name"]]
     assert shardwise._core.Reader(path, {}).verify().problems == []
 
 
@@ -155,7 +155,7 @@ def test_reshard_dtensor(tmp_path, n, m):
     path = str(tmp_path / "root" / "step-000000000001")
     run_ranks(n, _save_dtensors, path)
     run_ranks(m, _load_dtensors, path)
-    manifest = json.load(open(os.path.join(path, "manifest.json")))
+    manifest = read_manifest(path)
     rows = next(it for it in manifest["items"] if it["name"] == "w_rows")
     assert len(rows["chunks"]) == n
 
@@ -284,7 +284,7 @@ def test_corrupt_shard_falls_back(tmp_path):
     root = str(tmp_path / "root")
     run_ranks(2, _ckpt_two_steps, root)
     step2 = os.path.join(root, "step-000000000002")
-    manifest = json.load(open(os.path.join(step2, "manifest.json")))
+    manifest = read_manifest(step2)
     item = next(it for it in manifest["items"] if it["name"] == "v")
     chunk = item["chunks"][0]
     shard = os.path.join(step2, manifest["files"][chunk["file"]]["name"])

@@ -12,7 +12,7 @@ import torch.distributed.checkpoint as dcp
 import shardwise
 from shardwise.dcp import Reader
 
-from dist_util import run_ranks
+from dist_util import run_ranks, read_manifest
 
 
 def _stock_state():
@@ -47,7 +47,7 @@ def test_import_function_and_cli(tmp_path):
     state = _empty()
     dcp.load(state, storage_reader=Reader(dst), no_dist=True)
     _check(state)
-    manifest = json.load(open(dst / "manifest.json"))
+    manifest = read_manifest(dst)
     assert manifest["step"] == 11
     assert all(it["kind"] in ("tensor", "bytes") for it in manifest["items"])
     # The console command does the same.

@@ -1,0 +1,162 @@
+"""Per-rank metadata at load (issue 14, part 3): DCP's Metadata resolves each
+entry from the format-2 index when asked, so a load reads the metadata of
+the items it loads; format-1 checkpoints (and the "dcp" block of older
+releases) still load and verify."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import traceback
+
+import pytest
+import torch
+import torch.distributed.checkpoint as dcp
+from torch.distributed.checkpoint.api import CheckpointException
+from torch.distributed.checkpoint.default_planner import DefaultLoadPlanner
+from torch.distributed.checkpoint.metadata import TensorStorageMetadata
+
+import shardwise
+from shardwise.dcp import Reader, Writer
+
+from dist_util import read_manifest
+
+N = 3000  # items: enough that the index spans many blocks
+
+
+def _state(n: int = N) -> dict[str, torch.Tensor]:
+    return {f"layers.{i}.w": torch.arange(16, dtype=torch.float32) + i for i in range(n)}
+
+
+def _save(path: str, **engine_options) -> None:
+    dcp.save(_state(), storage_writer=Writer(path, step=5, **engine_options), no_dist=True)
+
+
+def test_a_load_reads_only_the_metadata_of_its_items(tmp_path):
+    path = str(tmp_path / "step-000000000005")
+    _save(path)
+    index_bytes = os.path.getsize(os.path.join(path, "index.swi"))
+    assert index_bytes > 32 * 4096
+    # Opening reads the fixed part: manifest.json and the index's items table.
+    reader = Reader(path)
+    opened = reader._open().metadata_bytes_read()
+    # Three items out of 3000: a few blocks each, not the chunk records of all.
+    want = ["layers.7.w", "layers.1500.w", "layers.2999.w"]
+    state = {k: torch.zeros(16) for k in want}
+    dcp.load(state, storage_reader=reader, no_dist=True)
+    for k in want:
+        assert torch.equal(state[k], _state()[k])
+    assert sorted(reader._items) == sorted(want)  # only these were resolved
+    per_item = (reader._core.metadata_bytes_read() - opened) / len(want)
+    assert per_item <= 4 * 4096, per_item
+    whole = shardwise._core.Reader(path, {})
+    whole.manifest_json()  # what a reader that needs everything reads
+    assert whole.metadata_bytes_read() > opened + index_bytes / 2
+
+    # keys(), len() and membership come from the items table: no records.
+    md = Reader(path).read_metadata()
+    sdm = md.state_dict_metadata
+    core = sdm._reader
+    before = core.metadata_bytes_read()
+    assert len(sdm) == N and "layers.42.w" in sdm and "nope" not in sdm
+    assert list(sdm)[:2] == ["layers.0.w", "layers.1.w"]
+    assert core.metadata_bytes_read() == before
+    entry = sdm["layers.42.w"]
+    assert isinstance(entry, TensorStorageMetadata) and list(entry.size) == [16]
+    assert core.metadata_bytes_read() - before <= 8 * 4096
+    with pytest.raises(KeyError):
+        sdm["nope"]
+
+
+def test_allow_partial_load_and_missing_keys(tmp_path):
+    path = str(tmp_path / "step-000000000005")
+    _save(path)
+    state = {"layers.3.w": torch.zeros(16), "not.saved": torch.zeros(2)}
+    with pytest.raises(CheckpointException) as refused:
+        dcp.load(state, storage_reader=Reader(path), no_dist=True)
+    why = "".join(traceback.format_exception(refused.value)) + repr(
+        getattr(refused.value, "failures", ""))
+    assert "Missing key in checkpoint state_dict: not.saved" in why, why
+    dcp.load(state, storage_reader=Reader(path), no_dist=True,
+             planner=DefaultLoadPlanner(allow_partial_load=True))
+    assert torch.equal(state["layers.3.w"], _state()["layers.3.w"])
+    assert torch.equal(state["not.saved"], torch.zeros(2))
+
+
+def _crc32c(data: bytes) -> int:
+    crc = 0xFFFFFFFF
+    for b in data:
+        crc ^= b
+        for _ in range(8):
+            crc = (crc >> 1) ^ (0x82F63B78 if crc & 1 else 0)
+    return crc ^ 0xFFFFFFFF
+
+
+def _legacy_dcp_block(manifest: dict) -> dict:
+    """The "dcp" block as releases before format 2 wrote it: every entry
+    listed, with dtype, size and chunks."""
+    sdm = {}
+    for it in manifest["items"]:
+        if it["kind"] == "bytes":
+            sdm[it["name"]] = {"type": "bytes"}
+        else:
+            sdm[it["name"]] = {"type": "tensor", "dtype": it["dtype"], "requires_grad": False,
+                               "size": it["shape"],
+                               "chunks": [[c["offsets"], c["sizes"]] for c in it["chunks"]]}
+    old = dict(manifest["dcp"])
+    old.pop("requires_grad", None)
+    old.update({"format": 1, "state_dict_metadata": sdm})
+    return old
+
+
+def test_format_1_checkpoints_still_load_inspect_and_verify(tmp_path):
+    path = str(tmp_path / "step-000000000005")
+    _save(path, format_version=1)
+    assert not os.path.exists(os.path.join(path, "index.swi"))
+    mpath = os.path.join(path, "manifest.json")
+    text = open(mpath).read()
+    assert json.loads(text)["format_version"] == 1 and '"files":[' in text
+    state = {"layers.11.w": torch.zeros(16)}
+    dcp.load(state, storage_reader=Reader(path), no_dist=True)
+    assert torch.equal(state["layers.11.w"], _state()["layers.11.w"])
+
+    # A manifest as an older release wrote it (format 1 with the old "dcp"
+    # block), resealed with its self-checksum: it loads the same way.
+    m = read_manifest(path)
+    m["dcp"] = _legacy_dcp_block(m)
+    del m["self_crc32c"]
+    body = json.dumps(m, separators=(",", ":"))
+    assert body.endswith("}")
+    crc = _crc32c(body.encode())
+    sealed = body[:-1] + ',"self_crc32c":"%08x"}\n' % crc
+    with open(mpath, "w") as f:
+        f.write(sealed)
+    state = {"layers.2000.w": torch.zeros(16)}
+    dcp.load(state, storage_reader=Reader(path), no_dist=True)
+    assert torch.equal(state["layers.2000.w"], _state()["layers.2000.w"])
+
+    # inspect and verify, on this format-1 checkpoint and a format-2 one.
+    path2 = str(tmp_path / "step-000000000006")
+    dcp.save(_state(10), storage_writer=Writer(path2, step=6), no_dist=True)
+    for p, version in ((path, 1), (path2, 2)):
+        out = subprocess.run([sys.executable, "-m", "shardwise.cli", "inspect", p, "--json"],
+                             capture_output=True, text=True, check=True).stdout
+        info = json.loads(out)
+        assert info["format_version"] == version
+        assert len(info["items"]) == (N if version == 1 else 10)
+        rc = subprocess.run([sys.executable, "-m", "shardwise.cli", "verify", p],
+                            capture_output=True).returncode
+        assert rc == 0, p
+
+
+def test_import_dcp_writes_format_2(tmp_path):
+    src = str(tmp_path / "stock")
+    dcp.save(_state(50), storage_writer=dcp.FileSystemWriter(src), no_dist=True)
+    dst = tmp_path / "sw" / "step-000000000001"
+    shardwise.import_dcp(src, dst, step=1)
+    assert json.load(open(dst / "manifest.json"))["format_version"] == 2
+    assert (dst / "index.swi").exists()
+    state = {"layers.49.w": torch.zeros(16)}
+    dcp.load(state, storage_reader=Reader(dst), no_dist=True)
+    assert torch.equal(state["layers.49.w"], _state()["layers.49.w"])

@@ -5,13 +5,13 @@
 # Exits non-zero on the first crash, leak, timeout or sanitizer report; the
 # reproducer is left in the printed directory (replay it with
 # build/fuzz/TARGET_fuzz FILE).
-#   scripts/fuzz.sh [SECONDS] [TARGET...]      targets: manifest shard_header checkpoint_dir rank_index
+#   scripts/fuzz.sh [SECONDS] [TARGET...]      targets: manifest shard_header checkpoint_dir rank_index index
 set -euo pipefail
 cd "$(dirname "$0")/.."
 seconds=${1:-30}
 [[ $# -gt 0 ]] && shift
 targets=("$@")
-((${#targets[@]})) || targets=(manifest shard_header checkpoint_dir rank_index)
+((${#targets[@]})) || targets=(manifest shard_header checkpoint_dir rank_index index)
 
 scripts/setup.sh fuzz
 work=$(mktemp -d "${TMPDIR:-/tmp}/shardwise-fuzz-XXXXXX")

@@ -114,8 +114,10 @@ void EncodeItems(const Manifest& m, std::string& table, std::string& body,
   }
 }
 
+}  // namespace
+
 // Cuts the logical stream into 4092-byte pieces, each sealed by its CRC32C.
-std::string SealBlocks(const std::string& logical) {
+std::string SealIndexBlocks(std::string_view logical) {
   const std::size_t blocks = (logical.size() + kIndexPayloadBytes - 1) / kIndexPayloadBytes;
   std::string out(blocks * kIndexBlockBytes, '\0');
   for (std::size_t b = 0; b < blocks; ++b) {
@@ -127,8 +129,6 @@ std::string SealBlocks(const std::string& logical) {
   }
   return out;
 }
-
-}  // namespace
 
 Result<std::string> EncodeIndex(const Manifest& m, IndexRef* ref) {
   std::string files;
@@ -167,7 +167,7 @@ Result<std::string> EncodeIndex(const Manifest& m, IndexRef* ref) {
   s += body;
   s += files;
   for (std::uint32_t c : crcs) PutU32(s, c);
-  std::string out = SealBlocks(s);
+  std::string out = SealIndexBlocks(s);
   *ref = {out.size(), m.files.size(), m.items.size(), chunks, file_bytes};
   return out;
 }

@@ -16,6 +16,7 @@
 #include <functional>
 #include <memory>
 #include <string>
+#include <string_view>
 #include <vector>
 
 #include "shardwise/status.h"
@@ -33,6 +34,11 @@ inline constexpr std::uint64_t kMaxIndexBytes = 1ull << 42;  // 4 TiB
 // Returns the file's bytes (a multiple of 4096) and fills *ref with what
 // manifest.json records about it.
 Result<std::string> EncodeIndex(const Manifest& m, IndexRef* ref);
+
+// The on-disk form of a logical stream: 4092-byte pieces (the last padded
+// with zeros), each followed by its CRC32C. EncodeIndex uses it; tests and
+// the fuzz target use it to build hostile indexes that pass the checksums.
+std::string SealIndexBlocks(std::string_view logical);
 
 // Reads `len` bytes of the index file at byte `offset` into `dst`.
 using IndexReadFn = std::function<Status(std::uint64_t offset, std::size_t len, char* dst)>;

@@ -6,7 +6,6 @@
 
 #include <cstring>
 
-#include "format/crc32c.h"
 #include "format/manifest.h"
 
 namespace shardwise::format {
@@ -192,13 +191,12 @@ TEST(Index, EveryFlippedBlockIsCaught) {
   }
 }
 
-// Reseals every block after `edit`, so that only the meaning is wrong.
+// Reseals every block, so that only the meaning is wrong.
 void Reseal(std::string& bytes) {
-  for (std::size_t b = 0; b < bytes.size() / kIndexBlockBytes; ++b) {
-    char* p = bytes.data() + b * kIndexBlockBytes;
-    const std::uint32_t crc = Crc32c(p, kIndexPayloadBytes);
-    for (int i = 0; i < 4; ++i) p[kIndexPayloadBytes + i] = static_cast<char>(crc >> (8 * i));
-  }
+  std::string logical;
+  for (std::size_t b = 0; b < bytes.size() / kIndexBlockBytes; ++b)
+    logical.append(bytes, b * kIndexBlockBytes, kIndexPayloadBytes);
+  bytes = SealIndexBlocks(logical);
 }
 
 TEST(Index, MeaningfulDamageIsCorruptNotACrash) {

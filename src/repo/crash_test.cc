@@ -90,6 +90,7 @@ TEST_F(CrashTest, KillAtEveryCommitStep) {
   const std::vector<std::pair<std::string, bool>> points = {
       {"shard_written", false},      {"fragment.tmp_synced", false},
       {"fragment.renamed", false},   {"fragment_written", false},
+      {"index.tmp_synced", false},   {"index.renamed", false},
       {"manifest.tmp_synced", false}, {"manifest.renamed", false},
       {"manifest_written", false},   {"staging_synced", false},
       {"renamed", true},             {"root_synced", true},

@@ -85,6 +85,7 @@ INSTANTIATE_TEST_SUITE_P(
     CommitProtocol, PowerLoss,
     ::testing::Values(Step{"shard_written", false}, Step{"fragment.tmp_synced", false},
                       Step{"fragment.renamed", false}, Step{"fragment_written", false},
+                      Step{"index.tmp_synced", false}, Step{"index.renamed", false},
                       Step{"manifest.tmp_synced", false}, Step{"manifest.renamed", false},
                       Step{"manifest_written", false}, Step{"staging_synced", false},
                       Step{"renamed", false}, Step{"root_synced", true},

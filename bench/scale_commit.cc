@@ -4,12 +4,20 @@
 // model gives), with sparse shard files of the declared sizes, then times
 //   commit: Repository::Commit (read, check and merge every fragment, write
 //           and fsync manifest.json, rename, fsync ROOT, update latest);
-//   load:   CheckpointReader::Open (read and validate the manifest: what a
-//           restarting job does before reading data).
+//   load:   one rank's metadata load, what a restarting rank does before it
+//           reads data: CheckpointReader::Open, then the chunks of its own
+//           slice of each of its items (ItemPart). Format 1 parses the
+//           whole manifest; format 2 reads the commit record, the items
+//           table and a few index blocks per item.
+//   whole:  the same rank resolving every chunk of its items (Item), as
+//           DCP's default load planner asks for them.
+// Bytes: the metadata one rank reads (load), and the total on disk
+// (manifest.json plus index.swi).
 // With --gathered, the ranks' indexes are handed to CommitGathered in memory
 // (binary rank indexes, as DCP's gather delivers them) instead of fragment
-// files the coordinator waits for and reads.
-//   scale_commit [--ranks 256,1024,4096] [--items 200] [--dir D] [--runs 3] [--gathered] [--json]
+// files the coordinator waits for and reads. --format 1 writes format 1.
+//   scale_commit [--ranks 256,1024,4096] [--items 200] [--dir D] [--runs 3] [--gathered]
+//                [--format 1|2] [--json]
 #include <fcntl.h>
 #include <unistd.h>
 
@@ -22,6 +30,7 @@
 
 #include "format/manifest.h"
 #include "format/rank_index.h"
+#include "fs/io_mode.h"
 #include "os/posix.h"
 #include "shardwise/shardwise.h"
 
@@ -84,11 +93,40 @@ Status Generate(Repository& repo, const SaveSpec& spec, int items,
   return Status::Ok();
 }
 
+struct Loaded {
+  double seconds = 0;
+  std::uint64_t bytes = 0;
+};
+
+// What rank `rank` of a restart reads before its data: open the checkpoint,
+// then its own slice of each item (or, `whole`, every chunk of each item).
+Result<Loaded> LoadRank(const std::string& ckpt, const Options& o, int rank, int items, int R,
+                        bool whole) {
+  const std::int64_t rows = 64, cols = 256;
+  const double t0 = os::MonotonicSeconds();
+  SW_ASSIGN_OR_RETURN(auto reader, CheckpointReader::Open(ckpt, o));
+  for (int i = 0; i < items; ++i) {
+    const std::string name =
+        "model.layers." + std::to_string(i / 8) + ".w" + std::to_string(i % 8);
+    const ItemRecord* it;
+    if (whole) {
+      SW_ASSIGN_OR_RETURN(it, reader->Item(name));
+      if (it->chunks.size() != static_cast<std::size_t>(R)) return Corrupt("wrong chunk count");
+    } else {
+      SW_ASSIGN_OR_RETURN(it, reader->ItemPart(name, {rows * rank, 0}, {rows, cols}));
+      bool found = false;
+      for (const auto& c : it->chunks) found |= c.offsets[0] == rows * rank;
+      if (!found) return Corrupt("rank's chunk not found in " + name);
+    }
+  }
+  return Loaded{os::MonotonicSeconds() - t0, reader->metadata_bytes_read()};
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
   std::vector<int> ranks = {256, 1024, 4096};
-  int items = 200, runs = 3;
+  int items = 200, runs = 3, format = 2;
   std::string dir = "/tmp/shardwise-scale";
   bool json = false, keep = false, generate_only = false, gathered = false;
   for (int i = 1; i < argc; ++i) {
@@ -103,23 +141,28 @@ int main(int argc, char** argv) {
     else if (a == "--runs") runs = std::stoi(next());
     else if (a == "--json") json = true;
     else if (a == "--gathered") gathered = true;
+    else if (a == "--format") format = std::stoi(next());
     else if (a == "--keep") keep = true;
     else if (a == "--generate-only") generate_only = keep = true;  // for profiling
     else {
       std::fprintf(stderr, "usage: scale_commit [--ranks 256,1024,4096] [--items 200] [--dir D] "
-                           "[--runs 3] [--gathered] [--json] [--keep]\n");
+                           "[--runs 3] [--gathered] [--format 1|2] [--json] [--keep]\n");
       return 2;
     }
   }
-  if (!json) std::printf("| ranks | items/rank | chunks | manifest | commit (s) | metadata load (s) | total (s) |\n|---:|---:|---:|---:|---:|---:|---:|\n");
+  if (!json)
+    std::printf("| ranks | items/rank | chunks | metadata on disk | commit (s) | one rank's load "
+                "(s) | bytes it read | whole items (s) | bytes | commit + load (s) |\n"
+                "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n");
   std::string out_json = "[";
   for (int R : ranks) {
-    std::vector<double> commit, load;
-    std::uint64_t manifest_bytes = 0, report_bytes = 0;
+    std::vector<double> commit, load, whole;
+    std::uint64_t disk_bytes = 0, report_bytes = 0, load_bytes = 0, whole_bytes = 0;
     for (int run = 0; run < runs; ++run) {
       (void)os::RemoveTree(dir);
       Options o;
       o.poll_interval_s = 0.001;
+      o.format_version = format;
       auto repo = Repository::Open(dir, o);
       if (!repo.ok()) return std::fprintf(stderr, "%s\n", repo.status().ToString().c_str()), 1;
       SaveSpec spec;
@@ -140,28 +183,43 @@ int main(int argc, char** argv) {
       auto c = gathered ? (*repo)->CommitGathered(spec, indexes) : (*repo)->Commit(spec);
       double t1 = os::MonotonicSeconds();
       if (!c.ok()) return std::fprintf(stderr, "%s\n", c.status().ToString().c_str()), 1;
-      auto reader = CheckpointReader::Open(os::JoinPath(dir, spec.name), o);
-      double t2 = os::MonotonicSeconds();
-      if (!reader.ok()) return std::fprintf(stderr, "%s\n", reader.status().ToString().c_str()), 1;
+      const std::string ckpt = os::JoinPath(dir, spec.name);
+      // The I/O mode of the root is probed once per process: not a cost of
+      // the metadata.
+      (void)fs::IoModeFor(dir, o);
+      auto m = LoadRank(ckpt, o, R / 2, items, R, /*whole=*/false);
+      if (!m.ok()) return std::fprintf(stderr, "%s\n", m.status().ToString().c_str()), 1;
+      auto w = LoadRank(ckpt, o, R / 2, items, R, /*whole=*/true);
+      if (!w.ok()) return std::fprintf(stderr, "%s\n", w.status().ToString().c_str()), 1;
       commit.push_back(t1 - t0);
-      load.push_back(t2 - t1);
-      manifest_bytes = static_cast<std::uint64_t>(
-          os::Stat(os::JoinPath(os::JoinPath(dir, spec.name), "manifest.json"))->st_size);
+      load.push_back(m->seconds);
+      whole.push_back(w->seconds);
+      load_bytes = m->bytes;
+      whole_bytes = w->bytes;
+      disk_bytes = 0;
+      for (const char* f : {"manifest.json", "index.swi"}) {
+        auto st = os::Stat(os::JoinPath(ckpt, f));
+        if (st.ok()) disk_bytes += static_cast<std::uint64_t>(st->st_size);
+      }
     }
-    double mc = Median(commit), ml = Median(load);
+    double mc = Median(commit), ml = Median(load), mw = Median(whole);
     if (json) {
-      char buf[256];
+      char buf[512];
       std::snprintf(buf, sizeof buf,
-                    "%s{\"ranks\":%d,\"items_per_rank\":%d,\"gathered\":%s,"
-                    "\"rank_report_bytes\":%llu,"
-                    "\"manifest_bytes\":%llu,\"commit_s\":%.4f,\"metadata_load_s\":%.4f}",
-                    out_json.size() > 1 ? "," : "", R, items, gathered ? "true" : "false",
-                    static_cast<unsigned long long>(report_bytes),
-                    static_cast<unsigned long long>(manifest_bytes), mc, ml);
+                    "%s{\"ranks\":%d,\"items_per_rank\":%d,\"format\":%d,\"gathered\":%s,"
+                    "\"rank_report_bytes\":%llu,\"metadata_disk_bytes\":%llu,"
+                    "\"commit_s\":%.4f,\"rank_load_s\":%.4f,\"rank_load_bytes\":%llu,"
+                    "\"whole_items_load_s\":%.4f,\"whole_items_bytes\":%llu}",
+                    out_json.size() > 1 ? "," : "", R, items, format,
+                    gathered ? "true" : "false", static_cast<unsigned long long>(report_bytes),
+                    static_cast<unsigned long long>(disk_bytes), mc, ml,
+                    static_cast<unsigned long long>(load_bytes), mw,
+                    static_cast<unsigned long long>(whole_bytes));
       out_json += buf;
     } else {
-      std::printf("| %d | %d | %d | %s | %.3f | %.3f | %.3f |\n", R, items, R * items,
-                  FormatBytes(manifest_bytes).c_str(), mc, ml, mc + ml);
+      std::printf("| %d | %d | %d | %s | %.3f | %.4f | %s | %.3f | %s | %.3f |\n", R, items,
+                  R * items, FormatBytes(disk_bytes).c_str(), mc, ml,
+                  FormatBytes(load_bytes).c_str(), mw, FormatBytes(whole_bytes).c_str(), mc + ml);
       std::fflush(stdout);
     }
   }

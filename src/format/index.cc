@@ -17,8 +17,6 @@ using binary::GetU32;
 using binary::GetU64;
 using binary::PutDims;
 using binary::PutStr;
-using binary::PutU32;
-using binary::PutU64;
 using binary::PutVar;
 
 constexpr char kMagic[8] = {'S', 'W', 'I', 'N', 'D', 'E', 'X', '2'};
@@ -34,17 +32,16 @@ std::int64_t SortKey(const ChunkRecord& c, std::size_t sd) {
   return c.offsets.empty() ? 0 : c.offsets[sd];
 }
 
-// The dimension along which the chunks' offsets differ most: sorting by it
-// makes a box lookup touch few records.
+// The dimension whose offsets change most often from one chunk to the next
+// (in the order the ranks reported them): the one the chunks are spread
+// along, so that sorting by it makes a box lookup touch few records. O(n).
 std::size_t SortDim(const ItemRecord& it) {
   std::size_t best = 0, best_n = 0;
-  std::vector<std::int64_t> v;
   for (std::size_t d = 0; d < it.shape.size(); ++d) {
-    v.clear();
-    for (const auto& c : it.chunks) v.push_back(c.offsets[d]);
-    std::sort(v.begin(), v.end());
-    std::size_t n = static_cast<std::size_t>(std::unique(v.begin(), v.end()) - v.begin());
-    if (n > best_n) best = d, best_n = n;
+    std::size_t changes = 0;
+    for (std::size_t c = 1; c < it.chunks.size(); ++c)
+      changes += it.chunks[c].offsets[d] != it.chunks[c - 1].offsets[d];
+    if (changes > best_n) best = d, best_n = changes;
   }
   return best;
 }
@@ -70,31 +67,55 @@ Result<std::uint32_t> PartOf(const FileRecord& f) {
                          "'s shard; format 2 records only shard files it can name");
 }
 
-void PutRecord(std::string& out, const ChunkRecord& c, std::uint64_t crc_first) {
-  for (std::int64_t v : c.offsets) PutU64(out, static_cast<std::uint64_t>(v));
-  for (std::int64_t v : c.sizes) PutU64(out, static_cast<std::uint64_t>(v));
-  PutU32(out, c.file);
-  PutU32(out, 0);
-  PutU64(out, c.offset);
-  PutU64(out, c.length);
-  PutU64(out, crc_first);
+// Little-endian stores into a buffer sized in advance.
+struct Writer {
+  char* p;
+  void U64(std::uint64_t v) {
+    for (int i = 0; i < 8; ++i) p[i] = static_cast<char>(v >> (8 * i));
+    p += 8;
+  }
+  void U32(std::uint32_t v) {
+    for (int i = 0; i < 4; ++i) p[i] = static_cast<char>(v >> (8 * i));
+    p += 4;
+  }
+};
+
+// How one item is laid out: its sort dimension and record order.
+struct ItemPlan {
+  std::size_t sort_dim = 0;
+  std::vector<std::uint32_t> order;  // empty: the chunks are in order already
+  std::int64_t max_extent = 0;
+  std::uint64_t body_off = 0;  // where its fence (or records) start in the body
+  std::uint64_t crc_first = 0;
+};
+
+std::uint64_t FenceBytes(std::uint64_t n) {
+  return n > kIndexFenceStride ? (n + kIndexFenceStride - 1) / kIndexFenceStride * 8 : 0;
 }
 
-// Item entries, then (in `body`) each item's fence and sorted records.
-void EncodeItems(const Manifest& m, std::string& table, std::string& body,
-                 std::vector<std::uint32_t>& crcs) {
-  std::vector<std::size_t> order;
-  for (const ItemRecord& it : m.items) {
-    const std::size_t sd = SortDim(it), n = it.chunks.size();
-    order.resize(n);
-    for (std::size_t c = 0; c < n; ++c) order[c] = c;
-    std::sort(order.begin(), order.end(), [&](std::size_t a, std::size_t b) {
-      const auto ka = SortKey(it.chunks[a], sd), kb = SortKey(it.chunks[b], sd);
-      return ka != kb ? ka < kb : it.chunks[a].offsets < it.chunks[b].offsets;
-    });
-    std::int64_t max_extent = 0;
-    for (const auto& c : it.chunks)
-      if (!c.sizes.empty()) max_extent = std::max(max_extent, c.sizes[sd]);
+// Plans every item and writes the items table; returns the body's size.
+std::uint64_t PlanItems(const Manifest& m, std::vector<ItemPlan>& plans, std::string& table) {
+  plans.resize(m.items.size());
+  std::uint64_t body = 0, crcs = 0;
+  for (std::size_t i = 0; i < m.items.size(); ++i) {
+    const ItemRecord& it = m.items[i];
+    ItemPlan& p = plans[i];
+    const std::size_t sd = p.sort_dim = SortDim(it), n = it.chunks.size();
+    auto less = [&](const ChunkRecord& a, const ChunkRecord& b) {
+      const auto ka = SortKey(a, sd), kb = SortKey(b, sd);
+      return ka != kb ? ka < kb : a.offsets < b.offsets;
+    };
+    if (!std::is_sorted(it.chunks.begin(), it.chunks.end(), less)) {
+      p.order.resize(n);
+      for (std::size_t c = 0; c < n; ++c) p.order[c] = static_cast<std::uint32_t>(c);
+      std::sort(p.order.begin(), p.order.end(),
+                [&](std::uint32_t a, std::uint32_t b) { return less(it.chunks[a], it.chunks[b]); });
+    }
+    for (const auto& c : it.chunks) {
+      if (!c.sizes.empty()) p.max_extent = std::max(p.max_extent, c.sizes[sd]);
+      crcs += c.crc32c.size();
+    }
+    p.body_off = body;
     PutStr(table, it.name);
     PutVar(table, static_cast<std::uint64_t>(it.kind));
     PutVar(table, static_cast<std::uint64_t>(it.dtype));
@@ -102,14 +123,39 @@ void EncodeItems(const Manifest& m, std::string& table, std::string& body,
     PutDims(table, it.shape);
     PutVar(table, n);
     PutVar(table, sd);
-    PutVar(table, static_cast<std::uint64_t>(max_extent));
-    PutVar(table, body.size());  // where its fence (or records) start in the body
+    PutVar(table, static_cast<std::uint64_t>(p.max_extent));
+    PutVar(table, body);
+    body += FenceBytes(n) + n * RecordBytes(it.shape.size());
+  }
+  return body;
+}
+
+// Writes each item's fence and records at `body`, and its checksums at `crcs`.
+void WriteItems(const Manifest& m, const std::vector<ItemPlan>& plans, char* body, char* crcs) {
+  std::uint64_t crc_next = 0;
+  Writer crc{crcs};
+  for (std::size_t i = 0; i < m.items.size(); ++i) {
+    const ItemRecord& it = m.items[i];
+    const ItemPlan& p = plans[i];
+    const std::size_t n = it.chunks.size();
+    auto at = [&](std::size_t k) -> const ChunkRecord& {
+      return it.chunks[p.order.empty() ? k : p.order[k]];
+    };
+    Writer w{body + p.body_off};
     if (n > kIndexFenceStride)
       for (std::size_t k = 0; k < n; k += kIndexFenceStride)
-        PutU64(body, static_cast<std::uint64_t>(SortKey(it.chunks[order[k]], sd)));
-    for (std::size_t c : order) {
-      PutRecord(body, it.chunks[c], crcs.size());
-      crcs.insert(crcs.end(), it.chunks[c].crc32c.begin(), it.chunks[c].crc32c.end());
+        w.U64(static_cast<std::uint64_t>(SortKey(at(k), p.sort_dim)));
+    for (std::size_t k = 0; k < n; ++k) {
+      const ChunkRecord& c = at(k);
+      for (std::int64_t v : c.offsets) w.U64(static_cast<std::uint64_t>(v));
+      for (std::int64_t v : c.sizes) w.U64(static_cast<std::uint64_t>(v));
+      w.U32(c.file);
+      w.U32(0);
+      w.U64(c.offset);
+      w.U64(c.length);
+      w.U64(crc_next);
+      crc_next += c.crc32c.size();
+      for (std::uint32_t v : c.crc32c) crc.U32(v);
     }
   }
 }
@@ -131,42 +177,43 @@ std::string SealIndexBlocks(std::string_view logical) {
 }
 
 Result<std::string> EncodeIndex(const Manifest& m, IndexRef* ref) {
-  std::string files;
-  std::uint64_t file_bytes = 0;
+  std::vector<ItemPlan> plans;
+  std::string table;
+  const std::uint64_t body = PlanItems(m, plans, table);
+  std::uint64_t chunks = 0, ncrcs = 0, file_bytes = 0;
+  for (const ItemRecord& it : m.items)
+    for (const ChunkRecord& c : it.chunks) ++chunks, ncrcs += c.crc32c.size();
+  const std::uint64_t body_off = kHeaderBytes + table.size();
+  const std::uint64_t files_off = body_off + body;
+  const std::uint64_t crcs_off = files_off + kFileRecordBytes * m.files.size();
+  std::string s(crcs_off + 4 * ncrcs, '\0');
+  // File records.
+  Writer w{s.data() + files_off};
   for (const FileRecord& f : m.files) {
     SW_ASSIGN_OR_RETURN(std::uint32_t part, PartOf(f));
-    PutU32(files, static_cast<std::uint32_t>(f.rank));
-    PutU32(files, part);
-    PutU64(files, f.size);
-    files += static_cast<char>(f.backend == "threads" ? kThreads
+    w.U32(static_cast<std::uint32_t>(f.rank));
+    w.U32(part);
+    w.U64(f.size);
+    *w.p++ = static_cast<char>(f.backend == "threads" ? kThreads
                                : f.backend == "uring" ? kUring
                                                       : kOtherBackend);
-    files += static_cast<char>(f.direct_io ? 1 : 0);
-    files.append(6, '\0');
+    *w.p++ = static_cast<char>(f.direct_io ? 1 : 0);
+    w.p += 6;
     file_bytes += f.size;
   }
-  std::string table, body;
-  std::vector<std::uint32_t> crcs;
-  EncodeItems(m, table, body, crcs);
-  std::uint64_t chunks = 0;
-  for (const ItemRecord& it : m.items) chunks += it.chunks.size();
-  const std::uint64_t files_off = kHeaderBytes + table.size() + body.size();
-  std::string s(kMagic, sizeof kMagic);
+  WriteItems(m, plans, s.data() + body_off, s.data() + crcs_off);
+  // Header and items table.
+  std::memcpy(s.data(), kMagic, sizeof kMagic);
+  w = Writer{s.data() + sizeof kMagic};
   for (std::uint64_t v : {static_cast<std::uint64_t>(m.world_size), m.checksum_block,
                           static_cast<std::uint64_t>(m.files.size()),
-                          static_cast<std::uint64_t>(m.items.size()), chunks,
-                          static_cast<std::uint64_t>(crcs.size()),
+                          static_cast<std::uint64_t>(m.items.size()), chunks, ncrcs,
                           static_cast<std::uint64_t>(kHeaderBytes),
-                          static_cast<std::uint64_t>(table.size()), files_off,
-                          files_off + files.size(), file_bytes})
-    PutU64(s, v);
-  std::string id = m.save_id.substr(0, kSaveIdBytes);
-  id.resize(kSaveIdBytes, '\0');
-  s += id;
-  s += table;
-  s += body;
-  s += files;
-  for (std::uint32_t c : crcs) PutU32(s, c);
+                          static_cast<std::uint64_t>(table.size()), files_off, crcs_off,
+                          file_bytes})
+    w.U64(v);
+  std::memcpy(w.p, m.save_id.data(), std::min(m.save_id.size(), kSaveIdBytes));
+  std::memcpy(s.data() + kHeaderBytes, table.data(), table.size());
   std::string out = SealIndexBlocks(s);
   *ref = {out.size(), m.files.size(), m.items.size(), chunks, file_bytes};
   return out;
@@ -254,7 +301,10 @@ struct IndexReader::Impl {
   Status OpenHeader();
   Status OpenItems(std::uint64_t items_off, std::uint64_t items_bytes, std::uint64_t body_end);
   Result<ChunkRecord> DecodeRecord(std::size_t i, const char* p, std::uint64_t* crc_first);
-  Result<std::vector<ChunkRecord>> Records(std::size_t i, std::uint64_t first, std::uint64_t count);
+  Result<std::vector<ChunkRecord>> Records(std::size_t i, std::uint64_t first, std::uint64_t count,
+                                           std::vector<std::uint64_t>* firsts);
+  Status Finish(std::size_t i, std::vector<ChunkRecord>& chunks,
+                const std::vector<std::uint64_t>& firsts, const std::vector<std::uint64_t>& numbers);
   Status LoadCrcs(const ItemRecord& it, std::vector<ChunkRecord>& chunks,
                   const std::vector<std::uint64_t>& firsts);
   Result<FileRecord> File(std::uint32_t f);
@@ -375,18 +425,20 @@ Result<ChunkRecord> IndexReader::Impl::DecodeRecord(std::size_t i, const char* p
   return ch;
 }
 
-// Records [first, first + count) of item i, checked and with checksums.
+// Records [first, first + count) of item i, decoded and checked for order;
+// `firsts` receives each one's first checksum index.
 Result<std::vector<ChunkRecord>> IndexReader::Impl::Records(std::size_t i, std::uint64_t first,
-                                                            std::uint64_t count) {
+                                                            std::uint64_t count,
+                                                            std::vector<std::uint64_t>* firsts) {
   const ItemRecord& it = items[i];
   const Entry& e = entries[i];
   const std::size_t rb = RecordBytes(it.shape.size());
   std::string raw;
   SW_RETURN_IF_ERROR(Load(e.records + first * rb, count * rb, &raw));
   std::vector<ChunkRecord> out(count);
-  std::vector<std::uint64_t> firsts(count);
+  firsts->resize(count);
   for (std::uint64_t k = 0; k < count; ++k) {
-    SW_ASSIGN_OR_RETURN(out[k], DecodeRecord(i, raw.data() + k * rb, &firsts[k]));
+    SW_ASSIGN_OR_RETURN(out[k], DecodeRecord(i, raw.data() + k * rb, &(*firsts)[k]));
     if (k > 0) {
       const auto ka = SortKey(out[k - 1], e.sort_dim), kb = SortKey(out[k], e.sort_dim);
       if (ka > kb || (ka == kb && !(out[k - 1].offsets < out[k].offsets)))
@@ -396,16 +448,25 @@ Result<std::vector<ChunkRecord>> IndexReader::Impl::Records(std::size_t i, std::
     if (!out[k].sizes.empty() && out[k].sizes[e.sort_dim] > e.max_extent)
       return Bad("item '" + it.name + "': a chunk is larger than the item's recorded extent");
   }
-  SW_RETURN_IF_ERROR(LoadCrcs(it, out, firsts));
-  for (std::uint64_t k = 0; k < count; ++k) {
-    if (out[k].file >= commit.index.files)
-      return Bad("item '" + it.name + "' chunk " + std::to_string(first + k) +
-                 ": file index out of range");
-    SW_ASSIGN_OR_RETURN(FileRecord file, File(out[k].file));
-    SW_RETURN_IF_ERROR(
-        ValidateChunkRecord(it, first + k, out[k], file, commit.checksum_block, path));
-  }
   return out;
+}
+
+// Loads the checksums of `chunks` (records of item i numbered from `number`
+// on, for messages) and checks each against the rules of a chunk.
+Status IndexReader::Impl::Finish(std::size_t i, std::vector<ChunkRecord>& chunks,
+                                 const std::vector<std::uint64_t>& firsts,
+                                 const std::vector<std::uint64_t>& numbers) {
+  const ItemRecord& it = items[i];
+  SW_RETURN_IF_ERROR(LoadCrcs(it, chunks, firsts));
+  for (std::size_t k = 0; k < chunks.size(); ++k) {
+    if (chunks[k].file >= commit.index.files)
+      return Bad("item '" + it.name + "' chunk " + std::to_string(numbers[k]) +
+                 ": file index out of range");
+    SW_ASSIGN_OR_RETURN(FileRecord file, File(chunks[k].file));
+    SW_RETURN_IF_ERROR(
+        ValidateChunkRecord(it, numbers[k], chunks[k], file, commit.checksum_block, path));
+  }
+  return Status::Ok();
 }
 
 Status IndexReader::Impl::LoadCrcs(const ItemRecord& it, std::vector<ChunkRecord>& chunks,
@@ -462,7 +523,11 @@ std::size_t IndexReader::Find(std::string_view name) const {
 
 Result<std::vector<ChunkRecord>> IndexReader::Chunks(std::size_t i) {
   if (i >= impl_->items.size()) return InvalidArgument("no item " + std::to_string(i));
-  return impl_->Records(i, 0, impl_->entries[i].n);
+  std::vector<std::uint64_t> firsts, numbers(impl_->entries[i].n);
+  SW_ASSIGN_OR_RETURN(auto chunks, impl_->Records(i, 0, impl_->entries[i].n, &firsts));
+  for (std::uint64_t k = 0; k < numbers.size(); ++k) numbers[k] = k;
+  SW_RETURN_IF_ERROR(impl_->Finish(i, chunks, firsts, numbers));
+  return chunks;
 }
 
 Result<std::vector<ChunkRecord>> IndexReader::ChunksOverlapping(
@@ -501,20 +566,26 @@ Result<std::vector<ChunkRecord>> IndexReader::ChunksOverlapping(
     }
     start = g * kIndexFenceStride;
   }
+  // Only the chunks kept have their checksums and files read.
   std::vector<ChunkRecord> out;
+  std::vector<std::uint64_t> firsts, numbers, group_firsts;
   for (std::uint64_t at = start; at < e.n; at += kIndexFenceStride) {
     const std::uint64_t count = std::min<std::uint64_t>(kIndexFenceStride, e.n - at);
-    SW_ASSIGN_OR_RETURN(auto group, m.Records(i, at, count));
+    SW_ASSIGN_OR_RETURN(auto group, m.Records(i, at, count, &group_firsts));
     bool past = false;
-    for (auto& c : group) {
-      if (SortKey(c, sd) >= hi && !offsets.empty()) {
+    for (std::uint64_t k = 0; k < count; ++k) {
+      if (SortKey(group[k], sd) >= hi && !offsets.empty()) {
         past = true;
         break;
       }
-      if (overlaps(c)) out.push_back(std::move(c));
+      if (!overlaps(group[k])) continue;
+      out.push_back(std::move(group[k]));
+      firsts.push_back(group_firsts[k]);
+      numbers.push_back(at + k);
     }
     if (past) break;
   }
+  SW_RETURN_IF_ERROR(m.Finish(i, out, firsts, numbers));
   return out;
 }
 

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import os
 import tempfile
+import time
 import traceback
 from datetime import timedelta
 from typing import Any, Callable, Optional
@@ -55,11 +56,14 @@ def start_ranks(world: int, fn: Callable[..., Any], *args: Any,
     return procs
 
 
-def run_ranks(world: int, fn: Callable[..., Any], *args: Any, timeout: float = 300) -> None:
-    """Runs fn(rank, world, *args) on `world` ranks; fails if any rank fails."""
-    procs = start_ranks(world, fn, *args)
+def run_ranks(world: int, fn: Callable[..., Any], *args: Any, timeout: float = 300,
+              pg_timeout: float = 120) -> None:
+    """Runs fn(rank, world, *args) on `world` ranks; fails if any rank fails
+    or the whole run takes longer than `timeout` seconds."""
+    procs = start_ranks(world, fn, *args, pg_timeout=pg_timeout)
+    deadline = time.monotonic() + timeout
     for p in procs:
-        p.join(timeout)
+        p.join(max(0.0, deadline - time.monotonic()))
     codes = [p.exitcode for p in procs]
     for p in procs:
         if p.is_alive():

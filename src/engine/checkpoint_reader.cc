@@ -442,8 +442,8 @@ Result<std::unique_ptr<CheckpointReader>> CheckpointReader::Open(const std::stri
   SW_ASSIGN_OR_RETURN(impl->backend, io::MakeIoBackend(options));
   // Reads use O_DIRECT where the root's I/O mode says so (where it works,
   // but not on memory filesystems), so verification sees the storage and
-  // not the page cache. The mode is decided once per root.
-  SW_ASSIGN_OR_RETURN(fs::IoMode mode, fs::IoModeFor(os::Dirname(dir), options));
+  // not the page cache. Deciding it writes nothing (fs::ReadModeFor).
+  SW_ASSIGN_OR_RETURN(fs::IoMode mode, fs::ReadModeFor(os::Dirname(dir), mpath, options));
   impl->direct_io = mode.direct_reads;
   if (impl->manifest.format_version >= 2) SW_RETURN_IF_ERROR(impl->OpenIndex());
   std::size_t nf = impl->FileCount();

@@ -191,6 +191,30 @@ Result<IoMode> IoModeFor(const std::string& root, const Options& options) {
   return mode;
 }
 
+Result<IoMode> ReadModeFor(const std::string& root, const std::string& file,
+                           const Options& options) {
+  {
+    std::lock_guard lock(g_mu);
+    if (auto it = Cache().find({root, options.direct_io}); it != Cache().end()) return it->second;
+  }
+  SW_ASSIGN_OR_RETURN(const long magic, os::FilesystemMagic(root));
+  bool direct_works = false;
+  if (options.direct_io != DirectIoMode::kOff) {
+    // A read-only probe: opening an existing file with O_DIRECT fails with
+    // EINVAL where the filesystem does not take it. Nothing is written.
+    const int fd = ::open(file.c_str(), O_RDONLY | O_DIRECT | O_NOFOLLOW | O_NONBLOCK | O_CLOEXEC);
+    if (fd >= 0) {
+      direct_works = true;
+      ::close(fd);
+    }
+  }
+  // Only direct_reads is used: the write measurement is not made.
+  return DecideIoMode(FsTypeName(magic), direct_works, options.direct_io, [] {
+    return Result<WriteRates>(
+        Status(StatusCode::kUnavailable, "not measured: the mode is for reading"));
+  });
+}
+
 void ForgetIoModesForTesting() {
   std::lock_guard lock(g_mu);
   Cache().clear();

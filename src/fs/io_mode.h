@@ -52,6 +52,13 @@ Result<IoMode> DecideIoMode(std::string_view fs_type, bool direct_works,
 // the life of the process per root and requested mode.
 Result<IoMode> IoModeFor(const std::string& root, const Options& options);
 
+// The read half of IoModeFor, for readers, and writing nothing: whether
+// shard reads use O_DIRECT (`file`, an existing file under `root`, is
+// opened with O_DIRECT to find out). IoModeFor's decision when this process
+// made one for `root`; otherwise decided afresh (a statfs and an open).
+Result<IoMode> ReadModeFor(const std::string& root, const std::string& file,
+                           const Options& options);
+
 // Tests: forgets every cached decision.
 void ForgetIoModesForTesting();
 

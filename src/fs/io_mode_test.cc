@@ -4,6 +4,7 @@
 #include "fs/io_mode.h"
 
 #include <fcntl.h>
+#include <sys/stat.h>
 #include <gtest/gtest.h>
 #include <unistd.h>
 
@@ -148,6 +149,31 @@ TEST(IoMode, DecidedOncePerRoot) {
   EXPECT_EQ(IoModeFor(path + "-other", auto_mode).status().code(), StatusCode::kNotFound);
   ForgetIoModesForTesting();
   EXPECT_FALSE(IoModeFor(path, auto_mode).ok());
+}
+
+// Readers decide whether to read with O_DIRECT without writing into the
+// root (no probe file, no measurement): the root's mtime does not move, and
+// the answer agrees with the write probe's.
+TEST(IoMode, ReadModeWritesNothing) {
+  TempDir root;
+  const std::string file = root / "manifest.json";
+  testing::WriteAll(file, "{}");
+  ForgetIoModesForTesting();
+  struct stat before {}, after {};
+  ASSERT_EQ(::stat(root.path().c_str(), &before), 0);
+  ::usleep(20000);
+  auto mode = ReadModeFor(root.path(), file, Options());
+  ASSERT_TRUE(mode.ok()) << mode.status().ToString();
+  ASSERT_EQ(::stat(root.path().c_str(), &after), 0);
+  EXPECT_EQ(before.st_mtim.tv_sec, after.st_mtim.tv_sec);
+  EXPECT_EQ(before.st_mtim.tv_nsec, after.st_mtim.tv_nsec);
+  EXPECT_FALSE(mode->measured);
+  auto full = IoModeFor(root.path(), Options());
+  ASSERT_TRUE(full.ok());
+  EXPECT_EQ(mode->direct_reads, full->direct_reads);
+  Options off;
+  off.direct_io = DirectIoMode::kOff;
+  EXPECT_FALSE(ReadModeFor(root.path(), file, off)->direct_reads);
 }
 
 }  // namespace

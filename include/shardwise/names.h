@@ -33,6 +33,9 @@ inline constexpr std::string_view kCommitFailed = "commit.failed";
 inline constexpr std::string_view kWriterLock = ".writer.lock";
 inline constexpr std::string_view kExportsDir = ".exports";
 inline constexpr std::string_view kProbePrefix = ".shardwise-probe-";
+// The I/O mode measurement, shared by the processes of a job (fs/io_mode.cc);
+// and its lock, ".io-mode.lock".
+inline constexpr std::string_view kIoModeFile = ".io-mode";
 inline constexpr std::string_view kShardExt = ".shard";
 
 // A checkpoint name (and every file name inside a checkpoint): 1-255 of

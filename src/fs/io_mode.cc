@@ -1,6 +1,8 @@
 #include "fs/io_mode.h"
 
 #include <fcntl.h>
+#include <sys/file.h>
+#include <sys/stat.h>
 #include <sys/uio.h>
 #include <unistd.h>
 
@@ -14,6 +16,7 @@
 #include <map>
 #include <memory>
 #include <mutex>
+#include <optional>
 #include <thread>
 #include <vector>
 
@@ -175,6 +178,69 @@ std::map<std::pair<std::string, DirectIoMode>, IoMode>& Cache() {
   static auto* cache = new std::map<std::pair<std::string, DirectIoMode>, IoMode>;
   return *cache;
 }
+
+// The measurement is shared by every process of a job through two files in
+// the root: ranks that start together would otherwise each write their own
+// probe files at once (64 ranks: 8 GiB). The first process measures under
+// an exclusive flock and records the rates with the filesystem's device and
+// type; the others wait for the lock and read them.
+// Raw syscalls here, as in ProbeDirectIo: the shared measurement must not
+// consume faults injected for the save itself.
+std::optional<WriteRates> ReadShared(const std::string& path, dev_t dev, const std::string& type) {
+  const int fd = ::open(path.c_str(), O_RDONLY | O_NOFOLLOW | O_NONBLOCK | O_CLOEXEC);
+  if (fd < 0) return std::nullopt;
+  char text[256] = {};
+  const ssize_t n = ::read(fd, text, sizeof text - 1);
+  ::close(fd);
+  if (n <= 0) return std::nullopt;
+  unsigned long long d = 0;
+  char t[64] = {};
+  WriteRates r;
+  if (std::sscanf(text, "shardwise-io-mode 1 %llu %63s %lf %lf", &d, t, &r.direct_gbps,
+                  &r.buffered_gbps) != 4 ||
+      d != static_cast<unsigned long long>(dev) || type != t || !(r.direct_gbps > 0) ||
+      !(r.buffered_gbps > 0))
+    return std::nullopt;
+  return r;
+}
+
+void WriteShared(const std::string& path, const std::string& line) {
+  // Named as a probe file, so that gc removes it if we die before the rename.
+  const std::string tmp = os::JoinPath(os::Dirname(path), std::string(names::kProbePrefix) +
+                                                              "io-mode-" + os::RandomHex(6));
+  const int fd = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0644);
+  if (fd < 0) return;  // best effort: the next process measures again
+  const bool ok = ::write(fd, line.data(), line.size()) == static_cast<ssize_t>(line.size());
+  ::close(fd);
+  if (!ok || ::rename(tmp.c_str(), path.c_str()) != 0) ::unlink(tmp.c_str());
+}
+
+Result<WriteRates> SharedMeasurement(const std::string& root, const std::string& type) {
+  const std::string path = os::JoinPath(root, names::kIoModeFile);
+  struct stat st {};
+  if (::stat(root.c_str(), &st) != 0) return MeasureWriteModes(root);
+  if (auto r = ReadShared(path, st.st_dev, type)) return *r;
+  const std::string lock_path = path + ".lock";
+  const int lock = ::open(lock_path.c_str(), O_RDWR | O_CREAT | O_NOFOLLOW | O_CLOEXEC, 0644);
+  if (lock < 0) return MeasureWriteModes(root);  // a read-only root: measure alone
+  struct Closer {
+    int fd;
+    ~Closer() { ::close(fd); }  // releases the flock too
+  } closer{lock};
+  int rc;
+  do {
+    rc = ::flock(lock, LOCK_EX);
+  } while (rc != 0 && errno == EINTR);
+  if (rc != 0) return MeasureWriteModes(root);  // no flock here: measure alone
+  if (auto r = ReadShared(path, st.st_dev, type)) return *r;  // measured while we waited
+  SW_ASSIGN_OR_RETURN(WriteRates r, MeasureWriteModes(root));
+  char line[160];
+  std::snprintf(line, sizeof line, "shardwise-io-mode 1 %llu %s %.4f %.4f\n",
+                static_cast<unsigned long long>(st.st_dev), type.c_str(), r.direct_gbps,
+                r.buffered_gbps);
+  WriteShared(path, line);
+  return r;
+}
 }  // namespace
 
 Result<IoMode> IoModeFor(const std::string& root, const Options& options) {
@@ -186,7 +252,7 @@ Result<IoMode> IoModeFor(const std::string& root, const Options& options) {
   const std::string type = FsTypeName(magic);
   const bool direct_works = options.direct_io != DirectIoMode::kOff && ProbeDirectIo(root);
   SW_ASSIGN_OR_RETURN(IoMode mode, DecideIoMode(type, direct_works, options.direct_io,
-                                                [&] { return MeasureWriteModes(root); }));
+                                                [&] { return SharedMeasurement(root, type); }));
   Cache()[key] = mode;
   return mode;
 }

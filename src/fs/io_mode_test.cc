@@ -176,5 +176,38 @@ TEST(IoMode, ReadModeWritesNothing) {
   EXPECT_FALSE(ReadModeFor(root.path(), file, off)->direct_reads);
 }
 
+// The measurement is shared through the root: a second process (here, the
+// same one after forgetting its cache) reads the recorded rates instead of
+// writing its own probe files; a record of another filesystem or a damaged
+// one is measured again.
+TEST(IoMode, MeasurementIsSharedThroughTheRoot) {
+  TempDir root;
+  if (!ProbeDirectIo(root.path())) GTEST_SKIP() << "no O_DIRECT in " << root.path();
+  ForgetIoModesForTesting();
+  auto first = IoModeFor(root.path(), Options());
+  ASSERT_TRUE(first.ok()) << first.status().ToString();
+  if (!first->measured) GTEST_SKIP() << "the filesystem type decides here: " << first->why;
+  const std::string record = root / ".io-mode";
+  const std::string text = testing::ReadAll(record);
+  EXPECT_EQ(text.rfind("shardwise-io-mode 1 ", 0), 0u) << text;
+  ForgetIoModesForTesting();
+  auto second = IoModeFor(root.path(), Options());
+  ASSERT_TRUE(second.ok());
+  EXPECT_TRUE(second->measured);
+  EXPECT_NEAR(second->direct_gbps, first->direct_gbps, 1e-3);
+  EXPECT_NEAR(second->buffered_gbps, first->buffered_gbps, 1e-3);
+  EXPECT_EQ(testing::ReadAll(record), text);  // read, not measured again
+  testing::WriteAll(record, "shardwise-io-mode 1 1 ext4 nan 3\n");
+  ForgetIoModesForTesting();
+  auto third = IoModeFor(root.path(), Options());
+  ASSERT_TRUE(third.ok());
+  EXPECT_NE(testing::ReadAll(record), "shardwise-io-mode 1 1 ext4 nan 3\n");
+  // Nothing else is left in the root.
+  auto left = os::ListDir(root.path());
+  ASSERT_TRUE(left.ok());
+  EXPECT_EQ(left->size(), 2u);  // .io-mode and its lock
+  ForgetIoModesForTesting();
+}
+
 }  // namespace
 }  // namespace shardwise::fs

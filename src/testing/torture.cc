@@ -301,7 +301,8 @@ Problem CheckGcCleans(const Config& c, Repository& repo) {
   // Nothing else hidden may pile up in the root either.
   auto entries = os::ListDir(c.dir);
   for (const auto& e : *entries)
-    if (e.name[0] == '.' && e.name != names::kWriterLock && e.name != names::kExportsDir)
+    if (e.name[0] == '.' && e.name != names::kWriterLock && e.name != names::kExportsDir &&
+        e.name != names::kIoModeFile && e.name != std::string(names::kIoModeFile) + ".lock")
       return "gc left " + e.name + " in the root";
   return std::nullopt;
 }

@@ -5,9 +5,12 @@ loading them runs ``torch.load`` on bytes from the checkpoint: arbitrary code
 execution for whoever can write the checkpoint. shardwise stores them as
 tagged JSON instead and never unpickles anything it reads.
 
-Supported: None, bool, int, float (also nan/inf), str, bytes, list, tuple,
-dict (any JSON-able keys), set, torch.dtype, torch.Size, and numpy scalars.
-Anything else is refused with a clear error when saving.
+Supported: None, bool, int, float (also nan/inf), str, bytes, io.BytesIO,
+list, tuple, dict (any JSON-able keys), set, torch.dtype, torch.Size, and
+numpy scalars. Anything else is refused with a clear error when saving. A
+state dict entry that is an ``io.BytesIO`` is stored as its raw bytes (as
+DCP stores it) and loads as an ``io.BytesIO``.
+
 """
 from __future__ import annotations
 
@@ -18,6 +21,7 @@ import math
 from typing import Any
 
 MAGIC = b"SWJSON1\n"
+RAW_MAGIC = b"SWRAW1\n"  # an io.BytesIO entry: its bytes follow as they are
 _TAG = "__sw__"
 
 
@@ -46,6 +50,8 @@ def _enc(v: Any) -> Any:
         return {_TAG: "dict", "v": [[_enc(k), _enc(x)] for k, x in v.items()]}
     if isinstance(v, (bytes, bytearray)):
         return {_TAG: "bytes", "v": base64.b64encode(bytes(v)).decode()}
+    if isinstance(v, io.BytesIO):
+        return {_TAG: "bytesio", "v": base64.b64encode(v.getvalue()).decode()}
     if isinstance(v, torch.dtype):
         return {_TAG: "dtype", "v": str(v).replace("torch.", "")}
     if isinstance(v, torch.Tensor):
@@ -81,6 +87,8 @@ def _dec(v: Any) -> Any:
         return {_hashable(_dec(k)): _dec(x) for k, x in body}
     if tag == "bytes":
         return base64.b64decode(body)
+    if tag == "bytesio":
+        return io.BytesIO(base64.b64decode(body))
     if tag == "dtype":
         dt = getattr(torch, str(body), None)
         if not isinstance(dt, torch.dtype):
@@ -95,11 +103,15 @@ def _hashable(k: Any) -> Any:
 
 def encode(value: Any) -> bytes:
     """The bytes shardwise stores for a non-tensor value."""
+    if isinstance(value, io.BytesIO):
+        return RAW_MAGIC + value.getvalue()
     return MAGIC + json.dumps(_enc(value), allow_nan=False, separators=(",", ":")).encode()
 
 
 def decode(data: bytes, what: str) -> Any:
     """The value stored by :func:`encode`; ValueError for anything else."""
+    if data.startswith(RAW_MAGIC):
+        return io.BytesIO(data[len(RAW_MAGIC):])
     if not data.startswith(MAGIC):
         raise ValueError(f"{what}: not a shardwise JSON value (refusing to unpickle it)")
     try:

@@ -9,21 +9,31 @@
     future = dcp.async_save(state_dict, storage_writer=Writer(path))  # THREAD or PROCESS
     dcp.load(state_dict, storage_reader=Reader("/fsx/ckpt/step-000000001000"))
 
+or, with DCP's own signatures and shardwise's storage filled in::
+
+    from shardwise import dcp
+
+    dcp.save(state_dict, checkpoint_id="/fsx/ckpt/step-000000001000")
+    dcp.load(state_dict, checkpoint_id="/fsx/ckpt/step-000000001000")
+
 The checkpoint path is a directory inside a checkpoint root; it becomes
 visible only when the save is committed (see docs/format.md). Tensor bytes go
 through the C++ engine with the GIL released; every byte is checksummed, and
-verified on load. The reader rebuilds DCP ``Metadata`` from the JSON manifest
-and never unpickles anything; non-tensor values are stored as JSON.
+verified on load. The reader rebuilds DCP ``Metadata`` from the manifest and
+the checkpoint's index, and never unpickles anything; non-tensor values are
+stored as JSON.
 """
 from __future__ import annotations
 
 import collections
 import dataclasses
+import errno
 import json
 import logging
 import os
 import secrets
 import threading
+import uuid
 from concurrent.futures import Future as _ConcurrentFuture
 from typing import Any, Callable, Optional, Union
 
@@ -50,7 +60,7 @@ except ImportError:  # pragma: no cover
 
 log = logging.getLogger("shardwise")
 
-__all__ = ["Writer", "Reader"]
+__all__ = ["Writer", "Reader", "save", "async_save", "load"]
 
 PathLike = Union[str, "os.PathLike[str]"]
 
@@ -94,6 +104,11 @@ def _repository(root: str, options: dict[str, Any]) -> Any:
         return repo
 
 
+def _new_id() -> str:
+    """A save or load id, as DCP's stock storage layers draw them."""
+    return uuid.uuid4().hex
+
+
 def _corrupt(message: str, path: Optional[str]) -> BaseException:
     """A CorruptCheckpointError naming the file or directory, as the core's do."""
     e = _core.CorruptCheckpointError(message)
@@ -128,6 +143,15 @@ class Writer(StorageWriter, AsyncStager):  # type: ignore[misc]
             ``staging_options`` (a DCP ``StagingOptions``) sets all four.
         staging_threads: threads for the staging copy (default: this rank's
             share of the CPUs).
+        overwrite, thread_count, sync_files, single_file_per_rank,
+            per_thread_copy_ahead: ``FileSystemWriter``'s keywords, so that
+            switching is one class name. ``overwrite`` is ``replace``;
+            ``thread_count`` is ``threads``; ``sync_files=True`` is what
+            shardwise always does (``False`` is refused: shardwise never
+            skips durability); ``single_file_per_rank`` and
+            ``per_thread_copy_ahead`` are accepted and change nothing (every
+            rank writes one shard, or ``files_per_rank`` parts; staging
+            copies are the engine's).
 
     ``stage()`` copies into the process's staging memory, which every Writer
     shares (a new Writer per save allocates nothing); ``write_data`` writes
@@ -151,10 +175,25 @@ class Writer(StorageWriter, AsyncStager):  # type: ignore[misc]
                  progress: ProgressArg = None, pin_memory: Optional[bool] = None,
                  shared_memory: bool = False, async_staging: bool = False,
                  non_blocking_copy: bool = True, staging_threads: Optional[int] = None,
-                 staging_options: Any = None, **engine_options: Any) -> None:
+                 staging_options: Any = None, overwrite: Optional[bool] = None,
+                 thread_count: Optional[int] = None, sync_files: bool = True,
+                 single_file_per_rank: bool = True, per_thread_copy_ahead: Optional[int] = None,
+                 **engine_options: Any) -> None:
         super().__init__()
+        if not sync_files:
+            raise ValueError("shardwise.dcp.Writer: sync_files=False is not supported: shardwise "
+                             "always makes a checkpoint durable (fsync) before it commits it")
+        if overwrite is not None and replace and not overwrite:
+            raise ValueError("shardwise.dcp.Writer: replace=True and overwrite=False disagree")
+        if thread_count is not None and threads is None:
+            if thread_count < 1:
+                raise ValueError("shardwise.dcp.Writer: thread_count must be >= 1")
+            threads = thread_count
+        del single_file_per_rank, per_thread_copy_ahead  # accepted, see the docstring
         self.path = os.fspath(path) if path is not None else None
-        self.replace = replace
+        self.replace = bool(replace or overwrite)
+        # Named as FileSystemWriter names it: storage_meta() carries it.
+        self.save_id = _new_id()
         self.step = step
         self.user_json = json.dumps(user_metadata or {})
         # The coordinator's last commit (shardwise._core.CommitResult: name,
@@ -229,11 +268,19 @@ class Writer(StorageWriter, AsyncStager):  # type: ignore[misc]
         if self.path is None:
             raise ValueError("shardwise.dcp.Writer needs a checkpoint directory "
                              "(Writer(path) or checkpoint_id=...)")
+        self.save_id = _new_id()
 
     def set_up_storage_writer(self, is_coordinator: bool, *args: Any, **kwargs: Any) -> None:
         pass  # the coordinator is whoever DCP calls finish() on
 
     def prepare_local_plan(self, plan: SavePlan) -> SavePlan:
+        # Refused at planning time, as FileSystemWriter refuses, before any
+        # rank writes a byte.
+        if (not self.replace and self.path is not None
+                and os.path.isfile(os.path.join(self.path, _core.MANIFEST_NAME))):
+            raise FileExistsError(
+                errno.EEXIST, "Checkpoint already exists and overwrite is False (pass "
+                "overwrite=True, or replace=True, to replace it atomically)", self.path)
         return plan
 
     def prepare_global_plan(self, plans: list[SavePlan]) -> list[SavePlan]:
@@ -373,6 +420,12 @@ class Writer(StorageWriter, AsyncStager):  # type: ignore[misc]
                 f"instance class per series, or no plan caching")
         spec = self._spec(sd, self._save_id)
         spec.rank = 0
+        # DCP's default planner does not keep storage_meta: the checkpoint
+        # records this save's id itself, so that a load can tell saves apart.
+        if metadata.storage_meta is None:
+            metadata.storage_meta = StorageMeta(checkpoint_id=self.path, save_id=self.save_id)
+        elif metadata.storage_meta.save_id is None:
+            metadata.storage_meta.save_id = self.save_id
         spec.dcp_json = json.dumps(_metadata.to_json(metadata))
         # Each rank's shard index, from the results DCP gathered: no fragment
         # files, no polling. A rank that saved nothing sent none.
@@ -389,7 +442,7 @@ class Writer(StorageWriter, AsyncStager):  # type: ignore[misc]
                         result.name, result.export_error)
 
     def storage_meta(self) -> Optional[StorageMeta]:
-        return StorageMeta(checkpoint_id=self.path)
+        return StorageMeta(checkpoint_id=self.path, save_id=self.save_id)
 
     @classmethod
     def validate_checkpoint_id(cls, checkpoint_id: PathLike) -> bool:
@@ -512,6 +565,7 @@ class Reader(StorageReader):
         self.progress = progress
         self.options = _options(io_backend=io_backend, queue_depth=queue_depth, io_unit=io_unit,
                                 direct_io=direct_io, threads=threads, **engine_options)
+        self.load_id = _new_id()  # as FileSystemReader draws it
         self._core: Any = None
         self._header: Optional[dict[str, Any]] = None
         # Per item resolved so far: its dtype, shape, and chunk numbers by offsets.
@@ -532,6 +586,7 @@ class Reader(StorageReader):
         self._core = None
         self._header = None
         self._items = {}
+        self.load_id = _new_id()
 
     def _open(self) -> Any:
         # Opening reads manifest.json and, in format 2, the index's items
@@ -562,7 +617,9 @@ class Reader(StorageReader):
         reads the metadata of the items it loads and no more."""
         core = self._open()
         assert self._header is not None and self.path is not None
-        return _metadata.lazy(core, self._header, self.path)
+        md = _metadata.lazy(core, self._header, self.path)
+        md.storage_meta.load_id = self.load_id  # as FileSystemReader sets it
+        return md
 
     def set_up_storage_reader(self, metadata: Metadata, is_coordinator: bool, *args: Any,
                               **kwargs: Any) -> None:
@@ -634,3 +691,56 @@ class Reader(StorageReader):
             return os.path.isfile(os.path.join(os.fspath(checkpoint_id), _core.MANIFEST_NAME))
         except TypeError:
             return False
+
+
+# -- DCP's entry points, with shardwise's storage filled in ---------------------
+# `from shardwise import dcp` in place of `import torch.distributed.checkpoint
+# as dcp` is the whole switch: same signatures, same return values. Given a
+# storage_writer or storage_reader of its own, each call uses it as it is.
+
+def _writer_for(checkpoint_id: Optional[PathLike], storage_writer: Optional[StorageWriter]
+                ) -> StorageWriter:
+    if storage_writer is not None:
+        return storage_writer
+    if checkpoint_id is None:
+        raise ValueError("shardwise.dcp.save needs a checkpoint_id (a checkpoint directory "
+                         "ROOT/NAME) or a storage_writer")
+    return Writer(checkpoint_id)
+
+
+def save(state_dict: dict[str, Any], *, checkpoint_id: Optional[PathLike] = None,
+         storage_writer: Optional[StorageWriter] = None, **kwargs: Any) -> Metadata:
+    """``torch.distributed.checkpoint.save`` writing a shardwise checkpoint.
+
+    Takes DCP's keywords (``planner``, ``process_group``, ``no_dist``...)."""
+    import torch.distributed.checkpoint as _dcp
+
+    return _dcp.save(state_dict, checkpoint_id=checkpoint_id,
+                     storage_writer=_writer_for(checkpoint_id, storage_writer), **kwargs)
+
+
+def async_save(state_dict: dict[str, Any], *, checkpoint_id: Optional[PathLike] = None,
+               storage_writer: Optional[StorageWriter] = None, **kwargs: Any) -> Any:
+    """``torch.distributed.checkpoint.async_save`` writing a shardwise
+    checkpoint: the state is staged once into shardwise's staging memory and
+    persisted in the background. Takes DCP's keywords
+    (``async_checkpointer_type``, ``async_stager``, ``planner``...)."""
+    import torch.distributed.checkpoint as _dcp
+
+    return _dcp.async_save(state_dict, checkpoint_id=checkpoint_id,
+                           storage_writer=_writer_for(checkpoint_id, storage_writer), **kwargs)
+
+
+def load(state_dict: dict[str, Any], *, checkpoint_id: Optional[PathLike] = None,
+         storage_reader: Optional[StorageReader] = None, **kwargs: Any) -> None:
+    """``torch.distributed.checkpoint.load`` reading a shardwise checkpoint
+    (verified as it is read). Takes DCP's keywords (``planner``,
+    ``process_group``, ``no_dist``...)."""
+    import torch.distributed.checkpoint as _dcp
+
+    if storage_reader is None:
+        if checkpoint_id is None:
+            raise ValueError("shardwise.dcp.load needs a checkpoint_id (a checkpoint directory "
+                             "ROOT/NAME) or a storage_reader")
+        storage_reader = Reader(checkpoint_id)
+    _dcp.load(state_dict, checkpoint_id=checkpoint_id, storage_reader=storage_reader, **kwargs)

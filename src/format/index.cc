@@ -230,7 +230,7 @@ struct IndexReader::Impl {
     std::uint64_t records = 0;  // logical offset of the first record
   };
 
-  IndexReadFn read;
+  IndexReadFn read_fn;
   std::string path;
   Manifest commit;  // header fields, for checks and ReadAll
   std::uint64_t logical = 0, physical = 0, files_off = 0, crcs_off = 0, ncrcs = 0;
@@ -246,7 +246,7 @@ struct IndexReader::Impl {
 
   // Reads physical blocks [b0, b1) into `dst` and checks each.
   Status ReadBlocks(std::uint64_t b0, std::uint64_t b1, char* dst) {
-    SW_RETURN_IF_ERROR(read(b0 * kIndexBlockBytes, (b1 - b0) * kIndexBlockBytes, dst));
+    SW_RETURN_IF_ERROR(read_fn(b0 * kIndexBlockBytes, (b1 - b0) * kIndexBlockBytes, dst));
     bytes_read += (b1 - b0) * kIndexBlockBytes;
     for (std::uint64_t b = b0; b < b1; ++b) {
       const char* p = dst + (b - b0) * kIndexBlockBytes;
@@ -505,7 +505,7 @@ IndexReader::~IndexReader() = default;
 Result<std::unique_ptr<IndexReader>> IndexReader::Open(IndexReadFn read, const Manifest& commit,
                                                        const std::string& path) {
   auto impl = std::make_unique<Impl>();
-  impl->read = std::move(read);
+  impl->read_fn = std::move(read);
   impl->path = path;
   impl->commit = commit;
   impl->commit.items.clear();

@@ -11,9 +11,9 @@
 
 namespace shardwise::format {
 
-std::string Serialize(const Manifest& m, std::string_view kind) {
-  std::string out;
-  out.reserve(4096 + m.items.size() * 160);
+namespace {
+
+void AppendHeader(std::string& out, const Manifest& m, std::string_view kind) {
   out += "{\"format_version\":";
   AppendInt(out, m.format_version);
   out += ",\"kind\":";
@@ -33,25 +33,23 @@ std::string Serialize(const Manifest& m, std::string_view kind) {
   out += ",\"checksum\":{\"algorithm\":\"crc32c\",\"block_bytes\":";
   AppendInt(out, m.checksum_block);
   out += "},\n";
-  if (m.format_version >= 2) {
-    // A format-2 commit record: files and items live in the index.
-    out += "\"index\":{\"name\":";
-    AppendEscaped(out, names::kIndex);
-    for (auto [key, v] : {std::pair{"size", m.index.size}, {"files", m.index.files},
-                          {"items", m.index.items}, {"chunks", m.index.chunks},
-                          {"file_bytes", m.index.file_bytes}}) {
-      out += ",\"";
-      out += key;
-      out += "\":";
-      AppendInt(out, v);
-    }
-    out += "},\n\"user\":";
-    out += m.user_json.empty() ? "{}" : m.user_json;
-    out += ",\n\"dcp\":";
-    out += m.dcp_json.empty() ? "null" : m.dcp_json;
-    out += '}';
-    return Seal(std::move(out));
+}
+
+// Format 2: what manifest.json says about index.swi.
+void AppendIndexRef(std::string& out, const IndexRef& ix) {
+  out += "\"index\":{\"name\":";
+  AppendEscaped(out, names::kIndex);
+  for (auto [key, v] : {std::pair{"size", ix.size}, {"files", ix.files}, {"items", ix.items},
+                        {"chunks", ix.chunks}, {"file_bytes", ix.file_bytes}}) {
+    out += ",\"";
+    out += key;
+    out += "\":";
+    AppendInt(out, v);
   }
+  out += "},\n";
+}
+
+void AppendFiles(std::string& out, const Manifest& m) {
   out += "\"files\":[";
   for (std::size_t i = 0; i < m.files.size(); ++i) {
     const FileRecord& f = m.files[i];
@@ -66,7 +64,11 @@ std::string Serialize(const Manifest& m, std::string_view kind) {
     AppendEscaped(out, f.backend);
     out += f.direct_io ? ",\"direct_io\":true}" : ",\"direct_io\":false}";
   }
-  out += "],\n\"items\":[";
+  out += "],\n";
+}
+
+void AppendItems(std::string& out, const Manifest& m) {
+  out += "\"items\":[";
   for (std::size_t i = 0; i < m.items.size(); ++i) {
     const ItemRecord& it = m.items[i];
     out += i ? ",\n{" : "\n{";
@@ -98,7 +100,22 @@ std::string Serialize(const Manifest& m, std::string_view kind) {
     }
     out += "]}";
   }
-  out += "],\n\"user\":";
+  out += "],\n";
+}
+
+}  // namespace
+
+std::string Serialize(const Manifest& m, std::string_view kind) {
+  std::string out;
+  out.reserve(4096 + m.items.size() * 160);
+  AppendHeader(out, m, kind);
+  if (m.format_version >= 2) {
+    AppendIndexRef(out, m.index);  // a commit record: files and items live in the index
+  } else {
+    AppendFiles(out, m);
+    AppendItems(out, m);
+  }
+  out += "\"user\":";
   out += m.user_json.empty() ? "{}" : m.user_json;
   out += ",\n\"dcp\":";
   out += m.dcp_json.empty() ? "null" : m.dcp_json;

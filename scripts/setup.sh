@@ -44,6 +44,10 @@ setup_python() {
   # (grep drops the notes this machine's pip configuration prints per package)
   .venv/bin/pip install -q --disable-pip-version-check torch==2.13.0 pytest numpy pyyaml \
     "scikit-build-core>=0.10" "nanobind>=2.0" 2>&1 | { grep -v "^WARNING: Location" || true; }
+  # The frameworks the integrations are tested with (pure Python; they keep
+  # the torch above, which satisfies their ranges).
+  .venv/bin/pip install -q --disable-pip-version-check pytorch-lightning==2.6.6 2>&1 |
+    { grep -v "^WARNING: Location" || true; }
   echo "setup: building and installing the shardwise Python package"
   .venv/bin/pip install -q --disable-pip-version-check --no-build-isolation . 2>&1 |
     { grep -v "^WARNING: Location" || true; }

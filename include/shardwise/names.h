@@ -39,7 +39,7 @@ inline constexpr std::string_view kIoModeFile = ".io-mode";
 inline constexpr std::string_view kShardExt = ".shard";
 
 // A checkpoint name (and every file name inside a checkpoint): 1-255 of
-// [A-Za-z0-9._-], not starting with '.'.
+// [A-Za-z0-9._=-], not starting with '.'.
 bool IsSafeName(std::string_view name);
 // A save id: 1-64 of [A-Za-z0-9_-].
 bool IsSafeSaveId(std::string_view id);

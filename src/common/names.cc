@@ -38,7 +38,7 @@ bool IsSafeName(std::string_view name) {
   if (name.empty() || name.size() > 255 || name[0] == '.') return false;
   for (char c : name) {
     const bool ok = (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
-                    c == '.' || c == '_' || c == '-';
+                    c == '.' || c == '_' || c == '-' || c == '=';
     if (!ok) return false;
   }
   return true;

@@ -56,7 +56,9 @@ TEST(Names, TempProbeShardAndSafeNames) {
   EXPECT_TRUE(IsShardFile("rank-00003.part2.shard"));
   EXPECT_FALSE(IsShardFile("rank-00003.fragment.json"));
   EXPECT_TRUE(IsSafeName("step-000000000001"));
-  for (const char* bad : {"", ".hidden", "a/b", "a b", "é"}) EXPECT_FALSE(IsSafeName(bad)) << bad;
+  EXPECT_TRUE(IsSafeName("epoch=3-step=1200.ckpt"));  // as Lightning names checkpoints
+  for (const char* bad : {"", ".hidden", "a/b", "a b", "é", "a:b", "a\\b"})
+    EXPECT_FALSE(IsSafeName(bad)) << bad;
   EXPECT_FALSE(IsSafeName(std::string(256, 'a')));
   EXPECT_TRUE(IsSafeSaveId(std::string(64, 'a')));
   EXPECT_FALSE(IsSafeSaveId(std::string(65, 'a')));

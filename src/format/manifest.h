@@ -51,7 +51,7 @@ Status ValidateChunkRecord(const ItemRecord& it, std::size_t c, const ChunkRecor
                            const FileRecord& file, std::uint64_t checksum_block,
                            const std::string& path);
 
-// A plain file name: [A-Za-z0-9._-]+, not starting with '.', at most 255
+// A plain file name: [A-Za-z0-9._=-]+, not starting with '.', at most 255
 
 // Number of checksum blocks covering `length` bytes.
 std::uint64_t BlockCount(std::uint64_t length, std::uint64_t block);

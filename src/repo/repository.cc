@@ -143,7 +143,7 @@ Status Repository::Normalize(SaveSpec& spec) {
   }
   if (!names::IsSafeName(spec.name) || spec.name == names::kLatest)
     return InvalidArgument("checkpoint name '" + spec.name +
-                           "' must match [A-Za-z0-9._-]+, not start with '.', and not "
+                           "' must match [A-Za-z0-9._=-]+, not start with '.', and not "
                            "be 'latest'");
   if (spec.world_size < 1 || spec.world_size > format::kMaxWorldSize)
     return InvalidArgument("world_size must be in [1, 2^20]");

@@ -543,10 +543,14 @@ Result<std::vector<ChunkRecord>> IndexReader::ChunksOverlapping(
   for (std::size_t d = 0; d < offsets.size(); ++d)
     if (offsets[d] < 0 || sizes[d] < 0 || offsets[d] > it.shape[d] - sizes[d])
       return InvalidArgument("box of item '" + it.name + "' lies outside its shape");
+  // Records are not validated yet here: one whose end overflows is kept,
+  // and Finish rejects it.
   auto overlaps = [&](const ChunkRecord& c) {
-    for (std::size_t d = 0; d < offsets.size(); ++d)
-      if (c.offsets[d] >= offsets[d] + sizes[d] || c.offsets[d] + c.sizes[d] <= offsets[d])
-        return false;
+    for (std::size_t d = 0; d < offsets.size(); ++d) {
+      std::int64_t end;
+      if (__builtin_add_overflow(c.offsets[d], c.sizes[d], &end)) return true;
+      if (c.offsets[d] >= offsets[d] + sizes[d] || end <= offsets[d]) return false;
+    }
     return true;
   };
   std::uint64_t start = 0;  // first record that may overlap

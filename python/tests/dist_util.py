@@ -36,10 +36,17 @@ def _entry(rank: int, world: int, store: str, fn: Callable[..., Any], args: tupl
     except BaseException:
         traceback.print_exc()
         os._exit(1)
-    try:
-        dist.destroy_process_group()
-    except Exception:
-        pass
+    # Every rank passed the barrier: the test function is done everywhere.
+    # Leave without tearing gloo down: twice in CI (2026-12-05) a rank that
+    # had passed that barrier was aborted during teardown ("terminate called
+    # without an active exception", exit -6) while its peers exited 0. The
+    # cause is not established; this exit keeps it from failing the test the
+    # rank already passed.
+    import sys
+
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
 
 
 def start_ranks(world: int, fn: Callable[..., Any], *args: Any,

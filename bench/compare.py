@@ -64,8 +64,10 @@ def make_state(total: int, world: int):
     from torch.distributed.tensor import Shard, distribute_tensor
 
     mesh = init_device_mesh("cpu", (world,))
-    hidden = 2048
     params_total = total // 10  # bf16 param + fp32 exp_avg + fp32 exp_avg_sq
+    hidden = 2048  # narrower for small states, so that they still hold >= 4 layers
+    while hidden > 64 and 4 * 12 * hidden * hidden > params_total:
+        hidden //= 2
     per_layer = 12 * hidden * hidden
     layers = max(1, params_total // per_layer)
     shapes = [("qkv", 3 * hidden, hidden), ("out", hidden, hidden), ("up", 4 * hidden, hidden),

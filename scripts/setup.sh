@@ -48,6 +48,15 @@ setup_python() {
   # the torch above, which satisfies their ranges).
   .venv/bin/pip install -q --disable-pip-version-check pytorch-lightning==2.6.6 2>&1 |
     { grep -v "^WARNING: Location" || true; }
+  # torchtitan 0.3.0's dependencies include a data, tokenizer and logging
+  # stack (datasets, tokenizers, tensorboard, wandb...) the checkpoint
+  # integration never touches: install it without its dependencies, plus
+  # what its checkpoint, model and config code imports.
+  # (Its Triton kernels and FlexAttention's CPU gap are patched in
+  # python/tests/torchtitan_job.py, never in the product.)
+  .venv/bin/pip install -q --disable-pip-version-check --no-deps torchtitan==0.3.0 \
+    spmd_types==0.2.3 tyro==1.0.17 docstring_parser==0.18.0 typeguard==4.6.1 2>&1 |
+    { grep -v "^WARNING: Location" || true; }
   echo "setup: building and installing the shardwise Python package"
   .venv/bin/pip install -q --disable-pip-version-check --no-build-isolation . 2>&1 |
     { grep -v "^WARNING: Location" || true; }

@@ -254,6 +254,27 @@ def _base_tensor(lease: Any, kind: str) -> torch.Tensor:
     return torch.from_dlpack(lease.memory())
 
 
+def _rebuild_dtensor(local: torch.Tensor, mesh: Any, placements: Any, shape: Any,
+                     stride: Any) -> Any:
+    assert DTensor is not None
+    return DTensor.from_local(local, mesh, placements, run_check=False, shape=shape,
+                              stride=stride)
+
+
+def _dtensor_over(view: torch.Tensor, like: Any) -> Any:
+    """A DTensor like `like` whose local tensor is `view`. DCP's PROCESS mode
+    pickles the staged state to its checkpoint process, and torch 2.13
+    pickles a DTensor whose local tensor starts past the beginning of its
+    storage through the wrapper's own empty storage, which crashes the
+    process (SIGSEGV). Such a DTensor is pickled through its local tensor
+    instead (shared staging memory goes by file descriptor, no copy)."""
+    args = (view, like.device_mesh, like.placements, like.shape, like.stride())
+    d = _rebuild_dtensor(*args)
+    if view.storage_offset():
+        d.__reduce_ex__ = lambda proto: (_rebuild_dtensor, args)
+    return d
+
+
 def stage(state_dict: Any, *, pin_memory: bool = False, shared_memory: bool = False,
           background: bool = False, lazy: Optional[Callable[[torch.Tensor], bool]] = None,
           non_blocking: bool = True, threads: int = 0) -> Snapshot:
@@ -353,8 +374,7 @@ def stage(state_dict: Any, *, pin_memory: bool = False, shared_memory: bool = Fa
         if isinstance(v, torch.Tensor):
             view = views[key_of(local_tensor(v))]
             if DTensor is not None and isinstance(v, DTensor):
-                return DTensor.from_local(view, v.device_mesh, v.placements, run_check=False,
-                                          shape=v.shape, stride=v.stride())
+                return _dtensor_over(view, v)
             return view
         if isinstance(v, dict):
             out = {k: rebuild(x) for k, x in v.items()}

@@ -187,6 +187,31 @@ def test_async_save_modes(tmp_path, mode):
     run_ranks(2, _async, str(tmp_path / "root"), mode)
 
 
+def _process_dtensors(rank: int, world: int, root: str, shared: bool) -> None:
+    """DTensors staged at an offset into staging memory reach DCP's
+    checkpoint process: torch pickles such a DTensor through its wrapper's
+    empty storage and crashes (SIGSEGV) unless the stager says otherwise."""
+    from torch.distributed.checkpoint.state_dict_saver import AsyncCheckpointerType
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.tensor import Shard, distribute_tensor
+
+    mesh = init_device_mesh("cpu", (world,))
+    state = {"a": distribute_tensor(_full(1, (12, 6)), mesh, [Shard(0)]),
+             "b": distribute_tensor(_full(2, (8, 10)), mesh, [Shard(1)])}
+    path = os.path.join(root, "step-000000000001")
+    fut = dcp.async_save(state, storage_writer=Writer(path, shared_memory=shared),
+                         async_checkpointer_type=AsyncCheckpointerType.PROCESS)
+    fut.result(timeout=120)
+    back = {"a": torch.zeros(12, 6), "b": torch.zeros(8, 10)}
+    dcp.load(back, storage_reader=Reader(path), no_dist=True)
+    assert torch.equal(back["a"], _full(1, (12, 6))) and torch.equal(back["b"], _full(2, (8, 10)))
+
+
+@pytest.mark.parametrize("shared", [False, True])
+def test_process_mode_dtensors(tmp_path, shared):
+    run_ranks(2, _process_dtensors, str(tmp_path / "root"), shared)
+
+
 # -- process mode: torch commits from a child of the job's coordinator -----------------
 def _process_mode(rank: int, world: int, root: str) -> None:
     ck = shardwise.Checkpointer(root, async_mode="process", keep_last=2)

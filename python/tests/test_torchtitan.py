@@ -42,7 +42,7 @@ def _killed(world: int, folder: str, kill_after: int, ckpt: dict) -> None:
     assert codes == [-signal.SIGKILL] * world, f"rank exit codes: {codes}"
 
 
-@pytest.mark.parametrize("async_mode", ["disabled", "async"])
+@pytest.mark.parametrize("async_mode", ["disabled", "async", "async_with_pinned_mem"])
 def test_kill_resume_bit_exact_then_reshard(tmp_path, async_mode):
     ckpt = dict(interval=2, async_mode=async_mode, last_save_model_only=False,
                 keep_latest_k=2)

@@ -72,6 +72,16 @@ def _remove(path: str) -> None:
         filesystem.rmtree(path)
 
 
+class _OwnStaging:
+    """Stands where torchtitan keeps DCP's ``DefaultStager`` for
+    ``async_with_pinned_mem``: shardwise's Writer stages into the process's
+    staging memory itself, so torchtitan must not build a second stager
+    (with its own pinned buffers) that nothing would use."""
+
+    def close(self) -> None:
+        pass
+
+
 class ShardwiseCheckpointManager(CheckpointManager):
     """torchtitan's ``CheckpointManager``, saving and loading through
     shardwise (see the module's docs)."""
@@ -82,6 +92,8 @@ class ShardwiseCheckpointManager(CheckpointManager):
 
     def __init__(self, config: Config, **kwargs: Any) -> None:
         super().__init__(config, **kwargs)
+        if self.enable:
+            self.stager = _OwnStaging()  # type: ignore[assignment]
         if self.enable and self.purge_thread is not None:
             # Retention's deletes go through _remove: restart the purge thread.
             self.purge_queue.put(None)

@@ -44,9 +44,11 @@ setup_python() {
   # (grep drops the notes this machine's pip configuration prints per package)
   .venv/bin/pip install -q --disable-pip-version-check torch==2.13.0 pytest numpy pyyaml \
     "scikit-build-core>=0.10" "nanobind>=2.0" 2>&1 | { grep -v "^WARNING: Location" || true; }
-  # The frameworks the integrations are tested with (pure Python; they keep
-  # the torch above, which satisfies their ranges).
-  .venv/bin/pip install -q --disable-pip-version-check pytorch-lightning==2.6.6 2>&1 |
+  # The frameworks the integrations are tested with, and prometheus_client
+  # for the metrics (pure Python; they keep the torch above, which satisfies
+  # their ranges).
+  .venv/bin/pip install -q --disable-pip-version-check pytorch-lightning==2.6.6 \
+    prometheus_client==0.26.0 2>&1 |
     { grep -v "^WARNING: Location" || true; }
   # torchtitan 0.3.0's dependencies include a data, tokenizer and logging
   # stack (datasets, tokenizers, tensorboard, wandb...) the checkpoint

@@ -32,7 +32,7 @@ from torch.distributed.checkpoint.api import CheckpointException
 from torch.distributed.checkpoint.default_planner import DefaultSavePlanner
 from torch.distributed.checkpoint.state_dict_saver import AsyncCheckpointerType
 
-from . import _core, _staging
+from . import _core, _staging, metrics
 from ._progress import ProgressArg
 from .dcp import Reader, Writer
 
@@ -330,6 +330,12 @@ class Checkpointer:
             log.info("retention kept %s: not exported to S3 yet",
                      ", ".join(report.kept_unexported))
 
+    def _record_failure(self) -> None:
+        # Committed saves are recorded by the coordinator's commit; a failed
+        # one here, once per job.
+        if self._rank() == 0:
+            metrics.record_save_failure(self.root)
+
     def _retain_after(self, handle: SaveHandle, future: ConcurrentFuture) -> None:
         # In the background, as part of the save: the training loop never
         # waits for deletions.
@@ -337,7 +343,9 @@ class Checkpointer:
 
         def after(f: ConcurrentFuture) -> None:
             try:
-                if f.exception() is None:
+                if f.exception() is not None:
+                    self._record_failure()
+                else:
                     self._apply_retention()
             except Exception as e:  # the save is committed; retention failed
                 handle.retention_error = e
@@ -396,6 +404,7 @@ class Checkpointer:
                 dcp.save(state_dict, storage_writer=self._writer, checkpoint_id=path,
                          process_group=self.process_group, planner=self._planner())
             except BaseException as e:
+                self._record_failure()
                 _reraise(e)
             stall = time.monotonic() - t0
             self._apply_retention()

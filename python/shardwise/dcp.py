@@ -33,6 +33,7 @@ import logging
 import os
 import secrets
 import threading
+import time
 import uuid
 from concurrent.futures import Future as _ConcurrentFuture
 from typing import Any, Callable, Optional, Union
@@ -50,7 +51,7 @@ from torch.distributed.checkpoint.planner import (
 from torch.distributed.checkpoint.storage import StorageReader, StorageWriter, WriteResult
 from torch.futures import Future
 
-from . import _core, _metadata, _staging, _values
+from . import _core, _metadata, _staging, _values, metrics
 from ._progress import Progress, ProgressArg
 
 try:  # the AsyncStager protocol (torch >= 2.3)
@@ -199,6 +200,11 @@ class Writer(StorageWriter, AsyncStager):  # type: ignore[misc]
         # The coordinator's last commit (shardwise._core.CommitResult: name,
         # dir, bytes, latest_updated, export_error), or None.
         self.last_commit: Optional[Any] = None
+        # This save's start and stall (wall clock: a PROCESS-mode commit
+        # runs in another process), for shardwise.metrics.
+        self._t_start: Optional[float] = None
+        self._stall: Optional[float] = None
+        self._waves = 0  # 1 once stage() staged this save in full
         self.options = _options(io_backend=io_backend, queue_depth=queue_depth, io_unit=io_unit,
                                 checksum_block=checksum_block, direct_io=direct_io,
                                 commit_timeout_s=commit_timeout_s, threads=threads,
@@ -271,7 +277,10 @@ class Writer(StorageWriter, AsyncStager):  # type: ignore[misc]
         self.save_id = _new_id()
 
     def set_up_storage_writer(self, is_coordinator: bool, *args: Any, **kwargs: Any) -> None:
-        pass  # the coordinator is whoever DCP calls finish() on
+        # The coordinator is whoever DCP calls finish() on. A synchronous
+        # save starts here (an async one started in stage()).
+        if self._t_start is None:
+            self._t_start = time.time()
 
     def prepare_local_plan(self, plan: SavePlan) -> SavePlan:
         # Refused at planning time, as FileSystemWriter refuses, before any
@@ -440,6 +449,21 @@ class Writer(StorageWriter, AsyncStager):  # type: ignore[misc]
         if result.export_error:
             log.warning("checkpoint %s is committed, but its export to S3 was not requested: %s",
                         result.name, result.export_error)
+        self._record(result)
+
+    def _record(self, result: Any) -> None:
+        """The committed save's figures, for shardwise.metrics."""
+        now = time.time()
+        persist = now - (self._t_start if self._t_start is not None else now)
+        export = str(self.options.get("export", os.environ.get("SHARDWISE_EXPORT", "off")))
+        metrics.record_save(
+            os.path.dirname(os.path.abspath(result.dir)), step=self.step,
+            stall_s=persist if self._stall is None else self._stall, persist_s=persist,
+            nbytes=result.bytes, waves=self._waves,
+            export_state=("request_failed" if result.export_error
+                          else "off" if export == "off" else "requested"))
+        self._t_start = self._stall = None
+        self._waves = 0
 
     def storage_meta(self) -> Optional[StorageMeta]:
         return StorageMeta(checkpoint_id=self.path, save_id=self.save_id)
@@ -454,6 +478,15 @@ class Writer(StorageWriter, AsyncStager):  # type: ignore[misc]
 
     # -- AsyncStager -------------------------------------------------------------
     def stage(self, state_dict: dict[str, Any]) -> Any:
+        """Copies the state into the process's staging memory (see
+        :meth:`_stage`); times it for the save's metrics."""
+        t0 = time.time()
+        staged = self._stage(state_dict)
+        self._t_start, self._stall = t0, time.time() - t0
+        self._waves = 0 if self._snapshot is None else 1  # None: streamed
+        return staged
+
+    def _stage(self, state_dict: dict[str, Any]) -> Any:
         """Copies the state into the process's staging memory (one parallel
         copy in C++; device tensors on a side stream); the save then runs
         from the copy while training changes the originals. With
@@ -632,6 +665,14 @@ class Reader(StorageReader):
         return plans
 
     def read_data(self, plan: LoadPlan, planner: LoadPlanner) -> Future[None]:
+        try:
+            return self._read_data(plan, planner)
+        except _core.CorruptCheckpointError:
+            if self.path is not None:
+                metrics.record_verify_failure(os.path.dirname(os.path.abspath(self.path)))
+            raise
+
+    def _read_data(self, plan: LoadPlan, planner: LoadPlanner) -> Future[None]:
         core = self._open()
         requests: list[Any] = []  # _core.ReadRequest
         pending: list[tuple[Any, torch.Tensor, torch.Tensor, bool]] = []

@@ -35,11 +35,12 @@ from typing import Any, Callable, Optional, Union
 
 import torch
 from lightning_fabric.plugins.io.checkpoint_io import CheckpointIO
+from pytorch_lightning.strategies import ModelParallelStrategy
 
 from .. import _core, _values
 from .. import dcp as _sdcp
 
-__all__ = ["ShardwiseCheckpointIO"]
+__all__ = ["ShardwiseCheckpointIO", "ShardwiseModelParallelStrategy"]
 
 PathLike = Union[str, "os.PathLike[str]"]
 
@@ -95,27 +96,7 @@ class ShardwiseCheckpointIO(CheckpointIO):
         if not os.path.isfile(os.path.join(path, _core.MANIFEST_NAME)):
             raise FileNotFoundError(f"Checkpoint file not found: {path} (no shardwise checkpoint "
                                     f"there)")
-        reader = _sdcp.Reader(path)
-        entries = reader.read_metadata().state_dict_metadata
-        if _SKELETON not in entries:
-            raise ValueError(f"{path}: not a Lightning checkpoint written by "
-                             f"ShardwiseCheckpointIO (it has no {_SKELETON!r} entry)")
-        state: dict[str, Any] = {_SKELETON: io.BytesIO()}
-        for name in entries:
-            if name != _SKELETON:
-                md = entries[name]
-                state[name] = torch.empty(tuple(md.size), dtype=md.properties.dtype)
-        reader.reset(path)
-        _sdcp.load(state, storage_reader=reader, no_dist=True)
-        device = torch.device(map_location) if isinstance(map_location, (str, torch.device)) \
-            else None
-        tensors = {k: (v.to(device) if device is not None else v)
-                   for k, v in state.items() if k != _SKELETON}
-        try:
-            skeleton = _values.decode(state[_SKELETON].getvalue(), f"{path}: {_SKELETON}")
-        except ValueError as e:
-            raise _sdcp._corrupt(str(e), path) from None
-        return _join(skeleton, tensors)
+        return _read_structured(path, lambda name: True, map_location)
 
     def remove_checkpoint(self, path: PathLike) -> None:
         """Deletes the checkpoint directory: renamed aside first, so it is
@@ -133,6 +114,95 @@ class ShardwiseCheckpointIO(CheckpointIO):
 
 _SKELETON = "__lightning__"
 _REF = "__shardwise_tensor__"
+_META = "meta"  # the strategy's non-module, non-optimizer state: items meta.*
+
+
+class ShardwiseModelParallelStrategy(ModelParallelStrategy):  # type: ignore[misc]
+    """Lightning's ``ModelParallelStrategy`` (FSDP2 and tensor parallelism
+    over DTensors), whose distributed checkpoints are shardwise checkpoints::
+
+        trainer = Trainer(strategy=ShardwiseModelParallelStrategy(data_parallel_size=8))
+
+    Lightning's ``ModelParallelStrategy`` saves a distributed checkpoint with
+    DCP's own file writer and ``torch.save``s the rest of the checkpoint
+    (loops, callbacks, hyper-parameters) into ``meta.pt`` beside it: two
+    writes, neither atomic, and a pickle to load. This strategy overrides the
+    two hooks Lightning gives a strategy for that, ``save_checkpoint`` and
+    ``load_checkpoint``: every rank writes its shards with the engine; the
+    rest of the checkpoint goes into the same checkpoint (its tensors as
+    items ``meta.*``, its structure as JSON), committed once, atomically;
+    nothing is unpickled on load. Saving again to a name replaces it
+    atomically (``last.ckpt``). Resharding on load (another world size) works
+    as with DCP. Checkpoints Lightning wrote before the switch (``meta.pt``
+    folders, single files) load as Lightning loads them.
+
+    All arguments are ``ModelParallelStrategy``'s, plus ``writer_options``
+    (engine options for :class:`shardwise.dcp.Writer`, e.g.
+    ``{"threads": 4}``). With ``save_distributed_checkpoint=False`` Lightning
+    saves one full file through its ``CheckpointIO`` (use
+    :class:`ShardwiseCheckpointIO` there).
+    """
+
+    def __init__(self, *args: Any, writer_options: Optional[dict[str, Any]] = None,
+                 **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.writer_options = dict(writer_options or {})
+
+    def save_checkpoint(self, checkpoint: dict[str, Any], filepath: PathLike,
+                        storage_options: Optional[Any] = None) -> None:
+        if not self._save_distributed_checkpoint:
+            return super().save_checkpoint(checkpoint, filepath, storage_options)
+        if storage_options is not None:
+            raise TypeError(f"{type(self).__name__}.save_checkpoint: storage_options are not "
+                            f"supported; pass writer_options to the strategy")
+        # Every rank must write to the same path: rank 0's.
+        path = os.path.abspath(os.fspath(self.broadcast(filepath)))
+        if os.path.isfile(path):
+            raise FileExistsError(f"{path}: a file (a full checkpoint) is there; shardwise "
+                                  f"writes a checkpoint directory: remove it or save elsewhere")
+        checkpoint = dict(checkpoint)
+        state: dict[str, Any] = {"state_dict": checkpoint.pop("state_dict")}
+        for i, optim_state in enumerate(checkpoint.pop("optimizer_states", [])):
+            state[f"optimizer_{i}"] = optim_state
+        tensors: dict[str, torch.Tensor] = {}
+        skeleton = _split(checkpoint, [_META], tensors)
+        state.update(tensors)
+        state[_SKELETON] = io.BytesIO(_values.encode(skeleton))
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        _sdcp.save(state, storage_writer=_sdcp.Writer(path, replace=True,
+                                                      **self.writer_options))
+
+    def load_checkpoint(self, checkpoint_path: PathLike,
+                        weights_only: Optional[bool] = None) -> dict[str, Any]:
+        path = os.path.abspath(os.fspath(self.broadcast(checkpoint_path)))
+        if not os.path.isfile(os.path.join(path, _core.MANIFEST_NAME)):
+            return super().load_checkpoint(checkpoint_path, weights_only)
+        from torch.distributed.checkpoint.state_dict import (
+            StateDictOptions, get_model_state_dict, get_optimizer_state_dict,
+            set_optimizer_state_dict)
+
+        assert self.model is not None and self.lightning_module is not None
+        module_state = {"state_dict": get_model_state_dict(self.model)}
+        _sdcp.load(module_state, storage_reader=_sdcp.Reader(path))
+        self.model.load_state_dict(module_state["state_dict"],
+                                   strict=self.lightning_module.strict_loading)
+        for i, optim in enumerate(self.optimizers):
+            key = f"optimizer_{i}"
+            optim_state = {key: get_optimizer_state_dict(self.model, optim)}
+            _sdcp.load(optim_state, storage_reader=_sdcp.Reader(path))
+            set_optimizer_state_dict(self.model, optim, optim_state_dict=optim_state[key],
+                                     options=StateDictOptions(cpu_offload=True))
+        # The rest (loops, callbacks, ...), read by each rank on its own.
+        return _read_structured(path, lambda name: name.startswith(_META + "."))
+
+    def remove_checkpoint(self, filepath: PathLike) -> None:
+        path = os.path.abspath(os.fspath(filepath))
+        if not os.path.isfile(os.path.join(path, _core.MANIFEST_NAME)):
+            return super().remove_checkpoint(filepath)  # not ours: Lightning's way
+        if self.is_global_zero:  # renamed aside, then deleted: never seen half removed
+            root, name = os.path.split(path)
+            _sdcp._repository(root, _sdcp.Writer(path, **self.writer_options).options).delete(
+                name)
 
 
 def _split(value: Any, path: list[str], tensors: dict[str, torch.Tensor]) -> Any:
@@ -150,6 +220,34 @@ def _split(value: Any, path: list[str], tensors: dict[str, torch.Tensor]) -> Any
         out = [_split(v, path + [str(i)], tensors) for i, v in enumerate(value)]
         return tuple(out) if isinstance(value, tuple) else out
     return value
+
+
+def _read_structured(path: str, wanted: Callable[[str], bool],
+                     map_location: Any = None) -> Any:
+    """The structure saved under _SKELETON in checkpoint `path`, with its
+    tensors (the items `wanted` selects) put back; read by this process
+    alone."""
+    reader = _sdcp.Reader(path)
+    entries = reader.read_metadata().state_dict_metadata
+    if _SKELETON not in entries:
+        raise ValueError(f"{path}: not a Lightning checkpoint written by shardwise (it has no "
+                         f"{_SKELETON!r} entry)")
+    state: dict[str, Any] = {_SKELETON: io.BytesIO()}
+    for name in entries:
+        if name != _SKELETON and wanted(name):
+            md = entries[name]
+            state[name] = torch.empty(tuple(md.size), dtype=md.properties.dtype)
+    reader.reset(path)
+    _sdcp.load(state, storage_reader=reader, no_dist=True)
+    device = torch.device(map_location) if isinstance(map_location, (str, torch.device)) \
+        else None
+    tensors = {k: (v.to(device) if device is not None else v)
+               for k, v in state.items() if k != _SKELETON}
+    try:
+        skeleton = _values.decode(state[_SKELETON].getvalue(), f"{path}: {_SKELETON}")
+    except ValueError as e:
+        raise _sdcp._corrupt(str(e), path) from None
+    return _join(skeleton, tensors)
 
 
 def _join(value: Any, tensors: dict[str, torch.Tensor]) -> Any:

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Runs every test: the C++ suite with warnings as errors, again under
 # AddressSanitizer+UndefinedBehaviorSanitizer and under ThreadSanitizer; the
-# Python suite (real multi-process torch.distributed); the deployment
+# Python suite (real multi-process torch.distributed), and again against a
+# manylinux wheel installed where no compiler is on PATH; the deployment
 # toolkit's tests (stub cloud CLIs, kustomize renders); the layer check
 # (scripts/check_layers.py) and the function-length check; a short libFuzzer run
 # of every fuzz target (scripts/fuzz.sh); shellcheck. Sets
@@ -27,6 +28,9 @@ echo "== C++ tests under TSan"
 TSAN_OPTIONS=halt_on_error=1 ctest --preset tsan -j "$jobs"
 echo "== Python tests (pytest; torch.distributed with gloo, several processes)"
 .venv/bin/python -m pytest -q -p no:cacheprovider python/tests
+echo "== Wheel: built (scripts/build_wheel.sh), installed in a fresh venv with no compiler on"
+echo "   PATH, Python tests run against it (scripts/test_wheel.sh; the 32-process test ran above)"
+scripts/test_wheel.sh -- -k "not many_ranks"
 echo "== Deployment toolkit tests (stub aws/eksctl/helm/kubectl; kubectl kustomize)"
 command -v kubectl >/dev/null ||
   { echo "kubectl (with kustomize v5) is needed to render deploy/k8s; this machine image ships it" >&2; exit 1; }

@@ -127,14 +127,15 @@ class ShardwiseModelParallelStrategy(ModelParallelStrategy):  # type: ignore[mis
     DCP's own file writer and ``torch.save``s the rest of the checkpoint
     (loops, callbacks, hyper-parameters) into ``meta.pt`` beside it: two
     writes, neither atomic, and a pickle to load. This strategy overrides the
-    two hooks Lightning gives a strategy for that, ``save_checkpoint`` and
-    ``load_checkpoint``: every rank writes its shards with the engine; the
+    hooks Lightning gives a strategy for that (``save_checkpoint``,
+    ``load_checkpoint``, ``remove_checkpoint``): every rank writes its shards
+    with the engine; the
     rest of the checkpoint goes into the same checkpoint (its tensors as
     items ``meta.*``, its structure as JSON), committed once, atomically;
     nothing is unpickled on load. Saving again to a name replaces it
-    atomically (``last.ckpt``). Resharding on load (another world size) works
-    as with DCP. Checkpoints Lightning wrote before the switch (``meta.pt``
-    folders, single files) load as Lightning loads them.
+    atomically (``last.ckpt``). Loads go through DCP's planner (another world
+    size reshards as with DCP). Checkpoints Lightning wrote before the switch
+    (``meta.pt`` folders, single files) go to Lightning's own loader.
 
     All arguments are ``ModelParallelStrategy``'s, plus ``writer_options``
     (engine options for :class:`shardwise.dcp.Writer`, e.g.
@@ -152,25 +153,7 @@ class ShardwiseModelParallelStrategy(ModelParallelStrategy):  # type: ignore[mis
                         storage_options: Optional[Any] = None) -> None:
         if not self._save_distributed_checkpoint:
             return super().save_checkpoint(checkpoint, filepath, storage_options)
-        if storage_options is not None:
-            raise TypeError(f"{type(self).__name__}.save_checkpoint: storage_options are not "
-                            f"supported; pass writer_options to the strategy")
-        # Every rank must write to the same path: rank 0's.
-        path = os.path.abspath(os.fspath(self.broadcast(filepath)))
-        if os.path.isfile(path):
-            raise FileExistsError(f"{path}: a file (a full checkpoint) is there; shardwise "
-                                  f"writes a checkpoint directory: remove it or save elsewhere")
-        checkpoint = dict(checkpoint)
-        state: dict[str, Any] = {"state_dict": checkpoint.pop("state_dict")}
-        for i, optim_state in enumerate(checkpoint.pop("optimizer_states", [])):
-            state[f"optimizer_{i}"] = optim_state
-        tensors: dict[str, torch.Tensor] = {}
-        skeleton = _split(checkpoint, [_META], tensors)
-        state.update(tensors)
-        state[_SKELETON] = io.BytesIO(_values.encode(skeleton))
-        os.makedirs(os.path.dirname(path), exist_ok=True)
-        _sdcp.save(state, storage_writer=_sdcp.Writer(path, replace=True,
-                                                      **self.writer_options))
+        _save_sharded(self, checkpoint, filepath, storage_options, "state_dict")
 
     def load_checkpoint(self, checkpoint_path: PathLike,
                         weights_only: Optional[bool] = None) -> dict[str, Any]:
@@ -196,13 +179,47 @@ class ShardwiseModelParallelStrategy(ModelParallelStrategy):  # type: ignore[mis
         return _read_structured(path, lambda name: name.startswith(_META + "."))
 
     def remove_checkpoint(self, filepath: PathLike) -> None:
-        path = os.path.abspath(os.fspath(filepath))
-        if not os.path.isfile(os.path.join(path, _core.MANIFEST_NAME)):
-            return super().remove_checkpoint(filepath)  # not ours: Lightning's way
-        if self.is_global_zero:  # renamed aside, then deleted: never seen half removed
-            root, name = os.path.split(path)
-            _sdcp._repository(root, _sdcp.Writer(path, **self.writer_options).options).delete(
-                name)
+        if not _remove_sharded(self, filepath):
+            super().remove_checkpoint(filepath)  # not ours: Lightning's way
+
+
+def _save_sharded(strategy: Any, checkpoint: dict[str, Any], filepath: PathLike,
+                  storage_options: Any, model_key: str) -> None:
+    """A strategy's sharded save (collective): the model and optimizer
+    states under Lightning's own keys, the rest of the checkpoint as items
+    meta.* plus its structure as JSON, one shardwise checkpoint."""
+    if storage_options is not None:
+        raise TypeError(f"{type(strategy).__name__}.save_checkpoint: storage_options are not "
+                        f"supported; pass writer_options to the strategy")
+    # Every rank must write to the same path: rank 0's.
+    path = os.path.abspath(os.fspath(strategy.broadcast(filepath)))
+    if os.path.isfile(path):
+        raise FileExistsError(f"{path}: a file (a full checkpoint) is there; shardwise "
+                              f"writes a checkpoint directory: remove it or save elsewhere")
+    checkpoint = dict(checkpoint)
+    state: dict[str, Any] = {model_key: checkpoint.pop("state_dict")}
+    for i, optim_state in enumerate(checkpoint.pop("optimizer_states", [])):
+        state[f"optimizer_{i}"] = optim_state
+    tensors: dict[str, torch.Tensor] = {}
+    skeleton = _split(checkpoint, [_META], tensors)
+    state.update(tensors)
+    state[_SKELETON] = io.BytesIO(_values.encode(skeleton))
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    _sdcp.save(state, storage_writer=_sdcp.Writer(path, replace=True,
+                                                  **strategy.writer_options))
+
+
+def _remove_sharded(strategy: Any, filepath: PathLike) -> bool:
+    """Deletes a shardwise checkpoint (rank 0: renamed aside, then deleted,
+    never seen half removed); False when `filepath` is not one."""
+    path = os.path.abspath(os.fspath(filepath))
+    if not os.path.isfile(os.path.join(path, _core.MANIFEST_NAME)):
+        return False
+    if strategy.is_global_zero:
+        root, name = os.path.split(path)
+        options = _sdcp.Writer(path, **strategy.writer_options).options
+        _sdcp._repository(root, options).delete(name)
+    return True
 
 
 def _split(value: Any, path: list[str], tensors: dict[str, torch.Tensor]) -> Any:

@@ -676,18 +676,14 @@ class Reader(StorageReader):
         core = self._open()
         requests: list[Any] = []  # _core.ReadRequest
         pending: list[tuple[Any, torch.Tensor, torch.Tensor, bool]] = []
+        values: list[tuple[Any, torch.Tensor]] = []  # (request, its bytes)
         for req in plan.items:
             fqn = req.storage_index.fqn
             dtype, shape, chunks = self._item(fqn)
             if req.type == LoadItemType.BYTE_IO:
                 n = int(shape[0])
                 buf = torch.empty(n, dtype=torch.uint8)
-                core.read([_core.ReadRequest(fqn, address=buf.data_ptr(), nbytes=n)])
-                try:
-                    value = _values.decode(buf.numpy().tobytes(), f"{self.path}: item {fqn!r}")
-                except ValueError as e:
-                    raise _corrupt(str(e), self.path) from None
-                planner.load_bytes(req, _values.as_torch_bytes(value))
+                values.append((req, buf))
                 continue
             offsets = tuple(int(x) for x in req.storage_index.offset)
             chunk = chunks.get(offsets)
@@ -718,6 +714,18 @@ class Reader(StorageReader):
             if batch:
                 core.read(batch)
                 bar.update(size)
+        if values:
+            # Non-tensor values (an optimizer's steps and hyper-parameters:
+            # hundreds of small items): one call reads them all.
+            core.read([_core.ReadRequest(r.storage_index.fqn, address=b.data_ptr(),
+                                         nbytes=b.numel()) for r, b in values])
+            for req, buf in values:
+                what = f"{self.path}: item {req.storage_index.fqn!r}"
+                try:
+                    value = _values.decode(buf.numpy().tobytes(), what)
+                except ValueError as e:
+                    raise _corrupt(str(e), self.path) from None
+                planner.load_bytes(req, _values.as_torch_bytes(value))
         for req, target, dst, direct in pending:
             if not direct:
                 target.copy_(dst)

@@ -92,12 +92,9 @@ def build(rank: int, world: int, folder: str, manager: str, **ckpt: Any) -> dict
     cpu_patches()
     from torch.distributed.device_mesh import init_device_mesh
     from torch.distributed.fsdp import fully_shard
-    from torchtitan.components.checkpointer.dcp import CheckpointManager
     from torchtitan.components.optimizer.lr_scheduler import LRSchedulersContainer
     from torchtitan.components.optimizer.optimizer import default_adamw
     from torchtitan.models.llama3 import model_registry
-
-    from shardwise.integrations.torchtitan import ShardwiseCheckpointManager
 
     torch.manual_seed(0)  # the same initial weights on every rank
     model = model_registry("debugmodel", attn_backend="flex").model.build()
@@ -109,15 +106,26 @@ def build(rank: int, world: int, folder: str, manager: str, **ckpt: Any) -> dict
     lrs = LRSchedulersContainer.Config(warmup_steps=2, decay_ratio=0.8, decay_type="linear",
                                        min_lr_factor=0.0).build(optimizers=opt,
                                                                 training_steps=100)
+    job = {"model": model, "opt": opt, "lrs": lrs, "state": TrainState(),
+           "loader": Loader(rank, world)}
+    job["checkpointer"] = checkpoint_manager(job, manager, folder, **ckpt)
+    return job
+
+
+def checkpoint_manager(job: dict[str, Any], manager: str, folder: str, **ckpt: Any) -> Any:
+    """A checkpoint manager over the job's state, built from its Config as
+    torchtitan's Trainer builds it: "shardwise" (ShardwiseCheckpointManager)
+    or "stock" (torchtitan's CheckpointManager)."""
+    from torchtitan.components.checkpointer.dcp import CheckpointManager
+
+    from shardwise.integrations.torchtitan import ShardwiseCheckpointManager
+
     cls = ShardwiseCheckpointManager if manager == "shardwise" else CheckpointManager
     config = cls.Config(enable=True, folder="checkpoint", **ckpt)
-    state = TrainState()
-    loader = Loader(rank, world)
-    checkpointer = config.build(dataloader=loader, model_parts=[model], optimizers=opt,
-                                lr_schedulers=lrs, states={"train_state": state},
-                                sd_adapter=None, base_folder=folder)
-    return {"model": model, "opt": opt, "lrs": lrs, "state": state, "loader": loader,
-            "checkpointer": checkpointer}
+    return config.build(dataloader=job["loader"], model_parts=[job["model"]],
+                        optimizers=job["opt"], lr_schedulers=job["lrs"],
+                        states={"train_state": job["state"]}, sd_adapter=None,
+                        base_folder=folder)
 
 
 def step(job: dict[str, Any]) -> None:

@@ -27,11 +27,28 @@ def _lightning_env(rank: int, world: int) -> None:
                       MASTER_PORT="1", TORCHELASTIC_RUN_ID="shardwise-test")
 
 
-def _fit(rank: int, world: int, root: str, epochs: int, ckpt_path: str, out: str) -> None:
+def _fsdp1_on_cpu() -> None:
+    """CPU-only patch, for this test: torch 2.13's FSDP1 looks for an
+    accelerator when it is given no device, and Lightning gives it none on
+    the CPU (device_id=root_device.index, None); give it the CPU."""
+    from torch.distributed.fsdp import FullyShardedDataParallel as FSDP
+
+    init = FSDP.__init__
+
+    def cpu_init(self, module, *args, device_id=None, **kwargs):  # type: ignore[no-untyped-def]
+        init(self, module, *args, device_id=torch.device("cpu") if device_id is None
+             else device_id, **kwargs)
+
+    FSDP.__init__ = cpu_init
+
+
+def _fit(rank: int, world: int, kind: str, root: str, epochs: int, ckpt_path: str,
+         out: str) -> None:
     _lightning_env(rank, world)
     from torch.distributed.fsdp import fully_shard
 
-    from shardwise.integrations.lightning import ShardwiseModelParallelStrategy
+    from shardwise.integrations.lightning import (ShardwiseFSDPStrategy,
+                                                  ShardwiseModelParallelStrategy)
 
     class Net(pl.LightningModule):
         def __init__(self, lr: float = 0.05) -> None:
@@ -41,6 +58,8 @@ def _fit(rank: int, world: int, root: str, epochs: int, ckpt_path: str, out: str
                                            torch.nn.Linear(32, 1))
 
         def configure_model(self) -> None:
+            if kind != "model_parallel":
+                return  # FSDPStrategy wraps the model itself
             mesh = self.device_mesh["data_parallel"]
             for m in self.net:
                 if isinstance(m, torch.nn.Linear):
@@ -64,37 +83,51 @@ def _fit(rank: int, world: int, root: str, epochs: int, ckpt_path: str, out: str
     model = Net()
     cb = pl.callbacks.ModelCheckpoint(dirpath=root, every_n_epochs=1, save_top_k=2,
                                       monitor="train_loss", mode="min")
+    if kind == "model_parallel":
+        strategy: object = ShardwiseModelParallelStrategy(data_parallel_size=world,
+                                                          tensor_parallel_size=1)
+    else:
+        _fsdp1_on_cpu()
+        strategy = ShardwiseFSDPStrategy(state_dict_type="sharded",
+                                         auto_wrap_policy={torch.nn.Linear})
     trainer = pl.Trainer(max_epochs=epochs, accelerator="cpu", devices=world, num_nodes=1,
-                         strategy=ShardwiseModelParallelStrategy(data_parallel_size=world,
-                                                                 tensor_parallel_size=1),
+                         strategy=strategy,
                          logger=False, enable_progress_bar=False, enable_model_summary=False,
                          callbacks=[cb], deterministic=True)
     trainer.fit(model, data, ckpt_path=ckpt_path or None)
-    full = {k: v.full_tensor() if hasattr(v, "full_tensor") else v
-            for k, v in model.state_dict().items()}
+    # This rank's shards of the parameters and of AdamW's moments (DTensors
+    # with FSDP2, flat parameters with FSDP1).
+    def local(t: torch.Tensor) -> torch.Tensor:
+        return (t.to_local() if hasattr(t, "to_local") else t).detach().clone()
+
     opt = trainer.optimizers[0]
-    moments = [opt.state[p]["exp_avg"].full_tensor() for p in model.parameters()]
-    if rank == 0:
-        torch.save({"params": full, "exp_avg": moments, "step": trainer.global_step,
-                    "loss": trainer.callback_metrics["train_loss"]}, out)
+    params = list(trainer.strategy.model.parameters())
+    torch.save({"params": [local(p) for p in params],
+                # (FSDP1 keeps no state for a parameter with no elements here)
+                "moments": [local(opt.state[p][m]) for p in params if p in opt.state
+                            for m in ("exp_avg", "exp_avg_sq")],
+                "step": trainer.global_step,
+                "loss": trainer.callback_metrics["train_loss"]}, f"{out}.{rank}")
 
 
-def test_model_parallel_fit_resume_bit_exact(tmp_path):
+@pytest.mark.parametrize("kind", ["model_parallel", "fsdp"])
+def test_fit_resume_bit_exact(tmp_path, kind):
     whole, part, resumed = (str(tmp_path / n) for n in ("whole.pt", "part.pt", "resumed.pt"))
-    run_ranks(2, _fit, str(tmp_path / "a"), 4, "", whole)
-    run_ranks(2, _fit, str(tmp_path / "b"), 2, "", part)
+    run_ranks(2, _fit, kind, str(tmp_path / "a"), 4, "", whole)
+    run_ranks(2, _fit, kind, str(tmp_path / "b"), 2, "", part)
     mid = tmp_path / "b" / "epoch=1-step=8.ckpt"
     assert (mid / "manifest.json").is_file()  # a shardwise checkpoint, no meta.pt
     assert not (mid / "meta.pt").exists()
     assert shardwise._core.Reader(str(mid), {}).verify().problems == []
-    run_ranks(2, _fit, str(tmp_path / "b"), 4, str(mid), resumed)
-    a, b = torch.load(whole), torch.load(resumed)
-    assert a["step"] == b["step"] == 16
-    for k in a["params"]:
-        assert torch.equal(a["params"][k], b["params"][k]), k
-    for x, y in zip(a["exp_avg"], b["exp_avg"]):
-        assert torch.equal(x, y)
-    assert torch.equal(a["loss"], b["loss"])
+    run_ranks(2, _fit, kind, str(tmp_path / "b"), 4, str(mid), resumed)
+    for rank in range(2):
+        a, b = torch.load(f"{whole}.{rank}"), torch.load(f"{resumed}.{rank}")
+        assert a["step"] == b["step"] == 16
+        assert len(a["params"]) == len(b["params"]) > 0
+        assert len(a["moments"]) == len(b["moments"]) > 0
+        for x, y in zip(a["params"] + a["moments"], b["params"] + b["moments"]):
+            assert torch.equal(x, y)
+        assert torch.equal(a["loss"], b["loss"])
     # Top-2 retention removed the others through shardwise; what is left is
     # committed and verified.
     kept = sorted(n for n in os.listdir(tmp_path / "a") if n.endswith(".ckpt"))

@@ -35,12 +35,14 @@ from typing import Any, Callable, Optional, Union
 
 import torch
 from lightning_fabric.plugins.io.checkpoint_io import CheckpointIO
-from pytorch_lightning.strategies import ModelParallelStrategy
+from pytorch_lightning.strategies import FSDPStrategy, ModelParallelStrategy
+from pytorch_lightning.strategies.fsdp import (
+    _get_sharded_state_dict_context as _fsdp_sharded_context)
 
 from .. import _core, _values
 from .. import dcp as _sdcp
 
-__all__ = ["ShardwiseCheckpointIO", "ShardwiseModelParallelStrategy"]
+__all__ = ["ShardwiseCheckpointIO", "ShardwiseFSDPStrategy", "ShardwiseModelParallelStrategy"]
 
 PathLike = Union[str, "os.PathLike[str]"]
 
@@ -176,6 +178,63 @@ class ShardwiseModelParallelStrategy(ModelParallelStrategy):  # type: ignore[mis
             set_optimizer_state_dict(self.model, optim, optim_state_dict=optim_state[key],
                                      options=StateDictOptions(cpu_offload=True))
         # The rest (loops, callbacks, ...), read by each rank on its own.
+        return _read_structured(path, lambda name: name.startswith(_META + "."))
+
+    def remove_checkpoint(self, filepath: PathLike) -> None:
+        if not _remove_sharded(self, filepath):
+            super().remove_checkpoint(filepath)  # not ours: Lightning's way
+
+
+class ShardwiseFSDPStrategy(FSDPStrategy):  # type: ignore[misc]
+    """Lightning's ``FSDPStrategy`` (FSDP1) whose sharded checkpoints
+    (``state_dict_type="sharded"``) are shardwise checkpoints::
+
+        trainer = Trainer(strategy=ShardwiseFSDPStrategy(state_dict_type="sharded"))
+
+    What :class:`ShardwiseModelParallelStrategy` does for
+    ``ModelParallelStrategy``: shards written by the engine, the rest of the
+    checkpoint in the same checkpoint as tensors and JSON (no ``meta.pt``),
+    one atomic commit, nothing unpickled. Arguments are ``FSDPStrategy``'s
+    plus ``writer_options``. With ``state_dict_type="full"`` Lightning saves
+    one file through its ``CheckpointIO`` (use :class:`ShardwiseCheckpointIO`
+    there).
+    """
+
+    def __init__(self, *args: Any, writer_options: Optional[dict[str, Any]] = None,
+                 **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.writer_options = dict(writer_options or {})
+
+    def save_checkpoint(self, checkpoint: dict[str, Any], filepath: PathLike,
+                        storage_options: Optional[Any] = None) -> None:
+        if self._state_dict_type != "sharded":
+            return super().save_checkpoint(checkpoint, filepath, storage_options)
+        _save_sharded(self, checkpoint, filepath, storage_options, "model")
+
+    def load_checkpoint(self, checkpoint_path: PathLike,
+                        weights_only: Optional[bool] = None) -> dict[str, Any]:
+        path = os.path.abspath(os.fspath(self.broadcast(checkpoint_path)))
+        if not os.path.isfile(os.path.join(path, _core.MANIFEST_NAME)):
+            return super().load_checkpoint(checkpoint_path, weights_only)
+        from pytorch_lightning.trainer.states import TrainerFn
+        from torch.distributed.checkpoint.optimizer import load_sharded_optimizer_state_dict
+        from torch.distributed.fsdp import FullyShardedDataParallel as FSDP
+
+        assert self.model is not None and self.lightning_module is not None
+        # As FSDPStrategy loads its own sharded checkpoints, with our reader.
+        with _fsdp_sharded_context(self.model):
+            module_state = {"model": self.model.state_dict()}
+            _sdcp.load(module_state, storage_reader=_sdcp.Reader(path))
+            self.model.load_state_dict(module_state["model"],
+                                       strict=self.lightning_module.strict_loading)
+            if self.lightning_module.trainer.state.fn == TrainerFn.FITTING:
+                for i, optim in enumerate(self.optimizers):
+                    key = f"optimizer_{i}"
+                    optim_state = load_sharded_optimizer_state_dict(
+                        model_state_dict=module_state["model"], optimizer_key=key,
+                        storage_reader=_sdcp.Reader(path))
+                    optim.load_state_dict(FSDP.optim_state_dict_to_load(
+                        optim_state_dict=optim_state[key], model=self.model, optim=optim))
         return _read_structured(path, lambda name: name.startswith(_META + "."))
 
     def remove_checkpoint(self, filepath: PathLike) -> None:

@@ -131,6 +131,8 @@ def aws(args: list[str]) -> None:
         ("fsx", "describe-data-repository-associations"): fsx_describe_dra,
         ("iam", "list-open-id-connect-providers"): iam_oidc,
         ("iam", "get-role"): iam_get_role,
+        ("cloudformation", "describe-stacks"): cfn_describe,
+        ("cloudwatch", "get-metric-statistics"): cw_metric,
     }.get((service, op))
     if handler is None:
         fail("FakeCloudUnmodelled", f"aws {service} {op} is not modelled by fakecloud.py", 99)
@@ -273,7 +275,19 @@ def fs_view(fid, fs):
 
 def fsx_create(w, opts, args):
     token = one(opts, "client-request-token")
+    params = {k: opts.get(k) for k in ("storage-capacity", "lustre-configuration", "subnet-ids")}
+    seen = w.setdefault("tokens", {}).get(token)
+    if seen is not None:
+        # FSx: a token names one creation. A retry with the same request
+        # gets that file system back; anything else is refused, also once
+        # that file system is gone.
+        if seen["params"] == params and seen["fs"] in w["file_systems"]:
+            out({"FileSystem": fs_view(seen["fs"], w["file_systems"][seen["fs"]])})
+            return
+        fail("IncompatibleParameterError", "The client request token was already used with "
+             "different parameters or for a file system that no longer exists")
     fid = next_id(w, "fs")
+    w["tokens"][token] = {"fs": fid, "params": params}
     lustre = json.loads(one(opts, "lustre-configuration"))
     lustre.setdefault("PerUnitStorageThroughput", None)
     w["file_systems"][fid] = {
@@ -309,11 +323,34 @@ def fsx_delete(w, opts, args):
     fid = one(opts, "file-system-id")
     if fid not in w["file_systems"]:
         fail("FileSystemNotFound", f"File system '{fid}' does not exist.")
-    w["file_systems"][fid]["script"] = ["DELETING", "DELETING", "GONE"]
+    fs = w["file_systems"][fid]
+    conf = one(opts, "lustre-configuration")
+    backup = conf == "SkipFinalBackup=false"
+    if conf and not conf.startswith("SkipFinalBackup="):
+        fail("ParamValidation", f"unknown --lustre-configuration {conf!r}", 252)
+    if conf and fs["lustre"]["DeploymentType"].startswith("SCRATCH"):
+        fail("BadRequest", "Backups are not supported for scratch file systems")
+    if backup and any(d["fs"] == fid for d in w["dras"].values()):
+        fail("BadRequest", "Backups are not supported on file systems linked to an S3 data "
+             "repository")
+    if backup:
+        w.setdefault("final_backups", []).append(fid)
+    w["dras"] = {a: d for a, d in w["dras"].items() if d["fs"] != fid}
+    fs["script"] = ["DELETING", "DELETING", "GONE"]
     out({"FileSystemId": fid, "Lifecycle": "DELETING"})
 
 
 def fsx_create_dra(w, opts, args):
+    fid = one(opts, "file-system-id")
+    fs = w["file_systems"].get(fid)
+    if fs is None:
+        fail("FileSystemNotFound", f"File system '{fid}' does not exist.")
+    if fs["lustre"]["DeploymentType"] == "SCRATCH_1" or fs.get("version") == "2.10":
+        fail("BadRequest", "Data repository associations are not supported on SCRATCH_1 or "
+             "Lustre 2.10 file systems")
+    if "ImportPath" in fs["lustre"] or "ExportPath" in fs["lustre"]:
+        fail("BadRequest", "This file system has a legacy data repository (ImportPath); it "
+             "cannot have data repository associations")
     aid = next_id(w, "dra")
     w["dras"][aid] = {"fs": one(opts, "file-system-id"), "path": one(opts, "file-system-path"),
                       "s3": json.loads(one(opts, "s3")), "repo": one(opts, "data-repository-path"),
@@ -337,6 +374,33 @@ def fsx_describe_dra(w, opts, args):
     out({"Associations": [view(a, d) for a, d in w["dras"].items() if d["fs"] == fid]})
 
 
+def cfn_describe(w, opts, args):
+    name = one(opts, "stack-name")
+    st = w.setdefault("cfn_stacks", {}).get(name)
+    if st is None:
+        fail("ValidationError", f"Stack with id {name} does not exist")
+    out({"Stacks": [{"StackName": name, "StackStatus": "CREATE_COMPLETE",
+                     "Tags": tag_list(st["tags"]),
+                     "Outputs": [{"OutputKey": "Role1", "OutputValue": st["role_arn"]}]}]})
+
+
+def cw_metric(w, opts, args):
+    dims = one(opts, "dimensions")
+    if (one(opts, "namespace") != "AWS/FSx" or one(opts, "metric-name") != "AgeOfOldestQueuedMessage"
+            or not dims.startswith("Name=FileSystemId,Value=fs-")
+            or opts.get("statistics") != ["Maximum"] or not one(opts, "period").isdigit()
+            or not one(opts, "start-time").endswith("Z") or not one(opts, "end-time").endswith("Z")):
+        fail("InvalidParameterCombination", f"unexpected get-metric-statistics call {args}", 252)
+    fid = dims.split("Value=", 1)[1]
+    script = w.get("export_queue", {}).get(fid, w.get("export_queue_default"))
+    if not script:
+        out({"Label": "AgeOfOldestQueuedMessage", "Datapoints": []})
+        return
+    value = script.pop(0) if len(script) > 1 else script[0]
+    out({"Label": "AgeOfOldestQueuedMessage", "Datapoints": [
+        {"Timestamp": one(opts, "end-time"), "Maximum": float(value), "Unit": "Seconds"}]})
+
+
 def iam_oidc(w, opts, args):
     out({"OpenIDConnectProviderList": [{"Arn": a} for a in w["oidc"]]})
 
@@ -357,18 +421,37 @@ def eksctl(args: list[str]) -> None:
         issuer = w["clusters"][one(opts, "cluster")]["issuer"].removeprefix("https://")
         w["oidc"].append(f"arn:aws:iam::{w['account']}:oidc-provider/{issuer}")
     elif args[:2] == ["create", "iamserviceaccount"]:
+        stack = sa_stack(w, opts)
+        if stack in w.setdefault("cfn_stacks", {}):
+            # eksctl's behaviour (issues 1333, 5856): an existing one is
+            # skipped, and the command still succeeds.
+            print(f"1 existing iamserviceaccount(s) ({one(opts, 'namespace')}/"
+                  f"{one(opts, 'name')}) will be excluded", file=sys.stderr)
+            save(w)
+            return
         role = one(opts, "role-name")
-        w["roles"][role] = f"arn:aws:iam::{w['account']}:role/{role}"
-        w["eksctl_stacks"].append(f"{one(opts, 'namespace')}/{one(opts, 'name')}")
+        policy = one(opts, "attach-policy-arn")
+        part = w.get("partition", "aws")
+        if policy != f"arn:{part}:iam::aws:policy/AmazonFSxFullAccess":
+            fail("ValidationError", f"policy {policy} does not exist in partition {part}", 1)
+        arn = f"arn:{part}:iam::{w['account']}:role/{role}"
+        w["roles"][role] = arn
+        tags = dict(t.split("=", 1) for t in ",".join(opts.get("tags", [])).split(",") if t)
+        w["cfn_stacks"][stack] = {"tags": tags, "role_arn": arn, "role": role}
     elif args[:2] == ["delete", "iamserviceaccount"]:
-        sa = f"{one(opts, 'namespace')}/{one(opts, 'name')}"
-        if sa not in w["eksctl_stacks"]:
-            fail("NotFound", f"no iamserviceaccount {sa}", 1)
-        w["eksctl_stacks"].remove(sa)
-        w["roles"] = {k: v for k, v in w["roles"].items() if not k.endswith("-fsx-csi")}
+        stack = sa_stack(w, opts)
+        st = w.setdefault("cfn_stacks", {}).pop(stack, None)
+        if st is None:
+            fail("NotFound", f"no iamserviceaccount stack {stack}", 1)
+        w["roles"].pop(st["role"], None)
     else:
         fail("FakeCloudUnmodelled", f"eksctl {' '.join(args[:2])}", 99)
     save(w)
+
+
+def sa_stack(w, opts) -> str:
+    return (f"eksctl-{one(opts, 'cluster')}-addon-iamserviceaccount-{one(opts, 'namespace')}-"
+            f"{one(opts, 'name')}")
 
 
 HELM_VALUE_FLAGS = {"--namespace", "--version", "--set", "--set-string", "--timeout"}
@@ -387,10 +470,17 @@ def helm(args: list[str]) -> None:
     elif pos[0] == "repo":
         pass
     elif pos[0] == "upgrade" and "--install" in args:
+        drivers = w["k8s"].setdefault("csidrivers", [])
+        if "fsx.csi.aws.com" in drivers:
+            print('Error: INSTALLATION FAILED: CSIDriver "fsx.csi.aws.com" exists and cannot be '
+                  'imported into the current release', file=sys.stderr)
+            sys.exit(1)
         w["helm"][f"{ns}/{pos[1]}"] = {"chart": pos[2], "set": opts.get("set", []),
                                        "set-string": opts.get("set-string", [])}
+        drivers.append("fsx.csi.aws.com")
     elif pos[0] == "uninstall":
         w["helm"].pop(f"{ns}/{pos[1]}")
+        w["k8s"]["csidrivers"].remove("fsx.csi.aws.com")
     else:
         fail("FakeCloudUnmodelled", f"helm {args[0]}", 99)
     save(w)
@@ -432,6 +522,25 @@ def kubectl(args: list[str]) -> None:
         else:
             out({"items": [{"metadata": {"name": p["name"]}, "spec": {"volumes": [
                 {"name": "fsx", "persistentVolumeClaim": {"claimName": p["claim"]}}]}} for p in pods]})
+    elif verb == "get" and args[1] == "serviceaccount":
+        sa = k.setdefault("serviceaccounts", {}).get(f"{ns}/{args[2]}")
+        if sa is None:
+            print(f'Error from server (NotFound): serviceaccounts "{args[2]}" not found',
+                  file=sys.stderr)
+            sys.exit(1)
+        out({"metadata": {"name": args[2], "namespace": ns, "annotations": sa}})
+    elif verb == "get" and args[1] == "csidriver":
+        if args[2] not in k.setdefault("csidrivers", []):
+            print(f'Error from server (NotFound): csidrivers.storage.k8s.io "{args[2]}" not found',
+                  file=sys.stderr)
+            sys.exit(1)
+        out({"metadata": {"name": args[2]}})
+    elif verb == "get" and args[1] == "pv":
+        pvs = list(k.setdefault("pvs", []))
+        if "pv/fsx-pv" in k["objects"]:
+            pvs.append({"name": "fsx-pv", "driver": "fsx.csi.aws.com"})
+        out({"items": [{"metadata": {"name": p["name"]}, "spec": {"csi": {"driver": p["driver"]}}}
+                       for p in pvs]})
     elif verb == "get" and args[1] == "job":
         out({"status": k["jobs"].get(f"{ns}/{args[2]}", {})})
     elif verb == "logs":

@@ -37,7 +37,11 @@ def base_world() -> dict:
             "tags": {"team": "other"}, "mount": "other", "region": "us-east-1",
             "sgs": ["sg-0other000000000001"], "script": ["AVAILABLE"]}},
         "dras": {}, "buckets": {"ckpt-bucket": {"tags": {}}}, "roles": {}, "oidc": [],
-        "helm": {}, "eksctl_stacks": [],
+        "helm": {}, "cfn_stacks": {},
+        # CloudWatch AgeOfOldestQueuedMessage per file system (a script of
+        # values, one per call); a linked file system with nothing left to
+        # export reads 0
+        "export_queue": {}, "export_queue_default": [0],
         "k8s": {"namespaces": ["default", "kube-system"], "applied": [], "jobs": {}, "pods": [],
                 "deleted": [], "objects": []},
     }
@@ -126,6 +130,7 @@ FRESH_UP_SCRATCH = [
     "eksctl utils associate-iam-oidc-provider",
     "eksctl create iamserviceaccount",
     "helm upgrade",
+    "aws fsx create-data-repository-association",
     "kubectl create namespace",
     "kubectl label namespace",
     "kubectl apply -k",
@@ -139,9 +144,13 @@ def test_fresh_up_makes_exactly_these_calls_in_order(cloud: Cloud) -> None:
     fs_id = st["file_system"]
     fs = w["file_systems"][fs_id]
     assert fs["version"] == "2.15"                         # AUDIT 4
-    assert fs["lustre"] == {"DeploymentType": "SCRATCH_2", "ImportPath": "s3://ckpt-bucket/import/",
-                            "ExportPath": "s3://ckpt-bucket/export/",
-                            "AutoImportPolicy": "NEW_CHANGED_DELETED", "PerUnitStorageThroughput": None}
+    # no legacy ImportPath/ExportPath (no automatic export there): a data
+    # repository association links SCRATCH_2 to S3 too (issue 16, defect 1)
+    assert fs["lustre"] == {"DeploymentType": "SCRATCH_2", "PerUnitStorageThroughput": None}
+    dra = w["dras"][st["data_repository_association"]]
+    assert dra["fs"] == fs_id and dra["path"] == "/checkpoints"
+    assert dra["repo"] == "s3://ckpt-bucket/checkpoints/"
+    assert dra["s3"]["AutoExportPolicy"]["Events"] == ["NEW", "CHANGED", "DELETED"]
     assert fs["subnet"] == "subnet-a"                      # the GPU nodes' subnet (AUDIT 10)
     assert fs["sgs"] == [st["security_group"]]
     assert fs["tags"]["shardwise:stack"] == "ckpt"
@@ -206,14 +215,22 @@ def test_second_up_creates_nothing(cloud: Cloud) -> None:
 
 def test_up_after_lost_state_adopts_tagged_resources(cloud: Cloud) -> None:
     cloud.run("up")
-    fs_id, sg = cloud.state()["file_system"], cloud.state()["security_group"]
+    before = cloud.state()
     cloud.state_file.unlink()
+    cloud.run("up")
+    st = cloud.state()
+    for key in ("file_system", "security_group", "data_repository_association", "csi_role"):
+        assert st[key] == before[key], key  # the eksctl stack carries our tag: adopted
+    assert not [m for m in mutations(cloud.calls())
+                if m.startswith(("aws fsx create", "eksctl create", "aws ec2 create"))]
+
+
+def test_up_refuses_an_untagged_role_of_its_name(cloud: Cloud) -> None:
+    cloud.world["roles"]["ckpt-fsx-csi"] = "arn:aws:iam::111122223333:role/ckpt-fsx-csi"
+    cloud.save()
     p = cloud.run("up", check=False)
     # the role is not adopted blindly: it could be someone else's
     assert p.returncode != 0 and "IAM role ckpt-fsx-csi exists" in p.stderr
-    st = json.loads(cloud.state_file.read_text())["created"]
-    assert st["file_system"] == fs_id and st["security_group"] == sg
-    assert "aws fsx create-file-system" not in mutations(cloud.calls())
 
 
 def test_persistent_2_with_efa_uses_a_data_repository_association(cloud: Cloud) -> None:
@@ -337,6 +354,191 @@ def test_down_stops_when_foreign_pods_use_the_claim(cloud: Cloud) -> None:
     assert "aws fsx delete-file-system" not in mutations(cloud.calls())
 
 
+# -- issue 16: what a real account would show --------------------------------------------
+
+def _k8s_job_ckpt_root() -> str:
+    text = (HERE.parent / "k8s" / "training" / "job.yaml").read_text()
+    lines = text.splitlines()
+    i = next(n for n, ln in enumerate(lines) if "name: CKPT_ROOT" in ln)
+    return lines[i + 1].split("value:", 1)[1].strip()
+
+
+def test_checkpoints_lie_under_the_s3_link() -> None:  # issue 16, defect 1
+    # pods mount the file system at /fsx; the association links /checkpoints
+    # (the default DRA_FILE_SYSTEM_PATH), so the training Job's checkpoints
+    # are exported
+    text = (HERE.parent / "aws" / "lib" / "common.sh").read_text()
+    dra = text.split("[DRA_FILE_SYSTEM_PATH]=", 1)[1].split()[0]
+    root = _k8s_job_ckpt_root()
+    assert root.startswith("/fsx" + dra.rstrip("/") + "/"), (root, dra)
+    example = (HERE.parent / "aws" / "fsx.env.example").read_text()
+    assert f"DRA_FILE_SYSTEM_PATH={dra} " in example
+
+
+def test_down_waits_for_the_export_before_deleting(cloud: Cloud) -> None:  # defect 1
+    cloud.run("up")
+    fs_id = cloud.state()["file_system"]
+    cloud.world["export_queue"] = {fs_id: [95, 12, 0]}
+    cloud.save()
+    p = cloud.run("down", "--yes")
+    calls = [" ".join(c) for c in cloud.calls()]
+    polls = [i for i, c in enumerate(calls) if "get-metric-statistics" in c]
+    delete = next(i for i, c in enumerate(calls) if "delete-file-system" in c)
+    assert len(polls) == 3 and polls[-1] < delete, calls
+    assert "every change is in S3" in p.stderr
+
+
+@pytest.mark.parametrize("queue", [[], [40]])  # no datapoint at all; never drains
+def test_down_refuses_when_the_export_cannot_be_confirmed(cloud: Cloud, queue) -> None:
+    cloud.run("up")
+    fs_id = cloud.state()["file_system"]
+    cloud.world["export_queue"] = {fs_id: queue}
+    cloud.save()
+    p = cloud.run("down", "--yes", check=False, WAIT_TIMEOUT_S="1", POLL_INTERVAL_S="0.2")
+    assert p.returncode != 0 and "cannot confirm that file system" in p.stderr
+    assert "--discard-unexported" in p.stderr
+    assert fs_id in cloud.world["file_systems"]
+    assert "aws fsx delete-file-system" not in mutations(cloud.calls())
+    # the operator's explicit choice
+    cloud.run("down", "--yes", "--discard-unexported")
+    assert fs_id not in cloud.world["file_systems"]
+
+
+def test_persistent_2_down_takes_no_backup_of_a_linked_file_system(cloud: Cloud) -> None:
+    # defect 2: FSx refuses SkipFinalBackup=false for S3-linked file systems
+    # (the stub does too); the type comes from AWS, not from the config
+    cloud.run("up", DEPLOYMENT_TYPE="PERSISTENT_2", STORAGE_CAPACITY_GIB="2400")
+    fs_id = cloud.state()["file_system"]
+    p = cloud.run("down", "--yes", DEPLOYMENT_TYPE="SCRATCH_2", FINAL_BACKUP="true")
+    delete = next(c for c in cloud.calls() if "delete-file-system" in c)
+    assert delete[delete.index("--lustre-configuration") + 1] == "SkipFinalBackup=true"
+    assert fs_id not in cloud.world["file_systems"]
+    assert "no final backup" in p.stderr
+    assert cloud.world.get("final_backups", []) == []
+
+
+def test_final_backup_of_an_unlinked_persistent_2(cloud: Cloud) -> None:
+    # FINAL_BACKUP on a PERSISTENT_2 that has no S3 link (its association
+    # was removed by hand): the backup is what keeps its files
+    cloud.run("up", DEPLOYMENT_TYPE="PERSISTENT_2", STORAGE_CAPACITY_GIB="2400")
+    fs_id = cloud.state()["file_system"]
+    cloud.world["dras"] = {}
+    cloud.save()
+    cloud.run("down", "--yes", DEPLOYMENT_TYPE="PERSISTENT_2")
+    assert cloud.world["final_backups"] == [fs_id]
+    assert "get-metric-statistics" not in json.dumps(cloud.calls())
+
+
+def test_down_refuses_an_unlinked_scratch_without_the_flag(cloud: Cloud) -> None:
+    cloud.run("up")
+    fs_id = cloud.state()["file_system"]
+    cloud.world["dras"] = {}
+    cloud.save()
+    p = cloud.run("down", "--yes", check=False)
+    assert p.returncode != 0 and "deleting it deletes every file on it" in p.stderr
+    assert fs_id in cloud.world["file_systems"]
+    delete = [c for c in cloud.calls() if "delete-file-system" in c]
+    assert delete == []
+    cloud.run("down", "--yes", "--discard-unexported")
+    delete = next(c for c in cloud.calls() if "delete-file-system" in c)
+    assert "--lustre-configuration" not in delete  # scratch: no backup options at all
+
+
+def test_up_down_up_uses_a_new_token(cloud: Cloud) -> None:  # defect 4
+    cloud.run("up")
+    first = next(c for c in cloud.calls() if "create-file-system" in c)
+    cloud.run("down", "--yes")
+    cloud.run("up")
+    second = next(c for c in cloud.calls() if "create-file-system" in c)
+    t1 = first[first.index("--client-request-token") + 1]
+    t2 = second[second.index("--client-request-token") + 1]
+    assert t1 != t2 and t1.startswith("ckpt-") and t2.startswith("ckpt-")
+    assert len(t2) <= 63
+
+
+def test_a_retried_creation_reuses_its_token(cloud: Cloud) -> None:  # defect 4
+    # the answer to create-file-system was lost (the process died): the
+    # retry sends the recorded token, and FSx answers with the same file system
+    state = cloud.state_file
+    cloud.run("up")
+    fs_id, token = cloud.state()["file_system"], cloud.state()["create_token"]
+    data = json.loads(state.read_text())
+    del data["created"]["file_system"]  # as if the answer never arrived
+    cloud.world["file_systems"][fs_id]["tags"] = {}  # nor could it be found by tag
+    cloud.save()
+    state.write_text(json.dumps(data))
+    cloud.run("up")
+    again = next(c for c in cloud.calls() if "create-file-system" in c)
+    assert again[again.index("--client-request-token") + 1] == token
+    assert cloud.state()["file_system"] == fs_id
+
+
+def _foreign_stack(cloud: Cloud) -> str:
+    name = "eksctl-train-addon-iamserviceaccount-kube-system-fsx-csi-controller-sa"
+    cloud.world["cfn_stacks"][name] = {
+        "tags": {"alpha.eksctl.io/cluster-name": "train"}, "role": "AmazonEKS_FSx_CSI_Role",
+        "role_arn": "arn:aws:iam::111122223333:role/AmazonEKS_FSx_CSI_Role"}
+    cloud.world["roles"]["AmazonEKS_FSx_CSI_Role"] = cloud.world["cfn_stacks"][name]["role_arn"]
+    cloud.save()
+    return name
+
+
+def test_an_existing_eksctl_stack_is_reused_and_kept(cloud: Cloud) -> None:  # defect 3
+    name = _foreign_stack(cloud)
+    cloud.run("up")
+    assert "eksctl create iamserviceaccount" not in mutations(cloud.calls())
+    assert "csi_role" not in cloud.state()
+    helm = cloud.world["helm"]["kube-system/aws-fsx-csi-driver"]
+    assert helm["set-string"] == ["controller.serviceAccount.annotations.eks\\.amazonaws\\.com/"
+                                  "role-arn=arn:aws:iam::111122223333:role/AmazonEKS_FSx_CSI_Role"]
+    cloud.run("down", "--yes")
+    assert "eksctl delete iamserviceaccount" not in mutations(cloud.calls())
+    assert name in cloud.world["cfn_stacks"] and "AmazonEKS_FSx_CSI_Role" in cloud.world["roles"]
+
+
+def test_down_keeps_an_untagged_stack_even_if_recorded(cloud: Cloud) -> None:  # defect 3
+    cloud.run("up")
+    name = "eksctl-train-addon-iamserviceaccount-kube-system-fsx-csi-controller-sa"
+    cloud.world["cfn_stacks"][name]["tags"] = {}  # recorded, but not (any more) ours
+    cloud.save()
+    p = cloud.run("down", "--yes")
+    assert "eksctl delete iamserviceaccount" not in mutations(cloud.calls())
+    assert name in cloud.world["cfn_stacks"] and "kept (not this toolkit's)" in p.stderr
+
+
+def test_an_existing_service_account_is_reused(cloud: Cloud) -> None:  # defect 3
+    arn = "arn:aws:iam::111122223333:role/their-fsx-role"
+    cloud.world["k8s"]["serviceaccounts"] = {
+        "kube-system/fsx-csi-controller-sa": {"eks.amazonaws.com/role-arn": arn}}
+    cloud.world["k8s"]["csidrivers"] = ["fsx.csi.aws.com"]  # their driver, too
+    cloud.save()
+    cloud.run("up")
+    muts = mutations(cloud.calls())
+    assert "eksctl create iamserviceaccount" not in muts and "helm upgrade" not in muts
+    assert "csi_role" not in cloud.state() and "helm_release" not in cloud.state()
+    cloud.run("down", "--yes")
+    assert "helm uninstall" not in mutations(cloud.calls())
+    assert cloud.world["k8s"]["csidrivers"] == ["fsx.csi.aws.com"]
+
+
+def test_down_keeps_the_driver_while_other_fsx_volumes_use_it(cloud: Cloud) -> None:  # defect 5
+    cloud.run("up")
+    cloud.world["k8s"]["pvs"] = [{"name": "team-b-fsx", "driver": "fsx.csi.aws.com"}]
+    cloud.save()
+    p = cloud.run("down", "--yes")
+    assert "helm uninstall" not in mutations(cloud.calls())
+    assert "other FSx volumes use it (team-b-fsx" in p.stderr
+    assert "helm_release" not in cloud.state_file.read_text() if cloud.state_file.exists() else True
+
+
+def test_the_policy_arn_follows_the_partition(cloud: Cloud) -> None:  # defect 12
+    cloud.world["partition"] = "aws-cn"
+    cloud.save()
+    cloud.run("up", AWS_REGION="cn-north-1")
+    create_sa = next(c for c in cloud.calls() if c[:3] == ["eksctl", "create", "iamserviceaccount"])
+    assert "arn:aws-cn:iam::aws:policy/AmazonFSxFullAccess" in create_sa
+
+
 def test_throughput_scratch_and_persistent(cloud: Cloud, tmp_path: Path) -> None:  # AUDIT 21, 22
     saved = tmp_path / "describe.json"
     saved.write_text(json.dumps({"FileSystems": [
@@ -413,7 +615,7 @@ def test_mount_test_refuses_an_unpinned_image(cloud: Cloud) -> None:
     ({"STORAGE_CAPACITY_GIB": "3000"}, "takes 1200, 2400 or a multiple of 2400"),
     ({"DEPLOYMENT_TYPE": "PERSISTENT_2", "PER_UNIT_THROUGHPUT": "200"}, "takes 125, 250, 500 or 1000"),
     ({"EFA_ENABLED": "true"}, "EFA_ENABLED=true needs DEPLOYMENT_TYPE=PERSISTENT_2"),
-    ({"S3_EXPORT_PREFIX": "import/export/"}, "nest"),                          # AUDIT 5
+    ({"DRA_FILE_SYSTEM_PATH": "checkpoints"}, "must be an absolute path"),
     ({"NODE_SELECTOR": ""}, "span several availability zones"),
 ])
 def test_bad_configuration_is_a_clear_error_before_any_change(cloud: Cloud, env, message) -> None:
@@ -463,6 +665,10 @@ def test_audit_coverage() -> None:
         expected = len(re.findall(r"^\d+\. ", audit.read_text(), re.M))
     assert sorted(rows) == list(range(1, expected + 1))
     tests = "".join(p.read_text() for p in HERE.glob("test_*.py"))
+    # issue 16's rows (16.N) name tests the same way
+    for m in re.finditer(r"^\| (16\.[0-9a-z, .-]+) \|.*\| ([^|]+) \|$", coverage, re.M):
+        rows[m.group(1)] = m.group(2)
+    assert len([k for k in rows if isinstance(k, str)]) >= 16
     for n, cell in rows.items():
         cell = cell.strip()
         if cell.startswith("reason:"):

@@ -23,22 +23,62 @@ ensure_oidc_provider() {
 
 csi_role_name() { printf '%s-fsx-csi' "${CFG[STACK_NAME]}"; }
 
+# The CloudFormation stack eksctl makes for the service account's role.
+csi_stack_name() {
+  printf 'eksctl-%s-addon-iamserviceaccount-%s-%s' "${CFG[CLUSTER_NAME]}" "$CSI_NAMESPACE" \
+    "$CSI_SERVICE_ACCOUNT"
+}
+
+# stack_owner STACK: the shardwise:stack tag of a CloudFormation stack ("" if untagged).
+stack_owner() {
+  awsj cloudformation describe-stacks --stack-name "$1" |
+    jq -r '.Stacks[0].Tags // [] | map(select(.Key == "shardwise:stack"))[0].Value // empty'
+}
+
 # ensure_csi_role: the IAM role the CSI controller assumes (IRSA). The
 # controller only calls FSx APIs; S3 access goes through FSx's own
-# service-linked role, so no S3 policy is attached here.
+# service-linked role, so no S3 policy is attached here. An existing eksctl
+# stack or service account for the controller (the upstream install guide
+# uses the same names) is reused, never recorded: `eksctl create
+# iamserviceaccount` would silently skip it, and `down` must not delete it.
 ensure_csi_role() {
-  local role arn
-  role=$(csi_role_name)
+  local role stack owner arn part
+  role=$(csi_role_name) stack=$(csi_stack_name)
   if [[ -z $(state_get csi_role) ]]; then
-    if aws_exists iam get-role --role-name "$role"; then
-      die "IAM role $role exists but this toolkit's state does not record it: it was made by something else; set STACK_NAME to another name, or delete the role"
+    if aws_exists cloudformation describe-stacks --stack-name "$stack"; then
+      owner=$(stack_owner "$stack")
+      if [[ $owner != "${CFG[STACK_NAME]}" ]]; then
+        arn=$(awsj cloudformation describe-stacks --stack-name "$stack" |
+          jq -r '[.Stacks[0].Outputs[]? | select(.OutputKey == "Role1")][0].OutputValue // empty')
+        [[ -n $arn ]] || die "eksctl stack $stack exists (not this toolkit's) but names no role (output Role1)"
+        CSI_ROLE_ARN=$arn
+        log "reusing IAM role $arn of eksctl stack $stack (not this toolkit's: 'down' keeps it)"
+        return 0
+      fi
+      state_set csi_role "$role" # ours (tagged): adopted after a lost state file
+      log "IAM role $role (eksctl stack $stack, found by tag)"
+    elif kubectl get serviceaccount "$CSI_SERVICE_ACCOUNT" -n "$CSI_NAMESPACE" >/dev/null 2>&1; then
+      arn=$(kubectl get serviceaccount "$CSI_SERVICE_ACCOUNT" -n "$CSI_NAMESPACE" -o json |
+        jq -r '.metadata.annotations["eks.amazonaws.com/role-arn"] // empty')
+      [[ -n $arn ]] ||
+        die "service account $CSI_NAMESPACE/$CSI_SERVICE_ACCOUNT exists without an IAM role (annotation eks.amazonaws.com/role-arn): annotate it, or delete it and run 'fsx up' again"
+      CSI_ROLE_ARN=$arn
+      log "reusing IAM role $arn of service account $CSI_NAMESPACE/$CSI_SERVICE_ACCOUNT (not this toolkit's)"
+      return 0
+    else
+      if aws_exists iam get-role --role-name "$role"; then
+        die "IAM role $role exists but this toolkit's state does not record it: it was made by something else; set STACK_NAME to another name, or delete the role"
+      fi
+      part=$(partition) || exit 1
+      eksctl create iamserviceaccount --cluster "${CFG[CLUSTER_NAME]}" --region "${CFG[AWS_REGION]}" \
+        --namespace "$CSI_NAMESPACE" --name "$CSI_SERVICE_ACCOUNT" --role-name "$role" --role-only \
+        --attach-policy-arn "arn:$part:iam::aws:policy/AmazonFSxFullAccess" \
+        --tags "shardwise:stack=${CFG[STACK_NAME]}" --approve
+      [[ $(stack_owner "$stack") == "${CFG[STACK_NAME]}" ]] ||
+        die "eksctl reported success but stack $stack is not tagged shardwise:stack=${CFG[STACK_NAME]}: not recording it"
+      state_set csi_role "$role"
+      log "created IAM role $role for $CSI_NAMESPACE/$CSI_SERVICE_ACCOUNT"
     fi
-    eksctl create iamserviceaccount --cluster "${CFG[CLUSTER_NAME]}" --region "${CFG[AWS_REGION]}" \
-      --namespace "$CSI_NAMESPACE" --name "$CSI_SERVICE_ACCOUNT" --role-name "$role" --role-only \
-      --attach-policy-arn "arn:$(partition):iam::aws:policy/AmazonFSxFullAccess" \
-      --tags "shardwise:stack=${CFG[STACK_NAME]}" --approve
-    state_set csi_role "$role"
-    log "created IAM role $role for $CSI_NAMESPACE/$CSI_SERVICE_ACCOUNT"
   fi
   arn=$(awsj iam get-role --role-name "$role" | jq -r .Role.Arn)
   CSI_ROLE_ARN=$arn
@@ -49,6 +89,12 @@ ensure_csi_role() {
 ensure_csi_driver() {
   if helm status "$CSI_RELEASE" --namespace "$CSI_NAMESPACE" >/dev/null 2>&1; then
     log "Helm release $CSI_NAMESPACE/$CSI_RELEASE is installed"
+    return 0
+  fi
+  if kubectl get csidriver fsx.csi.aws.com >/dev/null 2>&1; then
+    # The EKS add-on, a kustomize install, another release name: it serves
+    # our volumes as well; installing a second one would fail or fight it.
+    log "an FSx CSI driver is installed already (CSIDriver fsx.csi.aws.com): reused; 'down' leaves it"
     return 0
   fi
   local version=()

@@ -9,15 +9,15 @@ die() { printf 'fsx: error: %s\n' "$*" >&2; exit 1; }
 # as checked in validate_config). The config file may set only these.
 CONFIG_KEYS=(
   CLUSTER_NAME AWS_REGION STACK_NAME DEPLOYMENT_TYPE STORAGE_CAPACITY_GIB
-  PER_UNIT_THROUGHPUT EFA_ENABLED S3_BUCKET CREATE_BUCKET S3_IMPORT_PREFIX
+  PER_UNIT_THROUGHPUT EFA_ENABLED S3_BUCKET CREATE_BUCKET
   S3_EXPORT_PREFIX DRA_FILE_SYSTEM_PATH NAMESPACE NODE_SELECTOR SUBNET_ID
   PV_NAME PVC_NAME CSI_CHART_VERSION IMAGE WAIT_TIMEOUT_S POLL_INTERVAL_S
   FINAL_BACKUP STATE_FILE MOUNT_TEST_SIZE
 )
 declare -A CONFIG_DEFAULTS=(
   [DEPLOYMENT_TYPE]=SCRATCH_2 [STORAGE_CAPACITY_GIB]=1200 [PER_UNIT_THROUGHPUT]=250
-  [EFA_ENABLED]=false [CREATE_BUCKET]=false [S3_IMPORT_PREFIX]=import/
-  [S3_EXPORT_PREFIX]=export/ [DRA_FILE_SYSTEM_PATH]=/s3 [NAMESPACE]=training
+  [EFA_ENABLED]=false [CREATE_BUCKET]=false
+  [S3_EXPORT_PREFIX]=checkpoints/ [DRA_FILE_SYSTEM_PATH]=/checkpoints [NAMESPACE]=training
   [PV_NAME]=fsx-pv [PVC_NAME]=fsx-pvc [WAIT_TIMEOUT_S]=1800 [POLL_INTERVAL_S]=15
   [FINAL_BACKUP]=true [MOUNT_TEST_SIZE]=2GiB
 )
@@ -38,6 +38,8 @@ load_config() {
       [[ $line =~ ^([A-Z_][A-Z0-9_]*)=(.*)$ ]] ||
         die "config file $file line $lineno: expected KEY=VALUE, got: $line"
       key=${BASH_REMATCH[1]} value=${BASH_REMATCH[2]}
+      [[ $key == S3_IMPORT_PREFIX ]] &&
+        die "config file $file line $lineno: S3_IMPORT_PREFIX is gone: every deployment type now links the file system to S3 through a data repository association, which imports from and exports to S3_EXPORT_PREFIX; remove the line"
       [[ " ${CONFIG_KEYS[*]} " == *" $key "* ]] ||
         die "config file $file line $lineno: unknown setting $key (known: ${CONFIG_KEYS[*]})"
       value=${value#\"} value=${value%\"}
@@ -85,10 +87,9 @@ validate_config() {
   fi
   case ${CFG[CREATE_BUCKET]} in true | false) ;; *) die "CREATE_BUCKET must be true or false" ;; esac
   need S3_BUCKET "the bucket the file system imports from and exports checkpoints to"
-  local imp=${CFG[S3_IMPORT_PREFIX]} exp=${CFG[S3_EXPORT_PREFIX]}
-  if [[ $type == SCRATCH_2 && ($imp == "$exp"* || $exp == "$imp"*) ]]; then
-    die "S3_IMPORT_PREFIX '$imp' and S3_EXPORT_PREFIX '$exp' nest: with auto-import on, exports would be imported again; use separate prefixes"
-  fi
+  [[ ${CFG[DRA_FILE_SYSTEM_PATH]} == /* ]] ||
+    die "DRA_FILE_SYSTEM_PATH '${CFG[DRA_FILE_SYSTEM_PATH]}' must be an absolute path in the file system (the checkpoint root lies under it)"
+
   [[ ${CFG[WAIT_TIMEOUT_S]} =~ ^[0-9]+$ ]] || die "WAIT_TIMEOUT_S must be a number of seconds"
   [[ ${CFG[NAMESPACE]} =~ ^[a-z0-9]([-a-z0-9]*[a-z0-9])?$ ]] ||
     die "NAMESPACE '${CFG[NAMESPACE]}' is not a valid Kubernetes namespace name"
@@ -157,10 +158,15 @@ tag_spec() { # tag_spec RESOURCE_TYPE
     "$1" "${CFG[STACK_NAME]}" "${CFG[STACK_NAME]}"
 }
 
-partition() { # from the caller's ARN, so aws-cn / aws-us-gov work
-  local arn
-  arn=$(awsj sts get-caller-identity | jq -r .Arn)
-  printf '%s' "${arn#arn:}" | cut -d: -f1
+# partition: from the caller's ARN, so aws-cn / aws-us-gov work. Call it as
+# `p=$(partition) || exit 1`: a failure inside "arn:$(partition):..." would
+# not stop the script, and the ARN would silently read "arn::".
+partition() {
+  local arn part
+  arn=$(awsj sts get-caller-identity | jq -r .Arn) || die "cannot read the caller's ARN (aws sts get-caller-identity)"
+  part=$(printf '%s' "${arn#arn:}" | cut -d: -f1)
+  [[ $part =~ ^aws(-[a-z]+)*$ ]] || die "cannot tell the AWS partition from the caller's ARN '$arn'"
+  printf '%s' "$part"
 }
 
 # within_deadline START: 0 while fewer than WAIT_TIMEOUT_S seconds have passed since START.

@@ -20,13 +20,11 @@ ensure_bucket() {
 }
 
 lustre_configuration() { # the JSON for --lustre-configuration (JSON, not shorthand)
-  local b=${CFG[S3_BUCKET]}
+  # No legacy ImportPath/ExportPath: they offer no automatic export. The S3
+  # link is a data repository association on every type, made once AVAILABLE.
   if [[ ${CFG[DEPLOYMENT_TYPE]} == SCRATCH_2 ]]; then
-    # legacy link, import and export under separate prefixes
-    jq -cn --arg imp "s3://$b/${CFG[S3_IMPORT_PREFIX]}" --arg exp "s3://$b/${CFG[S3_EXPORT_PREFIX]}" \
-      '{DeploymentType: "SCRATCH_2", ImportPath: $imp, ExportPath: $exp,
-        AutoImportPolicy: "NEW_CHANGED_DELETED"}'
-  else # the S3 link is a data repository association, made once AVAILABLE
+    jq -cn '{DeploymentType: "SCRATCH_2"}'
+  else
     jq -cn --argjson t "${CFG[PER_UNIT_THROUGHPUT]}" --argjson efa "${CFG[EFA_ENABLED]}" \
       '{DeploymentType: "PERSISTENT_2", PerUnitStorageThroughput: $t, EfaEnabled: $efa,
         MetadataConfiguration: {Mode: "AUTOMATIC"}}'
@@ -50,9 +48,18 @@ ensure_file_system() {
     [[ -n $fs ]] && state_set file_system "$fs" && log "file system $fs (found by tag)"
   fi
   if [[ -z $fs ]]; then
+    # The idempotency token: the same on a retry of this creation (a lost
+    # answer), new for every creation (FSx refuses a token it has seen with a
+    # file system that is gone). Recorded before the call; `down` drops it.
+    local token
+    token=$(state_get create_token)
+    if [[ -z $token ]]; then
+      token="${CFG[STACK_NAME]}-$(od -An -N6 -tx1 /dev/urandom | tr -d ' \n')"
+      state_set create_token "$token"
+    fi
     fs=$(awsj fsx create-file-system --file-system-type LUSTRE --file-system-type-version 2.15 \
       --storage-capacity "${CFG[STORAGE_CAPACITY_GIB]}" --subnet-ids "$NODE_SUBNET" \
-      --security-group-ids "$FSX_SG" --client-request-token "${CFG[STACK_NAME]}" \
+      --security-group-ids "$FSX_SG" --client-request-token "$token" \
       --lustre-configuration "$(lustre_configuration)" \
       --tags "Key=shardwise:stack,Value=${CFG[STACK_NAME]}" "Key=Name,Value=${CFG[STACK_NAME]}" |
       jq -r '.FileSystem.FileSystemId')
@@ -94,10 +101,11 @@ wait_file_system() {
     awsj fsx describe-file-systems --file-system-ids "$FS_ID"
 }
 
-# ensure_data_repository_association: PERSISTENT_2's S3 link, auto-import and
-# auto-export of new, changed and deleted files.
+# ensure_data_repository_association: the S3 link (SCRATCH_2 and
+# PERSISTENT_2 alike), auto-import and auto-export of new, changed and
+# deleted files, between DRA_FILE_SYSTEM_PATH (the checkpoints' directory)
+# and s3://S3_BUCKET/S3_EXPORT_PREFIX.
 ensure_data_repository_association() {
-  [[ ${CFG[DEPLOYMENT_TYPE]} == PERSISTENT_2 ]] || return 0
   local dra
   dra=$(state_get data_repository_association)
   if [[ -z $dra ]]; then
@@ -140,4 +148,38 @@ throughput_json() {
        dns: $f.DNSName, mount_name: $l.MountName,
        note: (if $t == "SCRATCH_2" then "baseline; bursts to 1300 MB/s/TiB on the network, disk writes about 100 MB/s/TiB"
               elif $t == "SCRATCH_1" then "baseline" else "provisioned" end)}'
+}
+
+# linked_associations FS: how many data repository associations link FS to S3.
+linked_associations() {
+  awsj fsx describe-data-repository-associations --filters "Name=file-system-id,Values=$1" |
+    jq '[.Associations[] | select(.Lifecycle != "DELETING" and .Lifecycle != "FAILED")] | length'
+}
+
+# wait_exported FS: until CloudWatch's AgeOfOldestQueuedMessage for FS (the
+# age of the oldest change automatic export has not written to S3 yet) reads
+# 0 in a datapoint of the last few minutes; dies at the deadline, or when
+# the metric has no recent datapoint, since then nothing confirms it.
+wait_exported() {
+  local fs=$1 start age
+  start=$(date +%s)
+  while true; do
+    age=$(awsj cloudwatch get-metric-statistics --namespace AWS/FSx \
+      --metric-name AgeOfOldestQueuedMessage --dimensions "Name=FileSystemId,Value=$fs" \
+      --start-time "$(date -u -d '-5 minutes' +%Y-%m-%dT%H:%M:%SZ)" \
+      --end-time "$(date -u +%Y-%m-%dT%H:%M:%SZ)" --period 60 --statistics Maximum |
+      jq -r '.Datapoints | sort_by(.Timestamp) | last | .Maximum // "none"')
+    if [[ $age =~ ^0(\.0*)?$ ]]; then
+      log "file system $fs: the export queue is empty; every change is in S3"
+      return 0
+    fi
+    within_deadline "$start" ||
+      die "cannot confirm that file system $fs exported every change to S3 (AgeOfOldestQueuedMessage: $age after ${CFG[WAIT_TIMEOUT_S]} s). It was not deleted. Check the bucket, then run 'fsx down' again, or 'fsx down --discard-unexported' to delete it anyway"
+    if [[ $age == none ]]; then
+      log "file system $fs: no recent AgeOfOldestQueuedMessage datapoint yet; waiting"
+    else
+      log "file system $fs: oldest unexported change $age s old; waiting for the export"
+    fi
+    sleep "${CFG[POLL_INTERVAL_S]}"
+  done
 }

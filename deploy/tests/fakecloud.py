@@ -555,8 +555,10 @@ def kubectl(args: list[str]) -> None:
 
 
 def main() -> None:
-    tool = os.path.basename(sys.argv[0])
-    args = sys.argv[1:]
+    # Called as aws/eksctl/helm/kubectl (a symlink), or as `fakecloud.py TOOL ARGS`.
+    tool, args = os.path.basename(sys.argv[0]), sys.argv[1:]
+    if tool == "fakecloud.py":
+        tool, args = args[0], args[1:]
     record(tool, args)
     {"aws": aws, "eksctl": eksctl, "helm": helm, "kubectl": kubectl}[tool](args)
 

@@ -150,6 +150,7 @@ def eks_describe(w, opts, args):
     if c is None:
         fail("ResourceNotFoundException", f"No cluster found for name: {one(opts, 'name')}.")
     out({"cluster": {"name": one(opts, "name"), "resourcesVpcConfig": {"vpcId": c["vpc"]},
+                     "endpoint": c["endpoint"],
                      "identity": {"oidc": {"issuer": c["issuer"]}}}})
 
 
@@ -522,6 +523,10 @@ def kubectl(args: list[str]) -> None:
         else:
             out({"items": [{"metadata": {"name": p["name"]}, "spec": {"volumes": [
                 {"name": "fsx", "persistentVolumeClaim": {"claimName": p["claim"]}}]}} for p in pods]})
+    elif verb == "config" and args[1] == "view":
+        out({"clusters": [{"name": k["context"], "cluster": {"server": k["server"]}}]})
+    elif verb == "config" and args[1] == "current-context":
+        print(k["context"])
     elif verb == "get" and args[1] == "serviceaccount":
         sa = k.setdefault("serviceaccounts", {}).get(f"{ns}/{args[2]}")
         if sa is None:

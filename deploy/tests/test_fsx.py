@@ -15,6 +15,7 @@ FSX = HERE.parent / "aws" / "fsx"
 TOOLS = ("aws", "eksctl", "helm", "kubectl")
 
 NODE_SG, EKS_SG = "sg-0node0000000000001", "sg-0eks00000000000001"
+ENDPOINT = "https://0123456789ABCDEF0123456789ABCDEF.gr7.us-east-1.eks.amazonaws.com"
 
 
 def base_world() -> dict:
@@ -23,7 +24,8 @@ def base_world() -> dict:
         "instance": {"id": iid, "az": az, "subnet": subnet, "sgs": [NODE_SG, EKS_SG]}}
     return {
         "account": "111122223333",
-        "clusters": {"train": {"vpc": "vpc-1", "issuer": "https://oidc.eks.us-east-1.amazonaws.com/id/ABC"}},
+        "clusters": {"train": {"vpc": "vpc-1", "issuer": "https://oidc.eks.us-east-1.amazonaws.com/id/ABC",
+                               "endpoint": ENDPOINT}},
         "nodes": [node("gpu-a", "i-a", "us-east-1a", "subnet-a", "gpu"),
                   node("gpu-b", "i-b", "us-east-1a", "subnet-a", "gpu"),
                   node("cpu-c", "i-c", "us-east-1b", "subnet-b", "cpu")],
@@ -43,7 +45,8 @@ def base_world() -> dict:
         # values, one per call); a linked file system with nothing left to
         # export reads 0
         "export_queue": {}, "export_queue_default": [0],
-        "k8s": {"namespaces": ["default", "kube-system"], "applied": [], "jobs": {}, "pods": [],
+        "k8s": {"server": ENDPOINT, "context": "train",
+                "namespaces": ["default", "kube-system"], "applied": [], "jobs": {}, "pods": [],
                 "deleted": [], "objects": []},
     }
 
@@ -535,6 +538,28 @@ def test_down_keeps_the_driver_while_other_fsx_volumes_use_it(cloud: Cloud) -> N
     assert "helm uninstall" not in mutations(cloud.calls())
     assert "other FSx volumes use it (team-b-fsx" in p.stderr
     assert "helm_release" not in cloud.state_file.read_text() if cloud.state_file.exists() else True
+
+
+@pytest.mark.parametrize("cmd", [("up",), ("down", "--yes"), ("mount-test",)])
+def test_a_wrong_kube_context_changes_nothing(cloud: Cloud, cmd) -> None:  # defect 6
+    cloud.run("up")
+    cloud.world["k8s"]["server"] = "https://FEDCBA9876543210.yl4.us-west-2.eks.amazonaws.com"
+    cloud.world["k8s"]["context"] = "someone-elses-cluster"
+    cloud.save()
+    p = cloud.run(*cmd, check=False, IMAGE="registry.example/shardwise-trainer:0.1.0")
+    assert p.returncode != 0
+    assert "current kube context (someone-elses-cluster)" in p.stderr and "update-kubeconfig" in p.stderr
+    assert mutations(cloud.calls()) == []
+
+
+def test_pv_capacity_comes_from_aws(cloud: Cloud) -> None:  # defect 12
+    cloud.run("up")
+    fs_id = cloud.state()["file_system"]
+    cloud.world["file_systems"][fs_id]["capacity"] = 2400  # resized since
+    cloud.save()
+    cloud.run("up")
+    storage = cloud.world["k8s"]["applied"][-1]["kustomization"]
+    assert '"2400Gi"' in storage and '"1200Gi"' not in storage
 
 
 def test_the_policy_arn_follows_the_partition(cloud: Cloud) -> None:  # defect 12

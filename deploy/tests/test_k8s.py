@@ -101,6 +101,8 @@ def test_training_job_is_multi_node_with_shm_and_resume(overlay: Path) -> None:
     assert spec["completions"] == spec["parallelism"] >= 2
     pod = spec["template"]["spec"]
     assert pod["subdomain"] == svc["metadata"]["name"] and svc["spec"]["clusterIP"] == "None"
+    # pod 0's rendezvous must resolve before it is Ready (issue 16, defect 12)
+    assert svc["spec"]["publishNotReadyAddresses"] is True
     assert svc["spec"]["selector"].items() <= spec["template"]["metadata"]["labels"].items()
     container = pod["containers"][0]
     env = {e["name"]: e.get("value") for e in container["env"]}

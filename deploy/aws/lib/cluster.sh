@@ -6,6 +6,17 @@ CSI_SERVICE_ACCOUNT=fsx-csi-controller-sa
 CSI_RELEASE=aws-fsx-csi-driver
 CSI_REPO=https://kubernetes-sigs.github.io/aws-fsx-csi-driver
 
+# check_kube_context: every kubectl and helm call (the deletions of `down`
+# too) goes to the current kube context; it must be CLUSTER_NAME's API server.
+check_kube_context() {
+  local want have
+  want=$(awsj eks describe-cluster --name "${CFG[CLUSTER_NAME]}" | jq -r '.cluster.endpoint // empty')
+  [[ -n $want ]] || die "cluster ${CFG[CLUSTER_NAME]} reports no API endpoint"
+  have=$(kubectl config view --minify -o json | jq -r '.clusters[0].cluster.server // empty')
+  [[ -n $have && ${have%/} == "${want%/}" ]] ||
+    die "the current kube context ($(kubectl config current-context 2>/dev/null || echo none)) talks to ${have:-no API server}, not to cluster ${CFG[CLUSTER_NAME]} ($want): nothing was changed; switch with 'aws eks update-kubeconfig --name ${CFG[CLUSTER_NAME]} --region ${CFG[AWS_REGION]}'"
+}
+
 ensure_oidc_provider() {
   local issuer host
   issuer=$(awsj eks describe-cluster --name "${CFG[CLUSTER_NAME]}" | jq -r '.cluster.identity.oidc.issuer // empty')
@@ -142,10 +153,14 @@ patch() { # patch KIND NAME OP PATH VALUE: one JSON6902 operation as a kustomize
 }
 
 apply_storage() {
-  local dns mount dir cap=${CFG[STORAGE_CAPACITY_GIB]}Gi
-  read -r dns mount < <(awsj fsx describe-file-systems --file-system-ids "$FS_ID" |
-    jq -r '.FileSystems[0] | "\(.DNSName) \(.LustreConfiguration.MountName)"')
+  local dns mount dir gib cap
+  # The capacity as AWS reports it (an adopted or resized file system may
+  # differ from STORAGE_CAPACITY_GIB).
+  read -r dns mount gib < <(awsj fsx describe-file-systems --file-system-ids "$FS_ID" |
+    jq -r '.FileSystems[0] | "\(.DNSName) \(.LustreConfiguration.MountName) \(.StorageCapacity)"')
   [[ -n $dns && $mount != null ]] || die "file system $FS_ID reports no DNS name or mount name"
+  [[ $gib =~ ^[0-9]+$ ]] || die "file system $FS_ID reports no storage capacity"
+  cap=${gib}Gi
   dir="$(dirname "${CFG[STATE_FILE]}")/${CFG[STACK_NAME]}-storage"
   render_overlay "$dir" base \
     "$(patch PersistentVolume fsx-pv replace /spec/csi/volumeHandle "\"$FS_ID\"")" \

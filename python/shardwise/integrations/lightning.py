@@ -119,7 +119,75 @@ _REF = "__shardwise_tensor__"
 _META = "meta"  # the strategy's non-module, non-optimizer state: items meta.*
 
 
-class ShardwiseModelParallelStrategy(ModelParallelStrategy):  # type: ignore[misc]
+class _ShardedCheckpoints:
+    """The checkpoint hooks of a Lightning strategy with distributed
+    checkpoints (``save_checkpoint``, ``load_checkpoint``,
+    ``remove_checkpoint``), through shardwise. A strategy says whether a save
+    is sharded (``_sharded``), under which key its model's state goes
+    (``_model_key``, Lightning's own), and how it loads model and optimizer
+    states from a checkpoint (``_load_states``)."""
+
+    _model_key = ""
+
+    def __init__(self, *args: Any, writer_options: Optional[dict[str, Any]] = None,
+                 **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.writer_options = dict(writer_options or {})
+
+    def _sharded(self) -> bool:
+        raise NotImplementedError
+
+    def _load_states(self, path: str) -> None:
+        raise NotImplementedError
+
+    def save_checkpoint(self, checkpoint: dict[str, Any], filepath: PathLike,
+                        storage_options: Optional[Any] = None) -> None:
+        if not self._sharded():
+            return super().save_checkpoint(checkpoint, filepath, storage_options)  # type: ignore[misc]
+        if storage_options is not None:
+            raise TypeError(f"{type(self).__name__}.save_checkpoint: storage_options are not "
+                            f"supported; pass writer_options to the strategy")
+        # Every rank must write to the same path: rank 0's.
+        path = os.path.abspath(os.fspath(self.broadcast(filepath)))  # type: ignore[attr-defined]
+        if os.path.isfile(path):
+            raise FileExistsError(f"{path}: a file (a full checkpoint) is there; shardwise "
+                                  f"writes a checkpoint directory: remove it or save elsewhere")
+        # The model and optimizer states under Lightning's own keys, the rest
+        # of the checkpoint as items meta.* plus its structure as JSON: one
+        # shardwise checkpoint, committed once.
+        checkpoint = dict(checkpoint)
+        state: dict[str, Any] = {self._model_key: checkpoint.pop("state_dict")}
+        for i, optim_state in enumerate(checkpoint.pop("optimizer_states", [])):
+            state[f"optimizer_{i}"] = optim_state
+        tensors: dict[str, torch.Tensor] = {}
+        skeleton = _split(checkpoint, [_META], tensors)
+        state.update(tensors)
+        state[_SKELETON] = io.BytesIO(_values.encode(skeleton))
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        _sdcp.save(state, storage_writer=_sdcp.Writer(path, replace=True, **self.writer_options))
+
+    def load_checkpoint(self, checkpoint_path: PathLike,
+                        weights_only: Optional[bool] = None) -> dict[str, Any]:
+        path = os.path.abspath(os.fspath(self.broadcast(checkpoint_path)))  # type: ignore[attr-defined]
+        if not os.path.isfile(os.path.join(path, _core.MANIFEST_NAME)):
+            # not ours (meta.pt folders, single files): Lightning's own loader
+            return super().load_checkpoint(checkpoint_path, weights_only)  # type: ignore[misc]
+        self._load_states(path)
+        # The rest (loops, callbacks, ...), read by each rank on its own.
+        return _read_structured(path, lambda name: name.startswith(_META + "."))
+
+    def remove_checkpoint(self, filepath: PathLike) -> None:
+        path = os.path.abspath(os.fspath(filepath))
+        if not os.path.isfile(os.path.join(path, _core.MANIFEST_NAME)):
+            return super().remove_checkpoint(filepath)  # type: ignore[misc]
+        if self.is_global_zero:  # type: ignore[attr-defined]
+            # renamed aside, then deleted: never seen half removed
+            root, name = os.path.split(path)
+            options = _sdcp.Writer(path, **self.writer_options).options
+            _sdcp._repository(root, options).delete(name)
+
+
+class ShardwiseModelParallelStrategy(_ShardedCheckpoints, ModelParallelStrategy):  # type: ignore[misc]
     """Lightning's ``ModelParallelStrategy`` (FSDP2 and tensor parallelism
     over DTensors), whose distributed checkpoints are shardwise checkpoints::
 
@@ -131,9 +199,9 @@ class ShardwiseModelParallelStrategy(ModelParallelStrategy):  # type: ignore[mis
     writes, neither atomic, and a pickle to load. This strategy overrides the
     hooks Lightning gives a strategy for that (``save_checkpoint``,
     ``load_checkpoint``, ``remove_checkpoint``): every rank writes its shards
-    with the engine; the
-    rest of the checkpoint goes into the same checkpoint (its tensors as
-    items ``meta.*``, its structure as JSON), committed once, atomically;
+    with the engine; the rest of the checkpoint goes into the same checkpoint
+    (its tensors as items ``meta.*``, its structure as JSON), committed once,
+    atomically;
     nothing is unpickled on load. Saving again to a name replaces it
     atomically (``last.ckpt``). Loads go through DCP's planner (another world
     size reshards as with DCP). Checkpoints Lightning wrote before the switch
@@ -146,22 +214,12 @@ class ShardwiseModelParallelStrategy(ModelParallelStrategy):  # type: ignore[mis
     :class:`ShardwiseCheckpointIO` there).
     """
 
-    def __init__(self, *args: Any, writer_options: Optional[dict[str, Any]] = None,
-                 **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self.writer_options = dict(writer_options or {})
+    _model_key = "state_dict"
 
-    def save_checkpoint(self, checkpoint: dict[str, Any], filepath: PathLike,
-                        storage_options: Optional[Any] = None) -> None:
-        if not self._save_distributed_checkpoint:
-            return super().save_checkpoint(checkpoint, filepath, storage_options)
-        _save_sharded(self, checkpoint, filepath, storage_options, "state_dict")
+    def _sharded(self) -> bool:
+        return bool(self._save_distributed_checkpoint)
 
-    def load_checkpoint(self, checkpoint_path: PathLike,
-                        weights_only: Optional[bool] = None) -> dict[str, Any]:
-        path = os.path.abspath(os.fspath(self.broadcast(checkpoint_path)))
-        if not os.path.isfile(os.path.join(path, _core.MANIFEST_NAME)):
-            return super().load_checkpoint(checkpoint_path, weights_only)
+    def _load_states(self, path: str) -> None:
         from torch.distributed.checkpoint.state_dict import (
             StateDictOptions, get_model_state_dict, get_optimizer_state_dict,
             set_optimizer_state_dict)
@@ -177,15 +235,9 @@ class ShardwiseModelParallelStrategy(ModelParallelStrategy):  # type: ignore[mis
             _sdcp.load(optim_state, storage_reader=_sdcp.Reader(path))
             set_optimizer_state_dict(self.model, optim, optim_state_dict=optim_state[key],
                                      options=StateDictOptions(cpu_offload=True))
-        # The rest (loops, callbacks, ...), read by each rank on its own.
-        return _read_structured(path, lambda name: name.startswith(_META + "."))
-
-    def remove_checkpoint(self, filepath: PathLike) -> None:
-        if not _remove_sharded(self, filepath):
-            super().remove_checkpoint(filepath)  # not ours: Lightning's way
 
 
-class ShardwiseFSDPStrategy(FSDPStrategy):  # type: ignore[misc]
+class ShardwiseFSDPStrategy(_ShardedCheckpoints, FSDPStrategy):  # type: ignore[misc]
     """Lightning's ``FSDPStrategy`` (FSDP1) whose sharded checkpoints
     (``state_dict_type="sharded"``) are shardwise checkpoints::
 
@@ -200,22 +252,12 @@ class ShardwiseFSDPStrategy(FSDPStrategy):  # type: ignore[misc]
     there).
     """
 
-    def __init__(self, *args: Any, writer_options: Optional[dict[str, Any]] = None,
-                 **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self.writer_options = dict(writer_options or {})
+    _model_key = "model"
 
-    def save_checkpoint(self, checkpoint: dict[str, Any], filepath: PathLike,
-                        storage_options: Optional[Any] = None) -> None:
-        if self._state_dict_type != "sharded":
-            return super().save_checkpoint(checkpoint, filepath, storage_options)
-        _save_sharded(self, checkpoint, filepath, storage_options, "model")
+    def _sharded(self) -> bool:
+        return self._state_dict_type == "sharded"
 
-    def load_checkpoint(self, checkpoint_path: PathLike,
-                        weights_only: Optional[bool] = None) -> dict[str, Any]:
-        path = os.path.abspath(os.fspath(self.broadcast(checkpoint_path)))
-        if not os.path.isfile(os.path.join(path, _core.MANIFEST_NAME)):
-            return super().load_checkpoint(checkpoint_path, weights_only)
+    def _load_states(self, path: str) -> None:
         from pytorch_lightning.trainer.states import TrainerFn
         from torch.distributed.checkpoint.optimizer import load_sharded_optimizer_state_dict
         from torch.distributed.fsdp import FullyShardedDataParallel as FSDP
@@ -235,50 +277,6 @@ class ShardwiseFSDPStrategy(FSDPStrategy):  # type: ignore[misc]
                         storage_reader=_sdcp.Reader(path))
                     optim.load_state_dict(FSDP.optim_state_dict_to_load(
                         optim_state_dict=optim_state[key], model=self.model, optim=optim))
-        return _read_structured(path, lambda name: name.startswith(_META + "."))
-
-    def remove_checkpoint(self, filepath: PathLike) -> None:
-        if not _remove_sharded(self, filepath):
-            super().remove_checkpoint(filepath)  # not ours: Lightning's way
-
-
-def _save_sharded(strategy: Any, checkpoint: dict[str, Any], filepath: PathLike,
-                  storage_options: Any, model_key: str) -> None:
-    """A strategy's sharded save (collective): the model and optimizer
-    states under Lightning's own keys, the rest of the checkpoint as items
-    meta.* plus its structure as JSON, one shardwise checkpoint."""
-    if storage_options is not None:
-        raise TypeError(f"{type(strategy).__name__}.save_checkpoint: storage_options are not "
-                        f"supported; pass writer_options to the strategy")
-    # Every rank must write to the same path: rank 0's.
-    path = os.path.abspath(os.fspath(strategy.broadcast(filepath)))
-    if os.path.isfile(path):
-        raise FileExistsError(f"{path}: a file (a full checkpoint) is there; shardwise "
-                              f"writes a checkpoint directory: remove it or save elsewhere")
-    checkpoint = dict(checkpoint)
-    state: dict[str, Any] = {model_key: checkpoint.pop("state_dict")}
-    for i, optim_state in enumerate(checkpoint.pop("optimizer_states", [])):
-        state[f"optimizer_{i}"] = optim_state
-    tensors: dict[str, torch.Tensor] = {}
-    skeleton = _split(checkpoint, [_META], tensors)
-    state.update(tensors)
-    state[_SKELETON] = io.BytesIO(_values.encode(skeleton))
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    _sdcp.save(state, storage_writer=_sdcp.Writer(path, replace=True,
-                                                  **strategy.writer_options))
-
-
-def _remove_sharded(strategy: Any, filepath: PathLike) -> bool:
-    """Deletes a shardwise checkpoint (rank 0: renamed aside, then deleted,
-    never seen half removed); False when `filepath` is not one."""
-    path = os.path.abspath(os.fspath(filepath))
-    if not os.path.isfile(os.path.join(path, _core.MANIFEST_NAME)):
-        return False
-    if strategy.is_global_zero:
-        root, name = os.path.split(path)
-        options = _sdcp.Writer(path, **strategy.writer_options).options
-        _sdcp._repository(root, options).delete(name)
-    return True
 
 
 def _split(value: Any, path: list[str], tensors: dict[str, torch.Tensor]) -> Any:

@@ -120,6 +120,7 @@ def aws(args: list[str]) -> None:
         ("ec2", "revoke-security-group-ingress"): ec2_revoke,
         ("ec2", "revoke-security-group-egress"): ec2_revoke,
         ("ec2", "delete-security-group"): ec2_delete_sg,
+        ("ec2", "describe-security-group-rules"): ec2_describe_rules,
         ("s3api", "head-bucket"): s3_head,
         ("s3api", "create-bucket"): s3_create,
         ("s3api", "put-bucket-tagging"): s3_tag,
@@ -222,6 +223,29 @@ def ec2_authorize(w, opts, args):
     out({"Return": True, "SecurityGroupRules": [{"SecurityGroupRuleId": rid, "GroupId": gid}]})
 
 
+def ec2_describe_rules(w, opts, args):
+    flt = {}
+    for f in opts.get("filters", []):
+        name, values = f.split(",", 1)
+        flt[name.split("=", 1)[1]] = values.split("=", 1)[1]
+    found = []
+    for rid, r in w["rules"].items():
+        gid, direction, proto, lo, hi, peer = json.loads(r["key"])
+        if "group-id" in flt and gid != flt["group-id"]:
+            continue
+        if any(k.startswith("tag:") and r["tags"].get(k[4:]) != v for k, v in flt.items()):
+            continue
+        rule = {"SecurityGroupRuleId": rid, "GroupId": gid, "IsEgress": direction == "egress",
+                "IpProtocol": proto, "ReferencedGroupInfo": {"GroupId": peer},
+                "Tags": tag_list(r["tags"])}
+        if proto != "-1":
+            rule.update(FromPort=lo, ToPort=hi)
+        else:
+            rule.update(FromPort=-1, ToPort=-1)
+        found.append(rule)
+    out({"SecurityGroupRules": found})
+
+
 def ec2_revoke(w, opts, args):
     rid = one(opts, "security-group-rule-ids")
     if rid not in w["rules"]:
@@ -267,6 +291,7 @@ def fs_view(fid, fs):
     cfg = dict(fs["lustre"])
     cfg["MountName"] = fs["mount"]
     view = {"FileSystemId": fid, "FileSystemType": "LUSTRE", "Lifecycle": fs["script"][0],
+            "SubnetIds": [fs.get("subnet", "subnet-0000000000000000f")], "VpcId": "vpc-1",
             "StorageCapacity": fs["capacity"], "DNSName": f"{fid}.fsx.{fs['region']}.amazonaws.com",
             "LustreConfiguration": cfg, "Tags": tag_list(fs["tags"])}
     if fs["script"][0] == "FAILED":
@@ -455,7 +480,7 @@ def sa_stack(w, opts) -> str:
             f"{one(opts, 'name')}")
 
 
-HELM_VALUE_FLAGS = {"--namespace", "--version", "--set", "--set-string", "--timeout"}
+HELM_VALUE_FLAGS = {"--namespace", "--version", "--set", "--set-string", "--timeout", "-o"}
 
 
 def helm(args: list[str]) -> None:
@@ -468,6 +493,17 @@ def helm(args: list[str]) -> None:
         if f"{ns}/{pos[1]}" not in w["helm"]:
             print("Error: release: not found", file=sys.stderr)
             sys.exit(1)
+    elif pos[:2] == ["get", "values"]:
+        rel = w["helm"].get(f"{ns}/{pos[2]}")
+        if rel is None:
+            print("Error: release: not found", file=sys.stderr)
+            sys.exit(1)
+        values = {}
+        for kv in rel["set"] + rel["set-string"]:
+            k, v = kv.split("=", 1)
+            if "." not in k.replace("\\.", ""):
+                values[k] = v
+        out(values)
     elif pos[0] == "repo":
         pass
     elif pos[0] == "upgrade" and "--install" in args:
@@ -505,10 +541,13 @@ def kubectl(args: list[str]) -> None:
         if args[2] not in k["namespaces"]:
             print(f'Error from server (NotFound): namespaces "{args[2]}" not found', file=sys.stderr)
             sys.exit(1)
+        out({"metadata": {"name": args[2],
+                          "labels": k.setdefault("ns_labels", {}).get(args[2], {})}})
     elif verb == "create" and args[1] == "namespace":
         k["namespaces"].append(args[2])
-    elif verb == "label":
-        pass
+    elif verb == "label" and args[1] == "namespace":
+        key, value = args[3].split("=", 1)
+        k.setdefault("ns_labels", {}).setdefault(args[2], {})[key] = value
     elif verb == "apply" and args[1] == "-k":
         with open(os.path.join(args[2], "kustomization.yaml")) as f:
             k["applied"].append({"dir": args[2], "kustomization": f.read()})

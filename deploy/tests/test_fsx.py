@@ -172,6 +172,7 @@ def test_fresh_up_makes_exactly_these_calls_in_order(cloud: Cloud) -> None:
     assert "controller.serviceAccount.create=false" not in helm_release["set"]  # AUDIT 12
     role_arn = w["roles"]["ckpt-fsx-csi"]
     assert helm_release["set-string"] == [
+        "shardwiseStack=ckpt",  # ours: a lost state file finds it by this value
         f"controller.serviceAccount.annotations.eks\\.amazonaws\\.com/role-arn={role_arn}"]
     create_sa = next(c for c in cloud.calls() if c[:3] == ["eksctl", "create", "iamserviceaccount"])
     assert create_sa[create_sa.index("--namespace") + 1] == "kube-system"   # AUDIT 11
@@ -232,6 +233,33 @@ def test_up_after_lost_state_adopts_tagged_resources(cloud: Cloud) -> None:
         assert st[key] == before[key], key  # the eksctl stack carries our tag: adopted
     assert not [m for m in mutations(cloud.calls())
                 if m.startswith(("aws fsx create", "eksctl create", "aws ec2 create"))]
+
+
+def test_down_after_a_lost_state_file_removes_everything(cloud: Cloud) -> None:  # defect 7
+    cloud.run("up")
+    before = cloud.state()
+    cloud.state_file.unlink()
+    cloud.run("up")  # adopts by tag: the file system, its link, the group, its rules,
+    after = cloud.state()  # the eksctl stack and the Helm release
+    skip = ("create_token", "oidc_provider")  # (down leaves the cluster's OIDC provider anyway)
+    assert sorted(k for k in before if k not in skip) == sorted(k for k in after if k not in skip)
+    cloud.run("down", "--yes")
+    w = cloud.world
+    assert w["rules"] == {}  # without the rules: DependencyViolation on the group
+    assert set(w["security_groups"]) == {NODE_SG, EKS_SG, "sg-0other000000000001"}
+    assert w["helm"] == {} and w["cfn_stacks"] == {}
+    assert list(w["file_systems"]) == ["fs-0someoneelse00001"]
+
+
+def test_a_tagged_file_system_in_another_subnet_is_not_adopted(cloud: Cloud) -> None:  # defect 7
+    cloud.run("up")
+    fs_id = cloud.state()["file_system"]
+    cloud.world["file_systems"][fs_id]["subnet"] = "subnet-b"
+    cloud.save()
+    cloud.state_file.unlink()
+    cloud.run("up")
+    assert cloud.state()["file_system"] != fs_id
+    assert "aws fsx create-file-system" in mutations(cloud.calls())
 
 
 def test_up_refuses_an_untagged_role_of_its_name(cloud: Cloud) -> None:
@@ -498,8 +526,8 @@ def test_an_existing_eksctl_stack_is_reused_and_kept(cloud: Cloud) -> None:  # d
     assert "eksctl create iamserviceaccount" not in mutations(cloud.calls())
     assert "csi_role" not in cloud.state()
     helm = cloud.world["helm"]["kube-system/aws-fsx-csi-driver"]
-    assert helm["set-string"] == ["controller.serviceAccount.annotations.eks\\.amazonaws\\.com/"
-                                  "role-arn=arn:aws:iam::111122223333:role/AmazonEKS_FSx_CSI_Role"]
+    assert ("controller.serviceAccount.annotations.eks\\.amazonaws\\.com/"
+            "role-arn=arn:aws:iam::111122223333:role/AmazonEKS_FSx_CSI_Role") in helm["set-string"]
     cloud.run("down", "--yes")
     assert "eksctl delete iamserviceaccount" not in mutations(cloud.calls())
     assert name in cloud.world["cfn_stacks"] and "AmazonEKS_FSx_CSI_Role" in cloud.world["roles"]

@@ -99,7 +99,17 @@ ensure_csi_role() {
 # account, created by the chart and annotated with the role).
 ensure_csi_driver() {
   if helm status "$CSI_RELEASE" --namespace "$CSI_NAMESPACE" >/dev/null 2>&1; then
-    log "Helm release $CSI_NAMESPACE/$CSI_RELEASE is installed"
+    # Ours carries the value shardwiseStack (the chart ignores it): adopted
+    # after a lost state file, so that `down` removes it; anyone else's is
+    # only used.
+    if [[ -z $(state_get helm_release) ]] &&
+      [[ $(helm get values "$CSI_RELEASE" --namespace "$CSI_NAMESPACE" -o json |
+        jq -r '.shardwiseStack // empty') == "${CFG[STACK_NAME]}" ]]; then
+      state_set helm_release "$CSI_NAMESPACE/$CSI_RELEASE"
+      log "Helm release $CSI_NAMESPACE/$CSI_RELEASE is ours (found by its value shardwiseStack)"
+    else
+      log "Helm release $CSI_NAMESPACE/$CSI_RELEASE is installed"
+    fi
     return 0
   fi
   if kubectl get csidriver fsx.csi.aws.com >/dev/null 2>&1; then
@@ -114,6 +124,7 @@ ensure_csi_driver() {
   helm upgrade --install "$CSI_RELEASE" aws-fsx-csi-driver/aws-fsx-csi-driver \
     --namespace "$CSI_NAMESPACE" "${version[@]}" \
     --set "controller.serviceAccount.name=$CSI_SERVICE_ACCOUNT" \
+    --set-string "shardwiseStack=${CFG[STACK_NAME]}" \
     --set-string "controller.serviceAccount.annotations.eks\.amazonaws\.com/role-arn=$CSI_ROLE_ARN" \
     --wait --timeout 10m
   state_set helm_release "$CSI_NAMESPACE/$CSI_RELEASE"
@@ -121,8 +132,13 @@ ensure_csi_driver() {
 }
 
 ensure_namespace() {
-  local ns=${CFG[NAMESPACE]}
-  kubectl get namespace "$ns" >/dev/null 2>&1 && return 0
+  local ns=${CFG[NAMESPACE]} owner
+  if kubectl get namespace "$ns" >/dev/null 2>&1; then
+    # ours (labelled): adopted after a lost state file; anyone else's: used
+    owner=$(kubectl get namespace "$ns" -o json | jq -r '.metadata.labels["shardwise.io/stack"] // empty')
+    [[ $owner == "${CFG[STACK_NAME]}" && -z $(state_get namespace) ]] && state_set namespace "$ns"
+    return 0
+  fi
   kubectl create namespace "$ns" >/dev/null
   kubectl label namespace "$ns" "shardwise.io/stack=${CFG[STACK_NAME]}" >/dev/null
   state_set namespace "$ns"

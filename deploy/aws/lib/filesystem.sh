@@ -41,9 +41,9 @@ our_file_system() {
 ensure_file_system() {
   local fs
   fs=$(state_get file_system)
-  if [[ -z $fs ]]; then # lost state: adopt only a file system that carries our tag
-    fs=$(awsj fsx describe-file-systems | jq -r --arg s "${CFG[STACK_NAME]}" \
-      '[.FileSystems[] | select(.Lifecycle != "DELETING")
+  if [[ -z $fs ]]; then # lost state: adopt only a file system that carries our tag, in the nodes' subnet
+    fs=$(awsj fsx describe-file-systems | jq -r --arg s "${CFG[STACK_NAME]}" --arg sub "$NODE_SUBNET" \
+      '[.FileSystems[] | select(.Lifecycle != "DELETING") | select(.SubnetIds == [$sub])
         | select(.Tags // [] | any(.Key == "shardwise:stack" and .Value == $s))][0].FileSystemId // empty')
     [[ -n $fs ]] && state_set file_system "$fs" && log "file system $fs (found by tag)"
   fi

@@ -65,11 +65,33 @@ add_rule() {
   out=$(awsj ec2 "authorize-security-group-$dir" --group-id "$sg" --ip-permissions "$perm" \
     --tag-specifications "$(tag_spec security-group-rule)" 2>&1) || rc=$?
   if ((rc != 0)); then
-    [[ $out == *InvalidPermission.Duplicate* ]] && { log "rule $key existed already: left as is"; return 0; }
-    die "aws ec2 authorize-security-group-$dir on $sg: $out"
+    [[ $out == *InvalidPermission.Duplicate* ]] || die "aws ec2 authorize-security-group-$dir on $sg: $out"
+    # It exists. Ours (tagged: a run whose state file was lost) is recorded
+    # again, so that `down` revokes it; anyone else's is left alone.
+    id=$(our_rule "$dir" "$sg" "$proto" "$from" "$to" "$peer")
+    if [[ -n $id ]]; then
+      state_set "$key" "$id"
+      log "rule $key is ours ($id, found by tag)"
+    else
+      log "rule $key existed already: left as is"
+    fi
+    return 0
   fi
   id=$(jq -r '.SecurityGroupRules[0].SecurityGroupRuleId' <<<"$out")
   state_set "$key" "$id"
+}
+
+# our_rule DIRECTION SG PROTO FROM TO PEER_SG: the id of that rule when it
+# carries this stack's tag, else nothing.
+our_rule() {
+  local dir=$1 sg=$2 proto=$3 from=$4 to=$5 peer=$6
+  awsj ec2 describe-security-group-rules --filters "Name=group-id,Values=$sg" \
+    "Name=tag:shardwise:stack,Values=${CFG[STACK_NAME]}" |
+    jq -r --argjson egress "$([[ $dir == egress ]] && echo true || echo false)" \
+      --arg p "$proto" --argjson f "$from" --argjson t "$to" --arg g "$peer" \
+      '[.SecurityGroupRules[] | select(.IsEgress == $egress and .IpProtocol == $p
+         and .ReferencedGroupInfo.GroupId == $g
+         and ($p == "-1" or (.FromPort == $f and .ToPort == $t)))][0].SecurityGroupRuleId // empty'
 }
 
 # ensure_rules: Lustre uses TCP 988 (LNet) and 1018-1023; with EFA, all traffic

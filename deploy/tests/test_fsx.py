@@ -167,6 +167,8 @@ def test_fresh_up_makes_exactly_these_calls_in_order(cloud: Cloud) -> None:
     rule_keys = [k for k in st if k.startswith("rule:")]
     assert len(rule_keys) == 10
     assert {k.split(":")[1] for k in rule_keys} == {st["security_group"], NODE_SG, EKS_SG}
+    helm_call = next(c for c in cloud.calls() if c[:2] == ["helm", "upgrade"])
+    assert helm_call[helm_call.index("--version") + 1] == "1.17.0"  # pinned (issue 16, 12d)
     helm_release = w["helm"]["kube-system/aws-fsx-csi-driver"]
     assert not any("image" in s for s in helm_release["set"])  # chart default image (AUDIT 13)
     assert "controller.serviceAccount.create=false" not in helm_release["set"]  # AUDIT 12

@@ -79,7 +79,7 @@ def test_overlay_renders_consistent_objects(overlay: Path) -> None:
                 assert sc["parameters"].get(key), key
             assert request == 1200 * 2**30 or request % (2400 * 2**30) == 0
     for owner, spec in pod_specs(objs):
-        for c in spec["containers"]:
+        for c in spec["containers"] + spec.get("initContainers", []):
             image = c["image"]
             assert re.search(r"(:[\w][\w.-]*|@sha256:[0-9a-f]{64})$", image.split("/")[-1]), image
             assert not image.endswith(":latest"), image
@@ -88,7 +88,30 @@ def test_overlay_renders_consistent_objects(overlay: Path) -> None:
                   if "persistentVolumeClaim" in v]
         for claim in claims:
             assert claim in pvcs, f"{owner['metadata']['name']} mounts claim {claim}, not in the overlay"
-        assert spec["securityContext"]["fsGroupChangePolicy"] == "OnRootMismatch"
+        if claims:  # issue 16, defect 9: fsGroup does nothing on FSx volumes
+            _writes_only_where_it_owns(owner["metadata"]["name"], spec)
+
+
+def _writes_only_where_it_owns(name: str, spec: dict) -> None:
+    """The FSx CSI driver applies no fsGroup (fsGroupPolicy
+    ReadWriteOnceWithFSType): a pod that writes to the file system as a
+    non-root user needs an init container, running as root, that hands it
+    the directory it writes to."""
+    main = spec["containers"][0]
+    uid = main["securityContext"]["runAsUser"]
+    assert uid != 0, f"{name}: the main container runs as root"
+    inits = spec.get("initContainers", [])
+    assert inits, f"{name}: no init container prepares the directory"
+    init = inits[0]
+    assert init["securityContext"]["runAsUser"] == 0
+    script = " ".join(init.get("command", []) + init.get("args", []))
+    m = re.search(r"chown (\d+):(\d+) (\S+)", script)
+    assert m and int(m.group(1)) == uid, f"{name}: {script!r} does not give uid {uid} its directory"
+    target = m.group(3)
+    assert f"mkdir -p {target}" in script
+    env = {e["name"]: e.get("value") for e in main.get("env", [])}
+    written = env.get("CKPT_ROOT") or " ".join(main.get("args", []))
+    assert target in written, f"{name}: writes to {written!r}, not under {target}"
 
 
 @pytest.mark.parametrize("overlay", [p for p in OVERLAYS if p.name != "mount-test"], ids=lambda p: p.name)

@@ -20,6 +20,7 @@ declare -A CONFIG_DEFAULTS=(
   [S3_EXPORT_PREFIX]=checkpoints/ [DRA_FILE_SYSTEM_PATH]=/checkpoints [NAMESPACE]=training
   [PV_NAME]=fsx-pv [PVC_NAME]=fsx-pvc [WAIT_TIMEOUT_S]=1800 [POLL_INTERVAL_S]=15
   [FINAL_BACKUP]=true [MOUNT_TEST_SIZE]=2GiB
+  [CSI_CHART_VERSION]=1.17.0 # aws-fsx-csi-driver chart (driver 1.9.0), pinned
 )
 
 # load_config FILE: KEY=VALUE lines (no shell is evaluated); the environment

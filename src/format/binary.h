@@ -6,6 +6,7 @@
 
 #include <algorithm>
 #include <cstdint>
+#include <span>
 #include <string>
 #include <string_view>
 #include <vector>
@@ -31,7 +32,7 @@ inline void PutStr(std::string& out, std::string_view s) {
 inline void PutU32(std::string& out, std::uint32_t v) {
   for (int i = 0; i < 4; ++i) out += static_cast<char>(v >> (8 * i));
 }
-inline void PutDims(std::string& out, const std::vector<std::int64_t>& v) {
+inline void PutDims(std::string& out, std::span<const std::int64_t> v) {
   for (std::int64_t x : v) PutSigned(out, x);
 }
 
@@ -62,9 +63,14 @@ class Cursor {
     return static_cast<std::int64_t>((z >> 1) ^ (~(z & 1) + 1));
   }
   Result<std::string> Str(std::size_t max) {
+    SW_ASSIGN_OR_RETURN(std::string_view v, View(max));
+    return std::string(v);
+  }
+  // A string's bytes where they lie: valid while the data is.
+  Result<std::string_view> View(std::size_t max) {
     SW_ASSIGN_OR_RETURN(std::uint64_t n, Var(max));
     if (n > data_.size() - pos_) return Bad("is truncated");
-    std::string s(data_.substr(pos_, n));
+    std::string_view s = data_.substr(pos_, n);
     pos_ += n;
     return s;
   }

@@ -4,6 +4,7 @@
 #include <cstring>
 #include <unordered_map>
 
+#include "common/parallel.h"
 #include "format/binary.h"
 #include "format/crc32c.h"
 #include "format/manifest.h"
@@ -28,21 +29,27 @@ enum : std::uint8_t { kThreads = 0, kUring = 1, kOtherBackend = 2 };
 
 std::size_t RecordBytes(std::size_t ndim) { return 16 * ndim + 32; }
 
-std::int64_t SortKey(const ChunkRecord& c, std::size_t sd) {
-  return c.offsets.empty() ? 0 : c.offsets[sd];
+std::int64_t SortKey(std::span<const std::int64_t> offsets, std::size_t sd) {
+  return offsets.empty() ? 0 : offsets[sd];
 }
+std::int64_t SortKey(const ChunkRecord& c, std::size_t sd) { return SortKey(c.offsets, sd); }
 
 // The dimension whose offsets change most often from one chunk to the next
 // (in the order the ranks reported them): the one the chunks are spread
 // along, so that sorting by it makes a box lookup touch few records. O(n).
-std::size_t SortDim(const ItemRecord& it) {
-  std::size_t best = 0, best_n = 0;
-  for (std::size_t d = 0; d < it.shape.size(); ++d) {
-    std::size_t changes = 0;
-    for (std::size_t c = 1; c < it.chunks.size(); ++c)
-      changes += it.chunks[c].offsets[d] != it.chunks[c - 1].offsets[d];
-    if (changes > best_n) best = d, best_n = changes;
+std::size_t SortDim(const ChunkSource& s, std::size_t i) {
+  const std::size_t nd = s.Item(i).shape.size(), n = s.ChunkCount(i);
+  if (nd <= 1 || n <= 1) return 0;
+  std::vector<std::size_t> changes(nd, 0);
+  auto prev = s.Chunk(i, 0).offsets;
+  for (std::size_t c = 1; c < n; ++c) {
+    const auto cur = s.Chunk(i, c).offsets;
+    for (std::size_t d = 0; d < nd; ++d) changes[d] += cur[d] != prev[d];
+    prev = cur;
   }
+  std::size_t best = 0;
+  for (std::size_t d = 1; d < nd; ++d)
+    if (changes[d] > changes[best]) best = d;
   return best;
 }
 
@@ -85,44 +92,59 @@ struct ItemPlan {
   std::size_t sort_dim = 0;
   std::vector<std::uint32_t> order;  // empty: the chunks are in order already
   std::int64_t max_extent = 0;
+  std::uint64_t crcs = 0;      // checksums of its chunks
   std::uint64_t body_off = 0;  // where its fence (or records) start in the body
-  std::uint64_t crc_first = 0;
+  std::uint64_t crc_first = 0; // its first checksum's number
 };
 
 std::uint64_t FenceBytes(std::uint64_t n) {
   return n > kIndexFenceStride ? (n + kIndexFenceStride - 1) / kIndexFenceStride * 8 : 0;
 }
 
-// Plans every item and writes the items table; returns the body's size.
-std::uint64_t PlanItems(const Manifest& m, std::vector<ItemPlan>& plans, std::string& table) {
-  plans.resize(m.items.size());
+// Item i's sort dimension, record order, largest extent and checksum count.
+void PlanItem(const ChunkSource& s, std::size_t i, ItemPlan& p) {
+  const std::size_t sd = p.sort_dim = SortDim(s, i), n = s.ChunkCount(i);
+  auto less = [&](const ChunkView& a, const ChunkView& b) {
+    const auto ka = SortKey(a.offsets, sd), kb = SortKey(b.offsets, sd);
+    return ka != kb ? ka < kb
+                    : std::lexicographical_compare(a.offsets.begin(), a.offsets.end(),
+                                                   b.offsets.begin(), b.offsets.end());
+  };
+  bool sorted = true;
+  for (std::size_t c = 0; c < n; ++c) {
+    const ChunkView v = s.Chunk(i, c);
+    if (!v.sizes.empty()) p.max_extent = std::max(p.max_extent, v.sizes[sd]);
+    p.crcs += v.crc32c.size();
+    if (c > 0 && sorted) sorted = !less(v, s.Chunk(i, c - 1));
+  }
+  if (sorted) return;
+  p.order.resize(n);
+  for (std::size_t c = 0; c < n; ++c) p.order[c] = static_cast<std::uint32_t>(c);
+  std::stable_sort(p.order.begin(), p.order.end(), [&](std::uint32_t a, std::uint32_t b) {
+    return less(s.Chunk(i, a), s.Chunk(i, b));
+  });
+}
+
+// Plans every item (in parallel) and writes the items table; returns the
+// body's size.
+std::uint64_t PlanItems(const ChunkSource& s, std::vector<ItemPlan>& plans, std::string& table) {
+  plans.resize(s.ItemCount());
+  ParallelFor(0, plans.size(), AvailableCpus(), [&](std::size_t i) { PlanItem(s, i, plans[i]); });
   std::uint64_t body = 0, crcs = 0;
-  for (std::size_t i = 0; i < m.items.size(); ++i) {
-    const ItemRecord& it = m.items[i];
+  for (std::size_t i = 0; i < plans.size(); ++i) {
+    const ItemView it = s.Item(i);
     ItemPlan& p = plans[i];
-    const std::size_t sd = p.sort_dim = SortDim(it), n = it.chunks.size();
-    auto less = [&](const ChunkRecord& a, const ChunkRecord& b) {
-      const auto ka = SortKey(a, sd), kb = SortKey(b, sd);
-      return ka != kb ? ka < kb : a.offsets < b.offsets;
-    };
-    if (!std::is_sorted(it.chunks.begin(), it.chunks.end(), less)) {
-      p.order.resize(n);
-      for (std::size_t c = 0; c < n; ++c) p.order[c] = static_cast<std::uint32_t>(c);
-      std::sort(p.order.begin(), p.order.end(),
-                [&](std::uint32_t a, std::uint32_t b) { return less(it.chunks[a], it.chunks[b]); });
-    }
-    for (const auto& c : it.chunks) {
-      if (!c.sizes.empty()) p.max_extent = std::max(p.max_extent, c.sizes[sd]);
-      crcs += c.crc32c.size();
-    }
+    const std::size_t n = s.ChunkCount(i);
     p.body_off = body;
+    p.crc_first = crcs;
+    crcs += p.crcs;
     PutStr(table, it.name);
     PutVar(table, static_cast<std::uint64_t>(it.kind));
     PutVar(table, static_cast<std::uint64_t>(it.dtype));
     PutVar(table, it.shape.size());
     PutDims(table, it.shape);
     PutVar(table, n);
-    PutVar(table, sd);
+    PutVar(table, p.sort_dim);
     PutVar(table, static_cast<std::uint64_t>(p.max_extent));
     PutVar(table, body);
     body += FenceBytes(n) + n * RecordBytes(it.shape.size());
@@ -130,33 +152,27 @@ std::uint64_t PlanItems(const Manifest& m, std::vector<ItemPlan>& plans, std::st
   return body;
 }
 
-// Writes each item's fence and records at `body`, and its checksums at `crcs`.
-void WriteItems(const Manifest& m, const std::vector<ItemPlan>& plans, char* body, char* crcs) {
-  std::uint64_t crc_next = 0;
-  Writer crc{crcs};
-  for (std::size_t i = 0; i < m.items.size(); ++i) {
-    const ItemRecord& it = m.items[i];
-    const ItemPlan& p = plans[i];
-    const std::size_t n = it.chunks.size();
-    auto at = [&](std::size_t k) -> const ChunkRecord& {
-      return it.chunks[p.order.empty() ? k : p.order[k]];
-    };
-    Writer w{body + p.body_off};
-    if (n > kIndexFenceStride)
-      for (std::size_t k = 0; k < n; k += kIndexFenceStride)
-        w.U64(static_cast<std::uint64_t>(SortKey(at(k), p.sort_dim)));
-    for (std::size_t k = 0; k < n; ++k) {
-      const ChunkRecord& c = at(k);
-      for (std::int64_t v : c.offsets) w.U64(static_cast<std::uint64_t>(v));
-      for (std::int64_t v : c.sizes) w.U64(static_cast<std::uint64_t>(v));
-      w.U32(c.file);
-      w.U32(0);
-      w.U64(c.offset);
-      w.U64(c.length);
-      w.U64(crc_next);
-      crc_next += c.crc32c.size();
-      for (std::uint32_t v : c.crc32c) crc.U32(v);
-    }
+// Writes item i's fence and records at `body`, and its checksums at `crcs`.
+void WriteItem(const ChunkSource& s, std::size_t i, const ItemPlan& p, char* body, char* crcs) {
+  const std::size_t n = s.ChunkCount(i);
+  auto at = [&](std::size_t k) { return s.Chunk(i, p.order.empty() ? k : p.order[k]); };
+  std::uint64_t crc_next = p.crc_first;
+  Writer crc{crcs + 4 * p.crc_first};
+  Writer w{body + p.body_off};
+  if (n > kIndexFenceStride)
+    for (std::size_t k = 0; k < n; k += kIndexFenceStride)
+      w.U64(static_cast<std::uint64_t>(SortKey(at(k).offsets, p.sort_dim)));
+  for (std::size_t k = 0; k < n; ++k) {
+    const ChunkView c = at(k);
+    for (std::int64_t v : c.offsets) w.U64(static_cast<std::uint64_t>(v));
+    for (std::int64_t v : c.sizes) w.U64(static_cast<std::uint64_t>(v));
+    w.U32(c.file);
+    w.U32(0);
+    w.U64(c.offset);
+    w.U64(c.length);
+    w.U64(crc_next);
+    crc_next += c.crc32c.size();
+    for (std::uint32_t v : c.crc32c) crc.U32(v);
   }
 }
 
@@ -166,30 +182,41 @@ void WriteItems(const Manifest& m, const std::vector<ItemPlan>& plans, char* bod
 std::string SealIndexBlocks(std::string_view logical) {
   const std::size_t blocks = (logical.size() + kIndexPayloadBytes - 1) / kIndexPayloadBytes;
   std::string out(blocks * kIndexBlockBytes, '\0');
-  for (std::size_t b = 0; b < blocks; ++b) {
-    char* dst = out.data() + b * kIndexBlockBytes;
-    const std::size_t from = b * kIndexPayloadBytes;
-    std::memcpy(dst, logical.data() + from, std::min(kIndexPayloadBytes, logical.size() - from));
-    const std::uint32_t crc = Crc32c(dst, kIndexPayloadBytes);
-    for (int i = 0; i < 4; ++i) dst[kIndexPayloadBytes + i] = static_cast<char>(crc >> (8 * i));
-  }
+  constexpr std::size_t kBlocksPerTask = 1024;  // 4 MiB
+  ParallelFor(0, (blocks + kBlocksPerTask - 1) / kBlocksPerTask, AvailableCpus(),
+              [&](std::size_t t) {
+                for (std::size_t b = t * kBlocksPerTask;
+                     b < std::min(blocks, (t + 1) * kBlocksPerTask); ++b) {
+                  char* dst = out.data() + b * kIndexBlockBytes;
+                  const std::size_t from = b * kIndexPayloadBytes;
+                  std::memcpy(dst, logical.data() + from,
+                              std::min(kIndexPayloadBytes, logical.size() - from));
+                  const std::uint32_t crc = Crc32c(dst, kIndexPayloadBytes);
+                  for (int i = 0; i < 4; ++i)
+                    dst[kIndexPayloadBytes + i] = static_cast<char>(crc >> (8 * i));
+                }
+              });
   return out;
 }
 
 Result<std::string> EncodeIndex(const Manifest& m, IndexRef* ref) {
+  return EncodeIndex(ManifestSource(m), m, ref);
+}
+
+Result<std::string> EncodeIndex(const ChunkSource& src, const Manifest& header, IndexRef* ref) {
   std::vector<ItemPlan> plans;
   std::string table;
-  const std::uint64_t body = PlanItems(m, plans, table);
+  const std::uint64_t body = PlanItems(src, plans, table);
   std::uint64_t chunks = 0, ncrcs = 0, file_bytes = 0;
-  for (const ItemRecord& it : m.items)
-    for (const ChunkRecord& c : it.chunks) ++chunks, ncrcs += c.crc32c.size();
+  for (std::size_t i = 0; i < plans.size(); ++i) chunks += src.ChunkCount(i), ncrcs += plans[i].crcs;
+  const std::vector<FileRecord>& files = src.Files();
   const std::uint64_t body_off = kHeaderBytes + table.size();
   const std::uint64_t files_off = body_off + body;
-  const std::uint64_t crcs_off = files_off + kFileRecordBytes * m.files.size();
+  const std::uint64_t crcs_off = files_off + kFileRecordBytes * files.size();
   std::string s(crcs_off + 4 * ncrcs, '\0');
   // File records.
   Writer w{s.data() + files_off};
-  for (const FileRecord& f : m.files) {
+  for (const FileRecord& f : files) {
     SW_ASSIGN_OR_RETURN(std::uint32_t part, PartOf(f));
     w.U32(static_cast<std::uint32_t>(f.rank));
     w.U32(part);
@@ -201,21 +228,23 @@ Result<std::string> EncodeIndex(const Manifest& m, IndexRef* ref) {
     w.p += 6;
     file_bytes += f.size;
   }
-  WriteItems(m, plans, s.data() + body_off, s.data() + crcs_off);
+  ParallelFor(0, plans.size(), AvailableCpus(), [&](std::size_t i) {
+    WriteItem(src, i, plans[i], s.data() + body_off, s.data() + crcs_off);
+  });
   // Header and items table.
   std::memcpy(s.data(), kMagic, sizeof kMagic);
   w = Writer{s.data() + sizeof kMagic};
-  for (std::uint64_t v : {static_cast<std::uint64_t>(m.world_size), m.checksum_block,
-                          static_cast<std::uint64_t>(m.files.size()),
-                          static_cast<std::uint64_t>(m.items.size()), chunks, ncrcs,
+  for (std::uint64_t v : {static_cast<std::uint64_t>(header.world_size), header.checksum_block,
+                          static_cast<std::uint64_t>(files.size()),
+                          static_cast<std::uint64_t>(plans.size()), chunks, ncrcs,
                           static_cast<std::uint64_t>(kHeaderBytes),
                           static_cast<std::uint64_t>(table.size()), files_off, crcs_off,
                           file_bytes})
     w.U64(v);
-  std::memcpy(w.p, m.save_id.data(), std::min(m.save_id.size(), kSaveIdBytes));
+  std::memcpy(w.p, header.save_id.data(), std::min(header.save_id.size(), kSaveIdBytes));
   std::memcpy(s.data() + kHeaderBytes, table.data(), table.size());
   std::string out = SealIndexBlocks(s);
-  *ref = {out.size(), m.files.size(), m.items.size(), chunks, file_bytes};
+  *ref = {out.size(), files.size(), plans.size(), chunks, file_bytes};
   return out;
 }
 
@@ -366,7 +395,7 @@ Status IndexReader::Impl::OpenItems(std::uint64_t items_off, std::uint64_t items
     SW_ASSIGN_OR_RETURN(std::uint64_t max_extent, c.Var(INT64_MAX));
     e.max_extent = static_cast<std::int64_t>(max_extent);
     SW_ASSIGN_OR_RETURN(std::uint64_t rel, c.Var(body_end));
-    SW_RETURN_IF_ERROR(ValidateItemHeader(it, path));
+    SW_RETURN_IF_ERROR(ValidateItemHeader(ViewOf(it), path));
     if (!by_name.emplace(it.name, i).second) return Bad("item '" + it.name + "' is listed twice");
     const std::uint64_t fence = e.n > kIndexFenceStride
                                     ? (e.n + kIndexFenceStride - 1) / kIndexFenceStride * 8
@@ -464,7 +493,8 @@ Status IndexReader::Impl::Finish(std::size_t i, std::vector<ChunkRecord>& chunks
                  ": file index out of range");
     SW_ASSIGN_OR_RETURN(FileRecord file, File(chunks[k].file));
     SW_RETURN_IF_ERROR(
-        ValidateChunkRecord(it, numbers[k], chunks[k], file, commit.checksum_block, path));
+        ValidateChunkRecord(ViewOf(it), numbers[k], ViewOf(chunks[k]), file, commit.checksum_block,
+                            path));
   }
   return Status::Ok();
 }

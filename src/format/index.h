@@ -19,6 +19,7 @@
 #include <string_view>
 #include <vector>
 
+#include "format/chunk_source.h"
 #include "shardwise/status.h"
 #include "shardwise/types.h"
 
@@ -34,6 +35,10 @@ inline constexpr std::uint64_t kMaxIndexBytes = 1ull << 42;  // 4 TiB
 // Returns the file's bytes (a multiple of 4096) and fills *ref with what
 // manifest.json records about it.
 Result<std::string> EncodeIndex(const Manifest& m, IndexRef* ref);
+// The same for files and items held elsewhere (the gathered commit's merge),
+// with world_size, checksum_block and save_id from `header`. Items are
+// planned and written in parallel.
+Result<std::string> EncodeIndex(const ChunkSource& src, const Manifest& header, IndexRef* ref);
 
 // The on-disk form of a logical stream: 4092-byte pieces (the last padded
 // with zeros), each followed by its CRC32C. EncodeIndex uses it; tests and

@@ -6,6 +6,7 @@
 #include <string>
 #include <string_view>
 
+#include "format/chunk_source.h"
 #include "shardwise/status.h"
 #include "shardwise/types.h"
 
@@ -42,12 +43,23 @@ Result<Manifest> Parse(std::string_view text, std::string_view kind,
 // Checks the rules that do not need the JSON (bounds, overlaps, names).
 Status Validate(const Manifest& m, const std::string& path);
 
+// Validate's rules for files and items, wherever they are held: file names
+// and ranks, item names and fields, every chunk's geometry and extent,
+// distinct chunk starts per item, no overlapping extents in a file.
+Status ValidateSource(const ChunkSource& s, std::int32_t world_size,
+                      std::uint64_t checksum_block, const std::string& path);
+// The file rules alone: safe, distinct names, ranks below world_size.
+Status ValidateFiles(const std::vector<FileRecord>& files, std::int32_t world_size,
+                     const std::string& path);
+// No two chunks of item i start at the same offsets.
+bool DistinctStarts(const ChunkSource& s, std::size_t i);
+
 // Validate's rules for one item's own fields (kind, dims, volume), and for
 // one chunk of it against its file (geometry, length, alignment, extent,
 // checksum count): what a reader that resolves items one at a time (the
 // format-2 index) can check without the whole manifest.
-Status ValidateItemHeader(const ItemRecord& it, const std::string& path);
-Status ValidateChunkRecord(const ItemRecord& it, std::size_t c, const ChunkRecord& ch,
+Status ValidateItemHeader(const ItemView& it, const std::string& path);
+Status ValidateChunkRecord(const ItemView& it, std::size_t c, const ChunkView& ch,
                            const FileRecord& file, std::uint64_t checksum_block,
                            const std::string& path);
 
@@ -57,6 +69,6 @@ Status ValidateChunkRecord(const ItemRecord& it, std::size_t c, const ChunkRecor
 std::uint64_t BlockCount(std::uint64_t length, std::uint64_t block);
 
 // Element count of a shape; nullopt on overflow or negative dims.
-std::optional<std::uint64_t> Volume(const std::vector<std::int64_t>& shape);
+std::optional<std::uint64_t> Volume(std::span<const std::int64_t> shape);
 
 }  // namespace shardwise::format

@@ -5,6 +5,7 @@
 #include <unordered_set>
 
 #include "format/chunk_geometry.h"
+#include "format/chunk_source.h"
 #include "format/json_reader.h"
 #include "format/manifest.h"
 #include "shardwise/utf8.h"
@@ -25,9 +26,13 @@ struct Extent {
 };
 using FileExtents = std::vector<std::vector<Extent>>;  // per file index
 
-Status ValidateFiles(const Manifest& m, const std::string& path) {
+}  // namespace
+
+Status ValidateFiles(const std::vector<FileRecord>& files, std::int32_t world_size,
+                     const std::string& path) {
   std::unordered_set<std::string_view> file_names;
-  for (const FileRecord& f : m.files) {
+  file_names.reserve(files.size());
+  for (const FileRecord& f : files) {
     // The parser checks this too; a manifest built otherwise (a decoded rank
     // index) must not name a path outside the checkpoint either.
     if (!names::IsSafeName(f.name))
@@ -37,49 +42,41 @@ Status ValidateFiles(const Manifest& m, const std::string& path) {
     if (!file_names.insert(f.name).second)
       return Bad(path, "file '" + f.name + "' is listed twice");
     if (f.name == names::kManifest) return Bad(path, "a data file may not be named manifest.json");
-    if (f.rank >= m.world_size)
+    if (f.rank >= world_size)
       return Bad(path, "file '" + f.name + "' has rank " + std::to_string(f.rank) +
-                           " but world_size is " + std::to_string(m.world_size));
+                           " but world_size is " + std::to_string(world_size));
   }
   return Status::Ok();
 }
 
+namespace {
+
 // Records chunk c's extent once its own rules hold.
-Status ValidateChunk(const Manifest& m, std::size_t i, std::size_t c, const std::string& path,
+Status ValidateChunk(const ChunkSource& s, std::size_t i, std::size_t c,
+                     std::uint64_t checksum_block, const std::string& path,
                      FileExtents& per_file) {
-  const ItemRecord& it = m.items[i];
-  const ChunkRecord& ch = it.chunks[c];
-  if (ch.file >= m.files.size())
-    return Bad(path, "item '" + it.name + "' chunk " + std::to_string(c) +
+  const ItemView it = s.Item(i);
+  const ChunkView ch = s.Chunk(i, c);
+  if (ch.file >= s.Files().size())
+    return Bad(path, "item '" + std::string(it.name) + "' chunk " + std::to_string(c) +
                          ": file index out of range");
-  SW_RETURN_IF_ERROR(ValidateChunkRecord(it, c, ch, m.files[ch.file], m.checksum_block, path));
+  SW_RETURN_IF_ERROR(
+      ValidateChunkRecord(it, c, ch, s.Files()[ch.file], checksum_block, path));
   if (ch.length > 0) per_file[ch.file].push_back({ch.offset, ch.offset + ch.length, i});
   return Status::Ok();
 }
 
-// No two chunks of an item start at the same offsets (sorted, not hashed:
-// no allocation per chunk). `starts` is scratch space reused across items.
-bool DistinctStarts(const ItemRecord& it, std::vector<const std::vector<std::int64_t>*>& starts) {
-  if (it.chunks.size() <= 1) return true;
-  starts.clear();
-  for (const auto& ch : it.chunks) starts.push_back(&ch.offsets);
-  std::sort(starts.begin(), starts.end(), [](auto* a, auto* b) { return *a < *b; });
-  for (std::size_t k = 1; k < starts.size(); ++k)
-    if (*starts[k] == *starts[k - 1]) return false;
-  return true;
-}
-
 // The chunks' extents within each file do not overlap.
-Status CheckOverlaps(const Manifest& m, FileExtents& per_file, const std::string& path) {
+Status CheckOverlaps(const ChunkSource& s, FileExtents& per_file, const std::string& path) {
   for (std::size_t f = 0; f < per_file.size(); ++f) {
     auto& v = per_file[f];
     std::sort(v.begin(), v.end(),
               [](const Extent& a, const Extent& b) { return a.begin < b.begin; });
     for (std::size_t k = 1; k < v.size(); ++k)
       if (v[k].begin < v[k - 1].end)
-        return Bad(path, "extents of items '" + m.items[v[k - 1].item].name + "' and '" +
-                             m.items[v[k].item].name + "' overlap in file '" + m.files[f].name +
-                             "'");
+        return Bad(path, "extents of items '" + std::string(s.Item(v[k - 1].item).name) +
+                             "' and '" + std::string(s.Item(v[k].item).name) + "' overlap in file '" +
+                             s.Files()[f].name + "'");
   }
   return Status::Ok();
 }
@@ -107,7 +104,7 @@ std::uint64_t BlockCount(std::uint64_t length, std::uint64_t block) {
   return (length + block - 1) / block;
 }
 
-std::optional<std::uint64_t> Volume(const std::vector<std::int64_t>& shape) {
+std::optional<std::uint64_t> Volume(std::span<const std::int64_t> shape) {
   std::uint64_t v = 1;
   for (std::int64_t d : shape) {
     if (d < 0) return std::nullopt;
@@ -119,12 +116,13 @@ std::optional<std::uint64_t> Volume(const std::vector<std::int64_t>& shape) {
 
 // Where the chunk lies in its tensor (the rule the writer applies too, see
 // chunk_geometry.h), then where it lies in its file.
-Status ValidateChunkRecord(const ItemRecord& it, std::size_t c, const ChunkRecord& ch,
+Status ValidateChunkRecord(const ItemView& it, std::size_t c, const ChunkView& ch,
                            const FileRecord& file, std::uint64_t checksum_block,
                            const std::string& path) {
   // Names for messages are built only on error: there may be a million.
   auto bad = [&](const std::string& what) {
-    return Bad(path, "item '" + it.name + "' chunk " + std::to_string(c) + ": " + what);
+    return Bad(path, "item '" + std::string(it.name) + "' chunk " + std::to_string(c) + ": " +
+                         what);
   };
   using P = ChunkFit::Problem;
   const ChunkFit fit = FitChunk(it.shape, ch.offsets, ch.sizes, DTypeSize(it.dtype));
@@ -158,8 +156,8 @@ Status ValidateChunkRecord(const ItemRecord& it, std::size_t c, const ChunkRecor
   return Status::Ok();
 }
 
-Status ValidateItemHeader(const ItemRecord& it, const std::string& path) {
-  auto iname = [&] { return "item '" + it.name + "'"; };
+Status ValidateItemHeader(const ItemView& it, const std::string& path) {
+  auto iname = [&] { return "item '" + std::string(it.name) + "'"; };
   if (it.name.empty() || it.name.size() > kMaxNameBytes)
     return Bad(path, "item name must not be empty or longer than 4096 bytes");
   if (it.kind == ItemKind::kBytes && (it.dtype != DType::kUInt8 || it.shape.size() != 1))
@@ -170,25 +168,54 @@ Status ValidateItemHeader(const ItemRecord& it, const std::string& path) {
   return Status::Ok();
 }
 
+// No two chunks of item i start at the same offsets. Chunks usually arrive
+// in ascending order of their offsets (ranks report row slices in rank
+// order): then one pass says so. Otherwise they are sorted, not hashed: no
+// allocation per chunk.
+bool DistinctStarts(const ChunkSource& s, std::size_t i) {
+  const std::size_t n = s.ChunkCount(i);
+  auto less = [](std::span<const std::int64_t> a, std::span<const std::int64_t> b) {
+    return std::lexicographical_compare(a.begin(), a.end(), b.begin(), b.end());
+  };
+  bool ascending = true;
+  for (std::size_t k = 1; k < n && ascending; ++k)
+    ascending = less(s.Chunk(i, k - 1).offsets, s.Chunk(i, k).offsets);
+  if (ascending) return true;
+  std::vector<std::span<const std::int64_t>> starts(n);
+  for (std::size_t k = 0; k < n; ++k) starts[k] = s.Chunk(i, k).offsets;
+  std::sort(starts.begin(), starts.end(), less);
+  for (std::size_t k = 1; k < n; ++k)
+    if (!less(starts[k - 1], starts[k])) return false;
+  return true;
+}
+
+Status ValidateSource(const ChunkSource& s, std::int32_t world_size,
+                      std::uint64_t checksum_block, const std::string& path) {
+  SW_RETURN_IF_ERROR(ValidateFiles(s.Files(), world_size, path));
+  // Item names are checked for repeats sorted, not hashed: no allocation per
+  // item (the gathered commit validates thousands of rank indexes).
+  std::vector<std::string_view> item_names(s.ItemCount());
+  for (std::size_t i = 0; i < item_names.size(); ++i) item_names[i] = s.Item(i).name;
+  std::sort(item_names.begin(), item_names.end());
+  if (auto rep = std::adjacent_find(item_names.begin(), item_names.end());
+      rep != item_names.end())
+    return Bad(path, "item '" + std::string(*rep) + "' is listed twice");
+  FileExtents per_file(s.Files().size());
+  for (std::size_t i = 0; i < s.ItemCount(); ++i) {
+    const ItemView it = s.Item(i);
+    auto iname = [&] { return "item '" + std::string(it.name) + "'"; };
+    SW_RETURN_IF_ERROR(ValidateItemHeader(it, path));
+    for (std::size_t c = 0; c < s.ChunkCount(i); ++c)
+      SW_RETURN_IF_ERROR(ValidateChunk(s, i, c, checksum_block, path, per_file));
+    if (!DistinctStarts(s, i)) return Bad(path, iname() + ": two chunks start at the same offsets");
+  }
+  return CheckOverlaps(s, per_file, path);
+}
+
 Status Validate(const Manifest& m, const std::string& path) {
   if (!m.name.empty() && !names::IsSafeName(m.name))
     return Bad(path, "name '" + m.name + "' is not a safe directory name");
-  SW_RETURN_IF_ERROR(ValidateFiles(m, path));
-  std::unordered_set<std::string_view> item_names;
-  item_names.reserve(m.items.size());
-  FileExtents per_file(m.files.size());
-  std::vector<const std::vector<std::int64_t>*> starts;  // reused per item
-  for (std::size_t i = 0; i < m.items.size(); ++i) {
-    const ItemRecord& it = m.items[i];
-    auto iname = [&] { return "item '" + it.name + "'"; };
-    if (!item_names.insert(it.name).second) return Bad(path, iname() + " is listed twice");
-    SW_RETURN_IF_ERROR(ValidateItemHeader(it, path));
-    for (std::size_t c = 0; c < it.chunks.size(); ++c)
-      SW_RETURN_IF_ERROR(ValidateChunk(m, i, c, path, per_file));
-    if (!DistinctStarts(it, starts))
-      return Bad(path, iname() + ": two chunks start at the same offsets");
-  }
-  SW_RETURN_IF_ERROR(CheckOverlaps(m, per_file, path));
+  SW_RETURN_IF_ERROR(ValidateSource(ManifestSource(m), m.world_size, m.checksum_block, path));
   return ValidateEmbeddedJson(m, path);
 }
 

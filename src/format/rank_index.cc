@@ -5,6 +5,7 @@
 #include "format/binary.h"
 #include "format/crc32c.h"
 #include "format/manifest.h"
+#include "shardwise/names.h"
 
 namespace shardwise::format {
 namespace {
@@ -19,36 +20,51 @@ using binary::PutVar;
 constexpr char kMagic[4] = {'S', 'W', 'R', 'X'};
 constexpr std::uint8_t kVersion = 1;
 
-Status DecodeChunk(Cursor& c, std::size_t ndim, ChunkRecord* ch) {
-  SW_ASSIGN_OR_RETURN(ch->offsets, c.Dims(ndim));
-  SW_ASSIGN_OR_RETURN(ch->sizes, c.Dims(ndim));
-  SW_ASSIGN_OR_RETURN(std::uint64_t file, c.Var(UINT32_MAX));
-  ch->file = static_cast<std::uint32_t>(file);
-  SW_ASSIGN_OR_RETURN(ch->offset, c.Var(kMaxFileBytes));
-  SW_ASSIGN_OR_RETURN(ch->length, c.Var(kMaxFileBytes));
-  SW_ASSIGN_OR_RETURN(std::size_t ncrc, c.Count(4));
-  ch->crc32c.resize(ncrc);
-  for (auto& v : ch->crc32c) {
-    SW_ASSIGN_OR_RETURN(v, c.U32());
+Status DecodeChunk(Cursor& c, std::size_t ndim, RankColumns* out) {
+  RankColumns::Extent e;
+  e.dims_at = out->dims.size();
+  for (std::size_t d = 0; d < 2 * ndim; ++d) {
+    SW_ASSIGN_OR_RETURN(std::int64_t v, c.Signed());
+    out->dims.push_back(v);
   }
+  SW_ASSIGN_OR_RETURN(std::uint64_t file, c.Var(UINT32_MAX));
+  e.file = static_cast<std::uint32_t>(file);
+  SW_ASSIGN_OR_RETURN(e.offset, c.Var(kMaxFileBytes));
+  SW_ASSIGN_OR_RETURN(e.length, c.Var(kMaxFileBytes));
+  SW_ASSIGN_OR_RETURN(std::size_t ncrc, c.Count(4));
+  e.crc_first = out->crcs.size();
+  e.crcs = static_cast<std::uint32_t>(ncrc);
+  for (std::size_t k = 0; k < ncrc; ++k) {
+    SW_ASSIGN_OR_RETURN(std::uint32_t v, c.U32());
+    out->crcs.push_back(v);
+  }
+  out->extents.push_back(e);
   return Status::Ok();
 }
 
-Status DecodeItem(Cursor& c, ItemRecord* it) {
-  SW_ASSIGN_OR_RETURN(it->name, c.Str(kMaxNameBytes));
+Status DecodeItem(Cursor& c, RankColumns* out) {
+  RankColumns::Entry& e = out->entries.emplace_back();
+  SW_ASSIGN_OR_RETURN(e.name, c.View(kMaxNameBytes));
   SW_ASSIGN_OR_RETURN(std::uint64_t kind, c.Var(1));
-  it->kind = static_cast<ItemKind>(kind);
+  e.kind = static_cast<ItemKind>(kind);
   SW_ASSIGN_OR_RETURN(std::uint64_t dtype, c.Var(static_cast<std::uint64_t>(DType::kFloat8E5M2)));
-  it->dtype = static_cast<DType>(dtype);
+  e.dtype = static_cast<DType>(dtype);
   SW_ASSIGN_OR_RETURN(std::uint64_t ndim, c.Var(kMaxDims));
-  SW_ASSIGN_OR_RETURN(it->shape, c.Dims(ndim));
+  e.ndim = static_cast<std::uint32_t>(ndim);
+  e.shape_at = out->dims.size();
+  for (std::size_t d = 0; d < ndim; ++d) {
+    SW_ASSIGN_OR_RETURN(std::int64_t v, c.Signed());
+    out->dims.push_back(v);
+  }
   SW_ASSIGN_OR_RETURN(std::size_t nchunks, c.Count(2 * ndim + 4));
-  it->chunks.resize(nchunks);
-  for (auto& ch : it->chunks) SW_RETURN_IF_ERROR(DecodeChunk(c, ndim, &ch));
+  e.first = out->extents.size();
+  e.count = nchunks;
+  for (std::size_t k = 0; k < nchunks; ++k) SW_RETURN_IF_ERROR(DecodeChunk(c, ndim, out));
   return Status::Ok();
 }
 
-Status DecodeBody(Cursor& c, Manifest* m) {
+Status DecodeBody(Cursor& c, RankColumns* out) {
+  Manifest* m = &out->header;
   SW_ASSIGN_OR_RETURN(m->name, c.Str(kMaxNameBytes));
   SW_ASSIGN_OR_RETURN(m->step, c.Signed());
   SW_ASSIGN_OR_RETURN(m->save_id, c.Str(kMaxNameBytes));
@@ -71,8 +87,12 @@ Status DecodeBody(Cursor& c, Manifest* m) {
     f.direct_io = direct == 1;
   }
   SW_ASSIGN_OR_RETURN(std::size_t nitems, c.Count(6));
-  m->items.resize(nitems);
-  for (auto& it : m->items) SW_RETURN_IF_ERROR(DecodeItem(c, &it));
+  out->entries.reserve(nitems);
+  // Most ranks hold one chunk of each item, of two dimensions or so.
+  out->extents.reserve(nitems);
+  out->dims.reserve(nitems * 6);
+  out->crcs.reserve(nitems);
+  for (std::size_t i = 0; i < nitems; ++i) SW_RETURN_IF_ERROR(DecodeItem(c, out));
   if (c.left() != 0) return c.Bad("has trailing bytes");
   return Status::Ok();
 }
@@ -121,7 +141,7 @@ std::string EncodeRankIndex(const Manifest& f) {
   return out;
 }
 
-Result<Manifest> DecodeRankIndex(std::string_view bytes, const std::string& where) {
+Result<RankColumns> DecodeRankColumns(std::string_view bytes, const std::string& where) {
   auto bad = [&](const std::string& what) {
     return Corrupt(where + ": rank index " + what, where);
   };
@@ -136,9 +156,19 @@ Result<Manifest> DecodeRankIndex(std::string_view bytes, const std::string& wher
   SW_ASSIGN_OR_RETURN(std::uint32_t want, tail.U32());
   if (Crc32c(body.data(), body.size()) != want) return bad("fails its checksum");
   Cursor c(body.substr(5), where, "rank index");
-  Manifest m;
-  SW_RETURN_IF_ERROR(DecodeBody(c, &m));
-  SW_RETURN_IF_ERROR(Validate(m, where));
+  RankColumns out;
+  SW_RETURN_IF_ERROR(DecodeBody(c, &out));
+  if (!out.header.name.empty() && !names::IsSafeName(out.header.name))
+    return bad("names the checkpoint '" + out.header.name + "', not a safe directory name");
+  SW_RETURN_IF_ERROR(
+      ValidateSource(out, out.header.world_size, out.header.checksum_block, where));
+  return out;
+}
+
+Result<Manifest> DecodeRankIndex(std::string_view bytes, const std::string& where) {
+  SW_ASSIGN_OR_RETURN(RankColumns cols, DecodeRankColumns(bytes, where));
+  Manifest m = std::move(cols.header);
+  m.items = Materialize(cols);
   return m;
 }
 

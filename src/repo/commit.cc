@@ -17,13 +17,13 @@
 #include <sys/stat.h>
 
 #include <algorithm>
-#include <functional>
-#include <map>
+#include <span>
 
 #include "common/parallel.h"
 #include "common/poll.h"
 #include "format/index.h"
 #include "format/manifest.h"
+#include "format/merge.h"
 #include "format/rank_index.h"
 #include "os/fault.h"
 #include "os/posix.h"
@@ -109,11 +109,32 @@ std::vector<Result<Manifest>> ReadFragments(const std::string& staging, const Sa
   return frags;
 }
 
-// Merges the ranks' fragments (frags[r]: rank r's, from `source(r)`) into
-// one manifest, in rank order.
-Result<Manifest> MergeFragments(const std::string& staging, const SaveSpec& spec,
-                                std::vector<Result<Manifest>> frags,
-                                const std::function<std::string(int)>& source) {
+// The shards every rank reported are there with the sizes reported. One
+// stat per file, in parallel (thousands on a large job).
+Status CheckShards(const std::string& staging, std::span<const format::RankPart> parts) {
+  std::vector<Status> bad(parts.size());
+  ParallelFor(0, parts.size(), std::min(AvailableCpus(), 16), [&](std::size_t r) {
+    for (const FileRecord& fr : parts[r].header->files) {
+      const std::string fpath = os::JoinPath(staging, fr.name);
+      auto st = os::Lstat(fpath);
+      if (!st.ok()) {
+        bad[r] = st.status();
+        return;
+      }
+      if (!S_ISREG(st->st_mode) || static_cast<std::uint64_t>(st->st_size) != fr.size) {
+        bad[r] = Corrupt(fpath + ": size or type differs from what rank " + std::to_string(r) +
+                             " reported",
+                         fpath);
+        return;
+      }
+    }
+  });
+  for (Status& s : bad) SW_RETURN_IF_ERROR(std::move(s));
+  return Status::Ok();
+}
+
+// The checkpoint's own fields: everything but its files and items.
+Manifest CheckpointHeader(const SaveSpec& spec, std::uint64_t checksum_block) {
   Manifest m;
   m.name = spec.name;
   m.step = spec.step;
@@ -123,51 +144,7 @@ Result<Manifest> MergeFragments(const std::string& staging, const SaveSpec& spec
   m.created_unix = os::NowUnix();
   m.user_json = spec.user_json;
   m.dcp_json = spec.dcp_json;
-  std::map<std::string, std::size_t, std::less<>> by_name;
-  bool block_set = false;
-  for (int r = 0; r < spec.world_size; ++r) {
-    const std::string path = source(r);
-    SW_ASSIGN_OR_RETURN(Manifest f, std::move(frags[r]));
-    if (f.save_id != spec.save_id || f.rank != r || f.world_size != spec.world_size ||
-        f.name != spec.name)
-      return Corrupt(path + ": belongs to another save (save_id '" + f.save_id + "', rank " +
-                         std::to_string(f.rank) + ", world size " +
-                         std::to_string(f.world_size) + ")",
-                     path);
-    if (f.files.empty() && f.items.empty()) continue;  // the rank wrote nothing
-    if (!block_set) {
-      m.checksum_block = f.checksum_block;
-      block_set = true;
-    } else if (f.checksum_block != m.checksum_block) {
-      return Corrupt(path + ": checksum block size differs between ranks", path);
-    }
-    const std::uint32_t base = static_cast<std::uint32_t>(m.files.size());
-    for (const FileRecord& fr : f.files) {
-      // The shard must be there with the size the rank reported.
-      std::string fpath = os::JoinPath(staging, fr.name);
-      SW_ASSIGN_OR_RETURN(struct stat st, os::Lstat(fpath));
-      if (!S_ISREG(st.st_mode) || static_cast<std::uint64_t>(st.st_size) != fr.size)
-        return Corrupt(fpath + ": size or type differs from what rank " + std::to_string(r) +
-                           " reported",
-                       fpath);
-      m.files.push_back(fr);
-    }
-    for (ItemRecord& it : f.items) {
-      for (ChunkRecord& c : it.chunks) c.file += base;
-      auto [pos, fresh] = by_name.try_emplace(it.name, m.items.size());
-      if (fresh) {
-        m.items.push_back(std::move(it));
-        continue;
-      }
-      ItemRecord& have = m.items[pos->second];
-      if (have.kind != it.kind || have.dtype != it.dtype || have.shape != it.shape)
-        return Corrupt("ranks disagree about item '" + it.name +
-                           "' (kind, dtype or global shape) in " + staging,
-                       staging);
-      for (ChunkRecord& c : it.chunks) have.chunks.push_back(std::move(c));
-    }
-  }
-  SW_RETURN_IF_ERROR(format::Validate(m, os::JoinPath(staging, names::kManifest)));
+  m.checksum_block = checksum_block;
   return m;
 }
 
@@ -203,28 +180,41 @@ Result<bool> AdvanceLatest(const std::string& root, const SaveSpec& spec) {
   return true;
 }
 
-// Step 3 of the commit protocol, once every rank's shard is durable and
-// `m` merges their indexes: the commit record, then the rename.
-Result<CommitResult> PublishCommit(const std::string& root, const SaveSpec& spec,
-                                   const std::string& staging, const Manifest& m, os::File lock,
-                                   bool fragment_files, int format_version) {
-  const std::string final_dir = os::JoinPath(root, spec.name);
-  const std::string lock_path = lock.path();
-  // Step 3a: the commit record, durable inside the staging directory. In
-  // format 2 the index goes first: manifest.json describes it.
+// Step 3a: the commit record of `merged` (the ranks' files and items)
+// durable inside the staging directory. In format 2 the index goes first:
+// manifest.json describes it. Returns the checkpoint's bytes.
+Result<std::uint64_t> WriteRecord(const std::string& staging, const format::ChunkSource& merged,
+                                  Manifest header, int format_version) {
+  const std::string manifest = os::JoinPath(staging, names::kManifest);
+  SW_RETURN_IF_ERROR(format::Validate(header, manifest));  // name, user and dcp JSON
   std::string record;
   if (format_version >= 2) {
-    Manifest header = format::HeaderOf(m);
     header.format_version = 2;
-    SW_ASSIGN_OR_RETURN(std::string index, format::EncodeIndex(m, &header.index));
+    SW_ASSIGN_OR_RETURN(std::string index, format::EncodeIndex(merged, header, &header.index));
     SW_RETURN_IF_ERROR(
         os::WriteFileAtomic(os::JoinPath(staging, names::kIndex), index, "index"));
     record = format::Serialize(header, format::kManifestKind);
   } else {
-    record = format::Serialize(m, format::kManifestKind);  // m.format_version is 1
+    header.files = merged.Files();
+    header.items = format::Materialize(merged);
+    record = format::Serialize(header, format::kManifestKind);  // format_version 1
   }
-  SW_RETURN_IF_ERROR(
-      os::WriteFileAtomic(os::JoinPath(staging, names::kManifest), record, "manifest"));
+  SW_RETURN_IF_ERROR(os::WriteFileAtomic(manifest, record, "manifest"));
+  return header.TotalBytes();
+}
+
+// Step 3 of the commit protocol, once every rank's shard is durable and
+// `merged` holds their indexes: the commit record, then the rename.
+Result<CommitResult> PublishCommit(const std::string& root, const SaveSpec& spec,
+                                   const std::string& staging,
+                                   const format::MergedRanks& merged, os::File lock,
+                                   bool fragment_files, int format_version) {
+  const std::string final_dir = os::JoinPath(root, spec.name);
+  const std::string lock_path = lock.path();
+  SW_ASSIGN_OR_RETURN(const std::uint64_t bytes,
+                      WriteRecord(staging, merged,
+                                  CheckpointHeader(spec, merged.checksum_block()),
+                                  format_version));
   os::CrashPoint("manifest_written");
   // Fragments and the lock are no longer needed: the committed directory
   // holds only the manifest and the shards.
@@ -274,10 +264,27 @@ Result<CommitResult> PublishCommit(const std::string& root, const SaveSpec& spec
   CommitResult result;
   result.name = spec.name;
   result.dir = final_dir;
-  result.bytes = m.TotalBytes();
+  result.bytes = bytes;
   SW_ASSIGN_OR_RETURN(result.latest_updated, AdvanceLatest(root, spec));
   os::CrashPoint("committed");
   return result;
+}
+
+// Merges the ranks' reports (parts[r]: rank r's), checks their shards, and
+// publishes the checkpoint.
+Result<CommitResult> MergeAndPublish(const std::string& root, const SaveSpec& spec,
+                                     const std::string& staging,
+                                     std::span<const format::RankPart> parts, os::File lock,
+                                     bool fragment_files, int format_version) {
+  Manifest want;
+  want.name = spec.name;
+  want.save_id = spec.save_id;
+  want.world_size = spec.world_size;
+  SW_ASSIGN_OR_RETURN(format::MergedRanks merged,
+                      format::MergeRanks(parts, want, os::JoinPath(staging, names::kManifest)));
+  SW_RETURN_IF_ERROR(CheckShards(staging, parts));
+  return PublishCommit(root, spec, staging, merged, std::move(lock), fragment_files,
+                       format_version);
 }
 
 }  // namespace
@@ -315,13 +322,18 @@ Result<CommitResult> Repository::CommitNormalized(const SaveSpec& spec) {
   SW_ASSIGN_OR_RETURN(os::File lock, JoinStaging(staging, impl_->options));
   // Steps 1-2 happened on every rank; wait until all of them reported.
   SW_RETURN_IF_ERROR(WaitForFragments(staging, spec, impl_->options, lock.fd()));
-  SW_ASSIGN_OR_RETURN(Manifest m, MergeFragments(staging, spec, ReadFragments(staging, spec),
-                                                 [&](int r) {
-                                                   return os::JoinPath(staging, names::RankFileName(
-                                                       r, names::RankFile::kFragment));
-                                                 }));
-  return PublishCommit(impl_->root, spec, staging, m, std::move(lock), /*fragment_files=*/true,
-                       impl_->options.format_version);
+  std::vector<Result<Manifest>> frags = ReadFragments(staging, spec);
+  std::vector<format::ManifestSource> chunks;
+  std::vector<format::RankPart> parts;
+  chunks.reserve(frags.size());
+  for (int r = 0; r < spec.world_size; ++r) {
+    if (!frags[r].ok()) return frags[r].status();
+    chunks.emplace_back(*frags[r]);
+    parts.push_back({&*frags[r], &chunks.back(),
+                     os::JoinPath(staging, names::RankFileName(r, names::RankFile::kFragment))});
+  }
+  return MergeAndPublish(impl_->root, spec, staging, parts, std::move(lock),
+                         /*fragment_files=*/true, impl_->options.format_version);
 }
 
 Result<CommitResult> Repository::CommitGathered(const SaveSpec& in,
@@ -340,23 +352,31 @@ Result<CommitResult> Repository::CommitGathered(const SaveSpec& in,
   const std::string lock_path = os::JoinPath(staging, names::kStagingLock);
   SW_ASSIGN_OR_RETURN(os::File lock, os::Open(lock_path, O_RDWR | O_CREAT, 0644));
   (void)os::Flock(lock.fd(), false, false, lock_path);
-  auto source = [&](int r) { return staging + " (rank " + std::to_string(r) + "'s index)"; };
-  std::vector<Result<Manifest>> frags(indexes.size(), Status(StatusCode::kInternal, "unread"));
+  auto source = [&](std::size_t r) {
+    return staging + " (rank " + std::to_string(r) + "'s index)";
+  };
+  std::vector<Result<format::RankColumns>> cols(indexes.size(),
+                                                Status(StatusCode::kInternal, "unread"));
   ParallelFor(0, indexes.size(), std::min(AvailableCpus(), 16), [&](std::size_t r) {
     if (!indexes[r].empty()) {
-      frags[r] = format::DecodeRankIndex(indexes[r], source(static_cast<int>(r)));
+      cols[r] = format::DecodeRankColumns(indexes[r], source(r));
       return;
     }
-    Manifest none;  // a rank with nothing to save sends no index
-    none.name = spec.name;
-    none.save_id = spec.save_id;
-    none.world_size = spec.world_size;
-    none.rank = static_cast<std::int32_t>(r);
-    frags[r] = std::move(none);
+    format::RankColumns none;  // a rank with nothing to save sends no index
+    none.header.name = spec.name;
+    none.header.save_id = spec.save_id;
+    none.header.world_size = spec.world_size;
+    none.header.rank = static_cast<std::int32_t>(r);
+    cols[r] = std::move(none);
   });
-  SW_ASSIGN_OR_RETURN(Manifest m, MergeFragments(staging, spec, std::move(frags), source));
-  auto result = PublishCommit(impl_->root, spec, staging, m, std::move(lock),
-                              /*fragment_files=*/false, impl_->options.format_version);
+  std::vector<format::RankPart> parts;
+  parts.reserve(cols.size());
+  for (std::size_t r = 0; r < cols.size(); ++r) {
+    if (!cols[r].ok()) return cols[r].status();
+    parts.push_back({&cols[r]->header, &*cols[r], source(r)});
+  }
+  auto result = MergeAndPublish(impl_->root, spec, staging, parts, std::move(lock),
+                                /*fragment_files=*/false, impl_->options.format_version);
   if (result.ok()) RequestExportFor(*result);
   return result;
 }

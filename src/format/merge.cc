@@ -1,0 +1,146 @@
+#include "format/merge.h"
+
+#include <algorithm>
+#include <atomic>
+#include <string_view>
+#include <unordered_map>
+
+#include "common/parallel.h"
+#include "format/manifest.h"
+
+namespace shardwise::format {
+namespace {
+
+Status CheckPart(const RankPart& p, int rank, const Manifest& spec) {
+  const Manifest& f = *p.header;
+  if (f.save_id != spec.save_id || f.rank != rank || f.world_size != spec.world_size ||
+      f.name != spec.name)
+    return Corrupt(p.where + ": belongs to another save (save_id '" + f.save_id + "', rank " +
+                       std::to_string(f.rank) + ", world size " + std::to_string(f.world_size) +
+                       ")",
+                   p.where);
+  return Status::Ok();
+}
+
+// Where each part's items go: rank r's j-th item is merged item which[r][j],
+// its chunks from number at[r][j] on; sums[r][j] counts the checksums before
+// them. Ranks usually list the same items in the same order, so the previous
+// rank's answer is tried before the name table.
+struct ItemMap {
+  std::vector<std::vector<std::uint32_t>> which;
+  std::vector<std::vector<std::uint64_t>> at, sums;
+  std::unordered_map<std::string_view, std::uint32_t> by_name;
+  std::vector<std::uint64_t> chunks, crcs;  // per merged item
+};
+
+bool Same(const ItemView& a, const ItemView& b) {
+  return a.kind == b.kind && a.dtype == b.dtype &&
+         std::equal(a.shape.begin(), a.shape.end(), b.shape.begin(), b.shape.end());
+}
+
+Status MapItems(std::span<const RankPart> parts, std::vector<ItemRecord>& items,
+                const std::string& path, ItemMap& map) {
+  map.which.resize(parts.size());
+  map.at.resize(parts.size());
+  map.sums.resize(parts.size());
+  const std::vector<std::uint32_t>* prev = nullptr;
+  for (std::size_t r = 0; r < parts.size(); ++r) {
+    const ChunkSource& s = *parts[r].chunks;
+    const std::size_t n = s.ItemCount();
+    auto& which = map.which[r];
+    auto &at = map.at[r], &sums = map.sums[r];
+    which.resize(n), at.resize(n), sums.resize(n);
+    for (std::size_t j = 0; j < n; ++j) {
+      const ItemView it = s.Item(j);
+      std::uint32_t g = prev && j < prev->size() ? (*prev)[j] : UINT32_MAX;
+      if (g == UINT32_MAX || items[g].name != it.name) {
+        auto [pos, fresh] =
+            map.by_name.try_emplace(it.name, static_cast<std::uint32_t>(items.size()));
+        g = pos->second;
+        if (fresh) {
+          ItemRecord& copy = items.emplace_back();
+          copy.name = it.name, copy.kind = it.kind, copy.dtype = it.dtype;
+          copy.shape.assign(it.shape.begin(), it.shape.end());
+          map.chunks.push_back(0), map.crcs.push_back(0);
+        }
+      }
+      if (!Same(ViewOf(items[g]), it))
+        return Corrupt("ranks disagree about item '" + std::string(it.name) +
+                           "' (kind, dtype or global shape) in " + path,
+                       path);
+      which[j] = g, at[j] = map.chunks[g], sums[j] = map.crcs[g];
+      const std::size_t nc = s.ChunkCount(j);
+      map.chunks[g] += nc;
+      for (std::size_t k = 0; k < nc; ++k) map.crcs[g] += s.Chunk(j, k).crc32c.size();
+    }
+    if (n > 0) prev = &which;
+  }
+  return Status::Ok();
+}
+
+}  // namespace
+
+Result<MergedRanks> MergeRanks(std::span<const RankPart> parts, const Manifest& spec,
+                               const std::string& path) {
+  MergedRanks m;
+  std::vector<std::uint32_t> file_base(parts.size(), 0);
+  bool block_set = false;
+  for (std::size_t r = 0; r < parts.size(); ++r) {
+    const RankPart& p = parts[r];
+    SW_RETURN_IF_ERROR(CheckPart(p, static_cast<int>(r), spec));
+    file_base[r] = static_cast<std::uint32_t>(m.files_.size());
+    if (p.header->files.empty() && p.chunks->ItemCount() == 0) continue;  // wrote nothing
+    if (!block_set) {
+      m.checksum_block_ = p.header->checksum_block;
+      block_set = true;
+    } else if (p.header->checksum_block != m.checksum_block_) {
+      return Corrupt(p.where + ": checksum block size differs between ranks", p.where);
+    }
+    m.files_.insert(m.files_.end(), p.header->files.begin(), p.header->files.end());
+  }
+  SW_RETURN_IF_ERROR(ValidateFiles(m.files_, spec.world_size, path));
+  // The name table's keys point into the parts' item names, which stay put.
+  std::vector<ItemRecord> fields;
+  ItemMap map;
+  SW_RETURN_IF_ERROR(MapItems(parts, fields, path, map));
+  m.items_.resize(fields.size());
+  for (std::size_t g = 0; g < fields.size(); ++g) {
+    auto& it = m.items_[g];
+    it.fields = std::move(fields[g]);
+    it.extents.resize(map.chunks[g]);
+    it.dims.resize(map.chunks[g] * 2 * it.fields.shape.size());
+    it.crcs.resize(map.crcs[g]);
+  }
+  // Each rank's chunks go to the places MapItems gave them: ranks in
+  // parallel, each reading its own memory in order.
+  ParallelFor(0, parts.size(), AvailableCpus(), [&](std::size_t r) {
+    const ChunkSource& s = *parts[r].chunks;
+    for (std::size_t j = 0; j < map.which[r].size(); ++j) {
+      MergedRanks::Merged& it = m.items_[map.which[r][j]];
+      const std::size_t nd2 = 2 * it.fields.shape.size();
+      std::uint64_t crc = map.sums[r][j];
+      for (std::size_t k = 0, at = map.at[r][j]; k < s.ChunkCount(j); ++k, ++at) {
+        const ChunkView v = s.Chunk(j, k);
+        std::copy(v.offsets.begin(), v.offsets.end(), it.dims.begin() + nd2 * at);
+        std::copy(v.sizes.begin(), v.sizes.end(), it.dims.begin() + nd2 * at + nd2 / 2);
+        std::copy(v.crc32c.begin(), v.crc32c.end(), it.crcs.begin() + crc);
+        it.extents[at] = {v.offset, v.length, crc, v.file + file_base[r],
+                          static_cast<std::uint32_t>(v.crc32c.size())};
+        crc += v.crc32c.size();
+      }
+    }
+  });
+  std::atomic<std::size_t> dup{SIZE_MAX};
+  ParallelFor(0, m.items_.size(), AvailableCpus(), [&](std::size_t g) {
+    if (DistinctStarts(m, g)) return;
+    for (std::size_t want = dup.load(); g < want && !dup.compare_exchange_weak(want, g);) {
+    }
+  });
+  if (dup != SIZE_MAX)
+    return Corrupt(path + ": item '" + m.items_[dup].fields.name +
+                       "': two chunks start at the same offsets",
+                   path);
+  return m;
+}
+
+}  // namespace shardwise::format

@@ -58,6 +58,36 @@ class Cursor {
     }
     return Bad("holds an overlong number");
   }
+  // Unchecked-style reads for inner loops: on failure they return 0 and the
+  // cursor remembers the first failure, which Failed() reports. No Result
+  // per value.
+  std::uint64_t VarOr0(std::uint64_t max = UINT64_MAX) {
+    std::uint64_t v = 0;
+    for (int shift = 0; shift < 64 && pos_ < data_.size(); shift += 7) {
+      const auto b = static_cast<std::uint8_t>(data_[pos_++]);
+      v |= static_cast<std::uint64_t>(b & 0x7f) << shift;
+      if (!(b & 0x80)) return v <= max ? v : Fail("holds a value out of range");
+    }
+    return Fail(pos_ >= data_.size() ? "is truncated" : "holds an overlong number");
+  }
+  std::int64_t SignedOr0() {
+    const std::uint64_t z = VarOr0();
+    return static_cast<std::int64_t>((z >> 1) ^ (~(z & 1) + 1));
+  }
+  std::uint32_t U32Or0() {
+    if (data_.size() - pos_ < 4) return static_cast<std::uint32_t>(Fail("is truncated"));
+    std::uint32_t v = 0;
+    for (int i = 0; i < 4; ++i)
+      v |= static_cast<std::uint32_t>(static_cast<std::uint8_t>(data_[pos_++])) << (8 * i);
+    return v;
+  }
+  bool failed() const { return failure_ != nullptr; }
+  Status Failed() const {
+    return Corrupt(where_ + ": " + what_ + " " + failure_ + " (at byte " +
+                       std::to_string(failure_pos_) + ")",
+                   where_);
+  }
+
   Result<std::int64_t> Signed() {
     SW_ASSIGN_OR_RETURN(std::uint64_t z, Var());
     return static_cast<std::int64_t>((z >> 1) ^ (~(z & 1) + 1));
@@ -98,6 +128,13 @@ class Cursor {
   std::size_t left() const { return data_.size() - pos_; }
 
  private:
+  std::uint64_t Fail(const char* why) {
+    if (!failure_) failure_ = why, failure_pos_ = pos_;
+    pos_ = data_.size();  // every later read fails too
+    return 0;
+  }
+  const char* failure_ = nullptr;
+  std::size_t failure_pos_ = 0;
   std::string_view data_;
   const std::string& where_;
   const char* what_;

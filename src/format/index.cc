@@ -87,6 +87,43 @@ struct Writer {
   }
 };
 
+// Stores at logical offsets of the index straight into its on-disk form:
+// 4092 bytes of the stream per 4096-byte block, whose last 4 bytes (the
+// block's checksum) SealBlocks fills once every byte is in place. Writers
+// of different ranges may run at once.
+struct BlockWriter {
+  char* base;         // the on-disk form
+  std::uint64_t off;  // logical offset of the next byte
+  void Bytes(const char* src, std::size_t n) {
+    while (n > 0) {
+      const std::uint64_t within = off % kIndexPayloadBytes;
+      const std::size_t take = std::min<std::uint64_t>(n, kIndexPayloadBytes - within);
+      std::memcpy(base + off / kIndexPayloadBytes * kIndexBlockBytes + within, src, take);
+      src += take, n -= take, off += take;
+    }
+  }
+};
+
+// Fills the checksum of every block of `out` (a multiple of 4096 bytes).
+void SealBlocks(std::string& out) {
+  const std::size_t blocks = out.size() / kIndexBlockBytes;
+  constexpr std::size_t kBlocksPerTask = 1024;  // 4 MiB
+  ParallelFor(0, (blocks + kBlocksPerTask - 1) / kBlocksPerTask, AvailableCpus(),
+              [&](std::size_t t) {
+                for (std::size_t b = t * kBlocksPerTask;
+                     b < std::min(blocks, (t + 1) * kBlocksPerTask); ++b) {
+                  char* blk = out.data() + b * kIndexBlockBytes;
+                  const std::uint32_t crc = Crc32c(blk, kIndexPayloadBytes);
+                  for (int i = 0; i < 4; ++i)
+                    blk[kIndexPayloadBytes + i] = static_cast<char>(crc >> (8 * i));
+                }
+              });
+}
+
+std::size_t PhysicalBytes(std::uint64_t logical) {
+  return (logical + kIndexPayloadBytes - 1) / kIndexPayloadBytes * kIndexBlockBytes;
+}
+
 // How one item is laid out: its sort dimension and record order.
 struct ItemPlan {
   std::size_t sort_dim = 0;
@@ -152,18 +189,24 @@ std::uint64_t PlanItems(const ChunkSource& s, std::vector<ItemPlan>& plans, std:
   return body;
 }
 
-// Writes item i's fence and records at `body`, and its checksums at `crcs`.
-void WriteItem(const ChunkSource& s, std::size_t i, const ItemPlan& p, char* body, char* crcs) {
+// Writes item i's fence and records at logical offset `body` + its own,
+// and its checksums at `crcs` + its own.
+void WriteItem(const ChunkSource& s, std::size_t i, const ItemPlan& p, char* out,
+               std::uint64_t body, std::uint64_t crcs) {
   const std::size_t n = s.ChunkCount(i);
   auto at = [&](std::size_t k) { return s.Chunk(i, p.order.empty() ? k : p.order[k]); };
   std::uint64_t crc_next = p.crc_first;
-  Writer crc{crcs + 4 * p.crc_first};
-  Writer w{body + p.body_off};
+  BlockWriter to{out, body + p.body_off}, to_crc{out, crcs + 4 * p.crc_first};
+  char buf[16 * kMaxDims + 32];
   if (n > kIndexFenceStride)
-    for (std::size_t k = 0; k < n; k += kIndexFenceStride)
+    for (std::size_t k = 0; k < n; k += kIndexFenceStride) {
+      Writer w{buf};
       w.U64(static_cast<std::uint64_t>(SortKey(at(k).offsets, p.sort_dim)));
+      to.Bytes(buf, 8);
+    }
   for (std::size_t k = 0; k < n; ++k) {
     const ChunkView c = at(k);
+    Writer w{buf};
     for (std::int64_t v : c.offsets) w.U64(static_cast<std::uint64_t>(v));
     for (std::int64_t v : c.sizes) w.U64(static_cast<std::uint64_t>(v));
     w.U32(c.file);
@@ -171,8 +214,14 @@ void WriteItem(const ChunkSource& s, std::size_t i, const ItemPlan& p, char* bod
     w.U64(c.offset);
     w.U64(c.length);
     w.U64(crc_next);
+    to.Bytes(buf, static_cast<std::size_t>(w.p - buf));
     crc_next += c.crc32c.size();
-    for (std::uint32_t v : c.crc32c) crc.U32(v);
+    for (std::size_t first = 0; first < c.crc32c.size(); first += 16) {
+      w = Writer{buf};
+      for (std::size_t j = first; j < std::min(first + 16, c.crc32c.size()); ++j)
+        w.U32(c.crc32c[j]);
+      to_crc.Bytes(buf, static_cast<std::size_t>(w.p - buf));
+    }
   }
 }
 
@@ -180,22 +229,9 @@ void WriteItem(const ChunkSource& s, std::size_t i, const ItemPlan& p, char* bod
 
 // Cuts the logical stream into 4092-byte pieces, each sealed by its CRC32C.
 std::string SealIndexBlocks(std::string_view logical) {
-  const std::size_t blocks = (logical.size() + kIndexPayloadBytes - 1) / kIndexPayloadBytes;
-  std::string out(blocks * kIndexBlockBytes, '\0');
-  constexpr std::size_t kBlocksPerTask = 1024;  // 4 MiB
-  ParallelFor(0, (blocks + kBlocksPerTask - 1) / kBlocksPerTask, AvailableCpus(),
-              [&](std::size_t t) {
-                for (std::size_t b = t * kBlocksPerTask;
-                     b < std::min(blocks, (t + 1) * kBlocksPerTask); ++b) {
-                  char* dst = out.data() + b * kIndexBlockBytes;
-                  const std::size_t from = b * kIndexPayloadBytes;
-                  std::memcpy(dst, logical.data() + from,
-                              std::min(kIndexPayloadBytes, logical.size() - from));
-                  const std::uint32_t crc = Crc32c(dst, kIndexPayloadBytes);
-                  for (int i = 0; i < 4; ++i)
-                    dst[kIndexPayloadBytes + i] = static_cast<char>(crc >> (8 * i));
-                }
-              });
+  std::string out(PhysicalBytes(logical.size()), '\0');
+  BlockWriter{out.data(), 0}.Bytes(logical.data(), logical.size());
+  SealBlocks(out);
   return out;
 }
 
@@ -213,11 +249,13 @@ Result<std::string> EncodeIndex(const ChunkSource& src, const Manifest& header, 
   const std::uint64_t body_off = kHeaderBytes + table.size();
   const std::uint64_t files_off = body_off + body;
   const std::uint64_t crcs_off = files_off + kFileRecordBytes * files.size();
-  std::string s(crcs_off + 4 * ncrcs, '\0');
+  std::string out(PhysicalBytes(crcs_off + 4 * ncrcs), '\0');
   // File records.
-  Writer w{s.data() + files_off};
+  BlockWriter to{out.data(), files_off};
   for (const FileRecord& f : files) {
     SW_ASSIGN_OR_RETURN(std::uint32_t part, PartOf(f));
+    char rec[kFileRecordBytes] = {};
+    Writer w{rec};
     w.U32(static_cast<std::uint32_t>(f.rank));
     w.U32(part);
     w.U64(f.size);
@@ -225,15 +263,16 @@ Result<std::string> EncodeIndex(const ChunkSource& src, const Manifest& header, 
                                : f.backend == "uring" ? kUring
                                                       : kOtherBackend);
     *w.p++ = static_cast<char>(f.direct_io ? 1 : 0);
-    w.p += 6;
+    to.Bytes(rec, sizeof rec);
     file_bytes += f.size;
   }
   ParallelFor(0, plans.size(), AvailableCpus(), [&](std::size_t i) {
-    WriteItem(src, i, plans[i], s.data() + body_off, s.data() + crcs_off);
+    WriteItem(src, i, plans[i], out.data(), body_off, crcs_off);
   });
   // Header and items table.
-  std::memcpy(s.data(), kMagic, sizeof kMagic);
-  w = Writer{s.data() + sizeof kMagic};
+  char head[kHeaderBytes] = {};
+  std::memcpy(head, kMagic, sizeof kMagic);
+  Writer w{head + sizeof kMagic};
   for (std::uint64_t v : {static_cast<std::uint64_t>(header.world_size), header.checksum_block,
                           static_cast<std::uint64_t>(files.size()),
                           static_cast<std::uint64_t>(plans.size()), chunks, ncrcs,
@@ -242,8 +281,9 @@ Result<std::string> EncodeIndex(const ChunkSource& src, const Manifest& header, 
                           file_bytes})
     w.U64(v);
   std::memcpy(w.p, header.save_id.data(), std::min(header.save_id.size(), kSaveIdBytes));
-  std::memcpy(s.data() + kHeaderBytes, table.data(), table.size());
-  std::string out = SealIndexBlocks(s);
+  BlockWriter{out.data(), 0}.Bytes(head, sizeof head);
+  BlockWriter{out.data(), kHeaderBytes}.Bytes(table.data(), table.size());
+  SealBlocks(out);
   *ref = {out.size(), files.size(), plans.size(), chunks, file_bytes};
   return out;
 }

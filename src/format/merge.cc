@@ -24,8 +24,7 @@ Status CheckPart(const RankPart& p, int rank, const Manifest& spec) {
 
 // Where each part's items go: rank r's j-th item is merged item which[r][j],
 // its chunks from number at[r][j] on; sums[r][j] counts the checksums before
-// them. Ranks usually list the same items in the same order, so the previous
-// rank's answer is tried before the name table.
+// them.
 struct ItemMap {
   std::vector<std::vector<std::uint32_t>> which;
   std::vector<std::vector<std::uint64_t>> at, sums;
@@ -38,42 +37,80 @@ bool Same(const ItemView& a, const ItemView& b) {
          std::equal(a.shape.begin(), a.shape.end(), b.shape.begin(), b.shape.end());
 }
 
+Status Disagree(std::string_view name, const std::string& path) {
+  return Corrupt("ranks disagree about item '" + std::string(name) +
+                     "' (kind, dtype or global shape) in " + path,
+                 path);
+}
+
+std::uint32_t AddItem(const ItemView& it, std::vector<ItemRecord>& items, ItemMap& map) {
+  const auto g = static_cast<std::uint32_t>(items.size());
+  ItemRecord& copy = items.emplace_back();
+  copy.name = it.name, copy.kind = it.kind, copy.dtype = it.dtype;
+  copy.shape.assign(it.shape.begin(), it.shape.end());
+  map.chunks.push_back(0), map.crcs.push_back(0);
+  map.by_name.emplace(it.name, g);  // the key points into the part, which stays put
+  return g;
+}
+
+// Ranks usually list the same items in the same order. The items of the
+// first rank that lists any are the reference: every rank is matched against
+// it in parallel (position first, then name), counting its chunks and
+// checksums; what it lacks is added afterwards, in rank order, and the
+// chunk numbers are handed out in rank order too.
 Status MapItems(std::span<const RankPart> parts, std::vector<ItemRecord>& items,
                 const std::string& path, ItemMap& map) {
-  map.which.resize(parts.size());
-  map.at.resize(parts.size());
-  map.sums.resize(parts.size());
-  const std::vector<std::uint32_t>* prev = nullptr;
-  for (std::size_t r = 0; r < parts.size(); ++r) {
+  const std::size_t R = parts.size();
+  map.which.resize(R), map.at.resize(R), map.sums.resize(R);
+  for (const RankPart& p : parts) {
+    for (std::size_t j = 0; j < p.chunks->ItemCount(); ++j) AddItem(p.chunks->Item(j), items, map);
+    if (!items.empty()) break;  // a part's names are distinct (ValidateSource)
+  }
+  std::atomic<std::size_t> bad{SIZE_MAX};
+  ParallelFor(0, R, AvailableCpus(), [&](std::size_t r) {
     const ChunkSource& s = *parts[r].chunks;
     const std::size_t n = s.ItemCount();
     auto& which = map.which[r];
-    auto &at = map.at[r], &sums = map.sums[r];
-    which.resize(n), at.resize(n), sums.resize(n);
+    auto &count = map.at[r], &crcs = map.sums[r];
+    which.resize(n), count.resize(n), crcs.resize(n);
     for (std::size_t j = 0; j < n; ++j) {
       const ItemView it = s.Item(j);
-      std::uint32_t g = prev && j < prev->size() ? (*prev)[j] : UINT32_MAX;
-      if (g == UINT32_MAX || items[g].name != it.name) {
-        auto [pos, fresh] =
-            map.by_name.try_emplace(it.name, static_cast<std::uint32_t>(items.size()));
-        g = pos->second;
-        if (fresh) {
-          ItemRecord& copy = items.emplace_back();
-          copy.name = it.name, copy.kind = it.kind, copy.dtype = it.dtype;
-          copy.shape.assign(it.shape.begin(), it.shape.end());
-          map.chunks.push_back(0), map.crcs.push_back(0);
-        }
+      std::uint32_t g = UINT32_MAX;
+      if (j < items.size() && items[j].name == it.name) {
+        g = static_cast<std::uint32_t>(j);
+      } else if (auto f = map.by_name.find(it.name); f != map.by_name.end()) {
+        g = f->second;
       }
-      if (!Same(ViewOf(items[g]), it))
-        return Corrupt("ranks disagree about item '" + std::string(it.name) +
-                           "' (kind, dtype or global shape) in " + path,
-                       path);
-      which[j] = g, at[j] = map.chunks[g], sums[j] = map.crcs[g];
-      const std::size_t nc = s.ChunkCount(j);
-      map.chunks[g] += nc;
-      for (std::size_t k = 0; k < nc; ++k) map.crcs[g] += s.Chunk(j, k).crc32c.size();
+      if (g != UINT32_MAX && !Same(ViewOf(items[g]), it)) {
+        for (std::size_t want = bad.load(); r < want && !bad.compare_exchange_weak(want, r);) {
+        }
+        return;
+      }
+      which[j] = g;
+      count[j] = s.ChunkCount(j);
+      crcs[j] = 0;
+      for (std::size_t k = 0; k < count[j]; ++k) crcs[j] += s.Chunk(j, k).crc32c.size();
     }
-    if (n > 0) prev = &which;
+  });
+  for (std::size_t r = 0; r < R; ++r) {
+    for (std::size_t j = 0; r == bad && j < parts[r].chunks->ItemCount(); ++j) {
+      const ItemView it = parts[r].chunks->Item(j);
+      auto f = map.by_name.find(it.name);
+      if (f != map.by_name.end() && !Same(ViewOf(items[f->second]), it))
+        return Disagree(it.name, path);
+    }
+    for (std::size_t j = 0; j < map.which[r].size(); ++j) {
+      std::uint32_t& g = map.which[r][j];
+      if (g == UINT32_MAX) {  // not in the reference
+        const ItemView it = parts[r].chunks->Item(j);
+        auto f = map.by_name.find(it.name);
+        g = f != map.by_name.end() ? f->second : AddItem(it, items, map);
+        if (!Same(ViewOf(items[g]), it)) return Disagree(it.name, path);
+      }
+      const std::uint64_t n = map.at[r][j], c = map.sums[r][j];
+      map.at[r][j] = map.chunks[g], map.sums[r][j] = map.crcs[g];
+      map.chunks[g] += n, map.crcs[g] += c;
+    }
   }
   return Status::Ok();
 }
@@ -107,9 +144,11 @@ Result<MergedRanks> MergeRanks(std::span<const RankPart> parts, const Manifest& 
   for (std::size_t g = 0; g < fields.size(); ++g) {
     auto& it = m.items_[g];
     it.fields = std::move(fields[g]);
-    it.extents.resize(map.chunks[g]);
-    it.dims.resize(map.chunks[g] * 2 * it.fields.shape.size());
-    it.crcs.resize(map.crcs[g]);
+    it.n = map.chunks[g];
+    // Default-initialized: every element is written below.
+    it.extents.reset(new MergedRanks::Extent[it.n]);
+    it.dims.reset(new std::int64_t[it.n * 2 * it.fields.shape.size()]);
+    it.crcs.reset(new std::uint32_t[map.crcs[g]]);
   }
   // Each rank's chunks go to the places MapItems gave them: ranks in
   // parallel, each reading its own memory in order.
@@ -121,9 +160,9 @@ Result<MergedRanks> MergeRanks(std::span<const RankPart> parts, const Manifest& 
       std::uint64_t crc = map.sums[r][j];
       for (std::size_t k = 0, at = map.at[r][j]; k < s.ChunkCount(j); ++k, ++at) {
         const ChunkView v = s.Chunk(j, k);
-        std::copy(v.offsets.begin(), v.offsets.end(), it.dims.begin() + nd2 * at);
-        std::copy(v.sizes.begin(), v.sizes.end(), it.dims.begin() + nd2 * at + nd2 / 2);
-        std::copy(v.crc32c.begin(), v.crc32c.end(), it.crcs.begin() + crc);
+        std::copy(v.offsets.begin(), v.offsets.end(), it.dims.get() + nd2 * at);
+        std::copy(v.sizes.begin(), v.sizes.end(), it.dims.get() + nd2 * at + nd2 / 2);
+        std::copy(v.crc32c.begin(), v.crc32c.end(), it.crcs.get() + crc);
         it.extents[at] = {v.offset, v.length, crc, v.file + file_base[r],
                           static_cast<std::uint32_t>(v.crc32c.size())};
         crc += v.crc32c.size();

@@ -6,6 +6,7 @@
 #pragma once
 
 #include <cstdint>
+#include <memory>
 #include <span>
 #include <string>
 #include <vector>
@@ -29,32 +30,33 @@ class MergedRanks final : public ChunkSource {
   const std::vector<FileRecord>& Files() const override { return files_; }
   std::size_t ItemCount() const override { return items_.size(); }
   ItemView Item(std::size_t i) const override { return ViewOf(items_[i].fields); }
-  std::size_t ChunkCount(std::size_t i) const override { return items_[i].extents.size(); }
+  std::size_t ChunkCount(std::size_t i) const override { return items_[i].n; }
   ChunkView Chunk(std::size_t i, std::size_t k) const override {
     const Merged& m = items_[i];
     const Extent& e = m.extents[k];
     const std::size_t nd = m.fields.shape.size();
-    return {{m.dims.data() + 2 * nd * k, nd},
-            {m.dims.data() + 2 * nd * k + nd, nd},
+    return {{m.dims.get() + 2 * nd * k, nd},
+            {m.dims.get() + 2 * nd * k + nd, nd},
             e.file,
             e.offset,
             e.length,
-            {m.crcs.data() + e.crc_first, e.crcs}};
+            {m.crcs.get() + e.crc_first, e.crcs}};
   }
   std::uint64_t checksum_block() const { return checksum_block_; }
 
  private:
   friend Result<MergedRanks> MergeRanks(std::span<const RankPart>, const Manifest&,
                                         const std::string&);
-  struct Extent {
-    std::uint64_t offset = 0, length = 0, crc_first = 0;
-    std::uint32_t file = 0, crcs = 0;
+  struct Extent {  // trivial: the arrays are filled once, never zeroed first
+    std::uint64_t offset, length, crc_first;
+    std::uint32_t file, crcs;
   };
   struct Merged {
-    ItemRecord fields;              // no chunks
-    std::vector<Extent> extents;    // per chunk
-    std::vector<std::int64_t> dims; // per chunk: offsets, then sizes
-    std::vector<std::uint32_t> crcs;
+    ItemRecord fields;  // no chunks
+    std::size_t n = 0;  // chunks
+    std::unique_ptr<Extent[]> extents;       // per chunk
+    std::unique_ptr<std::int64_t[]> dims;    // per chunk: offsets, then sizes
+    std::unique_ptr<std::uint32_t[]> crcs;
   };
   std::vector<FileRecord> files_;
   std::vector<Merged> items_;

@@ -23,43 +23,32 @@ constexpr std::uint8_t kVersion = 1;
 Status DecodeChunk(Cursor& c, std::size_t ndim, RankColumns* out) {
   RankColumns::Extent e;
   e.dims_at = out->dims.size();
-  for (std::size_t d = 0; d < 2 * ndim; ++d) {
-    SW_ASSIGN_OR_RETURN(std::int64_t v, c.Signed());
-    out->dims.push_back(v);
-  }
-  SW_ASSIGN_OR_RETURN(std::uint64_t file, c.Var(UINT32_MAX));
-  e.file = static_cast<std::uint32_t>(file);
-  SW_ASSIGN_OR_RETURN(e.offset, c.Var(kMaxFileBytes));
-  SW_ASSIGN_OR_RETURN(e.length, c.Var(kMaxFileBytes));
-  SW_ASSIGN_OR_RETURN(std::size_t ncrc, c.Count(4));
+  for (std::size_t d = 0; d < 2 * ndim; ++d) out->dims.push_back(c.SignedOr0());
+  e.file = static_cast<std::uint32_t>(c.VarOr0(UINT32_MAX));
+  e.offset = c.VarOr0(kMaxFileBytes);
+  e.length = c.VarOr0(kMaxFileBytes);
+  const std::uint64_t ncrc = c.VarOr0(c.left() / 4);
+  if (c.failed()) return c.Failed();
   e.crc_first = out->crcs.size();
   e.crcs = static_cast<std::uint32_t>(ncrc);
-  for (std::size_t k = 0; k < ncrc; ++k) {
-    SW_ASSIGN_OR_RETURN(std::uint32_t v, c.U32());
-    out->crcs.push_back(v);
-  }
+  for (std::size_t k = 0; k < ncrc; ++k) out->crcs.push_back(c.U32Or0());
   out->extents.push_back(e);
-  return Status::Ok();
+  return c.failed() ? c.Failed() : Status::Ok();
 }
 
 Status DecodeItem(Cursor& c, RankColumns* out) {
   RankColumns::Entry& e = out->entries.emplace_back();
   SW_ASSIGN_OR_RETURN(e.name, c.View(kMaxNameBytes));
-  SW_ASSIGN_OR_RETURN(std::uint64_t kind, c.Var(1));
-  e.kind = static_cast<ItemKind>(kind);
-  SW_ASSIGN_OR_RETURN(std::uint64_t dtype, c.Var(static_cast<std::uint64_t>(DType::kFloat8E5M2)));
-  e.dtype = static_cast<DType>(dtype);
-  SW_ASSIGN_OR_RETURN(std::uint64_t ndim, c.Var(kMaxDims));
-  e.ndim = static_cast<std::uint32_t>(ndim);
+  e.kind = static_cast<ItemKind>(c.VarOr0(1));
+  e.dtype = static_cast<DType>(c.VarOr0(static_cast<std::uint64_t>(DType::kFloat8E5M2)));
+  e.ndim = static_cast<std::uint32_t>(c.VarOr0(kMaxDims));
   e.shape_at = out->dims.size();
-  for (std::size_t d = 0; d < ndim; ++d) {
-    SW_ASSIGN_OR_RETURN(std::int64_t v, c.Signed());
-    out->dims.push_back(v);
-  }
-  SW_ASSIGN_OR_RETURN(std::size_t nchunks, c.Count(2 * ndim + 4));
+  for (std::size_t d = 0; d < e.ndim; ++d) out->dims.push_back(c.SignedOr0());
+  const std::uint64_t nchunks = c.VarOr0(c.left() / (2 * e.ndim + 4));
+  if (c.failed()) return c.Failed();
   e.first = out->extents.size();
   e.count = nchunks;
-  for (std::size_t k = 0; k < nchunks; ++k) SW_RETURN_IF_ERROR(DecodeChunk(c, ndim, out));
+  for (std::size_t k = 0; k < nchunks; ++k) SW_RETURN_IF_ERROR(DecodeChunk(c, e.ndim, out));
   return Status::Ok();
 }
 

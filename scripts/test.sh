@@ -39,5 +39,6 @@ command -v kubectl >/dev/null ||
 echo "== Fuzzing (libFuzzer, short: 20 s per target)"
 scripts/fuzz.sh 20
 echo "== shellcheck"
-shellcheck -x scripts/*.sh .ci/run bench/run.sh deploy/aws/fsx deploy/aws/lib/*.sh
+shellcheck -x scripts/*.sh .ci/run bench/run.sh deploy/aws/fsx deploy/aws/lib/*.sh \
+  deploy/tests/mutate.sh deploy/k8s/lustre-tuning/tune.sh
 echo "== all tests passed"

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import sys
 
 ROOT = os.environ["FAKE_CLOUD"]
@@ -552,7 +553,12 @@ def kubectl(args: list[str]) -> None:
         with open(os.path.join(args[2], "kustomization.yaml")) as f:
             k["applied"].append({"dir": args[2], "kustomization": f.read()})
         if "mount-test" in args[2]:
-            k["jobs"][f"{ns or 'training'}/shardwise-mount-test"] = w.get("job_status", {"succeeded": 1})
+            text = k["applied"][-1]["kustomization"]
+            m = re.search(r'"path": "/spec/completions", "value": (\d+)', text)
+            k["jobs"][f"{ns or 'training'}/shardwise-mount-test"] = w.get(
+                "job_status", {"succeeded": int(m.group(1)) if m else 1})
+        elif "lustre-tuning" in args[2]:
+            k["objects"] += ["daemonset/shardwise-lustre-tuning"]
         else:
             k["objects"] += ["pv/fsx-pv", "pvc/fsx-pvc"]
     elif verb == "get" and args[1] == "pods":
@@ -589,10 +595,40 @@ def kubectl(args: list[str]) -> None:
         out({"status": k["jobs"].get(f"{ns}/{args[2]}", {})})
     elif verb == "logs":
         print(w.get("job_logs", ""))
+    elif verb == "api-resources":
+        # what a cluster lists with --verbs=list --namespaced -o name
+        print("\n".join(["configmaps", "endpoints", "events", "persistentvolumeclaims", "pods",
+                         "secrets", "serviceaccounts", "services", "jobs.batch",
+                         "deployments.apps", "events.events.k8s.io",
+                         "leases.coordination.k8s.io"]))
+    elif verb == "get" and "," in args[1]:  # several kinds at once: kubectl get a,b,c -n NS
+        if "events" in args[1].split(","):
+            fail("FakeCloudUnmodelled", "events are not listed by the toolkit", 99)
+        items = [{"kind": "ServiceAccount", "metadata": {"name": "default"}},
+                 {"kind": "ConfigMap", "metadata": {"name": "kube-root-ca.crt"}}]
+        items += [{"kind": o["kind"], "metadata": {
+            "name": o["name"], "labels": o.get("labels", {}),
+            **({"ownerReferences": o["owners"]} if o.get("owners") else {})}}
+            for o in k.setdefault("ns_objects", []) if o["namespace"] == ns]
+        items += [{"kind": "Pod", "metadata": {"name": p["name"], "labels": p.get("labels", {}),
+                   **({"ownerReferences": [{"kind": "Job", "name": p["job"]}]}
+                      if p.get("job") else {})}}
+                  for p in k["pods"] if p["namespace"] == ns]
+        out({"items": items})
     elif verb == "delete":
         k["deleted"].append(" ".join(a for a in args[1:] if not a.startswith("--")))
         if args[1] == "namespace":
             k["namespaces"].remove(args[2])
+        if args[1] == "job" and "-l" in args:
+            # The Jobs here are the toolkit's (it labels what it applies).
+            # Their pods go with them only in a foreground cascade; in the
+            # default (background) one they are still there when kubectl returns.
+            gone = [key.split("/", 1)[1] for key in k["jobs"] if key.startswith(ns + "/")]
+            for name in gone:
+                del k["jobs"][f"{ns}/{name}"]
+            if "--cascade=foreground" in args:
+                k["pods"] = [p for p in k["pods"]
+                             if not (p["namespace"] == ns and p.get("job") in gone)]
     else:
         fail("FakeCloudUnmodelled", f"kubectl {' '.join(args[:2])}", 99)
     save(w)

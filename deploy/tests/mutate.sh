@@ -19,6 +19,9 @@ mutations=(
   "backup of a linked file system|aws/fsx|s/if ((linked == 0)) \&\& \[\[ \${CFG\[FINAL_BACKUP\]} == true \]\]; then/if [[ \${CFG[FINAL_BACKUP]} == true ]]; then/"
   "one token for every creation|aws/lib/filesystem.sh|s/--client-request-token \"\$token\"/--client-request-token \"\${CFG[STACK_NAME]}\"/"
   "foreign eksctl stack deleted|aws/fsx|s/elif \[\[ \$(stack_owner \"\$stack\") != \"\${CFG\[STACK_NAME\]}\" \]\]; then/elif false; then/"
+  "background cascade|aws/fsx|s/--ignore-not-found --cascade=foreground --wait$/--ignore-not-found --wait/"
+  "namespace deleted over foreign objects|aws/fsx|s/^    if ! left=\$(foreign_objects \"\$ns\"); then$/    if ! left=; then/"
+  "tuning order|k8s/lustre-tuning/tune.sh|/max_rpcs_in_flight 64/{h;d};/max_mod_rpcs_in_flight 50/G"
 )
 
 work=$(mktemp -d /tmp/shardwise-mutate.XXXXXX)

@@ -6,6 +6,7 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -142,7 +143,8 @@ FRESH_UP_SCRATCH = [
     "aws fsx create-data-repository-association",
     "kubectl create namespace",
     "kubectl label namespace",
-    "kubectl apply -k",
+    "kubectl apply -k",  # the storage
+    "kubectl apply -k",  # the Lustre client tuning DaemonSet
 ]
 
 
@@ -219,7 +221,8 @@ def test_second_up_creates_nothing(cloud: Cloud) -> None:
     cloud.run("up")
     before = json.dumps(cloud.world["file_systems"], sort_keys=True)
     cloud.run("up")
-    assert mutations(cloud.calls()) == ["kubectl apply -k"]  # re-applying the same objects is a no-op
+    # re-applying the same objects (storage, tuning) is a no-op
+    assert mutations(cloud.calls()) == ["kubectl apply -k"] * 2
     assert json.dumps(cloud.world["file_systems"], sort_keys=True).count("fs-") == before.count("fs-")
     assert len(cloud.world["security_groups"]) == 4
     assert len(cloud.world["oidc"]) == 1
@@ -330,7 +333,7 @@ def test_down_deletes_only_what_it_recorded_in_order(cloud: Cloud) -> None:
     p = cloud.run("down", "--yes", "--delete-bucket", S3_BUCKET="new-bucket")
     assert mutations(cloud.calls()) == [
         "kubectl delete job", "kubectl delete pvc", "kubectl delete pv", "kubectl delete namespace",
-        "helm uninstall", "aws fsx delete-file-system",
+        "kubectl delete daemonset,configmap", "helm uninstall", "aws fsx delete-file-system",
         *["aws ec2 revoke-security-group-ingress"] * 10,
         "aws ec2 delete-security-group", "eksctl delete iamserviceaccount", "aws s3 rb"], p.stderr
     w = cloud.world
@@ -391,6 +394,41 @@ def test_down_stops_when_foreign_pods_use_the_claim(cloud: Cloud) -> None:
     p = cloud.run("down", "--yes", check=False)
     assert p.returncode != 0 and "someones-job-0" in p.stderr
     assert "aws fsx delete-file-system" not in mutations(cloud.calls())
+
+
+def test_down_waits_until_its_jobs_pods_are_gone(cloud: Cloud) -> None:  # defect 12
+    # The mount test's pod still runs when down starts: down deletes the Job
+    # and must not then take that pod for a foreign user of the claim.
+    cloud.run("up")
+    cloud.world["k8s"]["jobs"]["training/shardwise-mount-test"] = {}
+    cloud.world["k8s"]["pods"] = [{"namespace": "training", "name": "shardwise-mount-test-x7k2p",
+                                   "claim": "fsx-pvc", "job": "shardwise-mount-test"}]
+    cloud.save()
+    cloud.run("down", "--yes")
+    assert "aws fsx delete-file-system" in mutations(cloud.calls())
+    assert cloud.world["k8s"]["pods"] == []
+
+
+def test_down_keeps_a_namespace_holding_someone_elses_objects(cloud: Cloud) -> None:  # defect 12
+    cloud.run("up")
+    cloud.world["k8s"]["ns_objects"] = [
+        {"namespace": "training", "kind": "ConfigMap", "name": "team-settings"},
+        {"namespace": "training", "kind": "Secret", "name": "ckpt-token",
+         "labels": {"shardwise.io/stack": "ckpt"}},
+        {"namespace": "training", "kind": "EndpointSlice", "name": "svc-abcde",
+         "owners": [{"kind": "Service", "name": "svc"}]}]
+    cloud.save()
+    p = cloud.run("down", "--yes")
+    assert "namespace training kept" in p.stderr and "ConfigMap/team-settings" in p.stderr
+    assert "Secret/ckpt-token" not in p.stderr and "EndpointSlice" not in p.stderr
+    assert "training" in cloud.world["k8s"]["namespaces"]
+    assert cloud.state()["namespace"] == "training"  # a later down tries again
+    assert "aws fsx delete-file-system" in mutations(cloud.calls())
+    # Once only this stack's, owned, and Kubernetes' own objects are left, it goes.
+    cloud.world["k8s"]["ns_objects"] = cloud.world["k8s"]["ns_objects"][1:]
+    cloud.save()
+    cloud.run("down", "--yes")
+    assert "training" not in cloud.world["k8s"]["namespaces"]
 
 
 # -- issue 16: what a real account would show --------------------------------------------
@@ -588,7 +626,8 @@ def test_pv_capacity_comes_from_aws(cloud: Cloud) -> None:  # defect 12
     cloud.world["file_systems"][fs_id]["capacity"] = 2400  # resized since
     cloud.save()
     cloud.run("up")
-    storage = cloud.world["k8s"]["applied"][-1]["kustomization"]
+    storage = next(a["kustomization"] for a in reversed(cloud.world["k8s"]["applied"])
+                   if a["dir"].endswith("-storage"))
     assert '"2400Gi"' in storage and '"1200Gi"' not in storage
 
 
@@ -648,19 +687,106 @@ def test_status_shows_lifecycle_dns_and_mount_name(cloud: Cloud) -> None:
     assert row[6:8] == [f"{fs_id}.fsx.us-east-1.amazonaws.com", "mnt" + fs_id[-5:]]
 
 
-def test_mount_test_reports_against_provisioned(cloud: Cloud) -> None:
+def _node_result(node: str, start: float, gb_per_s: float, seconds: float) -> str:
+    """One pod's line, as the mount-test Job prints it."""
+    return json.dumps({"node": node, "start": start, "start_at": 1000, "bench": {
+        "ranks": 2, "save": {"gb_per_s": gb_per_s, "bytes": int(gb_per_s * seconds * 1e9),
+                             "seconds": seconds}, "load": {"gb_per_s": 0.2}}})
+
+
+def _mount_test_job(cloud: Cloud) -> dict:
+    applied = cloud.world["k8s"]["applied"][-1]
+    return next(o for o in render(Path(applied["dir"])) if o["kind"] == "Job")
+
+
+def test_mount_test_runs_on_every_node_together_and_adds_them_up(cloud: Cloud) -> None:  # defect 8
     cloud.run("up")
-    cloud.world["job_logs"] = ('checkpoint verified\n'
-                               '{"ranks": 2, "save": {"gb_per_s": 0.117}, "load": {"gb_per_s": 0.2}}')
+    cloud.world["job_logs"] = "\n".join([
+        "checkpoint verified", _node_result("gpu-a", 1000.2, 0.12, 10.0),
+        _node_result("gpu-b", 1000.4, 0.10, 12.0)])
     cloud.save()
     p = cloud.run("mount-test", IMAGE="registry.example/shardwise-trainer:0.1.0")
-    assert "save 117 MB/s, load 200 MB/s" in p.stdout
-    assert "provisioned 234 MB/s: save at 50%" in p.stdout
-    applied = cloud.world["k8s"]["applied"][-1]
-    job = next(o for o in render(Path(applied["dir"])) if o["kind"] == "Job")
-    assert job["spec"]["template"]["spec"]["containers"][0]["image"] == \
-        "registry.example/shardwise-trainer:0.1.0"
+    assert "gpu-a: save 120 MB/s, load 200 MB/s (2 ranks, 1.2 GB)" in p.stdout
+    # 2.4 GB over the slowest node's 12 s, against 1200 GiB x 200 MB/s/TiB
+    assert ("aggregate: 2 nodes saved 2.4 GB in 12 s (the slowest node): 200 MB/s, "
+            "85% of the provisioned 234 MB/s") in p.stdout
+    assert "started" not in p.stdout  # no skew warning: they started together
+    job = _mount_test_job(cloud)
+    spec = job["spec"]["template"]["spec"]
+    # every selected node (role=gpu: gpu-a, gpu-b), one pod each, at once
+    assert job["spec"]["parallelism"] == job["spec"]["completions"] == 2
+    assert spec["nodeSelector"] == {"role": "gpu"}
+    anti = spec["affinity"]["podAntiAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"]
+    assert anti[0]["topologyKey"] == "kubernetes.io/hostname"
+    assert anti[0]["labelSelector"]["matchLabels"] == job["spec"]["template"]["metadata"]["labels"]
+    env = {e["name"]: e.get("value") for e in spec["containers"][0]["env"]}
+    # sized to outlast SCRATCH_2's burst: 300 s at 1300 MB/s per TiB of 1200 GiB
+    # (below 40% of the capacity), over 2 nodes x 2 ranks
+    per_rank_mib = int(env["SIZE_PER_RANK"].removesuffix("MiB"))
+    assert abs(per_rank_mib * 4 * 1048576 - 1200 / 1024 * 1300e6 * 300) < 4 * 1048576
+    assert 0 < int(env["START_AT"]) - time.time() <= 120
+    assert spec["containers"][0]["image"] == "registry.example/shardwise-trainer:0.1.0"
     assert job["metadata"]["namespace"] == "training"
+
+
+def test_mount_test_flags_nodes_that_did_not_start_together(cloud: Cloud) -> None:  # defect 8
+    cloud.run("up")
+    cloud.world["job_logs"] = "\n".join([_node_result("gpu-a", 1000.1, 0.12, 10.0),
+                                         _node_result("gpu-b", 1075.0, 0.10, 12.0)])
+    cloud.save()
+    p = cloud.run("mount-test", IMAGE="registry.example/shardwise-trainer:0.1.0")
+    assert "the nodes started 75 s apart" in p.stdout
+
+
+def test_mount_test_refuses_a_missing_node_result(cloud: Cloud) -> None:  # defect 8
+    cloud.run("up")
+    cloud.world["job_logs"] = _node_result("gpu-a", 1000.1, 0.12, 10.0)
+    cloud.save()
+    p = cloud.run("mount-test", check=False, IMAGE="registry.example/shardwise-trainer:0.1.0")
+    assert p.returncode != 0 and "only 1 of 2 nodes reported a result" in p.stderr
+
+
+def test_mount_test_nodes_and_size_can_be_set(cloud: Cloud) -> None:  # defect 8
+    cloud.run("up")
+    cloud.world["job_logs"] = _node_result("gpu-b", 1000.1, 0.12, 10.0)
+    cloud.save()
+    cloud.run("mount-test", IMAGE="registry.example/shardwise-trainer:0.1.0",
+              MOUNT_TEST_NODES="1", MOUNT_TEST_SIZE="8GiB")
+    job = _mount_test_job(cloud)
+    assert job["spec"]["parallelism"] == job["spec"]["completions"] == 1
+    env = {e["name"]: e.get("value") for e in job["spec"]["template"]["spec"]["containers"][0]["env"]}
+    assert env["SIZE_PER_RANK"] == "8GiB"
+
+
+def test_up_applies_the_client_tuning_on_the_training_nodes(cloud: Cloud) -> None:  # defect 11
+    cloud.run("up")
+    applied = next(a for a in cloud.world["k8s"]["applied"] if a["dir"].endswith("-lustre-tuning"))
+    objs = {o["kind"]: o for o in render(Path(applied["dir"]))}
+    ds = objs["DaemonSet"]
+    assert ds["metadata"]["namespace"] == "kube-system"
+    assert ds["spec"]["template"]["spec"]["nodeSelector"] == {"role": "gpu"}
+    assert ds["metadata"]["labels"]["shardwise.io/stack"] == "ckpt"
+    assert objs["ConfigMap"]["metadata"]["labels"]["shardwise.io/stack"] == "ckpt"
+    assert cloud.state()["lustre_tuning"] == "kube-system/shardwise-lustre-tuning"
+    cloud.run("down", "--yes")
+    assert "daemonset,configmap -n kube-system -l shardwise.io/stack=ckpt" in \
+        cloud.world["k8s"]["deleted"]
+
+
+def test_client_tuning_can_be_left_out(cloud: Cloud) -> None:  # defect 11
+    cloud.run("up", TUNE_CLIENTS="false")
+    assert not any(a["dir"].endswith("-lustre-tuning") for a in cloud.world["k8s"]["applied"])
+    assert "lustre_tuning" not in cloud.state()
+
+
+def test_the_volume_pins_its_pods_to_the_file_systems_zone(cloud: Cloud) -> None:  # defect 8
+    cloud.run("up")
+    pv = next(o for o in render(Path(cloud.world["k8s"]["applied"][0]["dir"]))
+              if o["kind"] == "PersistentVolume")
+    term = pv["spec"]["nodeAffinity"]["required"]["nodeSelectorTerms"][0]["matchExpressions"][0]
+    fs = cloud.world["file_systems"][cloud.state()["file_system"]]
+    assert term == {"key": "topology.kubernetes.io/zone", "operator": "In",
+                    "values": [cloud.world["subnets"][fs["subnet"]]]}
 
 
 def test_mount_test_refuses_an_unpinned_image(cloud: Cloud) -> None:
@@ -678,6 +804,10 @@ def test_mount_test_refuses_an_unpinned_image(cloud: Cloud) -> None:
     ({"EFA_ENABLED": "true"}, "EFA_ENABLED=true needs DEPLOYMENT_TYPE=PERSISTENT_2"),
     ({"DRA_FILE_SYSTEM_PATH": "checkpoints"}, "must be an absolute path"),
     ({"NODE_SELECTOR": ""}, "span several availability zones"),
+    ({"MOUNT_TEST_NODES": "0"}, "MOUNT_TEST_NODES '0' must be a positive number"),
+    ({"TUNE_CLIENTS": "yes"}, "TUNE_CLIENTS must be true or false"),
+    ({"MOUNT_TEST_SIZE": "lots"}, "MOUNT_TEST_SIZE 'lots' must be a size"),
+    ({"MOUNT_TEST_SECONDS": "5m"}, "MOUNT_TEST_SECONDS '5m' must be a number of seconds"),
 ])
 def test_bad_configuration_is_a_clear_error_before_any_change(cloud: Cloud, env, message) -> None:
     p = cloud.run("up", check=False, **env)

@@ -142,3 +142,25 @@ def test_training_job_is_multi_node_with_shm_and_resume(overlay: Path) -> None:
 def test_base_is_static_with_placeholder_values_only() -> None:
     objs = render(K8S / "base")
     assert sorted(o["kind"] for o in objs) == ["PersistentVolume", "PersistentVolumeClaim"]
+
+
+def test_efa_check_names_what_is_missing() -> None:
+    """The EFA image's default command, on a machine without EFA or GPUs."""
+    import os
+    import sys
+    script = K8S.parent / "image" / "efa-check.sh"
+    env = {"PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
+    p = subprocess.run(["/bin/sh", str(script)], capture_output=True, text=True, env=env,
+                       timeout=120)
+    assert p.returncode == 1
+    for missing in ("request vpc.amazonaws.com/efa", "fi_info -p efa finds no EFA provider",
+                    "aws-ofi-nccl", "request nvidia.com/gpu"):
+        assert missing in p.stdout, p.stdout
+
+
+def test_efa_image_is_the_production_image() -> None:
+    text = (K8S.parent / "image" / "Dockerfile.efa").read_text()
+    assert "efa_installer.sh -y --skip-kmod" in text  # the node owns the kernel driver
+    assert "torch==2.13.0" in text and "efa-check" in text
+    prod = (K8S / "overlays" / "production" / "kustomization.yaml").read_text()
+    assert 'newTag: "0.1.0-efa"' in prod and "FI_PROVIDER" in prod

@@ -1,4 +1,4 @@
-"""Training with shardwise checkpoints, under torchrun (CPU, gloo).
+"""Training with shardwise checkpoints, under torchrun (GPUs with NCCL, else CPUs with gloo).
 
     torchrun --nproc-per-node 2 examples/python/train_demo.py --root /tmp/ckpt --steps 300
 
@@ -54,10 +54,24 @@ class TrainState(Stateful):
         self.step = sd["step"]
 
 
-def batch(step: int, rank: int) -> tuple[torch.Tensor, torch.Tensor]:
+def batch(step: int, rank: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
     g = torch.Generator().manual_seed(step * 1000 + rank)  # data position = step
-    x = torch.randint(0, 512, (8, 64), generator=g)
+    x = torch.randint(0, 512, (8, 64), generator=g).to(device)
     return x[:, :-1], x[:, 1:]
+
+
+def pick_backend(choice: str) -> tuple[str, torch.device]:
+    """NCCL on this process's GPU when there is one (over EFA where the
+    image has aws-ofi-nccl), gloo on the CPU otherwise."""
+    if choice == "auto":
+        choice = "nccl" if torch.cuda.is_available() else "gloo"
+    if choice == "nccl":
+        if not torch.cuda.is_available():
+            raise SystemExit("--backend nccl: this process sees no GPU")
+        local = int(os.environ.get("LOCAL_RANK", "0"))
+        torch.cuda.set_device(local)
+        return "nccl", torch.device("cuda", local)
+    return "gloo", torch.device("cpu")
 
 
 def main() -> None:
@@ -66,12 +80,15 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=300)
     ap.add_argument("--save-every", type=int, default=25)
     ap.add_argument("--keep-last", type=int, default=3)
+    ap.add_argument("--backend", choices=("auto", "nccl", "gloo"), default="auto",
+                    help="collectives: auto = nccl when a GPU is visible, else gloo")
     args = ap.parse_args()
 
-    dist.init_process_group("gloo")
+    backend, device = pick_backend(args.backend)
+    dist.init_process_group(backend)
     rank, world = dist.get_rank(), dist.get_world_size()
     torch.manual_seed(0)  # same initial weights on every rank
-    model = TinyLM()
+    model = TinyLM().to(device)
     optim = torch.optim.AdamW(model.parameters(), lr=3e-4)
     state = TrainState(model, optim)
 
@@ -80,14 +97,15 @@ def main() -> None:
     resumed = ckpt.load({"train": state})
     if rank == 0:
         how = f"resumed from step {resumed}" if resumed is not None else "starting from scratch"
-        print(f"[demo] {world} ranks, {how} ({time.monotonic() - t0:.2f} s)", flush=True)
+        print(f"[demo] {world} ranks ({backend}), {how} ({time.monotonic() - t0:.2f} s)",
+              flush=True)
 
     stalls: list[float] = []
     ckpt_time = 0.0
     start = time.monotonic()
     steps_run = 0
     while state.step < args.steps:
-        x, y = batch(state.step, rank)
+        x, y = batch(state.step, rank, device)
         optim.zero_grad()
         loss = nn.functional.cross_entropy(model(x).flatten(0, 1), y.flatten())
         loss.backward()

@@ -145,7 +145,8 @@ ensure_namespace() {
 }
 
 # render_overlay DIR BASE PATCHES...: a kustomization in DIR (next to the state
-# file) over deploy/k8s/BASE, in NAMESPACE, with the given JSON6902 patches.
+# file) over deploy/k8s/BASE, in NAMESPACE (or RENDER_NAMESPACE), with the
+# given JSON6902 patches.
 render_overlay() {
   local dir=$1 base=$2 rel
   shift 2
@@ -154,7 +155,7 @@ render_overlay() {
   {
     echo "apiVersion: kustomize.config.k8s.io/v1beta1"
     echo "kind: Kustomization"
-    echo "namespace: ${CFG[NAMESPACE]}"
+    echo "namespace: ${RENDER_NAMESPACE:-${CFG[NAMESPACE]}}"
     echo "resources:"
     echo "- $rel"
     [[ -n ${CFG[IMAGE]} ]] && printf 'images:\n- name: shardwise-trainer\n  newName: %s\n  newTag: "%s"\n' \
@@ -168,14 +169,38 @@ patch() { # patch KIND NAME OP PATH VALUE: one JSON6902 operation as a kustomize
   printf -- '- target: {kind: %s, name: %s}\n  patch: |-\n    [{"op": "%s", "path": "%s", "value": %s}]\n' "$@"
 }
 
+# ensure_client_tuning: the DaemonSet that applies AWS's recommended Lustre
+# client settings on the training nodes (deploy/k8s/lustre-tuning), in
+# kube-system, labelled with the stack so that down removes exactly it.
+ensure_client_tuning() {
+  [[ ${CFG[TUNE_CLIENTS]} == true ]] || return 0
+  local dir
+  dir="$(dirname "${CFG[STATE_FILE]}")/${CFG[STACK_NAME]}-lustre-tuning"
+  RENDER_NAMESPACE=$CSI_NAMESPACE render_overlay "$dir" lustre-tuning \
+    "$(patch DaemonSet shardwise-lustre-tuning replace /spec/template/spec/nodeSelector "$(selector_json)")"
+  printf 'labels:\n- pairs:\n    shardwise.io/stack: %s\n' "${CFG[STACK_NAME]}" >>"$dir/kustomization.yaml"
+  kubectl apply -k "$dir" >/dev/null
+  state_set lustre_tuning "$CSI_NAMESPACE/shardwise-lustre-tuning"
+  log "Lustre client tuning on the training nodes: kubectl logs -n $CSI_NAMESPACE daemonset/shardwise-lustre-tuning"
+}
+
+# selector_json: NODE_SELECTOR (k=v,k2=v2) as a nodeSelector map.
+selector_json() {
+  jq -cn --arg s "${CFG[NODE_SELECTOR]}" '$s | split(",") | map(select(. != "") | split("=")
+    | {(.[0]): (.[1:] | join("="))}) | add // {}'
+}
+
 apply_storage() {
-  local dns mount dir gib cap
+  local dns mount dir gib cap subnet zone
   # The capacity as AWS reports it (an adopted or resized file system may
   # differ from STORAGE_CAPACITY_GIB).
-  read -r dns mount gib < <(awsj fsx describe-file-systems --file-system-ids "$FS_ID" |
-    jq -r '.FileSystems[0] | "\(.DNSName) \(.LustreConfiguration.MountName) \(.StorageCapacity)"')
+  read -r dns mount gib subnet < <(awsj fsx describe-file-systems --file-system-ids "$FS_ID" |
+    jq -r '.FileSystems[0] | "\(.DNSName) \(.LustreConfiguration.MountName) \(.StorageCapacity) \(.SubnetIds[0])"')
   [[ -n $dns && $mount != null ]] || die "file system $FS_ID reports no DNS name or mount name"
   [[ $gib =~ ^[0-9]+$ ]] || die "file system $FS_ID reports no storage capacity"
+  # Pods that mount it are pinned to its zone through the volume's nodeAffinity.
+  zone=$(awsj ec2 describe-subnets --subnet-ids "$subnet" | jq -r '.Subnets[0].AvailabilityZone // empty')
+  [[ -n $zone ]] || die "cannot tell the zone of file system $FS_ID (subnet $subnet)"
   cap=${gib}Gi
   dir="$(dirname "${CFG[STATE_FILE]}")/${CFG[STACK_NAME]}-storage"
   render_overlay "$dir" base \
@@ -183,6 +208,7 @@ apply_storage() {
     "$(patch PersistentVolume fsx-pv replace /spec/csi/volumeAttributes/dnsname "\"$dns\"")" \
     "$(patch PersistentVolume fsx-pv replace /spec/csi/volumeAttributes/mountname "\"$mount\"")" \
     "$(patch PersistentVolume fsx-pv replace /spec/capacity/storage "\"$cap\"")" \
+    "$(patch PersistentVolume fsx-pv replace /spec/nodeAffinity/required/nodeSelectorTerms/0/matchExpressions/0/values "[\"$zone\"]")" \
     "$(patch PersistentVolume fsx-pv replace /metadata/name "\"${CFG[PV_NAME]}\"")" \
     "$(patch PersistentVolumeClaim fsx-pvc replace /spec/resources/requests/storage "\"$cap\"")" \
     "$(patch PersistentVolumeClaim fsx-pvc replace /spec/volumeName "\"${CFG[PV_NAME]}\"")" \
@@ -190,5 +216,5 @@ apply_storage() {
   kubectl apply -k "$dir"
   state_set pv "${CFG[PV_NAME]}"
   state_set pvc "${CFG[NAMESPACE]}/${CFG[PVC_NAME]}"
-  log "PersistentVolume ${CFG[PV_NAME]} and claim ${CFG[NAMESPACE]}/${CFG[PVC_NAME]} -> $FS_ID ($dns@tcp:/$mount)"
+  log "PersistentVolume ${CFG[PV_NAME]} and claim ${CFG[NAMESPACE]}/${CFG[PVC_NAME]} -> $FS_ID ($dns@tcp:/$mount, zone $zone)"
 }

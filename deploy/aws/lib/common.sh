@@ -12,14 +12,15 @@ CONFIG_KEYS=(
   PER_UNIT_THROUGHPUT EFA_ENABLED S3_BUCKET CREATE_BUCKET
   S3_EXPORT_PREFIX DRA_FILE_SYSTEM_PATH NAMESPACE NODE_SELECTOR SUBNET_ID
   PV_NAME PVC_NAME CSI_CHART_VERSION IMAGE WAIT_TIMEOUT_S POLL_INTERVAL_S
-  FINAL_BACKUP STATE_FILE MOUNT_TEST_SIZE
+  FINAL_BACKUP STATE_FILE MOUNT_TEST_SIZE MOUNT_TEST_NODES MOUNT_TEST_SECONDS
+  MOUNT_TEST_START_DELAY_S TUNE_CLIENTS
 )
 declare -A CONFIG_DEFAULTS=(
   [DEPLOYMENT_TYPE]=SCRATCH_2 [STORAGE_CAPACITY_GIB]=1200 [PER_UNIT_THROUGHPUT]=250
   [EFA_ENABLED]=false [CREATE_BUCKET]=false
   [S3_EXPORT_PREFIX]=checkpoints/ [DRA_FILE_SYSTEM_PATH]=/checkpoints [NAMESPACE]=training
   [PV_NAME]=fsx-pv [PVC_NAME]=fsx-pvc [WAIT_TIMEOUT_S]=1800 [POLL_INTERVAL_S]=15
-  [FINAL_BACKUP]=true [MOUNT_TEST_SIZE]=2GiB
+  [FINAL_BACKUP]=true [TUNE_CLIENTS]=true [MOUNT_TEST_SECONDS]=300 [MOUNT_TEST_START_DELAY_S]=120
   [CSI_CHART_VERSION]=1.17.0 # aws-fsx-csi-driver chart (driver 1.9.0), pinned
 )
 
@@ -87,11 +88,20 @@ validate_config() {
     die "EFA_ENABLED=true needs DEPLOYMENT_TYPE=PERSISTENT_2 (EFA is not offered on SCRATCH_2)"
   fi
   case ${CFG[CREATE_BUCKET]} in true | false) ;; *) die "CREATE_BUCKET must be true or false" ;; esac
+  case ${CFG[TUNE_CLIENTS]} in true | false) ;; *) die "TUNE_CLIENTS must be true or false" ;; esac
   need S3_BUCKET "the bucket the file system imports from and exports checkpoints to"
   [[ ${CFG[DRA_FILE_SYSTEM_PATH]} == /* ]] ||
     die "DRA_FILE_SYSTEM_PATH '${CFG[DRA_FILE_SYSTEM_PATH]}' must be an absolute path in the file system (the checkpoint root lies under it)"
 
   [[ ${CFG[WAIT_TIMEOUT_S]} =~ ^[0-9]+$ ]] || die "WAIT_TIMEOUT_S must be a number of seconds"
+  local key
+  for key in MOUNT_TEST_SECONDS MOUNT_TEST_START_DELAY_S; do
+    [[ ${CFG[$key]} =~ ^[0-9]+$ ]] || die "$key '${CFG[$key]}' must be a number of seconds"
+  done
+  [[ -z ${CFG[MOUNT_TEST_NODES]} || ${CFG[MOUNT_TEST_NODES]} =~ ^[1-9][0-9]*$ ]] ||
+    die "MOUNT_TEST_NODES '${CFG[MOUNT_TEST_NODES]}' must be a positive number of nodes (empty: every selected node)"
+  [[ -z ${CFG[MOUNT_TEST_SIZE]} || ${CFG[MOUNT_TEST_SIZE]} =~ ^[1-9][0-9]*(B|KiB|MiB|GiB|TiB)?$ ]] ||
+    die "MOUNT_TEST_SIZE '${CFG[MOUNT_TEST_SIZE]}' must be a size such as 64GiB (empty: sized from the file system)"
   [[ ${CFG[NAMESPACE]} =~ ^[a-z0-9]([-a-z0-9]*[a-z0-9])?$ ]] ||
     die "NAMESPACE '${CFG[NAMESPACE]}' is not a valid Kubernetes namespace name"
   : "${CFG[STATE_FILE]:=${XDG_STATE_HOME:-$HOME/.local/state}/shardwise-fsx/${CFG[STACK_NAME]}.json}"

@@ -59,6 +59,12 @@ setup_python() {
   .venv/bin/pip install -q --disable-pip-version-check --no-deps torchtitan==0.3.0 \
     spmd_types==0.2.3 tyro==1.0.17 docstring_parser==0.18.0 typeguard==4.6.1 2>&1 |
     { grep -v "^WARNING: Location" || true; }
+  # The real AWS CLI (version 1, pure Python) and its botocore: the deploy
+  # tests replay every `aws` call the toolkit makes through its argument
+  # parsing and parameter validation (deploy/tests/awscli_check.py). This
+  # index's awscli names neither botocore nor s3transfer: pinned here.
+  .venv/bin/pip install -q --disable-pip-version-check awscli==1.46.2 botocore==1.43.62 \
+    s3transfer==0.19.3 2>&1 | { grep -v "^WARNING: Location" || true; }
   echo "setup: building and installing the shardwise Python package"
   .venv/bin/pip install -q --disable-pip-version-check --no-build-isolation . 2>&1 |
     { grep -v "^WARNING: Location" || true; }

@@ -292,7 +292,7 @@ def fs_view(fid, fs):
     cfg = dict(fs["lustre"])
     cfg["MountName"] = fs["mount"]
     view = {"FileSystemId": fid, "FileSystemType": "LUSTRE", "Lifecycle": fs["script"][0],
-            "SubnetIds": [fs.get("subnet", "subnet-0000000000000000f")], "VpcId": "vpc-1",
+            "SubnetIds": [fs.get("subnet", "subnet-0000000000000000f")], "VpcId": "vpc-0a1b2c3d4e5f60718",
             "StorageCapacity": fs["capacity"], "DNSName": f"{fid}.fsx.{fs['region']}.amazonaws.com",
             "LustreConfiguration": cfg, "Tags": tag_list(fs["tags"])}
     if fs["script"][0] == "FAILED":

@@ -11,11 +11,13 @@ from pathlib import Path
 
 import pytest
 
+import awscli_check
+
 HERE = Path(__file__).resolve().parent
 FSX = HERE.parent / "aws" / "fsx"
 TOOLS = ("aws", "eksctl", "helm", "kubectl")
 
-NODE_SG, EKS_SG = "sg-0node0000000000001", "sg-0eks00000000000001"
+NODE_SG, EKS_SG = "sg-0d1000000000000a1", "sg-0e1000000000000b2"
 ENDPOINT = "https://0123456789ABCDEF0123456789ABCDEF.gr7.us-east-1.eks.amazonaws.com"
 
 
@@ -25,21 +27,21 @@ def base_world() -> dict:
         "instance": {"id": iid, "az": az, "subnet": subnet, "sgs": [NODE_SG, EKS_SG]}}
     return {
         "account": "111122223333",
-        "clusters": {"train": {"vpc": "vpc-1", "issuer": "https://oidc.eks.us-east-1.amazonaws.com/id/ABC",
+        "clusters": {"train": {"vpc": "vpc-0a1b2c3d4e5f60718", "issuer": "https://oidc.eks.us-east-1.amazonaws.com/id/ABC",
                                "endpoint": ENDPOINT}},
-        "nodes": [node("gpu-a", "i-a", "us-east-1a", "subnet-a", "gpu"),
-                  node("gpu-b", "i-b", "us-east-1a", "subnet-a", "gpu"),
-                  node("cpu-c", "i-c", "us-east-1b", "subnet-b", "cpu")],
-        "subnets": {"subnet-a": "us-east-1a", "subnet-b": "us-east-1b"},
+        "nodes": [node("gpu-a", "i-0aa00000000000001", "us-east-1a", "subnet-0aa00000000000001", "gpu"),
+                  node("gpu-b", "i-0bb00000000000002", "us-east-1a", "subnet-0aa00000000000001", "gpu"),
+                  node("cpu-c", "i-0cc00000000000003", "us-east-1b", "subnet-0bb00000000000002", "cpu")],
+        "subnets": {"subnet-0aa00000000000001": "us-east-1a", "subnet-0bb00000000000002": "us-east-1b"},
         "security_groups": {
-            NODE_SG: {"name": "nodes", "vpc": "vpc-1", "tags": {}},
-            EKS_SG: {"name": "eks-cluster-sg", "vpc": "vpc-1", "tags": {}},
-            "sg-0other000000000001": {"name": "fsx-lustre-sg", "vpc": "vpc-1", "tags": {}}},
+            NODE_SG: {"name": "nodes", "vpc": "vpc-0a1b2c3d4e5f60718", "tags": {}},
+            EKS_SG: {"name": "eks-cluster-sg", "vpc": "vpc-0a1b2c3d4e5f60718", "tags": {}},
+            "sg-0f1000000000000c3": {"name": "fsx-lustre-sg", "vpc": "vpc-0a1b2c3d4e5f60718", "tags": {}}},
         "rules": {},
-        "file_systems": {"fs-0someoneelse00001": {
+        "file_systems": {"fs-0e15e0e15e0000001": {
             "capacity": 2400, "lustre": {"DeploymentType": "PERSISTENT_2", "PerUnitStorageThroughput": 500},
             "tags": {"team": "other"}, "mount": "other", "region": "us-east-1",
-            "sgs": ["sg-0other000000000001"], "script": ["AVAILABLE"]}},
+            "sgs": ["sg-0f1000000000000c3"], "script": ["AVAILABLE"]}},
         "dras": {}, "buckets": {"ckpt-bucket": {"tags": {}}}, "roles": {}, "oidc": [],
         "helm": {}, "cfn_stacks": {},
         # CloudWatch AgeOfOldestQueuedMessage per file system (a script of
@@ -89,9 +91,26 @@ class Cloud:
         p = subprocess.run([str(FSX), *args], env={**self.env, **env}, capture_output=True,
                            text=True, stdin=subprocess.DEVNULL, timeout=120)
         self.load()
+        self.check_aws_calls()
         if check and p.returncode != 0:
             raise AssertionError(f"fsx {' '.join(args)} failed ({p.returncode}):\n{p.stderr}")
         return p
+
+    checked: dict[tuple[str, ...], str | None] = {}  # every argv seen, across tests
+
+    def check_aws_calls(self) -> None:
+        """Each `aws` call of the last run, as the real CLI would take it
+        (awscli_check.py): the stub may answer only what AWS would accept."""
+        bad = []
+        for c in self.calls():
+            if c[0] != "aws":
+                continue
+            key = tuple(c[1:])
+            if key not in Cloud.checked:
+                Cloud.checked[key] = awscli_check.check(c[1:])
+            if Cloud.checked[key]:
+                bad.append(f"aws {' '.join(c[1:])}\n    -> {Cloud.checked[key]}")
+        assert not bad, "calls the real AWS CLI would refuse:\n" + "\n".join(bad)
 
     def calls(self) -> list[list[str]]:
         path = self.dir / "calls.jsonl"
@@ -162,7 +181,7 @@ def test_fresh_up_makes_exactly_these_calls_in_order(cloud: Cloud) -> None:
     assert dra["fs"] == fs_id and dra["path"] == "/checkpoints"
     assert dra["repo"] == "s3://ckpt-bucket/checkpoints/"
     assert dra["s3"]["AutoExportPolicy"]["Events"] == ["NEW", "CHANGED", "DELETED"]
-    assert fs["subnet"] == "subnet-a"                      # the GPU nodes' subnet (AUDIT 10)
+    assert fs["subnet"] == "subnet-0aa00000000000001"                      # the GPU nodes' subnet (AUDIT 10)
     assert fs["sgs"] == [st["security_group"]]
     assert fs["tags"]["shardwise:stack"] == "ckpt"
     # client-side rules on both node security groups (AUDIT 8, 9), recorded by id
@@ -251,15 +270,15 @@ def test_down_after_a_lost_state_file_removes_everything(cloud: Cloud) -> None: 
     cloud.run("down", "--yes")
     w = cloud.world
     assert w["rules"] == {}  # without the rules: DependencyViolation on the group
-    assert set(w["security_groups"]) == {NODE_SG, EKS_SG, "sg-0other000000000001"}
+    assert set(w["security_groups"]) == {NODE_SG, EKS_SG, "sg-0f1000000000000c3"}
     assert w["helm"] == {} and w["cfn_stacks"] == {}
-    assert list(w["file_systems"]) == ["fs-0someoneelse00001"]
+    assert list(w["file_systems"]) == ["fs-0e15e0e15e0000001"]
 
 
 def test_a_tagged_file_system_in_another_subnet_is_not_adopted(cloud: Cloud) -> None:  # defect 7
     cloud.run("up")
     fs_id = cloud.state()["file_system"]
-    cloud.world["file_systems"][fs_id]["subnet"] = "subnet-b"
+    cloud.world["file_systems"][fs_id]["subnet"] = "subnet-0bb00000000000002"
     cloud.save()
     cloud.state_file.unlink()
     cloud.run("up")
@@ -338,8 +357,8 @@ def test_down_deletes_only_what_it_recorded_in_order(cloud: Cloud) -> None:
         "aws ec2 delete-security-group", "eksctl delete iamserviceaccount", "aws s3 rb"], p.stderr
     w = cloud.world
     assert st["file_system"] not in w["file_systems"]
-    assert "fs-0someoneelse00001" in w["file_systems"]              # AUDIT 25
-    assert set(w["security_groups"]) == {NODE_SG, EKS_SG, "sg-0other000000000001"}
+    assert "fs-0e15e0e15e0000001" in w["file_systems"]              # AUDIT 25
+    assert set(w["security_groups"]) == {NODE_SG, EKS_SG, "sg-0f1000000000000c3"}
     assert w["rules"] == {}
     assert "new-bucket" not in w["buckets"] and "ckpt-bucket" in w["buckets"]
     assert not cloud.state_file.exists()
@@ -365,13 +384,13 @@ def test_down_keeps_its_bucket_without_delete_bucket(cloud: Cloud) -> None:
 def test_down_refuses_a_file_system_it_did_not_create(cloud: Cloud) -> None:
     cloud.run("up")
     data = json.loads(cloud.state_file.read_text())
-    data["created"]["file_system"] = "fs-0someoneelse00001"  # a tampered or mixed-up state file
+    data["created"]["file_system"] = "fs-0e15e0e15e0000001"  # a tampered or mixed-up state file
     cloud.state_file.write_text(json.dumps(data))
     p = cloud.run("down", "--yes", check=False)
     assert p.returncode != 0
     assert "refusing to delete a file system this toolkit did not create" in p.stderr
     assert mutations(cloud.calls()) == []
-    assert "fs-0someoneelse00001" in cloud.world["file_systems"]
+    assert "fs-0e15e0e15e0000001" in cloud.world["file_systems"]
 
 
 def test_down_without_state_deletes_nothing(cloud: Cloud) -> None:
@@ -843,6 +862,25 @@ def test_example_config_is_valid(cloud: Cloud) -> None:
     p = subprocess.run([str(FSX), "--config", str(example), "status"], env=env, capture_output=True,
                        text=True, stdin=subprocess.DEVNULL)
     assert "no state file" in p.stderr, p.stderr  # got past parsing and validation
+
+
+def test_the_real_cli_refuses_what_aws_would() -> None:  # issue 16, tests that can fail
+    """awscli_check, which every Cloud.run applies to each `aws` call."""
+    ok = ["--region", "us-east-1", "fsx", "describe-file-systems", "--file-system-ids",
+          "fs-0123456789abcdef0"]
+    assert awscli_check.check(ok) is None
+    assert "Unknown options: --file-system-idz" in awscli_check.check(
+        [*ok[:4], "--file-system-idz", "fs-0123456789abcdef0"])
+    assert "does not match the pattern" in awscli_check.check([*ok[:5], "fs-a"])  # malformed ID
+    assert "invalid literal for int()" in awscli_check.check(
+        ["--region", "us-east-1", "fsx", "create-file-system", "--file-system-type", "LUSTRE",
+         "--storage-capacity", "1.2TiB", "--subnet-ids", "subnet-0aa00000000000001"])
+    bad = awscli_check.check(["--region", "us-east-1", "fsx", "create-file-system",
+                              "--file-system-type", "ZFS3", "--storage-capacity", "1200",
+                              "--subnet-ids", "subnet-0aa00000000000001"])
+    assert bad is not None and "FileSystemType: 'ZFS3' is not one of" in bad  # the model's enum
+    assert "the following arguments are required: --description" in awscli_check.check(
+        ["--region", "us-east-1", "ec2", "create-security-group", "--group-name", "x"])
 
 
 def test_audit_coverage() -> None:

@@ -38,6 +38,14 @@ inline int AvailableCpus() {
   return std::max(1u, std::thread::hardware_concurrency());
 }
 
+// Threads worth starting for `work` units of which one thread should do at
+// least `per_thread`: 1 for small work (starting threads costs more than it
+// saves), at most the available CPUs.
+inline int ThreadsFor(std::size_t work, std::size_t per_thread) {
+  const std::size_t want = work / std::max<std::size_t>(per_thread, 1);
+  return static_cast<int>(std::clamp<std::size_t>(want, 1, static_cast<std::size_t>(AvailableCpus())));
+}
+
 // A rank's share of the CPUs: the available ones divided by the ranks on
 // this node (LOCAL_WORLD_SIZE, as torchrun sets it), at least 1.
 inline int CpusPerLocalRank() {

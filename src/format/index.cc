@@ -25,6 +25,7 @@ constexpr std::size_t kHeaderBytes = 160;
 constexpr std::size_t kSaveIdBytes = 64;
 constexpr std::size_t kFileRecordBytes = 24;
 constexpr std::size_t kCacheBlocks = 256;
+constexpr std::size_t kChunksPerThread = 1 << 15;  // below this, threads cost more than they save
 enum : std::uint8_t { kThreads = 0, kUring = 1, kOtherBackend = 2 };
 
 std::size_t RecordBytes(std::size_t ndim) { return 16 * ndim + 32; }
@@ -164,9 +165,10 @@ void PlanItem(const ChunkSource& s, std::size_t i, ItemPlan& p) {
 
 // Plans every item (in parallel) and writes the items table; returns the
 // body's size.
-std::uint64_t PlanItems(const ChunkSource& s, std::vector<ItemPlan>& plans, std::string& table) {
+std::uint64_t PlanItems(const ChunkSource& s, int threads, std::vector<ItemPlan>& plans,
+                        std::string& table) {
   plans.resize(s.ItemCount());
-  ParallelFor(0, plans.size(), AvailableCpus(), [&](std::size_t i) { PlanItem(s, i, plans[i]); });
+  ParallelFor(0, plans.size(), threads, [&](std::size_t i) { PlanItem(s, i, plans[i]); });
   std::uint64_t body = 0, crcs = 0;
   for (std::size_t i = 0; i < plans.size(); ++i) {
     const ItemView it = s.Item(i);
@@ -240,11 +242,13 @@ Result<std::string> EncodeIndex(const Manifest& m, IndexRef* ref) {
 }
 
 Result<std::string> EncodeIndex(const ChunkSource& src, const Manifest& header, IndexRef* ref) {
+  std::uint64_t chunks = 0, ncrcs = 0, file_bytes = 0;
+  for (std::size_t i = 0; i < src.ItemCount(); ++i) chunks += src.ChunkCount(i);
+  const int threads = ThreadsFor(chunks, kChunksPerThread);
   std::vector<ItemPlan> plans;
   std::string table;
-  const std::uint64_t body = PlanItems(src, plans, table);
-  std::uint64_t chunks = 0, ncrcs = 0, file_bytes = 0;
-  for (std::size_t i = 0; i < plans.size(); ++i) chunks += src.ChunkCount(i), ncrcs += plans[i].crcs;
+  const std::uint64_t body = PlanItems(src, threads, plans, table);
+  for (const ItemPlan& p : plans) ncrcs += p.crcs;
   const std::vector<FileRecord>& files = src.Files();
   const std::uint64_t body_off = kHeaderBytes + table.size();
   const std::uint64_t files_off = body_off + body;
@@ -266,7 +270,7 @@ Result<std::string> EncodeIndex(const ChunkSource& src, const Manifest& header, 
     to.Bytes(rec, sizeof rec);
     file_bytes += f.size;
   }
-  ParallelFor(0, plans.size(), AvailableCpus(), [&](std::size_t i) {
+  ParallelFor(0, plans.size(), threads, [&](std::size_t i) {
     WriteItem(src, i, plans[i], out.data(), body_off, crcs_off);
   });
   // Header and items table.

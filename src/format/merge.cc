@@ -58,7 +58,7 @@ std::uint32_t AddItem(const ItemView& it, std::vector<ItemRecord>& items, ItemMa
 // it in parallel (position first, then name), counting its chunks and
 // checksums; what it lacks is added afterwards, in rank order, and the
 // chunk numbers are handed out in rank order too.
-Status MapItems(std::span<const RankPart> parts, std::vector<ItemRecord>& items,
+Status MapItems(std::span<const RankPart> parts, int threads, std::vector<ItemRecord>& items,
                 const std::string& path, ItemMap& map) {
   const std::size_t R = parts.size();
   map.which.resize(R), map.at.resize(R), map.sums.resize(R);
@@ -67,7 +67,7 @@ Status MapItems(std::span<const RankPart> parts, std::vector<ItemRecord>& items,
     if (!items.empty()) break;  // a part's names are distinct (ValidateSource)
   }
   std::atomic<std::size_t> bad{SIZE_MAX};
-  ParallelFor(0, R, AvailableCpus(), [&](std::size_t r) {
+  ParallelFor(0, R, threads, [&](std::size_t r) {
     const ChunkSource& s = *parts[r].chunks;
     const std::size_t n = s.ItemCount();
     auto& which = map.which[r];
@@ -138,8 +138,13 @@ Result<MergedRanks> MergeRanks(std::span<const RankPart> parts, const Manifest& 
   SW_RETURN_IF_ERROR(ValidateFiles(m.files_, spec.world_size, path));
   // The name table's keys point into the parts' item names, which stay put.
   std::vector<ItemRecord> fields;
+  // Threads only for a large merge (thousands of ranks): for a few, starting
+  // them costs more than the work.
+  std::size_t work = 0;
+  for (const RankPart& p : parts) work += p.chunks->ItemCount();
+  const int threads = ThreadsFor(work, 1 << 15);
   ItemMap map;
-  SW_RETURN_IF_ERROR(MapItems(parts, fields, path, map));
+  SW_RETURN_IF_ERROR(MapItems(parts, threads, fields, path, map));
   m.items_.resize(fields.size());
   for (std::size_t g = 0; g < fields.size(); ++g) {
     auto& it = m.items_[g];
@@ -152,7 +157,7 @@ Result<MergedRanks> MergeRanks(std::span<const RankPart> parts, const Manifest& 
   }
   // Each rank's chunks go to the places MapItems gave them: ranks in
   // parallel, each reading its own memory in order.
-  ParallelFor(0, parts.size(), AvailableCpus(), [&](std::size_t r) {
+  ParallelFor(0, parts.size(), threads, [&](std::size_t r) {
     const ChunkSource& s = *parts[r].chunks;
     for (std::size_t j = 0; j < map.which[r].size(); ++j) {
       MergedRanks::Merged& it = m.items_[map.which[r][j]];
@@ -170,7 +175,7 @@ Result<MergedRanks> MergeRanks(std::span<const RankPart> parts, const Manifest& 
     }
   });
   std::atomic<std::size_t> dup{SIZE_MAX};
-  ParallelFor(0, m.items_.size(), AvailableCpus(), [&](std::size_t g) {
+  ParallelFor(0, m.items_.size(), threads, [&](std::size_t g) {
     if (DistinctStarts(m, g)) return;
     for (std::size_t want = dup.load(); g < want && !dup.compare_exchange_weak(want, g);) {
     }

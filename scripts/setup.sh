@@ -62,9 +62,12 @@ setup_python() {
   # The real AWS CLI (version 1, pure Python) and its botocore: the deploy
   # tests replay every `aws` call the toolkit makes through its argument
   # parsing and parameter validation (deploy/tests/awscli_check.py). This
-  # index's awscli names neither botocore nor s3transfer: pinned here.
+  # index's awscli names neither botocore nor s3transfer: pinned here. moto's
+  # server mode answers those calls for EC2, S3, IAM, STS, CloudFormation and
+  # CloudWatch (deploy/tests/test_moto.py); boto3 pinned to the same botocore.
   .venv/bin/pip install -q --disable-pip-version-check awscli==1.46.2 botocore==1.43.62 \
-    s3transfer==0.19.3 2>&1 | { grep -v "^WARNING: Location" || true; }
+    s3transfer==0.19.3 boto3==1.43.62 "moto[server]==5.1.18" 2>&1 |
+    { grep -v "^WARNING: Location" || true; }
   echo "setup: building and installing the shardwise Python package"
   .venv/bin/pip install -q --disable-pip-version-check --no-build-isolation . 2>&1 |
     { grep -v "^WARNING: Location" || true; }

@@ -73,19 +73,36 @@ def _check_patterns(params, model, **_):
                     "; ".join(bad))
 
 
-def _make_driver():
+def make_driver(endpoint: str | None = None):
+    """A real AWS CLI driver that checks the model's patterns and enums too.
+    Without `endpoint` it stops every request before it is sent; with one
+    (moto's server, motocloud.py) it sends them there."""
     # No real credentials or configuration may leak in, and none is needed.
     os.environ.update(AWS_ACCESS_KEY_ID="AKIAIOSFODNN7EXAMPLE",
                       AWS_SECRET_ACCESS_KEY="wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY",
                       AWS_CONFIG_FILE=os.devnull, AWS_SHARED_CREDENTIALS_FILE=os.devnull)
     for var in ("AWS_PROFILE", "AWS_SESSION_TOKEN", "AWS_ENDPOINT_URL"):
         os.environ.pop(var, None)
+    if endpoint:
+        os.environ["AWS_ENDPOINT_URL"] = endpoint
     from awscli.clidriver import create_clidriver  # scripts/setup.sh installs awscli
 
     driver = create_clidriver()
     driver.session.register("before-parameter-build", _check_patterns)
-    driver.session.register("before-send", _stop)
+    if not endpoint:
+        driver.session.register("before-send", _stop)
     return driver
+
+
+def run(driver, argv: list[str]) -> tuple[int, str, str]:
+    """One CLI call in-process: (exit status, stdout, stderr)."""
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        try:
+            rc = driver.main(list(argv))
+        except SystemExit as e:  # argparse's way out: a missing required argument
+            rc = e.code if isinstance(e.code, int) else 2
+    return rc, out.getvalue(), err.getvalue()
 
 
 def check(argv: list[str]) -> str | None:
@@ -93,14 +110,8 @@ def check(argv: list[str]) -> str | None:
     otherwise what the CLI said instead."""
     global _driver
     if _driver is None:
-        _driver = _make_driver()
-    err = io.StringIO()
-    with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(err):
-        try:
-            _driver.main(list(argv))
-        except SystemExit:  # argparse's way out: a missing required argument
-            pass
-    text = err.getvalue()
+        _driver = make_driver()
+    _, _, text = run(_driver, argv)
     if _SENT in text:
         return None
     # awscli 1's usage text opens with a note about version 2: keep what failed.

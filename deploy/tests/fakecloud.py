@@ -7,6 +7,10 @@ account kept in $FAKE_CLOUD/world.json, so that what one call creates the
 next one sees: a second `up` finds what the first made, `down` can be
 checked against what is left. Only the calls the toolkit makes are modelled;
 anything else fails loudly, so a new call shows up in the tests.
+
+With $FAKE_CLOUD_MOTO set (test_moto.py), the `aws` calls of the services in
+motocloud.MOTO_SERVICES go to moto's server through the real AWS CLI
+instead, and eksctl makes its roles, stacks and OIDC provider there.
 """
 from __future__ import annotations
 
@@ -15,7 +19,10 @@ import os
 import re
 import sys
 
+import motocloud
+
 ROOT = os.environ["FAKE_CLOUD"]
+MOTO = os.environ.get("FAKE_CLOUD_MOTO")  # the moto helper's socket, or None
 WORLD = os.path.join(ROOT, "world.json")
 
 
@@ -476,6 +483,74 @@ def eksctl(args: list[str]) -> None:
     save(w)
 
 
+def eksctl_moto(args: list[str]) -> None:
+    """eksctl against moto's IAM and CloudFormation: what the real one makes,
+    made there, so that the toolkit's `aws` calls find it."""
+    w = load()
+    opts = parse_opts(args)
+
+    def moto(service, method, **kw):
+        try:
+            return motocloud.call(MOTO, service, method, **kw)
+        except motocloud.MotoError as e:
+            print(f"Error: {e}", file=sys.stderr)
+            sys.exit(1)
+
+    def stack_exists(name: str) -> bool:
+        try:
+            motocloud.call(MOTO, "cloudformation", "describe_stacks", StackName=name)
+            return True
+        except motocloud.MotoError:
+            return False
+
+    if args[:2] == ["utils", "associate-iam-oidc-provider"]:
+        issuer = w["clusters"][one(opts, "cluster")]["issuer"]
+        have = moto("iam", "list_open_id_connect_providers")["OpenIDConnectProviderList"]
+        if not any(p["Arn"].endswith(issuer.removeprefix("https://")) for p in have):
+            moto("iam", "create_open_id_connect_provider", Url=issuer,
+                 ClientIDList=["sts.amazonaws.com"],
+                 ThumbprintList=["9e99a48a9960b14926bb7f3b02e22da2b0ab7280"])
+    elif args[:2] == ["create", "iamserviceaccount"]:
+        stack = sa_stack(w, opts)
+        if stack_exists(stack):  # skipped, and still a success (eksctl issues 1333, 5856)
+            print(f"1 existing iamserviceaccount(s) ({one(opts, 'namespace')}/"
+                  f"{one(opts, 'name')}) will be excluded", file=sys.stderr)
+            return
+        policy = one(opts, "attach-policy-arn")
+        moto("iam", "get_policy", PolicyArn=policy)  # eksctl fails on a policy that does not exist
+        tags = dict(t.split("=", 1) for t in ",".join(opts.get("tags", [])).split(",") if t)
+        tags["alpha.eksctl.io/cluster-name"] = one(opts, "cluster")
+        moto("cloudformation", "create_stack", StackName=stack, TemplateBody=json.dumps(
+            sa_template(one(opts, "role-name"), policy)), Capabilities=["CAPABILITY_NAMED_IAM"],
+            Tags=tag_list(tags))
+        # moto's CloudFormation creates the role without its ManagedPolicyArns
+        moto("iam", "attach_role_policy", RoleName=one(opts, "role-name"), PolicyArn=policy)
+    elif args[:2] == ["delete", "iamserviceaccount"]:
+        stack = sa_stack(w, opts)
+        if not stack_exists(stack):
+            fail("NotFound", f"no iamserviceaccount stack {stack}", 1)
+        # what CloudFormation does for the role's ManagedPolicyArns, which moto leaves out
+        outputs = moto("cloudformation", "describe_stacks", StackName=stack)["Stacks"][0].get("Outputs", [])
+        for o in outputs:
+            role = o["OutputValue"].rsplit("/", 1)[1]
+            for pol in moto("iam", "list_attached_role_policies", RoleName=role)["AttachedPolicies"]:
+                moto("iam", "detach_role_policy", RoleName=role, PolicyArn=pol["PolicyArn"])
+        moto("cloudformation", "delete_stack", StackName=stack)
+    else:
+        fail("FakeCloudUnmodelled", f"eksctl {' '.join(args[:2])}", 99)
+
+
+def sa_template(role: str, policy: str) -> dict:
+    """The role part of the stack eksctl makes for a service account."""
+    return {"AWSTemplateFormatVersion": "2010-09-09", "Resources": {"Role1": {
+        "Type": "AWS::IAM::Role", "Properties": {
+            "RoleName": role, "ManagedPolicyArns": [policy],
+            "AssumeRolePolicyDocument": {"Version": "2012-10-17", "Statement": [{
+                "Effect": "Allow", "Action": ["sts:AssumeRoleWithWebIdentity"],
+                "Principal": {"Federated": "oidc"}}]}}}},
+        "Outputs": {"Role1": {"Value": {"Fn::GetAtt": ["Role1", "Arn"]}}}}
+
+
 def sa_stack(w, opts) -> str:
     return (f"eksctl-{one(opts, 'cluster')}-addon-iamserviceaccount-{one(opts, 'namespace')}-"
             f"{one(opts, 'name')}")
@@ -640,6 +715,14 @@ def main() -> None:
     if tool == "fakecloud.py":
         tool, args = args[0], args[1:]
     record(tool, args)
+    if MOTO and tool == "aws":
+        words = [a for i, a in enumerate(args) if not a.startswith("--")
+                 and (i == 0 or args[i - 1] not in ("--region", "--output"))]
+        if words and words[0] in motocloud.MOTO_SERVICES:
+            sys.exit(motocloud.forward(MOTO, args))
+    if MOTO and tool == "eksctl":
+        eksctl_moto(args)
+        return
     {"aws": aws, "eksctl": eksctl, "helm": helm, "kubectl": kubectl}[tool](args)
 
 

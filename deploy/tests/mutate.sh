@@ -21,6 +21,7 @@ mutations=(
   "foreign eksctl stack deleted|aws/fsx|s/elif \[\[ \$(stack_owner \"\$stack\") != \"\${CFG\[STACK_NAME\]}\" \]\]; then/elif false; then/"
   "background cascade|aws/fsx|s/--ignore-not-found --cascade=foreground --wait$/--ignore-not-found --wait/"
   "namespace deleted over foreign objects|aws/fsx|s/^    if ! left=\$(foreign_objects \"\$ns\"); then$/    if ! left=; then/"
+  "bucket deleted without emptying it|aws/fsx|s/awsj s3 rb \"s3:\/\/\$bucket\" --force/awsj s3 rb \"s3:\/\/\$bucket\"/"
   "tuning order|k8s/lustre-tuning/tune.sh|/max_rpcs_in_flight 64/{h;d};/max_mod_rpcs_in_flight 50/G"
 )
 

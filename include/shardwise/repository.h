@@ -16,6 +16,8 @@
 #include <optional>
 #include <span>
 #include <string>
+#include <string_view>
+#include <utility>
 #include <vector>
 
 #include "shardwise/options.h"
@@ -193,6 +195,17 @@ class Repository {
   // first moves to the newest remaining checkpoint (or goes). Claims the
   // root for writing (LockForWriting). NotFound when NAME is not committed.
   Status Delete(const std::string& name);
+
+  // Installs a copy of a committed checkpoint made in another root (a
+  // partner node's replica of a local checkpoint, docs/tiers.md): FILES are
+  // its files by name (flat, safe names). They are written into a hidden
+  // staging directory and fsynced, every checksum is verified, and the
+  // directory is renamed to NAME atomically, never over an existing one
+  // (kAlreadyExists); then the root is fsynced. A copy that fails
+  // verification is refused (kCorrupt, naming the file) and leaves nothing.
+  // Claims the root for writing.
+  Status Install(const std::string& name,
+                 const std::vector<std::pair<std::string, std::string_view>>& files);
 
   // Removes abandoned staging directories and leftovers, and applies
   // retention. Never removes what `latest` names, anything newer than the

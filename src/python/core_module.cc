@@ -206,6 +206,13 @@ class PyRepository {
   void Delete(const std::string& name) {
     Unlocked([&] { return repo_->Delete(name); });
   }
+  void Install(const std::string& name, const std::vector<std::pair<std::string, nb::bytes>>& files) {
+    // Views of the Python bytes, which the caller's list keeps alive.
+    std::vector<std::pair<std::string, std::string_view>> copy;
+    copy.reserve(files.size());
+    for (const auto& [file, data] : files) copy.emplace_back(file, std::string_view(data.c_str(), data.size()));
+    Unlocked([&] { return repo_->Install(name, copy); });
+  }
   GcReport Gc(std::optional<int> keep_last, std::optional<int> keep_every, bool dry_run,
               std::optional<double> grace, bool verify) {
     GcOptions gc;
@@ -655,6 +662,7 @@ void BindRepository(nb::module_& m) {
       .def("list", &PyRepository::List, "with_exports"_a = false)
       .def("latest", &PyRepository::Latest)
       .def("delete", &PyRepository::Delete, "name"_a)
+      .def("install", &PyRepository::Install, "name"_a, "files"_a)
       .def("gc", &PyRepository::Gc, "keep_last"_a = nb::none(), "keep_every"_a = nb::none(),
            "dry_run"_a = false, "grace_s"_a = nb::none(), "verify"_a = false);
   nb::class_<PyReader>(m, "Reader")

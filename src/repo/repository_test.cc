@@ -195,6 +195,50 @@ TEST_F(RepositoryTest, DeleteMovesLatestBack) {
   EXPECT_EQ(StagingCount(*repo_), 0);
 }
 
+// A copy of a committed checkpoint (its files, as a partner node sends them)
+// installed in another root: whole and verified, or nothing.
+TEST_F(RepositoryTest, InstallsAVerifiedCopyOrNothing) {
+  ASSERT_TRUE(Save(1, 7).ok());
+  const std::string name = "step-000000000001";
+  auto entries = os::ListDir(dir_ / name);
+  ASSERT_TRUE(entries.ok());
+  std::vector<std::pair<std::string, std::string>> owned;
+  for (const auto& e : *entries) {
+    auto data = os::ReadSmallFile(os::JoinPath(dir_ / name, e.name), 1 << 30);
+    ASSERT_TRUE(data.ok()) << e.name;
+    owned.emplace_back(e.name, std::move(*data));
+  }
+  auto views = [&] {
+    std::vector<std::pair<std::string, std::string_view>> v;
+    for (const auto& [f, d] : owned) v.emplace_back(f, d);
+    return v;
+  };
+  TempDir other;
+  auto replica = Repository::Open(other.path(), {});
+  ASSERT_TRUE(replica.ok());
+  ASSERT_TRUE((*replica)->Install(name, views()).ok());
+  EXPECT_TRUE(Holds(**replica, name, 7));
+  EXPECT_EQ((*replica)->Install(name, views()).code(), StatusCode::kAlreadyExists);
+
+  // One flipped byte in a shard's data: refused, and nothing is left.
+  auto shard = std::find_if(owned.begin(), owned.end(),
+                            [](const auto& f) { return f.first.ends_with(".shard"); });
+  ASSERT_NE(shard, owned.end());
+  shard->second[shard->second.size() - 1] ^= 0x40;
+  Status st = (*replica)->Install("step-000000000002", views());
+  EXPECT_EQ(st.code(), StatusCode::kCorrupt) << st.ToString();
+  EXPECT_NE(st.message().find(shard->first), std::string::npos) << st.message();
+  EXPECT_EQ(Committed(**replica), std::vector<std::string>{name});
+  EXPECT_EQ(StagingCount(**replica), 0);
+
+  // Names that could leave the root, or nothing at all.
+  EXPECT_EQ((*replica)->Install("../x", views()).code(), StatusCode::kInvalidArgument);
+  auto bad = views();
+  bad[0].first = "../manifest.json";
+  EXPECT_EQ((*replica)->Install("step-000000000003", bad).code(), StatusCode::kInvalidArgument);
+  EXPECT_EQ((*replica)->Install("step-000000000003", {}).code(), StatusCode::kInvalidArgument);
+}
+
 // A gathered save of 3 ranks in this process (as DCP's collective gives the
 // coordinator every rank's index): ranks 0 and 2 write item "w<rank>",
 // rank 1 writes nothing and sends no index.

@@ -23,6 +23,7 @@ import os
 import threading
 import time
 from concurrent.futures import Future as ConcurrentFuture
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Callable, Optional, Union
 
 import torch
@@ -31,8 +32,9 @@ import torch.distributed.checkpoint as dcp
 from torch.distributed.checkpoint.api import CheckpointException
 from torch.distributed.checkpoint.default_planner import DefaultSavePlanner
 from torch.distributed.checkpoint.state_dict_saver import AsyncCheckpointerType
+from torch.distributed.checkpoint.stateful import Stateful
 
-from . import _core, _staging, metrics
+from . import _core, _staging, metrics, tiers
 from ._progress import ProgressArg
 from .dcp import Reader, Writer
 
@@ -246,6 +248,20 @@ class Checkpointer:
             the I/O buffers (bounded memory, at the price of a stall of
             about the write time; in process mode, of the whole save).
             Default: no limit.
+        local_root: a node-local directory (NVMe, ``/dev/shm``) for the
+            local tier: every save goes there first, as a checkpoint per
+            rank (``LOCAL_ROOT/rank-RRRRR/step-N``), and only every
+            ``persist_every``-th save also to ``root``. Only as durable as
+            its node: see docs/tiers.md. Default: no local tier.
+        persist_every: with ``local_root``, every K-th save (counted from the
+            first save of this Checkpointer) also goes to ``root``, from the
+            same staged bytes. Default 1: every save.
+        keep_local: with ``local_root``, keep the N newest local checkpoints
+            (and replicas) per rank. Default 2.
+        replicas: with ``local_root``, 1 to send each rank's local
+            checkpoint to a partner rank on the next node (a fixed ring over
+            nodes), which keeps it in its own local tier: losing one node
+            loses no local checkpoint. Default 0.
         pin_memory, staging_threads: as for :class:`shardwise.dcp.Writer`.
         **engine_options: ``io_backend``, ``queue_depth``, ``io_unit``,
             ``checksum_block``, ``direct_io``, ``commit_timeout_s``.
@@ -261,6 +277,8 @@ class Checkpointer:
                  process_group: Optional[Any] = None, progress: ProgressArg = None,
                  pin_memory: Optional[bool] = None, staging_threads: Optional[int] = None,
                  staging_budget: Optional[Union[int, str]] = None,
+                 local_root: Optional[Union[str, "os.PathLike[str]"]] = None,
+                 persist_every: int = 1, keep_local: int = 2, replicas: int = 0,
                  **engine_options: Any) -> None:
         if keep_last is not None and keep_last < 1:
             raise ValueError("keep_last must be >= 1")
@@ -275,6 +293,17 @@ class Checkpointer:
         if snapshot == "lazy" and async_mode is None:
             raise ValueError("snapshot='lazy' needs an async_mode: a synchronous save has "
                              "nothing to overlap the copy with")
+        if persist_every < 1:
+            raise ValueError("persist_every must be >= 1")
+        if keep_local < 1:
+            raise ValueError("keep_local must be >= 1")
+        if replicas not in (0, 1):
+            raise ValueError("replicas must be 0 or 1")
+        if local_root is None and (replicas or persist_every != 1):
+            raise ValueError("replicas and persist_every need a local_root")
+        if local_root is not None and (snapshot == "lazy" or async_mode == "process"):
+            raise ValueError("a local tier (local_root) works with snapshot='eager' and "
+                             "async_mode 'thread' or None")
         self.root = os.path.abspath(os.fspath(root))
         self.keep_last, self.keep_every = keep_last, keep_every
         self.async_mode = async_mode
@@ -302,6 +331,23 @@ class Checkpointer:
         self._claimed = False
         if self._rank() == 0:
             os.makedirs(self.root, exist_ok=True)
+        # The local tier (docs/tiers.md).
+        self.local_root = None if local_root is None else os.path.abspath(os.fspath(local_root))
+        self.persist_every, self.keep_local, self.replicas = persist_every, keep_local, replicas
+        self.last_restore: Optional[tiers.TierReport] = None
+        self._tier_saves = 0
+        if self.local_root is not None:
+            self._local_writer = Writer(None, **engine_options)
+            self._topology = tiers.Topology.gather(self.process_group)
+            # Replicas travel on a group of their own, so that they never
+            # interleave with a save's collectives.
+            self._replica_group = (dist.new_group(backend="gloo")
+                                   if dist.is_available() and dist.is_initialized() else None)
+            if replicas and len(self._topology.nodes) < 2:
+                log.warning("replicas=1: all ranks are on one node (%s); no replica is made",
+                            tiers.node_name())
+            self._background = ThreadPoolExecutor(1, thread_name_prefix="shardwise-tiers")
+            os.makedirs(tiers.rank_dir(self.local_root, self._rank()), exist_ok=True)
 
     # -- helpers -------------------------------------------------------------------
     def _rank(self) -> int:
@@ -394,6 +440,8 @@ class Checkpointer:
             log.info("skipped step %d: the save of step %d is still persisting", step,
                      self._pending.step)
             return SaveHandle(step, None, 0.0, skipped=True)
+        if self.local_root is not None:
+            return self._save_tiered(step, state_dict, blocking)
         t0 = time.monotonic()
         self._wait_previous()
         self._claim()
@@ -503,6 +551,8 @@ class Checkpointer:
         DCP gathers every rank's read errors.
         """
         self.wait()
+        if self.local_root is not None:
+            return self._load_tiered(state_dict, step)
         candidates = [step] if step is not None else list(reversed(self.steps()))
         for s in candidates:
             path = os.path.join(self.root, _step_name(s))
@@ -527,6 +577,206 @@ class Checkpointer:
             self.wait()
         finally:
             self._writer.close()
+            if self.local_root is not None:
+                self._background.shutdown(wait=True)
+
+    # -- tiers (docs/tiers.md) -----------------------------------------------------
+    def _save_tiered(self, step: int, state_dict: dict[str, Any], blocking: bool) -> SaveHandle:
+        """Stages once; in the background, writes this rank's local
+        checkpoint, sends it to the partner, and every K-th time saves to
+        the root from the same staged bytes."""
+        t0 = time.monotonic()
+        self._wait_previous()
+        self._tier_saves += 1
+        persist = self._tier_saves % self.persist_every == 0
+        if persist:
+            self._claim()
+        self._writer.step = self._local_writer.step = step
+        # What DCP's save does first: Stateful objects give their state dicts.
+        plain = {k: v.state_dict() if isinstance(v, Stateful) else v for k, v in state_dict.items()}
+        staged = self._writer.stage(plain)
+        snap = self._writer._snapshot
+
+        def work() -> None:
+            try:
+                sd = staged.result() if isinstance(staged, ConcurrentFuture) else staged
+                self._persist_tiers(step, sd, persist)
+            finally:
+                if snap is not None:
+                    snap.release()
+
+        if blocking or self.async_mode is None or snap is None:
+            # snap None: over the staging budget, the live state is written
+            # as it is, so the caller waits.
+            try:
+                work()
+            except BaseException as e:
+                self._record_failure()
+                _reraise(e)
+            handle = SaveHandle(step, None, time.monotonic() - t0)
+            return handle
+        future = self._background.submit(work)
+        handle = SaveHandle(step, future, time.monotonic() - t0, snap)
+        future.add_done_callback(lambda f: f.exception() is not None and self._record_failure())
+        self._pending = handle
+        return handle
+
+    def _persist_tiers(self, step: int, sd: dict[str, Any], persist: bool) -> None:
+        name = _step_name(step)
+        rank, topo = self._rank(), self._topology
+        own_root = tiers.rank_dir(self.local_root, rank)
+        error: Optional[BaseException] = None
+        try:
+            dcp.save(sd, storage_writer=self._local_writer,
+                     checkpoint_id=os.path.join(own_root, name), no_dist=True)
+        except BaseException as e:  # every rank learns of it below: none waits for a replica
+            error = e
+        failed = self._all_ranks(error is not None)
+        if failed:
+            if error is not None:
+                _reraise(error)
+            raise RuntimeError(f"local save of step {step} failed on rank(s) "
+                               f"{', '.join(map(str, failed))}")
+        if self.replicas and len(topo.nodes) > 1:
+            self._replicate(name, own_root)
+        if persist:
+            dcp.save(sd, storage_writer=self._writer,
+                     checkpoint_id=os.path.join(self.root, name),
+                     process_group=self.process_group, planner=self._planner())
+            self._apply_retention()
+        self._retain_local()
+
+    def _all_ranks(self, failed: bool) -> list[int]:
+        """The ranks for which ``failed`` is True (every rank calls it)."""
+        if self._replica_group is None:
+            return [0] if failed else []
+        flags: list[Any] = [None] * dist.get_world_size(self._replica_group)
+        dist.all_gather_object(flags, failed, group=self._replica_group)
+        return [r for r, f in enumerate(flags) if f]
+
+    def _replicate(self, name: str, own_root: str) -> None:
+        """Sends this rank's local checkpoint NAME to its partner, and
+        installs (verified) the ones this rank holds for others."""
+        topo, rank = self._topology, self._rank()
+        blob = tiers._pack(tiers.checkpoint_files(os.path.join(own_root, name)))
+        got = tiers.exchange(self._replica_group, {topo.partner(rank): blob}, topo.sources(rank))
+        for src, data in got.items():
+            try:
+                tiers.install(tiers.replica_dir(self.local_root, src), name, data,
+                              self.engine_options)
+            except Exception as e:  # the local checkpoints stand; this replica is missing
+                log.warning("replica of rank %d's %s not kept: %s", src, name, e)
+
+    def _retain_local(self) -> None:
+        rank = self._rank()
+        roots = [tiers.rank_dir(self.local_root, rank)]
+        roots += [tiers.replica_dir(self.local_root, s) for s in self._topology.sources(rank)]
+        for root in roots:
+            if os.path.isdir(root):
+                _core.Repository(root, self.engine_options, True).gc(keep_last=self.keep_local)
+
+    def _load_tiered(self, state_dict: dict[str, Any], step: Optional[int]) -> Optional[int]:
+        """The newest step every rank can read from some tier; each rank
+        reads its own part from the fastest tier that holds it intact."""
+        topo, rank = self._topology, self._rank()
+        group = self._replica_group
+        mine = {
+            "own": sorted(tiers.committed_steps(tiers.rank_dir(self.local_root, rank),
+                                                self.engine_options)),
+            "held": {str(s): sorted(tiers.committed_steps(tiers.replica_dir(self.local_root, s),
+                                                          self.engine_options))
+                     for s in topo.sources(rank)},
+            "root": self.steps() if rank == 0 else [],
+        }
+        world = 1 if group is None else dist.get_world_size(group)
+        views: list[Any] = [mine] if group is None else [None] * world
+        if group is not None:
+            dist.all_gather_object(views, mine, group=group)
+        root_steps = set(views[0]["root"])
+
+        def options(r: int, s: int) -> list[str]:
+            out = [tiers.LOCAL] if s in views[r]["own"] else []
+            p = topo.partner(r)
+            if p != r and s in views[p]["held"].get(str(r), []):
+                out.append(tiers.REPLICA)
+            if s in root_steps:
+                out.append(tiers.ROOT)
+            return out
+
+        every = set(root_steps)
+        for v in views:
+            every.update(v["own"])
+        candidates = [step] if step is not None else sorted(every, reverse=True)
+        errors: list[str] = []
+        attempts = 0
+        for s in candidates:
+            choices = [options(r, s) for r in range(world)]
+            if any(not c for c in choices):
+                continue
+            tried = [0] * world
+            while all(tried[r] < len(choices[r]) for r in range(world)):
+                attempts += 1
+                tier_of = [choices[r][tried[r]] for r in range(world)]
+                ok, seconds, why = self._read_tier(state_dict, s, tier_of)
+                results: list[Any] = [(ok, seconds, why)] if group is None else [None] * world
+                if group is not None:
+                    dist.all_gather_object(results, (ok, seconds, why), group=group)
+                if all(r[0] for r in results):
+                    self.last_restore = tiers.TierReport(s, tier_of, [r[1] for r in results],
+                                                         attempts)
+                    log.info("loaded %s", self.last_restore)
+                    return s
+                for r, res in enumerate(results):
+                    if not res[0]:
+                        errors.append(f"rank {r}, step {s}, {tier_of[r]}: {res[2]}")
+                        log.warning("rank %d could not read step %d from its %s tier: %s", r, s,
+                                    tier_of[r], res[2])
+                        tried[r] += 1
+            if step is not None:
+                break
+        if errors or step is not None:
+            raise _core.CorruptCheckpointError(
+                "no step could be loaded from any tier" + (f" (step {step})" if step is not None
+                                                           else "") + ": " + "; ".join(errors))
+        self.last_restore = tiers.TierReport()
+        return None
+
+    def _read_tier(self, state_dict: dict[str, Any], step: int,
+                   tier_of: list[str]) -> tuple[bool, float, str]:
+        """One round: partners send the replicas asked for; this rank reads
+        its part from its tier. (ok, seconds, why not)."""
+        topo, rank, name = self._topology, self._rank(), _step_name(step)
+        t0 = time.monotonic()
+        own_root = tiers.rank_dir(self.local_root, rank)
+        sends = {}
+        for r in topo.sources(rank):
+            if tier_of[r] == tiers.REPLICA:
+                d = os.path.join(tiers.replica_dir(self.local_root, r), name)
+                try:
+                    sends[r] = tiers._pack(tiers.checkpoint_files(d))
+                except OSError as e:  # sent empty: the receiver fails over to its next tier
+                    log.warning("replica %s of rank %d unreadable: %s", d, r, e)
+                    sends[r] = torch.empty(0, dtype=torch.uint8)
+        need = [topo.partner(rank)] if tier_of[rank] == tiers.REPLICA else []
+        got = {}
+        if any(t == tiers.REPLICA for t in tier_of):  # the same decision on every rank
+            got = tiers.exchange(self._replica_group, sends, need)
+        try:
+            if tier_of[rank] == tiers.REPLICA:
+                repo = _core.Repository(own_root, self.engine_options, True)
+                if os.path.isdir(os.path.join(own_root, name)):
+                    repo.delete(name)  # the damaged local copy makes way for the replica
+                tiers.install(own_root, name, got[topo.partner(rank)], self.engine_options)
+            path = (os.path.join(self.root, name) if tier_of[rank] == tiers.ROOT
+                    else os.path.join(own_root, name))
+            dcp.load(state_dict, storage_reader=Reader(path, progress=self.progress),
+                     no_dist=True)
+        except BaseException as e:  # DCP's CheckpointException is a BaseException
+            if isinstance(e, (KeyboardInterrupt, SystemExit)):
+                raise
+            inner = _corruption(e) or _underlying(e)
+            return False, time.monotonic() - t0, f"{type(inner).__name__}: {inner}"
+        return True, time.monotonic() - t0, ""
 
     def __enter__(self) -> "Checkpointer":
         return self

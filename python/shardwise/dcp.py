@@ -301,9 +301,14 @@ class Writer(StorageWriter, AsyncStager):  # type: ignore[misc]
         # reach every rank: then the previous nonce is kept, and every rank
         # tells saves apart by counting them (write_data).
         cached = any(not getattr(p, "usable", True) for p in plans)
-        if not cached or Writer._nonce is None:
-            Writer._nonce = secrets.token_hex(8)
-        nonce = Writer._nonce
+        if len(plans) == 1 and not cached:
+            # One rank alone (no_dist: a node-local tier's save) keeps the
+            # series of collective saves' nonce as it is.
+            nonce = secrets.token_hex(8)
+        else:
+            if not cached or Writer._nonce is None:
+                Writer._nonce = secrets.token_hex(8)
+            nonce = Writer._nonce
         return [dataclasses.replace(p, storage_data={"nonce": nonce, "rank": i,
                                                      "world_size": len(plans)})
                 for i, p in enumerate(plans)]

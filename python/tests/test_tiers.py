@@ -1,0 +1,212 @@
+"""Tiered checkpoints (docs/tiers.md): 4 real processes (gloo) as 2 simulated
+nodes (SHARDWISE_NODE), a local tier per node, replicas on the partner node,
+every 2nd save persisted to the root. Each case restores the newest complete
+step, bit-exact, from the tiers that still hold it, and never a mix of steps."""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import time
+from pathlib import Path
+
+import pytest
+
+from dist_util import start_ranks
+
+WORLD, NODES = 4, 2
+ROWS = 64  # the DTensor's global rows, 16 per rank
+
+
+def node_of(rank: int) -> int:
+    return rank // (WORLD // NODES)
+
+
+def env_by_rank(base: Path) -> dict[int, dict[str, str]]:
+    return {r: {"SHARDWISE_NODE": f"node{node_of(r)}"} for r in range(WORLD)}
+
+
+def make_state(step: int, empty: bool = False):
+    """A DTensor sharded by rows over the 4 ranks, a replicated tensor and
+    the step: values that tell every step apart."""
+    import torch
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.tensor import Shard, distribute_tensor
+
+    mesh = init_device_mesh("cpu", (WORLD,))
+    full = torch.arange(ROWS * 8, dtype=torch.float32).reshape(ROWS, 8) + 1000.0 * step
+    rep = torch.full((5,), float(step))
+    if empty:
+        full, rep = torch.zeros_like(full), torch.zeros_like(rep)
+    return {"w": distribute_tensor(full, mesh, [Shard(0)]), "b": rep,
+            "extra": {"step": torch.tensor(step if not empty else -1)}}
+
+
+def check_state(state, step: int) -> None:
+    import torch
+
+    want = make_state(step)
+    assert torch.equal(state["w"].to_local(), want["w"].to_local()), f"w is not step {step}'s"
+    assert torch.equal(state["b"], want["b"]) and int(state["extra"]["step"]) == step
+
+
+def checkpointer(base: str, rank: int, **kw):
+    import shardwise
+
+    return shardwise.Checkpointer(os.path.join(base, "root"),
+                                  local_root=os.path.join(base, f"node{node_of(rank)}"),
+                                  persist_every=2, keep_local=2, replicas=1, **kw)
+
+
+def restore(ckpt, rank: int, out: str, label: str):
+    import torch.distributed as dist
+
+    state = make_state(0, empty=True)
+    step = ckpt.load(state)
+    if step is not None:
+        check_state(state, step)
+    if rank == 0:
+        rep = ckpt.last_restore
+        with open(out, "a") as f:
+            f.write(json.dumps({"case": label, "step": step, "tiers": rep.tiers,
+                                "attempts": rep.attempts, "seconds": rep.seconds}) + "\n")
+    dist.barrier()
+
+
+def damage(path: str) -> None:
+    """One flipped bit in the first bytes of data (after the shard's 4 KiB header)."""
+    with open(path, "r+b") as f:
+        f.seek(4096 + 3)
+        b = f.read(1)
+        f.seek(4096 + 3)
+        f.write(bytes([b[0] ^ 0x40]))
+
+
+def matrix_job(rank: int, world: int, base: str, out: str) -> None:
+    """Saves steps 1..5 (root: 2, 4; local and replicas: 4, 5), then
+    restores after each kind of loss."""
+    import torch.distributed as dist
+
+    ckpt = checkpointer(base, rank)
+    for step in range(1, 6):
+        ckpt.save(step, make_state(step)).wait()
+    ckpt.wait()
+    assert ckpt.steps() == [2, 4], ckpt.steps()
+    restore(ckpt, rank, out, "intact")  # step 5, every rank from its local tier
+
+    node1 = os.path.join(base, "node1")
+    shard = os.path.join(base, "node0", "rank-00001", "step-000000000005", "rank-00000.shard")
+    if rank == 0:
+        damage(shard)
+    dist.barrier()
+    restore(ckpt, rank, out, "damaged local shard")  # rank 1: its partner's replica
+
+    if rank == 0:
+        shutil.rmtree(node1)
+    dist.barrier()
+    restore(ckpt, rank, out, "node 1 wiped")  # ranks 2, 3: replicas held on node 0
+
+    if rank == 0:
+        shutil.rmtree(node1)
+        for r in (2, 3):
+            shutil.rmtree(os.path.join(base, "node0", f"replica-{r:05d}"))
+    dist.barrier()
+    # step 5 is nowhere for ranks 2, 3 (not persisted): every rank takes step
+    # 4, ranks 0, 1 locally and ranks 2, 3 from the root
+    restore(ckpt, rank, out, "node 1 wiped, its replicas too")
+    ckpt.close()
+
+
+def run(world: int, fn, *args, expect=None, timeout: float = 240) -> list[int]:
+    procs = start_ranks(world, fn, *args, env_by_rank=env_by_rank(Path(args[0])), pg_timeout=60)
+    deadline = time.monotonic() + timeout
+    for p in procs:
+        p.join(max(0.0, deadline - time.monotonic()))
+    for p in procs:
+        if p.is_alive():
+            p.kill()
+    codes = [p.exitcode for p in procs]
+    if expect is None:
+        assert codes == [0] * world, f"rank exit codes: {codes}"
+    return codes
+
+
+def cases(out: Path) -> dict[str, dict]:
+    return {d["case"]: d for d in map(json.loads, out.read_text().splitlines())}
+
+
+def test_restores_from_the_fastest_intact_tier(tmp_path: Path) -> None:
+    out = tmp_path / "report.jsonl"
+    run(WORLD, matrix_job, str(tmp_path), str(out))
+    got = cases(out)
+    assert got["intact"]["step"] == 5 and got["intact"]["tiers"] == ["local"] * 4
+    dmg = got["damaged local shard"]
+    assert dmg["step"] == 5 and dmg["tiers"] == ["local", "replica", "local", "local"]
+    assert dmg["attempts"] == 2  # the damage was found by the checksums, then the replica read
+    wiped = got["node 1 wiped"]
+    assert wiped["step"] == 5 and wiped["tiers"] == ["local", "local", "replica", "replica"]
+    both = got["node 1 wiped, its replicas too"]
+    assert both["step"] == 4 and both["tiers"] == ["local", "local", "root", "root"]
+
+
+def dies_in(rank: int, ckpt, where: str) -> None:
+    """On node 1's ranks, the process dies at `where` of the next save."""
+    if node_of(rank) != 1:
+        return
+    if where == "local save":
+        ckpt._persist_tiers = lambda *a, **k: os._exit(17)
+    elif where == "root save":
+        import torch.distributed.checkpoint as dcp
+
+        real = dcp.save
+
+        def save(*a, **k):
+            if not k.get("no_dist"):
+                os._exit(17)
+            return real(*a, **k)
+        import shardwise.checkpointer as c
+        c.dcp = type("dcp", (), {"save": staticmethod(save), "load": staticmethod(dcp.load)})
+
+
+def crash_job(rank: int, world: int, base: str, out: str, phase: int) -> None:
+    ckpt = checkpointer(base, rank)
+    if phase == 0:
+        for step in (1, 2, 3):  # root: 2
+            ckpt.save(step, make_state(step)).wait()
+        dies_in(rank, ckpt, "root save")
+        ckpt.save(4, make_state(4)).wait()  # node 1 dies persisting step 4 to the root
+        return
+    if phase == 1:
+        restore(ckpt, rank, out, "root persist interrupted")  # step 4: local everywhere
+        dies_in(rank, ckpt, "local save")
+        ckpt.save(5, make_state(5)).wait()  # node 1 dies before its local save
+        return
+    restore(ckpt, rank, out, "node 1 killed mid-save")
+
+
+def test_a_node_killed_mid_save(tmp_path: Path) -> None:
+    out = tmp_path / "report.jsonl"
+    codes = run(WORLD, crash_job, str(tmp_path), str(out), 0, expect="failures")
+    assert codes[2] == codes[3] == 17 and codes[0] != 0 and codes[1] != 0, codes
+    root = tmp_path / "root"
+    assert not (root / "step-000000000004" / "manifest.json").exists()  # never committed
+    codes = run(WORLD, crash_job, str(tmp_path), str(out), 1, expect="failures")
+    assert codes[2] == codes[3] == 17, codes
+    run(WORLD, crash_job, str(tmp_path), str(out), 2)
+    got = cases(out)
+    assert got["root persist interrupted"]["step"] == 4
+    assert got["root persist interrupted"]["tiers"] == ["local"] * 4
+    # node 0 saved step 5 locally; node 1 never did: step 4, on every rank
+    assert got["node 1 killed mid-save"]["step"] == 4
+    assert got["node 1 killed mid-save"]["tiers"] == ["local"] * 4
+
+
+def test_bad_arguments(tmp_path: Path) -> None:
+    import shardwise
+
+    with pytest.raises(ValueError, match="need a local_root"):
+        shardwise.Checkpointer(tmp_path, replicas=1)
+    with pytest.raises(ValueError, match="persist_every"):
+        shardwise.Checkpointer(tmp_path, local_root=tmp_path / "l", persist_every=0)
+    with pytest.raises(ValueError, match="snapshot='eager'"):
+        shardwise.Checkpointer(tmp_path, local_root=tmp_path / "l", snapshot="lazy")

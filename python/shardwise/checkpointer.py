@@ -22,6 +22,7 @@ import logging
 import os
 import threading
 import time
+import warnings
 from concurrent.futures import Future as ConcurrentFuture
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Callable, Optional, Union
@@ -337,6 +338,11 @@ class Checkpointer:
         self.last_restore: Optional[tiers.TierReport] = None
         self._tier_saves = 0
         if self.local_root is not None:
+            # Each rank's local checkpoint is a save of its own (no_dist), on
+            # which DCP warns every time that it assumes a single process.
+            warnings.filterwarnings("ignore", message=r"torch\.distributed is disabled, "
+                                    r"unavailable or uninitialized, assuming the intent is to "
+                                    r"(save|load) in a single process")
             self._local_writer = Writer(None, **engine_options)
             self._topology = tiers.Topology.gather(self.process_group)
             # Replicas travel on a group of their own, so that they never
@@ -347,6 +353,7 @@ class Checkpointer:
                 log.warning("replicas=1: all ranks are on one node (%s); no replica is made",
                             tiers.node_name())
             self._background = ThreadPoolExecutor(1, thread_name_prefix="shardwise-tiers")
+            self._buffers = tiers.Buffers()
             os.makedirs(tiers.rank_dir(self.local_root, self._rank()), exist_ok=True)
 
     # -- helpers -------------------------------------------------------------------
@@ -579,6 +586,7 @@ class Checkpointer:
             self._writer.close()
             if self.local_root is not None:
                 self._background.shutdown(wait=True)
+                self._buffers.clear()
 
     # -- tiers (docs/tiers.md) -----------------------------------------------------
     def _save_tiered(self, step: int, state_dict: dict[str, Any], blocking: bool) -> SaveHandle:
@@ -658,8 +666,9 @@ class Checkpointer:
         """Sends this rank's local checkpoint NAME to its partner, and
         installs (verified) the ones this rank holds for others."""
         topo, rank = self._topology, self._rank()
-        blob = tiers._pack(tiers.checkpoint_files(os.path.join(own_root, name)))
-        got = tiers.exchange(self._replica_group, {topo.partner(rank): blob}, topo.sources(rank))
+        blob = tiers.pack_checkpoint(os.path.join(own_root, name), self._buffers)
+        got = tiers.exchange(self._replica_group, {topo.partner(rank): blob}, topo.sources(rank),
+                             self._buffers)
         for src, data in got.items():
             try:
                 tiers.install(tiers.replica_dir(self.local_root, src), name, data,
@@ -753,14 +762,14 @@ class Checkpointer:
             if tier_of[r] == tiers.REPLICA:
                 d = os.path.join(tiers.replica_dir(self.local_root, r), name)
                 try:
-                    sends[r] = tiers._pack(tiers.checkpoint_files(d))
+                    sends[r] = tiers.pack_checkpoint(d, self._buffers, role=f"send-{r}")
                 except OSError as e:  # sent empty: the receiver fails over to its next tier
                     log.warning("replica %s of rank %d unreadable: %s", d, r, e)
                     sends[r] = torch.empty(0, dtype=torch.uint8)
         need = [topo.partner(rank)] if tier_of[rank] == tiers.REPLICA else []
         got = {}
         if any(t == tiers.REPLICA for t in tier_of):  # the same decision on every rank
-            got = tiers.exchange(self._replica_group, sends, need)
+            got = tiers.exchange(self._replica_group, sends, need, self._buffers)
         try:
             if tier_of[rank] == tiers.REPLICA:
                 repo = _core.Repository(own_root, self.engine_options, True)

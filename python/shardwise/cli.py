@@ -1,5 +1,6 @@
 """The ``shardwise`` console command: the native CLI (ls, inspect, verify,
-gc, bench), plus ``import-dcp`` implemented in Python."""
+gc, bench), plus ``import-dcp`` and the tiers' views (``ls --local-root``,
+``verify --local-root``) implemented in Python."""
 from __future__ import annotations
 
 import argparse
@@ -38,14 +39,122 @@ def _import_dcp(argv: list[str]) -> int:
     return 0
 
 
+TIERS_LS_HELP = """Which steps exist on which tier: the root (ROOT, with each checkpoint's
+export state) and a node's local tier (LOCAL_ROOT: each rank's own local
+checkpoints, rank-RRRRR/, and the replicas this node holds for ranks of
+another node, replica-RRRRR/; docs/tiers.md). Run it on each node: a local
+tier is that node's alone. Exit codes: 0 listed, 1 failed, 2 usage error or
+an unreadable path."""
+
+TIERS_VERIFY_HELP = """Re-reads every committed checkpoint of a node's local tier (LOCAL_ROOT:
+rank-RRRRR/ and replica-RRRRR/) and checks every checksum, file size and
+header. Exit codes: 0 all intact, 1 a problem (each is printed, naming the
+file), 2 usage error or an unreadable path."""
+
+
+def _tier_roots(local_root: str) -> list[tuple[str, str]]:
+    """(kind, directory) of each rank and replica root under LOCAL_ROOT."""
+    import os
+    import re
+
+    if not os.path.isdir(local_root):
+        raise FileNotFoundError(f"{local_root}: no such directory")
+    out = []
+    for name in sorted(os.listdir(local_root)):
+        m = re.fullmatch(r"(rank|replica)-(\d{5})", name)
+        if m and os.path.isdir(os.path.join(local_root, name)):
+            out.append((m.group(1), os.path.join(local_root, name)))
+    return out
+
+
+def _tiers_ls(argv: list[str]) -> int:
+    import os
+
+    ap = argparse.ArgumentParser(prog="shardwise ls --local-root", description=TIERS_LS_HELP)
+    ap.add_argument("root", nargs="?", help="the checkpoint root (Lustre); optional")
+    ap.add_argument("--local-root", required=True, help="the node's local tier")
+    ap.add_argument("--json", action="store_true", help="print JSON")
+    args = ap.parse_args(argv)
+    steps: dict[int, dict[str, object]] = {}
+    try:
+        if args.root:
+            for c in _core.Repository(args.root, {}, False).list(with_exports=True):
+                if c.state == "committed" and c.step >= 0:
+                    steps.setdefault(c.step, {})["root"] = (
+                        c.export_info.state if c.export_info else "committed")
+        for kind, d in _tier_roots(args.local_root):
+            rank = int(d[-5:])
+            for c in _core.Repository(d, {}, False).list():
+                if c.state == "committed" and c.step >= 0:
+                    steps.setdefault(c.step, {}).setdefault(kind, []).append(rank)
+    except OSError as e:
+        print(f"shardwise ls: {e}", file=sys.stderr)
+        return 2
+    except (RuntimeError, ValueError) as e:
+        print(f"shardwise ls: {e}", file=sys.stderr)
+        return 1
+    if args.json:
+        print(json.dumps({str(k): v for k, v in sorted(steps.items())}))
+        return 0
+    print(f"{'step':>12}  {'root':<16} {'local (ranks)':<24} replicas held (ranks)")
+    for step in sorted(steps):
+        row = steps[step]
+        ranks = lambda k: ",".join(map(str, row.get(k, []))) or "-"  # noqa: E731
+        print(f"{step:>12}  {str(row.get('root', '-')):<16} {ranks('rank'):<24} {ranks('replica')}")
+    if not steps:
+        print(f"(no committed checkpoint in {os.path.abspath(args.local_root)}"
+              + (f" or {args.root}" if args.root else "") + ")")
+    return 0
+
+
+def _tiers_verify(argv: list[str]) -> int:
+    ap = argparse.ArgumentParser(prog="shardwise verify --local-root", description=TIERS_VERIFY_HELP)
+    ap.add_argument("--local-root", required=True, help="the node's local tier")
+    ap.add_argument("--json", action="store_true", help="print JSON")
+    args = ap.parse_args(argv)
+    report, bad = [], 0
+    try:
+        for _, d in _tier_roots(args.local_root):
+            for c in _core.Repository(d, {}, False).list():
+                if c.state != "committed":
+                    continue
+                path = f"{d}/{c.dir_name}"
+                try:
+                    problems = [f"{p.file}: {p.message}"
+                                for p in _core.Reader(path, {}).verify().problems]
+                except (_core.CorruptCheckpointError, OSError, RuntimeError) as e:
+                    problems = [str(e)]
+                bad += bool(problems)
+                report.append({"checkpoint": path, "problems": problems})
+                if not args.json:
+                    print(f"{'OK ' if not problems else 'BAD'} {path}")
+                    for p in problems:
+                        print(f"    {p}")
+    except OSError as e:
+        print(f"shardwise verify: {e}", file=sys.stderr)
+        return 2
+    except (RuntimeError, ValueError) as e:
+        print(f"shardwise verify: {e}", file=sys.stderr)
+        return 1
+    if args.json:
+        print(json.dumps(report))
+    elif not report:
+        print(f"(no committed checkpoint in {args.local_root})")
+    return 1 if bad else 0
+
+
 def main(argv: Optional[list[str]] = None) -> int:
     args = sys.argv[1:] if argv is None else argv
     if args and args[0] == "import-dcp":
         return _import_dcp(args[1:])
+    if args and args[0] in ("ls", "verify") and any(a.split("=")[0] == "--local-root" for a in args):
+        return (_tiers_ls if args[0] == "ls" else _tiers_verify)(args[1:])
     rc = _core.cli_main(["shardwise", *args])
     if not args or args[0] in ("-h", "--help", "help"):
         print("\nAlso: shardwise import-dcp SRC DST   convert a stock DCP checkpoint "
-              "(--help for details)")
+              "(--help for details)\n"
+              "      shardwise ls [ROOT] --local-root LOCAL_ROOT   steps on each tier\n"
+              "      shardwise verify --local-root LOCAL_ROOT      check a node's local tier")
     return rc
 
 

@@ -23,7 +23,6 @@ import json
 import logging
 import os
 import socket
-import time
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
@@ -117,39 +116,62 @@ def committed_steps(root: str, options: dict[str, Any]) -> set[int]:
             if c.state == "committed" and c.step >= 0 and c.name == f"step-{c.step:012d}"}
 
 
-def checkpoint_files(directory: str) -> list[tuple[str, bytes]]:
-    """The files of one committed checkpoint directory (flat), by name."""
-    out = []
-    for name in sorted(os.listdir(directory)):
-        path = os.path.join(directory, name)
-        if os.path.isfile(path) and not name.startswith("."):
-            with open(path, "rb") as f:
-                out.append((name, f.read()))
-    return out
+class Buffers:
+    """uint8 buffers for the transfers of one Checkpointer, by role ("send",
+    "send-R", "recv-R"), kept from save to save and grown only when a larger
+    one is needed: their pages are not faulted in again on every save."""
+
+    def __init__(self) -> None:
+        self._by_role: dict[str, torch.Tensor] = {}
+
+    def get(self, role: str, nbytes: int) -> torch.Tensor:
+        have = self._by_role.get(role)
+        if have is None or have.numel() < nbytes:
+            have = self._by_role[role] = torch.empty(nbytes, dtype=torch.uint8)
+        return have[:nbytes]
+
+    def clear(self) -> None:
+        self._by_role.clear()
 
 
-def _pack(files: list[tuple[str, bytes]]) -> torch.Tensor:
-    """Files as one uint8 tensor: a JSON header (names and sizes; no pickle)
-    and the bytes back to back."""
-    header = json.dumps([[n, len(b)] for n, b in files]).encode()
-    blob = bytearray(8 + len(header) + sum(len(b) for _, b in files))
-    blob[:8] = len(header).to_bytes(8, "little")
-    blob[8:8 + len(header)] = header
+def pack_checkpoint(directory: str, buffers: Buffers, role: str = "send") -> torch.Tensor:
+    """The files of one committed checkpoint directory (flat) in one uint8
+    tensor: an 8-byte header length, a JSON header (names and sizes; never
+    pickle), then each file's bytes, read straight into the tensor (the
+    buffer of ``role``: one per destination in flight)."""
+    names = sorted(n for n in os.listdir(directory)
+                   if not n.startswith(".") and os.path.isfile(os.path.join(directory, n)))
+    sizes = [os.path.getsize(os.path.join(directory, n)) for n in names]
+    header = json.dumps([[n, z] for n, z in zip(names, sizes)]).encode()
+    blob = buffers.get(role, 8 + len(header) + sum(sizes))
+    view = memoryview(blob.numpy())
+    view[:8] = len(header).to_bytes(8, "little")
+    view[8:8 + len(header)] = header
     at = 8 + len(header)
-    for _, b in files:
-        blob[at:at + len(b)] = b
-        at += len(b)
-    return torch.frombuffer(blob, dtype=torch.uint8) if blob else torch.empty(0, dtype=torch.uint8)
+    for n, z in zip(names, sizes):
+        with open(os.path.join(directory, n), "rb", buffering=0) as f:
+            got = 0
+            while got < z:
+                k = f.readinto(view[at + got:at + z])
+                if not k:
+                    raise OSError(f"{os.path.join(directory, n)}: shorter than its size ({z})")
+                got += k
+        at += z
+    return blob
 
 
-def _unpack(t: torch.Tensor) -> list[tuple[str, bytes]]:
-    """The inverse of _pack; a malformed blob is a ValueError, never a crash."""
-    data = t.numpy().tobytes()
-    if len(data) < 8:
+def unpack_header(blob: torch.Tensor) -> list[tuple[str, int, int]]:
+    """(name, offset, size) of each file packed in ``blob``; a malformed
+    blob is a ValueError naming the problem, never a crash."""
+    total = blob.numel()
+    if total < 8:
         raise ValueError("replica transfer: shorter than its header")
-    n = int.from_bytes(data[:8], "little")
+    view = memoryview(blob.numpy())
+    n = int.from_bytes(view[:8], "little")
+    if n > total - 8:
+        raise ValueError("replica transfer: header longer than the transfer")
     try:
-        header = json.loads(data[8:8 + n])
+        header = json.loads(bytes(view[8:8 + n]))
     except ValueError as e:
         raise ValueError(f"replica transfer: unreadable header: {e}") from None
     if not isinstance(header, list):
@@ -157,17 +179,17 @@ def _unpack(t: torch.Tensor) -> list[tuple[str, bytes]]:
     out, at = [], 8 + n
     for entry in header:
         if (not isinstance(entry, list) or len(entry) != 2 or not isinstance(entry[0], str)
-                or not isinstance(entry[1], int) or entry[1] < 0 or at + entry[1] > len(data)):
+                or not isinstance(entry[1], int) or entry[1] < 0 or at + entry[1] > total):
             raise ValueError(f"replica transfer: bad file entry {entry!r}")
-        out.append((entry[0], data[at:at + entry[1]]))
+        out.append((entry[0], at, entry[1]))
         at += entry[1]
-    if at != len(data):
+    if at != total:
         raise ValueError("replica transfer: bytes left over after the last file")
     return out
 
 
-def exchange(group: Any, sends: dict[int, torch.Tensor],
-             recv_from: list[int]) -> dict[int, torch.Tensor]:
+def exchange(group: Any, sends: dict[int, torch.Tensor], recv_from: list[int],
+             buffers: Buffers) -> dict[int, torch.Tensor]:
     """One round of point-to-point transfers on ``group``: this rank sends
     each tensor of ``sends`` to its rank and receives one tensor from each
     rank of ``recv_from``. Sizes go first, so a receiver allocates exactly."""
@@ -184,7 +206,7 @@ def exchange(group: Any, sends: dict[int, torch.Tensor],
         if t.numel():
             ops.append(dist.isend(t, dst, group=group))
     for src in recv_from:
-        got[src] = torch.empty(int(sizes[src].item()), dtype=torch.uint8)
+        got[src] = buffers.get(f"recv-{src}", int(sizes[src].item()))
         if got[src].numel():
             ops.append(dist.irecv(got[src], src, group=group))
     for op in ops:
@@ -193,13 +215,8 @@ def exchange(group: Any, sends: dict[int, torch.Tensor],
 
 
 def install(root: str, name: str, blob: torch.Tensor, options: dict[str, Any]) -> None:
-    """Installs a received checkpoint copy under ``root`` (verified by the
-    engine; refused whole if damaged)."""
+    """Installs a received checkpoint copy under ``root``: the engine writes
+    it from the received buffer, verifies every checksum, and refuses it
+    whole if it is damaged."""
     os.makedirs(root, exist_ok=True)
-    _core.Repository(root, options, True).install(name, _unpack(blob))
-
-
-def timed(fn: Any) -> tuple[Any, float]:
-    t0 = time.monotonic()
-    out = fn()
-    return out, time.monotonic() - t0
+    _core.Repository(root, options, True).install(name, unpack_header(blob), blob.numpy())

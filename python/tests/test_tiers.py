@@ -210,3 +210,42 @@ def test_bad_arguments(tmp_path: Path) -> None:
         shardwise.Checkpointer(tmp_path, local_root=tmp_path / "l", persist_every=0)
     with pytest.raises(ValueError, match="snapshot='eager'"):
         shardwise.Checkpointer(tmp_path, local_root=tmp_path / "l", snapshot="lazy")
+
+
+def test_one_process_and_the_operators_view(tmp_path: Path, capsys) -> None:
+    """Without torch.distributed: the local tier and the root, as `shardwise
+    ls --local-root` and `verify --local-root` show them."""
+    import torch
+
+    import shardwise
+    from shardwise.cli import main
+
+    root, local = tmp_path / "root", tmp_path / "local"
+    ckpt = shardwise.Checkpointer(root, local_root=local, persist_every=2, keep_local=2)
+    for step in (1, 2, 3):
+        ckpt.save(step, {"w": torch.full((100,), float(step))})
+    ckpt.wait()
+    assert ckpt.steps() == [2]
+    state = {"w": torch.zeros(100)}
+    assert ckpt.load(state) == 3 and torch.equal(state["w"], torch.full((100,), 3.0))
+    assert ckpt.last_restore.tiers == ["local"]
+    ckpt.close()
+
+    capsys.readouterr()
+    assert main(["ls", str(root), "--local-root", str(local), "--json"]) == 0
+    listed = json.loads(capsys.readouterr().out)
+    assert listed == {"2": {"root": "not requested", "rank": [0]}, "3": {"rank": [0]}}
+    assert main(["verify", "--local-root", str(local)]) == 0
+    assert capsys.readouterr().out.count("OK ") == 2
+    damage(str(local / "rank-00000" / "step-000000000003" / "rank-00000.shard"))
+    assert main(["verify", "--local-root", str(local)]) == 1
+    out = capsys.readouterr().out
+    assert "BAD" in out and "rank-00000.shard" in out and "checksum" in out
+    assert main(["ls", "--local-root", str(tmp_path / "nowhere")]) == 2
+    assert "nowhere: no such directory" in capsys.readouterr().err
+    # the damaged local copy: the root's step 2 is the newest intact one
+    again = shardwise.Checkpointer(root, local_root=local, persist_every=2)
+    state = {"w": torch.zeros(100)}
+    assert again.load(state) == 2 and torch.equal(state["w"], torch.full((100,), 2.0))
+    assert again.last_restore.tiers == ["local"]  # step 2 is also kept locally
+    again.close()

@@ -206,12 +206,22 @@ class PyRepository {
   void Delete(const std::string& name) {
     Unlocked([&] { return repo_->Delete(name); });
   }
-  void Install(const std::string& name, const std::vector<std::pair<std::string, nb::bytes>>& files) {
-    // Views of the Python bytes, which the caller's list keeps alive.
-    std::vector<std::pair<std::string, std::string_view>> copy;
-    copy.reserve(files.size());
-    for (const auto& [file, data] : files) copy.emplace_back(file, std::string_view(data.c_str(), data.size()));
-    Unlocked([&] { return repo_->Install(name, copy); });
+  // FILES: (name, offset, size) of each file inside DATA, one buffer as it
+  // arrived (a partner's replica): viewed, not copied.
+  void Install(const std::string& name,
+               const std::vector<std::tuple<std::string, std::uint64_t, std::uint64_t>>& files,
+               nb::ndarray<const std::uint8_t, nb::ndim<1>, nb::c_contig, nb::device::cpu> data) {
+    const auto* base = reinterpret_cast<const char*>(data.data());
+    const std::uint64_t total = data.shape(0);
+    std::vector<std::pair<std::string, std::string_view>> views;
+    views.reserve(files.size());
+    for (const auto& [file, offset, size] : files) {
+      if (offset > total || size > total - offset)
+        Check(Status(StatusCode::kInvalidArgument, "checkpoint '" + name + "': file '" + file +
+                                                       "' lies outside the buffer"));
+      views.emplace_back(file, std::string_view(base + offset, size));
+    }
+    Unlocked([&] { return repo_->Install(name, views); });
   }
   GcReport Gc(std::optional<int> keep_last, std::optional<int> keep_every, bool dry_run,
               std::optional<double> grace, bool verify) {
@@ -662,7 +672,7 @@ void BindRepository(nb::module_& m) {
       .def("list", &PyRepository::List, "with_exports"_a = false)
       .def("latest", &PyRepository::Latest)
       .def("delete", &PyRepository::Delete, "name"_a)
-      .def("install", &PyRepository::Install, "name"_a, "files"_a)
+      .def("install", &PyRepository::Install, "name"_a, "files"_a, "data"_a)
       .def("gc", &PyRepository::Gc, "keep_last"_a = nb::none(), "keep_every"_a = nb::none(),
            "dry_run"_a = false, "grace_s"_a = nb::none(), "verify"_a = false);
   nb::class_<PyReader>(m, "Reader")

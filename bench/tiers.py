@@ -12,6 +12,7 @@ on its tier), as the docs teach:
 - ``local+replica``: ``Checkpointer(ROOT, local_root=LOCAL,
   persist_every=1000, replicas=1)``: the local tier and the partner's
   replica, not the root;
+- ``local``: the same with ``replicas=0``: the local tier alone;
 - loads: ``root`` (page caches dropped first, as after a restart),
   ``local`` (the tiered Checkpointer's ``load``: every rank from its local
   tier).
@@ -58,6 +59,9 @@ def rank_main(rank: int, world: int, store: str, args: dict, out: str) -> None:
     plain = shardwise.Checkpointer(os.path.join(root, "sw"), keep_last=1)
     tiered = shardwise.Checkpointer(os.path.join(root, "tiered"), local_root=local,
                                     persist_every=1000, keep_local=1, replicas=1)
+    alone = shardwise.Checkpointer(os.path.join(root, "alone"),
+                                   local_root=os.path.join(local, "alone"),
+                                   persist_every=1000, keep_local=1)
     samples: dict[str, list[float]] = {}
     tiers_seen: list[list[str]] = []
 
@@ -94,6 +98,7 @@ def rank_main(rank: int, world: int, store: str, args: dict, out: str) -> None:
         stock_dir = fresh("stock")
         timed("save stock DCP", lambda: dcp.save(state, checkpoint_id=stock_dir))
         timed("save local+replica", lambda: tiered.save(step, state, blocking=True))
+        timed("save local", lambda: alone.save(step, state, blocking=True))
         if rank == 0:
             drop_caches()
         dist.barrier()
@@ -104,6 +109,7 @@ def rank_main(rank: int, world: int, store: str, args: dict, out: str) -> None:
         tiers_seen.append(tiered.last_restore.tiers)
     plain.close()
     tiered.close()
+    alone.close()
     gathered: list = [None] * world
     dist.all_gather_object(gathered, {"bytes": local_bytes, "copy_s": copy_s})
     if rank == 0:
@@ -146,6 +152,7 @@ def main() -> None:
     ratios = {
         "save local+replica / save root": med["save local+replica"] / med["save root"],
         "save local+replica / save stock DCP": med["save local+replica"] / med["save stock DCP"],
+        "save local / save root": med["save local"] / med["save root"],
         "load local / load root": med["load local"] / med["load root"],
     }
     copy_floor = max(r["copy_s"] for r in data["ranks"])

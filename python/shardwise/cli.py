@@ -6,7 +6,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from typing import Optional
+from typing import Callable, Optional
 
 from . import _core
 
@@ -67,33 +67,41 @@ def _tier_roots(local_root: str) -> list[tuple[str, str]]:
     return out
 
 
-def _tiers_ls(argv: list[str]) -> int:
-    import os
+def _guarded(command: str, body: Callable[[], int]) -> int:
+    """body()'s exit code; an unreadable path is 2 and any other failure 1,
+    each printed as ``shardwise COMMAND: why``."""
+    try:
+        return body()
+    except OSError as e:
+        print(f"shardwise {command}: {e}", file=sys.stderr)
+        return 2
+    except (RuntimeError, ValueError) as e:
+        print(f"shardwise {command}: {e}", file=sys.stderr)
+        return 1
 
+
+def _tiers_ls(argv: list[str]) -> int:
     ap = argparse.ArgumentParser(prog="shardwise ls --local-root", description=TIERS_LS_HELP)
     ap.add_argument("root", nargs="?", help="the checkpoint root (Lustre); optional")
     ap.add_argument("--local-root", required=True, help="the node's local tier")
     ap.add_argument("--json", action="store_true", help="print JSON")
     args = ap.parse_args(argv)
+    return _guarded("ls", lambda: _list_tiers(args.root, args.local_root, args.json))
+
+
+def _list_tiers(root: Optional[str], local_root: str, as_json: bool) -> int:
     steps: dict[int, dict[str, object]] = {}
-    try:
-        if args.root:
-            for c in _core.Repository(args.root, {}, False).list(with_exports=True):
-                if c.state == "committed" and c.step >= 0:
-                    steps.setdefault(c.step, {})["root"] = (
-                        c.export_info.state if c.export_info else "committed")
-        for kind, d in _tier_roots(args.local_root):
-            rank = int(d[-5:])
-            for c in _core.Repository(d, {}, False).list():
-                if c.state == "committed" and c.step >= 0:
-                    steps.setdefault(c.step, {}).setdefault(kind, []).append(rank)
-    except OSError as e:
-        print(f"shardwise ls: {e}", file=sys.stderr)
-        return 2
-    except (RuntimeError, ValueError) as e:
-        print(f"shardwise ls: {e}", file=sys.stderr)
-        return 1
-    if args.json:
+    if root:
+        for c in _core.Repository(root, {}, False).list(with_exports=True):
+            if c.state == "committed" and c.step >= 0:
+                steps.setdefault(c.step, {})["root"] = (
+                    c.export_info.state if c.export_info else "committed")
+    for kind, d in _tier_roots(local_root):
+        rank = int(d[-5:])
+        for c in _core.Repository(d, {}, False).list():
+            if c.state == "committed" and c.step >= 0:
+                steps.setdefault(c.step, {}).setdefault(kind, []).append(rank)
+    if as_json:
         print(json.dumps({str(k): v for k, v in sorted(steps.items())}))
         return 0
     print(f"{'step':>12}  {'root':<16} {'local (ranks)':<24} replicas held (ranks)")
@@ -102,8 +110,7 @@ def _tiers_ls(argv: list[str]) -> int:
         ranks = lambda k: ",".join(map(str, row.get(k, []))) or "-"  # noqa: E731
         print(f"{step:>12}  {str(row.get('root', '-')):<16} {ranks('rank'):<24} {ranks('replica')}")
     if not steps:
-        print(f"(no committed checkpoint in {os.path.abspath(args.local_root)}"
-              + (f" or {args.root}" if args.root else "") + ")")
+        print(f"(no committed checkpoint in {local_root}" + (f" or {root}" if root else "") + ")")
     return 0
 
 
@@ -112,34 +119,31 @@ def _tiers_verify(argv: list[str]) -> int:
     ap.add_argument("--local-root", required=True, help="the node's local tier")
     ap.add_argument("--json", action="store_true", help="print JSON")
     args = ap.parse_args(argv)
+    return _guarded("verify", lambda: _verify_tiers(args.local_root, args.json))
+
+
+def _verify_tiers(local_root: str, as_json: bool) -> int:
     report, bad = [], 0
-    try:
-        for _, d in _tier_roots(args.local_root):
-            for c in _core.Repository(d, {}, False).list():
-                if c.state != "committed":
-                    continue
-                path = f"{d}/{c.dir_name}"
-                try:
-                    problems = [f"{p.file}: {p.message}"
-                                for p in _core.Reader(path, {}).verify().problems]
-                except (_core.CorruptCheckpointError, OSError, RuntimeError) as e:
-                    problems = [str(e)]
-                bad += bool(problems)
-                report.append({"checkpoint": path, "problems": problems})
-                if not args.json:
-                    print(f"{'OK ' if not problems else 'BAD'} {path}")
-                    for p in problems:
-                        print(f"    {p}")
-    except OSError as e:
-        print(f"shardwise verify: {e}", file=sys.stderr)
-        return 2
-    except (RuntimeError, ValueError) as e:
-        print(f"shardwise verify: {e}", file=sys.stderr)
-        return 1
-    if args.json:
+    for _, d in _tier_roots(local_root):
+        for c in _core.Repository(d, {}, False).list():
+            if c.state != "committed":
+                continue
+            path = f"{d}/{c.dir_name}"
+            try:
+                problems = [f"{p.file}: {p.message}"
+                            for p in _core.Reader(path, {}).verify().problems]
+            except (_core.CorruptCheckpointError, OSError, RuntimeError) as e:
+                problems = [str(e)]
+            bad += bool(problems)
+            report.append({"checkpoint": path, "problems": problems})
+            if not as_json:
+                print(f"{'OK ' if not problems else 'BAD'} {path}")
+                for p in problems:
+                    print(f"    {p}")
+    if as_json:
         print(json.dumps(report))
     elif not report:
-        print(f"(no committed checkpoint in {args.local_root})")
+        print(f"(no committed checkpoint in {local_root})")
     return 1 if bad else 0
 
 

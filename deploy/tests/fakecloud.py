@@ -19,10 +19,10 @@ import os
 import re
 import sys
 
-import motocloud
-
 ROOT = os.environ["FAKE_CLOUD"]
 MOTO = os.environ.get("FAKE_CLOUD_MOTO")  # the moto helper's socket, or None
+if MOTO:  # only then: its imports cost every call ~9 ms, and `up` makes dozens
+    import motocloud
 WORLD = os.path.join(ROOT, "world.json")
 
 

@@ -20,7 +20,6 @@ from __future__ import annotations
 import json
 import os
 import socket
-import subprocess
 import sys
 
 # Answered by moto. FSx (moto has no Lifecycle, no client-token idempotency,
@@ -74,6 +73,8 @@ class Helper:
     """The helper process: `Helper(dir)` starts it, `.stop()` ends it."""
 
     def __init__(self, directory: str) -> None:
+        import subprocess
+
         self.sock = os.path.join(directory, "moto.sock")
         self.proc = subprocess.Popen([sys.executable, __file__, "serve", self.sock],
                                      stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -91,6 +92,8 @@ class Helper:
         _exchange(self.sock, {"reset": True})
 
     def stop(self) -> None:
+        import subprocess
+
         try:
             _exchange(self.sock, {"stop": True})
             self.proc.wait(timeout=10)

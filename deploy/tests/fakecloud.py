@@ -715,11 +715,8 @@ def main() -> None:
     if tool == "fakecloud.py":
         tool, args = args[0], args[1:]
     record(tool, args)
-    if MOTO and tool == "aws":
-        words = [a for i, a in enumerate(args) if not a.startswith("--")
-                 and (i == 0 or args[i - 1] not in ("--region", "--output"))]
-        if words and words[0] in motocloud.MOTO_SERVICES:
-            sys.exit(motocloud.forward(MOTO, args))
+    if MOTO and tool == "aws" and motocloud.service_of(args) in motocloud.MOTO_SERVICES:
+        sys.exit(motocloud.forward(MOTO, args))
     if MOTO and tool == "eksctl":
         eksctl_moto(args)
         return

@@ -28,6 +28,14 @@ import sys
 MOTO_SERVICES = frozenset({"sts", "ec2", "s3", "s3api", "iam", "cloudformation", "cloudwatch"})
 
 
+def service_of(argv: list[str]) -> str:
+    """The service an `aws ARGV` call names (its first word that is not a
+    global option or an option's value): "ec2", "fsx", ..."""
+    words = [a for i, a in enumerate(argv) if not a.startswith("--")
+             and (i == 0 or argv[i - 1] not in ("--region", "--output"))]
+    return words[0] if words else ""
+
+
 class MotoError(Exception):
     """A boto3 call through the helper failed; `code` is AWS's error code."""
 

@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 import awscli_check
+import motocloud
 
 HERE = Path(__file__).resolve().parent
 FSX = HERE.parent / "aws" / "fsx"
@@ -116,9 +117,7 @@ class Cloud:
     moto_services: frozenset[str] = frozenset()
 
     def answered_by_moto(self, argv: list[str]) -> bool:
-        words = [a for i, a in enumerate(argv) if not a.startswith("--")
-                 and (i == 0 or argv[i - 1] not in ("--region", "--output"))]
-        return bool(words) and words[0] in self.moto_services
+        return motocloud.service_of(argv) in self.moto_services
 
     def calls(self) -> list[list[str]]:
         path = self.dir / "calls.jsonl"

@@ -654,13 +654,19 @@ class Checkpointer:
             self._apply_retention()
         self._retain_local()
 
+    def _gather(self, value: Any) -> list[Any]:
+        """Every rank's ``value``, by rank, over the tiers' own group (every
+        rank calls it; without torch.distributed, this rank's alone)."""
+        group = self._replica_group
+        if group is None:
+            return [value]
+        out: list[Any] = [None] * dist.get_world_size(group)
+        dist.all_gather_object(out, value, group=group)
+        return out
+
     def _all_ranks(self, failed: bool) -> list[int]:
         """The ranks for which ``failed`` is True (every rank calls it)."""
-        if self._replica_group is None:
-            return [0] if failed else []
-        flags: list[Any] = [None] * dist.get_world_size(self._replica_group)
-        dist.all_gather_object(flags, failed, group=self._replica_group)
-        return [r for r, f in enumerate(flags) if f]
+        return [r for r, f in enumerate(self._gather(failed)) if f]
 
     def _replicate(self, name: str, own_root: str) -> None:
         """Sends this rank's local checkpoint NAME to its partner, and
@@ -688,7 +694,6 @@ class Checkpointer:
         """The newest step every rank can read from some tier; each rank
         reads its own part from the fastest tier that holds it intact."""
         topo, rank = self._topology, self._rank()
-        group = self._replica_group
         mine = {
             "own": sorted(tiers.committed_steps(tiers.rank_dir(self.local_root, rank),
                                                 self.engine_options)),
@@ -697,10 +702,8 @@ class Checkpointer:
                      for s in topo.sources(rank)},
             "root": self.steps() if rank == 0 else [],
         }
-        world = 1 if group is None else dist.get_world_size(group)
-        views: list[Any] = [mine] if group is None else [None] * world
-        if group is not None:
-            dist.all_gather_object(views, mine, group=group)
+        views = self._gather(mine)
+        world = len(views)
         root_steps = set(views[0]["root"])
 
         def options(r: int, s: int) -> list[str]:
@@ -727,9 +730,7 @@ class Checkpointer:
                 attempts += 1
                 tier_of = [choices[r][tried[r]] for r in range(world)]
                 ok, seconds, why = self._read_tier(state_dict, s, tier_of)
-                results: list[Any] = [(ok, seconds, why)] if group is None else [None] * world
-                if group is not None:
-                    dist.all_gather_object(results, (ok, seconds, why), group=group)
+                results = self._gather((ok, seconds, why))
                 if all(r[0] for r in results):
                     self.last_restore = tiers.TierReport(s, tier_of, [r[1] for r in results],
                                                          attempts)

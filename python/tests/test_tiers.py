@@ -114,6 +114,24 @@ def matrix_job(rank: int, world: int, base: str, out: str) -> None:
     # step 5 is nowhere for ranks 2, 3 (not persisted): every rank takes step
     # 4, ranks 0, 1 locally and ranks 2, 3 from the root
     restore(ckpt, rank, out, "node 1 wiped, its replicas too")
+
+    # rank 3's local save fails (its directory is a file): the save fails on
+    # every rank, and none waits for a replica that will not come
+    if rank == 0:
+        shutil.rmtree(node1, ignore_errors=True)  # the root served ranks 2, 3: nothing local
+        os.makedirs(node1)
+        open(os.path.join(node1, "rank-00003"), "w").close()
+    dist.barrier()
+    try:
+        ckpt.save(6, make_state(6)).wait()
+        raised = "nothing"
+    except Exception as e:  # noqa: BLE001 (what each rank saw is the test)
+        raised = f"{type(e).__name__}: {e}"
+    seen: list = [None] * world
+    dist.all_gather_object(seen, raised)
+    if rank == 0:
+        with open(out, "a") as f:
+            f.write(json.dumps({"case": "a local save fails", "raised": seen}) + "\n")
     ckpt.close()
 
 
@@ -147,6 +165,9 @@ def test_restores_from_the_fastest_intact_tier(tmp_path: Path) -> None:
     assert wiped["step"] == 5 and wiped["tiers"] == ["local", "local", "replica", "replica"]
     both = got["node 1 wiped, its replicas too"]
     assert both["step"] == 4 and both["tiers"] == ["local", "local", "root", "root"]
+    raised = got["a local save fails"]["raised"]
+    assert all("failed on rank(s) 3" in r for r in raised[:3]), raised
+    assert "rank-00003" in raised[3] and "failed on rank" not in raised[3], raised
 
 
 def dies_in(rank: int, ckpt, where: str) -> None:
@@ -249,3 +270,45 @@ def test_one_process_and_the_operators_view(tmp_path: Path, capsys) -> None:
     assert again.load(state) == 2 and torch.equal(state["w"], torch.full((100,), 2.0))
     assert again.last_restore.tiers == ["local"]  # step 2 is also kept locally
     again.close()
+
+
+def test_a_malformed_replica_transfer_is_refused(tmp_path: Path) -> None:
+    """What arrives from a partner is checked before anything is written: a
+    clear error for every malformed transfer, and nothing installed."""
+    import torch
+
+    import shardwise
+    from shardwise import tiers
+
+    ckpt = shardwise.Checkpointer(tmp_path / "root", local_root=tmp_path / "local")
+    ckpt.save(1, {"w": torch.arange(10.0)}, blocking=True)
+    ckpt.close()
+    blob = tiers.pack_checkpoint(str(tmp_path / "local" / "rank-00000" / "step-000000000001"),
+                                 tiers.Buffers()).clone()
+    dest = tmp_path / "replica"
+    tiers.install(str(dest), "step-000000000001", blob, {})  # the intact copy installs
+    n = int.from_bytes(blob[:8].numpy().tobytes(), "little")
+    header = json.loads(blob[8:8 + n].numpy().tobytes())
+
+    def with_header(h) -> torch.Tensor:
+        text = json.dumps(h).encode()
+        head = torch.frombuffer(bytearray(len(text).to_bytes(8, "little") + text), dtype=torch.uint8)
+        return torch.cat([head, blob[8 + n:]])
+
+    cases = {
+        "shorter than its header": blob[:5],
+        "header longer than the transfer": torch.cat([torch.tensor([255] * 8, dtype=torch.uint8),
+                                                      blob[8:]]),
+        "unreadable header": torch.cat([blob[:8], torch.full((n,), 0x7B, dtype=torch.uint8),
+                                        blob[8 + n:]]),
+        "bad file entry": with_header([[header[0][0], 10**12]] + header[1:]),
+        "bytes left over": torch.cat([blob, torch.zeros(3, dtype=torch.uint8)]),
+    }
+    for why, bad in cases.items():
+        with pytest.raises(ValueError, match=why):
+            tiers.install(str(dest), "step-000000000002", bad, {})
+    with pytest.raises(ValueError, match="not a file name"):  # a name that would leave the root
+        tiers.install(str(dest), "step-000000000002",
+                      with_header([["../x", header[0][1]]] + header[1:]), {})
+    names = sorted(p.name for p in dest.iterdir() if not p.name.startswith("."))
+    assert names == ["latest", "step-000000000001"] or names == ["step-000000000001"], names

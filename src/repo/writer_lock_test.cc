@@ -2,7 +2,9 @@
 // corrupts the other, and a dead holder does not block.
 #include "repo/writer_lock.h"
 
+#include <fcntl.h>
 #include <signal.h>
+#include <sys/file.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -32,7 +34,8 @@ Status SaveStep(Repository& repo, std::int64_t step) {
 struct OtherJob {
   pid_t pid = -1;  // the grandchild
   int wfd = -1;
-  explicit OtherJob(const std::string& root) {
+  std::string root;
+  explicit OtherJob(const std::string& dir) : root(dir) {
     int go[2], ready[2];
     EXPECT_EQ(::pipe(go), 0);
     EXPECT_EQ(::pipe(ready), 0);
@@ -68,9 +71,19 @@ struct OtherJob {
     return close != std::string::npos && close + 2 < stat.size() && stat[close + 2] != 'Z';
   }
   // Up to 20 s: under TSan, with the other suites running in parallel, a
-  // process can take seconds to exit.
+  // process can take seconds to exit. Then up to 20 s more for its lock: the
+  // kernel may drop the last reference to the lock file a moment after the
+  // process shows as exited (one CI run saw the flock still held then).
   void WaitGone() {
     for (int i = 0; i < 20000 && Alive(); ++i) ::usleep(1000);
+    for (int i = 0; i < 20000 && !LockIsFree(); ++i) ::usleep(1000);
+  }
+  bool LockIsFree() const {
+    int fd = ::open((root + "/" + std::string(names::kWriterLock)).c_str(), O_RDONLY | O_CLOEXEC);
+    if (fd < 0) return true;  // no lock file: nothing holds it
+    bool free = ::flock(fd, LOCK_EX | LOCK_NB) == 0;
+    ::close(fd);  // releases our probe
+    return free;
   }
   void Finish() {
     ::close(wfd);

@@ -6,6 +6,10 @@
 # - The CMake build runs in a directory outside the source tree
 #   ($SHARDWISE_WHEEL_BUILD_DIR, kept; by default a new directory under /tmp,
 #   removed at the end), so the tree's own build directories are untouched.
+#   $SHARDWISE_WHEEL_CMAKE_DIR names the CMake build directory itself instead:
+#   CI passes build/python, where `scripts/setup.sh python` just compiled the
+#   same sources with the same flags, so the wheel costs a relink, not a
+#   second compile (liburing's static link is a link-time choice).
 # - liburing is linked statically: the wheel needs no liburing where it is
 #   installed. Where the kernel has no io_uring (or refuses it: seccomp,
 #   io_uring_disabled), the engine falls back to its thread-pool backend at
@@ -37,7 +41,7 @@ quiet() { { grep -v "^WARNING: Location" || true; }; }
 echo "build_wheel: building in $build"
 rm -rf "$build/raw" "$build/repaired"
 .venv/bin/pip wheel -q --disable-pip-version-check --no-deps --no-build-isolation \
-  -w "$build/raw" -C build-dir="$build/cmake" \
+  -w "$build/raw" -C build-dir="${SHARDWISE_WHEEL_CMAKE_DIR:-$build/cmake}" \
   -C cmake.define.SHARDWISE_URING_STATIC=ON . 2>&1 | quiet
 raws=("$build"/raw/shardwise-*.whl)
 raw=${raws[0]}

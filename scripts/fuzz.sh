@@ -2,8 +2,8 @@
 # Builds the libFuzzer targets (preset "fuzz": clang, ASan+UBSan) and runs
 # each for SECONDS (default 30), starting from the checked-in seed corpus in
 # fuzz/corpus/TARGET (copied: the checked-in corpus is never modified).
-# Exits non-zero on the first crash, leak, timeout or sanitizer report; the
-# reproducer is left in the printed directory (replay it with
+# Runs one target per core. Exits non-zero after any crash, leak, timeout or
+# sanitizer report; the reproducer is left in the printed directory (replay it with
 # build/fuzz/TARGET_fuzz FILE).
 #   scripts/fuzz.sh [SECONDS] [TARGET...]      targets: manifest shard_header checkpoint_dir rank_index index
 set -euo pipefail
@@ -15,21 +15,37 @@ targets=("$@")
 
 scripts/setup.sh fuzz
 work=$(mktemp -d "${TMPDIR:-/tmp}/shardwise-fuzz-XXXXXX")
-echo "fuzz: ${seconds}s per target, work directory $work"
-for t in "${targets[@]}"; do
+jobs=$(nproc)
+echo "fuzz: ${seconds}s per target, $jobs at a time, work directory $work"
+# One target: its own corpus copy, log and artifacts under $work/TARGET.
+fuzz_one() {
+  local t=$1
   mkdir -p "$work/$t/corpus" "$work/$t/artifacts"
   cp fuzz/corpus/"$t"/* "$work/$t/corpus/"
-  log="$work/$t/log"
   # The checkpoint_dir target writes files and fsyncs them: keep them in
   # memory (/dev/shm) so that it runs at a useful rate.
-  if ! TMPDIR=/dev/shm build/fuzz/"${t}"_fuzz -max_total_time="$seconds" -timeout=10 \
-      -rss_limit_mb=4096 -max_len=262144 -print_final_stats=1 \
-      -artifact_prefix="$work/$t/artifacts/" "$work/$t/corpus" >"$log" 2>&1; then
-    tail -40 "$log"
+  TMPDIR=/dev/shm build/fuzz/"${t}"_fuzz -max_total_time="$seconds" -timeout=10 \
+    -rss_limit_mb=4096 -max_len=262144 -print_final_stats=1 \
+    -artifact_prefix="$work/$t/artifacts/" "$work/$t/corpus" >"$work/$t/log" 2>&1
+}
+# Each target is single-threaded: run one per core, then report in order.
+pids=()
+for t in "${targets[@]}"; do
+  while (($(jobs -rp | wc -l) >= jobs)); do wait -n || true; done
+  fuzz_one "$t" &
+  pids+=($!)
+done
+failed=0
+for i in "${!targets[@]}"; do
+  t=${targets[$i]}
+  if ! wait "${pids[$i]}"; then
+    tail -40 "$work/$t/log"
     echo "fuzz: $t FAILED; reproducer in $work/$t/artifacts/" >&2
-    exit 1
+    failed=1
+    continue
   fi
-  runs=$(grep -o 'stat::number_of_executed_units: [0-9]*' "$log" | grep -o '[0-9]*$')
+  runs=$(grep -o 'stat::number_of_executed_units: [0-9]*' "$work/$t/log" | grep -o '[0-9]*$')
   echo "fuzz: $t: $runs executions in ${seconds}s, no crash"
 done
+((failed == 0)) || exit 1
 rm -rf "$work"

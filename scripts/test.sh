@@ -43,6 +43,6 @@ command -v kubectl >/dev/null ||
 stage "Fuzzing (libFuzzer, short: 20 s per target)"
 scripts/fuzz.sh 20
 stage "shellcheck"
-shellcheck -x scripts/*.sh .ci/run bench/run.sh deploy/aws/fsx deploy/aws/lib/*.sh \
+shellcheck -x scripts/*.sh .ci/run bench/run.sh deploy/aws/fsx deploy/aws/lib/*.sh deploy/aws/node/*.sh \
   deploy/tests/mutate.sh deploy/k8s/lustre-tuning/tune.sh
 stage "all tests passed"

@@ -140,6 +140,16 @@ def aws(args: list[str]) -> None:
         ("fsx", "describe-data-repository-associations"): fsx_describe_dra,
         ("iam", "list-open-id-connect-providers"): iam_oidc,
         ("iam", "get-role"): iam_get_role,
+        ("iam", "create-role"): iam_create_role,
+        ("iam", "attach-role-policy"): iam_attach,
+        ("iam", "list-attached-role-policies"): iam_list_attached,
+        ("iam", "detach-role-policy"): iam_detach,
+        ("iam", "delete-role"): iam_delete_role,
+        ("eks", "describe-addon"): eks_addon,
+        ("eks", "list-pod-identity-associations"): eks_list_assoc,
+        ("eks", "describe-pod-identity-association"): eks_describe_assoc,
+        ("eks", "create-pod-identity-association"): eks_create_assoc,
+        ("eks", "delete-pod-identity-association"): eks_delete_assoc,
         ("cloudformation", "describe-stacks"): cfn_describe,
         ("cloudwatch", "get-metric-statistics"): cw_metric,
     }.get((service, op))
@@ -439,11 +449,126 @@ def iam_oidc(w, opts, args):
     out({"OpenIDConnectProviderList": [{"Arn": a} for a in w["oidc"]]})
 
 
-def iam_get_role(w, opts, args):
-    name = one(opts, "role-name")
+def iam_role(w, name: str) -> dict:
+    """A role's tags and attached policies (roles eksctl made have neither here)."""
     if name not in w["roles"]:
         fail("NoSuchEntity", f"The role with name {name} cannot be found.")
-    out({"Role": {"RoleName": name, "Arn": w["roles"][name]}})
+    return w.setdefault("role_meta", {}).setdefault(name, {"tags": {}, "policies": []})
+
+
+def iam_get_role(w, opts, args):
+    name = one(opts, "role-name")
+    meta = iam_role(w, name)
+    role = {"RoleName": name, "Arn": w["roles"][name]}
+    if meta["tags"]:
+        role["Tags"] = tag_list(meta["tags"])
+    out({"Role": role})
+
+
+def iam_create_role(w, opts, args):
+    name = one(opts, "role-name")
+    if name in w["roles"]:
+        fail("EntityAlreadyExists", f"Role with name {name} already exists.")
+    try:
+        trust = json.loads(one(opts, "assume-role-policy-document"))
+        trust["Statement"][0]["Principal"]
+    except (ValueError, KeyError, IndexError, TypeError):
+        fail("MalformedPolicyDocument", "Syntax errors in policy.")
+    arn = f"arn:{w.get('partition', 'aws')}:iam::{w['account']}:role/{name}"
+    w["roles"][name] = arn
+    w.setdefault("role_meta", {})[name] = {"tags": tags_of(opts.get("tags", [])),
+                                           "policies": [], "trust": trust}
+    out({"Role": {"RoleName": name, "Arn": arn}})
+
+
+def iam_attach(w, opts, args):
+    meta = iam_role(w, one(opts, "role-name"))
+    policy = one(opts, "policy-arn")
+    if policy != f"arn:{w.get('partition', 'aws')}:iam::aws:policy/AmazonFSxFullAccess":
+        fail("NoSuchEntity", f"Policy {policy} does not exist or is not attachable.")
+    if policy not in meta["policies"]:
+        meta["policies"].append(policy)
+
+
+def iam_list_attached(w, opts, args):
+    meta = iam_role(w, one(opts, "role-name"))
+    out({"AttachedPolicies": [{"PolicyName": p.rsplit("/", 1)[1], "PolicyArn": p}
+                              for p in meta["policies"]]})
+
+
+def iam_detach(w, opts, args):
+    meta = iam_role(w, one(opts, "role-name"))
+    policy = one(opts, "policy-arn")
+    if policy not in meta["policies"]:
+        fail("NoSuchEntity", f"Policy {policy} was not found.")
+    meta["policies"].remove(policy)
+
+
+def iam_delete_role(w, opts, args):
+    name = one(opts, "role-name")
+    if iam_role(w, name)["policies"]:
+        fail("DeleteConflict", "Cannot delete entity, must detach all policies first.")
+    del w["roles"][name]
+    w["role_meta"].pop(name, None)
+
+
+def eks_addon(w, opts, args):
+    cluster, name = one(opts, "cluster-name"), one(opts, "addon-name")
+    if cluster not in w["clusters"]:
+        fail("ResourceNotFoundException", f"No cluster found for name: {cluster}.")
+    status = w["clusters"][cluster].get("addons", {}).get(name)
+    if status is None:
+        fail("ResourceNotFoundException", f"No addon: {name} found in cluster: {cluster}")
+    out({"addon": {"addonName": name, "clusterName": cluster, "status": status}})
+
+
+def eks_assoc(w, cluster: str, aid: str) -> dict:
+    a = w.setdefault("pod_identity", {}).get(aid)
+    if a is None or a["clusterName"] != cluster:
+        fail("ResourceNotFoundException", f"Association {aid} not found in cluster {cluster}")
+    return a
+
+
+def eks_list_assoc(w, opts, args):
+    cluster = one(opts, "cluster-name")
+    found = [a for a in w.setdefault("pod_identity", {}).values()
+             if a["clusterName"] == cluster
+             and a["namespace"] == one(opts, "namespace")
+             and a["serviceAccount"] == one(opts, "service-account")]
+    out({"associations": [{k: a[k] for k in ("clusterName", "namespace", "serviceAccount",
+                                             "associationArn", "associationId")}
+                          for a in found]})
+
+
+def eks_describe_assoc(w, opts, args):
+    out({"association": eks_assoc(w, one(opts, "cluster-name"), one(opts, "association-id"))})
+
+
+def eks_create_assoc(w, opts, args):
+    cluster, ns, sa = one(opts, "cluster-name"), one(opts, "namespace"), one(opts, "service-account")
+    if cluster not in w["clusters"]:
+        fail("ResourceNotFoundException", f"No cluster found for name: {cluster}.")
+    if any(a["clusterName"] == cluster and a["namespace"] == ns and a["serviceAccount"] == sa
+           for a in w.setdefault("pod_identity", {}).values()):
+        fail("ResourceInUseException", "Association already exists")
+    role = one(opts, "role-arn")
+    if not re.fullmatch(r"arn:aws(-[a-z]+)*:iam::\d{12}:role/[\w+=,.@/-]+", role):
+        fail("InvalidParameterException", f"Role ARN {role} is not a role ARN")
+    w["counter"] = w.get("counter", 0) + 1
+    aid = f"a-{w['counter']:017d}"
+    tags = dict(t.split("=", 1) for word in opts.get("tags", []) for t in word.split(","))
+    a = {"clusterName": cluster, "namespace": ns, "serviceAccount": sa, "roleArn": role,
+         "associationId": aid, "tags": tags,
+         "associationArn": f"arn:{w.get('partition', 'aws')}:eks:us-east-1:{w['account']}:"
+                           f"podidentityassociation/{cluster}/{aid}"}
+    w["pod_identity"][aid] = a
+    out({"association": a})
+
+
+def eks_delete_assoc(w, opts, args):
+    a = eks_assoc(w, one(opts, "cluster-name"), one(opts, "association-id"))
+    del w["pod_identity"][a["associationId"]]
+    out({"association": a})
 
 
 # ------------------------------------------------------------------ eksctl, helm, kubectl

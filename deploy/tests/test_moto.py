@@ -209,3 +209,24 @@ def test_down_after_a_lost_state_file_finds_its_rules_by_tag(cloud: Cloud, accou
     account.export_queue_empty(cloud.state()["file_system"])
     cloud.run("down", "--yes")
     assert sg not in account.groups() and account.referencing(sg) == []
+
+
+def test_pod_identity_role_in_moto_iam(cloud: Cloud, account: Account) -> None:
+    # CSI_IDENTITY=pod-identity: the role and its policy in moto's IAM (which
+    # refuses to delete a role with a policy attached); the association in the stub
+    cloud.world["clusters"]["train"]["addons"] = {"eks-pod-identity-agent": "ACTIVE"}
+    cloud.save()
+    cloud.run("up", CSI_IDENTITY="pod-identity")
+    role = account.h.call("iam", "get_role", RoleName="ckpt-fsx-csi")["Role"]
+    assert STACK_TAG in role["Tags"]
+    assert role["AssumeRolePolicyDocument"]["Statement"][0]["Principal"] == {
+        "Service": "pods.eks.amazonaws.com"}
+    attached = account.h.call("iam", "list_attached_role_policies", RoleName="ckpt-fsx-csi")
+    assert [p["PolicyArn"] for p in attached["AttachedPolicies"]] == [
+        "arn:aws:iam::aws:policy/AmazonFSxFullAccess"]
+    [assoc] = cloud.world["pod_identity"].values()
+    assert assoc["roleArn"] == role["Arn"]
+    assert SA_STACK not in account.stacks()  # no IRSA stack
+    account.export_queue_empty(cloud.state()["file_system"])
+    cloud.run("down", "--yes", CSI_IDENTITY="pod-identity")
+    assert "ckpt-fsx-csi" not in account.roles() and cloud.world["pod_identity"] == {}

@@ -118,14 +118,16 @@ ensure_csi_driver() {
     log "an FSx CSI driver is installed already (CSIDriver fsx.csi.aws.com): reused; 'down' leaves it"
     return 0
   fi
-  local version=()
+  local version=() role=()
   [[ -n ${CFG[CSI_CHART_VERSION]} ]] && version=(--version "${CFG[CSI_CHART_VERSION]}")
+  # IRSA: the role on the service account; Pod Identity: no annotation
+  [[ -n $CSI_ROLE_ARN ]] &&
+    role=(--set-string "controller.serviceAccount.annotations.eks\.amazonaws\.com/role-arn=$CSI_ROLE_ARN")
   helm repo add aws-fsx-csi-driver "$CSI_REPO" --force-update >/dev/null
   helm upgrade --install "$CSI_RELEASE" aws-fsx-csi-driver/aws-fsx-csi-driver \
     --namespace "$CSI_NAMESPACE" "${version[@]}" \
     --set "controller.serviceAccount.name=$CSI_SERVICE_ACCOUNT" \
-    --set-string "shardwiseStack=${CFG[STACK_NAME]}" \
-    --set-string "controller.serviceAccount.annotations.eks\.amazonaws\.com/role-arn=$CSI_ROLE_ARN" \
+    --set-string "shardwiseStack=${CFG[STACK_NAME]}" "${role[@]}" \
     --wait --timeout 10m
   state_set helm_release "$CSI_NAMESPACE/$CSI_RELEASE"
   log "installed the FSx CSI driver ($CSI_NAMESPACE/$CSI_RELEASE)"

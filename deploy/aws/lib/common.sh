@@ -13,14 +13,14 @@ CONFIG_KEYS=(
   S3_EXPORT_PREFIX DRA_FILE_SYSTEM_PATH NAMESPACE NODE_SELECTOR SUBNET_ID
   PV_NAME PVC_NAME CSI_CHART_VERSION IMAGE WAIT_TIMEOUT_S POLL_INTERVAL_S
   FINAL_BACKUP STATE_FILE MOUNT_TEST_SIZE MOUNT_TEST_NODES MOUNT_TEST_SECONDS
-  MOUNT_TEST_START_DELAY_S TUNE_CLIENTS
+  MOUNT_TEST_START_DELAY_S TUNE_CLIENTS CSI_IDENTITY
 )
 declare -A CONFIG_DEFAULTS=(
   [DEPLOYMENT_TYPE]=SCRATCH_2 [STORAGE_CAPACITY_GIB]=1200 [PER_UNIT_THROUGHPUT]=250
   [EFA_ENABLED]=false [CREATE_BUCKET]=false
   [S3_EXPORT_PREFIX]=checkpoints/ [DRA_FILE_SYSTEM_PATH]=/checkpoints [NAMESPACE]=training
   [PV_NAME]=fsx-pv [PVC_NAME]=fsx-pvc [WAIT_TIMEOUT_S]=1800 [POLL_INTERVAL_S]=15
-  [FINAL_BACKUP]=true [TUNE_CLIENTS]=true [MOUNT_TEST_SECONDS]=300 [MOUNT_TEST_START_DELAY_S]=120
+  [FINAL_BACKUP]=true [TUNE_CLIENTS]=true [CSI_IDENTITY]=irsa [MOUNT_TEST_SECONDS]=300 [MOUNT_TEST_START_DELAY_S]=120
   [CSI_CHART_VERSION]=1.17.0 # aws-fsx-csi-driver chart (driver 1.9.0), pinned
 )
 
@@ -89,6 +89,10 @@ validate_config() {
   fi
   case ${CFG[CREATE_BUCKET]} in true | false) ;; *) die "CREATE_BUCKET must be true or false" ;; esac
   case ${CFG[TUNE_CLIENTS]} in true | false) ;; *) die "TUNE_CLIENTS must be true or false" ;; esac
+  case ${CFG[CSI_IDENTITY]} in
+    irsa | pod-identity) ;;
+    *) die "CSI_IDENTITY must be irsa or pod-identity, not '${CFG[CSI_IDENTITY]}'" ;;
+  esac
   need S3_BUCKET "the bucket the file system imports from and exports checkpoints to"
   [[ ${CFG[DRA_FILE_SYSTEM_PATH]} == /* ]] ||
     die "DRA_FILE_SYSTEM_PATH '${CFG[DRA_FILE_SYSTEM_PATH]}' must be an absolute path in the file system (the checkpoint root lies under it)"

@@ -1,0 +1,149 @@
+# shellcheck shell=bash
+# How the FSx CSI controller gets its AWS permissions (CSI_IDENTITY):
+#   irsa          an IAM role for its service account through the cluster's
+#                 OIDC provider (eksctl create iamserviceaccount): cluster.sh
+#   pod-identity  EKS Pod Identity: an IAM role that trusts
+#                 pods.eks.amazonaws.com, and an association of that role
+#                 with the controller's service account; the cluster's
+#                 eks-pod-identity-agent add-on hands out the credentials.
+#                 No OIDC provider, no annotation on the service account.
+# Both reuse what someone else made for the controller and never delete it.
+
+POD_IDENTITY_AGENT=eks-pod-identity-agent
+
+ensure_csi_identity() {
+  if [[ ${CFG[CSI_IDENTITY]} == pod-identity ]]; then
+    ensure_pod_identity
+  else
+    ensure_oidc_provider
+    ensure_csi_role
+  fi
+}
+
+# check_csi_identity: before `up` changes anything, what CSI_IDENTITY needs
+# from the cluster: for Pod Identity, its agent add-on, ACTIVE.
+check_csi_identity() {
+  local other
+  if [[ ${CFG[CSI_IDENTITY]} == pod-identity ]]; then other=$(state_get csi_role); else other=$(state_get csi_pod_role); fi
+  [[ -z $other ]] ||
+    die "stack ${CFG[STACK_NAME]} was set up with the other CSI_IDENTITY (IAM role $other is recorded for it): keep that one, or run 'fsx down' first; nothing was changed"
+  [[ ${CFG[CSI_IDENTITY]} == pod-identity ]] || return 0
+  local status
+  status=$({ awsj eks describe-addon --cluster-name "${CFG[CLUSTER_NAME]}" \
+    --addon-name "$POD_IDENTITY_AGENT" 2>/dev/null || true; } | jq -r '.addon.status // empty')
+  [[ $status == ACTIVE ]] ||
+    die "CSI_IDENTITY=pod-identity needs the $POD_IDENTITY_AGENT add-on ACTIVE on cluster ${CFG[CLUSTER_NAME]} (it is ${status:-not installed}): install it with 'aws eks create-addon --cluster-name ${CFG[CLUSTER_NAME]} --addon-name $POD_IDENTITY_AGENT', or use CSI_IDENTITY=irsa; nothing was changed"
+}
+
+# The role's trust policy: the Pod Identity agent assumes it for the pod.
+pod_identity_trust() {
+  jq -cn '{Version: "2012-10-17", Statement: [{Effect: "Allow",
+    Principal: {Service: "pods.eks.amazonaws.com"},
+    Action: ["sts:AssumeRole", "sts:TagSession"]}]}'
+}
+
+# The ids of the associations of the controller's service account.
+csi_associations() {
+  awsj eks list-pod-identity-associations --cluster-name "${CFG[CLUSTER_NAME]}" \
+    --namespace "$CSI_NAMESPACE" --service-account "$CSI_SERVICE_ACCOUNT" |
+    jq -r '.associations[]?.associationId'
+}
+
+# association_json ID: the association, as describe-pod-identity-association gives it.
+association_json() {
+  awsj eks describe-pod-identity-association --cluster-name "${CFG[CLUSTER_NAME]}" \
+    --association-id "$1" | jq -c '.association'
+}
+
+# role_owner ROLE: the shardwise:stack tag of an IAM role ("" if untagged).
+role_owner() {
+  awsj iam get-role --role-name "$1" |
+    jq -r '.Role.Tags // [] | map(select(.Key == "shardwise:stack"))[0].Value // empty'
+}
+
+# ensure_pod_identity: the agent must run already (it is cluster-wide: this
+# toolkit does not install it). An association someone else made for the
+# controller is used as it is; else this toolkit makes the role (tagged) and
+# the association (tagged), records both, and adopts them by tag after a
+# lost state file.
+ensure_pod_identity() {
+  local role arn id assoc part
+  check_csi_identity
+  role=$(csi_role_name)
+  for id in $(csi_associations); do
+    assoc=$(association_json "$id")
+    if [[ $(jq -r '.tags["shardwise:stack"] // empty' <<<"$assoc") != "${CFG[STACK_NAME]}" ]]; then
+      log "reusing Pod Identity association $id (role $(jq -r .roleArn <<<"$assoc")) of $CSI_NAMESPACE/$CSI_SERVICE_ACCOUNT (not this toolkit's: 'down' keeps it)"
+      # shellcheck disable=SC2034 # read by ensure_csi_driver (cluster.sh)
+      CSI_ROLE_ARN=""
+      return 0
+    fi
+    [[ -n $(state_get csi_pod_identity) ]] || log "Pod Identity association $id is ours (found by tag)"
+    state_set csi_pod_identity "$id"
+  done
+  if [[ -z $(state_get csi_pod_role) ]]; then
+    if aws_exists iam get-role --role-name "$role"; then
+      [[ $(role_owner "$role") == "${CFG[STACK_NAME]}" ]] ||
+        die "IAM role $role exists but is not tagged shardwise:stack=${CFG[STACK_NAME]}: it was made by something else; set STACK_NAME to another name, or delete the role"
+      log "IAM role $role is ours (found by tag)"
+    else
+      awsj iam create-role --role-name "$role" --assume-role-policy-document "$(pod_identity_trust)" \
+        --description "FSx CSI controller of shardwise stack ${CFG[STACK_NAME]} (EKS Pod Identity)" \
+        --tags "Key=shardwise:stack,Value=${CFG[STACK_NAME]}" >/dev/null
+      log "created IAM role $role (trusts pods.eks.amazonaws.com)"
+    fi
+    state_set csi_pod_role "$role"
+  fi
+  part=$(partition) || exit 1
+  # idempotent: a second up, or one after a failure here, attaches it again
+  awsj iam attach-role-policy --role-name "$role" \
+    --policy-arn "arn:$part:iam::aws:policy/AmazonFSxFullAccess" >/dev/null
+  arn=$(awsj iam get-role --role-name "$role" | jq -r .Role.Arn)
+  if [[ -z $(state_get csi_pod_identity) ]]; then
+    id=$(awsj eks create-pod-identity-association --cluster-name "${CFG[CLUSTER_NAME]}" \
+      --namespace "$CSI_NAMESPACE" --service-account "$CSI_SERVICE_ACCOUNT" --role-arn "$arn" \
+      --tags "shardwise:stack=${CFG[STACK_NAME]}" | jq -r '.association.associationId // empty')
+    [[ -n $id ]] || die "aws eks create-pod-identity-association returned no association id"
+    state_set csi_pod_identity "$id"
+    log "associated $CSI_NAMESPACE/$CSI_SERVICE_ACCOUNT with IAM role $role (Pod Identity $id)"
+  fi
+  # shellcheck disable=SC2034 # read by ensure_csi_driver: no annotation, the agent
+  CSI_ROLE_ARN="" # gives the pod its credentials
+}
+
+# delete_pod_identity: `down`'s part: the association and the role, each only
+# if it still carries this stack's tag.
+delete_pod_identity() {
+  local id role assoc policy
+  id=$(state_get csi_pod_identity) role=$(state_get csi_pod_role)
+  if [[ -n $id ]]; then
+    if aws_exists eks describe-pod-identity-association --cluster-name "${CFG[CLUSTER_NAME]}" \
+      --association-id "$id"; then
+      assoc=$(association_json "$id")
+      if [[ $(jq -r '.tags["shardwise:stack"] // empty' <<<"$assoc") == "${CFG[STACK_NAME]}" ]]; then
+        awsj eks delete-pod-identity-association --cluster-name "${CFG[CLUSTER_NAME]}" \
+          --association-id "$id" >/dev/null
+        log "deleted Pod Identity association $id"
+      else
+        log "Pod Identity association $id is not tagged shardwise:stack=${CFG[STACK_NAME]}: kept"
+      fi
+    fi
+    state_del csi_pod_identity
+  fi
+  if [[ -n $role ]]; then
+    if ! aws_exists iam get-role --role-name "$role"; then
+      log "IAM role $role is gone already"
+    elif [[ $(role_owner "$role") != "${CFG[STACK_NAME]}" ]]; then
+      log "IAM role $role is not tagged shardwise:stack=${CFG[STACK_NAME]}: kept"
+    else
+      # IAM deletes no role that still has policies attached
+      for policy in $(awsj iam list-attached-role-policies --role-name "$role" |
+        jq -r '.AttachedPolicies[].PolicyArn'); do
+        awsj iam detach-role-policy --role-name "$role" --policy-arn "$policy" >/dev/null
+      done
+      awsj iam delete-role --role-name "$role" >/dev/null
+      log "deleted IAM role $role"
+    fi
+    state_del csi_pod_role
+  fi
+}

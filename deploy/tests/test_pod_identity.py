@@ -1,0 +1,121 @@
+"""CSI_IDENTITY=pod-identity: the CSI controller's permissions through EKS Pod
+Identity instead of IRSA (deploy/aws/lib/identity.sh), against fakecloud.py.
+
+No OIDC provider and no eksctl: an IAM role that trusts
+pods.eks.amazonaws.com, FSx's managed policy on it, and an association of it
+with kube-system/fsx-csi-controller-sa, each tagged with the stack; `down`
+removes exactly those. test_moto.py runs the same against moto's IAM.
+"""
+from __future__ import annotations
+
+import json
+
+from test_fsx import Cloud, cloud, mutations  # noqa: F401  (cloud: the fixture)
+
+POD_IDENTITY = {"CSI_IDENTITY": "pod-identity"}
+SA = ("kube-system", "fsx-csi-controller-sa")
+
+
+def with_agent(c: Cloud, status: str = "ACTIVE") -> Cloud:
+    c.world["clusters"]["train"]["addons"] = {"eks-pod-identity-agent": status}
+    c.env.update(POD_IDENTITY)
+    c.save()
+    return c
+
+
+def associations(c: Cloud) -> list[dict]:
+    return list(c.world.get("pod_identity", {}).values())
+
+
+def test_up_makes_a_tagged_role_and_association_and_down_removes_them(cloud: Cloud) -> None:
+    with_agent(cloud)
+    cloud.run("up")
+    made = mutations(cloud.calls())
+    assert not [m for m in made if m.startswith("eksctl")]  # no OIDC provider, no IRSA stack
+    assert made.index("aws iam create-role") < made.index("aws eks create-pod-identity-association")
+    w, st = cloud.world, cloud.state()
+    assert w["oidc"] == [] and w["cfn_stacks"] == {}
+    role = w["role_meta"]["ckpt-fsx-csi"]
+    assert role["tags"] == {"shardwise:stack": "ckpt"}
+    assert role["policies"] == ["arn:aws:iam::aws:policy/AmazonFSxFullAccess"]
+    assert role["trust"]["Statement"] == [{
+        "Effect": "Allow", "Principal": {"Service": "pods.eks.amazonaws.com"},
+        "Action": ["sts:AssumeRole", "sts:TagSession"]}]
+    [assoc] = associations(cloud)
+    assert (assoc["namespace"], assoc["serviceAccount"]) == SA
+    assert assoc["roleArn"] == w["roles"]["ckpt-fsx-csi"] and assoc["tags"] == {"shardwise:stack": "ckpt"}
+    assert st["csi_pod_role"] == "ckpt-fsx-csi" and st["csi_pod_identity"] == assoc["associationId"]
+    # the chart's service account carries no IRSA annotation
+    assert w["helm"]["kube-system/aws-fsx-csi-driver"]["set-string"] == ["shardwiseStack=ckpt"]
+
+    cloud.run("up")  # a second up makes nothing new
+    assert mutations(cloud.calls()) == ["kubectl apply -k"] * 2
+
+    cloud.run("down", "--yes")
+    assert associations(cloud) == [] and "ckpt-fsx-csi" not in cloud.world["roles"]
+    assert not cloud.state_file.exists()
+
+
+def test_without_the_agent_up_changes_nothing_and_says_what_to_install(cloud: Cloud) -> None:
+    for status in (None, "CREATING"):
+        with_agent(cloud, status) if status else cloud.env.update(POD_IDENTITY)
+        p = cloud.run("up", check=False)
+        assert p.returncode != 0
+        assert ("needs the eks-pod-identity-agent add-on ACTIVE on cluster train (it is "
+                f"{'not installed' if status is None else status})") in p.stderr
+        assert "aws eks create-addon --cluster-name train --addon-name eks-pod-identity-agent" in p.stderr
+        assert mutations(cloud.calls()) == []
+    p = cloud.run("up", check=False, CSI_IDENTITY="oidc")
+    assert p.returncode != 0 and "CSI_IDENTITY must be irsa or pod-identity, not 'oidc'" in p.stderr
+
+
+def test_someone_elses_association_is_used_and_kept(cloud: Cloud) -> None:
+    with_agent(cloud)
+    other = {"clusterName": "train", "namespace": SA[0], "serviceAccount": SA[1],
+             "roleArn": "arn:aws:iam::111122223333:role/AmazonEKS_FSx_CSI_Role",
+             "associationId": "a-0000000000000000x", "tags": {},
+             "associationArn": "arn:aws:eks:us-east-1:111122223333:podidentityassociation/train/"
+                               "a-0000000000000000x"}
+    cloud.world["pod_identity"] = {other["associationId"]: other}
+    cloud.save()
+    p = cloud.run("up")
+    assert "reusing Pod Identity association a-0000000000000000x (role arn:aws:iam::111122223333:" \
+           "role/AmazonEKS_FSx_CSI_Role)" in p.stderr
+    made = mutations(cloud.calls())
+    assert "aws iam create-role" not in made and "aws eks create-pod-identity-association" not in made
+    assert "csi_pod_role" not in cloud.state() and "csi_pod_identity" not in cloud.state()
+    cloud.run("down", "--yes")
+    assert associations(cloud) == [other]
+
+
+def test_after_a_lost_state_file_up_adopts_by_tag_and_down_removes_everything(cloud: Cloud) -> None:
+    with_agent(cloud)
+    cloud.run("up")
+    before = cloud.state()
+    cloud.state_file.unlink()
+    p = cloud.run("up")
+    assert "is ours (found by tag)" in p.stderr
+    st = cloud.state()
+    assert (st["csi_pod_role"], st["csi_pod_identity"]) == (before["csi_pod_role"],
+                                                           before["csi_pod_identity"])
+    assert not [m for m in mutations(cloud.calls()) if m.startswith(("aws iam create", "aws eks create"))]
+    cloud.run("down", "--yes")
+    assert associations(cloud) == [] and "ckpt-fsx-csi" not in cloud.world["roles"]
+
+
+def test_an_untagged_role_of_its_name_is_refused_and_kept(cloud: Cloud) -> None:
+    with_agent(cloud)
+    cloud.world["roles"]["ckpt-fsx-csi"] = "arn:aws:iam::111122223333:role/ckpt-fsx-csi"
+    cloud.save()
+    p = cloud.run("up", check=False)
+    assert p.returncode != 0
+    assert "IAM role ckpt-fsx-csi exists but is not tagged shardwise:stack=ckpt" in p.stderr
+    assert "ckpt-fsx-csi" in cloud.world["roles"] and associations(cloud) == []
+    assert json.loads(cloud.state_file.read_text())["created"].get("csi_pod_role") is None
+
+
+def test_switching_identity_on_a_live_stack_is_refused(cloud: Cloud) -> None:
+    cloud.run("up")  # IRSA
+    p = cloud.run("up", check=False, **POD_IDENTITY)
+    assert p.returncode != 0 and "was set up with the other CSI_IDENTITY" in p.stderr
+    assert mutations(cloud.calls()) == []

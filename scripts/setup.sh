@@ -42,7 +42,9 @@ setup_python() {
     python3 -m venv .venv
   fi
   # (grep drops the notes this machine's pip configuration prints per package)
-  .venv/bin/pip install -q --disable-pip-version-check torch==2.13.0 pytest numpy pyyaml \
+  # (pytest-xdist: the deploy tests, stub CLIs in subprocesses, run one worker per core)
+  .venv/bin/pip install -q --disable-pip-version-check torch==2.13.0 pytest pytest-xdist==3.8.0 \
+    numpy pyyaml \
     "scikit-build-core>=0.10" "nanobind>=2.0" 2>&1 | { grep -v "^WARNING: Location" || true; }
   # The frameworks the integrations are tested with, and prometheus_client
   # for the metrics (pure Python; they keep the torch above, which satisfies

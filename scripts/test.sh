@@ -39,7 +39,9 @@ SHARDWISE_WHEEL_CMAKE_DIR=build/python scripts/test_wheel.sh -- -k "not many_ran
 stage "Deployment toolkit tests (stub aws/eksctl/helm/kubectl; kubectl kustomize)"
 command -v kubectl >/dev/null ||
   { echo "kubectl (with kustomize v5) is needed to render deploy/k8s; this machine image ships it" >&2; exit 1; }
-.venv/bin/python -m pytest -q -p no:cacheprovider deploy/tests
+# one worker per core (pytest-xdist): each test runs the toolkit's bash against
+# stub CLIs in subprocesses; each worker starts its own moto helper
+.venv/bin/python -m pytest -q -p no:cacheprovider -n "$jobs" deploy/tests
 stage "Fuzzing (libFuzzer, short: 20 s per target)"
 scripts/fuzz.sh 20
 stage "shellcheck"

@@ -38,7 +38,7 @@ for m in "${mutations[@]}"; do
     echo "mutate: '$name' did not change $file: the script no longer matches the code" >&2
     exit 2
   fi
-  if "$python" -m pytest -q -x -p no:cacheprovider "$work/deploy/tests" >"$work/log" 2>&1; then
+  if "$python" -m pytest -q -x -p no:cacheprovider -n "$(nproc)" "$work/deploy/tests" >"$work/log" 2>&1; then
     echo "mutate: SURVIVED: $name ($file): no test failed" >&2
     survived=$((survived + 1))
   else

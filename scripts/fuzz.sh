@@ -29,6 +29,8 @@ fuzz_one() {
     -artifact_prefix="$work/$t/artifacts/" "$work/$t/corpus" >"$work/$t/log" 2>&1
 }
 # Each target is single-threaded: run one per core, then report in order.
+# Stopped early (a failure below, Ctrl-C), the others stop too.
+trap 'kill $(jobs -p) 2>/dev/null || true' EXIT
 pids=()
 for t in "${targets[@]}"; do
   while (($(jobs -rp | wc -l) >= jobs)); do wait -n || true; done
@@ -39,7 +41,7 @@ failed=0
 for i in "${!targets[@]}"; do
   t=${targets[$i]}
   if ! wait "${pids[$i]}"; then
-    tail -40 "$work/$t/log"
+    tail -40 "$work/$t/log" || true
     echo "fuzz: $t FAILED; reproducer in $work/$t/artifacts/" >&2
     failed=1
     continue

@@ -168,9 +168,11 @@ def eks_describe(w, opts, args):
     c = w["clusters"].get(one(opts, "name"))
     if c is None:
         fail("ResourceNotFoundException", f"No cluster found for name: {one(opts, 'name')}.")
-    out({"cluster": {"name": one(opts, "name"), "resourcesVpcConfig": {"vpcId": c["vpc"]},
-                     "endpoint": c["endpoint"],
-                     "identity": {"oidc": {"issuer": c["issuer"]}}}})
+    cluster = {"name": one(opts, "name"), "resourcesVpcConfig": {"vpcId": c["vpc"]},
+               "endpoint": c["endpoint"], "identity": {"oidc": {"issuer": c["issuer"]}}}
+    if c.get("auto_mode"):  # EKS Auto Mode (the Pod Identity agent built in)
+        cluster["computeConfig"] = {"enabled": True, "nodePools": ["general-purpose"]}
+    out({"cluster": cluster})
 
 
 def ec2_instances(w, opts, args):
@@ -459,7 +461,13 @@ def iam_role(w, name: str) -> dict:
 def iam_get_role(w, opts, args):
     name = one(opts, "role-name")
     meta = iam_role(w, name)
-    role = {"RoleName": name, "Arn": w["roles"][name]}
+    role = {"RoleName": name, "Arn": w["roles"][name],
+            # roles eksctl made trust the cluster's OIDC provider (IRSA)
+            "AssumeRolePolicyDocument": meta.get("trust") or {
+                "Version": "2012-10-17", "Statement": [{
+                    "Effect": "Allow", "Action": "sts:AssumeRoleWithWebIdentity",
+                    "Principal": {"Federated": f"arn:aws:iam::{w['account']}:oidc-provider/"
+                                               "oidc.eks.us-east-1.amazonaws.com/id/ABC"}}]}}
     if meta["tags"]:
         role["Tags"] = tag_list(meta["tags"])
     out({"Role": role})
@@ -779,6 +787,12 @@ def kubectl(args: list[str]) -> None:
                   file=sys.stderr)
             sys.exit(1)
         out({"metadata": {"name": args[2], "namespace": ns, "annotations": sa}})
+    elif verb == "get" and args[1] == "daemonset":
+        if f"{ns}/{args[2]}" not in k.setdefault("daemonsets", []):
+            print(f'Error from server (NotFound): daemonsets.apps "{args[2]}" not found',
+                  file=sys.stderr)
+            sys.exit(1)
+        out({"metadata": {"name": args[2], "namespace": ns}})
     elif verb == "get" and args[1] == "csidriver":
         if args[2] not in k.setdefault("csidrivers", []):
             print(f'Error from server (NotFound): csidrivers.storage.k8s.io "{args[2]}" not found',

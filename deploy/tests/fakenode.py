@@ -7,7 +7,9 @@ The node lives in the JSON file $FAKE_NODE:
   interfaces   the node's IP interfaces (name -> address)
   lnet         null until `lnetctl lnet configure`; then its networks,
                discovery and UDSP rules
-Every call is appended to $FAKE_NODE.calls. Each tool rejects what the real
+  udsp_fails   (optional) `lnetctl udsp add` fails: a run that stops midway
+Every call is appended to $FAKE_NODE.calls; a loaded module appears as a
+directory under $SYS_MODULE, as in /sys/module. Each tool rejects what the real
 one rejects: a module that is not installed; an LNet command before LNet is
 configured or a network whose driver is not loaded; an interface that does
 not exist (efa devices are the entries of $SYS_CLASS_INFINIBAND); the same
@@ -45,6 +47,8 @@ def modprobe(node: dict, args: list) -> int:
         if "=" not in p:
             return fail(f"modprobe: ERROR: could not insert '{name}': Invalid argument")
     node["loaded"].setdefault(name, params)
+    if os.environ.get("SYS_MODULE"):  # what /sys/module shows for a loaded module
+        os.makedirs(os.path.join(os.environ["SYS_MODULE"], name), exist_ok=True)
     return 0
 
 
@@ -133,6 +137,8 @@ def lnetctl(node: dict, args: list) -> int:
         return 0
     if args[:2] == ["udsp", "add"]:
         o = options(args[2:], {"--src", "--priority"})
+        if node.get("udsp_fails"):  # a failure midway, for the tests of a second run
+            return fail("udsp add: errno: -12 descr: out of memory")
         if not any(n["net"] == o.get("--src") for n in node["lnet"]["nets"]):
             return fail(f"udsp add: no network {o.get('--src')}")
         node["lnet"]["udsp"].append(o)

@@ -25,6 +25,8 @@ mutations=(
   "tuning order|k8s/lustre-tuning/tune.sh|/max_rpcs_in_flight 64/{h;d};/max_mod_rpcs_in_flight 50/G"
 )
 
+"$python" -c 'import xdist' 2>/dev/null ||
+  { echo "mutate: $python has no pytest-xdist (scripts/setup.sh installs it)" >&2; exit 2; }
 work=$(mktemp -d /tmp/shardwise-mutate.XXXXXX)
 trap 'rm -rf "$work"' EXIT
 survived=0
@@ -38,12 +40,19 @@ for m in "${mutations[@]}"; do
     echo "mutate: '$name' did not change $file: the script no longer matches the code" >&2
     exit 2
   fi
-  if "$python" -m pytest -q -x -p no:cacheprovider -n "$(nproc)" "$work/deploy/tests" >"$work/log" 2>&1; then
-    echo "mutate: SURVIVED: $name ($file): no test failed" >&2
-    survived=$((survived + 1))
-  else
-    echo "mutate: killed: $name ($(grep -m1 -o 'FAILED [^ ]*' "$work/log" || echo 'a test failed'))"
-  fi
+  rc=0
+  "$python" -m pytest -q -x -p no:cacheprovider -n "$(nproc)" "$work/deploy/tests" >"$work/log" 2>&1 ||
+    rc=$?
+  case $rc in
+    0)
+      echo "mutate: SURVIVED: $name ($file): no test failed" >&2
+      survived=$((survived + 1)) ;;
+    1) echo "mutate: killed: $name ($(grep -m1 -o 'FAILED [^ ]*' "$work/log" || echo 'a test failed'))" ;;
+    *) # 2-5: interrupted, an internal or usage error, no tests: nothing was tested
+      tail -20 "$work/log" >&2
+      echo "mutate: pytest could not run the suite for '$name' (exit $rc)" >&2
+      exit 2 ;;
+  esac
 done
 ((survived == 0)) || { echo "mutate: $survived mutation(s) survived" >&2; exit 1; }
 echo "mutate: every mutation was caught"

@@ -129,7 +129,8 @@ class Cloud:
         return json.loads(self.state_file.read_text())["created"]
 
 
-MUTATING = ("create-", "authorize-", "revoke-", "delete-", "put-", "rb")
+MUTATING = ("create-", "authorize-", "revoke-", "delete-", "put-", "rb", "attach-", "detach-",
+            "update-", "tag-", "untag-")
 
 
 def mutations(calls: list[list[str]]) -> list[str]:

@@ -40,6 +40,7 @@ class Node:
             "modules": modules, "loaded": {}, "interfaces": {"ens5": "10.0.3.17"},
             "default_route": "ens5", "lnet": None}))
         (tmp / "mounts").write_text("proc /proc proc rw 0 0\n" + mounts)
+        (tmp / "module").mkdir()
         bin_dir = tmp / "bin"
         bin_dir.mkdir()
         for tool in ("modprobe", "modinfo", "lnetctl", "ip"):
@@ -53,6 +54,7 @@ class Node:
                            env={"PATH": self.path, "FAKE_NODE": str(self.state),
                                 "SYS_CLASS_INFINIBAND": str(self.ib),
                                 "PROC_MOUNTS": str(self.tmp / "mounts"), "NODE_NAME": "gpu-a",
+                                "SYS_MODULE": str(self.tmp / "module"),
                                 **env})
         assert p.stderr == "", p.stderr
         lines = [json.loads(line) for line in p.stdout.splitlines()]
@@ -160,15 +162,39 @@ def test_a_second_run_changes_nothing(tmp_path: Path) -> None:
     calls = len(node.changing_calls())
     rc, lines = node.run()
     assert rc == 0
-    assert lines == [{"node": "gpu-a", "unchanged": "LNet already has 2 efa interface(s)"}]
+    assert lines == [{"node": "gpu-a",
+                      "unchanged": "LNet already has 2 efa interface(s) and lustre is loaded"}]
     assert node.node() == before and len(node.changing_calls()) == calls
+
+
+def test_a_run_that_stopped_midway_is_not_taken_for_done(tmp_path: Path) -> None:
+    node = Node(tmp_path, ["rdmap0s6", "rdmap1s6"])
+    state = node.node()
+    state["udsp_fails"] = True
+    node.state.write_text(json.dumps(state))
+    rc, lines = node.run()
+    assert rc == 1 and lines[-1]["error"].startswith("lnetctl udsp add --src efa --priority 0 failed")
+    assert len(efa_ifs(node.node())) == 2 and "lustre" not in node.node()["loaded"]
+    calls = len(node.changing_calls())
+    rc, lines = node.run()  # the networks are there, the rule and the client are not
+    assert rc == 1
+    assert lines[-1]["error"].startswith("LNet is half set up (2 efa interface(s) of 2, lustre not "
+                                         "loaded)")
+    assert "lustre_rmmod" in lines[-1]["error"] and len(node.changing_calls()) == calls
+
+
+def test_a_node_without_lnetctl_is_left_untouched(tmp_path: Path) -> None:
+    node = Node(tmp_path, ["rdmap0s6"])
+    (tmp_path / "bin" / "lnetctl").unlink()
+    rc, lines = node.run()
+    assert rc == 1 and lines[-1]["error"].startswith("no lnetctl on this node")
+    assert node.node()["loaded"] == {}
 
 
 def test_a_failing_lnetctl_stops_the_setup_and_is_named(tmp_path: Path) -> None:
     node = Node(tmp_path, ["rdmap0s6", "rdmap1s6"])
     state = node.node()
-    state["modules"]["kefalnd"] = ""
-    state["interfaces"] = {"ens6": "10.0.3.17"}  # the route names an interface that is gone
+    state["interfaces"] = {"ens6": "10.0.3.17"}  # LNET_TCP_IF names an interface it lacks
     state["default_route"] = "ens6"
     node.state.write_text(json.dumps(state))
     rc, lines = node.run(LNET_TCP_IF="ens5")

@@ -32,7 +32,8 @@ def test_up_makes_a_tagged_role_and_association_and_down_removes_them(cloud: Clo
     cloud.run("up")
     made = mutations(cloud.calls())
     assert not [m for m in made if m.startswith("eksctl")]  # no OIDC provider, no IRSA stack
-    assert made.index("aws iam create-role") < made.index("aws eks create-pod-identity-association")
+    assert made.index("aws iam create-role") < made.index("aws iam attach-role-policy") < made.index(
+        "aws eks create-pod-identity-association")
     w, st = cloud.world, cloud.state()
     assert w["oidc"] == [] and w["cfn_stacks"] == {}
     role = w["role_meta"]["ckpt-fsx-csi"]
@@ -61,12 +62,70 @@ def test_without_the_agent_up_changes_nothing_and_says_what_to_install(cloud: Cl
         with_agent(cloud, status) if status else cloud.env.update(POD_IDENTITY)
         p = cloud.run("up", check=False)
         assert p.returncode != 0
-        assert ("needs the eks-pod-identity-agent add-on ACTIVE on cluster train (it is "
-                f"{'not installed' if status is None else status})") in p.stderr
+        assert ("needs the Pod Identity agent on cluster train (the eks-pod-identity-agent add-on "
+                f"is {'not installed' if status is None else status}") in p.stderr
         assert "aws eks create-addon --cluster-name train --addon-name eks-pod-identity-agent" in p.stderr
         assert mutations(cloud.calls()) == []
     p = cloud.run("up", check=False, CSI_IDENTITY="oidc")
     assert p.returncode != 0 and "CSI_IDENTITY must be irsa or pod-identity, not 'oidc'" in p.stderr
+
+
+def test_auto_mode_or_an_agent_daemonset_is_an_agent(cloud: Cloud) -> None:
+    cloud.env.update(POD_IDENTITY)
+    cloud.world["clusters"]["train"]["auto_mode"] = True
+    cloud.save()
+    assert "EKS Auto Mode: the Pod Identity agent is built in" in cloud.run("up").stderr
+    assert len(associations(cloud)) == 1
+    cloud.run("down", "--yes")
+    cloud.world["clusters"]["train"]["auto_mode"] = False
+    cloud.world["k8s"]["daemonsets"] = ["kube-system/eks-pod-identity-agent"]
+    cloud.save()
+    assert "DaemonSet kube-system/eks-pod-identity-agent" in cloud.run("up").stderr
+    assert len(associations(cloud)) == 1
+
+
+def test_what_was_recorded_but_is_gone_is_made_again(cloud: Cloud) -> None:
+    with_agent(cloud)
+    cloud.run("up")
+    cloud.world["pod_identity"] = {}  # someone deleted the association
+    cloud.save()
+    p = cloud.run("up")
+    assert "is recorded but gone: making it again" in p.stderr
+    assert len(associations(cloud)) == 1
+    assert cloud.state()["csi_pod_identity"] == associations(cloud)[0]["associationId"]
+    w = cloud.world  # and the role, with its policy
+    w["role_meta"]["ckpt-fsx-csi"]["policies"] = []
+    del w["roles"]["ckpt-fsx-csi"]
+    cloud.save()
+    p = cloud.run("up")
+    assert "IAM role ckpt-fsx-csi is recorded but gone: making it again" in p.stderr
+    assert mutations(cloud.calls())[:2] == ["aws iam create-role", "aws iam attach-role-policy"]
+
+
+def test_down_keeps_what_lost_its_tag_and_what_a_kept_driver_uses(cloud: Cloud) -> None:
+    with_agent(cloud)
+    cloud.run("up")
+    [assoc] = associations(cloud)
+    assoc["tags"] = {}
+    cloud.world["pod_identity"][assoc["associationId"]] = assoc
+    cloud.world["role_meta"]["ckpt-fsx-csi"]["tags"] = {}
+    cloud.save()
+    p = cloud.run("down", "--yes")
+    assert f"Pod Identity association {assoc['associationId']} is not tagged" in p.stderr
+    assert "IAM role ckpt-fsx-csi is not tagged shardwise:stack=ckpt: kept" in p.stderr
+    assert associations(cloud) == [assoc] and "ckpt-fsx-csi" in cloud.world["roles"]
+    made = mutations(cloud.calls())
+    assert "aws eks delete-pod-identity-association" not in made and "aws iam delete-role" not in made
+
+
+def test_a_kept_driver_keeps_its_credentials(cloud: Cloud) -> None:
+    with_agent(cloud)
+    cloud.run("up")
+    cloud.world["k8s"]["pvs"] = [{"name": "team-b-fsx", "driver": "fsx.csi.aws.com"}]
+    cloud.save()
+    p = cloud.run("down", "--yes")
+    assert "kept: the kept FSx CSI driver uses them" in p.stderr
+    assert len(associations(cloud)) == 1 and "ckpt-fsx-csi" in cloud.world["roles"]
 
 
 def test_someone_elses_association_is_used_and_kept(cloud: Cloud) -> None:
@@ -98,7 +157,8 @@ def test_after_a_lost_state_file_up_adopts_by_tag_and_down_removes_everything(cl
     st = cloud.state()
     assert (st["csi_pod_role"], st["csi_pod_identity"]) == (before["csi_pod_role"],
                                                            before["csi_pod_identity"])
-    assert not [m for m in mutations(cloud.calls()) if m.startswith(("aws iam create", "aws eks create"))]
+    # (the rules are tried again and found by tag: test_fsx.py) nothing made, nothing attached
+    assert not [m for m in mutations(cloud.calls()) if m.startswith(("aws iam", "aws eks"))]
     cloud.run("down", "--yes")
     assert associations(cloud) == [] and "ckpt-fsx-csi" not in cloud.world["roles"]
 
@@ -118,4 +178,13 @@ def test_switching_identity_on_a_live_stack_is_refused(cloud: Cloud) -> None:
     cloud.run("up")  # IRSA
     p = cloud.run("up", check=False, **POD_IDENTITY)
     assert p.returncode != 0 and "was set up with the other CSI_IDENTITY" in p.stderr
+    assert mutations(cloud.calls()) == []
+
+
+def test_a_lost_state_file_does_not_switch_an_irsa_stack(cloud: Cloud) -> None:
+    cloud.run("up")  # IRSA: eksctl's stack, tagged, holds a role of the same name
+    cloud.state_file.unlink()
+    with_agent(cloud)
+    p = cloud.run("up", check=False)
+    assert p.returncode != 0 and "has an IRSA role for the CSI controller" in p.stderr
     assert mutations(cloud.calls()) == []

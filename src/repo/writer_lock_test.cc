@@ -8,6 +8,8 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <cerrno>
+
 #include <gtest/gtest.h>
 
 #include "shardwise/shardwise.h"
@@ -63,8 +65,8 @@ struct OtherJob {
   ~OtherJob() {
     if (wfd >= 0) ::close(wfd);
   }
-  // Gone once it exited (a zombie waiting for init to reap it counts as gone:
-  // its descriptors, and so its lock, are already released).
+  // Gone once it exited (a zombie waiting for init to reap it counts as gone;
+  // its lock may outlive it a moment: WaitGone waits for that too).
   bool Alive() const {
     std::string stat = testing::ReadAll("/proc/" + std::to_string(pid) + "/stat");
     auto close = stat.rfind(')');
@@ -81,9 +83,9 @@ struct OtherJob {
   bool LockIsFree() const {
     int fd = ::open((root + "/" + std::string(names::kWriterLock)).c_str(), O_RDONLY | O_CLOEXEC);
     if (fd < 0) return true;  // no lock file: nothing holds it
-    bool free = ::flock(fd, LOCK_EX | LOCK_NB) == 0;
+    bool held = ::flock(fd, LOCK_EX | LOCK_NB) != 0 && errno == EWOULDBLOCK;
     ::close(fd);  // releases our probe
-    return free;
+    return !held;
   }
   void Finish() {
     ::close(wfd);

@@ -121,8 +121,11 @@ ensure_csi_driver() {
   local version=() role=()
   [[ -n ${CFG[CSI_CHART_VERSION]} ]] && version=(--version "${CFG[CSI_CHART_VERSION]}")
   # IRSA: the role on the service account; Pod Identity: no annotation
-  [[ -n $CSI_ROLE_ARN ]] &&
+  if [[ -n $CSI_ROLE_ARN ]]; then
     role=(--set-string "controller.serviceAccount.annotations.eks\.amazonaws\.com/role-arn=$CSI_ROLE_ARN")
+  elif [[ ${CFG[CSI_IDENTITY]} == irsa ]]; then
+    die "no IAM role for the CSI controller (IRSA): nothing to annotate its service account with"
+  fi
   helm repo add aws-fsx-csi-driver "$CSI_REPO" --force-update >/dev/null
   helm upgrade --install "$CSI_RELEASE" aws-fsx-csi-driver/aws-fsx-csi-driver \
     --namespace "$CSI_NAMESPACE" "${version[@]}" \

@@ -11,7 +11,7 @@
 
 POD_IDENTITY_AGENT=eks-pod-identity-agent
 
-ensure_csi_identity() {
+ensure_csi_identity() { # (after check_csi_identity)
   if [[ ${CFG[CSI_IDENTITY]} == pod-identity ]]; then
     ensure_pod_identity
   else
@@ -20,19 +20,37 @@ ensure_csi_identity() {
   fi
 }
 
-# check_csi_identity: before `up` changes anything, what CSI_IDENTITY needs
-# from the cluster: for Pod Identity, its agent add-on, ACTIVE.
+# check_csi_identity: before `up` changes anything, what CSI_IDENTITY needs:
+# the stack was not set up with the other one, and for Pod Identity the
+# cluster runs the agent: the eks-pod-identity-agent add-on ACTIVE, EKS Auto
+# Mode (the agent built in), or a DaemonSet kube-system/eks-pod-identity-agent
+# (installed some other way).
 check_csi_identity() {
-  local other
+  local other status auto
   if [[ ${CFG[CSI_IDENTITY]} == pod-identity ]]; then other=$(state_get csi_role); else other=$(state_get csi_pod_role); fi
   [[ -z $other ]] ||
     die "stack ${CFG[STACK_NAME]} was set up with the other CSI_IDENTITY (IAM role $other is recorded for it): keep that one, or run 'fsx down' first; nothing was changed"
   [[ ${CFG[CSI_IDENTITY]} == pod-identity ]] || return 0
-  local status
-  status=$({ awsj eks describe-addon --cluster-name "${CFG[CLUSTER_NAME]}" \
-    --addon-name "$POD_IDENTITY_AGENT" 2>/dev/null || true; } | jq -r '.addon.status // empty')
-  [[ $status == ACTIVE ]] ||
-    die "CSI_IDENTITY=pod-identity needs the $POD_IDENTITY_AGENT add-on ACTIVE on cluster ${CFG[CLUSTER_NAME]} (it is ${status:-not installed}): install it with 'aws eks create-addon --cluster-name ${CFG[CLUSTER_NAME]} --addon-name $POD_IDENTITY_AGENT', or use CSI_IDENTITY=irsa; nothing was changed"
+  # after a lost state file: this stack's IRSA role has the same name
+  if aws_exists cloudformation describe-stacks --stack-name "$(csi_stack_name)" &&
+    [[ $(stack_owner "$(csi_stack_name)") == "${CFG[STACK_NAME]}" ]]; then
+    die "stack ${CFG[STACK_NAME]} has an IRSA role for the CSI controller (eksctl stack $(csi_stack_name)): keep CSI_IDENTITY=irsa, or run 'fsx down' with it first; nothing was changed"
+  fi
+  if aws_exists eks describe-addon --cluster-name "${CFG[CLUSTER_NAME]}" --addon-name "$POD_IDENTITY_AGENT"; then
+    status=$(awsj eks describe-addon --cluster-name "${CFG[CLUSTER_NAME]}" \
+      --addon-name "$POD_IDENTITY_AGENT" | jq -r '.addon.status // empty')
+  fi
+  [[ ${status:-} == ACTIVE ]] && return 0
+  auto=$(awsj eks describe-cluster --name "${CFG[CLUSTER_NAME]}" | jq -r '.cluster.computeConfig.enabled // false')
+  if [[ $auto == true ]]; then
+    log "EKS Auto Mode: the Pod Identity agent is built in"
+    return 0
+  fi
+  if [[ -z ${status:-} ]] && kubectl get daemonset "$POD_IDENTITY_AGENT" -n kube-system >/dev/null 2>&1; then
+    log "Pod Identity agent: DaemonSet kube-system/$POD_IDENTITY_AGENT (not the EKS add-on)"
+    return 0
+  fi
+  die "CSI_IDENTITY=pod-identity needs the Pod Identity agent on cluster ${CFG[CLUSTER_NAME]} (the $POD_IDENTITY_AGENT add-on is ${status:-not installed}, and the cluster is not in EKS Auto Mode): install it with 'aws eks create-addon --cluster-name ${CFG[CLUSTER_NAME]} --addon-name $POD_IDENTITY_AGENT', or use CSI_IDENTITY=irsa; nothing was changed"
 }
 
 # The role's trust policy: the Pod Identity agent assumes it for the pod.
@@ -61,16 +79,15 @@ role_owner() {
     jq -r '.Role.Tags // [] | map(select(.Key == "shardwise:stack"))[0].Value // empty'
 }
 
-# ensure_pod_identity: the agent must run already (it is cluster-wide: this
-# toolkit does not install it). An association someone else made for the
-# controller is used as it is; else this toolkit makes the role (tagged) and
-# the association (tagged), records both, and adopts them by tag after a
-# lost state file.
+# ensure_pod_identity (after check_csi_identity): an association someone
+# else made for the controller is used as it is; else this toolkit makes the
+# role (tagged) and the association (tagged), records both, adopts them by
+# tag after a lost state file, and makes again what it recorded but is gone.
 ensure_pod_identity() {
-  local role arn id assoc part
-  check_csi_identity
+  local role arn id ids assoc part policy
   role=$(csi_role_name)
-  for id in $(csi_associations); do
+  ids=$(csi_associations) # (a failed call stops here, not as "none")
+  for id in $ids; do
     assoc=$(association_json "$id")
     if [[ $(jq -r '.tags["shardwise:stack"] // empty' <<<"$assoc") != "${CFG[STACK_NAME]}" ]]; then
       log "reusing Pod Identity association $id (role $(jq -r .roleArn <<<"$assoc")) of $CSI_NAMESPACE/$CSI_SERVICE_ACCOUNT (not this toolkit's: 'down' keeps it)"
@@ -81,10 +98,24 @@ ensure_pod_identity() {
     [[ -n $(state_get csi_pod_identity) ]] || log "Pod Identity association $id is ours (found by tag)"
     state_set csi_pod_identity "$id"
   done
+  id=$(state_get csi_pod_identity)
+  if [[ -n $id ]] && ! grep -qx -- "$id" <<<"$ids"; then
+    log "Pod Identity association $id is recorded but gone: making it again"
+    state_del csi_pod_identity
+  fi
+  if [[ -n $(state_get csi_pod_role) ]] && ! aws_exists iam get-role --role-name "$role"; then
+    log "IAM role $role is recorded but gone: making it again"
+    state_del csi_pod_role
+  fi
   if [[ -z $(state_get csi_pod_role) ]]; then
     if aws_exists iam get-role --role-name "$role"; then
       [[ $(role_owner "$role") == "${CFG[STACK_NAME]}" ]] ||
         die "IAM role $role exists but is not tagged shardwise:stack=${CFG[STACK_NAME]}: it was made by something else; set STACK_NAME to another name, or delete the role"
+      awsj iam get-role --role-name "$role" | jq -e '.Role.AssumeRolePolicyDocument
+        | (if type == "string" then fromjson else . end) | .Statement
+        | any(.Principal.Service? // [] | if type == "array" then any(. == "pods.eks.amazonaws.com")
+              else . == "pods.eks.amazonaws.com" end)' >/dev/null ||
+        die "IAM role $role is tagged for stack ${CFG[STACK_NAME]} but does not trust pods.eks.amazonaws.com (an IRSA role?): run 'fsx down' with CSI_IDENTITY=irsa first"
       log "IAM role $role is ours (found by tag)"
     else
       awsj iam create-role --role-name "$role" --assume-role-policy-document "$(pod_identity_trust)" \
@@ -95,9 +126,12 @@ ensure_pod_identity() {
     state_set csi_pod_role "$role"
   fi
   part=$(partition) || exit 1
-  # idempotent: a second up, or one after a failure here, attaches it again
-  awsj iam attach-role-policy --role-name "$role" \
-    --policy-arn "arn:$part:iam::aws:policy/AmazonFSxFullAccess" >/dev/null
+  policy="arn:$part:iam::aws:policy/AmazonFSxFullAccess"
+  # attached unless it is (a second up, or one after a failure here)
+  if ! awsj iam list-attached-role-policies --role-name "$role" |
+    jq -e --arg p "$policy" 'any(.AttachedPolicies[]; .PolicyArn == $p)' >/dev/null; then
+    awsj iam attach-role-policy --role-name "$role" --policy-arn "$policy" >/dev/null
+  fi
   arn=$(awsj iam get-role --role-name "$role" | jq -r .Role.Arn)
   if [[ -z $(state_get csi_pod_identity) ]]; then
     id=$(awsj eks create-pod-identity-association --cluster-name "${CFG[CLUSTER_NAME]}" \
@@ -111,11 +145,18 @@ ensure_pod_identity() {
   CSI_ROLE_ARN="" # gives the pod its credentials
 }
 
-# delete_pod_identity: `down`'s part: the association and the role, each only
-# if it still carries this stack's tag.
+# delete_pod_identity [KEEP]: `down`'s part: the association and the role,
+# each only if it still carries this stack's tag. KEEP (non-empty): the CSI
+# driver stays (other volumes use it), so its credentials stay too.
 delete_pod_identity() {
-  local id role assoc policy
+  local keep=${1:-} id role assoc policies policy
   id=$(state_get csi_pod_identity) role=$(state_get csi_pod_role)
+  if [[ -n $keep && -n $id$role ]]; then
+    log "Pod Identity association ${id:-(none)} and IAM role ${role:-(none)} kept: the kept FSx CSI driver uses them (delete them with it)"
+    state_del csi_pod_identity
+    state_del csi_pod_role
+    return 0
+  fi
   if [[ -n $id ]]; then
     if aws_exists eks describe-pod-identity-association --cluster-name "${CFG[CLUSTER_NAME]}" \
       --association-id "$id"; then
@@ -137,8 +178,9 @@ delete_pod_identity() {
       log "IAM role $role is not tagged shardwise:stack=${CFG[STACK_NAME]}: kept"
     else
       # IAM deletes no role that still has policies attached
-      for policy in $(awsj iam list-attached-role-policies --role-name "$role" |
-        jq -r '.AttachedPolicies[].PolicyArn'); do
+      policies=$(awsj iam list-attached-role-policies --role-name "$role" |
+        jq -r '.AttachedPolicies[].PolicyArn')
+      for policy in $policies; do
         awsj iam detach-role-policy --role-name "$role" --policy-arn "$policy" >/dev/null
       done
       awsj iam delete-role --role-name "$role" >/dev/null

@@ -27,24 +27,27 @@
 #
 # It downloads nothing: a node without the driver or the client fails here,
 # saying what to install, rather than installing unpinned software at boot.
-# Run again on a node where LNet already has efa networks, it changes nothing.
+# Run again on a node it set up, it changes nothing; on one where an earlier
+# run stopped midway, it says how to start over.
 # Prints one JSON line per step and exits non-zero on the first failure.
 #
 # Environment (all optional): LNET_TCP_IF (default: the default route's
-# interface), LNET_EFA_MAX, NODE_NAME; SYS_CLASS_INFINIBAND and PROC_MOUNTS
-# move the two paths it reads (tests).
+# interface), LNET_EFA_MAX, NODE_NAME; SYS_CLASS_INFINIBAND, SYS_MODULE and
+# PROC_MOUNTS move the paths it reads (tests).
 set -euo pipefail
 
 MIN_EFA_DRIVER=2.12.1
 PEER_CREDITS=32
 SYS_IB=${SYS_CLASS_INFINIBAND:-/sys/class/infiniband}
 MOUNTS=${PROC_MOUNTS:-/proc/mounts}
+SYS_MODULE=${SYS_MODULE:-/sys/module}
 NODE=${NODE_NAME:-$(hostname)}
 
 emit() { printf '{"node":"%s",%s}\n' "$NODE" "$1"; }
-# A JSON string of $1 (backslashes and quotes escaped).
+# A JSON string of $1 (backslashes and quotes escaped, control characters as spaces).
 json() {
-  local s=${1//\\/\\\\}
+  local s=${1//[$'\t\r\n']/ }
+  s=${s//\\/\\\\}
   printf '"%s"' "${s//\"/\\\"}"
 }
 fail() {
@@ -64,32 +67,13 @@ at_least() { [[ "$(printf '%s\n' "$1" "$2" | sort -V | head -n1)" == "$2" ]]; }
 
 efa_nids() { { lnetctl net show 2>/dev/null || true; } | grep -c '@efa' || true; }
 
-# 0. Done already (a second run): nothing to change.
-if (($(efa_nids) > 0)); then
-  emit "\"unchanged\":\"LNet already has $(efa_nids) efa interface(s)\""
-  exit 0
-fi
-
-# 1. What the node must have.
-driver=$(modinfo -F version efa 2>/dev/null) ||
-  fail "no efa kernel module on this node: use an EKS accelerated AMI or install AWS's EFA driver ($MIN_EFA_DRIVER or later)"
-driver=${driver//[^0-9.]/}
-at_least "$driver" "$MIN_EFA_DRIVER" ||
-  fail "the efa driver is $driver; Lustre over EFA needs $MIN_EFA_DRIVER or later"
-modinfo kefalnd >/dev/null 2>&1 ||
-  fail "no kefalnd module: this node's Lustre client has no EFA support; install AWS's Lustre 2.15 client (lustre-client-modules) for kernel $(uname -r)"
-if awk '$3 == "lustre" { found = 1 } END { exit !found }' "$MOUNTS"; then
-  fail "a Lustre file system is mounted ($(awk '$3 == "lustre" { print $2 }' "$MOUNTS" | paste -sd ' ' -)): LNet cannot be reconfigured under it; run this from the node's user data, before kubelet starts"
-fi
+# 1. What the node has (read only).
 devices=()
 if [[ -d "$SYS_IB" ]]; then
   mapfile -t devices < <(find "$SYS_IB" -mindepth 1 -maxdepth 1 -printf '%f\n' | LC_ALL=C sort)
 fi
 ((${#devices[@]})) ||
   fail "no EFA device under $SYS_IB: launch the node with EFA interfaces (efaEnabled in eksctl)"
-eth=${LNET_TCP_IF:-$(ip -4 route show default | awk '{ for (i = 1; i < NF; i++) if ($i == "dev") { print $(i + 1); exit } }')}
-[[ -n "$eth" ]] || fail "no default route, so no TCP interface for LNet: set LNET_TCP_IF"
-
 chosen=()
 if ((${#devices[@]} >= 16)); then
   for ((i = 0; i < ${#devices[@]}; i += 4)); do chosen+=("${devices[i]}"); done
@@ -102,6 +86,40 @@ if [[ -n "${LNET_EFA_MAX:-}" ]]; then
   [[ "$LNET_EFA_MAX" =~ ^[1-9][0-9]*$ ]] || fail "LNET_EFA_MAX must be a positive number, not '$LNET_EFA_MAX'"
   chosen=("${chosen[@]:0:LNET_EFA_MAX}")
 fi
+# 0. Done already (a second run): nothing to change. Half done (an earlier
+# run that failed midway): LNet's networks cannot be added twice, so say how
+# to start over rather than report success.
+command -v lnetctl >/dev/null ||
+  fail "no lnetctl on this node: install AWS's Lustre 2.15 client (lustre-client, beside lustre-client-modules)"
+have=$(efa_nids)
+if ((have > 0)); then
+  if ((have == ${#chosen[@]})) && [[ -d "$SYS_MODULE/lustre" ]]; then
+    emit "\"unchanged\":\"LNet already has $have efa interface(s) and lustre is loaded\""
+    exit 0
+  fi
+  fail "LNet is half set up ($have efa interface(s) of ${#chosen[@]}, lustre $([[ -d "$SYS_MODULE/lustre" ]] && echo loaded || echo 'not loaded')), from an earlier run that failed: unload it with lustre_rmmod (nothing may be mounted), then run this again"
+fi
+
+# What LNet over EFA needs.
+driver=$(modinfo -F version efa 2>/dev/null) ||
+  fail "no efa kernel module on this node: use an EKS accelerated AMI or install AWS's EFA driver ($MIN_EFA_DRIVER or later)"
+driver=${driver//[^0-9.]/}
+[[ -n "$driver" ]] || fail "the efa kernel module reports no version; Lustre over EFA needs $MIN_EFA_DRIVER or later"
+at_least "$driver" "$MIN_EFA_DRIVER" ||
+  fail "the efa driver is $driver; Lustre over EFA needs $MIN_EFA_DRIVER or later"
+modinfo kefalnd >/dev/null 2>&1 ||
+  fail "no kefalnd module: this node's Lustre client has no EFA support; install AWS's Lustre 2.15 client (lustre-client-modules) for kernel $(uname -r)"
+if awk '$3 == "lustre" { found = 1 } END { exit !found }' "$MOUNTS"; then
+  fail "a Lustre file system is mounted ($(awk '$3 == "lustre" { print $2 }' "$MOUNTS" | paste -sd ' ' -)): LNet cannot be reconfigured under it; run this from the node's user data, before kubelet starts"
+fi
+if [[ -z "${LNET_TCP_IF:-}" ]]; then
+  route=$(ip -4 route show default 2>&1) || fail "ip -4 route show default failed: $route"
+  eth=$(awk '{ for (i = 1; i < NF; i++) if ($i == "dev") { print $(i + 1); exit } }' <<<"$route")
+else
+  eth=$LNET_TCP_IF
+fi
+[[ "$eth" =~ ^[A-Za-z0-9_.:-]+$ ]] || fail "no usable TCP interface for LNet (default route: '${route:-}'): set LNET_TCP_IF"
+
 emit "\"efa_driver\":\"$driver\",\"tcp_interface\":\"$eth\",\"efa_devices\":${#devices[@]},\"chosen\":[$(printf '"%s",' "${chosen[@]}" | sed 's/,$//')]"
 
 # 2. LNet with a tcp network and the efa networks.

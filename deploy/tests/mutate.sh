@@ -43,16 +43,20 @@ for m in "${mutations[@]}"; do
   rc=0
   "$python" -m pytest -q -x -p no:cacheprovider -n "$(nproc)" "$work/deploy/tests" >"$work/log" 2>&1 ||
     rc=$?
-  case $rc in
-    0)
-      echo "mutate: SURVIVED: $name ($file): no test failed" >&2
-      survived=$((survived + 1)) ;;
-    1) echo "mutate: killed: $name ($(grep -m1 -o 'FAILED [^ ]*' "$work/log" || echo 'a test failed'))" ;;
-    *) # 2-5: interrupted, an internal or usage error, no tests: nothing was tested
-      tail -20 "$work/log" >&2
-      echo "mutate: pytest could not run the suite for '$name' (exit $rc)" >&2
-      exit 2 ;;
-  esac
+  # 1: a test failed; 2 with a FAILED line: xdist stopped the run after the
+  # first failure (-x); any other exit (a usage or internal error, no tests)
+  # means nothing was tested
+  killed=$(grep -m1 -o '^FAILED [^ ]*' "$work/log" || true)
+  if ((rc == 0)); then
+    echo "mutate: SURVIVED: $name ($file): no test failed" >&2
+    survived=$((survived + 1))
+  elif [[ -n $killed ]] && ((rc == 1 || rc == 2)); then
+    echo "mutate: killed: $name ($killed)"
+  else
+    tail -20 "$work/log" >&2
+    echo "mutate: pytest could not run the suite for '$name' (exit $rc)" >&2
+    exit 2
+  fi
 done
 ((survived == 0)) || { echo "mutate: $survived mutation(s) survived" >&2; exit 1; }
 echo "mutate: every mutation was caught"

@@ -305,6 +305,13 @@ class Checkpointer:
         if local_root is not None and (snapshot == "lazy" or async_mode == "process"):
             raise ValueError("a local tier (local_root) works with snapshot='eager' and "
                              "async_mode 'thread' or None")
+        if (local_root is not None and process_group is not None and dist.is_initialized()
+                and dist.get_world_size(process_group) != dist.get_world_size()):
+            # Partners and the step decision span the job (a group of their
+            # own over every rank): a part of the job cannot tier alone.
+            raise ValueError("a local tier (local_root) needs the whole job: process_group "
+                             f"has {dist.get_world_size(process_group)} of the "
+                             f"{dist.get_world_size()} ranks; pass none (every rank)")
         self.root = os.path.abspath(os.fspath(root))
         self.keep_last, self.keep_every = keep_last, keep_every
         self.async_mode = async_mode

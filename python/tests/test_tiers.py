@@ -233,6 +233,23 @@ def test_bad_arguments(tmp_path: Path) -> None:
         shardwise.Checkpointer(tmp_path, local_root=tmp_path / "l", snapshot="lazy")
 
 
+def part_of_the_job(rank: int, world: int, base: str, out: str) -> None:
+    import torch.distributed as dist
+
+    group = dist.new_group([0])  # every rank enters new_group, as torch requires
+    if rank == 0:
+        try:
+            checkpointer(base, rank, process_group=group)
+        except ValueError as e:
+            assert "needs the whole job: process_group has 1 of the 2 ranks" in str(e), e
+            return
+        raise AssertionError("a tier over part of the job was accepted")
+
+
+def test_a_tier_over_part_of_the_job_is_refused(tmp_path: Path) -> None:
+    run(2, part_of_the_job, str(tmp_path), str(tmp_path / "out"))
+
+
 def test_one_process_and_the_operators_view(tmp_path: Path, capsys) -> None:
     """Without torch.distributed: the local tier and the root, as `shardwise
     ls --local-root` and `verify --local-root` show them."""

@@ -164,10 +164,14 @@ def sts_identity(w, opts, args):
          "UserId": "AIDTEST"})
 
 
+def eks_cluster(w, name: str) -> dict:
+    if name not in w["clusters"]:
+        fail("ResourceNotFoundException", f"No cluster found for name: {name}.")
+    return w["clusters"][name]
+
+
 def eks_describe(w, opts, args):
-    c = w["clusters"].get(one(opts, "name"))
-    if c is None:
-        fail("ResourceNotFoundException", f"No cluster found for name: {one(opts, 'name')}.")
+    c = eks_cluster(w, one(opts, "name"))
     cluster = {"name": one(opts, "name"), "resourcesVpcConfig": {"vpcId": c["vpc"]},
                "endpoint": c["endpoint"], "identity": {"oidc": {"issuer": c["issuer"]}}}
     if c.get("auto_mode"):  # EKS Auto Mode (the Pod Identity agent built in)
@@ -466,8 +470,9 @@ def iam_get_role(w, opts, args):
             "AssumeRolePolicyDocument": meta.get("trust") or {
                 "Version": "2012-10-17", "Statement": [{
                     "Effect": "Allow", "Action": "sts:AssumeRoleWithWebIdentity",
-                    "Principal": {"Federated": f"arn:aws:iam::{w['account']}:oidc-provider/"
-                                               "oidc.eks.us-east-1.amazonaws.com/id/ABC"}}]}}
+                    "Principal": {"Federated": f"arn:{w.get('partition', 'aws')}:iam::"
+                                               f"{w['account']}:oidc-provider/oidc.eks."
+                                               "us-east-1.amazonaws.com/id/ABC"}}]}}
     if meta["tags"]:
         role["Tags"] = tag_list(meta["tags"])
     out({"Role": role})
@@ -522,9 +527,7 @@ def iam_delete_role(w, opts, args):
 
 def eks_addon(w, opts, args):
     cluster, name = one(opts, "cluster-name"), one(opts, "addon-name")
-    if cluster not in w["clusters"]:
-        fail("ResourceNotFoundException", f"No cluster found for name: {cluster}.")
-    status = w["clusters"][cluster].get("addons", {}).get(name)
+    status = eks_cluster(w, cluster).get("addons", {}).get(name)
     if status is None:
         fail("ResourceNotFoundException", f"No addon: {name} found in cluster: {cluster}")
     out({"addon": {"addonName": name, "clusterName": cluster, "status": status}})
@@ -554,8 +557,7 @@ def eks_describe_assoc(w, opts, args):
 
 def eks_create_assoc(w, opts, args):
     cluster, ns, sa = one(opts, "cluster-name"), one(opts, "namespace"), one(opts, "service-account")
-    if cluster not in w["clusters"]:
-        fail("ResourceNotFoundException", f"No cluster found for name: {cluster}.")
+    eks_cluster(w, cluster)
     if any(a["clusterName"] == cluster and a["namespace"] == ns and a["serviceAccount"] == sa
            for a in w.setdefault("pod_identity", {}).values()):
         fail("ResourceInUseException", "Association already exists")

@@ -72,10 +72,6 @@ def _caching_planner_key() -> Optional[str]:
 _planners = 0
 
 
-def _step_name(step: int) -> str:
-    return f"step-{step:012d}"
-
-
 def _corruption(e: BaseException) -> Optional[BaseException]:
     """The CorruptCheckpointError behind a failed load, if that is why it
     failed (DCP wraps storage errors in CheckpointException)."""
@@ -459,7 +455,7 @@ class Checkpointer:
         t0 = time.monotonic()
         self._wait_previous()
         self._claim()
-        path = os.path.join(self.root, _step_name(step))
+        path = os.path.join(self.root, tiers.step_name(step))
         self._writer.step = step
         if blocking or self.async_mode is None:
             try:
@@ -543,11 +539,7 @@ class Checkpointer:
 
     def steps(self) -> list[int]:
         """Steps of the committed checkpoints, oldest first."""
-        out = []
-        for c in self._core_repo().list():
-            if c.state == "committed" and c.step >= 0 and c.name == _step_name(c.step):
-                out.append(c.step)
-        return sorted(set(out))
+        return sorted(tiers.steps_in(self._core_repo().list()))
 
     def latest_step(self) -> Optional[int]:
         steps = self.steps()
@@ -569,7 +561,7 @@ class Checkpointer:
             return self._load_tiered(state_dict, step)
         candidates = [step] if step is not None else list(reversed(self.steps()))
         for s in candidates:
-            path = os.path.join(self.root, _step_name(s))
+            path = os.path.join(self.root, tiers.step_name(s))
             try:
                 dcp.load(state_dict, storage_reader=Reader(path, progress=self.progress),
                          process_group=self.process_group)
@@ -637,7 +629,7 @@ class Checkpointer:
         return handle
 
     def _persist_tiers(self, step: int, sd: dict[str, Any], persist: bool) -> None:
-        name = _step_name(step)
+        name = tiers.step_name(step)
         rank, topo = self._rank(), self._topology
         own_root = tiers.rank_dir(self.local_root, rank)
         error: Optional[BaseException] = None
@@ -762,7 +754,7 @@ class Checkpointer:
                    tier_of: list[str]) -> tuple[bool, float, str]:
         """One round: partners send the replicas asked for; this rank reads
         its part from its tier. (ok, seconds, why not)."""
-        topo, rank, name = self._topology, self._rank(), _step_name(step)
+        topo, rank, name = self._topology, self._rank(), tiers.step_name(step)
         t0 = time.monotonic()
         own_root = tiers.rank_dir(self.local_root, rank)
         sends = {}

@@ -107,13 +107,23 @@ def replica_dir(local_root: str, rank: int) -> str:
     return os.path.join(local_root, f"replica-{rank:05d}")
 
 
+def step_name(step: int) -> str:
+    """The name of a Checkpointer's checkpoint of STEP, on every tier."""
+    return f"step-{step:012d}"
+
+
+def steps_in(listing: Any) -> set[int]:
+    """The steps of the committed checkpoints a Checkpointer wrote (named
+    step-N) in a Repository's listing."""
+    return {c.step for c in listing
+            if c.state == "committed" and c.step >= 0 and c.name == step_name(c.step)}
+
+
 def committed_steps(root: str, options: dict[str, Any]) -> set[int]:
-    """Steps of the committed checkpoints named step-N under ``root``."""
+    """steps_in the listing of ``root`` (none when it does not exist)."""
     if not os.path.isdir(root):
         return set()
-    repo = _core.Repository(root, options, False)
-    return {c.step for c in repo.list()
-            if c.state == "committed" and c.step >= 0 and c.name == f"step-{c.step:012d}"}
+    return steps_in(_core.Repository(root, options, False).list())
 
 
 class Buffers:

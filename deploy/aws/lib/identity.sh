@@ -73,10 +73,21 @@ association_json() {
     --association-id "$1" | jq -c '.association'
 }
 
+# association_ours JSON: whether an association (as association_json gives it) carries this stack's tag.
+association_ours() { [[ $(jq -r '.tags["shardwise:stack"] // empty' <<<"$1") == "${CFG[STACK_NAME]}" ]]; }
+
 # role_owner ROLE: the shardwise:stack tag of an IAM role ("" if untagged).
 role_owner() {
   awsj iam get-role --role-name "$1" |
     jq -r '.Role.Tags // [] | map(select(.Key == "shardwise:stack"))[0].Value // empty'
+}
+
+# trusts_pods ROLE: whether the role's trust policy lets the Pod Identity agent assume it.
+trusts_pods() {
+  awsj iam get-role --role-name "$1" | jq -e '.Role.AssumeRolePolicyDocument
+    | (if type == "string" then fromjson else . end) | .Statement
+    | any(.Principal.Service? // [] | if type == "array" then any(. == "pods.eks.amazonaws.com")
+          else . == "pods.eks.amazonaws.com" end)' >/dev/null
 }
 
 # ensure_pod_identity (after check_csi_identity): an association someone
@@ -89,7 +100,7 @@ ensure_pod_identity() {
   ids=$(csi_associations) # (a failed call stops here, not as "none")
   for id in $ids; do
     assoc=$(association_json "$id")
-    if [[ $(jq -r '.tags["shardwise:stack"] // empty' <<<"$assoc") != "${CFG[STACK_NAME]}" ]]; then
+    if ! association_ours "$assoc"; then
       log "reusing Pod Identity association $id (role $(jq -r .roleArn <<<"$assoc")) of $CSI_NAMESPACE/$CSI_SERVICE_ACCOUNT (not this toolkit's: 'down' keeps it)"
       # shellcheck disable=SC2034 # read by ensure_csi_driver (cluster.sh)
       CSI_ROLE_ARN=""
@@ -111,10 +122,7 @@ ensure_pod_identity() {
     if aws_exists iam get-role --role-name "$role"; then
       [[ $(role_owner "$role") == "${CFG[STACK_NAME]}" ]] ||
         die "IAM role $role exists but is not tagged shardwise:stack=${CFG[STACK_NAME]}: it was made by something else; set STACK_NAME to another name, or delete the role"
-      awsj iam get-role --role-name "$role" | jq -e '.Role.AssumeRolePolicyDocument
-        | (if type == "string" then fromjson else . end) | .Statement
-        | any(.Principal.Service? // [] | if type == "array" then any(. == "pods.eks.amazonaws.com")
-              else . == "pods.eks.amazonaws.com" end)' >/dev/null ||
+      trusts_pods "$role" ||
         die "IAM role $role is tagged for stack ${CFG[STACK_NAME]} but does not trust pods.eks.amazonaws.com (an IRSA role?): run 'fsx down' with CSI_IDENTITY=irsa first"
       log "IAM role $role is ours (found by tag)"
     else
@@ -161,7 +169,7 @@ delete_pod_identity() {
     if aws_exists eks describe-pod-identity-association --cluster-name "${CFG[CLUSTER_NAME]}" \
       --association-id "$id"; then
       assoc=$(association_json "$id")
-      if [[ $(jq -r '.tags["shardwise:stack"] // empty' <<<"$assoc") == "${CFG[STACK_NAME]}" ]]; then
+      if association_ours "$assoc"; then
         awsj eks delete-pod-identity-association --cluster-name "${CFG[CLUSTER_NAME]}" \
           --association-id "$id" >/dev/null
         log "deleted Pod Identity association $id"

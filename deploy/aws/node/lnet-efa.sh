@@ -67,7 +67,7 @@ at_least() { [[ "$(printf '%s\n' "$1" "$2" | sort -V | head -n1)" == "$2" ]]; }
 
 efa_nids() { { lnetctl net show 2>/dev/null || true; } | grep -c '@efa' || true; }
 
-# 1. What the node has (read only).
+# 1a. The EFA devices, and which of them LNet gets (read only).
 devices=()
 if [[ -d "$SYS_IB" ]]; then
   mapfile -t devices < <(find "$SYS_IB" -mindepth 1 -maxdepth 1 -printf '%f\n' | LC_ALL=C sort)
@@ -86,7 +86,7 @@ if [[ -n "${LNET_EFA_MAX:-}" ]]; then
   [[ "$LNET_EFA_MAX" =~ ^[1-9][0-9]*$ ]] || fail "LNET_EFA_MAX must be a positive number, not '$LNET_EFA_MAX'"
   chosen=("${chosen[@]:0:LNET_EFA_MAX}")
 fi
-# 0. Done already (a second run): nothing to change. Half done (an earlier
+# 1b. Done already (a second run): nothing to change. Half done (an earlier
 # run that failed midway): LNet's networks cannot be added twice, so say how
 # to start over rather than report success.
 command -v lnetctl >/dev/null ||
@@ -100,7 +100,7 @@ if ((have > 0)); then
   fail "LNet is half set up ($have efa interface(s) of ${#chosen[@]}, lustre $([[ -d "$SYS_MODULE/lustre" ]] && echo loaded || echo 'not loaded')), from an earlier run that failed: unload it with lustre_rmmod (nothing may be mounted), then run this again"
 fi
 
-# What LNet over EFA needs.
+# 1c. What LNet over EFA needs (read only).
 driver=$(modinfo -F version efa 2>/dev/null) ||
   fail "no efa kernel module on this node: use an EKS accelerated AMI or install AWS's EFA driver ($MIN_EFA_DRIVER or later)"
 driver=${driver//[^0-9.]/}

@@ -8,6 +8,7 @@
 #include <span>
 #include <string>
 #include <string_view>
+#include <utility>
 #include <vector>
 
 #include "shardwise/options.h"
@@ -100,9 +101,17 @@ class CheckpointReader {
   // verification itself could not run.
   Result<VerifyReport> Verify(const ProgressFn& progress = {});
 
+  // Verify, with each shard file's bytes taken from memory (a copy just
+  // written from `files`, by file name) instead of read back: the metadata,
+  // each file's size and header still come from the directory. A shard
+  // file missing from `files`, or of another size, is a problem of that file.
+  using FileBytes = std::vector<std::pair<std::string, std::string_view>>;
+  Result<VerifyReport> VerifyCopy(const FileBytes& files);
+
  private:
   struct Impl;
   explicit CheckpointReader(std::unique_ptr<Impl> impl);
+  Result<VerifyReport> VerifyFrom(const ProgressFn& progress, const FileBytes* copy);
   std::unique_ptr<Impl> impl_;
 };
 

@@ -13,6 +13,7 @@
 #include <optional>
 #include <span>
 
+#include "common/parallel.h"
 #include "format/crc32c.h"
 #include "format/index.h"
 #include "format/manifest.h"
@@ -539,7 +540,47 @@ Status CheckpointReader::CheckFiles() {
   return Status::Ok();
 }
 
+namespace {
+
+// Runs `check` over every unit of one file whose bytes are in memory (a copy
+// just written), in parallel: the checksum pass of Install, without reading
+// the file back.
+template <typename Check>
+Status CheckInMemory(const CheckpointReader::FileBytes& copy, const std::string& fname,
+                     const std::string& path, std::span<const io::IoUnit> io_units,
+                     Check&& check) {
+  auto it = std::find_if(copy.begin(), copy.end(), [&](const auto& f) { return f.first == fname; });
+  if (it == copy.end()) return Corrupt("not in the copy being installed: " + path, path);
+  const std::string_view bytes = it->second;
+  for (const io::IoUnit& u : io_units)
+    if (u.offset > bytes.size() || u.length > bytes.size() - u.offset)
+      return Corrupt(path + ": the copy holds " + std::to_string(bytes.size()) +
+                         " bytes, its extents reach byte " + std::to_string(u.offset + u.length),
+                     path);
+  const auto* base = reinterpret_cast<const std::byte*>(bytes.data());
+  std::mutex mu;
+  Status first;
+  ParallelFor(0, io_units.size(), ThreadsFor(bytes.size(), 64ull << 20), [&](std::size_t u) {
+    Status s = check(u, base + io_units[u].offset);
+    if (s.ok()) return;
+    std::lock_guard lock(mu);
+    if (first.ok()) first = std::move(s);
+  });
+  return first;
+}
+
+}  // namespace
+
 Result<VerifyReport> CheckpointReader::Verify(const ProgressFn& progress) {
+  return VerifyFrom(progress, nullptr);
+}
+
+Result<VerifyReport> CheckpointReader::VerifyCopy(const FileBytes& files) {
+  return VerifyFrom({}, &files);
+}
+
+Result<VerifyReport> CheckpointReader::VerifyFrom(const ProgressFn& progress,
+                                                  const FileBytes* copy) {
   Impl& m = *impl_;
   VerifyReport report;
   if (Status s = LoadAll(); !s.ok()) {
@@ -573,7 +614,7 @@ Result<VerifyReport> CheckpointReader::Verify(const ProgressFn& progress) {
       m.AddUnits(0, it, c, 0, (it->chunks[c].length - 1) / B, units, io_units);
     std::vector<std::string> paths;
     m.FixPaths(units, io_units, paths);
-    s = m.backend->Read(io_units, [&](std::size_t u, std::byte* buf) -> Status {
+    auto check = [&](std::size_t u, const std::byte* buf) -> Status {
       SW_RETURN_IF_ERROR(m.CheckBlocks(units[u], buf, nullptr, nullptr));
       std::uint64_t d = done += io_units[u].length;
       if (progress) {
@@ -581,7 +622,9 @@ Result<VerifyReport> CheckpointReader::Verify(const ProgressFn& progress) {
         progress(d, total);
       }
       return Status::Ok();
-    });
+    };
+    s = copy ? CheckInMemory(*copy, fname, m.FilePath(f), io_units, check)
+             : m.backend->Read(io_units, check);
     std::uint64_t file_bytes = 0;
     for (const auto& u : io_units) file_bytes += u.length;
     report.bytes_checked += file_bytes;

@@ -1,6 +1,7 @@
 // The repository: commit protocol, listing, latest, replace, retention, gc,
 // multi-process saves, and a failed syscall at every step of a commit.
 #include "shardwise/repository.h"
+#include "shardwise/reader.h"
 
 #include <fcntl.h>
 #include <gtest/gtest.h>
@@ -229,6 +230,45 @@ TEST_F(RepositoryTest, InstallsAVerifiedCopyOrNothing) {
   EXPECT_EQ(st.code(), StatusCode::kCorrupt) << st.ToString();
   EXPECT_NE(st.message().find(shard->first), std::string::npos) << st.message();
   EXPECT_EQ(Committed(**replica), std::vector<std::string>{name});
+  EXPECT_EQ(StagingCount(**replica), 0);
+
+  // A flipped byte inside the data (not the padding), and a copy cut short:
+  // the checksums run over the bytes being installed.
+  shard->second[shard->second.size() - 1] ^= 0x40;
+  shard->second[shard->second.size() / 2] ^= 0x01;
+  st = (*replica)->Install("step-000000000002", views());
+  EXPECT_EQ(st.code(), StatusCode::kCorrupt) << st.ToString();
+  EXPECT_NE(st.message().find("checksum"), std::string::npos) << st.message();
+  shard->second[shard->second.size() / 2] ^= 0x01;
+  std::string whole = shard->second;
+  shard->second.resize(whole.size() - 4096);
+  st = (*replica)->Install("step-000000000002", views());
+  EXPECT_FALSE(st.ok());
+  EXPECT_NE(st.message().find(shard->first), std::string::npos) << st.message();
+  shard->second = whole;
+  EXPECT_EQ(Committed(**replica), std::vector<std::string>{name});
+
+  // VerifyCopy checks the bytes it is given, not the files: the intact
+  // directory with a damaged copy in memory has a problem in that file.
+  auto reader = CheckpointReader::Open(dir_ / name, {});
+  ASSERT_TRUE(reader.ok()) << reader.status().ToString();
+  auto report = (*reader)->VerifyCopy(views());
+  ASSERT_TRUE(report.ok());
+  EXPECT_TRUE(report->problems.empty());
+  EXPECT_GT(report->bytes_checked, 0u);
+  shard->second[shard->second.size() / 2] ^= 0x01;
+  report = (*reader)->VerifyCopy(views());
+  ASSERT_TRUE(report.ok());
+  ASSERT_EQ(report->problems.size(), 1u);
+  EXPECT_EQ(report->problems[0].file, shard->first);
+  shard->second[shard->second.size() / 2] ^= 0x01;
+  auto without = views();
+  std::erase_if(without, [&](const auto& f) { return f.first == shard->first; });
+  report = (*reader)->VerifyCopy(without);
+  ASSERT_TRUE(report.ok());
+  ASSERT_EQ(report->problems.size(), 1u);
+  EXPECT_NE(report->problems[0].status.message().find("not in the copy"), std::string::npos);
+  reader->reset();
   EXPECT_EQ(StagingCount(**replica), 0);
 
   // Names that could leave the root, or nothing at all.

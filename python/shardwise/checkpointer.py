@@ -671,8 +671,8 @@ class Checkpointer:
         """Sends this rank's local checkpoint NAME to its partner, and
         installs (verified) the ones this rank holds for others."""
         topo, rank = self._topology, self._rank()
-        blob = tiers.pack_checkpoint(os.path.join(own_root, name), self._buffers)
-        got = tiers.exchange(self._replica_group, {topo.partner(rank): blob}, topo.sources(rank),
+        parts = tiers.pack_checkpoint(os.path.join(own_root, name))
+        got = tiers.exchange(self._replica_group, {topo.partner(rank): parts}, topo.sources(rank),
                              self._buffers)
         for src, data in got.items():
             try:
@@ -762,10 +762,10 @@ class Checkpointer:
             if tier_of[r] == tiers.REPLICA:
                 d = os.path.join(tiers.replica_dir(self.local_root, r), name)
                 try:
-                    sends[r] = tiers.pack_checkpoint(d, self._buffers, role=f"send-{r}")
+                    sends[r] = tiers.pack_checkpoint(d)
                 except OSError as e:  # sent empty: the receiver fails over to its next tier
                     log.warning("replica %s of rank %d unreadable: %s", d, r, e)
-                    sends[r] = torch.empty(0, dtype=torch.uint8)
+                    sends[r] = []
         need = [topo.partner(rank)] if tier_of[rank] == tiers.REPLICA else []
         got = {}
         if any(t == tiers.REPLICA for t in tier_of):  # the same decision on every rank

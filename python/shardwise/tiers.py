@@ -21,8 +21,10 @@ from __future__ import annotations
 
 import json
 import logging
+import mmap
 import os
 import socket
+import warnings
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
@@ -127,9 +129,9 @@ def committed_steps(root: str, options: dict[str, Any]) -> set[int]:
 
 
 class Buffers:
-    """uint8 buffers for the transfers of one Checkpointer, by role ("send",
-    "send-R", "recv-R"), kept from save to save and grown only when a larger
-    one is needed: their pages are not faulted in again on every save."""
+    """uint8 receive buffers of one Checkpointer, by role ("recv-R"), kept
+    from save to save and grown only when a larger one is needed: their
+    pages are not faulted in again on every save."""
 
     def __init__(self) -> None:
         self._by_role: dict[str, torch.Tensor] = {}
@@ -144,30 +146,38 @@ class Buffers:
         self._by_role.clear()
 
 
-def pack_checkpoint(directory: str, buffers: Buffers, role: str = "send") -> torch.Tensor:
-    """The files of one committed checkpoint directory (flat) in one uint8
-    tensor: an 8-byte header length, a JSON header (names and sizes; never
-    pickle), then each file's bytes, read straight into the tensor (the
-    buffer of ``role``: one per destination in flight)."""
+def _mapped(path: str, size: int) -> torch.Tensor:
+    """The file's bytes as a read-only uint8 tensor over its pages (mapped
+    and populated at once, no copy: a local tier's files are in memory or
+    on NVMe). Committed files are never rewritten in place, and the mapping
+    keeps the pages of a file that retention unlinks meanwhile."""
+    if size == 0:
+        return torch.empty(0, dtype=torch.uint8)
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        if os.fstat(fd).st_size != size:
+            raise OSError(f"{path}: its size changed while it was packed")
+        m = mmap.mmap(fd, size, flags=mmap.MAP_SHARED | getattr(mmap, "MAP_POPULATE", 0),
+                      prot=mmap.PROT_READ)
+    finally:
+        os.close(fd)
+    with warnings.catch_warnings():  # read-only memory, only ever sent
+        warnings.simplefilter("ignore", UserWarning)
+        return torch.frombuffer(m, dtype=torch.uint8)  # keeps the mapping alive
+
+
+def pack_checkpoint(directory: str) -> list[torch.Tensor]:
+    """The files of one committed checkpoint directory (flat) as a transfer:
+    uint8 parts whose concatenation is an 8-byte header length, a JSON header
+    (names and sizes; never pickle), then each file's bytes. The files'
+    parts are their pages, mapped: nothing is copied before the send."""
     names = sorted(n for n in os.listdir(directory)
                    if not n.startswith(".") and os.path.isfile(os.path.join(directory, n)))
     sizes = [os.path.getsize(os.path.join(directory, n)) for n in names]
     header = json.dumps([[n, z] for n, z in zip(names, sizes)]).encode()
-    blob = buffers.get(role, 8 + len(header) + sum(sizes))
-    view = memoryview(blob.numpy())
-    view[:8] = len(header).to_bytes(8, "little")
-    view[8:8 + len(header)] = header
-    at = 8 + len(header)
-    for n, z in zip(names, sizes):
-        with open(os.path.join(directory, n), "rb", buffering=0) as f:
-            got = 0
-            while got < z:
-                k = f.readinto(view[at + got:at + z])
-                if not k:
-                    raise OSError(f"{os.path.join(directory, n)}: shorter than its size ({z})")
-                got += k
-        at += z
-    return blob
+    head = torch.frombuffer(bytearray(len(header).to_bytes(8, "little") + header),
+                            dtype=torch.uint8)
+    return [head] + [_mapped(os.path.join(directory, n), z) for n, z in zip(names, sizes)]
 
 
 def unpack_header(blob: torch.Tensor) -> list[tuple[str, int, int]]:
@@ -198,29 +208,35 @@ def unpack_header(blob: torch.Tensor) -> list[tuple[str, int, int]]:
     return out
 
 
-def exchange(group: Any, sends: dict[int, torch.Tensor], recv_from: list[int],
+def exchange(group: Any, sends: dict[int, list[torch.Tensor]], recv_from: list[int],
              buffers: Buffers) -> dict[int, torch.Tensor]:
     """One round of point-to-point transfers on ``group``: this rank sends
-    each tensor of ``sends`` to its rank and receives one tensor from each
-    rank of ``recv_from``. Sizes go first, so a receiver allocates exactly."""
-    ops, sizes = [], {}
-    for dst, t in sends.items():
-        ops.append(dist.isend(torch.tensor([t.numel()], dtype=torch.int64), dst, group=group))
+    each list of parts of ``sends`` to its rank, and receives from each rank
+    of ``recv_from`` one tensor, the concatenation of what it sent. The
+    number of parts and their sizes go first, so a receiver allocates once
+    and receives each part in place."""
+    def post(pairs: list[tuple[torch.Tensor, int, bool]]) -> None:
+        ops = [dist.isend(t, peer, group=group) if out else dist.irecv(t, peer, group=group)
+               for t, peer, out in pairs if t.numel()]
+        for op in ops:
+            op.wait()
+
+    counts = {src: torch.zeros(1, dtype=torch.int64) for src in recv_from}
+    post([(torch.tensor([len(parts)], dtype=torch.int64), dst, True)
+          for dst, parts in sends.items()] + [(counts[src], src, False) for src in recv_from])
+    sizes = {src: torch.zeros(int(counts[src].item()), dtype=torch.int64) for src in recv_from}
+    post([(torch.tensor([p.numel() for p in parts], dtype=torch.int64), dst, True)
+          for dst, parts in sends.items()] + [(sizes[src], src, False) for src in recv_from])
+    got, pairs = {}, []
+    for dst, parts in sends.items():
+        pairs += [(p, dst, True) for p in parts]
     for src in recv_from:
-        sizes[src] = torch.zeros(1, dtype=torch.int64)
-        ops.append(dist.irecv(sizes[src], src, group=group))
-    for op in ops:
-        op.wait()
-    ops, got = [], {}
-    for dst, t in sends.items():
-        if t.numel():
-            ops.append(dist.isend(t, dst, group=group))
-    for src in recv_from:
-        got[src] = buffers.get(f"recv-{src}", int(sizes[src].item()))
-        if got[src].numel():
-            ops.append(dist.irecv(got[src], src, group=group))
-    for op in ops:
-        op.wait()
+        got[src] = buffers.get(f"recv-{src}", int(sizes[src].sum().item()))
+        at = 0
+        for n in sizes[src].tolist():
+            pairs.append((got[src][at:at + n], src, False))
+            at += n
+    post(pairs)
     return got
 
 

@@ -300,8 +300,8 @@ def test_a_malformed_replica_transfer_is_refused(tmp_path: Path) -> None:
     ckpt = shardwise.Checkpointer(tmp_path / "root", local_root=tmp_path / "local")
     ckpt.save(1, {"w": torch.arange(10.0)}, blocking=True)
     ckpt.close()
-    blob = tiers.pack_checkpoint(str(tmp_path / "local" / "rank-00000" / "step-000000000001"),
-                                 tiers.Buffers()).clone()
+    blob = torch.cat(tiers.pack_checkpoint(
+        str(tmp_path / "local" / "rank-00000" / "step-000000000001")))
     dest = tmp_path / "replica"
     tiers.install(str(dest), "step-000000000001", blob, {})  # the intact copy installs
     n = int.from_bytes(blob[:8].numpy().tobytes(), "little")

@@ -199,7 +199,9 @@ class Repository {
   // Installs a copy of a committed checkpoint made in another root (a
   // partner node's replica of a local checkpoint, docs/tiers.md): FILES are
   // its files by name (flat, safe names). They are written into a hidden
-  // staging directory and fsynced, every checksum is verified, and the
+  // staging directory and fsynced, every checksum is verified over FILES'
+  // bytes (sizes, headers and metadata are read from the written files:
+  // CheckpointReader::VerifyCopy), and the
   // directory is renamed to NAME atomically, never over an existing one
   // (kAlreadyExists); then the root is fsynced. A copy that fails
   // verification is refused (kCorrupt, naming the file) and leaves nothing.

@@ -9,6 +9,7 @@ import sys
 from typing import Callable, Optional
 
 from . import _core
+from ._layout import steps_in, tier_roots
 
 IMPORT_HELP = """Convert a stock PyTorch DCP checkpoint (written by FileSystemWriter) into a
 shardwise checkpoint directory DST (ROOT/NAME). This reads DCP's pickled
@@ -52,21 +53,6 @@ header. Exit codes: 0 all intact, 1 a problem (each is printed, naming the
 file), 2 usage error or an unreadable path."""
 
 
-def _tier_roots(local_root: str) -> list[tuple[str, str]]:
-    """(kind, directory) of each rank and replica root under LOCAL_ROOT."""
-    import os
-    import re
-
-    if not os.path.isdir(local_root):
-        raise FileNotFoundError(f"{local_root}: no such directory")
-    out = []
-    for name in sorted(os.listdir(local_root)):
-        m = re.fullmatch(r"(rank|replica)-(\d{5})", name)
-        if m and os.path.isdir(os.path.join(local_root, name)):
-            out.append((m.group(1), os.path.join(local_root, name)))
-    return out
-
-
 def _guarded(command: str, body: Callable[[], int]) -> int:
     """body()'s exit code; an unreadable path is 2 and any other failure 1,
     each printed as ``shardwise COMMAND: why``."""
@@ -96,11 +82,9 @@ def _list_tiers(root: Optional[str], local_root: str, as_json: bool) -> int:
             if c.state == "committed" and c.step >= 0:
                 steps.setdefault(c.step, {})["root"] = (
                     c.export_info.state if c.export_info else "committed")
-    for kind, d in _tier_roots(local_root):
-        rank = int(d[-5:])
-        for c in _core.Repository(d, {}, False).list():
-            if c.state == "committed" and c.step >= 0:
-                steps.setdefault(c.step, {}).setdefault(kind, []).append(rank)
+    for kind, rank, d in tier_roots(local_root):
+        for step in steps_in(_core.Repository(d, {}, False).list()):
+            steps.setdefault(step, {}).setdefault(kind, []).append(rank)
     if as_json:
         print(json.dumps({str(k): v for k, v in sorted(steps.items())}))
         return 0
@@ -124,7 +108,7 @@ def _tiers_verify(argv: list[str]) -> int:
 
 def _verify_tiers(local_root: str, as_json: bool) -> int:
     report, bad = [], 0
-    for _, d in _tier_roots(local_root):
+    for _, _, d in tier_roots(local_root):
         for c in _core.Repository(d, {}, False).list():
             if c.state != "committed":
                 continue

@@ -32,6 +32,7 @@ import torch
 import torch.distributed as dist
 
 from . import _core
+from ._layout import rank_dir, replica_dir, step_name, steps_in  # noqa: F401 (tiers.step_name etc.)
 
 log = logging.getLogger("shardwise")
 
@@ -99,26 +100,6 @@ class TierReport:
             by.setdefault(t, []).append(r)
         parts = ", ".join(f"{t}: ranks {','.join(map(str, rs))}" for t, rs in by.items())
         return f"step {self.step} ({parts}; slowest {max(self.seconds):.3f} s)"
-
-
-def rank_dir(local_root: str, rank: int) -> str:
-    return os.path.join(local_root, f"rank-{rank:05d}")
-
-
-def replica_dir(local_root: str, rank: int) -> str:
-    return os.path.join(local_root, f"replica-{rank:05d}")
-
-
-def step_name(step: int) -> str:
-    """The name of a Checkpointer's checkpoint of STEP, on every tier."""
-    return f"step-{step:012d}"
-
-
-def steps_in(listing: Any) -> set[int]:
-    """The steps of the committed checkpoints a Checkpointer wrote (named
-    step-N) in a Repository's listing."""
-    return {c.step for c in listing
-            if c.state == "committed" and c.step >= 0 and c.name == step_name(c.step)}
 
 
 def committed_steps(root: str, options: dict[str, Any]) -> set[int]:

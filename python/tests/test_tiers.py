@@ -269,12 +269,19 @@ def test_one_process_and_the_operators_view(tmp_path: Path, capsys) -> None:
     assert ckpt.last_restore.tiers == ["local"]
     ckpt.close()
 
+    # A checkpoint in a rank's directory that no Checkpointer wrote (not
+    # named step-N): not a step of the local tier, for ls as for load.
+    import torch.distributed.checkpoint as dcp
+    dcp.save({"w": torch.zeros(3)}, no_dist=True,
+             storage_writer=shardwise.dcp.Writer(str(local / "rank-00000" / "by-hand"), step=9))
+
     capsys.readouterr()
     assert main(["ls", str(root), "--local-root", str(local), "--json"]) == 0
     listed = json.loads(capsys.readouterr().out)
     assert listed == {"2": {"root": "not requested", "rank": [0]}, "3": {"rank": [0]}}
     assert main(["verify", "--local-root", str(local)]) == 0
-    assert capsys.readouterr().out.count("OK ") == 2
+    assert capsys.readouterr().out.count("OK ") == 3  # every committed one, by-hand too
+    shutil.rmtree(local / "rank-00000" / "by-hand")
     damage(str(local / "rank-00000" / "step-000000000003" / "rank-00000.shard"))
     assert main(["verify", "--local-root", str(local)]) == 1
     out = capsys.readouterr().out

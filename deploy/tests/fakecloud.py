@@ -572,6 +572,10 @@ def eks_create_assoc(w, opts, args):
          "associationArn": f"arn:{w.get('partition', 'aws')}:eks:us-east-1:{w['account']}:"
                            f"podidentityassociation/{cluster}/{aid}"}
     w["pod_identity"][aid] = a
+    # EKS applies an association to pods created after it has propagated
+    # (seconds): the next pod_identity_lag pods of its service account are
+    # created without credentials.
+    w.setdefault("pod_identity_unseen", {})[aid] = w.get("pod_identity_lag", 0)
     out({"association": a})
 
 
@@ -692,6 +696,32 @@ def sa_stack(w, opts) -> str:
 
 
 HELM_VALUE_FLAGS = {"--namespace", "--version", "--set", "--set-string", "--timeout", "-o"}
+CSI_CONTROLLER = "fsx-csi-controller"  # the chart's Deployment, and its pods' label app=
+POD_IDENTITY_ENV = [  # what EKS sets in the containers of a pod whose service account has one
+    {"name": "AWS_CONTAINER_CREDENTIALS_FULL_URI", "value": "http://169.254.170.23/v1/credentials"},
+    {"name": "AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE",
+     "value": "/var/run/secrets/pods.eks.amazonaws.com/serviceaccount/eks-pod-identity-token"}]
+
+
+def start_pods(w, ns: str, deployment: str) -> None:
+    """(Re)creates the 2 replicas of a Deployment: each pod gets the Pod
+    Identity variables if its service account's association has reached it."""
+    k = w["k8s"]
+    sa = k["deployments"][f"{ns}/{deployment}"]["serviceAccount"]
+    k["pods"] = [p for p in k["pods"] if not (p["namespace"] == ns and p.get("deployment") == deployment)]
+    for _ in range(2):
+        env = []
+        for aid, a in w.get("pod_identity", {}).items():
+            if (a["namespace"], a["serviceAccount"]) == (ns, sa):
+                unseen = w.setdefault("pod_identity_unseen", {})
+                if unseen.get(aid, 0) > 0:
+                    unseen[aid] -= 1
+                else:
+                    env = POD_IDENTITY_ENV
+        w["counter"] = w.get("counter", 0) + 1
+        k["pods"].append({"namespace": ns, "name": f"{deployment}-{w['counter']:05x}",
+                          "deployment": deployment, "labels": {"app": deployment},
+                          "serviceAccount": sa, "env": env})
 
 
 def helm(args: list[str]) -> None:
@@ -726,9 +756,15 @@ def helm(args: list[str]) -> None:
         w["helm"][f"{ns}/{pos[1]}"] = {"chart": pos[2], "set": opts.get("set", []),
                                        "set-string": opts.get("set-string", [])}
         drivers.append("fsx.csi.aws.com")
+        sa = next((kv.split("=", 1)[1] for kv in opts.get("set", [])
+                   if kv.startswith("controller.serviceAccount.name=")), "fsx-csi-controller-sa")
+        w["k8s"].setdefault("deployments", {})[f"{ns}/{CSI_CONTROLLER}"] = {"serviceAccount": sa}
+        start_pods(w, ns, CSI_CONTROLLER)
     elif pos[0] == "uninstall":
         w["helm"].pop(f"{ns}/{pos[1]}")
         w["k8s"]["csidrivers"].remove("fsx.csi.aws.com")
+        w["k8s"].get("deployments", {}).pop(f"{ns}/{CSI_CONTROLLER}", None)
+        w["k8s"]["pods"] = [p for p in w["k8s"]["pods"] if p.get("deployment") != CSI_CONTROLLER]
     else:
         fail("FakeCloudUnmodelled", f"helm {args[0]}", 99)
     save(w)
@@ -773,11 +809,30 @@ def kubectl(args: list[str]) -> None:
             k["objects"] += ["pv/fsx-pv", "pvc/fsx-pvc"]
     elif verb == "get" and args[1] == "pods":
         pods = [p for p in k["pods"] if p["namespace"] == ns]
+        if "-l" in args:
+            sel = dict(kv.split("=", 1) for kv in args[args.index("-l") + 1].split(","))
+            pods = [p for p in pods if all(p.get("labels", {}).get(a) == b for a, b in sel.items())]
         if "-o" in args and args[args.index("-o") + 1] == "name":
             print("\n".join("pod/" + p["name"] for p in pods))
         else:
-            out({"items": [{"metadata": {"name": p["name"]}, "spec": {"volumes": [
-                {"name": "fsx", "persistentVolumeClaim": {"claimName": p["claim"]}}]}} for p in pods]})
+            out({"items": [{"metadata": {"name": p["name"], "labels": p.get("labels", {})}, "spec": {
+                "serviceAccountName": p.get("serviceAccount", "default"),
+                "containers": [{"name": "main", "env": p.get("env", [])}],
+                "volumes": [{"name": "fsx", "persistentVolumeClaim": {"claimName": p["claim"]}}]
+                if p.get("claim") else []}} for p in pods]})
+    elif verb == "rollout" and args[1] in ("restart", "status"):
+        kind, _, name = args[2].partition("/")
+        if kind not in ("deployment", "deployments", "deploy"):
+            fail("FakeCloudUnmodelled", f"kubectl rollout {args[1]} {args[2]}", 99)
+        if f"{ns}/{name}" not in k.setdefault("deployments", {}):
+            print(f'Error from server (NotFound): deployments.apps "{name}" not found',
+                  file=sys.stderr)
+            sys.exit(1)
+        if args[1] == "restart":
+            start_pods(w, ns, name)
+            print(f"deployment.apps/{name} restarted")
+        else:
+            print(f'deployment "{name}" successfully rolled out')
     elif verb == "config" and args[1] == "view":
         out({"clusters": [{"name": k["context"], "cluster": {"server": k["server"]}}]})
     elif verb == "config" and args[1] == "current-context":

@@ -147,7 +147,8 @@ def mutations(calls: list[list[str]]) -> list[str]:
             out.append(f"eksctl {args[0]} {args[1]}")
         elif tool == "helm" and args[0] in ("upgrade", "install", "uninstall"):
             out.append(f"helm {args[0]}")
-        elif tool == "kubectl" and args[0] in ("create", "apply", "delete", "label"):
+        elif tool == "kubectl" and (args[0] in ("create", "apply", "delete", "label")
+                                    or args[:2] == ["rollout", "restart"]):
             out.append(f"kubectl {args[0]} {args[1]}")
     return out
 

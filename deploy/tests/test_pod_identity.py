@@ -188,3 +188,78 @@ def test_a_lost_state_file_does_not_switch_an_irsa_stack(cloud: Cloud) -> None:
     p = cloud.run("up", check=False)
     assert p.returncode != 0 and "has an IRSA role for the CSI controller" in p.stderr
     assert mutations(cloud.calls()) == []
+
+
+def controller_pods(c: Cloud) -> list[dict]:
+    return [p for p in c.world["k8s"]["pods"] if p.get("deployment") == "fsx-csi-controller"]
+
+
+def has_credentials(pod: dict) -> bool:
+    return any(e["name"] == "AWS_CONTAINER_CREDENTIALS_FULL_URI" for e in pod["env"])
+
+
+def test_controller_pods_made_before_the_association_reached_them_are_restarted(
+        cloud: Cloud) -> None:
+    # EKS applies an association to pods created after it has propagated: the
+    # chart's 2 pods, installed right after it, start without credentials.
+    with_agent(cloud)
+    cloud.world["pod_identity_lag"] = 2
+    cloud.save()
+    p = cloud.run("up")
+    assert "started without Pod Identity credentials" in p.stderr
+    assert "the FSx CSI controller's pods have their Pod Identity credentials" in p.stderr
+    made = mutations(cloud.calls())
+    assert made.count("kubectl rollout restart") == 1
+    assert made.index("helm upgrade") < made.index("kubectl rollout restart")
+    pods = controller_pods(cloud)
+    assert len(pods) == 2 and all(has_credentials(q) for q in pods)
+    cloud.run("up")  # a second up finds the credentials and restarts nothing
+    assert "kubectl rollout restart" not in mutations(cloud.calls())
+
+
+def test_controller_pods_that_never_get_credentials_stop_up_with_what_to_check(
+        cloud: Cloud) -> None:
+    with_agent(cloud)
+    cloud.world["pod_identity_lag"] = 100
+    cloud.save()
+    p = cloud.run("up", check=False)
+    assert p.returncode != 0
+    assert "still have no Pod Identity credentials after 4 restarts" in p.stderr
+    assert ("aws eks list-pod-identity-associations --cluster-name train --namespace kube-system"
+            in p.stderr)
+    assert mutations(cloud.calls()).count("kubectl rollout restart") == 4
+
+
+def test_a_driver_running_before_the_association_is_restarted_once(cloud: Cloud) -> None:
+    # An FSx CSI driver installed some other way (the EKS add-on), running
+    # with the chart's service account before `up` makes the association.
+    with_agent(cloud)
+    k = cloud.world["k8s"]
+    k["csidrivers"] = ["fsx.csi.aws.com"]
+    k["deployments"] = {"kube-system/fsx-csi-controller": {"serviceAccount": SA[1]}}
+    k["pods"] = [{"namespace": "kube-system", "name": f"fsx-csi-controller-old{i}",
+                  "deployment": "fsx-csi-controller", "labels": {"app": "fsx-csi-controller"},
+                  "serviceAccount": SA[1], "env": []} for i in range(2)]
+    cloud.save()
+    p = cloud.run("up")
+    assert "an FSx CSI driver is installed already" in p.stderr
+    assert "fsx-csi-controller-old0 fsx-csi-controller-old1 started without" in p.stderr
+    assert mutations(cloud.calls()).count("kubectl rollout restart") == 1
+    pods = controller_pods(cloud)
+    assert all(has_credentials(q) and "old" not in q["name"] for q in pods)
+
+
+def test_a_driver_running_as_another_service_account_is_named(cloud: Cloud) -> None:
+    with_agent(cloud)
+    k = cloud.world["k8s"]
+    k["csidrivers"] = ["fsx.csi.aws.com"]
+    k["deployments"] = {"kube-system/fsx-csi-controller": {"serviceAccount": "team-fsx-sa"}}
+    k["pods"] = [{"namespace": "kube-system", "name": "fsx-csi-controller-a",
+                  "deployment": "fsx-csi-controller", "labels": {"app": "fsx-csi-controller"},
+                  "serviceAccount": "team-fsx-sa", "env": []}]
+    cloud.save()
+    p = cloud.run("up", check=False)
+    assert p.returncode != 0
+    assert ("the FSx CSI controller runs as service account team-fsx-sa, not "
+            "kube-system/fsx-csi-controller-sa") in p.stderr
+    assert "kubectl rollout restart" not in mutations(cloud.calls())

@@ -153,6 +153,39 @@ ensure_pod_identity() {
   CSI_ROLE_ARN="" # gives the pod its credentials
 }
 
+# ensure_csi_credentials (after ensure_csi_driver): with Pod Identity, EKS
+# sets a pod's credential variables when the pod is created, and only once
+# its service account's association has propagated (seconds). Controller
+# pods made before that (a driver that was running already, or the chart
+# installed right after the association) have no credentials, and every
+# volume the driver provisions fails on permissions. Restarts the
+# controller until its pods have them (up to 4 times, POLL_INTERVAL_S apart).
+CSI_CONTROLLER=fsx-csi-controller # the Deployment of the chart and of the EKS add-on
+ensure_csi_credentials() {
+  [[ ${CFG[CSI_IDENTITY]} == pod-identity ]] || return 0
+  local pods sas missing try
+  for try in 1 2 3 4 5; do
+    pods=$(kubectl get pods -n "$CSI_NAMESPACE" -l "app=$CSI_CONTROLLER" -o json)
+    sas=$(jq -r '[.items[].spec.serviceAccountName] | unique | join(",")' <<<"$pods")
+    [[ -n $sas ]] ||
+      die "no FSx CSI controller pod (label app=$CSI_CONTROLLER) in namespace $CSI_NAMESPACE: the driver's controller is not running there; check 'kubectl get deployment $CSI_CONTROLLER -n $CSI_NAMESPACE'"
+    [[ $sas == "$CSI_SERVICE_ACCOUNT" ]] ||
+      die "the FSx CSI controller runs as service account $sas, not $CSI_NAMESPACE/$CSI_SERVICE_ACCOUNT, the one the Pod Identity association is for: an FSx CSI driver installed some other way; give its service account the permissions yourself, or use CSI_IDENTITY=irsa"
+    missing=$(jq -r '[.items[] | select(all(.spec.containers[].env[]?;
+      .name != "AWS_CONTAINER_CREDENTIALS_FULL_URI")) | .metadata.name] | join(" ")' <<<"$pods")
+    if [[ -z $missing ]]; then
+      ((try == 1)) || log "the FSx CSI controller's pods have their Pod Identity credentials"
+      return 0
+    fi
+    ((try < 5)) || break
+    log "FSx CSI controller pod(s) $missing started without Pod Identity credentials (the association propagates in seconds): restarting $CSI_NAMESPACE/$CSI_CONTROLLER in ${CFG[POLL_INTERVAL_S]} s"
+    sleep "${CFG[POLL_INTERVAL_S]}"
+    kubectl rollout restart "deployment/$CSI_CONTROLLER" -n "$CSI_NAMESPACE" >/dev/null
+    kubectl rollout status "deployment/$CSI_CONTROLLER" -n "$CSI_NAMESPACE" --timeout 5m >/dev/null
+  done
+  die "FSx CSI controller pod(s) $missing still have no Pod Identity credentials after 4 restarts: check the association ('aws eks list-pod-identity-associations --cluster-name ${CFG[CLUSTER_NAME]} --namespace $CSI_NAMESPACE') and the $POD_IDENTITY_AGENT add-on; volumes cannot be provisioned until then"
+}
+
 # delete_pod_identity [KEEP]: `down`'s part: the association and the role,
 # each only if it still carries this stack's tag. KEEP (non-empty): the CSI
 # driver stays (other volumes use it), so its credentials stay too.

@@ -671,7 +671,11 @@ class Checkpointer:
         """Sends this rank's local checkpoint NAME to its partner, and
         installs (verified) the ones this rank holds for others."""
         topo, rank = self._topology, self._rank()
-        parts = tiers.pack_checkpoint(os.path.join(own_root, name))
+        try:
+            parts = tiers.pack_checkpoint(os.path.join(own_root, name))
+        except OSError as e:  # sent empty: the partner refuses it; no rank waits for it
+            log.warning("local checkpoint %s unreadable, no replica sent: %s", name, e)
+            parts = []
         got = tiers.exchange(self._replica_group, {topo.partner(rank): parts}, topo.sources(rank),
                              self._buffers)
         for src, data in got.items():

@@ -165,6 +165,9 @@ def unpack_header(blob: torch.Tensor) -> list[tuple[str, int, int]]:
     """(name, offset, size) of each file packed in ``blob``; a malformed
     blob is a ValueError naming the problem, never a crash."""
     total = blob.numel()
+    if total == 0:
+        raise ValueError("replica transfer: nothing was sent (the sender could not read its "
+                         "local checkpoint; its log says why)")
     if total < 8:
         raise ValueError("replica transfer: shorter than its header")
     view = memoryview(blob.numpy())

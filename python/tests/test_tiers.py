@@ -320,6 +320,7 @@ def test_a_malformed_replica_transfer_is_refused(tmp_path: Path) -> None:
         return torch.cat([head, blob[8 + n:]])
 
     cases = {
+        "nothing was sent": blob[:0],
         "shorter than its header": blob[:5],
         "header longer than the transfer": torch.cat([torch.tensor([255] * 8, dtype=torch.uint8),
                                                       blob[8:]]),

@@ -91,3 +91,21 @@ def test_restart_finds_stock_dcp_checkpoints(tmp_path):
     run_ranks(2, train, str(tmp_path / "w"), 4, str(whole), None, "stock",
               {"interval": 2, "last_save_model_only": False})
     _same(torch.load(whole), torch.load(resumed))
+
+
+def test_a_save_in_progress_is_not_a_step_to_load(tmp_path):
+    """A save killed midway (its hidden staging directory) is listed by the
+    repository as in progress: never the step a restart loads or purges."""
+    from shardwise.integrations.torchtitan import ShardwiseCheckpointManager
+
+    import torch.distributed.checkpoint as dcp
+
+    import shardwise.dcp
+
+    folder = tmp_path / "checkpoint"
+    dcp.save({"w": torch.ones(4)}, no_dist=True,
+             storage_writer=shardwise.dcp.Writer(str(folder / "step-2"), step=2))
+    (folder / ".step-4.staging-0123456789ab").mkdir()
+    listed = {(c.name, c.state) for c in shardwise.dcp._repository(str(folder), {}).list()}
+    assert ("step-4", "committed") not in listed and any(n == "step-4" for n, _ in listed)
+    assert ShardwiseCheckpointManager._steps(None, str(folder)) == {2: str(folder / "step-2")}

@@ -140,7 +140,9 @@ class ShardwiseCheckpointManager(CheckpointManager):
             return found
         for info in _sdcp._repository(os.path.abspath(folder), {}).list():
             m = _STEP.fullmatch(info.name)
-            if m:
+            # Only committed ones: the listing also names saves in progress
+            # (or killed mid-save), whose directories are hidden.
+            if m and info.state == "committed":
                 found[int(m.group(1))] = os.path.join(folder, info.name)
         for name in os.listdir(folder):
             m = _STEP.fullmatch(name)

@@ -42,12 +42,23 @@ def _killed(world: int, folder: str, kill_after: int, ckpt: dict) -> None:
     assert codes == [-signal.SIGKILL] * world, f"rank exit codes: {codes}"
 
 
+def _ckpt(async_mode: str) -> dict:
+    return dict(interval=2, async_mode=async_mode, last_save_model_only=False, keep_latest_k=2)
+
+
+@pytest.fixture(scope="module")
+def whole(tmp_path_factory):
+    """The state after STEPS uninterrupted steps, saving synchronously: what
+    every resumed run, whatever its async mode, must reproduce bit for bit."""
+    tmp = tmp_path_factory.mktemp("whole")
+    run_ranks(2, train, str(tmp / "a"), STEPS, str(tmp / "whole.pt"), None, "shardwise",
+              _ckpt("disabled"))
+    return tmp / "whole.pt"
+
+
 @pytest.mark.parametrize("async_mode", ["disabled", "async", "async_with_pinned_mem"])
-def test_kill_resume_bit_exact_then_reshard(tmp_path, async_mode):
-    ckpt = dict(interval=2, async_mode=async_mode, last_save_model_only=False,
-                keep_latest_k=2)
-    whole = tmp_path / "whole.pt"
-    run_ranks(2, train, str(tmp_path / "a"), STEPS, str(whole), None, "shardwise", ckpt)
+def test_kill_resume_bit_exact_then_reshard(tmp_path, async_mode, whole):
+    ckpt = _ckpt(async_mode)
     folder = tmp_path / "b" / "checkpoint"
     # Killed after step 5's save call: step 4 is the newest save (committed,
     # or, in async mode, possibly still in flight when the kill came).

@@ -1,10 +1,10 @@
 #!/usr/bin/env bash
-# Builds the libFuzzer targets (preset "fuzz": clang, ASan+UBSan) and runs
+# Builds the libFuzzer targets (preset "asan": clang, ASan+UBSan) and runs
 # each for SECONDS (default 30), starting from the checked-in seed corpus in
 # fuzz/corpus/TARGET (copied: the checked-in corpus is never modified).
 # Runs one target per core. Exits non-zero after any crash, leak, timeout or
 # sanitizer report; the reproducer is left in the printed directory (replay it with
-# build/fuzz/TARGET_fuzz FILE).
+# build/asan/TARGET_fuzz FILE).
 #   scripts/fuzz.sh [SECONDS] [TARGET...]      targets: manifest shard_header checkpoint_dir rank_index index
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -13,7 +13,7 @@ seconds=${1:-30}
 targets=("$@")
 ((${#targets[@]})) || targets=(manifest shard_header checkpoint_dir rank_index index)
 
-scripts/setup.sh fuzz
+scripts/setup.sh asan
 work=$(mktemp -d "${TMPDIR:-/tmp}/shardwise-fuzz-XXXXXX")
 jobs=$(nproc)
 echo "fuzz: ${seconds}s per target, $jobs at a time, work directory $work"
@@ -24,7 +24,7 @@ fuzz_one() {
   cp fuzz/corpus/"$t"/* "$work/$t/corpus/"
   # The checkpoint_dir target writes files and fsyncs them: keep them in
   # memory (/dev/shm) so that it runs at a useful rate.
-  TMPDIR=/dev/shm build/fuzz/"${t}"_fuzz -max_total_time="$seconds" -timeout=10 \
+  TMPDIR=/dev/shm build/asan/"${t}"_fuzz -max_total_time="$seconds" -timeout=10 \
     -rss_limit_mb=4096 -max_len=262144 -print_final_stats=1 \
     -artifact_prefix="$work/$t/artifacts/" "$work/$t/corpus" >"$work/$t/log" 2>&1
 }

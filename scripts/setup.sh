@@ -78,9 +78,10 @@ setup_python() {
 
 targets=("$@")
 ((${#targets[@]})) || targets=(release python)
-# The fuzz preset needs clang and its libFuzzer runtime.
+# The asan preset (which also builds the fuzz targets) needs clang and its
+# sanitizer and libFuzzer runtimes.
 for target in "${targets[@]}"; do
-  if [[ "$target" == fuzz ]] && ! dpkg -s clang-14 libclang-rt-14-dev >/dev/null 2>&1; then
+  if [[ "$target" == asan ]] && ! dpkg -s clang-14 libclang-rt-14-dev >/dev/null 2>&1; then
     echo "setup: installing clang-14 libclang-rt-14-dev"
     sudo_cmd=()
     [[ $(id -u) -eq 0 ]] || sudo_cmd=(sudo)

@@ -29,8 +29,9 @@ The ranks run as torchrun's would on one node (LOCAL_WORLD_SIZE=R unless
 set), so each copies and checksums on its share of the CPUs by default.
 The report also gives the CPU time of each (user + system, every thread
 of every rank, per GB), the machine's copy and CRC32C rates measured
-afterwards with the time one copy and one checksum pass of the same bytes
-take (the limit where the data stays in memory, as on tmpfs), and the I/O
+afterwards over as many bytes as the ranks saved (at most 256 MiB), with the
+time one copy and one checksum pass of those bytes take (the limit where
+the data stays in memory, as on tmpfs), and the I/O
 mode the root's filesystem got (O_DIRECT or buffered, and why). The first
 line of the report names the filesystem and says whether Lustre layouts
 were applied to the shard files (docs/lustre.md).

@@ -62,13 +62,11 @@ Status WaitForFragments(const std::string& staging, const SaveSpec& spec,
   double last_touch = os::MonotonicSeconds();
   auto all_reported = [&]() -> Result<bool> {
     SW_ASSIGN_OR_RETURN(auto entries, os::ListDir(staging));
-    int count = 0;
     for (const auto& e : entries) {
       int rank = -1;
       names::RankFile kind;
       if (!names::ParseRankFile(e.name, &rank, &kind) || rank >= spec.world_size) continue;
       if (kind == names::RankFile::kFragment) {
-        count += have[rank] ? 0 : 1;
         have[rank] = true;
       } else if (kind == names::RankFile::kFailed) {
         auto why = os::ReadSmallFile(os::JoinPath(staging, e.name), 1 << 16);

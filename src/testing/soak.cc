@@ -26,6 +26,7 @@
 #include <vector>
 
 #include "cli/synthetic.h"
+#include "common/sanitizers.h"
 #include "os/posix.h"
 #include "shardwise/shardwise.h"
 
@@ -36,7 +37,7 @@ namespace {
 // Under ASan or TSan, freed memory sits in the sanitizer's quarantine and
 // shadow memory grows: resident memory says nothing about leaks there (ASan's
 // own leak check at exit does). The RSS bound applies to normal builds.
-#if defined(__SANITIZE_ADDRESS__) || defined(__SANITIZE_THREAD__)
+#if defined(SW_ASAN) || defined(SW_TSAN)
 constexpr bool kCheckRss = false;
 #else
 constexpr bool kCheckRss = true;

@@ -906,9 +906,10 @@ def kubectl(args: list[str]) -> None:
 
 
 def main() -> None:
-    # Called as aws/eksctl/helm/kubectl (a symlink), or as `fakecloud.py TOOL ARGS`.
+    # Called as aws/eksctl/helm/kubectl (a symlink), or with the tool first
+    # (`fakecloud.py TOOL ARGS`, or the launcher of test_fsx.py).
     tool, args = os.path.basename(sys.argv[0]), sys.argv[1:]
-    if tool == "fakecloud.py":
+    if tool not in TOOLS:
         tool, args = args[0], args[1:]
     record(tool, args)
     if MOTO and tool == "aws" and motocloud.service_of(args) in motocloud.MOTO_SERVICES:
@@ -916,7 +917,10 @@ def main() -> None:
     if MOTO and tool == "eksctl":
         eksctl_moto(args)
         return
-    {"aws": aws, "eksctl": eksctl, "helm": helm, "kubectl": kubectl}[tool](args)
+    TOOLS[tool](args)
+
+
+TOOLS = {"aws": aws, "eksctl": eksctl, "helm": helm, "kubectl": kubectl}
 
 
 if __name__ == "__main__":

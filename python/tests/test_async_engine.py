@@ -279,9 +279,11 @@ def train_steps(model, opt, n: int, seed: int) -> None:
 
 
 def _lazy(rank: int, world: int, root: str) -> None:
-    # The background copy starts 300 ms late (a test seam): the optimizer
-    # step after the save comes first and must wait, or this test fails.
-    os.environ["SHARDWISE_PAUSE_AT"] = "staging_background:300"
+    # The background copy starts 2 s late (a test seam): the optimizer step
+    # after the save comes first and must wait, or this test fails. (With
+    # 300 ms, the foreground of a rank's first save, on a loaded 2-core CI
+    # machine, sometimes outlasted the pause and the copy.)
+    os.environ["SHARDWISE_PAUSE_AT"] = "staging_background:2000"
     model, opt = make_training(rank)
     train_steps(model, opt, 2, rank)  # AdamW state exists
     ck = shardwise.Checkpointer(root, snapshot="lazy")

@@ -41,8 +41,8 @@ command -v kubectl >/dev/null ||
 # one worker per core (pytest-xdist): each test runs the toolkit's bash against
 # stub CLIs in subprocesses; each worker starts its own moto helper
 .venv/bin/python -m pytest -q -p no:cacheprovider --durations=10 -n "$jobs" deploy/tests
-stage "Fuzzing (libFuzzer, short: 20 s per target)"
-scripts/fuzz.sh 20
+stage "Fuzzing (libFuzzer, short: 10 s per target)"
+scripts/fuzz.sh 10
 stage "shellcheck"
 shellcheck -x scripts/*.sh .ci/run bench/run.sh deploy/aws/fsx deploy/aws/lib/*.sh deploy/aws/node/*.sh \
   deploy/tests/mutate.sh deploy/k8s/lustre-tuning/tune.sh

@@ -25,14 +25,16 @@ def _rendezvous_file() -> str:
 
 
 def _entry(rank: int, world: int, store: str, fn: Callable[..., Any], args: tuple,
-           env: Optional[dict[str, str]], pg_timeout: float) -> None:
+           env: dict[str, str], pg_timeout: float) -> None:
     # The server swallows an ImportError of its preload: say so here rather
     # than let every rank import torch again, unnoticed.
     import sys
 
     assert "rank_preload" in sys.modules, "the rank server did not import rank_preload"
-    if env:
-        os.environ.update(env)
+    # The environment the test had when it started the ranks (as a spawned
+    # rank would inherit it), not the one the server started with.
+    os.environ.clear()
+    os.environ.update(env)
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     import torch.distributed as dist
 
@@ -96,7 +98,7 @@ def start_ranks(world: int, fn: Callable[..., Any], *args: Any,
     store = _rendezvous_file()
     procs = []
     for rank in range(world):
-        env = (env_by_rank or {}).get(rank)
+        env = {**os.environ, **(env_by_rank or {}).get(rank, {})}
         p = ctx.Process(target=_entry, args=(rank, world, store, fn, args, env, pg_timeout))
         p.start()
         procs.append(p)

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import atexit
 import os
+import sys
 import tempfile
 import time
 import traceback
@@ -28,8 +29,6 @@ def _entry(rank: int, world: int, store: str, fn: Callable[..., Any], args: tupl
            env: dict[str, str], pg_timeout: float) -> None:
     # The server swallows an ImportError of its preload: say so here rather
     # than let every rank import torch again, unnoticed.
-    import sys
-
     assert "rank_preload" in sys.modules, "the rank server did not import rank_preload"
     # The environment the test had when it started the ranks (as a spawned
     # rank would inherit it), not the one the server started with.
@@ -66,7 +65,6 @@ def _entry(rank: int, world: int, store: str, fn: Callable[..., Any], args: tupl
 # about 4 s of CPU. The server imports modules only, and starts no thread
 # and no process group, so each rank begins as a spawned one would, with
 # those modules loaded.
-_PRELOAD = ["rank_preload"]
 _context = None
 
 
@@ -74,7 +72,7 @@ def _mp_context():
     global _context
     if _context is None:
         _context = mp.get_context("forkserver")
-        _context.set_forkserver_preload(_PRELOAD)
+        _context.set_forkserver_preload(["rank_preload"])
         # The server imports its preload before it takes this process's
         # sys.path: give it this directory (rank_preload) through the
         # environment it starts with, and only that process.

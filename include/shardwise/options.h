@@ -79,6 +79,12 @@ struct Options {
   // manifest.json, for readers older than format 2. Readers take both.
   // SHARDWISE_FORMAT_VERSION
   int format_version = 2;
+  // io_uring fixed buffers: register the I/O buffers, and the staging
+  // memory async saves write from, with the ring once, so the kernel does
+  // not pin their pages for every I/O. Needs locked memory (RLIMIT_MEMLOCK
+  // or CAP_IPC_LOCK); where it is refused, plain buffers are used.
+  // SHARDWISE_FIXED_BUFFERS=0|1
+  bool fixed_buffers = true;
   // Polling interval while waiting on the filesystem (fragments, commits).
   // SHARDWISE_POLL_INTERVAL_S
   double poll_interval_s = 0.02;

@@ -175,10 +175,15 @@ Status Backend(Options& o, std::string_view t) {
 }
 std::string ShowBackend(const Options& o) { return Str(IoBackendKindName(o.io_backend)); }
 
-Status RetentionRequiresExport(Options& o, std::string_view t) {
+template <bool Options::*F>
+Status Flag(Options& o, std::string_view t) {
   SW_ASSIGN_OR_RETURN(long long v, ParseInt(t, 0, 1));
-  o.retention_requires_export = v == 1;
+  o.*F = v == 1;
   return Status::Ok();
+}
+template <bool Options::*F>
+std::string ShowFlag(const Options& o) {
+  return o.*F ? "1" : "0";
 }
 
 constexpr OptionInfo kTable[] = {
@@ -251,8 +256,12 @@ constexpr OptionInfo kTable[] = {
      Text<&Options::fsx_mount>, ShowText<&Options::fsx_mount>},
     {"retention_requires_export", "SHARDWISE_RETENTION_REQUIRES_EXPORT",
      "retention_requires_export", "", "0|1",
-     "1: retention keeps every checkpoint whose export is not done", RetentionRequiresExport,
-     [](const Options& o) { return std::string(o.retention_requires_export ? "1" : "0"); }},
+     "1: retention keeps every checkpoint whose export is not done",
+     Flag<&Options::retention_requires_export>, ShowFlag<&Options::retention_requires_export>},
+    {"fixed_buffers", "SHARDWISE_FIXED_BUFFERS", "fixed_buffers", "--fixed-buffers", "0|1",
+     "io_uring fixed buffers: register the I/O buffers and the staging memory once (needs "
+     "RLIMIT_MEMLOCK or CAP_IPC_LOCK; plain buffers where refused); 0: never",
+     Flag<&Options::fixed_buffers>, ShowFlag<&Options::fixed_buffers>},
 };
 
 }  // namespace

@@ -18,6 +18,7 @@
 #include "common/parallel.h"
 #include "engine/copy_count.h"
 #include "io/aligned_buffer.h"
+#include "io/registered_memory.h"
 #include "os/fault.h"
 #include "os/posix.h"
 #include "shardwise/options.h"
@@ -94,6 +95,9 @@ Result<StagingMemory> AllocateStagingMemory(std::uint64_t bytes, bool huge_pages
 struct StagingLease::Slab {
   StagingMemory mem;
   bool leased = false;
+  // Announced to the I/O layer, so io_uring registers the slab once for
+  // the writes made from it; declared after `mem`, so withdrawn first.
+  io::AnnouncedMemory announced;
 };
 
 struct StagingPool::State {
@@ -148,6 +152,7 @@ Result<std::unique_ptr<StagingPool>> StagingPool::Wrap(void* data, std::uint64_t
   auto pool = std::make_unique<StagingPool>();
   auto slab = std::make_shared<StagingLease::Slab>();
   slab->mem = {static_cast<std::byte*>(data), io::AlignDown(bytes), nullptr};
+  slab->announced = io::AnnouncedMemory(slab->mem.data, slab->mem.size);
   pool->state_->fixed = true;
   pool->state_->slabs.push_back(std::move(slab));
   return pool;
@@ -195,6 +200,7 @@ Result<std::shared_ptr<StagingLease>> StagingPool::Acquire(std::uint64_t bytes) 
                                              FormatBytes(bytes));
   auto slab = std::make_shared<StagingLease::Slab>();
   slab->mem = std::move(*mem);
+  slab->announced = io::AnnouncedMemory(slab->mem.data, slab->mem.size);
   slab->leased = true;
   std::lock_guard lock(state_->mu);
   state_->slabs.push_back(slab);

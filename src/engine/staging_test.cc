@@ -9,6 +9,7 @@
 #include <tuple>
 
 #include "io/aligned_buffer.h"
+#include "io/registered_memory.h"
 #include "shardwise/shardwise.h"
 #include "testing/holds.h"
 #include "testing/test_util.h"
@@ -85,6 +86,28 @@ TEST(StagingPool, ReleasedMemoryStaysValidForItsViews) {
   pool.ReleaseFree();  // the slab leaves the pool; `keep` still maps it
   std::memset(data, 7, kMiB);
   EXPECT_EQ(data[kMiB - 1], std::byte{7});
+}
+
+// A slab is announced to the I/O layer (for io_uring's fixed buffers) while
+// the pool holds it, and withdrawn before it is freed.
+TEST(StagingPool, SlabsAreAnnouncedForTheirLifetime) {
+  StagingPool pool;
+  const std::byte* data;
+  std::uint64_t size;
+  {
+    auto a = pool.Acquire(3 * kMiB);
+    ASSERT_TRUE(a.ok());
+    data = (*a)->data();
+    size = (*a)->size();
+  }
+  auto found = [&] {
+    auto lock = io::announced::Lock();
+    const io::announced::Region r = io::announced::Find(data + size - 4096, 4096);
+    return r.id != 0 && r.base == data && r.bytes == size;
+  };
+  EXPECT_TRUE(found());  // idle, kept for the next save: still announced
+  pool.ReleaseFree();
+  EXPECT_FALSE(found());
 }
 
 TEST(StagingPool, WrappedMemoryIsOneFixedSlab) {

@@ -36,6 +36,15 @@ struct IoUnit {
 // Called with the unit's index and its buffer (io_unit_bytes, aligned).
 using UnitFn = std::function<Status(std::size_t index, std::byte* buf)>;
 
+// What a backend did with fixed (pre-registered) buffers, for tests and
+// benchmarks. Only io_uring registers buffers.
+struct IoStats {
+  bool fixed_io_buffers = false;           // its own I/O buffers are registered
+  std::uint64_t fixed_source_writes = 0;   // units written from registered announced memory
+  std::uint64_t plain_source_writes = 0;   // units written from other caller memory
+  std::uint64_t registered_source_bytes = 0;  // announced memory registered now
+};
+
 class IoBackend {
  public:
   virtual ~IoBackend() = default;
@@ -46,6 +55,7 @@ class IoBackend {
   // False once the backend cannot run transfers any more (an io_uring whose
   // submission failed): a pool drops it rather than hand it out again.
   virtual bool usable() const { return true; }
+  virtual IoStats stats() const { return {}; }
 };
 
 // Makes the backend `options.io_backend` asks for. kAuto tries io_uring and
@@ -56,5 +66,8 @@ Result<std::unique_ptr<IoBackend>> MakeIoBackend(const Options& options);
 std::unique_ptr<IoBackend> MakeThreadBackend(const Options& options);
 // kUnavailable when io_uring is not compiled in or cannot be initialised.
 Result<std::unique_ptr<IoBackend>> MakeUringBackend(const Options& options);
+// Tests: the size of the pieces announced memory is registered in (default
+// 1 GiB, the kernel's limit per buffer). Set it before making backends.
+void SetRegisteredPieceBytesForTesting(std::uint64_t bytes);
 
 }  // namespace shardwise::io

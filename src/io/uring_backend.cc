@@ -4,6 +4,13 @@
 // run on the rank's cores while the device works. Short transfers are
 // resubmitted for the remainder; a transfer making no progress is an
 // error.
+//
+// Fixed buffers: the ring's table holds its own I/O buffers (slots 0 to
+// depth - 1) and, after them, pieces of announced memory
+// (io/registered_memory.h: the staging pool's slabs) that writes were made
+// from. A piece is registered the first time a write comes from it and stays
+// until its memory is withdrawn. Where the kernel refuses (RLIMIT_MEMLOCK,
+// a kernel without sparse tables), writes go through plain buffers.
 #include <algorithm>
 #include <condition_variable>
 #include <cstring>
@@ -14,6 +21,7 @@
 
 #include "io/aligned_buffer.h"
 #include "io/backend.h"
+#include "io/registered_memory.h"
 #include "os/fault.h"
 #include "os/posix.h"
 
@@ -25,24 +33,58 @@
 
 namespace shardwise::io {
 
+namespace {
+// The kernel registers at most 1 GiB per buffer: announced memory is
+// registered in pieces of this size.
+std::uint64_t g_piece_bytes = 1ull << 30;
+}  // namespace
+
+void SetRegisteredPieceBytesForTesting(std::uint64_t bytes) { g_piece_bytes = bytes; }
+
 #ifdef SHARDWISE_HAVE_URING
 namespace {
 
-class UringBackend final : public IoBackend {
+// Table slots for pieces of announced memory, after the I/O buffers'.
+constexpr int kPieceSlots = 64;
+
+class UringBackend final : public IoBackend, private announced::Holder {
  public:
   UringBackend(const Options& o, io_uring ring, int event_fd)
       : ring_(ring),
         depth_(o.queue_depth),
         workers_(o.EffectiveThreads()),
         event_fd_(event_fd),
-        max_unit_(o.io_unit_bytes) {}
+        max_unit_(o.io_unit_bytes),
+        use_fixed_(o.fixed_buffers) {
+    // A sparse table (Linux 5.19) lets buffers be added and dropped one
+    // at a time; without it only the I/O buffers are registered, at once.
+    if (use_fixed_ &&
+        io_uring_register_buffers_sparse(&ring_, static_cast<unsigned>(depth_ + kPieceSlots)) ==
+            0) {
+      sparse_ = true;
+      pieces_.resize(kPieceSlots);
+      auto lock = announced::Lock();
+      announced::AddHolder(this);
+    }
+  }
   ~UringBackend() override {
+    if (sparse_) {
+      auto lock = announced::Lock();
+      announced::RemoveHolder(this);
+    }
     io_uring_queue_exit(&ring_);
     ::close(event_fd_);
   }
 
   std::string_view name() const override { return "uring"; }
   bool usable() const override { return !broken_; }
+  IoStats stats() const override {
+    IoStats st = stats_;
+    st.fixed_io_buffers = fixed_;
+    auto lock = announced::Lock();
+    for (const Piece& p : pieces_) st.registered_source_bytes += p.bytes;
+    return st;
+  }
 
   Status Write(std::span<const IoUnit> units, const UnitFn& fill) override {
     SW_RETURN_IF_ERROR(Usable());
@@ -71,7 +113,12 @@ class UringBackend final : public IoBackend {
     std::uint32_t done = slots_[slot].done;
     io_uring_sqe* sqe = io_uring_get_sqe(&ring_);  // never null: depth bound
     if (write && u.src) {
-      io_uring_prep_write(sqe, u.fd, u.src + done, len, u.offset + done);
+      // A registered piece holds the whole unit, so any remainder too.
+      const int table_slot = unit_fixed_[slots_[slot].unit];
+      if (table_slot >= 0)
+        io_uring_prep_write_fixed(sqe, u.fd, u.src + done, len, u.offset + done, table_slot);
+      else
+        io_uring_prep_write(sqe, u.fd, u.src + done, len, u.offset + done);
       io_uring_sqe_set_data64(sqe, static_cast<std::uint64_t>(slot));
       return;
     }
@@ -116,14 +163,91 @@ class UringBackend final : public IoBackend {
       if (!u.src && !u.dst) need = std::max<std::uint64_t>(need, u.length);
     need = std::min<std::uint64_t>(std::max<std::uint64_t>(AlignUp(need), kAlignment), max_unit_);
     if (!buffers_.empty() && buffers_[0].size() >= need) return;
-    if (fixed_) io_uring_unregister_buffers(&ring_);
+    UnregisterBuffers();  // before their memory is freed
     buffers_.clear();
     for (int i = 0; i < depth_; ++i) buffers_.emplace_back(need);
+    if (!use_fixed_) return;
     std::vector<iovec> iov(depth_);
     for (int i = 0; i < depth_; ++i) iov[i] = {buffers_[i].data(), buffers_[i].size()};
     // Fixed buffers save a page-pinning per I/O; without enough locked
     // memory (RLIMIT_MEMLOCK) plain buffers work too.
-    fixed_ = io_uring_register_buffers(&ring_, iov.data(), iov.size()) == 0;
+    if (!sparse_) {
+      fixed_ = io_uring_register_buffers(&ring_, iov.data(), iov.size()) == 0;
+      return;
+    }
+    fixed_ = true;  // so that a partial update is undone
+    if (io_uring_register_buffers_update_tag(&ring_, 0, iov.data(), nullptr,
+                                             static_cast<unsigned>(depth_)) != depth_)
+      UnregisterBuffers();
+  }
+
+  void UnregisterBuffers() {
+    if (!fixed_) return;
+    fixed_ = false;
+    if (!sparse_) {
+      io_uring_unregister_buffers(&ring_);
+      return;
+    }
+    std::vector<iovec> none(depth_, iovec{nullptr, 0});
+    io_uring_register_buffers_update_tag(&ring_, 0, none.data(), nullptr,
+                                         static_cast<unsigned>(depth_));
+  }
+
+  // For each unit written from memory: the table slot of the registered
+  // piece of announced memory that holds it, registering the piece if it is
+  // not yet; -1 for a plain write (memory not announced, a unit across two
+  // pieces, or registration refused).
+  void PlanSources(std::span<const IoUnit> units, bool write) {
+    unit_fixed_.assign(units.size(), -1);
+    if (!write) return;
+    std::unique_lock<std::mutex> lock;
+    for (std::size_t u = 0; u < units.size(); ++u) {
+      if (!units[u].src) continue;
+      if (sparse_) {
+        if (!lock.owns_lock()) lock = announced::Lock();
+        unit_fixed_[u] = SlotFor(units[u].src, units[u].length);
+      }
+      ++(unit_fixed_[u] >= 0 ? stats_.fixed_source_writes : stats_.plain_source_writes);
+    }
+  }
+
+  // With the registry's lock held.
+  int SlotFor(const std::byte* src, std::uint32_t length) {
+    const announced::Region r = announced::Find(src, length);
+    if (r.id == 0) return -1;
+    const std::uint64_t at = static_cast<std::uint64_t>(src - r.base);
+    const std::uint64_t piece = at / g_piece_bytes;
+    if ((at + length - 1) / g_piece_bytes != piece) return -1;
+    int free_slot = -1;
+    for (int i = 0; i < kPieceSlots; ++i) {
+      if (pieces_[i].region == r.id && pieces_[i].index == piece) return depth_ + i;
+      if (pieces_[i].region == 0 && free_slot < 0) free_slot = i;
+    }
+    if (free_slot < 0 || std::find(refused_.begin(), refused_.end(), r.id) != refused_.end())
+      return -1;
+    const std::uint64_t start = piece * g_piece_bytes;
+    iovec iov{const_cast<std::byte*>(r.base + start), std::min(g_piece_bytes, r.bytes - start)};
+    if (io_uring_register_buffers_update_tag(&ring_, static_cast<unsigned>(depth_ + free_slot),
+                                             &iov, nullptr, 1) != 1) {
+      refused_.push_back(r.id);  // not asked again for this memory
+      return -1;
+    }
+    pieces_[free_slot] = {r.id, piece, iov.iov_len};
+    return depth_ + free_slot;
+  }
+
+  // announced::Holder, with the registry's lock held: the region's memory
+  // is about to be freed; no write from it is in flight (its owner is
+  // done with it).
+  void Forget(std::uint64_t region) override {
+    std::erase(refused_, region);
+    for (int i = 0; i < kPieceSlots; ++i) {
+      if (pieces_[i].region != region) continue;
+      iovec none{nullptr, 0};
+      io_uring_register_buffers_update_tag(&ring_, static_cast<unsigned>(depth_ + i), &none,
+                                           nullptr, 1);
+      pieces_[i] = Piece{};
+    }
   }
 
   // The calling thread owns the ring: it submits, reaps and resubmits short
@@ -135,6 +259,7 @@ class UringBackend final : public IoBackend {
   Status Run(std::span<const IoUnit> units, bool write, const UnitFn& fn) {
     if (units.empty()) return Status::Ok();
     EnsureBuffers(units);
+    PlanSources(units, write);
     slots_.assign(depth_, Slot{});
     RunState st;
     for (int i = depth_ - 1; i >= 0; --i) st.free_slots.push_back(i);
@@ -381,7 +506,18 @@ class UringBackend final : public IoBackend {
   bool armed_ = false;  // a read of event_fd_ is in the ring
   bool broken_ = false;
   std::uint64_t max_unit_;
-  bool fixed_ = false;
+  bool use_fixed_;     // Options::fixed_buffers
+  bool fixed_ = false;  // the I/O buffers are registered
+  bool sparse_ = false;  // the table is sparse: pieces of announced memory can join it
+  struct Piece {
+    std::uint64_t region = 0;  // 0: a free slot
+    std::uint64_t index = 0;   // which piece of the region
+    std::uint64_t bytes = 0;
+  };
+  std::vector<Piece> pieces_;  // table slots depth_ + i; under the registry's lock
+  std::vector<std::uint64_t> refused_;  // regions the kernel would not register
+  std::vector<int> unit_fixed_;         // this run: the table slot of each unit's source
+  IoStats stats_;
   std::vector<AlignedBuffer> buffers_;
   std::vector<Slot> slots_;
 };

@@ -223,7 +223,8 @@ class UringBackend final : public IoBackend, private announced::Holder {
       if (pieces_[i].region == r.id && pieces_[i].index == piece) return depth_ + i;
       if (pieces_[i].region == 0 && free_slot < 0) free_slot = i;
     }
-    if (free_slot < 0 || std::find(refused_.begin(), refused_.end(), r.id) != refused_.end())
+    if (free_slot < 0 || ::getpid() != owner_ ||
+        std::find(refused_.begin(), refused_.end(), r.id) != refused_.end())
       return -1;
     const std::uint64_t start = piece * g_piece_bytes;
     iovec iov{const_cast<std::byte*>(r.base + start), std::min(g_piece_bytes, r.bytes - start)};
@@ -240,6 +241,9 @@ class UringBackend final : public IoBackend, private announced::Holder {
   // is about to be freed; no write from it is in flight (its owner is
   // done with it).
   void Forget(std::uint64_t region) override {
+    // A forked child has a copy of this object but shares the parent's
+    // ring: it must not change the parent's table.
+    if (::getpid() != owner_) return;
     std::erase(refused_, region);
     for (int i = 0; i < kPieceSlots; ++i) {
       if (pieces_[i].region != region) continue;
@@ -518,6 +522,7 @@ class UringBackend final : public IoBackend, private announced::Holder {
   std::vector<std::uint64_t> refused_;  // regions the kernel would not register
   std::vector<int> unit_fixed_;         // this run: the table slot of each unit's source
   IoStats stats_;
+  pid_t owner_ = ::getpid();  // the process whose ring this is
   std::vector<AlignedBuffer> buffers_;
   std::vector<Slot> slots_;
 };

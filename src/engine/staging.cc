@@ -151,8 +151,10 @@ Result<std::unique_ptr<StagingPool>> StagingPool::Wrap(void* data, std::uint64_t
     return InvalidArgument("staging memory must be 4096-byte aligned");
   auto pool = std::make_unique<StagingPool>();
   auto slab = std::make_shared<StagingLease::Slab>();
+  // Not announced for io_uring registration: the pool does not own this
+  // memory and cannot tell when it goes (a registration must never outlive
+  // its memory, nor be matched by other memory mapped at its address).
   slab->mem = {static_cast<std::byte*>(data), io::AlignDown(bytes), nullptr};
-  slab->announced = io::AnnouncedMemory(slab->mem.data, slab->mem.size);
   pool->state_->fixed = true;
   pool->state_->slabs.push_back(std::move(slab));
   return pool;

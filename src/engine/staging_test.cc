@@ -118,6 +118,12 @@ TEST(StagingPool, WrappedMemoryIsOneFixedSlab) {
   auto a = (*pool)->Acquire(kMiB);
   ASSERT_TRUE(a.ok());
   EXPECT_EQ((*a)->data(), mem.get());
+  {
+    // Caller-owned memory is never registered with io_uring: the pool
+    // cannot tell when it is freed.
+    auto lock = io::announced::Lock();
+    EXPECT_EQ(io::announced::Find(static_cast<std::byte*>(mem.get()), 4096).id, 0u);
+  }
   auto busy = (*pool)->Acquire(4096);
   ASSERT_FALSE(busy.ok());
   EXPECT_NE(busy.status().message().find("in use"), std::string::npos);

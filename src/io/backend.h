@@ -40,6 +40,9 @@ using UnitFn = std::function<Status(std::size_t index, std::byte* buf)>;
 // benchmarks. Only io_uring registers buffers.
 struct IoStats {
   bool fixed_io_buffers = false;           // its own I/O buffers are registered
+  bool sparse_table = false;               // announced memory can be registered (Linux 5.19)
+  std::uint64_t refused_registrations = 0;  // the kernel refused a piece (RLIMIT_MEMLOCK)
+  std::uint64_t failed_unregistrations = 0;
   std::uint64_t fixed_source_writes = 0;   // units written from registered announced memory
   std::uint64_t plain_source_writes = 0;   // units written from other caller memory
   std::uint64_t registered_source_bytes = 0;  // announced memory registered now

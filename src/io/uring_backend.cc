@@ -77,10 +77,13 @@ class UringBackend final : public IoBackend, private announced::Holder {
   }
 
   std::string_view name() const override { return "uring"; }
-  bool usable() const override { return !broken_; }
+  // A forked child shares the parent's ring and its registered buffers
+  // (which hold the parent's pages): it must open its own.
+  bool usable() const override { return !broken_ && ::getpid() == owner_; }
   IoStats stats() const override {
     IoStats st = stats_;
     st.fixed_io_buffers = fixed_;
+    st.sparse_table = sparse_;
     auto lock = announced::Lock();
     for (const Piece& p : pieces_) st.registered_source_bytes += p.bytes;
     return st;
@@ -102,6 +105,10 @@ class UringBackend final : public IoBackend, private announced::Holder {
   };
 
   Status Usable() const {
+    if (::getpid() != owner_)
+      return Status(StatusCode::kUnavailable,
+                    "this io_uring ring belongs to process " + std::to_string(owner_) +
+                        "; a forked child must open its own repository");
     if (!broken_) return Status::Ok();
     return Status(StatusCode::kIoError,
                   "the io_uring ring failed earlier (submit or wait); open a new repository");
@@ -223,14 +230,14 @@ class UringBackend final : public IoBackend, private announced::Holder {
       if (pieces_[i].region == r.id && pieces_[i].index == piece) return depth_ + i;
       if (pieces_[i].region == 0 && free_slot < 0) free_slot = i;
     }
-    if (free_slot < 0 || ::getpid() != owner_ ||
-        std::find(refused_.begin(), refused_.end(), r.id) != refused_.end())
+    if (free_slot < 0 || std::find(refused_.begin(), refused_.end(), r.id) != refused_.end())
       return -1;
     const std::uint64_t start = piece * g_piece_bytes;
     iovec iov{const_cast<std::byte*>(r.base + start), std::min(g_piece_bytes, r.bytes - start)};
     if (io_uring_register_buffers_update_tag(&ring_, static_cast<unsigned>(depth_ + free_slot),
                                              &iov, nullptr, 1) != 1) {
       refused_.push_back(r.id);  // not asked again for this memory
+      ++stats_.refused_registrations;
       return -1;
     }
     pieces_[free_slot] = {r.id, piece, iov.iov_len};
@@ -244,12 +251,14 @@ class UringBackend final : public IoBackend, private announced::Holder {
     // A forked child has a copy of this object but shares the parent's
     // ring: it must not change the parent's table.
     if (::getpid() != owner_) return;
+    // Clearing a slot fails only if the ring is gone; counted, for tests.
     std::erase(refused_, region);
     for (int i = 0; i < kPieceSlots; ++i) {
       if (pieces_[i].region != region) continue;
       iovec none{nullptr, 0};
-      io_uring_register_buffers_update_tag(&ring_, static_cast<unsigned>(depth_ + i), &none,
-                                           nullptr, 1);
+      if (io_uring_register_buffers_update_tag(&ring_, static_cast<unsigned>(depth_ + i), &none,
+                                               nullptr, 1) != 1)
+        ++stats_.failed_unregistrations;
       pieces_[i] = Piece{};
     }
   }

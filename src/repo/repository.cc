@@ -20,11 +20,14 @@ namespace repo {
 
 Result<Repository::Impl::BackendLease> Repository::Impl::Backend() {
   std::unique_ptr<io::IoBackend> b;
+  std::vector<std::unique_ptr<io::IoBackend>> stale;  // freed outside the lock
   {
     std::lock_guard lock(backend_mu);
-    if (!idle_backends.empty()) {
+    while (!b && !idle_backends.empty()) {
       b = std::move(idle_backends.back());
       idle_backends.pop_back();
+      // A forked child cannot use its parent's rings: it makes its own.
+      if (!b->usable()) stale.push_back(std::move(b));
     }
   }
   if (!b) {

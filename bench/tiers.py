@@ -13,6 +13,9 @@ on its tier), as the docs teach:
   persist_every=1000, replicas=1)``: the local tier and the partner's
   replica, not the root;
 - ``local``: the same with ``replicas=0``: the local tier alone;
+- both again with ``recycle_files=0``: retention unlinks the local files
+  instead of keeping them for the next save to overwrite (docs/tiers.md),
+  so every save writes into new tmpfs pages;
 - loads: ``root`` (page caches dropped first, as after a restart),
   ``local`` (the tiered Checkpointer's ``load``: every rank from its local
   tier).
@@ -62,6 +65,13 @@ def rank_main(rank: int, world: int, store: str, args: dict, out: str) -> None:
     alone = shardwise.Checkpointer(os.path.join(root, "alone"),
                                    local_root=os.path.join(local, "alone"),
                                    persist_every=1000, keep_local=1)
+    tiered_new = shardwise.Checkpointer(os.path.join(root, "tiered-new"),
+                                        local_root=os.path.join(local, "tiered-new"),
+                                        persist_every=1000, keep_local=1, replicas=1,
+                                        recycle_files=0)
+    alone_new = shardwise.Checkpointer(os.path.join(root, "alone-new"),
+                                       local_root=os.path.join(local, "alone-new"),
+                                       persist_every=1000, keep_local=1, recycle_files=0)
     samples: dict[str, list[float]] = {}
     tiers_seen: list[list[str]] = []
 
@@ -99,6 +109,9 @@ def rank_main(rank: int, world: int, store: str, args: dict, out: str) -> None:
         timed("save stock DCP", lambda: dcp.save(state, checkpoint_id=stock_dir))
         timed("save local+replica", lambda: tiered.save(step, state, blocking=True))
         timed("save local", lambda: alone.save(step, state, blocking=True))
+        timed("save local+replica, files not recycled",
+              lambda: tiered_new.save(step, state, blocking=True))
+        timed("save local, files not recycled", lambda: alone_new.save(step, state, blocking=True))
         if rank == 0:
             drop_caches()
         dist.barrier()
@@ -107,9 +120,8 @@ def rank_main(rank: int, world: int, store: str, args: dict, out: str) -> None:
         t = target()
         timed("load local", lambda: tiered.load(t))
         tiers_seen.append(tiered.last_restore.tiers)
-    plain.close()
-    tiered.close()
-    alone.close()
+    for c in (plain, tiered, alone, tiered_new, alone_new):
+        c.close()
     gathered: list = [None] * world
     dist.all_gather_object(gathered, {"bytes": local_bytes, "copy_s": copy_s})
     if rank == 0:
@@ -137,8 +149,9 @@ def main() -> None:
     if args.runs < 3:
         ap.error("--runs must be at least 3")
     total = parse_size(args.total_size)
-    # the state, the staging pool, and on tmpfs the local copy and a replica
-    need = 4.5 * total
+    # the state, the staging pool, and on tmpfs the local copies and replicas
+    # of the two tiered Checkpointers (each: 2 kept, 1 in the recycle bin)
+    need = 7.5 * total
     if mem_available() < need:
         sys.exit(f"tiers.py: needs about {need / 2**30:.1f} GiB of memory, "
                  f"MemAvailable is {mem_available() / 2**30:.1f} GiB")
@@ -153,6 +166,10 @@ def main() -> None:
         "save local+replica / save root": med["save local+replica"] / med["save root"],
         "save local+replica / save stock DCP": med["save local+replica"] / med["save stock DCP"],
         "save local / save root": med["save local"] / med["save root"],
+        "save local+replica / same, files not recycled":
+            med["save local+replica"] / med["save local+replica, files not recycled"],
+        "save local / same, files not recycled":
+            med["save local"] / med["save local, files not recycled"],
         "load local / load root": med["load local"] / med["load root"],
     }
     copy_floor = max(r["copy_s"] for r in data["ranks"])
@@ -160,9 +177,9 @@ def main() -> None:
           f"one memcpy of a rank's bytes: {copy_floor:.3f} s")
     for k in sorted(data["samples"]):
         v = data["samples"][k]
-        print(f"  {k:<22} median {med[k]:.3f} s  (min {min(v):.3f}, max {max(v):.3f})")
+        print(f"  {k:<40} median {med[k]:.3f} s  (min {min(v):.3f}, max {max(v):.3f})")
     for k, v in ratios.items():
-        print(f"  {k:<38} {v:.2f}")
+        print(f"  {k:<48} {v:.2f}")
     print(f"  tiers that served the local loads: {data['tiers'][-1]}")
     if args.json:
         os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)

@@ -15,6 +15,8 @@ targets=("$@")
 
 scripts/setup.sh asan
 work=$(mktemp -d "${TMPDIR:-/tmp}/shardwise-fuzz-XXXXXX")
+# The files the targets write, in memory; removed however the run ends.
+scratch=$(mktemp -d /dev/shm/shardwise-fuzz-XXXXXX)
 jobs=$(nproc)
 echo "fuzz: ${seconds}s per target, $jobs at a time, work directory $work"
 # One target: its own corpus copy, log and artifacts under $work/TARGET.
@@ -24,13 +26,13 @@ fuzz_one() {
   cp fuzz/corpus/"$t"/* "$work/$t/corpus/"
   # The checkpoint_dir target writes files and fsyncs them: keep them in
   # memory (/dev/shm) so that it runs at a useful rate.
-  TMPDIR=/dev/shm build/asan/"${t}"_fuzz -max_total_time="$seconds" -timeout=10 \
+  TMPDIR=$scratch build/asan/"${t}"_fuzz -max_total_time="$seconds" -timeout=10 \
     -rss_limit_mb=4096 -max_len=262144 -print_final_stats=1 \
     -artifact_prefix="$work/$t/artifacts/" "$work/$t/corpus" >"$work/$t/log" 2>&1
 }
 # Each target is single-threaded: run one per core, then report in order.
 # Stopped early (a failure below, Ctrl-C), the others stop too.
-trap 'kill $(jobs -p) 2>/dev/null || true' EXIT
+trap 'kill $(jobs -p) 2>/dev/null || true; rm -rf "$scratch"' EXIT
 pids=()
 for t in "${targets[@]}"; do
   while (($(jobs -rp | wc -l) >= jobs)); do wait -n || true; done

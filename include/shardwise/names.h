@@ -16,6 +16,8 @@
 //   ROOT/latest                        the newest checkpoint's name
 //   ROOT/.writer.lock                  held by the job writing ROOT
 //   ROOT/.exports/NAME.json            the S3 export record of NAME
+//   ROOT/.recycle/FILE                 a removed checkpoint's file, kept for
+//                                      a later save to overwrite
 //   PATH.tmp-XXXXXXXXXXXX              an atomic write of PATH in progress
 //   DIR/.shardwise-probe-*             a filesystem probe in progress
 #pragma once
@@ -32,6 +34,7 @@ inline constexpr std::string_view kStagingLock = ".lock";
 inline constexpr std::string_view kCommitFailed = "commit.failed";
 inline constexpr std::string_view kWriterLock = ".writer.lock";
 inline constexpr std::string_view kExportsDir = ".exports";
+inline constexpr std::string_view kRecycleDir = ".recycle";
 inline constexpr std::string_view kProbePrefix = ".shardwise-probe-";
 // The I/O mode measurement, shared by the processes of a job (fs/io_mode.cc);
 // and its lock, ".io-mode.lock".

@@ -85,6 +85,11 @@ struct Options {
   // or CAP_IPC_LOCK); where it is refused, plain buffers are used.
   // SHARDWISE_FIXED_BUFFERS=0|1
   bool fixed_buffers = true;
+  // Retention and deletes keep the files of the checkpoints they remove
+  // (ROOT/.recycle), and the next save or install overwrites them in place:
+  // on tmpfs that skips allocating (and zeroing) new pages. Checkpointer
+  // turns it on for its local tier. SHARDWISE_RECYCLE_FILES=0|1
+  bool recycle_files = false;
   // Polling interval while waiting on the filesystem (fragments, commits).
   // SHARDWISE_POLL_INTERVAL_S
   double poll_interval_s = 0.02;

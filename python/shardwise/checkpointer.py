@@ -346,7 +346,11 @@ class Checkpointer:
             warnings.filterwarnings("ignore", message=r"torch\.distributed is disabled, "
                                     r"unavailable or uninitialized, assuming the intent is to "
                                     r"(save|load) in a single process")
-            self._local_writer = Writer(None, **engine_options)
+            # Retention on the local tier keeps the removed checkpoints' files
+            # for the next save to overwrite: on tmpfs that saves allocating
+            # new pages (docs/tiers.md).
+            self.local_options = {"recycle_files": 1, **engine_options}
+            self._local_writer = Writer(None, **self.local_options)
             self._topology = tiers.Topology.gather(self.process_group)
             # Replicas travel on a group of their own, so that they never
             # interleave with a save's collectives.
@@ -681,7 +685,7 @@ class Checkpointer:
         for src, data in got.items():
             try:
                 tiers.install(tiers.replica_dir(self.local_root, src), name, data,
-                              self.engine_options)
+                              self.local_options)
             except Exception as e:  # the local checkpoints stand; this replica is missing
                 log.warning("replica of rank %d's %s not kept: %s", src, name, e)
 
@@ -691,7 +695,7 @@ class Checkpointer:
         roots += [tiers.replica_dir(self.local_root, s) for s in self._topology.sources(rank)]
         for root in roots:
             if os.path.isdir(root):
-                _core.Repository(root, self.engine_options, True).gc(keep_last=self.keep_local)
+                _core.Repository(root, self.local_options, True).gc(keep_last=self.keep_local)
 
     def _load_tiered(self, state_dict: dict[str, Any], step: Optional[int]) -> Optional[int]:
         """The newest step every rank can read from some tier; each rank
@@ -776,10 +780,10 @@ class Checkpointer:
             got = tiers.exchange(self._replica_group, sends, need, self._buffers)
         try:
             if tier_of[rank] == tiers.REPLICA:
-                repo = _core.Repository(own_root, self.engine_options, True)
+                repo = _core.Repository(own_root, self.local_options, True)
                 if os.path.isdir(os.path.join(own_root, name)):
                     repo.delete(name)  # the damaged local copy makes way for the replica
-                tiers.install(own_root, name, got[topo.partner(rank)], self.engine_options)
+                tiers.install(own_root, name, got[topo.partner(rank)], self.local_options)
             path = (os.path.join(self.root, name) if tier_of[rank] == tiers.ROOT
                     else os.path.join(own_root, name))
             dcp.load(state_dict, storage_reader=Reader(path, progress=self.progress),

@@ -296,6 +296,46 @@ def test_one_process_and_the_operators_view(tmp_path: Path, capsys) -> None:
     again.close()
 
 
+def test_the_local_tier_overwrites_the_files_retention_removed(tmp_path: Path) -> None:
+    """Retention keeps a removed local checkpoint's files (.recycle), and the
+    next local save overwrites its shard in place (docs/tiers.md): on tmpfs
+    no new pages. The result loads and verifies like any save."""
+    import torch
+
+    import shardwise
+    from shardwise.cli import main
+
+    local = tmp_path / "local"
+
+    def shard(step: int) -> Path:
+        return local / "rank-00000" / f"step-{step:012d}" / "rank-00000.shard"
+
+    ckpt = shardwise.Checkpointer(tmp_path / "root", local_root=local, persist_every=1000,
+                                  keep_local=1)
+    ckpt.save(1, {"w": torch.full((300_001,), 1.0)})
+    ckpt.wait()
+    retired = os.stat(shard(1)).st_ino
+    ckpt.save(2, {"w": torch.full((300_001,), 2.0)})
+    ckpt.wait()
+    assert not shard(1).exists() and len(os.listdir(local / "rank-00000" / ".recycle")) >= 1
+    ckpt.save(3, {"w": torch.full((70_001,), 3.0)})  # smaller: the file is cut to size
+    ckpt.wait()
+    assert os.stat(shard(3)).st_ino == retired
+    state = {"w": torch.zeros(70_001)}
+    assert ckpt.load(state) == 3 and torch.equal(state["w"], torch.full((70_001,), 3.0))
+    ckpt.close()
+    assert main(["verify", "--local-root", str(local)]) == 0
+
+    # recycle_files=0: retention unlinks the files
+    off = shardwise.Checkpointer(tmp_path / "root2", local_root=tmp_path / "local2",
+                                 persist_every=1000, keep_local=1, recycle_files=0)
+    for step in (1, 2):
+        off.save(step, {"w": torch.full((1000,), float(step))})
+        off.wait()
+    off.close()
+    assert not (tmp_path / "local2" / "rank-00000" / ".recycle").exists()
+
+
 def test_a_malformed_replica_transfer_is_refused(tmp_path: Path) -> None:
     """What arrives from a partner is checked before anything is written: a
     clear error for every malformed transfer, and nothing installed."""

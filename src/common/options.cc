@@ -262,6 +262,10 @@ constexpr OptionInfo kTable[] = {
      "io_uring fixed buffers: register the I/O buffers and the staging memory once (needs "
      "RLIMIT_MEMLOCK or CAP_IPC_LOCK; plain buffers where refused); 0: never",
      Flag<&Options::fixed_buffers>, ShowFlag<&Options::fixed_buffers>},
+    {"recycle_files", "SHARDWISE_RECYCLE_FILES", "recycle_files", "", "0|1",
+     "1: removed checkpoints' files are kept in ROOT/.recycle for the next save to overwrite "
+     "(on tmpfs: no new pages; Checkpointer's local tier uses it)",
+     Flag<&Options::recycle_files>, ShowFlag<&Options::recycle_files>},
 };
 
 }  // namespace

@@ -17,6 +17,7 @@
 #include "format/json_reader.h"
 #include "format/manifest.h"
 #include "format/shard_header.h"
+#include "fs/recycle.h"
 #include "io/aligned_buffer.h"
 #include "os/fault.h"
 #include "os/posix.h"
@@ -279,6 +280,26 @@ std::uint64_t FillUnit(ShardPlan& plan, std::span<const WriteItem> items, std::s
   return copied;
 }
 
+namespace {
+
+// Makes a recycled part file read as the new file will: its new size, and
+// zeros wherever no unit writes (padding after items written byte for byte,
+// and the end of the file).
+Status ClearRecycled(const os::File& file, const ShardPlan& plan, std::uint32_t part) {
+  const std::uint64_t size = plan.file_sizes[part];
+  SW_RETURN_IF_ERROR(os::Ftruncate(file.fd(), size, file.path()));
+  std::uint64_t at = 0;  // everything before is written by units or zeroed
+  for (const Unit& u : plan.units) {  // by file, then ascending offset
+    if (u.file != part) continue;
+    if (u.offset > at) SW_RETURN_IF_ERROR(os::ZeroRange(file.fd(), at, u.offset - at, file.path()));
+    at = std::max(at, u.offset + u.length);
+  }
+  if (size > at) SW_RETURN_IF_ERROR(os::ZeroRange(file.fd(), at, size - at, file.path()));
+  return Status::Ok();
+}
+
+}  // namespace
+
 Result<std::vector<os::File>> CreateShardFiles(const ShardTarget& target, const ShardPlan& plan) {
   // O_EXCL: a rank never writes into a file another attempt created.
   int flags = O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC | (target.direct_io ? O_DIRECT : 0);
@@ -287,7 +308,15 @@ Result<std::vector<os::File>> CreateShardFiles(const ShardTarget& target, const 
   for (int p = 0; p < nfiles; ++p) {
     std::string path = names::ShardPartPath(target.path, static_cast<std::size_t>(p));
     os::File file;
-    if (target.placement) {
+    bool recycled = false;
+    if (!target.recycle_root.empty()) {
+      SW_ASSIGN_OR_RETURN(recycled, fs::TakeRecycled(target.recycle_root, path, plan.file_sizes[p]));
+    }
+    if (recycled) {
+      // Renamed into this save's staging directory: no other attempt has it.
+      SW_ASSIGN_OR_RETURN(file, os::Open(path, flags & ~(O_CREAT | O_EXCL), 0644));
+      SW_RETURN_IF_ERROR(ClearRecycled(file, plan, static_cast<std::uint32_t>(p)));
+    } else if (target.placement) {
       SW_ASSIGN_OR_RETURN(file, target.placement->Create(path, flags, 0644, plan.file_sizes[p],
                                                         target.writers * nfiles));
     } else {

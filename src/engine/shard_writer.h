@@ -127,10 +127,15 @@ struct ShardTarget {
   bool direct_io = false;
   fs::Placement* placement = nullptr;  // null: a plain open
   int writers = 1;                     // files written at once (for the layout policy)
+  // Non-empty (Options::recycle_files): the root whose recycle bin
+  // (fs/recycle.h) part files are taken from when it has some.
+  std::string recycle_root;
 };
 
 // Creates the shard's part files (O_EXCL, each with its Lustre layout where
-// one applies, preallocated).
+// one applies, preallocated). A file taken from the recycle bin instead is
+// cut to its new size and zeroed wherever the plan's units do not write, so
+// that it reads as a new file would once they are written.
 Result<std::vector<os::File>> CreateShardFiles(const ShardTarget& target, const ShardPlan& plan);
 
 // Plans and writes `items` into a new file at target.path (which must not

@@ -414,12 +414,16 @@ void StagingLease::Release() {
     impl_->released = true;
   }
   {
+    // Declared before the lock: if another thread dropped the last other
+    // reference meanwhile, that lease's destructor (which takes the
+    // registry's lock) runs after the lock is released.
+    std::shared_ptr<StagingLease> holder;
     std::lock_guard reg(RegistryMutex());
     auto it = Registry().find(reinterpret_cast<std::uintptr_t>(impl_->slab->mem.data));
     // The entry may already name the slab's next lease if this one expired
     // first; only remove our own.
     if (it != Registry().end()) {
-      auto holder = it->second.lock();
+      holder = it->second.lock();
       if (!holder || holder.get() == this) Registry().erase(it);
     }
   }
@@ -438,12 +442,15 @@ bool StagingLease::released() const {
 
 std::shared_ptr<StagingLease> StagingLease::Find(const void* p, std::uint64_t bytes) {
   const auto addr = reinterpret_cast<std::uintptr_t>(p);
+  // Before the lock, as in Release(): a lease found here whose last other
+  // reference goes meanwhile is destroyed (and takes the lock) after it.
+  std::shared_ptr<StagingLease> lease;
   std::lock_guard reg(RegistryMutex());
   auto& leases = Registry();
   auto it = leases.upper_bound(addr);
   if (it == leases.begin()) return nullptr;
   --it;
-  auto lease = it->second.lock();
+  lease = it->second.lock();
   if (!lease || addr + bytes > it->first + lease->size()) return nullptr;
   return lease;
 }

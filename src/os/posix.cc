@@ -14,6 +14,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <climits>
 #include <cstdlib>
@@ -167,6 +168,34 @@ Status Ftruncate(int fd, std::uint64_t len, const std::string& path) {
     r = ::ftruncate(fd, static_cast<off_t>(len));
   } while (r != 0 && errno == EINTR);
   if (r != 0) return IoError("ftruncate", path, errno);
+  return Status::Ok();
+}
+
+Status ZeroRange(int fd, std::uint64_t off, std::uint64_t len, const std::string& path) {
+  // Counted as a fallocate by the fault seam.
+  int err = 0;
+  if (Injected(Op::kFallocate, &err)) return IoError("fallocate (punch hole)", path, err);
+  if (len == 0) return Status::Ok();
+  int r;
+  do {
+    r = ::fallocate(fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, static_cast<off_t>(off),
+                    static_cast<off_t>(len));
+  } while (r != 0 && errno == EINTR);
+  if (r == 0) return Status::Ok();
+  if (errno != EOPNOTSUPP && errno != ENOSYS) return IoError("fallocate (punch hole)", path, errno);
+  // No holes here: zeros are written, buffered (any alignment).
+  const bool direct = (::fcntl(fd, F_GETFL) & O_DIRECT) != 0;
+  if (direct) SW_RETURN_IF_ERROR(SetDirectIo(fd, false, path));
+  static constexpr std::byte kZeros[64 << 10] = {};
+  for (std::uint64_t done = 0; done < len;) {
+    const std::uint64_t n = std::min<std::uint64_t>(sizeof kZeros, len - done);
+    SW_RETURN_IF_ERROR(PwriteAll(fd, kZeros, n, off + done, path));
+    done += n;
+  }
+  if (direct) {
+    SW_RETURN_IF_ERROR(Fsync(fd, path));  // before O_DIRECT writes may overlap its pages
+    SW_RETURN_IF_ERROR(SetDirectIo(fd, true, path));
+  }
   return Status::Ok();
 }
 

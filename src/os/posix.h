@@ -65,6 +65,10 @@ Status Fsync(int fd, const std::string& path);
 Status Fallocate(int fd, std::uint64_t off, std::uint64_t len,
                  const std::string& path);
 Status Ftruncate(int fd, std::uint64_t len, const std::string& path);
+// Makes [off, off + len) of the file read as zeros, within its size:
+// punches a hole, or where the filesystem has no holes writes zeros
+// (with O_DIRECT cleared on `fd` meanwhile).
+Status ZeroRange(int fd, std::uint64_t off, std::uint64_t len, const std::string& path);
 Status FsyncDir(const std::string& dir);
 Status Rename(const std::string& from, const std::string& to);
 // Fails with kAlreadyExists when `to` exists. Falls back to a check + rename

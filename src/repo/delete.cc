@@ -1,5 +1,6 @@
 // Repository::Delete: removes one committed checkpoint, keeping `latest`
 // pointed at a checkpoint that exists.
+#include "fs/recycle.h"
 #include "os/posix.h"
 #include "repo/export.h"
 #include "repo/listing.h"
@@ -8,10 +9,12 @@
 
 namespace shardwise {
 
-Status repo::RemoveCommitted(const std::string& root, const std::string& name) {
+Status repo::RemoveCommitted(const std::string& root, const std::string& name, bool recycle) {
   const std::string hidden = os::JoinPath(root, names::HiddenDir(name, names::Hidden::kDeleting, os::RandomHex(6)));
   SW_RETURN_IF_ERROR(os::Rename(os::JoinPath(root, name), hidden));
   SW_RETURN_IF_ERROR(os::FsyncDir(root));
+  // Hidden first: the files leave a checkpoint nobody can open any more.
+  if (recycle) SW_RETURN_IF_ERROR(fs::RecycleFiles(root, hidden));
   SW_RETURN_IF_ERROR(os::RemoveTree(hidden));
   RemoveExportRecord(root, name);
   return Status::Ok();
@@ -54,7 +57,7 @@ Status Repository::Delete(const std::string& name) {
       SW_RETURN_IF_ERROR(os::FsyncDir(root));
     }
   }
-  return repo::RemoveCommitted(root, name);
+  return repo::RemoveCommitted(root, name, impl_->options.recycle_files);
 }
 
 }  // namespace shardwise

@@ -89,7 +89,7 @@ std::ptrdiff_t NewestValid(const Repository& repo,
 // exported yet); deletes the rest.
 Status ApplyRetention(const std::string& root, const std::vector<const CheckpointInfo*>& committed,
                       std::ptrdiff_t anchor, const GcOptions& gc, bool requires_export,
-                      GcReport* report) {
+                      bool recycle, GcReport* report) {
   const std::ptrdiff_t n = static_cast<std::ptrdiff_t>(committed.size());
   for (std::ptrdiff_t i = 0; i < n; ++i) {
     const CheckpointInfo& c = *committed[i];
@@ -105,7 +105,7 @@ Status ApplyRetention(const std::string& root, const std::vector<const Checkpoin
       report->kept.push_back(c.name);
       continue;
     }
-    if (!gc.dry_run) SW_RETURN_IF_ERROR(repo::RemoveCommitted(root, c.name));
+    if (!gc.dry_run) SW_RETURN_IF_ERROR(repo::RemoveCommitted(root, c.name, recycle));
     report->removed_checkpoints.push_back(c.name);
   }
   return Status::Ok();
@@ -146,7 +146,8 @@ Result<GcReport> Repository::Gc(const GcOptions& gc) {
   }
   report.newest_valid = committed[anchor]->name;
   SW_RETURN_IF_ERROR(ApplyRetention(root, committed, anchor, gc,
-                                    impl_->options.retention_requires_export, &report));
+                                    impl_->options.retention_requires_export,
+                                    impl_->options.recycle_files, &report));
   return report;
 }
 

@@ -213,7 +213,8 @@ Result<RankResult> Repository::WriteRankWith(
     std::string shard =
         os::JoinPath(staging, names::RankFileName(spec.rank, names::RankFile::kShard));
     const bool direct = mode.direct_writes;
-    engine::ShardTarget target{shard, direct, placement, spec.world_size};
+    engine::ShardTarget target{shard, direct, placement, spec.world_size,
+                               impl_->options.recycle_files ? impl_->root : std::string()};
     engine::ShardIndex index;
     Status written = write_shard(target, &index);
     if (!written.ok()) {

@@ -24,7 +24,9 @@ std::mutex& LatestMutex();
 // .NAME.deleting-ID entry (it vanishes from listings atomically; a crash
 // midway leaves a leftover gc removes), fsyncs ROOT, removes the tree and
 // the export record. The caller holds the writer lock.
-Status RemoveCommitted(const std::string& root, const std::string& name);
+// With `recycle` (Options::recycle_files), its files go to the root's
+// recycle bin (fs/recycle.h) instead of being unlinked.
+Status RemoveCommitted(const std::string& root, const std::string& name, bool recycle);
 
 }  // namespace shardwise::repo
 

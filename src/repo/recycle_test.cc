@@ -1,0 +1,145 @@
+// Recycled files (Options::recycle_files): retention keeps a removed
+// checkpoint's files, the next save or install overwrites them in place,
+// and what it leaves is byte for byte what a new file would hold.
+#include <gtest/gtest.h>
+#include <sys/stat.h>
+
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "os/posix.h"
+#include "shardwise/names.h"
+#include "shardwise/shardwise.h"
+#include "testing/holds.h"
+#include "testing/test_util.h"
+
+namespace shardwise {
+namespace {
+
+using testing::Holds;
+using testing::OwnedItems;
+using testing::TempDir;
+
+const std::string kShard = "rank-00000.shard";
+
+std::string StepName(std::int64_t step) {
+  std::string digits = std::to_string(step);
+  return "step-" + std::string(12 - digits.size(), '0') + digits;
+}
+
+// Items of 256 KiB or more are written byte for byte under buffered I/O,
+// so the padding after an odd-sized one is never written; small ones are
+// packed. `scale` makes the shard longer.
+OwnedItems State(std::uint64_t seed, std::int64_t scale) {
+  OwnedItems it;
+  it.Add("big", DType::kUInt8, {300001 * scale}, seed);
+  it.Add("odd", DType::kFloat32, {77}, seed + 1);
+  it.Add("mid", DType::kUInt8, {262147}, seed + 2);
+  return it;
+}
+
+ino_t Inode(const std::string& path) {
+  auto st = os::Stat(path);
+  return st.ok() ? st->st_ino : 0;
+}
+
+std::size_t BinFiles(const TempDir& dir) {
+  auto entries = os::ListDir(dir / std::string(names::kRecycleDir));
+  return entries.ok() ? entries->size() : 0;
+}
+
+class Recycle : public ::testing::TestWithParam<DirectIoMode> {
+ protected:
+  std::unique_ptr<Repository> Open(const TempDir& dir, bool recycle) {
+    Options o;
+    o.recycle_files = recycle;
+    o.direct_io = GetParam();
+    o.poll_interval_s = 0.005;
+    auto r = Repository::Open(dir.path(), o);
+    EXPECT_TRUE(r.ok()) << r.status().ToString();
+    return r.ok() ? std::move(*r) : nullptr;
+  }
+  static void Save(Repository& repo, std::int64_t step, const OwnedItems& state) {
+    SaveSpec spec;
+    spec.step = step;
+    spec.save_id = "id" + std::to_string(step);
+    auto r = repo.Save(spec, state.items);
+    ASSERT_TRUE(r.ok()) << r.status().ToString();
+  }
+  // Saves steps 1 and 2 (larger than later ones, with other bytes), then
+  // retention keeps step 2 only: step 1's files go to the bin. Returns the
+  // inode of step 1's shard.
+  ino_t RetireOne(Repository& repo, const TempDir& dir) {
+    Save(repo, 1, State(1, 4));
+    const ino_t old = Inode(dir / StepName(1) + "/" + kShard);
+    Save(repo, 2, State(2, 4));
+    GcOptions gc;
+    gc.keep_last = 1;
+    EXPECT_TRUE(repo.Gc(gc).ok());
+    EXPECT_FALSE(os::Exists(dir / StepName(1)));
+    EXPECT_GE(BinFiles(dir), 1u);
+    return old;
+  }
+};
+
+TEST_P(Recycle, TheNextSaveOverwritesARetiredFileAsANewFileWouldBe) {
+  TempDir dir, fresh_dir;
+  auto repo = Open(dir, true);
+  auto fresh = Open(fresh_dir, false);
+  ASSERT_TRUE(repo && fresh);
+  const ino_t old = RetireOne(*repo, dir);
+  ASSERT_NE(old, 0u);
+  const OwnedItems state = State(3, 1);
+  Save(*repo, 3, state);
+  Save(*fresh, 3, state);
+  const std::string shard = dir / StepName(3) + "/" + kShard;
+  EXPECT_EQ(Inode(shard), old);  // the retired file, overwritten in place
+  EXPECT_TRUE(Holds(*repo, StepName(3), state));
+  auto reader = repo->OpenCheckpoint(StepName(3));
+  ASSERT_TRUE(reader.ok());
+  EXPECT_TRUE((*reader)->Verify()->problems.empty());
+  // Padding and the end are zero, the size is the new one: the same bytes
+  // as the same save into a new file.
+  EXPECT_EQ(testing::ReadAll(shard), testing::ReadAll(fresh_dir / StepName(3) + "/" + kShard));
+}
+
+TEST_P(Recycle, AnInstallOverwritesARetiredFile) {
+  TempDir dir, source_dir;
+  auto repo = Open(dir, true);
+  auto source = Open(source_dir, false);
+  ASSERT_TRUE(repo && source);
+  const ino_t old = RetireOne(*repo, dir);
+  const OwnedItems state = State(5, 1);
+  Save(*source, 5, state);
+  const std::string name = StepName(5);
+  auto entries = os::ListDir(source_dir / name);
+  ASSERT_TRUE(entries.ok());
+  std::vector<std::pair<std::string, std::string>> owned;
+  for (const auto& e : *entries)
+    owned.emplace_back(e.name, testing::ReadAll(source_dir / name + "/" + e.name));
+  std::vector<std::pair<std::string, std::string_view>> views;
+  for (const auto& [f, d] : owned) views.emplace_back(f, d);
+  ASSERT_TRUE(repo->Install(name, views).ok());
+  EXPECT_EQ(Inode(dir / name + "/" + kShard), old);
+  EXPECT_TRUE(Holds(*repo, name, state));
+  for (const auto& [f, d] : owned) EXPECT_EQ(testing::ReadAll(dir / name + "/" + f), d) << f;
+}
+
+TEST_P(Recycle, OffMeansRetentionUnlinks) {
+  TempDir dir;
+  auto repo = Open(dir, false);
+  ASSERT_TRUE(repo);
+  Save(*repo, 1, State(1, 1));
+  Save(*repo, 2, State(2, 1));
+  GcOptions gc;
+  gc.keep_last = 1;
+  ASSERT_TRUE(repo->Gc(gc).ok());
+  EXPECT_FALSE(os::Exists(dir / std::string(names::kRecycleDir)));
+}
+
+INSTANTIATE_TEST_SUITE_P(IoModes, Recycle,
+                         ::testing::Values(DirectIoMode::kOff, DirectIoMode::kAuto));
+
+}  // namespace
+}  // namespace shardwise

@@ -4,9 +4,13 @@
 #
 #   scripts/test_wheel.sh [WHEEL] [-- PYTEST_ARGS...]
 #
-# WHEEL defaults to the one scripts/build_wheel.sh builds now. The venv gets
-# torch 2.13.0 (CPU), pytest and numpy, then the wheel (--only-binary: pip
-# must not find a way to build anything). PATH
+# WHEEL defaults to the one scripts/build_wheel.sh builds now. PYTEST_ARGS
+# default to python/tests (every Python test). The venv gets torch 2.13.0
+# (CPU), pytest and numpy, then the wheel (--only-binary: pip must not find
+# a way to build anything). With SHARDWISE_WHEEL_TEST_DEPS=VENV, the test
+# dependencies come from that venv's site-packages instead (a .pth file,
+# after the venv's own: the wheel's shardwise is the one imported, which
+# the script checks), which saves installing torch again. PATH
 # is this venv's bin plus a copy of /usr/bin and /bin without compilers,
 # linkers, CMake or make; the script checks that none is found before the
 # tests run, and that the tests import shardwise from the wheel. Integration
@@ -29,10 +33,18 @@ quiet() { { grep -v "^WARNING: Location" || true; }; }
 
 echo "test_wheel: fresh venv in $work/venv"
 python3 -m venv "$work/venv"
-"$work/venv/bin/pip" install -q --disable-pip-version-check torch==2.13.0 pytest numpy 2>&1 |
+[[ -n "${SHARDWISE_WHEEL_TEST_DEPS:-}" ]] ||
+  "$work/venv/bin/pip" install -q --disable-pip-version-check torch==2.13.0 pytest numpy 2>&1 |
   quiet
 "$work/venv/bin/pip" install -q --disable-pip-version-check --no-deps --only-binary=:all: \
   "$wheel" 2>&1 | quiet
+if [[ -n "${SHARDWISE_WHEEL_TEST_DEPS:-}" ]]; then
+  # After the wheel: pip must not see the lending venv's shardwise as installed.
+  purelib() { "$1/bin/python" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])'; }
+  deps=$(purelib "$(realpath "$SHARDWISE_WHEEL_TEST_DEPS")")
+  echo "test_wheel: torch, pytest and numpy from $deps"
+  echo "$deps" >"$(purelib "$work/venv")/test-dependencies.pth"
+fi
 
 # A PATH with no way to compile: every program of /usr/bin and /bin but the
 # compilers, linkers and build tools.
@@ -61,4 +73,5 @@ case "$where" in
 esac
 "$work/venv/bin/shardwise" --version
 # The tests import shardwise from the venv (python/tests holds no package).
-"$work/venv/bin/python" -m pytest -q -p no:cacheprovider python/tests "$@"
+(($#)) || set -- python/tests
+"$work/venv/bin/python" -m pytest -q -p no:cacheprovider "$@"

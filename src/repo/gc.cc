@@ -125,6 +125,13 @@ Result<GcReport> Repository::Gc(const GcOptions& gc) {
   // 1. Staging directories nobody works on, leftovers, stale temporary files.
   SW_RETURN_IF_ERROR(RemoveAbandonedStaging(root, all, grace, gc.dry_run, &report));
   SW_RETURN_IF_ERROR(RemoveStaleTempFiles(root, grace, gc.dry_run, &report));
+  // A recycle bin left from when recycle_files was on holds a checkpoint's
+  // worth of space that no save will take any more.
+  if (const std::string bin = os::JoinPath(root, names::kRecycleDir);
+      !impl_->options.recycle_files && os::Exists(bin)) {
+    if (!gc.dry_run) SW_RETURN_IF_ERROR(os::RemoveTree(bin));
+    report.removed_staging.emplace_back(names::kRecycleDir);
+  }
 
   // 2. Retention over committed checkpoints (oldest first in `all`).
   std::vector<const CheckpointInfo*> committed;

@@ -44,6 +44,15 @@ ino_t Inode(const std::string& path) {
   return st.ok() ? st->st_ino : 0;
 }
 
+std::vector<std::string> Committed(Repository& repo) {
+  std::vector<std::string> out;
+  auto list = repo.List();
+  if (list.ok())
+    for (const auto& c : *list)
+      if (c.state == CheckpointInfo::State::kCommitted) out.push_back(c.name);
+  return out;
+}
+
 std::size_t BinFiles(const TempDir& dir) {
   auto entries = os::ListDir(dir / std::string(names::kRecycleDir));
   return entries.ok() ? entries->size() : 0;
@@ -126,7 +135,7 @@ TEST_P(Recycle, AnInstallOverwritesARetiredFile) {
   for (const auto& [f, d] : owned) EXPECT_EQ(testing::ReadAll(dir / name + "/" + f), d) << f;
 }
 
-TEST_P(Recycle, OffMeansRetentionUnlinks) {
+TEST_P(Recycle, OffMeansRetentionUnlinksAndGcEmptiesAnOldBin) {
   TempDir dir;
   auto repo = Open(dir, false);
   ASSERT_TRUE(repo);
@@ -135,7 +144,23 @@ TEST_P(Recycle, OffMeansRetentionUnlinks) {
   GcOptions gc;
   gc.keep_last = 1;
   ASSERT_TRUE(repo->Gc(gc).ok());
-  EXPECT_FALSE(os::Exists(dir / std::string(names::kRecycleDir)));
+  const std::string bin = dir / std::string(names::kRecycleDir);
+  EXPECT_FALSE(os::Exists(bin));
+  // A bin from when recycling was on: gc without it removes the bin.
+  TempDir other;
+  RetireOne(*Open(other, true), other);
+  const std::string old_bin = other / std::string(names::kRecycleDir);
+  ASSERT_TRUE(os::Exists(old_bin));
+  auto off = Open(other, false);
+  GcOptions dry;
+  dry.dry_run = true;
+  auto report = off->Gc(dry);
+  ASSERT_TRUE(report.ok());
+  EXPECT_EQ(report->removed_staging, std::vector<std::string>{".recycle"});
+  EXPECT_TRUE(os::Exists(old_bin));  // a dry run
+  ASSERT_TRUE(off->Gc({}).ok());
+  EXPECT_FALSE(os::Exists(old_bin));
+  EXPECT_EQ(Committed(*off), std::vector<std::string>{StepName(2)});
 }
 
 INSTANTIATE_TEST_SUITE_P(IoModes, Recycle,

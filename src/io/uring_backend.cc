@@ -251,10 +251,10 @@ class UringBackend final : public IoBackend, private announced::Holder {
     // A forked child has a copy of this object but shares the parent's
     // ring: it must not change the parent's table.
     if (::getpid() != owner_) return;
-    // Clearing a slot fails only if the ring is gone; counted, for tests.
     std::erase(refused_, region);
     for (int i = 0; i < kPieceSlots; ++i) {
       if (pieces_[i].region != region) continue;
+      // Clearing a slot fails only if the ring is gone; counted, for tests.
       iovec none{nullptr, 0};
       if (io_uring_register_buffers_update_tag(&ring_, static_cast<unsigned>(depth_ + i), &none,
                                                nullptr, 1) != 1)

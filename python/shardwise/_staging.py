@@ -49,8 +49,14 @@ def _align(n: int) -> int:
 
 
 def local_tensor(t: Any) -> torch.Tensor:
-    """The local shard of a DTensor, or the tensor itself."""
-    return t.to_local() if DTensor is not None and isinstance(t, DTensor) else t
+    """The local shard of a DTensor, or the tensor itself. The shard is read
+    where the DTensor holds it: ``to_local()`` makes a view through an
+    autograd Function, about 0.1 ms a call, which a state of a few hundred
+    DTensors pays on every save."""
+    if DTensor is not None and isinstance(t, DTensor):
+        held = getattr(t, "_local_tensor", None)
+        return held if isinstance(held, torch.Tensor) else t.to_local()
+    return t
 
 
 def kind_for(pin_memory: bool, shared_memory: bool) -> str:
@@ -261,6 +267,22 @@ def _rebuild_dtensor(local: torch.Tensor, mesh: Any, placements: Any, shape: Any
                               stride=stride)
 
 
+def _same_spec(view: torch.Tensor, like: Any) -> Any:
+    """A DTensor over `view` with `like`'s spec (mesh, placements, global
+    shape and stride): what ``from_local`` computes, without its autograd
+    Function and shape checks (0.1 ms against 0.01 ms a tensor). None where
+    this torch's DTensor has no such constructor, or `view` is not shaped
+    like `like`'s shard."""
+    spec = getattr(like, "_spec", None)
+    held = getattr(like, "_local_tensor", None)
+    if spec is None or held is None or held.shape != view.shape or held.dtype != view.dtype:
+        return None
+    try:
+        return DTensor(view, spec, requires_grad=False)
+    except TypeError:
+        return None
+
+
 def _dtensor_over(view: torch.Tensor, like: Any) -> Any:
     """A DTensor like `like` whose local tensor is `view`. DCP's PROCESS mode
     pickles the staged state to its checkpoint process, and torch 2.13
@@ -269,7 +291,9 @@ def _dtensor_over(view: torch.Tensor, like: Any) -> Any:
     process (SIGSEGV). Such a DTensor is pickled through its local tensor
     instead (shared staging memory goes by file descriptor, no copy)."""
     args = (view, like.device_mesh, like.placements, like.shape, like.stride())
-    d = _rebuild_dtensor(*args)
+    d = _same_spec(view, like)
+    if d is None:
+        d = _rebuild_dtensor(*args)
     if view.storage_offset():
         d.__reduce_ex__ = lambda proto: (_rebuild_dtensor, args)
     return d

@@ -130,8 +130,10 @@ class Buffers:
 def _mapped(path: str, size: int) -> torch.Tensor:
     """The file's bytes as a read-only uint8 tensor over its pages (mapped
     and populated at once, no copy: a local tier's files are in memory or
-    on NVMe). Committed files are never rewritten in place, and the mapping
-    keeps the pages of a file that retention unlinks meanwhile."""
+    on NVMe). A committed checkpoint's files are rewritten only once
+    retention has removed it (recycled files, docs/format.md), and the
+    Checkpointer runs retention after the send, in the same background job;
+    the mapping keeps the pages of a file that is unlinked meanwhile."""
     if size == 0:
         return torch.empty(0, dtype=torch.uint8)
     fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)

@@ -160,6 +160,38 @@ def test_reshard_dtensor(tmp_path, n, m):
     assert len(rows["chunks"]) == n
 
 
+def _staged_dtensors(rank: int, world: int) -> None:
+    """Staging builds each DTensor from the original's spec (no from_local):
+    the staged one must be what from_local would have made, over the
+    staged bytes, for even and uneven shards and a replicated tensor."""
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.tensor import DTensor, Shard, distribute_tensor
+
+    from shardwise import _staging
+
+    state = _dtensor_state(world)
+    mesh = init_device_mesh("cpu", (world,))
+    state["uneven"] = distribute_tensor(_full(5, (7, 3)), mesh, [Shard(0)])  # 4 + 3 rows
+    snap = _staging.stage(state)
+    try:
+        for k, v in state.items():
+            got = snap.state_dict[k]
+            if not isinstance(v, DTensor):
+                continue
+            want = DTensor.from_local(got.to_local(), v.device_mesh, v.placements,
+                                      run_check=False, shape=v.shape, stride=v.stride())
+            assert got._spec == want._spec, k
+            assert got.to_local().data_ptr() != v.to_local().data_ptr(), k  # a copy
+            assert torch.equal(got.to_local(), v.to_local()), k
+            assert torch.equal(got.full_tensor(), v.full_tensor()), k
+    finally:
+        snap.release()
+
+
+def test_staged_dtensors_keep_their_spec(tmp_path):
+    run_ranks(2, _staged_dtensors)
+
+
 # -- async_save in THREAD and PROCESS modes -------------------------------------------------
 def _async(rank: int, world: int, root: str, mode: str) -> None:
     from torch.distributed.checkpoint.state_dict_saver import AsyncCheckpointerType

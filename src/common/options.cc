@@ -263,8 +263,9 @@ constexpr OptionInfo kTable[] = {
      "RLIMIT_MEMLOCK or CAP_IPC_LOCK; plain buffers where refused); 0: never",
      Flag<&Options::fixed_buffers>, ShowFlag<&Options::fixed_buffers>},
     {"recycle_files", "SHARDWISE_RECYCLE_FILES", "recycle_files", "", "0|1",
-     "1: removed checkpoints' files are kept in ROOT/.recycle for the next save to overwrite "
-     "(on tmpfs: no new pages; Checkpointer's local tier uses it)",
+     "1: removed checkpoints' shard files are kept in ROOT/.recycle for the next save to "
+     "overwrite (on tmpfs: no new pages; local filesystems only, never a file someone has "
+     "open; Checkpointer's local tier uses it)",
      Flag<&Options::recycle_files>, ShowFlag<&Options::recycle_files>},
 };
 

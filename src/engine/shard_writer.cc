@@ -7,6 +7,7 @@
 #include <cstring>
 #include <map>
 #include <memory>
+#include <optional>
 #include <set>
 #include <thread>
 
@@ -308,13 +309,15 @@ Result<std::vector<os::File>> CreateShardFiles(const ShardTarget& target, const 
   for (int p = 0; p < nfiles; ++p) {
     std::string path = names::ShardPartPath(target.path, static_cast<std::size_t>(p));
     os::File file;
-    bool recycled = false;
-    if (!target.recycle_root.empty()) {
-      SW_ASSIGN_OR_RETURN(recycled, fs::TakeRecycled(target.recycle_root, path, plan.file_sizes[p]));
-    }
+    std::optional<os::File> recycled;
+    // A Lustre layout is set as a file is created: a recycled file keeps
+    // whatever layout it had.
+    if (!target.recycle_root.empty() && !(target.placement && target.placement->fs().lustre))
+      recycled = fs::TakeRecycled(target.recycle_root, path, plan.file_sizes[p], flags);
     if (recycled) {
-      // Renamed into this save's staging directory: no other attempt has it.
-      SW_ASSIGN_OR_RETURN(file, os::Open(path, flags & ~(O_CREAT | O_EXCL), 0644));
+      // Renamed into this save's staging directory (atomically, never over
+      // an existing file): no other attempt has it.
+      file = std::move(*recycled);
       SW_RETURN_IF_ERROR(ClearRecycled(file, plan, static_cast<std::uint32_t>(p)));
     } else if (target.placement) {
       SW_ASSIGN_OR_RETURN(file, target.placement->Create(path, flags, 0644, plan.file_sizes[p],

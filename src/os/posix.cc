@@ -182,7 +182,8 @@ Status ZeroRange(int fd, std::uint64_t off, std::uint64_t len, const std::string
                     static_cast<off_t>(len));
   } while (r != 0 && errno == EINTR);
   if (r == 0) return Status::Ok();
-  if (errno != EOPNOTSUPP && errno != ENOSYS) return IoError("fallocate (punch hole)", path, errno);
+  if (errno != EOPNOTSUPP && errno != ENOSYS && errno != EINVAL)
+    return IoError("fallocate (punch hole)", path, errno);
   // No holes here: zeros are written, buffered (any alignment).
   const bool direct = (::fcntl(fd, F_GETFL) & O_DIRECT) != 0;
   if (direct) SW_RETURN_IF_ERROR(SetDirectIo(fd, false, path));
@@ -217,7 +218,7 @@ Status Rename(const std::string& from, const std::string& to) {
   return Status::Ok();
 }
 
-Status RenameNoReplace(const std::string& from, const std::string& to) {
+Status RenameNoReplace(const std::string& from, const std::string& to, bool atomic_only) {
   int err = 0;
   if (Injected(Op::kRename, &err))
     return IoError("rename", from + " -> " + to, err);
@@ -228,6 +229,9 @@ Status RenameNoReplace(const std::string& from, const std::string& to) {
   }
   if (errno != EINVAL && errno != ENOSYS)
     return IoError("rename", from + " -> " + to, errno);
+  if (atomic_only)
+    return Status(StatusCode::kUnavailable,
+                  "rename " + from + " -> " + to + ": no RENAME_NOREPLACE here", errno, to);
   // Filesystem without RENAME_NOREPLACE (older Lustre, NFS): check, then
   // rename. rename(2) of a directory onto a non-empty one fails anyway.
   struct stat st;
@@ -237,6 +241,12 @@ Status RenameNoReplace(const std::string& from, const std::string& to) {
     return IoError("rename", from + " -> " + to, errno);
   power_loss::AfterRename(from, to, "");
   return Status::Ok();
+}
+
+bool SoleOpener(int fd) {
+  if (::fcntl(fd, F_SETLEASE, F_WRLCK) != 0) return false;
+  (void)::fcntl(fd, F_SETLEASE, F_UNLCK);
+  return true;
 }
 
 Status RenameExchange(const std::string& a, const std::string& b) {

@@ -72,8 +72,14 @@ Status ZeroRange(int fd, std::uint64_t off, std::uint64_t len, const std::string
 Status FsyncDir(const std::string& dir);
 Status Rename(const std::string& from, const std::string& to);
 // Fails with kAlreadyExists when `to` exists. Falls back to a check + rename
-// on filesystems without renameat2(RENAME_NOREPLACE).
-Status RenameNoReplace(const std::string& from, const std::string& to);
+// on filesystems without renameat2(RENAME_NOREPLACE); with `atomic_only`,
+// fails there with kUnavailable instead.
+Status RenameNoReplace(const std::string& from, const std::string& to, bool atomic_only = false);
+// Whether `fd` (open for writing) is the only open of its file on this
+// machine, descriptors and mappings of every process included: a write
+// lease is granted only then, and is dropped at once. False where it is
+// not granted or leases are unsupported (NFS, Lustre, leases-enable 0).
+bool SoleOpener(int fd);
 // Atomically swaps two paths; kUnavailable where the filesystem cannot.
 Status RenameExchange(const std::string& a, const std::string& b);
 // Creates a directory; an existing directory is fine when exist_ok.

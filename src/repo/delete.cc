@@ -13,8 +13,9 @@ Status repo::RemoveCommitted(const std::string& root, const std::string& name, b
   const std::string hidden = os::JoinPath(root, names::HiddenDir(name, names::Hidden::kDeleting, os::RandomHex(6)));
   SW_RETURN_IF_ERROR(os::Rename(os::JoinPath(root, name), hidden));
   SW_RETURN_IF_ERROR(os::FsyncDir(root));
-  // Hidden first: the files leave a checkpoint nobody can open any more.
-  if (recycle) SW_RETURN_IF_ERROR(fs::RecycleFiles(root, hidden));
+  // Hidden first, durably: the files leave a checkpoint nobody can open any
+  // more. Recycling is best effort; what it leaves goes with the tree.
+  if (recycle) fs::RecycleFiles(root, hidden);
   SW_RETURN_IF_ERROR(os::RemoveTree(hidden));
   RemoveExportRecord(root, name);
   return Status::Ok();

@@ -126,11 +126,12 @@ Result<GcReport> Repository::Gc(const GcOptions& gc) {
   SW_RETURN_IF_ERROR(RemoveAbandonedStaging(root, all, grace, gc.dry_run, &report));
   SW_RETURN_IF_ERROR(RemoveStaleTempFiles(root, grace, gc.dry_run, &report));
   // A recycle bin left from when recycle_files was on holds a checkpoint's
-  // worth of space that no save will take any more.
+  // worth of space that no save will take any more. Best effort: a job
+  // that recycles may be adding to it (the next gc removes it then).
   if (const std::string bin = os::JoinPath(root, names::kRecycleDir);
       !impl_->options.recycle_files && os::Exists(bin)) {
-    if (!gc.dry_run) SW_RETURN_IF_ERROR(os::RemoveTree(bin));
-    report.removed_staging.emplace_back(names::kRecycleDir);
+    if (gc.dry_run || os::RemoveTree(bin).ok())
+      report.removed_staging.emplace_back(names::kRecycleDir);
   }
 
   // 2. Retention over committed checkpoints (oldest first in `all`).

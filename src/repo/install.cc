@@ -3,6 +3,8 @@
 // this root, whole and verified, or nothing.
 #include <fcntl.h>
 
+#include <optional>
+
 #include "fs/recycle.h"
 #include "os/posix.h"
 #include "repo/repository_impl.h"
@@ -38,15 +40,16 @@ Status Repository::Install(const std::string& name,
   };
   for (const auto& [file, data] : files) {
     const std::string path = os::JoinPath(staging, file);
-    // A recycled file (Options::recycle_files) is overwritten whole, then
-    // cut to size.
-    Result<bool> recycled = false;
-    if (impl_->options.recycle_files) recycled = fs::TakeRecycled(root, path, data.size());
-    if (!recycled.ok()) return discard(recycled.status());
-    auto f = os::Open(path, O_WRONLY | O_CLOEXEC | (*recycled ? 0 : O_CREAT | O_EXCL));
+    // A recycled shard file (Options::recycle_files) is overwritten whole,
+    // then cut to size.
+    std::optional<os::File> recycled;
+    if (impl_->options.recycle_files)
+      recycled = fs::TakeRecycled(root, path, data.size(), O_WRONLY | O_CLOEXEC);
+    Result<os::File> f = recycled ? Result<os::File>(std::move(*recycled))
+                                  : os::Open(path, O_WRONLY | O_CLOEXEC | O_CREAT | O_EXCL);
     if (!f.ok()) return discard(f.status());
     Status st = os::PwriteAll(f->fd(), data.data(), data.size(), 0, path);
-    if (st.ok() && *recycled) st = os::Ftruncate(f->fd(), data.size(), path);
+    if (st.ok() && recycled) st = os::Ftruncate(f->fd(), data.size(), path);
     if (st.ok()) st = os::Fsync(f->fd(), path);
     if (st.ok()) st = f->Close();
     if (!st.ok()) return discard(st);

@@ -36,12 +36,12 @@ struct HostLimits {
 // Measures over `bytes` of memory (allocated and freed here).
 HostLimits MeasureHostLimits(std::uint64_t bytes = 256ull << 20);
 
-// The memcpy rate of copying `items` (each whole) into `dst`, which the
-// caller pre-faulted (e.g. staging memory): the stall an asynchronous save
-// cannot beat. Threads take whole items round-robin, each into its own
-// slice of `dst`, wrapping around inside it. `threads` of the result is set.
-Rate MeasureCopyInto(std::span<const WriteItem> items, std::span<std::byte> dst,
-                     int* threads = nullptr);
+// The plain memcpy rate into `dst`, which the caller pre-faulted (e.g.
+// staging memory), from pre-faulted memory of the same size, on one thread
+// and on every CPU (each thread one memcpy of its contiguous share): the
+// stall an asynchronous save of dst.size() bytes cannot beat. `threads` of
+// the result is set.
+Rate MeasureCopyInto(std::span<std::byte> dst, int* threads = nullptr);
 
 // The CPUs this process may run on (its affinity mask), at least 1.
 int AvailableCpuCount();

@@ -221,7 +221,7 @@ int RunAsyncBench(const BenchParams& p, std::ostream& out, std::ostream& err) {
   f.peak_rss = StatusField("VmHWM:");
   // The limit for the stall, measured now on the same bytes and memory.
   if (auto probe = AllocateStagingMemory(state.bytes); probe.ok())
-    f.copy = MeasureCopyInto(state.items, {probe->data, probe->size}, &f.threads);
+    f.copy = MeasureCopyInto({probe->data, state.bytes}, &f.threads);
   if (!p.keep) RemoveBenchCheckpoint(**repo, *last, root_created);
   if (p.json) PrintAsyncJson(p, (*repo)->root(), state.bytes, f, out);
   else PrintAsyncReport(p, (*repo)->root(), state.bytes, f, out);

@@ -119,8 +119,7 @@ std::optional<os::File> TakeRecycled(const std::string& root, const std::string&
     if (!file.ok()) return Refuse(path);
     auto now = os::Fstat(file->fd(), path);
     if (!now.ok() || !Recyclable(*now) || !os::SoleOpener(file->fd())) return Refuse(path);
-    const int fl = ::fcntl(file->fd(), F_GETFL);
-    if (fl < 0 || ::fcntl(file->fd(), F_SETFL, fl & ~O_NONBLOCK) != 0) return Refuse(path);
+    if (!os::ClearNonBlocking(file->fd(), path).ok()) return Refuse(path);
     return std::move(*file);
   }
   return std::nullopt;

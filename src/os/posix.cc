@@ -249,6 +249,12 @@ bool SoleOpener(int fd) {
   return true;
 }
 
+Status ClearNonBlocking(int fd, const std::string& path) {
+  const int fl = ::fcntl(fd, F_GETFL);
+  if (fl < 0 || ::fcntl(fd, F_SETFL, fl & ~O_NONBLOCK) != 0) return IoError("fcntl", path, errno);
+  return Status::Ok();
+}
+
 Status RenameExchange(const std::string& a, const std::string& b) {
   int err = 0;
   if (Injected(Op::kRename, &err))

@@ -80,6 +80,8 @@ Status RenameNoReplace(const std::string& from, const std::string& to, bool atom
 // lease is granted only then, and is dropped at once. False where it is
 // not granted or leases are unsupported (NFS, Lustre, leases-enable 0).
 bool SoleOpener(int fd);
+// Clears O_NONBLOCK on `fd` (set to open a file that might be a FIFO).
+Status ClearNonBlocking(int fd, const std::string& path);
 // Atomically swaps two paths; kUnavailable where the filesystem cannot.
 Status RenameExchange(const std::string& a, const std::string& b);
 // Creates a directory; an existing directory is fine when exist_ok.

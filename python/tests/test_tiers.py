@@ -296,7 +296,32 @@ def test_one_process_and_the_operators_view(tmp_path: Path, capsys) -> None:
     again.close()
 
 
-def test_the_local_tier_overwrites_the_files_retention_removed(tmp_path: Path) -> None:
+@pytest.fixture
+def shm_dir():
+    """A directory on /dev/shm, where local tiers live; skips where recycled
+    files cannot run (no tmpfs there, or file leases switched off)."""
+    import fcntl
+    import tempfile
+
+    if not os.path.isdir("/dev/shm"):
+        pytest.skip("no /dev/shm")
+    d = Path(tempfile.mkdtemp(prefix="sw-recycle-", dir="/dev/shm"))
+    probe = os.open(d / "lease-probe", os.O_WRONLY | os.O_CREAT, 0o644)
+    try:
+        fcntl.fcntl(probe, fcntl.F_SETLEASE, fcntl.F_WRLCK)
+        fcntl.fcntl(probe, fcntl.F_SETLEASE, fcntl.F_UNLCK)
+    except OSError as e:
+        shutil.rmtree(d)
+        pytest.skip(f"file leases are unavailable here ({e}): recycled files never run")
+    finally:
+        os.close(probe)
+    os.unlink(d / "lease-probe")
+    yield d
+    shutil.rmtree(d, ignore_errors=True)
+
+
+def test_the_local_tier_overwrites_the_files_retention_removed(tmp_path: Path,
+                                                               shm_dir: Path) -> None:
     """Retention keeps a removed local checkpoint's files (.recycle), and the
     next local save overwrites its shard in place (docs/tiers.md): on tmpfs
     no new pages. The result loads and verifies like any save."""
@@ -305,7 +330,7 @@ def test_the_local_tier_overwrites_the_files_retention_removed(tmp_path: Path) -
     import shardwise
     from shardwise.cli import main
 
-    local = tmp_path / "local"
+    local = shm_dir / "local"
 
     def shard(step: int) -> Path:
         return local / "rank-00000" / f"step-{step:012d}" / "rank-00000.shard"

@@ -151,6 +151,8 @@ std::pair<std::uint64_t, std::int64_t> Born(const std::string& path) {
 TEST(CrashRecycled, KillAtEverySyscallOfRetentionAndTheSaveThatRecycles) {
   // Where a local tier lives (fsync costs nothing there: about 50 kills in 3 s)
   static const std::string kLocalTier = os::Exists("/dev/shm") ? "/dev/shm" : "";
+  if (const std::string why = testing::RecyclingUnavailable(TempDir(kLocalTier)); !why.empty())
+    GTEST_SKIP() << why;
   const std::vector<std::string> recycle = {"SHARDWISE_RECYCLE_FILES=1"};
   int trials = 0, kinds_completed = 0;
   for (const char* op : {"open", "fsync", "rename", "unlink", "fallocate"}) {

@@ -12,7 +12,6 @@
 #include <utility>
 #include <vector>
 
-#include "fs/recycle.h"
 #include "os/posix.h"
 #include "shardwise/names.h"
 #include "shardwise/shardwise.h"
@@ -63,21 +62,11 @@ std::size_t BinFiles(const TempDir& dir) {
   return entries.ok() ? entries->size() : 0;
 }
 
-// Recycling runs on local filesystems with file leases (the check that
-// nobody has a file open); the tests need both where TempDir puts them.
-std::string WhyNotHere(const TempDir& dir) {
-  if (!fs::RecyclingSupported(dir.path()))
-    return dir.path() + " is not on a local filesystem recycling runs on";
-  auto f = os::Open(dir / "lease-probe", O_WRONLY | O_CREAT, 0644);
-  if (!f.ok() || !os::SoleOpener(f->fd())) return "file leases are unavailable here";
-  (void)os::Unlink(dir / "lease-probe");
-  return "";
-}
-
 class Recycle : public ::testing::TestWithParam<DirectIoMode> {
  protected:
   void SetUp() override {
-    if (const std::string why = WhyNotHere(probe_); !why.empty()) GTEST_SKIP() << why;
+    if (const std::string why = testing::RecyclingUnavailable(probe_); !why.empty())
+      GTEST_SKIP() << why;
   }
   TempDir probe_;
   std::unique_ptr<Repository> Open(const TempDir& dir, bool recycle) {

@@ -2,6 +2,7 @@
 // items, running helper processes.
 #pragma once
 
+#include <fcntl.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -13,6 +14,7 @@
 #include <string>
 #include <vector>
 
+#include "fs/recycle.h"
 #include "os/posix.h"
 #include "shardwise/reader.h"
 #include "shardwise/types.h"
@@ -68,6 +70,17 @@ class TempDir {
  private:
   std::string path_;
 };
+
+// Why recycled files (fs/recycle.h) cannot run in `dir`: not a local
+// filesystem, or file leases unavailable (leases-enable 0); "" where they can.
+inline std::string RecyclingUnavailable(const TempDir& dir) {
+  if (!fs::RecyclingSupported(dir.path()))
+    return dir.path() + " is not on a local filesystem recycling runs on";
+  auto f = os::Open(dir / "lease-probe", O_WRONLY | O_CREAT, 0644);
+  const bool leases = f.ok() && os::SoleOpener(f->fd());
+  (void)os::Unlink(dir / "lease-probe");
+  return leases ? "" : "file leases are unavailable here";
+}
 
 // Owns the bytes of a list of items.
 struct OwnedItems {

@@ -254,14 +254,18 @@ class Checkpointer:
             first save of this Checkpointer) also goes to ``root``, from the
             same staged bytes. Default 1: every save.
         keep_local: with ``local_root``, keep the N newest local checkpoints
-            (and replicas) per rank. Default 2.
+            (and replicas) per rank. Default 2. The shard files retention
+            removes are overwritten by the next local save instead of new
+            ones (on tmpfs: no new pages); ``recycle_files=0`` turns that
+            off (docs/tiers.md).
         replicas: with ``local_root``, 1 to send each rank's local
             checkpoint to a partner rank on the next node (a fixed ring over
             nodes), which keeps it in its own local tier: losing one node
             loses no local checkpoint. Default 0.
         pin_memory, staging_threads: as for :class:`shardwise.dcp.Writer`.
         **engine_options: ``io_backend``, ``queue_depth``, ``io_unit``,
-            ``checksum_block``, ``direct_io``, ``commit_timeout_s``.
+            ``checksum_block``, ``direct_io``, ``commit_timeout_s``,
+            ``recycle_files`` (the local tier's).
 
     Staging memory belongs to the process (``shardwise.release_staging()``
     frees it). Retention never deletes what ``latest`` names, or anything

@@ -35,7 +35,7 @@ struct ShardTarget;  // internal (src/engine)
 
 struct SaveSpec {
   std::string name;          // empty: "step-%012d" of step
-  std::int64_t step = -1;    // >= 0, or -1 when the caller has no step
+  std::int64_t step = -1;    // >= 0, or -1: none, or the one a "step-%012d" name names
   std::string save_id;       // [A-Za-z0-9_-]{1,64}; empty: random (1 rank only)
   std::int32_t world_size = 1;
   std::int32_t rank = 0;
@@ -229,9 +229,14 @@ class Repository {
   // `bytes_per_file` each (the Lustre layout depends on both).
   Result<StorageReport> DescribeStorage(int files, std::uint64_t bytes_per_file);
 
-  // Fills spec.name and spec.save_id defaults and checks the spec.
+  // Fills spec.name and spec.save_id defaults and checks the spec. A name
+  // of the form StepName gives ("step-000000001000") sets a step of -1 to
+  // the one it names, and refuses any other step.
   static Status Normalize(SaveSpec& spec);
   static std::string StepName(std::int64_t step);
+  // The step a name such as StepName gives names ("step-000000001000":
+  // 1000), or nullopt for any other name.
+  static std::optional<std::int64_t> StepOfName(std::string_view name);
   std::string StagingDir(const SaveSpec& spec) const;
 
  private:

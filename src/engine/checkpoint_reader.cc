@@ -440,7 +440,11 @@ Result<std::unique_ptr<CheckpointReader>> CheckpointReader::Open(const std::stri
   }
   SW_ASSIGN_OR_RETURN(impl->manifest, format::Parse(*text, format::kManifestKind, mpath));
   impl->manifest_bytes = text->size();
-  SW_ASSIGN_OR_RETURN(impl->backend, io::MakeIoBackend(options));
+  // A read unit holds whole checksum blocks: the I/O buffers must hold the
+  // checkpoint's block (written with a larger io_unit than this reader's).
+  impl->options.io_unit_bytes =
+      std::max(impl->options.io_unit_bytes, impl->manifest.checksum_block);
+  SW_ASSIGN_OR_RETURN(impl->backend, io::MakeIoBackend(impl->options));
   // Reads use O_DIRECT where the root's I/O mode says so (where it works,
   // but not on memory filesystems), so verification sees the storage and
   // not the page cache. Deciding it writes nothing (fs::ReadModeFor).

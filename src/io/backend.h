@@ -61,6 +61,20 @@ class IoBackend {
   virtual IoStats stats() const { return {}; }
 };
 
+// kInvalidArgument when a unit that goes through the backend's buffers
+// (no src, no dst) is longer than they are (`max_unit`, io_unit_bytes):
+// checked before any I/O, so a caller's mistake is an error and never a
+// write past a buffer.
+inline Status CheckUnitsFit(std::span<const IoUnit> units, std::uint64_t max_unit) {
+  for (const IoUnit& u : units)
+    if (!u.src && !u.dst && u.length > max_unit)
+      return InvalidArgument("an I/O unit of " + std::to_string(u.length) + " bytes" +
+                             (u.path ? " in " + *u.path : std::string()) +
+                             " exceeds the I/O buffers of " + std::to_string(max_unit) +
+                             " bytes (io_unit_bytes)");
+  return Status::Ok();
+}
+
 // Makes the backend `options.io_backend` asks for. kAuto tries io_uring and
 // falls back to threads; kUring fails with kUnavailable when io_uring cannot
 // be set up.

@@ -49,6 +49,33 @@ TEST(IoBackend, ThreadsOnRequest) {
   EXPECT_EQ((*b)->name(), "threads");
 }
 
+// A unit longer than the I/O buffers is refused before any I/O, by both
+// backends, and nothing is called or written.
+TEST(IoBackend, AUnitLongerThanTheBuffersIsAnError) {
+  testing::TempDir dir;
+  const std::string path = dir / "f";
+  int fd = ::open(path.c_str(), O_RDWR | O_CREAT, 0644);
+  ASSERT_GE(fd, 0);
+  ASSERT_EQ(::ftruncate(fd, 1 << 20), 0);
+  for (auto kind : {IoBackendKind::kThreads, IoBackendKind::kAuto}) {
+    Options o;
+    o.io_backend = kind;
+    o.checksum_block_bytes = o.io_unit_bytes = 64 << 10;
+    auto b = MakeIoBackend(o);
+    ASSERT_TRUE(b.ok());
+    std::vector<IoUnit> units = {{fd, &path, 0, 64 << 10}, {fd, &path, 64 << 10, 128 << 10}};
+    int calls = 0;
+    auto fn = [&](std::size_t, std::byte*) { ++calls; return Status::Ok(); };
+    for (bool write : {false, true}) {
+      Status st = write ? (*b)->Write(units, fn) : (*b)->Read(units, fn);
+      EXPECT_EQ(st.code(), StatusCode::kInvalidArgument) << (*b)->name();
+      EXPECT_NE(st.message().find("exceeds the I/O buffers"), std::string::npos) << st.message();
+    }
+    EXPECT_EQ(calls, 0) << (*b)->name();
+  }
+  ::close(fd);
+}
+
 TEST(IoBackend, FallsBackWhenIoUringIsBlocked) {
   pid_t pid = ::fork();
   if (pid == 0) {

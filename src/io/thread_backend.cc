@@ -41,6 +41,7 @@ class ThreadBackend final : public IoBackend {
  private:
   Status Run(std::span<const IoUnit> units, const UnitFn& work) {
     if (units.empty()) return Status::Ok();
+    SW_RETURN_IF_ERROR(CheckUnitsFit(units, unit_bytes_));
     std::size_t n = std::min<std::size_t>(threads_, units.size());
     std::uint64_t need = 0;
     for (const IoUnit& u : units)

@@ -271,6 +271,7 @@ class UringBackend final : public IoBackend, private announced::Holder {
   // an eventfd it keeps a read armed on.
   Status Run(std::span<const IoUnit> units, bool write, const UnitFn& fn) {
     if (units.empty()) return Status::Ok();
+    SW_RETURN_IF_ERROR(CheckUnitsFit(units, max_unit_));
     EnsureBuffers(units);
     PlanSources(units, write);
     slots_.assign(depth_, Slot{});

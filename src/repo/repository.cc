@@ -138,11 +138,35 @@ std::string Repository::StepName(std::int64_t step) {
   return buf;
 }
 
+std::optional<std::int64_t> Repository::StepOfName(std::string_view name) {
+  constexpr std::string_view kPrefix = "step-";
+  if (name.size() <= kPrefix.size() || name.substr(0, kPrefix.size()) != kPrefix ||
+      name.size() > kPrefix.size() + 18)
+    return std::nullopt;
+  std::int64_t step = 0;
+  for (char c : name.substr(kPrefix.size())) {
+    if (c < '0' || c > '9') return std::nullopt;
+    step = step * 10 + (c - '0');
+  }
+  // Only the name StepName gives: "step-7" or "step-0000000000007" name no step.
+  if (StepName(step) != name) return std::nullopt;
+  return step;
+}
+
 Status Repository::Normalize(SaveSpec& spec) {
   if (spec.step < -1) return InvalidArgument("step must be >= 0 (or -1 for none)");
   if (spec.name.empty()) {
     if (spec.step < 0) return InvalidArgument("a save needs a name or a step");
     spec.name = StepName(spec.step);
+  }
+  // A checkpoint named as a step's (what DCP users pass as the path) is that
+  // step's: listings, `latest` and retention order checkpoints by step.
+  if (const auto named = StepOfName(spec.name)) {
+    if (spec.step < 0) spec.step = *named;
+    if (spec.step != *named)
+      return InvalidArgument("checkpoint name '" + spec.name + "' is the name of step " +
+                             std::to_string(*named) + ", but the save's step is " +
+                             std::to_string(spec.step));
   }
   if (!names::IsSafeName(spec.name) || spec.name == names::kLatest)
     return InvalidArgument("checkpoint name '" + spec.name +

@@ -12,6 +12,7 @@
 
 #include <algorithm>
 #include <cstring>
+#include <map>
 #include <thread>
 
 #include "fs/io_mode.h"
@@ -131,6 +132,71 @@ TEST_F(RepositoryTest, BothFormatsLoadVerifyAndList) {
     EXPECT_EQ(c.items, 302u) << c.name;
     EXPECT_GT(c.bytes, 0u);
   }
+}
+
+// A checkpoint written with checksum blocks larger than a reader's I/O unit
+// (16 MiB blocks, read with the default 8 MiB unit) reads and verifies, with
+// both backends, O_DIRECT on and off: the reader's buffers hold a block.
+TEST_F(RepositoryTest, BlocksLargerThanTheReadersIoUnitRead) {
+  Options w;
+  w.checksum_block_bytes = w.io_unit_bytes = 16ull << 20;
+  auto writer = Repository::Open(dir_.path(), w);
+  ASSERT_TRUE(writer.ok());
+  OwnedItems it;
+  it.Add("w", DType::kFloat32, {(20 << 20) / 4 + 3}, 7);
+  SaveSpec spec;
+  spec.step = 1;
+  ASSERT_TRUE((*writer)->Save(spec, it.items).ok());
+  for (auto backend : {IoBackendKind::kThreads, IoBackendKind::kAuto})
+    for (auto direct : {DirectIoMode::kOn, DirectIoMode::kOff}) {
+      Options r;
+      r.io_backend = backend;
+      r.direct_io = direct;
+      auto repo = Repository::Open(dir_.path(), r);
+      ASSERT_TRUE(repo.ok());
+      auto reader = (*repo)->OpenCheckpoint(Repository::StepName(1));
+      ASSERT_TRUE(reader.ok()) << reader.status().ToString();
+      std::vector<std::byte> back(it.items[0].nbytes);
+      Status st = (*reader)->ReadItem("w", back.data(), back.size());
+      ASSERT_TRUE(st.ok()) << st.ToString();
+      EXPECT_EQ(std::memcmp(back.data(), it.items[0].data, back.size()), 0);
+      auto report = (*reader)->Verify();
+      ASSERT_TRUE(report.ok());
+      EXPECT_TRUE(report->problems.empty());
+    }
+}
+
+// A checkpoint named as a step's is that step's (the DCP idiom passes the
+// directory, not the step): listing, `latest` and retention order by it.
+TEST_F(RepositoryTest, AStepNameGivesTheStep) {
+  EXPECT_EQ(Repository::StepOfName("step-000000001000"), 1000);
+  EXPECT_EQ(Repository::StepOfName("step-1234567890123"), 1234567890123);
+  for (const char* other : {"step-1000", "step-0000000001000", "step-", "step-00000000100x",
+                            "Step-000000001000", "step-000000001000.bak", "x"})
+    EXPECT_EQ(Repository::StepOfName(other), std::nullopt) << other;
+  ASSERT_TRUE(Save(1000, 1).ok());
+  OwnedItems it = Items(2);
+  SaveSpec named;
+  named.name = "step-000000001200";  // no step given
+  ASSERT_TRUE(repo_->Save(named, it.items).ok());
+  SaveSpec plain;
+  plain.name = "step-1100";  // not StepName's form: no step
+  ASSERT_TRUE(repo_->Save(plain, it.items).ok());
+  std::map<std::string, std::int64_t> steps;
+  auto list = repo_->List();
+  ASSERT_TRUE(list.ok());
+  for (const auto& c : *list) steps[c.name] = c.step;
+  EXPECT_EQ(steps["step-000000001200"], 1200);
+  EXPECT_EQ(steps["step-1100"], -1);
+  EXPECT_EQ(**repo_->Latest(), "step-000000001200");
+  SaveSpec wrong;
+  wrong.name = "step-000000001300";
+  wrong.step = 1301;
+  Status st = repo_->Save(wrong, it.items).status();
+  EXPECT_EQ(st.code(), StatusCode::kInvalidArgument);
+  EXPECT_NE(st.message().find("is the name of step 1300, but the save's step is 1301"),
+            std::string::npos)
+      << st.message();
 }
 
 TEST_F(RepositoryTest, SaveListLatest) {

@@ -32,8 +32,8 @@ of every rank, per GB), the machine's copy and CRC32C rates measured
 afterwards over as many bytes as the ranks saved (at most 256 MiB), with the
 time one copy and one checksum pass of those bytes take (the limit where
 the data stays in memory, as on tmpfs), and the I/O
-mode the root's filesystem got (O_DIRECT or buffered, and why). The first
-line of the report names the filesystem and says whether Lustre layouts
+mode the root's filesystem got (O_DIRECT or buffered, and why). Its
+"filesystem:" line names the filesystem and says whether Lustre layouts
 were applied to the shard files (docs/lustre.md).
 
 Options:

@@ -115,6 +115,11 @@ TEST_F(CliTest, VerifyIntactAndDamaged) {
   EXPECT_EQ(j["ok"], false);
   EXPECT_EQ(j["checkpoints"][0]["problems"][0]["file"], "rank-00000.shard");
   EXPECT_EQ(j["checkpoints"][0]["problems"][0]["code"], "CORRUPT");
+  // A damaged index is the index's problem, not the manifest's.
+  testing::FlipByte(Ckpt(100) + "/index.swi", 10);
+  Json ix = JsonOf(Cli({"verify", Ckpt(100), "--json"}));
+  EXPECT_EQ(ix["checkpoints"][0]["problems"][0]["file"], "index.swi") << ix.dump();
+  testing::FlipByte(Ckpt(100) + "/index.swi", 10);
   // Truncated and missing files.
   ASSERT_EQ(::truncate((Ckpt(100) + "/rank-00000.shard").c_str(), 5000), 0);
   ProcResult tr = Cli({"verify", Ckpt(100)});

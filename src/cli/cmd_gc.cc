@@ -3,6 +3,7 @@
 #include "args.h"
 #include "cli.h"
 #include "output.h"
+#include "shardwise/names.h"
 #include "shardwise/repository.h"
 
 namespace shardwise::cli {
@@ -81,7 +82,8 @@ int RunGc(const Argv& argv, std::ostream& out, std::ostream& err) {
     return kExitOk;
   }
   const char* verb = report->dry_run ? "would remove" : "removed";
-  for (const auto& s : report->removed_staging) out << verb << " staging  " << s << '\n';
+  for (const auto& s : report->removed_staging)
+    out << verb << (s == names::kRecycleDir ? " recycle bin  " : " staging  ") << s << '\n';
   for (const auto& s : report->removed_checkpoints) out << verb << " checkpoint  " << s << '\n';
   for (const auto& s : report->kept_unexported)
     out << "kept  " << s << "  (not exported to S3 yet; SHARDWISE_RETENTION_REQUIRES_EXPORT)\n";

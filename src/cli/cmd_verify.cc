@@ -53,7 +53,12 @@ Outcome VerifyOne(const std::string& dir, const std::string& name, const Options
   auto reader = CheckpointReader::Open(dir, opts);
   if (!reader.ok()) {
     o.ok = false;
-    o.problems.push_back({std::string(names::kManifest), reader.status()});
+    // The file the status names (index.swi, a shard), else the manifest.
+    const std::string& where = reader.status().path();
+    o.problems.push_back(
+        {where.empty() ? std::string(names::kManifest)
+                       : std::filesystem::path(where).filename().string(),
+         reader.status()});
     return o;
   }
   Progress bar(err, progress, "verify " + name);

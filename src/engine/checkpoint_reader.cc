@@ -493,10 +493,12 @@ Status CheckpointReader::Read(std::span<const ReadRequest> requests) {
     }
     std::uint64_t esize = DTypeSize(it.dtype);
     auto dvol = format::Volume(D);
-    if (!dvol || *dvol * esize != q.dst_bytes)
+    std::uint64_t need = 0;
+    if (!dvol || __builtin_mul_overflow(*dvol, esize, &need))
+      return InvalidArgument(what + ": destination shape " + Dims(D) + " is too large");
+    if (need != q.dst_bytes)
       return InvalidArgument(what + ": destination holds " + std::to_string(q.dst_bytes) +
-                             " bytes, its shape " + Dims(D) + " needs " +
-                             std::to_string(dvol ? *dvol * esize : 0));
+                             " bytes, its shape " + Dims(D) + " needs " + std::to_string(need));
     if (q.dst_bytes > 0 && !q.dst) return InvalidArgument(what + ": destination is null");
     runs[r] = MakeRuns(ch.sizes, o, L, D, p, esize);
     if (runs[r].empty()) continue;

@@ -50,7 +50,10 @@ std::uint64_t AlignIoUnit(std::uint64_t io_unit, std::uint64_t stripe, std::uint
   if (stripe == 0 || io_unit == 0) return io_unit;
   if (io_unit % stripe == 0 || stripe % io_unit == 0) return io_unit;
   const std::uint64_t step = std::lcm(stripe, block ? block : 1);
-  return (io_unit + step - 1) / step * step;
+  const std::uint64_t aligned = (io_unit + step - 1) / step * step;
+  // Past the largest unit the engine allows (1 GiB), the unit stays as it
+  // is: its writes then cross stripe boundaries, which costs speed only.
+  return aligned <= (1ull << 30) ? aligned : io_unit;
 }
 
 }  // namespace shardwise::fs

@@ -51,7 +51,7 @@ LayoutDecision DecideLayout(const LayoutInput& in);
 // The I/O unit to use with stripe size `stripe`: `io_unit` when one divides
 // the other, else io_unit rounded up to a multiple of both the stripe size
 // and the checksum block, so no write spans more stripes than its size
-// requires.
+// requires; `io_unit` again when that multiple exceeds 1 GiB.
 std::uint64_t AlignIoUnit(std::uint64_t io_unit, std::uint64_t stripe, std::uint64_t block);
 
 }  // namespace shardwise::fs

@@ -118,6 +118,8 @@ TEST(LayoutPolicy, IoUnitIsAlignedToTheStripe) {
   EXPECT_EQ(AlignIoUnit(8 * M, 3 * M, M), 9 * M);    // rounded up to a multiple
   EXPECT_EQ(AlignIoUnit(8 * M, 1280 * 1024, M), 10 * M);  // and of the checksum block
   EXPECT_EQ(AlignIoUnit(6 * M, 4 * M, M), 8 * M);
+  // lcm(320 KiB, 1 GiB) is 5 GiB, over the largest unit: left as it is.
+  EXPECT_EQ(AlignIoUnit(1024 * M, 320 * 1024, 1024 * M), 1024 * M);
 }
 
 // Records what the placement asked for; creates files plainly.

@@ -30,6 +30,13 @@ bool IsValid(const Repository& repo, const std::string& name, bool full_verify) 
 // removed; a replaced checkpoint whose successor never arrived is put back.
 Status RemoveAbandonedStaging(const std::string& root, const std::vector<CheckpointInfo>& all,
                               double grace, bool dry_run, GcReport* report) {
+  // The attempts with a staging directory, as listed before any is removed.
+  std::set<std::pair<std::string, std::string>> staged;
+  for (const auto& c : all) {
+    std::string name, id;
+    if (names::ParseHiddenDir(c.dir_name, names::Hidden::kStaging, &name, &id))
+      staged.emplace(name, id);
+  }
   for (const auto& c : all) {
     if (c.state != CheckpointInfo::State::kStaging &&
         c.state != CheckpointInfo::State::kLeftover)
@@ -38,11 +45,14 @@ Status RemoveAbandonedStaging(const std::string& root, const std::vector<Checkpo
     if (c.state == CheckpointInfo::State::kStaging &&
         repo::StagingActive(path, grace, nullptr))
       continue;
-    // A replaced checkpoint whose successor never arrived (crash between the
-    // two renames of a non-atomic replace) is put back, not deleted.
+    // A replaced checkpoint whose successor never arrived (a crash between
+    // the two renames of a non-atomic replace: the attempt's staging
+    // directory is still there) is put back, not deleted. Any other
+    // replaced copy is a leftover, maybe half removed, of a checkpoint
+    // whose name has moved on (or been deleted since): never put back.
     std::string name, id;
     if (names::ParseHiddenDir(c.dir_name, names::Hidden::kReplaced, &name, &id) &&
-        !os::Exists(os::JoinPath(root, name)) &&
+        staged.count({name, id}) && !os::Exists(os::JoinPath(root, name)) &&
         os::Exists(os::JoinPath(path, names::kManifest))) {
       if (!dry_run) {
         SW_RETURN_IF_ERROR(os::RenameNoReplace(path, os::JoinPath(root, name)));

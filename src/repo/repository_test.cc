@@ -594,6 +594,29 @@ TEST_F(RepositoryTest, GcRemovesAbandonedStagingButNotLiveSaves) {
   EXPECT_TRUE(Holds(*repo_, "step-000000000001", 1));
 }
 
+// A replaced copy comes back only from a replace cut between its two
+// renames (the attempt's staging directory is still there). A leftover of
+// a replace that finished, whose checkpoint was deleted since, is removed:
+// it may be half removed, and its name has moved on.
+TEST_F(RepositoryTest, GcPutsBackOnlyAReplacedCopyWhoseSuccessorNeverArrived) {
+  ASSERT_TRUE(Save(1, 1).ok());
+  ASSERT_TRUE(Save(2, 2).ok());
+  const std::string one = dir_ / "step-000000000001", two = dir_ / "step-000000000002";
+  // Cut between the renames: NAME moved aside, the new copy still staged.
+  ASSERT_TRUE(os::Rename(one, dir_ / ".step-000000000001.replaced-cut").ok());
+  ASSERT_TRUE(os::Mkdir(dir_ / ".step-000000000001.staging-cut").ok());
+  // A leftover of a finished replace of step 2, which was deleted since.
+  ASSERT_TRUE(os::Rename(two, dir_ / ".step-000000000002.replaced-done").ok());
+  GcOptions gc;
+  gc.staging_grace_s = 0;
+  auto report = repo_->Gc(gc);
+  ASSERT_TRUE(report.ok()) << report.status().ToString();
+  EXPECT_TRUE(Holds(*repo_, "step-000000000001", 1));
+  EXPECT_FALSE(os::Exists(two));
+  EXPECT_FALSE(os::Exists(dir_ / ".step-000000000002.replaced-done"));
+  EXPECT_EQ(Committed(*repo_), std::vector<std::string>{"step-000000000001"});
+}
+
 // Probe files of processes killed while probing the root's I/O mode
 // (named ones, where the filesystem has no O_TMPFILE) go with gc.
 TEST_F(RepositoryTest, GcRemovesLeftoverProbeFiles) {

@@ -18,6 +18,7 @@ for model and optimizer (see examples/python/).
 """
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import threading
@@ -179,9 +180,12 @@ class SaveHandle:
             self._retained.wait(timeout)
 
     def exception(self) -> Optional[BaseException]:
+        """The save's error (the rank's own, as ``wait()`` raises it), or
+        None while it runs or when it committed."""
         if self._future is None or not self._future.done():
             return None
-        return self._future.exception()
+        e = self._future.exception()
+        return None if e is None else _underlying(e)
 
 
 def _as_list(optimizer: Any) -> list[Any]:
@@ -209,6 +213,10 @@ def _changed_only_by_step(optimizers: list[Any]) -> Callable[[torch.Tensor], boo
                     storages.add(_storage_of(v))
     storages.discard(0)
     return lambda t: t.untyped_storage().data_ptr() in storages
+
+
+_EXISTS_HINT = ("(Checkpointer(..., replace=True) replaces an existing step atomically, "
+                "as a job resumed from an older step needs)")
 
 
 class Checkpointer:
@@ -262,6 +270,11 @@ class Checkpointer:
             checkpoint to a partner rank on the next node (a fixed ring over
             nodes), which keeps it in its own local tier: losing one node
             loses no local checkpoint. Default 0.
+        replace: False (default): saving a step that already exists (on
+            the root, or on this rank's local tier) raises
+            ``FileExistsError``. True: the save replaces it atomically. For
+            a job resumed from an older step whose later steps it means to
+            write again.
         pin_memory, staging_threads: as for :class:`shardwise.dcp.Writer`.
         **engine_options: ``io_backend``, ``queue_depth``, ``io_unit``,
             ``checksum_block``, ``direct_io``, ``commit_timeout_s``,
@@ -280,7 +293,7 @@ class Checkpointer:
                  staging_budget: Optional[Union[int, str]] = None,
                  local_root: Optional[Union[str, "os.PathLike[str]"]] = None,
                  persist_every: int = 1, keep_local: int = 2, replicas: int = 0,
-                 **engine_options: Any) -> None:
+                 replace: bool = False, **engine_options: Any) -> None:
         if keep_last is not None and keep_last < 1:
             raise ValueError("keep_last must be >= 1")
         if keep_every is not None and keep_every < 1:
@@ -318,21 +331,26 @@ class Checkpointer:
         self.snapshot = snapshot
         self.overlap = overlap
         if process_group is None and dist.is_available() and dist.is_initialized():
-            process_group = dist.new_group(backend="gloo")
+            process_group = self._new_group(None)
         self.process_group = process_group
+        # overlap="skip": the ranks decide together, on a group of their own.
+        self._skip_group = (self._new_group(process_group)
+                            if overlap == "skip" and process_group is not None else None)
         self.progress = progress
         self.engine_options = engine_options
         # In process mode the staged tensors go to DCP's checkpoint process:
         # in shared memory, they get there without a copy.
         self._writer = Writer(None, progress=progress, pin_memory=pin_memory,
-                              shared_memory=async_mode == "process",
+                              shared_memory=async_mode == "process", replace=replace,
                               staging_threads=staging_threads, **engine_options)
+        self._writer._exists_hint = _EXISTS_HINT
         if isinstance(staging_budget, str):
             staging_budget = _core.parse_size(staging_budget)
         if staging_budget is not None and staging_budget < 0:
             raise ValueError("staging_budget must be >= 0")
         self._writer._budget = staging_budget
         self._planner_key = _caching_planner_key()
+        self._writer._series = self._planner_key  # its save ids (dcp.Writer.prepare_global_plan)
         self._pending: Optional[SaveHandle] = None
         self._repo = None
         self._repo_lock = threading.Lock()
@@ -354,11 +372,13 @@ class Checkpointer:
             # for the next save to overwrite: on tmpfs that saves allocating
             # new pages (docs/tiers.md).
             self.local_options = {"recycle_files": 1, **engine_options}
-            self._local_writer = Writer(None, **self.local_options)
+            self._local_writer = Writer(None, replace=replace, **self.local_options)
+            self._local_writer._keep_staged = True
+            self._local_writer._exists_hint = _EXISTS_HINT
             self._topology = tiers.Topology.gather(self.process_group)
             # Replicas travel on a group of their own, so that they never
             # interleave with a save's collectives.
-            self._replica_group = (dist.new_group(backend="gloo")
+            self._replica_group = (self._new_group(None)
                                    if dist.is_available() and dist.is_initialized() else None)
             if replicas and len(self._topology.nodes) < 2:
                 log.warning("replicas=1: all ranks are on one node (%s); no replica is made",
@@ -368,6 +388,16 @@ class Checkpointer:
             os.makedirs(tiers.rank_dir(self.local_root, self._rank()), exist_ok=True)
 
     # -- helpers -------------------------------------------------------------------
+    def _new_group(self, like: Any) -> Any:
+        """A gloo group over the ranks of ``like`` (None: every rank). Only
+        those ranks take part in making it."""
+        if like is None:
+            group = dist.new_group(backend="gloo")
+        else:
+            group = dist.new_group(ranks=dist.get_process_group_ranks(like), backend="gloo",
+                                   use_local_synchronization=True)
+        return group
+
     def _rank(self) -> int:
         if dist.is_available() and dist.is_initialized():
             return dist.get_rank(self.process_group)
@@ -400,6 +430,16 @@ class Checkpointer:
         if self._rank() == 0:
             metrics.record_save_failure(self.root)
 
+    def _retain(self, handle: SaveHandle) -> None:
+        """Retention once ``handle``'s save committed. A failure is logged
+        and kept in ``handle.retention_error``: the save stands, and no rank
+        leaves the collective sequence for it."""
+        try:
+            self._apply_retention()
+        except Exception as e:
+            handle.retention_error = e
+            log.warning("retention after step %d failed: %s", handle.step, e)
+
     def _retain_after(self, handle: SaveHandle, future: ConcurrentFuture) -> None:
         # In the background, as part of the save: the training loop never
         # waits for deletions.
@@ -410,28 +450,50 @@ class Checkpointer:
                 if f.exception() is not None:
                     self._record_failure()
                 else:
-                    self._apply_retention()
-            except Exception as e:  # the save is committed; retention failed
-                handle.retention_error = e
-                log.warning("retention after step %d failed: %s", handle.step, e)
+                    self._retain(handle)
             finally:
                 handle._retained.set()
 
         future.add_done_callback(after)
+
+    def _busy_anywhere(self) -> bool:
+        """Whether the previous save still persists on any rank: decided
+        together (overlap="skip"), so that every rank skips the same steps.
+        On a group of its own: the background save's collectives run on
+        process_group meanwhile."""
+        assert self._pending is not None
+        busy = torch.tensor([0 if self._pending.done() else 1], dtype=torch.int32)
+        if self._skip_group is not None:
+            dist.all_reduce(busy, op=dist.ReduceOp.MAX, group=self._skip_group)
+        return bool(busy.item())
 
     def _barrier(self) -> None:
         if dist.is_available() and dist.is_initialized():
             dist.barrier(group=self.process_group)
 
     def _claim(self) -> None:
+        """One job writes a root: fail before staging anything if another
+        job writes here (its coordinator holds ROOT/.writer.lock). Rank 0
+        claims; the first time, every rank learns how that went, so that a
+        refusal stops every rank rather than leave the others waiting in
+        the save's collectives."""
+        error: Optional[Exception] = None
         if self._rank() == 0:
-            # One job writes a root: fail before staging anything if another
-            # job writes here (its coordinator holds ROOT/.writer.lock).
-            first = not self._claimed
-            self._core_repo().lock_for_writing()
-            self._claimed = True
-            if first:  # where the shards go, and whether Lustre layouts apply
-                log.info("checkpoint root %s: %s", self.root, self._core_repo().filesystem_summary())
+            try:
+                self._core_repo().lock_for_writing()
+            except Exception as e:
+                error = e
+        if not self._claimed and self.process_group is not None:
+            box: list[Any] = [None if error is None else str(error)]
+            dist.broadcast_object_list(box, group=self.process_group, group_src=0)
+            if error is None and box[0] is not None:
+                raise _core.AbortedError(f"rank 0 could not claim {self.root}: {box[0]}")
+        if error is not None:
+            raise error
+        if not self._claimed and self._rank() == 0:
+            # where the shards go, and whether Lustre layouts apply
+            log.info("checkpoint root %s: %s", self.root, self._core_repo().filesystem_summary())
+        self._claimed = True
 
     # -- public API ----------------------------------------------------------------
     def save(self, step: int, state_dict: dict[str, Any], *, blocking: bool = False,
@@ -454,7 +516,12 @@ class Checkpointer:
         if lazy and not optimizers:
             raise ValueError("snapshot='lazy' needs save(..., optimizer=opt): the copy of "
                              "parameters and optimizer state runs until opt.step()")
-        if self.overlap == "skip" and self._pending is not None and not self._pending.done():
+        if lazy:
+            for opt in optimizers:
+                if not callable(getattr(opt, "register_step_pre_hook", None)):
+                    raise TypeError(f"snapshot='lazy': optimizer {type(opt).__name__} has no "
+                                    "register_step_pre_hook (a torch.optim.Optimizer has)")
+        if self.overlap == "skip" and self._pending is not None and self._busy_anywhere():
             log.info("skipped step %d: the save of step %d is still persisting", step,
                      self._pending.step)
             return SaveHandle(step, None, 0.0, skipped=True)
@@ -473,11 +540,12 @@ class Checkpointer:
                 self._record_failure()
                 _reraise(e)
             stall = time.monotonic() - t0
-            self._apply_retention()
+            handle = SaveHandle(step, None, stall)
+            self._retain(handle)
             if self.keep_last or self.keep_every:
                 self._barrier()  # a blocking save returns with every rank seeing the same steps
             log.info("saved %s in %.3f s", path, stall)
-            return SaveHandle(step, None, stall)
+            return handle
         kind = (AsyncCheckpointerType.PROCESS if self.async_mode == "process"
                 else AsyncCheckpointerType.THREAD)
         self._writer._lazy = _changed_only_by_step(optimizers) if lazy else None
@@ -499,9 +567,15 @@ class Checkpointer:
         future = getattr(response, "upload_completion", response)
         snap = self._writer._snapshot
         handle = SaveHandle(step, future, 0.0, snap)
-        if lazy and snap is not None and not snap.done():
-            handle._hooks = [opt.register_step_pre_hook(self._step_hook(handle))
-                             for opt in optimizers]
+        try:
+            if lazy and snap is not None and not snap.done():
+                handle._hooks = [opt.register_step_pre_hook(self._step_hook(handle))
+                                 for opt in optimizers]
+        except BaseException as e:
+            # DCP's thread waits for the held future: fail the save there too.
+            handle._unhook()
+            self._writer._release_held(error=e)
+            raise
         if snap is not None:
             # Once persisted, its staged memory may serve the next save (in
             # process mode the checkpoint process is done with it then).
@@ -559,34 +633,93 @@ class Checkpointer:
         is no checkpoint.
 
         When the newest checkpoint fails verification, the reason is logged
-        and the previous one is tried, and so on. With an explicit ``step``
-        the error is raised instead, as :class:`CorruptCheckpointError`
-        (naming the item and the file). All ranks take the same decision:
-        DCP gathers every rank's read errors.
+        and the previous one is tried, and so on; when every one fails,
+        :class:`CorruptCheckpointError` lists them. With an explicit
+        ``step`` its error is raised instead: ``FileNotFoundError`` when
+        there is no such checkpoint, :class:`CorruptCheckpointError` (naming
+        the item and the file) when it is damaged. A load that fails may
+        have written part of ``state_dict``: a fallback overwrites it all.
+        All ranks take the same decisions: rank 0 lists the checkpoints,
+        and every rank's errors reach every rank.
         """
+        if step is not None and (not isinstance(step, int) or isinstance(step, bool) or step < 0):
+            raise ValueError(f"step must be a non-negative int, got {step!r}")
         self.wait()
         if self.local_root is not None:
             return self._load_tiered(state_dict, step)
-        candidates = [step] if step is not None else list(reversed(self.steps()))
+        candidates = [step] if step is not None else list(reversed(self._steps_of_rank0()))
+        failed: list[str] = []
         for s in candidates:
             path = os.path.join(self.root, tiers.step_name(s))
+            reader = Reader(path, progress=self.progress)
             try:
-                dcp.load(state_dict, storage_reader=Reader(path, progress=self.progress),
-                         process_group=self.process_group)
+                self._open_everywhere(reader)
+                dcp.load(state_dict, storage_reader=reader, process_group=self.process_group)
                 log.info("loaded %s", path)
                 return s
             except BaseException as e:  # DCP's CheckpointException is a BaseException
                 corrupt = None if isinstance(e, (KeyboardInterrupt, SystemExit)) else _corruption(e)
+                if corrupt is None and step is None and isinstance(e, FileNotFoundError):
+                    corrupt = e  # removed since it was listed (gc): the next one
                 if corrupt is None:
                     _reraise(e)
                 if step is not None:
                     raise corrupt from e
+                failed.append(f"step {s}: {corrupt}")
                 log.warning("checkpoint %s failed verification, falling back to an older "
                             "one: %s", path, corrupt)
+        if failed:
+            raise _core.CorruptCheckpointError(
+                f"no checkpoint under {self.root} could be loaded, every one failed "
+                "verification: " + "; ".join(failed))
         return None
 
+    def _steps_of_rank0(self) -> list[int]:
+        """``steps()`` as rank 0 lists them, on every rank: the ranks try the
+        same checkpoints in the same order whatever each one's view of the
+        root (and only one rank reads every manifest)."""
+        if self.process_group is None:
+            return self.steps()
+        box = [self.steps() if self._rank() == 0 else None]
+        dist.broadcast_object_list(box, group=self.process_group, group_src=0)
+        return list(box[0])
+
+    def _open_everywhere(self, reader: Reader) -> None:
+        """Opens ``reader`` (its manifest and index) on every rank, and
+        raises on every rank if it failed on any: DCP would replace such an
+        error by an AssertionError that drops it, and a rank alone would
+        then fall back."""
+        try:
+            reader._open()
+            mine: Optional[tuple[str, str]] = None
+        except FileNotFoundError as e:
+            mine = ("missing", str(e))
+        except _core.CorruptCheckpointError as e:
+            mine = ("corrupt", str(e))
+        except Exception as e:
+            mine = ("other", f"{type(e).__name__}: {e}")
+        if self.process_group is None:
+            everyone = [mine]
+        else:
+            everyone = [None] * dist.get_world_size(self.process_group)
+            dist.all_gather_object(everyone, mine, group=self.process_group)
+        for r, problem in enumerate(everyone):
+            if problem is None:
+                continue
+            kind, text = problem
+            where = "" if len(everyone) == 1 else f" (rank {r})"
+            if kind == "missing":
+                raise FileNotFoundError(errno.ENOENT, text + where, reader.path)
+            if kind == "corrupt":
+                raise _core.CorruptCheckpointError(text + where)
+            raise RuntimeError(f"opening {reader.path}{where}: {text}")
+
     def close(self) -> None:
-        """Waits for the save in flight and releases the staging memory."""
+        """Waits for the save in flight (collective, as ``wait()``). The
+        Checkpointer can still list and load after. The staging memory stays
+        with the process for the next save; ``shardwise.release_staging()``
+        frees it. Its gloo groups live until the process group is destroyed
+        (``dist.destroy_process_group()``)."""
         try:
             self.wait()
         finally:
@@ -611,11 +744,12 @@ class Checkpointer:
         plain = {k: v.state_dict() if isinstance(v, Stateful) else v for k, v in state_dict.items()}
         staged = self._writer.stage(plain)
         snap = self._writer._snapshot
+        handle = SaveHandle(step, None, 0.0, snap)
 
         def work() -> None:
             try:
                 sd = staged.result() if isinstance(staged, ConcurrentFuture) else staged
-                self._persist_tiers(step, sd, persist)
+                self._persist_tiers(step, sd, persist, handle)
             finally:
                 if snap is not None:
                     snap.release()
@@ -628,20 +762,25 @@ class Checkpointer:
             except BaseException as e:
                 self._record_failure()
                 _reraise(e)
-            handle = SaveHandle(step, None, time.monotonic() - t0)
+            handle._snapshot = None
+            handle.stall_seconds = time.monotonic() - t0
             return handle
         future = self._background.submit(work)
-        handle = SaveHandle(step, future, time.monotonic() - t0, snap)
+        handle._future = future
+        handle.stall_seconds = time.monotonic() - t0
         future.add_done_callback(lambda f: f.exception() is not None and self._record_failure())
         self._pending = handle
         return handle
 
-    def _persist_tiers(self, step: int, sd: dict[str, Any], persist: bool) -> None:
+    def _persist_tiers(self, step: int, sd: dict[str, Any], persist: bool,
+                       handle: SaveHandle) -> None:
         name = tiers.step_name(step)
         rank, topo = self._rank(), self._topology
         own_root = tiers.rank_dir(self.local_root, rank)
         error: Optional[BaseException] = None
         try:
+            # The staged memory stays this save's until work() releases it:
+            # the root's save below writes from it too.
             dcp.save(sd, storage_writer=self._local_writer,
                      checkpoint_id=os.path.join(own_root, name), no_dist=True)
         except BaseException as e:  # every rank learns of it below: none waits for a replica
@@ -658,8 +797,12 @@ class Checkpointer:
             dcp.save(sd, storage_writer=self._writer,
                      checkpoint_id=os.path.join(self.root, name),
                      process_group=self.process_group, planner=self._planner())
-            self._apply_retention()
-        self._retain_local()
+            self._retain(handle)
+        try:
+            self._retain_local()
+        except Exception as e:  # the checkpoints stand; the next save retries
+            handle.retention_error = e
+            log.warning("local retention after step %d failed: %s", step, e)
 
     def _gather(self, value: Any) -> list[Any]:
         """Every rank's ``value``, by rank, over the tiers' own group (every
@@ -729,6 +872,10 @@ class Checkpointer:
         every = set(root_steps)
         for v in views:
             every.update(v["own"])
+        if step is not None and step not in every:
+            raise FileNotFoundError(errno.ENOENT, f"step {step} is on no tier: not committed in "
+                                    f"{self.root} nor in any rank's {self.local_root}",
+                                    os.path.join(self.root, tiers.step_name(step)))
         candidates = [step] if step is not None else sorted(every, reverse=True)
         errors: list[str] = []
         attempts = 0

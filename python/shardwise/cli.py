@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from typing import Callable, Optional
 
@@ -25,19 +26,41 @@ def _import_dcp(argv: list[str]) -> int:
     ap.add_argument("--replace", action="store_true", help="replace DST if it exists")
     ap.add_argument("--json", action="store_true", help="print a JSON summary")
     args = ap.parse_args(argv)
+    import warnings
+
     from .migrate import import_dcp
 
+    # One process on purpose: DCP's note that it assumes so is noise here.
+    warnings.filterwarnings("ignore", message=r"torch\.distributed is disabled")
     try:
         summary = import_dcp(args.src, args.dst, step=args.step, replace=args.replace)
-    except (OSError, ValueError, RuntimeError) as e:
-        print(f"shardwise import-dcp: {e}", file=sys.stderr)
-        return 1
+    except Exception as e:
+        return _import_failed(args, e)
+    except BaseException as e:  # DCP's CheckpointException is a BaseException
+        if isinstance(e, (KeyboardInterrupt, SystemExit)):
+            raise
+        return _import_failed(args, e)
     if args.json:
         print(json.dumps(summary))
     else:
         print(f"imported {summary['items']} items ({summary['tensor_bytes']} tensor bytes) "
               f"into {summary['dst']}")
     return 0
+
+
+def _import_failed(args: argparse.Namespace, e: BaseException) -> int:
+    """One line for a failed import (the rank's own error, not DCP's
+    wrapper); 2 for a source that cannot be read, else 1."""
+    from .checkpointer import _underlying
+
+    inner = _underlying(e)
+    if isinstance(inner, FileExistsError):
+        print(f"shardwise import-dcp: {args.dst} exists (pass --replace to replace it)",
+              file=sys.stderr)
+        return 1
+    print(f"shardwise import-dcp: {inner}", file=sys.stderr)
+    unreadable = (FileNotFoundError, PermissionError, NotADirectoryError, IsADirectoryError)
+    return 2 if isinstance(inner, unreadable) else 1
 
 
 TIERS_LS_HELP = """Which steps exist on which tier: the root (ROOT, with each checkpoint's
@@ -67,7 +90,7 @@ def _guarded(command: str, body: Callable[[], int]) -> int:
 
 
 def _tiers_ls(argv: list[str]) -> int:
-    ap = argparse.ArgumentParser(prog="shardwise ls --local-root", description=TIERS_LS_HELP)
+    ap = argparse.ArgumentParser(prog="shardwise ls", description=TIERS_LS_HELP)
     ap.add_argument("root", nargs="?", help="the checkpoint root (Lustre); optional")
     ap.add_argument("--local-root", required=True, help="the node's local tier")
     ap.add_argument("--json", action="store_true", help="print JSON")
@@ -99,7 +122,7 @@ def _list_tiers(root: Optional[str], local_root: str, as_json: bool) -> int:
 
 
 def _tiers_verify(argv: list[str]) -> int:
-    ap = argparse.ArgumentParser(prog="shardwise verify --local-root", description=TIERS_VERIFY_HELP)
+    ap = argparse.ArgumentParser(prog="shardwise verify", description=TIERS_VERIFY_HELP)
     ap.add_argument("--local-root", required=True, help="the node's local tier")
     ap.add_argument("--json", action="store_true", help="print JSON")
     args = ap.parse_args(argv)
@@ -107,28 +130,45 @@ def _tiers_verify(argv: list[str]) -> int:
 
 
 def _verify_tiers(local_root: str, as_json: bool) -> int:
-    report, bad = [], 0
+    """Every committed checkpoint of the tier, verified; one whose manifest
+    cannot be read is a problem too. The JSON is native verify's schema."""
+    import time
+
+    checkpoints = []
     for _, _, d in tier_roots(local_root):
         for c in _core.Repository(d, {}, False).list():
-            if c.state != "committed":
-                continue
+            if c.state not in ("committed", "invalid"):
+                continue  # a save in progress, or leftovers gc removes
             path = f"{d}/{c.dir_name}"
+            entry = {"name": c.name, "dir": path, "ok": True, "bytes_checked": 0,
+                     "files_checked": 0, "seconds": 0.0, "problems": []}
+            t0 = time.monotonic()
             try:
-                problems = [f"{p.file}: {p.message}"
-                            for p in _core.Reader(path, {}).verify().problems]
+                if c.state == "invalid":
+                    raise _core.CorruptCheckpointError(c.problem)
+                r = _core.Reader(path, {}).verify()
+                entry["bytes_checked"], entry["files_checked"] = r.bytes_checked, r.files_checked
+                entry["problems"] = [{"file": p.file, "code": p.code, "message": p.message}
+                                     for p in r.problems]
             except (_core.CorruptCheckpointError, OSError, RuntimeError) as e:
-                problems = [str(e)]
-            bad += bool(problems)
-            report.append({"checkpoint": path, "problems": problems})
+                where = getattr(e, "path", None) or getattr(e, "filename", None)
+                entry["problems"] = [{"file": os.path.basename(where or "manifest.json"),
+                                      "code": "CORRUPT"
+                                      if isinstance(e, _core.CorruptCheckpointError)
+                                      else "IO_ERROR", "message": str(e)}]
+            entry["seconds"] = round(time.monotonic() - t0, 3)
+            entry["ok"] = not entry["problems"]
+            checkpoints.append(entry)
             if not as_json:
-                print(f"{'OK ' if not problems else 'BAD'} {path}")
-                for p in problems:
-                    print(f"    {p}")
+                print(f"{'OK     ' if entry['ok'] else 'DAMAGED'} {path}")
+                for p in entry["problems"]:
+                    print(f"    {p['file']}: {p['message']}")
+    ok = all(c["ok"] for c in checkpoints)
     if as_json:
-        print(json.dumps(report))
-    elif not report:
+        print(json.dumps({"path": local_root, "ok": ok, "checkpoints": checkpoints}))
+    elif not checkpoints:
         print(f"(no committed checkpoint in {local_root})")
-    return 1 if bad else 0
+    return 0 if ok else 1
 
 
 def main(argv: Optional[list[str]] = None) -> int:
@@ -138,11 +178,18 @@ def main(argv: Optional[list[str]] = None) -> int:
     if args and args[0] in ("ls", "verify") and any(a.split("=")[0] == "--local-root" for a in args):
         return (_tiers_ls if args[0] == "ls" else _tiers_verify)(args[1:])
     rc = _core.cli_main(["shardwise", *args])
+    # The native overview goes to stdout for --help and to stderr (exit 2)
+    # without a command: these lines go with it.
+    out = sys.stdout if rc == 0 else sys.stderr
     if not args or args[0] in ("-h", "--help", "help"):
         print("\nAlso: shardwise import-dcp SRC DST   convert a stock DCP checkpoint "
               "(--help for details)\n"
               "      shardwise ls [ROOT] --local-root LOCAL_ROOT   steps on each tier\n"
-              "      shardwise verify --local-root LOCAL_ROOT      check a node's local tier")
+              "      shardwise verify --local-root LOCAL_ROOT      check a node's local tier",
+              file=out)
+    elif args[0] in ("ls", "verify") and any(a in ("-h", "--help") for a in args[1:]):
+        print(f"\nA node's local tier (docs/tiers.md): shardwise {args[0]} --local-root "
+              f"LOCAL_ROOT --help", file=out)
     return rc
 
 

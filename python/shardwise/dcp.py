@@ -75,7 +75,11 @@ def _split(path: str) -> tuple[str, str]:
 
 
 def _options(**kw: Any) -> dict[str, Any]:
-    return {k: v for k, v in kw.items() if v is not None}
+    """Engine options as the core takes them, checked now (ValueError
+    naming a bad one), not at the first save or load."""
+    options = {k: v for k, v in kw.items() if v is not None}
+    _core.check_options(options)
+    return options
 
 
 _repos: "collections.OrderedDict[tuple[Any, ...], Any]" = collections.OrderedDict()
@@ -161,10 +165,19 @@ class Writer(StorageWriter, AsyncStager):  # type: ignore[misc]
     """
 
     _synchronize_after_execute = False
-    # Per process: the coordinator's current save nonce, and saves per nonce
-    # (see prepare_global_plan).
-    _nonce: Optional[str] = None
-    _saves_under: dict[str, int] = {}
+    # Set on a Writer whose staged bytes are written again after it (the
+    # local tier's): write_data leaves them staged.
+    _keep_staged = False
+    # How a caller replaces an existing checkpoint (the Checkpointer's own).
+    _exists_hint = ("and overwrite is False (pass overwrite=True, or replace=True, to replace "
+                    "it atomically)")
+    # Per process: the coordinator's current save nonce of each series of
+    # saves whose plans DCP caches together (a Checkpointer's; None: plain
+    # DCP's), and saves per nonce, the newest few (see prepare_global_plan).
+    _nonces: dict[Optional[str], str] = {}
+    _saves_under: "collections.OrderedDict[str, int]" = collections.OrderedDict()
+    _NONCES_KEPT = 64
+    _series: Optional[str] = None
 
     def __init__(self, path: Optional[PathLike] = None, *, replace: bool = False,
                  step: Optional[int] = None, user_metadata: Optional[dict[str, Any]] = None,
@@ -287,9 +300,8 @@ class Writer(StorageWriter, AsyncStager):  # type: ignore[misc]
         # rank writes a byte.
         if (not self.replace and self.path is not None
                 and os.path.isfile(os.path.join(self.path, _core.MANIFEST_NAME))):
-            raise FileExistsError(
-                errno.EEXIST, "Checkpoint already exists and overwrite is False (pass "
-                "overwrite=True, or replace=True, to replace it atomically)", self.path)
+            raise FileExistsError(errno.EEXIST, "Checkpoint already exists " + self._exists_hint,
+                                  self.path)
         return plan
 
     def prepare_global_plan(self, plans: list[SavePlan]) -> list[SavePlan]:
@@ -306,9 +318,9 @@ class Writer(StorageWriter, AsyncStager):  # type: ignore[misc]
             # series of collective saves' nonce as it is.
             nonce = secrets.token_hex(8)
         else:
-            if not cached or Writer._nonce is None:
-                Writer._nonce = secrets.token_hex(8)
-            nonce = Writer._nonce
+            if not cached or self._series not in Writer._nonces:
+                Writer._nonces[self._series] = secrets.token_hex(8)
+            nonce = Writer._nonces[self._series]
         return [dataclasses.replace(p, storage_data={"nonce": nonce, "rank": i,
                                                      "world_size": len(plans)})
                 for i, p in enumerate(plans)]
@@ -332,8 +344,10 @@ class Writer(StorageWriter, AsyncStager):  # type: ignore[misc]
                                "prepare_global_plan did not run")
         # Every rank counts the saves it wrote under this nonce: the same
         # count on every rank, so the save id is the same everywhere.
-        count = Writer._saves_under.get(sd["nonce"], 0)
-        Writer._saves_under[sd["nonce"]] = count + 1
+        count = Writer._saves_under.pop(sd["nonce"], 0)
+        Writer._saves_under[sd["nonce"]] = count + 1  # the newest at the end
+        while len(Writer._saves_under) > Writer._NONCES_KEPT:
+            Writer._saves_under.popitem(last=False)
         self._save_id = f"{sd['nonce']}-{count}"
         self._storage_data = sd
         addresses: list[int] = []
@@ -343,8 +357,10 @@ class Writer(StorageWriter, AsyncStager):  # type: ignore[misc]
         finally:
             # This save no longer needs its staged memory: the next save may
             # reuse it. (A rank whose items hold none of it lets it go when
-            # the staged tensors are freed.)
-            for a in _core.release_staged(addresses):
+            # the staged tensors are freed.) Not when the staged bytes have
+            # another write ahead (a tier's local save, then the root's):
+            # their owner releases them after the last.
+            for a in ([] if self._keep_staged else _core.release_staged(addresses)):
                 snap = _staging.snapshot_at(a)
                 if snap is not None:
                     snap.write_copied += copied[0]
@@ -649,10 +665,12 @@ class Reader(StorageReader):
             hit = self._items[fqn] = (it["dtype"], list(it["shape"]), chunks)
         return hit
 
-    def read_metadata(self, *args: Any, **kwargs: Any) -> Metadata:
+    def read_metadata(self, *args: Any) -> Metadata:
         """DCP ``Metadata`` whose ``state_dict_metadata`` resolves each entry
         from the checkpoint's index when DCP first asks for it, so a rank
-        reads the metadata of the items it loads and no more."""
+        reads the metadata of the items it loads and no more. (No
+        ``**kwargs``: DCP would then retry a failed read with ``rank=`` and,
+        if that succeeded, skip its collectives on this rank alone.)"""
         core = self._open()
         assert self._header is not None and self.path is not None
         md = _metadata.lazy(core, self._header, self.path)

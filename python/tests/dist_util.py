@@ -126,3 +126,17 @@ def read_manifest(path: Any) -> dict[str, Any]:
     import shardwise
 
     return json.loads(shardwise._core.Reader(os.fspath(path), {}).manifest_json())
+
+
+def flip_item_byte(path: Any, item: str, at: int = 100) -> str:
+    """Flips byte ``at`` of item ``item``'s first chunk in checkpoint
+    ``path``; returns the shard file it damaged."""
+    manifest = read_manifest(path)
+    chunk = next(it for it in manifest["items"] if it["name"] == item)["chunks"][0]
+    shard = os.path.join(os.fspath(path), manifest["files"][chunk["file"]]["name"])
+    with open(shard, "r+b") as f:
+        f.seek(chunk["offset"] + at)
+        b = f.read(1)
+        f.seek(chunk["offset"] + at)
+        f.write(bytes([b[0] ^ 0xFF]))
+    return shard

@@ -237,6 +237,30 @@ def test_overlap_skip(tmp_path):
         shardwise.Checkpointer(tmp_path / "ck2", overlap="sometimes")
 
 
+def _skip_together(rank: int, world: int, root: str) -> None:
+    ck = shardwise.Checkpointer(root, overlap="skip")
+    big = {"w": torch.randn(2048, 4096)}  # 32 MiB a rank
+    h1 = ck.save(1, big)
+    if rank == 1:
+        h1.wait()  # alone, this rank would find nothing in flight and save
+    h2 = ck.save(2, big)
+    decided = [None] * world
+    dist.all_gather_object(decided, h2.skipped)
+    assert len(set(decided)) == 1, decided
+    h1.wait()
+    ck.save(3, big).wait()
+    ck.close()
+    expected = [1, 3] if decided[0] else [1, 2, 3]
+    assert ck.steps() == expected, ck.steps()
+
+
+def test_overlap_skip_is_decided_by_every_rank_together(tmp_path):
+    """Rank 0 calls save(2) while step 1 persists, rank 1 only after it
+    committed: deciding alone they would part ways (one saving, one not)
+    and the next collectives would pair different steps."""
+    run_ranks(2, _skip_together, str(tmp_path / "ck"), timeout=120)
+
+
 def test_lazy_needs_an_optimizer_and_an_async_mode(tmp_path):
     ck = shardwise.Checkpointer(tmp_path / "ck", snapshot="lazy")
     with pytest.raises(ValueError, match="optimizer"):

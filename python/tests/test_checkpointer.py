@@ -255,6 +255,13 @@ def test_loads_cpp_written_checkpoint(tmp_path):
     assert torch.equal(back["w"], t)
 
 
+def _refused_on_every_rank(rank: int, world: int, root: str, holder: int) -> None:
+    ck = shardwise.Checkpointer(root)
+    with pytest.raises(shardwise.AbortedError, match=f"pid {holder}"):
+        ck.save(2, {"w": torch.zeros(4)})
+    ck.close()
+
+
 def test_a_second_job_on_the_same_root_is_refused_at_once(tmp_path):
     """Two jobs pointed at one root: the second job's first save fails before
     staging anything, naming the holder; reading needs no claim; the first
@@ -287,6 +294,11 @@ def test_a_second_job_on_the_same_root_is_refused_at_once(tmp_path):
         assert torch.equal(state["w"], torch.ones(4))
         with pytest.raises(RuntimeError, match=r"being written by another job \(pid %d" % holder):
             second.save(2, {"w": torch.zeros(4)})
+        # A job of 2 ranks: rank 0 is refused, and so is rank 1 (not left
+        # waiting in the save's collectives).
+        from dist_util import run_ranks
+
+        run_ranks(2, _refused_on_every_rank, root, holder, timeout=120)
     finally:
         os.kill(holder, signal.SIGKILL)  # a dead holder must not block
     deadline = time.monotonic() + 30
@@ -299,3 +311,108 @@ def test_a_second_job_on_the_same_root_is_refused_at_once(tmp_path):
             assert time.monotonic() < deadline, "the killed job's claim was not released"
             time.sleep(0.1)
     assert c.steps() == [1, 2]
+
+
+# -- loads that fail: never a silent None, never DCP's AssertionError ----------------
+def test_load_when_every_checkpoint_is_damaged_raises(tmp_path):
+    from dist_util import flip_item_byte
+
+    ck = shardwise.Checkpointer(tmp_path)
+    for step in (1, 2):
+        ck.save(step, {"w": torch.full((4096,), float(step))}, blocking=True)
+        flip_item_byte(tmp_path / f"step-{step:012d}", "w")
+    with pytest.raises(shardwise.CorruptCheckpointError) as e:
+        ck.load({"w": torch.zeros(4096)})
+    assert "every one failed verification" in str(e.value)
+    assert "step 2:" in str(e.value) and "step 1:" in str(e.value)
+
+
+def test_load_of_a_missing_step_names_it(tmp_path):
+    ck = shardwise.Checkpointer(tmp_path)
+    ck.save(1, {"w": torch.ones(8)}, blocking=True)
+    with pytest.raises(FileNotFoundError) as e:
+        ck.load({"w": torch.zeros(8)}, step=77)
+    assert e.value.errno == errno.ENOENT and "step-000000000077" in str(e.value)
+    with pytest.raises(ValueError, match="non-negative int"):
+        ck.load({"w": torch.zeros(8)}, step="1")
+
+
+def test_a_damaged_index_or_manifest_falls_back(tmp_path):
+    ck = shardwise.Checkpointer(tmp_path)
+    for step in (1, 2, 3):
+        ck.save(step, {"w": torch.full((64,), float(step))}, blocking=True)
+    index = tmp_path / "step-000000000003" / "index.swi"
+    data = bytearray(index.read_bytes())
+    data[10] ^= 0xFF
+    index.write_bytes(bytes(data))
+    state = {"w": torch.zeros(64)}
+    assert ck.load(state) == 2  # not DCP's AssertionError
+    assert torch.equal(state["w"], torch.full((64,), 2.0))
+    with pytest.raises(shardwise.CorruptCheckpointError, match="index.swi"):
+        ck.load(state, step=3)
+    (tmp_path / "step-000000000002" / "manifest.json").write_text("{garbage")
+    assert ck.load(state) == 1  # the listing skips the invalid one
+
+
+def test_a_dcp_path_named_as_a_step_is_that_step(tmp_path):
+    """The DCP idiom names the directory, not the step: the engine takes the
+    step from a step-N name, so listings, `latest` and retention agree."""
+    ck = shardwise.Checkpointer(tmp_path, keep_last=2)
+    ck.save(1000, {"x": torch.ones(4)}, blocking=True)
+    for step in (1050, 1200):
+        dcp.save({"x": torch.ones(4)}, no_dist=True,
+                 storage_writer=Writer(tmp_path / f"step-{step:012d}"))
+    assert ck.steps() == [1000, 1050, 1200]
+    assert ck.latest_step() == 1200
+    with pytest.raises(BaseException, match="is the name of step 1300, but the save's step "
+                                            "is 1301"):
+        dcp.save({"x": torch.ones(4)}, no_dist=True,
+                 storage_writer=Writer(tmp_path / "step-000000001300", step=1301))
+
+
+def test_retention_failure_is_kept_and_the_save_stands(tmp_path, monkeypatch):
+    ck = shardwise.Checkpointer(tmp_path, keep_last=1)
+
+    def broken() -> None:
+        raise OSError(errno.EIO, "gc failed", str(tmp_path))
+
+    monkeypatch.setattr(ck, "_apply_retention", broken)
+    h = ck.save(1, {"x": torch.ones(4)}, blocking=True)
+    assert isinstance(h.retention_error, OSError)
+    h = ck.save(2, {"x": torch.ones(4)})
+    h.wait()
+    assert isinstance(h.retention_error, OSError)
+    assert ck.steps() == [1, 2]
+    ck.close()
+
+
+def test_lazy_save_refuses_an_optimizer_without_step_hooks(tmp_path):
+    class Wrapped:  # has state and param_groups, no hook API
+        def __init__(self, opt):
+            self.state, self.param_groups = opt.state, opt.param_groups
+
+    model, opt = make(0)
+    ck = shardwise.Checkpointer(tmp_path, snapshot="lazy")
+    with pytest.raises(TypeError, match="register_step_pre_hook"):
+        ck.save(1, {"model": model.state_dict()}, optimizer=Wrapped(opt))
+    ck.save(2, {"model": model.state_dict()}, optimizer=opt).wait()  # nothing held
+    ck.close()
+    assert ck.steps() == [2]
+
+
+def test_a_resumed_job_replaces_the_steps_it_writes_again(tmp_path):
+    """Resuming from an older step and saving the later steps again: refused
+    by default, naming the way out; with replace=True, replaced atomically."""
+    ck = shardwise.Checkpointer(tmp_path)
+    for step in (1, 2, 3):
+        ck.save(step, {"w": torch.full((8,), float(step))}, blocking=True)
+    state = {"w": torch.zeros(8)}
+    assert ck.load(state, step=2) == 2
+    with pytest.raises(FileExistsError, match=r"replace=True"):
+        ck.save(3, {"w": torch.full((8,), 30.0)}, blocking=True)
+    with pytest.raises(ValueError, match="unknown option 'bogus'"):
+        shardwise.Checkpointer(tmp_path, bogus=1)  # at once, not at the first save
+    ck = shardwise.Checkpointer(tmp_path, replace=True)
+    ck.save(3, {"w": torch.full((8,), 30.0)}).wait()
+    assert ck.load(state) == 3 and torch.equal(state["w"], torch.full((8,), 30.0))
+    ck.close()

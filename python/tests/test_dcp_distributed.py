@@ -15,7 +15,7 @@ from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_di
 import shardwise
 from shardwise.dcp import Reader, Writer
 
-from dist_util import run_ranks, start_ranks, read_manifest
+from dist_util import flip_item_byte, read_manifest, run_ranks, start_ranks
 
 
 def make_model(seed: int = 0) -> tuple[nn.Module, torch.optim.Optimizer]:
@@ -341,15 +341,7 @@ def test_corrupt_shard_falls_back(tmp_path):
     root = str(tmp_path / "root")
     run_ranks(2, _ckpt_two_steps, root)
     step2 = os.path.join(root, "step-000000000002")
-    manifest = read_manifest(step2)
-    item = next(it for it in manifest["items"] if it["name"] == "v")
-    chunk = item["chunks"][0]
-    shard = os.path.join(step2, manifest["files"][chunk["file"]]["name"])
-    with open(shard, "r+b") as f:
-        f.seek(chunk["offset"] + 100)
-        b = f.read(1)
-        f.seek(chunk["offset"] + 100)
-        f.write(bytes([b[0] ^ 0xFF]))
+    shard = flip_item_byte(step2, "v")
     # Through DCP: wrapped in CheckpointException, which carries our error.
     from torch.distributed.checkpoint.api import CheckpointException
 

@@ -61,5 +61,11 @@ def test_import_function_and_cli(tmp_path):
     bad = subprocess.run([sys.executable, "-m", "shardwise.cli", "import-dcp",
                           str(tmp_path / "nope"), str(tmp_path / "x" / "y")],
                          capture_output=True, text=True)
-    assert bad.returncode == 1 and "not a DCP checkpoint" in bad.stderr
+    assert bad.returncode == 2 and "not a DCP checkpoint" in bad.stderr  # unreadable: 2
+    # Into an existing DST: one line naming it and the flag, not a traceback.
+    again = subprocess.run([sys.executable, "-m", "shardwise.cli", "import-dcp", src, str(dst2)],
+                           capture_output=True, text=True)
+    assert again.returncode == 1, again.stderr
+    assert again.stderr.strip() == (f"shardwise import-dcp: {dst2} exists (pass --replace to "
+                                    "replace it)"), again.stderr
     assert os.path.isdir(tmp_path / "sw")

@@ -285,7 +285,18 @@ def test_one_process_and_the_operators_view(tmp_path: Path, capsys) -> None:
     damage(str(local / "rank-00000" / "step-000000000003" / "rank-00000.shard"))
     assert main(["verify", "--local-root", str(local)]) == 1
     out = capsys.readouterr().out
-    assert "BAD" in out and "rank-00000.shard" in out and "checksum" in out
+    assert "DAMAGED" in out and "rank-00000.shard" in out and "checksum" in out
+    # A manifest that cannot be read is damage too (exit 1), in verify's schema.
+    manifest2 = local / "rank-00000" / "step-000000000002" / "manifest.json"
+    intact = manifest2.read_bytes()
+    manifest2.write_text("garbage")
+    assert main(["verify", "--local-root", str(local), "--json"]) == 1
+    report = json.loads(capsys.readouterr().out)
+    assert report["ok"] is False and report["path"] == str(local)
+    broken = {c["name"]: c for c in report["checkpoints"] if not c["ok"]}
+    assert set(broken) == {"step-000000000002", "step-000000000003"}
+    assert broken["step-000000000002"]["problems"][0]["file"] == "manifest.json"
+    manifest2.write_bytes(intact)
     assert main(["ls", "--local-root", str(tmp_path / "nowhere")]) == 2
     assert "nowhere: no such directory" in capsys.readouterr().err
     # the damaged local copy: the root's step 2 is the newest intact one
@@ -402,3 +413,37 @@ def test_a_malformed_replica_transfer_is_refused(tmp_path: Path) -> None:
                       with_header([["../x", header[0][1]]] + header[1:]), {})
     names = sorted(p.name for p in dest.iterdir() if not p.name.startswith("."))
     assert names == ["latest", "step-000000000001"] or names == ["step-000000000001"], names
+
+
+def test_the_roots_save_writes_staged_bytes_no_one_else_took(tmp_path: Path,
+                                                             monkeypatch) -> None:
+    """The local save must not hand the staged memory back: the root's save
+    writes from it after. Another staging user in the process (a second
+    Checkpointer, a dcp.async_save) staging in between gets other memory,
+    and the root checkpoint holds the saved values."""
+    import torch
+    import torch.distributed.checkpoint as tdcp
+
+    import shardwise
+    import shardwise.checkpointer as ck_module
+    from shardwise import _staging
+
+    ck = shardwise.Checkpointer(tmp_path / "root", local_root=tmp_path / "local")
+    real_save, others = tdcp.save, []
+
+    def save_with_a_stage_between(sd, *, storage_writer=None, **kw):
+        if storage_writer is ck._writer:  # the root's save, after the local one
+            others.append(_staging.stage({"x": torch.full((1 << 16,), 7.0)}))
+        return real_save(sd, storage_writer=storage_writer, **kw)
+
+    monkeypatch.setattr(ck_module.dcp, "save", save_with_a_stage_between)
+    state = {"w": torch.arange(1 << 16, dtype=torch.float32)}
+    ck.save(1, state).wait()
+    monkeypatch.setattr(ck_module.dcp, "save", real_save)
+    assert others, "the root's save did not run"
+    for path in (tmp_path / "root" / "step-000000000001",
+                 tmp_path / "local" / "rank-00000" / "step-000000000001"):
+        back = {"w": torch.zeros(1 << 16)}
+        tdcp.load(back, storage_reader=shardwise.dcp.Reader(path), no_dist=True)
+        assert torch.equal(back["w"], state["w"]), path
+    ck.close()

@@ -255,6 +255,8 @@ TEST(CliOptions, DocsTableIsTheOptionTable) {
   std::ostringstream o2, e2;
   EXPECT_EQ(RunOptions({"--json"}, o2, e2), kExitOk);
   EXPECT_EQ(nlohmann::json::parse(o2.str())["options"].size(), OptionTable().size());
+  std::ostringstream o4, e4;
+  EXPECT_EQ(RunOptions({"--json", "--markdown"}, o4, e4), kExitUsage);
   testing::ScopedEnv bad("SHARDWISE_DIRECT_IO", "sometimes");
   std::ostringstream o3, e3;
   EXPECT_EQ(RunOptions({}, o3, e3), kExitProblem);

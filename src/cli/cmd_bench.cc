@@ -40,7 +40,7 @@ int RunBench(const Argv& argv, std::ostream& out, std::ostream& err) {
   std::error_code ec;
   const bool root_created = !std::filesystem::exists(p->dir, ec);
   auto repo = Repository::Open(p->dir, p->options, /*create=*/true);
-  if (!repo.ok()) return UsageError(err, "bench", repo.status().message());
+  if (!repo.ok()) return PathError(err, "bench", repo.status().message());
   // The same probe and policy the ranks' saves use, for the report.
   const int files = p->ranks * p->options.files_per_rank;
   auto storage = (*repo)->DescribeStorage(

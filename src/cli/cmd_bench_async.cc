@@ -209,12 +209,15 @@ int RunAsyncBench(const BenchParams& p, std::ostream& out, std::ostream& err) {
   std::error_code ec;
   const bool root_created = !std::filesystem::exists(p.dir, ec);
   auto repo = Repository::Open(p.dir, p.options, true);
-  if (!repo.ok()) return UsageError(err, "bench", repo.status().message());
+  if (!repo.ok()) return PathError(err, "bench", repo.status().message());
   AsyncFigures f;
   f.baseline_rss = StatusField("VmRSS:");
   const SyntheticState state = MakeTransformerState(p.size_per_rank, 0, 1, 20261129);
   auto last = RunSaves(p, **repo, state, f, err);
   if (!last.ok()) {
+    // A flag the engine refuses (--staging-budget too small) is a usage error.
+    if (last.status().code() == StatusCode::kInvalidArgument)
+      return UsageError(err, "bench", last.status().message());
     err << "\nshardwise bench: " << last.status().message() << '\n';
     return kExitProblem;
   }

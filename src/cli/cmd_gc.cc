@@ -61,7 +61,7 @@ int RunGc(const Argv& argv, std::ostream& out, std::ostream& err) {
   auto opts = Options::FromEnv();
   if (!opts.ok()) return UsageError(err, "gc", opts.status().message());
   auto repo = Repository::Open(args->positional()[0], *opts, false);
-  if (!repo.ok()) return UsageError(err, "gc", repo.status().message());
+  if (!repo.ok()) return PathError(err, "gc", repo.status().message());
   auto report = (*repo)->Gc(gc);
   if (!report.ok()) {
     err << "shardwise gc: " << report.status().message() << '\n';

@@ -119,7 +119,7 @@ int RunInspect(const Argv& argv, std::ostream& out, std::ostream& err) {
       err << "shardwise inspect: " << reader.status().message() << '\n';
       return kExitProblem;
     }
-    return UsageError(err, "inspect", reader.status().message());
+    return PathError(err, "inspect", reader.status().message());
   }
   if (Status all = (*reader)->LoadAll(); !all.ok()) {  // format 2: the whole index
     err << "shardwise inspect: " << all.message() << '\n';

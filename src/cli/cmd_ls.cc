@@ -149,11 +149,11 @@ int RunLs(const Argv& argv, std::ostream& out, std::ostream& err) {
   auto opts = Options::FromEnv();
   if (!opts.ok()) return UsageError(err, "ls", opts.status().message());
   auto repo = Repository::Open(root, *opts, /*create=*/false);
-  if (!repo.ok()) return UsageError(err, "ls", repo.status().message());
+  if (!repo.ok()) return PathError(err, "ls", repo.status().message());
   const bool exports = (*repo)->ExportsInUse();
   // JSON always reports export states (not requested, when none was).
   auto list = (*repo)->List(/*with_exports=*/exports || args->json());
-  if (!list.ok()) return UsageError(err, "ls", list.status().message());
+  if (!list.ok()) return PathError(err, "ls", list.status().message());
 
   const double now = UnixNow();
   if (args->json()) {

@@ -55,6 +55,8 @@ int RunOptions(const Argv& argv, std::ostream& out, std::ostream& err) {
   }
   if (!args->positional().empty())
     return UsageError(err, "options", "unexpected argument '" + args->positional()[0] + "'");
+  if (args->Has("markdown") && args->Has("json"))
+    return UsageError(err, "options", "--json and --markdown are two formats: pick one");
   if (args->Has("markdown")) {
     PrintMarkdown(out);
     return kExitOk;

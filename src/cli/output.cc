@@ -125,4 +125,9 @@ int UsageError(std::ostream& err, const std::string& verb, const std::string& me
   return 2;
 }
 
+int PathError(std::ostream& err, const std::string& verb, const std::string& message) {
+  err << "shardwise " << verb << ": " << message << "\n";
+  return 2;
+}
+
 }  // namespace shardwise::cli

@@ -50,6 +50,9 @@ double UnixNow();
 namespace shardwise::cli {
 // Prints "shardwise VERB: MESSAGE" and a hint, returns kExitUsage (2).
 int UsageError(std::ostream& err, const std::string& verb, const std::string& message);
+// "shardwise VERB: message" for a path that cannot be read or opened; exit
+// code 2, without UsageError's pointer to --help (the arguments were fine).
+int PathError(std::ostream& err, const std::string& verb, const std::string& message);
 
 // Writes `j` indented, with any invalid UTF-8 (file names are arbitrary
 // bytes) replaced rather than thrown on.

@@ -726,4 +726,7 @@ NB_MODULE(_core, m) {
     return Take(shardwise::ParseSize(text));
   }, "text"_a);
   m.def("cli_main", &CliMain, "argv"_a);
+  // Checks engine options (and the SHARDWISE_* environment) as a save or
+  // load would, opening nothing: constructors fail at once on a bad one.
+  m.def("check_options", [](const nb::dict& d) { (void)MakeOptions(d); }, "options"_a);
 }

@@ -8,6 +8,7 @@
 #include <atomic>
 #include <cstddef>
 #include <cstdlib>
+#include <system_error>
 #include <thread>
 #include <vector>
 
@@ -26,7 +27,12 @@ void ParallelFor(std::size_t begin, std::size_t end, int threads, Fn&& fn) {
   const std::size_t extra = std::min<std::size_t>(std::max(threads, 1), end - begin) - 1;
   std::vector<std::thread> pool;
   pool.reserve(extra);
-  for (std::size_t t = 0; t < extra; ++t) pool.emplace_back(body);
+  try {
+    for (std::size_t t = 0; t < extra; ++t) pool.emplace_back(body);
+  } catch (const std::system_error&) {
+    // No thread to be had (EAGAIN: a container's pids limit): the threads
+    // started, and this one, do the work; slower, never a terminate.
+  }
   body();
   for (auto& t : pool) t.join();
 }

@@ -293,7 +293,12 @@ Status MkdirAll(const std::string& path, mode_t mode) {
   while (true) {
     pos = path.find('/', pos + 1);
     std::string prefix = path.substr(0, pos);
-    if (!prefix.empty()) SW_RETURN_IF_ERROR(Mkdir(prefix, mode, true));
+    if (!prefix.empty() && !Exists(prefix)) {
+      SW_RETURN_IF_ERROR(Mkdir(prefix, mode, true));
+      // The new entry is durable in its parent (the first checkpoint in a
+      // new root must not vanish with the root at a power loss).
+      SW_RETURN_IF_ERROR(FsyncDir(Dirname(prefix)));
+    }
     if (pos == std::string::npos) break;
   }
   return Status::Ok();

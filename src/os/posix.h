@@ -86,6 +86,8 @@ Status ClearNonBlocking(int fd, const std::string& path);
 Status RenameExchange(const std::string& a, const std::string& b);
 // Creates a directory; an existing directory is fine when exist_ok.
 Status Mkdir(const std::string& path, mode_t mode = 0755, bool exist_ok = false);
+// Creates `path` and its missing parents, each made durable in its parent
+// (fsync of the parent directory).
 Status MkdirAll(const std::string& path, mode_t mode = 0755);
 Status Unlink(const std::string& path);
 Status Rmdir(const std::string& path);

@@ -98,6 +98,18 @@ INSTANTIATE_TEST_SUITE_P(
       return n;
     });
 
+// The first save into a root that did not exist: once committed, a power
+// cut keeps it, and the directories made for the root with it.
+TEST(PowerLossNewRoot, TheCommittedFirstCheckpointSurvives) {
+  TempDir dir;
+  const std::string root = dir / "new/root";
+  auto cut = testing::RunProcess({SW_SAVE_HELPER, "save", root, "1", kSeed, kSize},
+                                 {"SHARDWISE_POWER_LOSS=1", "SHARDWISE_CRASH_AT=committed"});
+  ASSERT_EQ(cut.exit_code, -1) << cut.out;
+  auto check = testing::RunProcess({SW_SAVE_HELPER, "check", root, "1", kSeed, kSize, "1"});
+  EXPECT_EQ(check.exit_code, 0) << check.out;
+}
+
 // The model itself: unsynced data and entries are dropped, synced ones kept.
 TEST(PowerLossModel, DropsWhatWasNeverSynced) {
   TempDir dir;

@@ -38,7 +38,7 @@ from torch.distributed.checkpoint.stateful import Stateful
 
 from . import _core, _staging, metrics, tiers
 from ._progress import ProgressArg
-from .dcp import Reader, Writer
+from .dcp import Reader, Writer, _corrupt
 
 log = logging.getLogger("shardwise")
 
@@ -99,6 +99,26 @@ def _underlying(e: BaseException) -> BaseException:
             if isinstance(exc, Exception):
                 return exc
     return e
+
+
+def _problem_of(e: BaseException) -> tuple[str, str, Optional[str], Optional[int]]:
+    """An error as it travels to other ranks: (kind, message, path, errno)."""
+    if isinstance(e, _core.CorruptCheckpointError):
+        return ("corrupt", str(e), getattr(e, "path", None), None)
+    if isinstance(e, OSError):
+        return ("os", e.strerror or str(e), e.filename, e.errno)
+    return ("other", f"{type(e).__name__}: {e}", None, None)
+
+
+def _rebuilt(problem: tuple[str, str, Optional[str], Optional[int]],
+             where: str) -> BaseException:
+    """Another rank's error, rebuilt with its type, errno and path."""
+    kind, text, path, err = problem
+    if kind == "corrupt":
+        return _corrupt(f"{text} {where}", path)
+    if kind == "os" and err is not None:
+        return OSError(err, f"{text} {where}", path)  # FileNotFoundError for ENOENT...
+    return RuntimeError(f"{text} {where}")
 
 
 def _reraise(e: BaseException) -> None:
@@ -215,8 +235,9 @@ def _changed_only_by_step(optimizers: list[Any]) -> Callable[[torch.Tensor], boo
     return lambda t: t.untyped_storage().data_ptr() in storages
 
 
-_EXISTS_HINT = ("(Checkpointer(..., replace=True) replaces an existing step atomically, "
-                "as a job resumed from an older step needs)")
+_EXISTS_HINT = ("(a job resumed from an older step: Checkpointer.discard_after(step) "
+                "removes the abandoned run's later steps; or Checkpointer(..., "
+                "replace=True) replaces a step atomically)")
 
 
 class Checkpointer:
@@ -245,6 +266,9 @@ class Checkpointer:
             Checkpointer): background saves run collectives, and on the
             training's own group they would interleave with the training's
             collectives and deadlock. Works without torch.distributed too.
+            With ``overlap="skip"`` the Checkpointer makes one more gloo group
+            over the same ranks; for a group of part of the job, only its
+            ranks make it, and they must then belong to equally many groups.
         progress: True for progress bars/log lines, or a callable
             ``(done_bytes, total_bytes)``.
         staging_budget: bytes (or a size such as ``"8GiB"``) of staging
@@ -272,9 +296,9 @@ class Checkpointer:
             loses no local checkpoint. Default 0.
         replace: False (default): saving a step that already exists (on
             the root, or on this rank's local tier) raises
-            ``FileExistsError``. True: the save replaces it atomically. For
-            a job resumed from an older step whose later steps it means to
-            write again.
+            ``FileExistsError``. True: the save replaces it atomically. A
+            job resumed from an older step had better ``discard_after`` it:
+            the abandoned run's later steps would still be loaded and kept.
         pin_memory, staging_threads: as for :class:`shardwise.dcp.Writer`.
         **engine_options: ``io_backend``, ``queue_depth``, ``io_unit``,
             ``checksum_block``, ``direct_io``, ``commit_timeout_s``,
@@ -356,7 +380,7 @@ class Checkpointer:
         self._repo_lock = threading.Lock()
         self._claimed = False
         if self._rank() == 0:
-            os.makedirs(self.root, exist_ok=True)
+            self._core_repo()  # creates the root, each new directory durable in its parent
         # The local tier (docs/tiers.md).
         self.local_root = None if local_root is None else os.path.abspath(os.fspath(local_root))
         self.persist_every, self.keep_local, self.replicas = persist_every, keep_local, replicas
@@ -375,6 +399,9 @@ class Checkpointer:
             self._local_writer = Writer(None, replace=replace, **self.local_options)
             self._local_writer._keep_staged = True
             self._local_writer._exists_hint = _EXISTS_HINT
+            # A new save id every local save: a series of its own, so that
+            # they never push the root's series out of the count.
+            self._local_writer._series = f"{self._planner_key}:local"
             self._topology = tiers.Topology.gather(self.process_group)
             # Replicas travel on a group of their own, so that they never
             # interleave with a save's collectives.
@@ -385,18 +412,21 @@ class Checkpointer:
                             tiers.node_name())
             self._background = ThreadPoolExecutor(1, thread_name_prefix="shardwise-tiers")
             self._buffers = tiers.Buffers()
-            os.makedirs(tiers.rank_dir(self.local_root, self._rank()), exist_ok=True)
+            _core.Repository(tiers.rank_dir(self.local_root, self._rank()), self.local_options,
+                             True)  # creates it (as the root)
 
     # -- helpers -------------------------------------------------------------------
-    def _new_group(self, like: Any) -> Any:
-        """A gloo group over the ranks of ``like`` (None: every rank). Only
-        those ranks take part in making it."""
-        if like is None:
-            group = dist.new_group(backend="gloo")
-        else:
-            group = dist.new_group(ranks=dist.get_process_group_ranks(like), backend="gloo",
-                                   use_local_synchronization=True)
-        return group
+    @staticmethod
+    def _new_group(like: Any) -> Any:
+        """A gloo group over the ranks of ``like`` (None, or a group of every
+        rank: all of them, made as any group, which every rank constructs).
+        For a group of part of the ranks only its ranks take part in making
+        it (torch names such a group from each rank's own count of groups,
+        so those ranks must belong to as many groups as each other)."""
+        if like is None or dist.get_world_size(like) == dist.get_world_size():
+            return dist.new_group(backend="gloo")
+        return dist.new_group(ranks=dist.get_process_group_ranks(like), backend="gloo",
+                              use_local_synchronization=True)
 
     def _rank(self) -> int:
         if dist.is_available() and dist.is_initialized():
@@ -461,8 +491,8 @@ class Checkpointer:
         together (overlap="skip"), so that every rank skips the same steps.
         On a group of its own: the background save's collectives run on
         process_group meanwhile."""
-        assert self._pending is not None
-        busy = torch.tensor([0 if self._pending.done() else 1], dtype=torch.int32)
+        busy = torch.tensor([int(self._pending is not None and not self._pending.done())],
+                            dtype=torch.int32)
         if self._skip_group is not None:
             dist.all_reduce(busy, op=dist.ReduceOp.MAX, group=self._skip_group)
         return bool(busy.item())
@@ -521,9 +551,9 @@ class Checkpointer:
                 if not callable(getattr(opt, "register_step_pre_hook", None)):
                     raise TypeError(f"snapshot='lazy': optimizer {type(opt).__name__} has no "
                                     "register_step_pre_hook (a torch.optim.Optimizer has)")
-        if self.overlap == "skip" and self._pending is not None and self._busy_anywhere():
-            log.info("skipped step %d: the save of step %d is still persisting", step,
-                     self._pending.step)
+        # Every rank joins the decision, whatever its own state.
+        if self.overlap == "skip" and self._busy_anywhere():
+            log.info("skipped step %d: the previous save is still persisting", step)
             return SaveHandle(step, None, 0.0, skipped=True)
         if self.local_root is not None:
             return self._save_tiered(step, state_dict, blocking)
@@ -627,6 +657,45 @@ class Checkpointer:
         steps = self.steps()
         return steps[-1] if steps else None
 
+    def discard_after(self, step: int) -> list[int]:
+        """Deletes every checkpoint of a step after ``step``: on the root,
+        and with a local tier each rank's local copies and the replicas it
+        holds. For a job resumed from an older step: the abandoned run's
+        later steps would otherwise be what a restart loads, and what
+        retention keeps. Collective (call it on every rank). Returns the
+        steps deleted from the root."""
+        if not isinstance(step, int) or isinstance(step, bool) or step < 0:
+            raise ValueError(f"step must be a non-negative int, got {step!r}")
+        self.wait()
+        self._claim()
+        removed: list[int] = []
+        problem = None
+        try:
+            if self._rank() == 0:
+                for s in self.steps():
+                    if s > step:
+                        self._core_repo().delete(tiers.step_name(s))
+                        removed.append(s)
+            if self.local_root is not None:
+                for root in self._local_roots():
+                    if os.path.isdir(root):
+                        repo = _core.Repository(root, self.local_options, True)
+                        for s in tiers.steps_in(repo.list()):
+                            if s > step:
+                                repo.delete(tiers.step_name(s))
+        except Exception as e:
+            problem = _problem_of(e)
+        everyone = [problem]
+        if self.process_group is not None:
+            everyone = [None] * dist.get_world_size(self.process_group)
+            dist.all_gather_object(everyone, problem, group=self.process_group)
+        for r, p in enumerate(everyone):
+            if p is not None:
+                raise _rebuilt(p, f"(rank {r}, discarding the steps after {step})")
+        if removed:
+            log.info("discarded steps %s of %s", ", ".join(map(str, removed)), self.root)
+        return removed
+
     def load(self, state_dict: dict[str, Any], step: Optional[int] = None) -> Optional[int]:
         """Loads checkpoint ``step`` (default: the newest valid one) into
         ``state_dict`` in place; returns the step loaded, or None when there
@@ -664,55 +733,58 @@ class Checkpointer:
                 if corrupt is None:
                     _reraise(e)
                 if step is not None:
+                    if corrupt is e:
+                        raise
                     raise corrupt from e
                 failed.append(f"step {s}: {corrupt}")
                 log.warning("checkpoint %s failed verification, falling back to an older "
                             "one: %s", path, corrupt)
         if failed:
-            raise _core.CorruptCheckpointError(
-                f"no checkpoint under {self.root} could be loaded, every one failed "
-                "verification: " + "; ".join(failed))
+            raise _corrupt(f"no checkpoint under {self.root} could be loaded, every one failed "
+                           "verification: " + "; ".join(failed), self.root)
         return None
 
     def _steps_of_rank0(self) -> list[int]:
         """``steps()`` as rank 0 lists them, on every rank: the ranks try the
         same checkpoints in the same order whatever each one's view of the
-        root (and only one rank reads every manifest)."""
+        root (and only one rank reads every manifest). Rank 0's error is
+        every rank's."""
         if self.process_group is None:
             return self.steps()
-        box = [self.steps() if self._rank() == 0 else None]
+        box: list[Any] = [None]
+        if self._rank() == 0:
+            try:
+                box[0] = ("ok", self.steps())
+            except Exception as e:
+                box[0] = ("error", _problem_of(e))
         dist.broadcast_object_list(box, group=self.process_group, group_src=0)
-        return list(box[0])
+        kind, value = box[0]
+        if kind == "error":
+            raise _rebuilt(value, "(rank 0, listing the checkpoints)")
+        return list(value)
 
     def _open_everywhere(self, reader: Reader) -> None:
         """Opens ``reader`` (its manifest and index) on every rank, and
         raises on every rank if it failed on any: DCP would replace such an
         error by an AssertionError that drops it, and a rank alone would
-        then fall back."""
+        then fall back. A rank raises its own error, the others the first
+        failing rank's (same type, errno and path)."""
+        mine: Optional[BaseException] = None
         try:
             reader._open()
-            mine: Optional[tuple[str, str]] = None
-        except FileNotFoundError as e:
-            mine = ("missing", str(e))
-        except _core.CorruptCheckpointError as e:
-            mine = ("corrupt", str(e))
         except Exception as e:
-            mine = ("other", f"{type(e).__name__}: {e}")
+            mine = e
         if self.process_group is None:
-            everyone = [mine]
+            everyone = [None if mine is None else _problem_of(mine)]
         else:
             everyone = [None] * dist.get_world_size(self.process_group)
-            dist.all_gather_object(everyone, mine, group=self.process_group)
+            dist.all_gather_object(everyone, None if mine is None else _problem_of(mine),
+                                   group=self.process_group)
+        if mine is not None:
+            raise mine
         for r, problem in enumerate(everyone):
-            if problem is None:
-                continue
-            kind, text = problem
-            where = "" if len(everyone) == 1 else f" (rank {r})"
-            if kind == "missing":
-                raise FileNotFoundError(errno.ENOENT, text + where, reader.path)
-            if kind == "corrupt":
-                raise _core.CorruptCheckpointError(text + where)
-            raise RuntimeError(f"opening {reader.path}{where}: {text}")
+            if problem is not None:
+                raise _rebuilt(problem, f"(rank {r})")
 
     def close(self) -> None:
         """Waits for the save in flight (collective, as ``wait()``). The
@@ -836,11 +908,15 @@ class Checkpointer:
             except Exception as e:  # the local checkpoints stand; this replica is missing
                 log.warning("replica of rank %d's %s not kept: %s", src, name, e)
 
-    def _retain_local(self) -> None:
+    def _local_roots(self) -> list[str]:
+        """This rank's local tier and the replica roots it holds."""
         rank = self._rank()
         roots = [tiers.rank_dir(self.local_root, rank)]
-        roots += [tiers.replica_dir(self.local_root, s) for s in self._topology.sources(rank)]
-        for root in roots:
+        return roots + [tiers.replica_dir(self.local_root, s)
+                        for s in self._topology.sources(rank)]
+
+    def _retain_local(self) -> None:
+        for root in self._local_roots():
             if os.path.isdir(root):
                 _core.Repository(root, self.local_options, True).gc(keep_last=self.keep_local)
 
@@ -903,9 +979,9 @@ class Checkpointer:
             if step is not None:
                 break
         if errors or step is not None:
-            raise _core.CorruptCheckpointError(
-                "no step could be loaded from any tier" + (f" (step {step})" if step is not None
-                                                           else "") + ": " + "; ".join(errors))
+            raise _corrupt("no step could be loaded from any tier" +
+                           (f" (step {step})" if step is not None else "") + ": " +
+                           "; ".join(errors), self.root)
         self.last_restore = tiers.TierReport()
         return None
 

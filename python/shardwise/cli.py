@@ -152,10 +152,10 @@ def _verify_tiers(local_root: str, as_json: bool) -> int:
                                      for p in r.problems]
             except (_core.CorruptCheckpointError, OSError, RuntimeError) as e:
                 where = getattr(e, "path", None) or getattr(e, "filename", None)
+                code = ("CORRUPT" if isinstance(e, _core.CorruptCheckpointError)
+                        else "NOT_FOUND" if isinstance(e, FileNotFoundError) else "IO_ERROR")
                 entry["problems"] = [{"file": os.path.basename(where or "manifest.json"),
-                                      "code": "CORRUPT"
-                                      if isinstance(e, _core.CorruptCheckpointError)
-                                      else "IO_ERROR", "message": str(e)}]
+                                      "code": code, "message": str(e)}]
             entry["seconds"] = round(time.monotonic() - t0, 3)
             entry["ok"] = not entry["problems"]
             checkpoints.append(entry)

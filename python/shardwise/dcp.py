@@ -173,10 +173,11 @@ class Writer(StorageWriter, AsyncStager):  # type: ignore[misc]
                     "it atomically)")
     # Per process: the coordinator's current save nonce of each series of
     # saves whose plans DCP caches together (a Checkpointer's; None: plain
-    # DCP's), and saves per nonce, the newest few (see prepare_global_plan).
+    # DCP's), and per series the saves written under each of its newest
+    # nonces (see prepare_global_plan).
     _nonces: dict[Optional[str], str] = {}
-    _saves_under: "collections.OrderedDict[str, int]" = collections.OrderedDict()
-    _NONCES_KEPT = 64
+    _saves_under: "dict[Optional[str], collections.OrderedDict[str, int]]" = {}
+    _NONCES_KEPT = 64  # per series
     _series: Optional[str] = None
 
     def __init__(self, path: Optional[PathLike] = None, *, replace: bool = False,
@@ -344,10 +345,11 @@ class Writer(StorageWriter, AsyncStager):  # type: ignore[misc]
                                "prepare_global_plan did not run")
         # Every rank counts the saves it wrote under this nonce: the same
         # count on every rank, so the save id is the same everywhere.
-        count = Writer._saves_under.pop(sd["nonce"], 0)
-        Writer._saves_under[sd["nonce"]] = count + 1  # the newest at the end
-        while len(Writer._saves_under) > Writer._NONCES_KEPT:
-            Writer._saves_under.popitem(last=False)
+        under = Writer._saves_under.setdefault(self._series, collections.OrderedDict())
+        count = under.pop(sd["nonce"], 0)
+        under[sd["nonce"]] = count + 1  # the newest at the end
+        while len(under) > Writer._NONCES_KEPT:
+            under.popitem(last=False)
         self._save_id = f"{sd['nonce']}-{count}"
         self._storage_data = sd
         addresses: list[int] = []

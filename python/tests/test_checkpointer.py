@@ -416,3 +416,19 @@ def test_a_resumed_job_replaces_the_steps_it_writes_again(tmp_path):
     ck.save(3, {"w": torch.full((8,), 30.0)}).wait()
     assert ck.load(state) == 3 and torch.equal(state["w"], torch.full((8,), 30.0))
     ck.close()
+
+
+def test_discard_after_removes_the_abandoned_runs_later_steps(tmp_path):
+    """Resumed from step 2, a job that saves every 5 steps would otherwise
+    restart from the old run's step 9 after a crash at step 5."""
+    ck = shardwise.Checkpointer(tmp_path, keep_last=3)
+    for step in (2, 6, 9):
+        ck.save(step, {"w": torch.full((8,), float(step))}, blocking=True)
+    state = {"w": torch.zeros(8)}
+    assert ck.load(state, step=2) == 2
+    assert ck.discard_after(2) == [6, 9]
+    ck.save(5, {"w": torch.full((8,), 5.0)}, blocking=True)
+    assert ck.steps() == [2, 5] and ck.load(state) == 5
+    with pytest.raises(ValueError, match="non-negative int"):
+        ck.discard_after(-1)
+    ck.close()

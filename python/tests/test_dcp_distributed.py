@@ -359,6 +359,43 @@ def test_corrupt_shard_falls_back(tmp_path):
     run_ranks(2, _ckpt_load, root)
 
 
+# -- one rank's trouble is every rank's decision ------------------------------------
+def _one_rank_cannot_open(rank: int, world: int, root: str) -> None:
+    import errno
+
+    ck = shardwise.Checkpointer(root)
+    for step in (1, 2):
+        ck.save(step, {"w": torch.full((64,), float(step))}, blocking=True)
+    real_open = Reader._open
+
+    def damaged_for_rank1(self):
+        if rank == 1 and self.path.endswith("step-000000000002"):
+            raise shardwise.CorruptCheckpointError(f"{self.path}/index.swi: damaged here")
+        return real_open(self)
+
+    Reader._open = damaged_for_rank1
+    state = {"w": torch.zeros(64)}
+    assert ck.load(state) == 1  # every rank falls back, rank 0 too
+    assert torch.equal(state["w"], torch.full((64,), 1.0))
+    with pytest.raises(shardwise.CorruptCheckpointError, match="damaged here") as e:
+        ck.load(state, step=2)  # rank 0 gets rank 1's error, rebuilt
+    assert rank == 1 or "(rank 1)" in str(e.value)
+    Reader._open = real_open
+
+    def listing_fails_on_rank0():
+        raise PermissionError(errno.EACCES, "Permission denied", root)
+
+    if rank == 0:
+        ck.steps = listing_fails_on_rank0
+    with pytest.raises(PermissionError):  # on every rank, none left waiting
+        ck.load(state)
+    ck.close()
+
+
+def test_one_ranks_failure_to_open_or_list_is_every_ranks(tmp_path):
+    run_ranks(2, _one_rank_cannot_open, str(tmp_path / "root"), timeout=120)
+
+
 # -- async saves while the training loop runs its own collectives ------------------
 def _train_and_checkpoint(rank: int, world: int, root: str) -> None:
     ck = shardwise.Checkpointer(root, keep_last=2)

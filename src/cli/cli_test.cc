@@ -132,6 +132,9 @@ TEST_F(CliTest, VerifyIntactAndDamaged) {
   // Missing manifest, with shards present.
   ASSERT_EQ(::unlink((Ckpt(200) + "/manifest.json").c_str()), 0);
   EXPECT_EQ(Cli({"verify", Ckpt(200)}).exit_code, 1);
+  Json nomanifest = JsonOf(Cli({"verify", Ckpt(200) + "/", "--json"}));
+  EXPECT_EQ(nomanifest["checkpoints"][0]["problems"][0]["file"], "manifest.json")
+      << nomanifest.dump();
   // Usage errors and unreadable paths: exit 2.
   EXPECT_EQ(Cli({"verify"}).exit_code, 2);
   EXPECT_EQ(Cli({"verify", dir_ / "nope"}).exit_code, 2);

@@ -53,12 +53,16 @@ Outcome VerifyOne(const std::string& dir, const std::string& name, const Options
   auto reader = CheckpointReader::Open(dir, opts);
   if (!reader.ok()) {
     o.ok = false;
-    // The file the status names (index.swi, a shard), else the manifest.
-    const std::string& where = reader.status().path();
+    // The file in the checkpoint the status names (index.swi), else the
+    // manifest (also when it names the checkpoint's directory).
+    auto norm = [](std::filesystem::path p) {
+      p = p.lexically_normal();
+      return p.has_filename() ? p : p.parent_path();  // "a/b/" is "a/b"
+    };
+    const std::filesystem::path where(reader.status().path());
+    const bool in_dir = where.has_parent_path() && norm(where.parent_path()) == norm(dir);
     o.problems.push_back(
-        {where.empty() ? std::string(names::kManifest)
-                       : std::filesystem::path(where).filename().string(),
-         reader.status()});
+        {in_dir ? where.filename().string() : std::string(names::kManifest), reader.status()});
     return o;
   }
   Progress bar(err, progress, "verify " + name);

@@ -296,8 +296,14 @@ Status MkdirAll(const std::string& path, mode_t mode) {
     if (!prefix.empty() && !Exists(prefix)) {
       SW_RETURN_IF_ERROR(Mkdir(prefix, mode, true));
       // The new entry is durable in its parent (the first checkpoint in a
-      // new root must not vanish with the root at a power loss).
-      SW_RETURN_IF_ERROR(FsyncDir(Dirname(prefix)));
+      // new root must not vanish with the root at a power loss). A parent
+      // this process may not open for reading (a write-only scratch
+      // directory), or a filesystem without directory fsync, leaves that to
+      // the filesystem, as before.
+      Status synced = FsyncDir(Dirname(prefix));
+      if (!synced.ok() && synced.err() != EACCES && synced.err() != EPERM &&
+          synced.err() != EINVAL)
+        return synced;
     }
     if (pos == std::string::npos) break;
   }

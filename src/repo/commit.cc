@@ -238,10 +238,7 @@ Result<CommitResult> PublishCommit(const std::string& root, const SaveSpec& spec
     if (x.ok()) {
       os::CrashPoint("exchanged");
       SW_RETURN_IF_ERROR(os::FsyncDir(root));
-      // NAME holds the new checkpoint: what is left is removing the old
-      // one, best effort (it sits in the staging directory if this rename
-      // fails, and gc removes it there as abandoned).
-      if (!os::Rename(staging, old).ok()) (void)os::RemoveTree(staging);
+      SW_RETURN_IF_ERROR(os::Rename(staging, old));
     } else if (x.code() == StatusCode::kUnavailable) {
       // No RENAME_EXCHANGE (e.g. Lustre): NAME is briefly absent, never mixed.
       SW_RETURN_IF_ERROR(os::Rename(final_dir, old));

@@ -3,7 +3,9 @@
 // .NAME.deleting-ID entry, so it vanishes from listings atomically and a
 // crash mid-delete leaves nothing that looks like a checkpoint.
 #include <algorithm>
+#include <map>
 #include <set>
+#include <utility>
 
 #include "format/manifest.h"
 #include "os/posix.h"
@@ -26,40 +28,49 @@ bool IsValid(const Repository& repo, const std::string& name, bool full_verify) 
   return report.ok() && report->problems.empty();
 }
 
-// Step 1 of gc: staging directories nobody works on, and leftovers, are
-// removed; a replaced checkpoint whose successor never arrived is put back.
+// Step 1 of gc: a replaced checkpoint whose successor never arrived is put
+// back; then staging directories nobody works on, and leftovers, are
+// removed.
 Status RemoveAbandonedStaging(const std::string& root, const std::vector<CheckpointInfo>& all,
                               double grace, bool dry_run, GcReport* report) {
   // The attempts with a staging directory, as listed before any is removed.
-  std::set<std::pair<std::string, std::string>> staged;
+  std::map<std::pair<std::string, std::string>, std::string> staged;
   for (const auto& c : all) {
     std::string name, id;
     if (names::ParseHiddenDir(c.dir_name, names::Hidden::kStaging, &name, &id))
-      staged.emplace(name, id);
+      staged.emplace(std::make_pair(name, id), os::JoinPath(root, c.dir_name));
+  }
+  // First the put-backs, before anything is removed. A replaced copy comes
+  // back when its replace was cut between its two renames: the attempt's
+  // staging directory is still there, nobody works on it, and NAME is
+  // free. Any other replaced copy is a leftover, maybe half removed, of a
+  // checkpoint whose name has moved on (or been deleted since).
+  std::set<std::string> put_back;
+  for (const auto& c : all) {
+    std::string name, id;
+    if (c.state != CheckpointInfo::State::kLeftover ||
+        !names::ParseHiddenDir(c.dir_name, names::Hidden::kReplaced, &name, &id))
+      continue;
+    const auto attempt = staged.find({name, id});
+    const std::string path = os::JoinPath(root, c.dir_name);
+    if (attempt == staged.end() || repo::StagingActive(attempt->second, grace, nullptr) ||
+        os::Exists(os::JoinPath(root, name)) || !os::Exists(os::JoinPath(path, names::kManifest)))
+      continue;
+    if (!dry_run) {
+      SW_RETURN_IF_ERROR(os::RenameNoReplace(path, os::JoinPath(root, name)));
+      SW_RETURN_IF_ERROR(os::FsyncDir(root));
+    }
+    put_back.insert(c.dir_name);
   }
   for (const auto& c : all) {
-    if (c.state != CheckpointInfo::State::kStaging &&
-        c.state != CheckpointInfo::State::kLeftover)
+    if ((c.state != CheckpointInfo::State::kStaging &&
+         c.state != CheckpointInfo::State::kLeftover) ||
+        put_back.count(c.dir_name))
       continue;
     std::string path = os::JoinPath(root, c.dir_name);
     if (c.state == CheckpointInfo::State::kStaging &&
         repo::StagingActive(path, grace, nullptr))
       continue;
-    // A replaced checkpoint whose successor never arrived (a crash between
-    // the two renames of a non-atomic replace: the attempt's staging
-    // directory is still there) is put back, not deleted. Any other
-    // replaced copy is a leftover, maybe half removed, of a checkpoint
-    // whose name has moved on (or been deleted since): never put back.
-    std::string name, id;
-    if (names::ParseHiddenDir(c.dir_name, names::Hidden::kReplaced, &name, &id) &&
-        staged.count({name, id}) && !os::Exists(os::JoinPath(root, name)) &&
-        os::Exists(os::JoinPath(path, names::kManifest))) {
-      if (!dry_run) {
-        SW_RETURN_IF_ERROR(os::RenameNoReplace(path, os::JoinPath(root, name)));
-        SW_RETURN_IF_ERROR(os::FsyncDir(root));
-      }
-      continue;
-    }
     if (!dry_run) SW_RETURN_IF_ERROR(os::RemoveTree(path));
     report->removed_staging.push_back(c.dir_name);
   }

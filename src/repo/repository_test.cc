@@ -147,7 +147,7 @@ TEST_F(RepositoryTest, BlocksLargerThanTheReadersIoUnitRead) {
   SaveSpec spec;
   spec.step = 1;
   ASSERT_TRUE((*writer)->Save(spec, it.items).ok());
-  for (auto backend : {IoBackendKind::kThreads, IoBackendKind::kAuto})
+  for (auto backend : {IoBackendKind::kThreads, IoBackendKind::kUring})
     for (auto direct : {DirectIoMode::kOn, DirectIoMode::kOff}) {
       Options r;
       r.io_backend = backend;
@@ -155,6 +155,9 @@ TEST_F(RepositoryTest, BlocksLargerThanTheReadersIoUnitRead) {
       auto repo = Repository::Open(dir_.path(), r);
       ASSERT_TRUE(repo.ok());
       auto reader = (*repo)->OpenCheckpoint(Repository::StepName(1));
+      if (!reader.ok() && backend == IoBackendKind::kUring &&
+          reader.status().code() == StatusCode::kUnavailable)
+        continue;  // no io_uring here
       ASSERT_TRUE(reader.ok()) << reader.status().ToString();
       std::vector<std::byte> back(it.items[0].nbytes);
       Status st = (*reader)->ReadItem("w", back.data(), back.size());

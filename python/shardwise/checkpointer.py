@@ -110,6 +110,13 @@ def _problem_of(e: BaseException) -> tuple[str, str, Optional[str], Optional[int
     return ("other", f"{type(e).__name__}: {e}", None, None)
 
 
+def _is_damage(problem: Optional[tuple[str, str, Optional[str], Optional[int]]]) -> bool:
+    """A damaged or missing checkpoint (load falls back), as opposed to
+    an error of the machine or the caller."""
+    return problem is not None and (problem[0] == "corrupt" or
+                                    (problem[0] == "os" and problem[3] == errno.ENOENT))
+
+
 def _rebuilt(problem: tuple[str, str, Optional[str], Optional[int]],
              where: str) -> BaseException:
     """Another rank's error, rebuilt with its type, errno and path."""
@@ -645,9 +652,17 @@ class Checkpointer:
         raises its error. With retention on and torch.distributed
         initialized, this is collective (call it on every rank, as close()
         does): every rank then sees the same steps."""
-        self._wait_previous()
+        error: Optional[BaseException] = None
+        try:
+            self._wait_previous()
+        except (KeyboardInterrupt, SystemExit):
+            raise
+        except BaseException as e:  # every rank still reaches the barrier
+            error = e
         if self.keep_last or self.keep_every:
             self._barrier()
+        if error is not None:
+            raise error
 
     def steps(self) -> list[int]:
         """Steps of the committed checkpoints, oldest first."""
@@ -662,20 +677,20 @@ class Checkpointer:
         and with a local tier each rank's local copies and the replicas it
         holds. For a job resumed from an older step: the abandoned run's
         later steps would otherwise be what a restart loads, and what
-        retention keeps. Collective (call it on every rank). Returns the
-        steps deleted from the root."""
+        retention keeps. Collective (call it on every rank). Returns, on
+        every rank, the steps deleted from the root. A later step whose
+        checkpoint is damaged (not committed as far as a listing can tell)
+        is not deleted: ``shardwise ls`` shows it."""
         if not isinstance(step, int) or isinstance(step, bool) or step < 0:
             raise ValueError(f"step must be a non-negative int, got {step!r}")
-        self.wait()
+        self._settle("waiting for the previous save")
         self._claim()
-        removed: list[int] = []
-        problem = None
+        later = [s for s in self._steps_of_rank0() if s > step]
+        error: Optional[BaseException] = None
         try:
             if self._rank() == 0:
-                for s in self.steps():
-                    if s > step:
-                        self._core_repo().delete(tiers.step_name(s))
-                        removed.append(s)
+                for s in later:
+                    self._core_repo().delete(tiers.step_name(s))
             if self.local_root is not None:
                 for root in self._local_roots():
                     if os.path.isdir(root):
@@ -684,17 +699,24 @@ class Checkpointer:
                             if s > step:
                                 repo.delete(tiers.step_name(s))
         except Exception as e:
-            problem = _problem_of(e)
-        everyone = [problem]
-        if self.process_group is not None:
-            everyone = [None] * dist.get_world_size(self.process_group)
-            dist.all_gather_object(everyone, problem, group=self.process_group)
-        for r, p in enumerate(everyone):
-            if p is not None:
-                raise _rebuilt(p, f"(rank {r}, discarding the steps after {step})")
-        if removed:
-            log.info("discarded steps %s of %s", ", ".join(map(str, removed)), self.root)
-        return removed
+            error = e
+        self._raise_everywhere(error, f", discarding the steps after {step}")
+        if later:
+            log.info("discarded steps %s of %s", ", ".join(map(str, later)), self.root)
+        return later
+
+    def _settle(self, what: str) -> None:
+        """wait(), whose error (a failed save) every rank raises, before a
+        collective that follows: a rank that saw the error already through
+        its handle does not raise it again, and must not go on alone."""
+        error: Optional[BaseException] = None
+        try:
+            self.wait()
+        except (KeyboardInterrupt, SystemExit):
+            raise
+        except BaseException as e:
+            error = e
+        self._raise_everywhere(error, f", {what}")
 
     def load(self, state_dict: dict[str, Any], step: Optional[int] = None) -> Optional[int]:
         """Loads checkpoint ``step`` (default: the newest valid one) into
@@ -713,7 +735,7 @@ class Checkpointer:
         """
         if step is not None and (not isinstance(step, int) or isinstance(step, bool) or step < 0):
             raise ValueError(f"step must be a non-negative int, got {step!r}")
-        self.wait()
+        self._settle("waiting for the previous save before loading")
         if self.local_root is not None:
             return self._load_tiered(state_dict, step)
         candidates = [step] if step is not None else list(reversed(self._steps_of_rank0()))
@@ -752,13 +774,16 @@ class Checkpointer:
         if self.process_group is None:
             return self.steps()
         box: list[Any] = [None]
+        mine: Optional[BaseException] = None
         if self._rank() == 0:
             try:
                 box[0] = ("ok", self.steps())
             except Exception as e:
-                box[0] = ("error", _problem_of(e))
+                mine, box[0] = e, ("error", _problem_of(e))
         dist.broadcast_object_list(box, group=self.process_group, group_src=0)
         kind, value = box[0]
+        if mine is not None:
+            raise mine
         if kind == "error":
             raise _rebuilt(value, "(rank 0, listing the checkpoints)")
         return list(value)
@@ -767,24 +792,36 @@ class Checkpointer:
         """Opens ``reader`` (its manifest and index) on every rank, and
         raises on every rank if it failed on any: DCP would replace such an
         error by an AssertionError that drops it, and a rank alone would
-        then fall back. A rank raises its own error, the others the first
-        failing rank's (same type, errno and path)."""
+        then fall back. Every rank raises an error of the same kind, so
+        that load() takes the same branch everywhere."""
         mine: Optional[BaseException] = None
         try:
             reader._open()
         except Exception as e:
             mine = e
-        if self.process_group is None:
-            everyone = [None if mine is None else _problem_of(mine)]
-        else:
+        self._raise_everywhere(mine)
+
+    def _raise_everywhere(self, mine: Optional[BaseException], what: str = "") -> None:
+        """Gathers every rank's error (None: none) and raises on every rank
+        if any rank has one. What every rank raises is of one kind: damage
+        (CorruptCheckpointError, or a missing checkpoint: FileNotFoundError)
+        only when every error is damage; any other error otherwise. A rank
+        raises its own error when it is of that kind, else the first such
+        rank's, rebuilt with its type, errno and path."""
+        problem = None if mine is None else _problem_of(mine)
+        everyone = [problem]
+        if self.process_group is not None:
             everyone = [None] * dist.get_world_size(self.process_group)
-            dist.all_gather_object(everyone, None if mine is None else _problem_of(mine),
-                                   group=self.process_group)
-        if mine is not None:
+            dist.all_gather_object(everyone, problem, group=self.process_group)
+        failed = [(r, p) for r, p in enumerate(everyone) if p is not None]
+        if not failed:
+            return
+        serious = [(r, p) for r, p in failed if not _is_damage(p)]
+        chosen = serious or failed
+        if mine is not None and (not serious or not _is_damage(problem)):
             raise mine
-        for r, problem in enumerate(everyone):
-            if problem is not None:
-                raise _rebuilt(problem, f"(rank {r})")
+        r, p = chosen[0]
+        raise _rebuilt(p, f"(rank {r}{what})")
 
     def close(self) -> None:
         """Waits for the save in flight (collective, as ``wait()``). The
@@ -826,9 +863,10 @@ class Checkpointer:
                 if snap is not None:
                     snap.release()
 
-        if blocking or self.async_mode is None or snap is None:
-            # snap None: over the staging budget, the live state is written
-            # as it is, so the caller waits.
+        # snap None: over the staging budget, the live state is written as
+        # it is, so the caller waits. Decided together: a failure must come
+        # out of the same call on every rank.
+        if self._any_rank(blocking or self.async_mode is None or snap is None):
             try:
                 work()
             except BaseException as e:
@@ -886,6 +924,14 @@ class Checkpointer:
         dist.all_gather_object(out, value, group=group)
         return out
 
+    def _any_rank(self, flag: bool) -> bool:
+        """Whether ``flag`` holds on any rank (every rank calls it)."""
+        if self._replica_group is None:
+            return flag
+        t = torch.tensor([int(flag)], dtype=torch.int32)
+        dist.all_reduce(t, op=dist.ReduceOp.MAX, group=self._replica_group)
+        return bool(t.item())
+
     def _all_ranks(self, failed: bool) -> list[int]:
         """The ranks for which ``failed`` is True (every rank calls it)."""
         return [r for r, f in enumerate(self._gather(failed)) if f]
@@ -924,15 +970,25 @@ class Checkpointer:
         """The newest step every rank can read from some tier; each rank
         reads its own part from the fastest tier that holds it intact."""
         topo, rank = self._topology, self._rank()
-        mine = {
-            "own": sorted(tiers.committed_steps(tiers.rank_dir(self.local_root, rank),
-                                                self.engine_options)),
-            "held": {str(s): sorted(tiers.committed_steps(tiers.replica_dir(self.local_root, s),
-                                                          self.engine_options))
-                     for s in topo.sources(rank)},
-            "root": self.steps() if rank == 0 else [],
-        }
-        views = self._gather(mine)
+        error: Optional[BaseException] = None
+        try:
+            mine: Optional[dict[str, Any]] = {
+                "own": sorted(tiers.committed_steps(tiers.rank_dir(self.local_root, rank),
+                                                    self.engine_options)),
+                "held": {str(s): sorted(tiers.committed_steps(
+                    tiers.replica_dir(self.local_root, s), self.engine_options))
+                    for s in topo.sources(rank)},
+                "root": self.steps() if rank == 0 else [],
+            }
+        except Exception as e:  # every rank learns of it: none waits in the gather
+            mine, error = None, e
+        gathered = self._gather((mine, None if error is None else _problem_of(error)))
+        failed = [(r, p) for r, (_, p) in enumerate(gathered) if p is not None]
+        if error is not None:
+            raise error
+        if failed:
+            raise _rebuilt(failed[0][1], f"(rank {failed[0][0]}, listing its tiers)")
+        views = [v for v, _ in gathered]
         world = len(views)
         root_steps = set(views[0]["root"])
 

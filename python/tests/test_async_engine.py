@@ -242,7 +242,7 @@ def _skip_together(rank: int, world: int, root: str) -> None:
     big = {"w": torch.randn(2048, 4096)}  # 32 MiB a rank
     h1 = ck.save(1, big)
     if rank == 1:
-        h1.wait()  # alone, this rank would find nothing in flight and save
+        ck.wait()  # alone, this rank would find nothing in flight and save
     h2 = ck.save(2, big)
     decided = [None] * world
     dist.all_gather_object(decided, h2.skipped)

@@ -392,6 +392,22 @@ def _one_rank_cannot_open(rank: int, world: int, root: str) -> None:
     ck.close()
 
 
+def _discard_on_two_ranks(rank: int, world: int, root: str) -> None:
+    ck = shardwise.Checkpointer(root)
+    for step in (1, 2, 3):
+        ck.save(step, {"w": torch.full((64,), float(step))})
+    assert ck.discard_after(1) == [2, 3]  # the same answer on every rank
+    assert ck.steps() == [1]
+    ck.save(2, {"w": torch.full((64,), 20.0)}).wait()
+    state = {"w": torch.zeros(64)}
+    assert ck.load(state) == 2 and torch.equal(state["w"], torch.full((64,), 20.0))
+    ck.close()
+
+
+def test_discard_after_on_every_rank(tmp_path):
+    run_ranks(2, _discard_on_two_ranks, str(tmp_path / "root"), timeout=120)
+
+
 def test_one_ranks_failure_to_open_or_list_is_every_ranks(tmp_path):
     run_ranks(2, _one_rank_cannot_open, str(tmp_path / "root"), timeout=120)
 

@@ -238,6 +238,10 @@ Result<CommitResult> PublishCommit(const std::string& root, const SaveSpec& spec
     if (x.ok()) {
       os::CrashPoint("exchanged");
       SW_RETURN_IF_ERROR(os::FsyncDir(root));
+      // NAME already holds the new checkpoint. Should this rename fail, the
+      // save is reported failed all the same (commit.failed in the staging
+      // directory stops the waiting ranks, which need it gone otherwise),
+      // `latest` stays, and gc removes the old copy left in staging.
       SW_RETURN_IF_ERROR(os::Rename(staging, old));
     } else if (x.code() == StatusCode::kUnavailable) {
       // No RENAME_EXCHANGE (e.g. Lustre): NAME is briefly absent, never mixed.

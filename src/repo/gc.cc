@@ -45,7 +45,9 @@ Status RemoveAbandonedStaging(const std::string& root, const std::vector<Checkpo
   // staging directory is still there, nobody works on it, and NAME is
   // free. Any other replaced copy is a leftover, maybe half removed, of a
   // checkpoint whose name has moved on (or been deleted since).
-  std::set<std::string> put_back;
+  // Replaced copies kept for now: put back, or whose attempt is live (its
+  // replace may be between its two renames: a later gc decides).
+  std::set<std::string> kept;
   for (const auto& c : all) {
     std::string name, id;
     if (c.state != CheckpointInfo::State::kLeftover ||
@@ -53,19 +55,23 @@ Status RemoveAbandonedStaging(const std::string& root, const std::vector<Checkpo
       continue;
     const auto attempt = staged.find({name, id});
     const std::string path = os::JoinPath(root, c.dir_name);
-    if (attempt == staged.end() || repo::StagingActive(attempt->second, grace, nullptr) ||
-        os::Exists(os::JoinPath(root, name)) || !os::Exists(os::JoinPath(path, names::kManifest)))
+    if (attempt == staged.end()) continue;
+    if (repo::StagingActive(attempt->second, grace, nullptr)) {
+      kept.insert(c.dir_name);
+      continue;
+    }
+    if (os::Exists(os::JoinPath(root, name)) || !os::Exists(os::JoinPath(path, names::kManifest)))
       continue;
     if (!dry_run) {
       SW_RETURN_IF_ERROR(os::RenameNoReplace(path, os::JoinPath(root, name)));
       SW_RETURN_IF_ERROR(os::FsyncDir(root));
     }
-    put_back.insert(c.dir_name);
+    kept.insert(c.dir_name);
   }
   for (const auto& c : all) {
     if ((c.state != CheckpointInfo::State::kStaging &&
          c.state != CheckpointInfo::State::kLeftover) ||
-        put_back.count(c.dir_name))
+        kept.count(c.dir_name))
       continue;
     std::string path = os::JoinPath(root, c.dir_name);
     if (c.state == CheckpointInfo::State::kStaging &&

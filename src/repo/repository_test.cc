@@ -610,7 +610,13 @@ TEST_F(RepositoryTest, GcPutsBackOnlyAReplacedCopyWhoseSuccessorNeverArrived) {
   ASSERT_TRUE(os::Mkdir(dir_ / ".step-000000000001.staging-cut").ok());
   // A leftover of a finished replace of step 2, which was deleted since.
   ASSERT_TRUE(os::Rename(two, dir_ / ".step-000000000002.replaced-done").ok());
+  // Within the grace, the attempt may be live, between its renames: both
+  // its directories stay for a later gc.
   GcOptions gc;
+  ASSERT_TRUE(repo_->Gc(gc).ok());
+  EXPECT_TRUE(os::Exists(dir_ / ".step-000000000001.replaced-cut"));
+  EXPECT_TRUE(os::Exists(dir_ / ".step-000000000001.staging-cut"));
+  EXPECT_FALSE(os::Exists(one));
   gc.staging_grace_s = 0;
   auto report = repo_->Gc(gc);
   ASSERT_TRUE(report.ok()) << report.status().ToString();

@@ -34,11 +34,9 @@ def _import_dcp(argv: list[str]) -> int:
     warnings.filterwarnings("ignore", message=r"torch\.distributed is disabled")
     try:
         summary = import_dcp(args.src, args.dst, step=args.step, replace=args.replace)
-    except Exception as e:
-        return _import_failed(args, e)
+    except (KeyboardInterrupt, SystemExit):
+        raise
     except BaseException as e:  # DCP's CheckpointException is a BaseException
-        if isinstance(e, (KeyboardInterrupt, SystemExit)):
-            raise
         return _import_failed(args, e)
     if args.json:
         print(json.dumps(summary))

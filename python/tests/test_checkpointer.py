@@ -432,3 +432,17 @@ def test_discard_after_removes_the_abandoned_runs_later_steps(tmp_path):
     with pytest.raises(ValueError, match="non-negative int"):
         ck.discard_after(-1)
     ck.close()
+
+
+def test_numpy_scalars_load_back_as_python_numbers(tmp_path):
+    """docs/python.md: numpy scalars are stored without pickle and come back
+    as Python int, float and bool."""
+    import numpy as np
+
+    ck = shardwise.Checkpointer(tmp_path)
+    ck.save(1, {"a": np.float32(1.5), "b": np.int64(3), "c": np.bool_(True),
+                "w": torch.ones(2)}, blocking=True)
+    back = {"a": 0.0, "b": 0, "c": False, "w": torch.zeros(2)}
+    assert ck.load(back) == 1
+    assert (back["a"], back["b"], back["c"]) == (1.5, 3, True)
+    assert [type(back[k]) for k in "abc"] == [float, int, bool]

@@ -10,6 +10,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <mutex>
+#include <new>
 #include <thread>
 
 #include "os/power_loss.h"
@@ -26,6 +27,10 @@ struct State {
   std::uint64_t crash_nth = 1;
   std::atomic<std::uint64_t> crash_hits{0};
   bool crash_loaded = false;
+  std::string throw_name;  // guarded by mu
+  std::uint64_t throw_nth = 1;
+  std::uint64_t throw_hits = 0;
+  std::atomic<bool> throw_set{false};
 };
 
 State& S() {
@@ -184,6 +189,25 @@ void PausePoint(std::string_view name) {
     const long ms = std::strtol(std::string(rule.substr(colon + 1)).c_str(), nullptr, 10);
     if (ms > 0) std::this_thread::sleep_for(std::chrono::milliseconds(ms));
   }
+}
+
+void SetThrowPoint(std::string name, std::uint64_t nth) {
+  State& s = S();
+  std::lock_guard lock(s.mu);
+  s.throw_set = !name.empty();
+  s.throw_name = std::move(name);
+  s.throw_nth = nth;
+  s.throw_hits = 0;
+}
+
+void ThrowPoint(std::string_view name) {
+  State& s = S();
+  if (!s.throw_set) return;
+  {
+    std::lock_guard lock(s.mu);
+    if (s.throw_name != name || ++s.throw_hits != s.throw_nth) return;
+  }
+  throw std::bad_alloc();
 }
 
 }  // namespace shardwise::os

@@ -79,5 +79,10 @@ void SetCrashPoint(std::string name, std::uint64_t nth = 1);
 // Sleeps when SHARDWISE_PAUSE_AT names this point (read at every call, so a
 // test may set it in a running process).
 void PausePoint(std::string_view name);
+// Throws std::bad_alloc at the Nth pass of NAME after SetThrowPoint (tests
+// only; no environment variable): it stands in for an allocation failing
+// where a real one would be too hard to provoke.
+void ThrowPoint(std::string_view name);
+void SetThrowPoint(std::string name, std::uint64_t nth = 1);  // "" clears it
 
 }  // namespace shardwise::os

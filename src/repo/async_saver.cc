@@ -14,6 +14,7 @@
 #include <cstring>
 #include <exception>
 #include <mutex>
+#include <system_error>
 #include <thread>
 #include <vector>
 
@@ -295,17 +296,11 @@ struct AsyncSaver::Impl {
         job.cv.wait(lock, [&] { return w < 2 || job.written >= w - 1 || job.failed; });
         if (job.failed) break;
       }
+      os::ThrowPoint("stage_wave");
       Status staged = job.lease->Stage(WaveCopies(job, items, job.waves[w]), threads);
       if (!staged.ok()) {
         // A bug (the plan and the pool disagree): stop the background, report it.
-        {
-          std::lock_guard lock(job.mu);
-          job.abandon = true;
-          job.cv.notify_all();
-        }
-        JoinWorker();
-        std::lock_guard lock(state.mu);
-        state.observed = true;
+        Abandon(job, state);
         return staged;
       }
       if (w + 1 == job.waves.size()) {
@@ -329,6 +324,32 @@ struct AsyncSaver::Impl {
     std::lock_guard lock(state.mu);
     state.observed = true;
     return state.status;
+  }
+
+  // Stops the background of a save the foreground gave up on, and waits for
+  // it: the background would otherwise wait for waves that never come.
+  void Abandon(Job& job, AsyncSave::State& state) {
+    {
+      std::lock_guard lock(job.mu);
+      job.abandon = true;
+      job.cv.notify_all();
+    }
+    JoinWorker();
+    std::lock_guard lock(state.mu);
+    state.observed = true;  // the caller gets the foreground's error instead
+  }
+
+  // StageWaves, with an exception (an allocation failing) turned into the
+  // save's error once the background has stopped.
+  Status StageOrAbandon(Job& job, std::span<const WriteItem> items, AsyncSave::State& state,
+                        double t0) {
+    try {
+      return StageWaves(job, items, state, t0);
+    } catch (const std::exception& e) {
+      Abandon(job, state);
+      return Status(StatusCode::kInternal,
+                    "async save " + state.name + ": staging failed: " + e.what());
+    }
   }
 
   void RunWorker(std::shared_ptr<Job> job, std::shared_ptr<AsyncSave::State> state) {
@@ -388,9 +409,14 @@ Result<std::shared_ptr<AsyncSave>> AsyncSaver::SaveAsync(const SaveSpec& in,
   auto state = std::make_shared<AsyncSave::State>();
   SW_ASSIGN_OR_RETURN(std::shared_ptr<Job> job, m.PlanJob(in, items, *state));
   // 3. Start the background, then stage wave after wave.
+  try {
+    m.worker = std::thread([&m, job, state] { m.RunWorker(job, state); });
+  } catch (const std::system_error& e) {
+    return Status(StatusCode::kUnavailable, "async save " + state->name +
+                                                ": cannot start its background thread: " + e.what());
+  }
   m.current = state;
-  m.worker = std::thread([&m, job, state] { m.RunWorker(job, state); });
-  SW_RETURN_IF_ERROR(m.StageWaves(*job, items, *state, t0));
+  SW_RETURN_IF_ERROR(m.StageOrAbandon(*job, items, *state, t0));
   return std::make_shared<AsyncSave>(state);
 }
 

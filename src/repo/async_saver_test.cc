@@ -184,6 +184,46 @@ TEST_F(AsyncTest, UnobservedErrorSurfacesOnTheNextSave) {
   EXPECT_TRUE((*retry)->Wait().ok());
 }
 
+// An exception in the staging copy (an allocation failing) becomes the
+// save's error; the background stops instead of waiting for waves that never
+// come, so neither this call nor the saver's destructor hangs, and the saver
+// saves again afterwards. Both a single wave and waves in a small pool.
+TEST_F(AsyncTest, AnExceptionWhileStagingStopsTheBackground) {
+  int round = 0;
+  for (std::uint64_t staging : {std::uint64_t{0}, std::uint64_t{2} << 20}) {
+    for (std::uint64_t nth : {1, 2}) {
+      if (staging == 0 && nth == 2) continue;  // one wave only
+      AsyncOptions opts;
+      opts.staging_bytes = staging;
+      // A pool of its own: the process's would lend an earlier, larger slab.
+      auto saver = AsyncSaver::Create(*repo_, opts, std::make_unique<StagingPool>());
+      ASSERT_TRUE(saver.ok());
+      OwnedItems state = State(7, 6000);  // ~6 MiB: waves in 2 MiB
+      SaveSpec spec;
+      spec.name = "throws";
+      const std::string after = "after-" + std::to_string(++round);
+      os::SetThrowPoint("stage_wave", nth);
+      auto h = (*saver)->SaveAsync(spec, state.items);
+      os::SetThrowPoint("");
+      ASSERT_FALSE(h.ok());
+      EXPECT_EQ(h.status().code(), StatusCode::kInternal);
+      EXPECT_NE(h.status().message().find("staging failed"), std::string::npos)
+          << h.status().ToString();
+      // The background has stopped: its own outcome is the abandonment.
+      EXPECT_EQ((*saver)->WaitIdle().code(), StatusCode::kAborted);
+      spec.name = after;
+      auto again = (*saver)->SaveAsync(spec, state.items);
+      ASSERT_TRUE(again.ok()) << again.status().ToString();
+      ASSERT_TRUE((*again)->Wait().ok());
+      if (staging) {
+        EXPECT_GT((*again)->waves(), 2);
+      }
+      EXPECT_TRUE(Holds(*repo_, after, state));
+      for (const std::string& name : Committed()) EXPECT_NE(name, "throws");
+    }
+  }
+}
+
 // A save whose commit waits for a second rank stays in flight until that
 // rank reports: a deterministic "still persisting".
 TEST_F(AsyncTest, OverlapPolicies) {

@@ -697,8 +697,40 @@ class Reader(StorageReader):
                 metrics.record_verify_failure(os.path.dirname(os.path.abspath(self.path)))
             raise
 
+    def _check_filled(self, plan: LoadPlan, planner: LoadPlanner) -> None:
+        """Raises CorruptCheckpointError, before anything is read, when the
+        plan fills a tensor only in part. DCP plans a read for each saved
+        chunk that overlaps a tensor and checks nothing more: chunks that
+        leave part of it out would leave that part as it was. The reader has
+        refused chunks that overlap (format.md, "Validation"), so the elements
+        planned add up to the tensor's exactly when they cover it."""
+        lookup = getattr(planner, "lookup_tensor", None)  # DefaultLoadPlanner's
+        if lookup is None:
+            return
+        planned: dict[Any, list[Any]] = {}  # destination -> [its index, elements]
+        for req in plan.items:
+            if req.type == LoadItemType.BYTE_IO:
+                continue
+            d = req.dest_index
+            key = (d.fqn, None if d.offset is None else tuple(d.offset), d.index)
+            entry = planned.setdefault(key, [d, 0])
+            n = 1
+            for length in req.lengths:
+                n *= int(length)
+            entry[1] += n
+        for (fqn, _, _), (index, n) in planned.items():
+            try:
+                numel = lookup(index).numel()
+            except (KeyError, AttributeError, TypeError, ValueError):
+                continue  # a planner whose state this cannot look up
+            if n != numel:
+                raise _corrupt(f"{self.path}: item {fqn!r}: its saved chunks hold {n} of the "
+                               f"{numel} elements of the tensor it is loaded into (a part "
+                               f"of that tensor is in no chunk)", self.path)
+
     def _read_data(self, plan: LoadPlan, planner: LoadPlanner) -> Future[None]:
         core = self._open()
+        self._check_filled(plan, planner)
         requests: list[Any] = []  # _core.ReadRequest
         pending: list[tuple[Any, torch.Tensor, torch.Tensor, bool]] = []
         values: list[tuple[Any, torch.Tensor]] = []  # (request, its bytes)

@@ -150,6 +150,36 @@ def test_format_1_checkpoints_still_load_inspect_and_verify(tmp_path):
         assert rc == 0, p
 
 
+def _reseal(path: str, m: dict) -> None:
+    """Writes manifest `m` into checkpoint `path`, sealed as a writer seals
+    it (format.md, "The self-checksum"): damage no checksum can see."""
+    m = {k: v for k, v in m.items() if k != "self_crc32c"}
+    body = json.dumps(m, separators=(",", ":"))
+    with open(os.path.join(path, "manifest.json"), "w") as f:
+        f.write(body[:-1] + ',"self_crc32c":"%08x"}\n' % _crc32c(body.encode()))
+
+
+def test_a_tensor_the_chunks_fill_in_part_is_refused_before_reading(tmp_path):
+    # A manifest whose tensor is larger than its one chunk: DCP plans a read
+    # of the chunk and would leave the rest of the tensor as it was.
+    path = str(tmp_path / "step-000000000005")
+    dcp.save({"w": torch.arange(16, dtype=torch.float32), "b": torch.ones(4)},
+             storage_writer=Writer(path, step=5, format_version=1), no_dist=True)
+    m = read_manifest(path)
+    next(it for it in m["items"] if it["name"] == "w")["shape"] = [32]
+    _reseal(path, m)
+    state = {"w": torch.full((32,), -1.0), "b": torch.zeros(4)}
+    with pytest.raises(CheckpointException) as refused:  # DCP wraps what read_data raised
+        dcp.load(state, storage_reader=Reader(path), no_dist=True)
+    assert "CorruptCheckpointError" in str(refused.value)
+    assert "item 'w': its saved chunks hold 16 of the 32 elements" in str(refused.value)
+    assert (state["w"] == -1).all() and (state["b"] == 0).all()  # nothing was read
+    # What the chunks do hold still loads.
+    state = {"b": torch.zeros(4)}
+    dcp.load(state, storage_reader=Reader(path), no_dist=True)
+    assert torch.equal(state["b"], torch.ones(4))
+
+
 def test_import_dcp_writes_format_2(tmp_path):
     src = str(tmp_path / "stock")
     dcp.save(_state(50), storage_writer=dcp.FileSystemWriter(src), no_dist=True)

@@ -1,5 +1,9 @@
 #include "format/chunk_geometry.h"
 
+#include <algorithm>
+#include <numeric>
+#include <optional>
+
 namespace shardwise::format {
 
 ChunkFit FitChunk(std::span<const std::int64_t> shape, std::span<const std::int64_t> offsets,
@@ -23,6 +27,146 @@ ChunkFit FitChunk(std::span<const std::int64_t> shape, std::span<const std::int6
   if (__builtin_mul_overflow(volume, static_cast<std::uint64_t>(element_size), &bytes))
     return {P::kBytesOverflow};
   return {P::kNone, 0, bytes};
+}
+
+namespace {
+
+// The chunks' parts inside the box, as [lo, hi) per dimension; empty parts
+// are left out.
+struct Parts {
+  std::size_t dims = 0;
+  std::vector<std::size_t> chunk;  // which chunk each part comes from
+  std::vector<std::int64_t> lo, hi;  // dims per part
+  // Summed over the parts (each lies in the box, whose volume fits 64 bits;
+  // the sum overflows only where parts overlap, which is found first).
+  std::uint64_t volume = 0;
+
+  const std::int64_t* Lo(std::size_t p) const { return lo.data() + p * dims; }
+  const std::int64_t* Hi(std::size_t p) const { return hi.data() + p * dims; }
+  bool Overlap(std::size_t a, std::size_t b) const {
+    for (std::size_t d = 0; d < dims; ++d)
+      if (Lo(a)[d] >= Hi(b)[d] || Lo(b)[d] >= Hi(a)[d]) return false;
+    return true;
+  }
+};
+
+using ChunkAt = std::function<Box(std::size_t)>;
+
+Parts Clip(std::size_t n, const ChunkAt& chunk, Box box) {
+  Parts p;
+  p.dims = box.offsets.size();
+  for (std::size_t c = 0; c < n; ++c) {
+    const Box ch = chunk(c);
+    const std::size_t at = p.lo.size();
+    std::uint64_t v = 1;
+    for (std::size_t d = 0; d < p.dims && v > 0; ++d) {
+      // Chunks fit their tensor: no sum below overflows.
+      const std::int64_t lo = std::max(ch.offsets[d], box.offsets[d]);
+      const std::int64_t hi = std::min(ch.offsets[d] + ch.sizes[d], box.offsets[d] + box.sizes[d]);
+      v = lo < hi ? v * static_cast<std::uint64_t>(hi - lo) : 0;
+      p.lo.push_back(lo);
+      p.hi.push_back(hi);
+    }
+    if (v == 0) {
+      p.lo.resize(at);
+      p.hi.resize(at);
+      continue;
+    }
+    p.chunk.push_back(c);
+    p.volume += v;
+  }
+  return p;
+}
+
+// The dimension to sweep: the first in which the parts start apart (row
+// shards: 0; column shards: 1).
+std::size_t SweepDim(const Parts& parts) {
+  const std::size_t n = parts.chunk.size();
+  for (std::size_t d = 0; d + 1 < parts.dims; ++d)
+    for (std::size_t p = 1; p < n; ++p)
+      if (parts.Lo(p)[d] != parts.Lo(0)[d]) return d;
+  return parts.dims ? parts.dims - 1 : 0;
+}
+
+// The common case, without allocating: every chunk spans the box in every
+// dimension but one, the same for all (row or column shards), and the chunks
+// come in order along it. Then the tiling is a question about intervals.
+// Empty when the chunks are not like that (the general sweep decides).
+std::optional<Tiling> Slabs(std::size_t n, const ChunkAt& chunk, Box box) {
+  using P = Tiling::Problem;
+  const std::size_t D = box.offsets.size();
+  // Chunk c's part in dimension d, [lo, hi); empty when lo >= hi.
+  auto part = [&](const Box& ch, std::size_t d) {
+    return std::pair{std::max(ch.offsets[d], box.offsets[d]),
+                     std::min(ch.offsets[d] + ch.sizes[d], box.offsets[d] + box.sizes[d])};
+  };
+  auto empty = [&](const Box& ch) {
+    for (std::size_t d = 0; d < D; ++d)
+      if (auto [lo, hi] = part(ch, d); lo >= hi) return true;
+    return false;
+  };
+  // The one dimension in which chunks may not span the box (D: none does).
+  std::size_t dim = D;
+  for (std::size_t c = 0; c < n; ++c) {
+    const Box ch = chunk(c);
+    if (empty(ch)) continue;
+    for (std::size_t d = 0; d < D; ++d) {
+      if (part(ch, d) == std::pair{box.offsets[d], box.offsets[d] + box.sizes[d]}) continue;
+      if (dim != D && dim != d) return std::nullopt;
+      dim = d;
+    }
+  }
+  std::uint64_t volume = 1;
+  for (std::int64_t s : box.sizes) volume *= static_cast<std::uint64_t>(s);
+  // Along `dim`, each part an interval; the parts must come in order.
+  std::int64_t prev_lo = 0, reach = 0;
+  std::size_t prev = n;  // none yet
+  std::uint64_t covered = 0;
+  for (std::size_t c = 0; c < n; ++c) {
+    const Box ch = chunk(c);
+    if (empty(ch)) continue;
+    const auto [a, b] = dim == D ? std::pair<std::int64_t, std::int64_t>{0, 1} : part(ch, dim);
+    if (prev != n) {
+      if (a < prev_lo) return std::nullopt;                // out of order
+      if (a < reach) return Tiling{P::kOverlap, prev, c};  // both span the rest
+    }
+    prev = c, prev_lo = a, reach = b;
+    covered += static_cast<std::uint64_t>(b - a);
+  }
+  if (volume == 0) return Tiling{};
+  const std::uint64_t want = dim == D ? 1 : static_cast<std::uint64_t>(box.sizes[dim]);
+  return covered == want ? Tiling{} : Tiling{P::kGap};
+}
+
+}  // namespace
+
+Tiling CheckTiling(std::size_t n, const std::function<Box(std::size_t)>& chunk, Box box) {
+  using P = Tiling::Problem;
+  if (auto fast = Slabs(n, chunk, box)) return *fast;
+  const Parts parts = Clip(n, chunk, box);
+  n = parts.chunk.size();
+  const std::size_t D = parts.dims;
+  const std::size_t sd = SweepDim(parts);
+  std::vector<std::size_t> order(n);
+  std::iota(order.begin(), order.end(), std::size_t{0});
+  auto start = [&](std::size_t p) { return D ? parts.Lo(p)[sd] : 0; };
+  auto by_start = [&](std::size_t a, std::size_t b) { return start(a) < start(b); };
+  if (!std::is_sorted(order.begin(), order.end(), by_start))
+    std::stable_sort(order.begin(), order.end(), by_start);
+  std::vector<std::size_t> active;  // parts whose reach in sd passes the sweep
+  for (std::size_t p : order) {
+    if (D)
+      std::erase_if(active, [&](std::size_t a) { return parts.Hi(a)[sd] <= start(p); });
+    for (std::size_t a : active)
+      if (parts.Overlap(a, p))
+        return {P::kOverlap, std::min(parts.chunk[a], parts.chunk[p]),
+                std::max(parts.chunk[a], parts.chunk[p])};
+    active.push_back(p);
+  }
+  std::uint64_t want = 1;
+  for (std::int64_t s : box.sizes) want *= static_cast<std::uint64_t>(s);
+  if (parts.volume != want) return {P::kGap};
+  return {};
 }
 
 }  // namespace shardwise::format

@@ -7,7 +7,9 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <functional>
 #include <span>
+#include <vector>
 
 namespace shardwise::format {
 
@@ -31,5 +33,31 @@ struct ChunkFit {
 // that the element count and the byte size fit 64 bits.
 ChunkFit FitChunk(std::span<const std::int64_t> shape, std::span<const std::int64_t> offsets,
                   std::span<const std::int64_t> sizes, std::uint32_t element_size);
+
+// A box of a tensor: where it starts and how far it reaches per dimension.
+struct Box {
+  std::span<const std::int64_t> offsets;
+  std::span<const std::int64_t> sizes;
+};
+
+struct Tiling {
+  enum class Problem : std::uint8_t {
+    kNone,
+    kOverlap,  // chunks `first` and `second` share elements inside the box
+    kGap,      // some element of the box lies in no chunk
+  };
+  Problem problem = Problem::kNone;
+  std::size_t first = 0;
+  std::size_t second = 0;
+};
+
+// Whether `chunks` tile `box` exactly: their parts inside it do not overlap
+// and leave no element out. Chunks must already fit their tensor (FitChunk)
+// and have the box's rank. A sweep along the first dimension in which the
+// chunks start at different places: row, column and grid shardings cost
+// O(n log n); chunks built to overlap in that dimension's projection cost up
+// to O(n^2) comparisons, never more.
+// Chunk c of n is chunk(c): read where the chunks are held, no copy made.
+Tiling CheckTiling(std::size_t n, const std::function<Box(std::size_t)>& chunk, Box box);
 
 }  // namespace shardwise::format

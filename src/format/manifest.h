@@ -6,6 +6,7 @@
 #include <string>
 #include <string_view>
 
+#include "format/chunk_geometry.h"
 #include "format/chunk_source.h"
 #include "shardwise/status.h"
 #include "shardwise/types.h"
@@ -53,6 +54,13 @@ Status ValidateFiles(const std::vector<FileRecord>& files, std::int32_t world_si
                      const std::string& path);
 // No two chunks of item i start at the same offsets.
 bool DistinctStarts(const ChunkSource& s, std::size_t i);
+// How the chunks of item i tile its whole shape (format/chunk_geometry.h).
+// ValidateSource and the merge of every rank's part refuse overlapping
+// chunks. Coverage is checked where a read fills a tensor: a checkpoint may
+// hold part of an item (a rank's local-tier checkpoint holds its shard).
+Tiling ItemTiling(const ChunkSource& s, std::size_t i);
+// ItemTiling's problem as an error naming the item, or Ok.
+Status TilingError(const ChunkSource& s, std::size_t i, const Tiling& t, const std::string& path);
 
 // Validate's rules for one item's own fields (kind, dims, volume), and for
 // one chunk of it against its file (geometry, length, alignment, extent,

@@ -117,6 +117,8 @@ const Case kCases[] = {
      [](Json& j) { j["items"][0]["chunks"][1]["offset"] = 8192; }, "lies outside file"},
     {"overlap",
      [](Json& j) { j["items"][1]["chunks"][0]["offset"] = 4096; }, "overlap"},
+    {"chunks overlap in the tensor",
+     [](Json& j) { j["items"][0]["chunks"][1]["offsets"][0] = 1; }, "chunks 0 and 1 overlap"},
     {"offset overflow",
      [](Json& j) { j["items"][0]["chunks"][0]["offset"] = 1125899906842624ull - 4096; },
      "lies outside file"},

@@ -211,6 +211,28 @@ bool DistinctStarts(const ChunkSource& s, std::size_t i) {
   return true;
 }
 
+Tiling ItemTiling(const ChunkSource& s, std::size_t i) {
+  const ItemView it = s.Item(i);
+  const std::vector<std::int64_t> origin(it.shape.size(), 0);
+  return CheckTiling(
+      s.ChunkCount(i),
+      [&](std::size_t k) {
+        const ChunkView ch = s.Chunk(i, k);
+        return Box{ch.offsets, ch.sizes};
+      },
+      {origin, it.shape});
+}
+
+Status TilingError(const ChunkSource& s, std::size_t i, const Tiling& t, const std::string& path) {
+  const std::string name(s.Item(i).name);
+  if (t.problem == Tiling::Problem::kOverlap)
+    return Bad(path, "item '" + name + "': chunks " + std::to_string(t.first) + " and " +
+                         std::to_string(t.second) + " overlap");
+  if (t.problem == Tiling::Problem::kGap)
+    return Bad(path, "item '" + name + "': its chunks do not cover its shape");
+  return Status::Ok();
+}
+
 Status ValidateSource(const ChunkSource& s, std::int32_t world_size,
                       std::uint64_t checksum_block, const std::string& path) {
   SW_RETURN_IF_ERROR(ValidateFiles(s.Files(), world_size, path));
@@ -226,6 +248,9 @@ Status ValidateSource(const ChunkSource& s, std::int32_t world_size,
     for (std::size_t c = 0; c < s.ChunkCount(i); ++c)
       SW_RETURN_IF_ERROR(ValidateChunk(s, i, c, checksum_block, path, per_file));
     if (!DistinctStarts(s, i)) return Bad(path, iname() + ": two chunks start at the same offsets");
+    if (s.ChunkCount(i) < 2) continue;  // the common case of a rank's part
+    if (Tiling t = ItemTiling(s, i); t.problem == Tiling::Problem::kOverlap)
+      return TilingError(s, i, t, path);
   }
   return CheckOverlaps(s, per_file, path);
 }

@@ -174,17 +174,26 @@ Result<MergedRanks> MergeRanks(std::span<const RankPart> parts, const Manifest& 
       }
     }
   });
-  std::atomic<std::size_t> dup{SIZE_MAX};
+  // Every rank's chunks together: per item, distinct starts, and no two
+  // chunks that share an element. (Whether they cover the shape is not a
+  // rule of the commit: a rank's local-tier checkpoint holds its own shard.)
+  // The first bad item in order is reported.
+  std::vector<Tiling> tilings(m.items_.size());
+  std::atomic<std::size_t> bad{SIZE_MAX};
   ParallelFor(0, m.items_.size(), threads, [&](std::size_t g) {
-    if (DistinctStarts(m, g)) return;
-    for (std::size_t want = dup.load(); g < want && !dup.compare_exchange_weak(want, g);) {
+    if (DistinctStarts(m, g)) {
+      tilings[g] = ItemTiling(m, g);
+      if (tilings[g].problem != Tiling::Problem::kOverlap) return;
+    }
+    for (std::size_t want = bad.load(); g < want && !bad.compare_exchange_weak(want, g);) {
     }
   });
-  if (dup != SIZE_MAX)
-    return Corrupt(path + ": item '" + m.items_[dup].fields.name +
-                       "': two chunks start at the same offsets",
-                   path);
-  return m;
+  if (bad == SIZE_MAX) return m;
+  if (tilings[bad].problem == Tiling::Problem::kOverlap)
+    return TilingError(m, bad, tilings[bad], path);
+  return Corrupt(path + ": item '" + m.items_[bad].fields.name +
+                     "': two chunks start at the same offsets",
+                 path);
 }
 
 }  // namespace shardwise::format

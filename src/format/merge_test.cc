@@ -18,20 +18,23 @@ namespace {
 
 constexpr int kWorld = 4;
 
-ItemRecord RowSlice(const std::string& name, int rank, std::uint64_t at, int rows = 8) {
+// Rows [rows * slot, rows * (slot + 1)) of a tensor of `slots` such slices.
+ItemRecord RowSlice(const std::string& name, int slot, std::uint64_t at, int rows = 8,
+                    int slots = kWorld) {
   ItemRecord it;
   it.name = name;
   it.dtype = DType::kFloat32;
-  it.shape = {rows * kWorld, 16};
+  it.shape = {rows * slots, 16};
   const std::uint64_t len = static_cast<std::uint64_t>(rows) * 16 * 4;
-  it.chunks.push_back({{rows * rank, 0}, {rows, 16}, 0, at, len,
-                       {0x1000u + static_cast<std::uint32_t>(rank)}});
+  it.chunks.push_back({{rows * slot, 0}, {rows, 16}, 0, at, len,
+                       {0x1000u + static_cast<std::uint32_t>(slot)}});
   return it;
 }
 
 // Rank r's fragment: "a" and "b" on every rank, in an order that differs on
 // rank 1; "only13" on ranks 1 and 3; rank 2 writes two chunks of "b" (two
-// row slices of its share); rank 0 saves nothing when `empty_first`.
+// row slices of its share); rank 0 saves nothing when `empty_first` (the
+// others then hold every row). The chunks of each item tile its shape.
 Manifest Fragment(int r, bool empty_first = false) {
   Manifest f;
   f.name = "step-000000000003";
@@ -41,19 +44,20 @@ Manifest Fragment(int r, bool empty_first = false) {
   f.checksum_block = 1 << 20;
   if (empty_first && r == 0) return f;
   f.files.push_back({"rank-0000" + std::to_string(r) + ".shard", r, 4096 * 8, "uring", true});
-  ItemRecord a = RowSlice("a", r, 4096), b = RowSlice("b", r, 8192);
+  const int slot = empty_first ? r - 1 : r, slots = empty_first ? kWorld - 1 : kWorld;
+  ItemRecord a = RowSlice("a", slot, 4096, 8, slots), b = RowSlice("b", slot, 8192, 8, slots);
   if (r == 2) {
-    b = RowSlice("b", r, 8192, 4);
-    b.shape = {8 * kWorld, 16};
-    b.chunks[0].offsets = {8 * r, 0};
+    b = RowSlice("b", slot, 8192, 4, slots);
+    b.shape = {8 * slots, 16};
+    b.chunks[0].offsets = {8 * slot, 0};
     ChunkRecord second = b.chunks[0];
-    second.offsets = {8 * r + 4, 0};
+    second.offsets = {8 * slot + 4, 0};
     second.offset = 12288;
     b.chunks.push_back(second);
   }
   if (r == 1) f.items = {b, a};
   else f.items = {a, b};
-  if (r == 1 || r == 3) f.items.push_back(RowSlice("only13", r, 16384));
+  if (r == 1 || r == 3) f.items.push_back(RowSlice("only13", r / 2, 16384, 8, 2));
   return f;
 }
 
@@ -167,6 +171,9 @@ TEST(MergeRanks, RejectsWhatNoSingleRankShows) {
   // Two ranks write the same rows of "a".
   ExpectCorrupt([](auto& f) { f[3].items[0].chunks[0].offsets = {8, 0}; },
                 "item 'a': two chunks start at the same offsets");
+  // Rank 3's rows of "a" reach into rank 2's, and leave its own last ones out.
+  ExpectCorrupt([](auto& f) { f[3].items[0].chunks[0].offsets = {20, 0}; },
+                "item 'a': chunks 2 and 3 overlap");
   // Two ranks name the same shard file.
   ExpectCorrupt([](auto& f) { f[3].files[0].name = "rank-00001.shard"; },
                 "file 'rank-00001.shard' is listed twice");

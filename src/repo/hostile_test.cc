@@ -10,6 +10,8 @@
 
 #include <gtest/gtest.h>
 
+#include "format/index.h"
+#include "format/manifest.h"
 #include "os/posix.h"
 #include "shardwise/shardwise.h"
 #include "testing/test_util.h"
@@ -183,6 +185,86 @@ TEST(Hostile, AFormat2IndexThatIsNotOursIsRefused) {
   auto v = testing::RunProcess({SW_CLI, "verify", ckpt});
   EXPECT_NE(v.exit_code, 0);
   EXPECT_NE(v.out.find("index.swi"), std::string::npos) << v.out;
+}
+
+// Rewrites the checkpoint's commit record from `m`, in format 1 or 2, as a
+// writer would (sealed, checksummed): damage no checksum can see.
+void Rewrite(const std::string& ckpt, Manifest m, int format) {
+  const std::string index = ckpt + "/index.swi";
+  if (format == 1) {
+    m.format_version = 1;
+    if (os::Exists(index)) {
+      ASSERT_EQ(::unlink(index.c_str()), 0);
+    }
+  } else {
+    Manifest header = m;
+    auto bytes = format::EncodeIndex(m, &header.index);
+    ASSERT_TRUE(bytes.ok()) << bytes.status().ToString();
+    testing::WriteAll(index, *bytes);
+    header.format_version = 2;
+    header.items.clear();
+    header.files.clear();
+    m = header;
+  }
+  testing::WriteAll(ckpt + "/manifest.json", format::Serialize(m, format::kManifestKind));
+}
+
+// Chunks that hold part of a tensor twice are damage the reader names, and
+// so are chunks that leave part of a tensor out when the whole tensor is
+// read: a read never fills a tensor in part and leaves the rest as it was (a
+// check by the sum of the chunks' volumes would pass an overlap plus a gap
+// of the same size).
+TEST(Hostile, ChunksThatDoNotTileTheirTensorAreRefusedAtRead) {
+  for (int format : {1, 2}) {
+    SCOPED_TRACE("format " + std::to_string(format));
+    TempDir root;
+    SavedRepo(root.path(), 1);
+    const std::string ckpt = root / "step-000000000001";
+    Manifest m;
+    {
+      auto r = CheckpointReader::Open(ckpt);
+      ASSERT_TRUE(r.ok());
+      ASSERT_TRUE((*r)->LoadAll().ok());
+      m = (*r)->manifest();
+    }
+    ASSERT_EQ(m.items.size(), 1u);
+    m.items[0].shape = {128, 64};  // its one chunk holds rows 0-63
+    Rewrite(ckpt, m, format);
+    auto r = CheckpointReader::Open(ckpt);
+    ASSERT_TRUE(r.ok()) << r.status().ToString();
+    std::vector<float> back(128 * 64);
+    Status s = (*r)->ReadItem("w", back.data(), back.size() * sizeof(float));
+    EXPECT_EQ(s.code(), StatusCode::kCorrupt) << s.ToString();
+    EXPECT_NE(s.message().find("item 'w' in " + ckpt + ": its chunks do not cover the whole tensor"),
+              std::string::npos)
+        << s.message();
+    if (format == 2) {
+      // A checkpoint may hold part of an item (a rank's local-tier
+      // checkpoint holds its shard): resolving the chunks of a box is not a
+      // read, and gets the chunks there are.
+      auto part = (*r)->ItemPart("w", {32, 0}, {64, 64});
+      ASSERT_TRUE(part.ok()) << part.status().ToString();
+      EXPECT_EQ((*part)->chunks.size(), 1u);
+      // Two chunks of the same rows (the validator of the whole index,
+      // which LoadAll runs, refuses them too).
+      m.items[0].shape = {64, 64};
+      ChunkRecord again = m.items[0].chunks[0];
+      again.offsets = {32, 0};
+      again.sizes = {32, 64};
+      again.length /= 2;
+      again.crc32c.resize(format::BlockCount(again.length, m.checksum_block));
+      m.items[0].chunks.push_back(again);
+      Rewrite(ckpt, m, format);
+      auto twice = CheckpointReader::Open(ckpt);
+      ASSERT_TRUE(twice.ok()) << twice.status().ToString();
+      auto item = (*twice)->Item("w");
+      EXPECT_EQ(item.status().code(), StatusCode::kCorrupt);
+      EXPECT_NE(item.status().message().find("its chunks at offsets [0,0] and [32,0] overlap"),
+                std::string::npos)
+          << item.status().message();
+      EXPECT_EQ((*twice)->LoadAll().code(), StatusCode::kCorrupt);
+    }
+  }
 }
 
 }  // namespace

@@ -124,6 +124,10 @@ struct GcReport {
   std::vector<std::string> kept_unexported;
   std::string newest_valid;  // the checkpoint retention was anchored on
   bool dry_run = false;
+  // What could not be removed (or put back), each with why. gc goes on past
+  // them: one entry it cannot remove does not stop retention. Non-empty
+  // means gc did not finish its work (the CLI exits 1).
+  std::vector<std::string> errors;
 };
 
 // Where the shard files of a save go on a root, and how they are written:

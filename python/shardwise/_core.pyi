@@ -92,6 +92,7 @@ class GcReport:
     kept_unexported: list[str]
     newest_valid: str
     dry_run: bool
+    errors: list[str]
 
 class VerifyProblem:
     file: str

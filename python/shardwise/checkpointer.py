@@ -460,6 +460,10 @@ class Checkpointer:
         if report.kept_unexported:
             log.info("retention kept %s: not exported to S3 yet",
                      ", ".join(report.kept_unexported))
+        if report.errors:  # gc went on past them; the save stands
+            raise OSError(f"retention in {self.root} left {len(report.errors)} "
+                          f"entr{'y' if len(report.errors) == 1 else 'ies'} in place: "
+                          + "; ".join(report.errors))
 
     def _record_failure(self) -> None:
         # Committed saves are recorded by the coordinator's commit; a failed

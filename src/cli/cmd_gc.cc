@@ -78,8 +78,9 @@ int RunGc(const Argv& argv, std::ostream& out, std::ostream& err) {
     j["newest_valid"] = report->newest_valid.empty()
                             ? nlohmann::ordered_json(nullptr)
                             : nlohmann::ordered_json(report->newest_valid);
+    j["errors"] = report->errors;
     WriteJson(out, j);
-    return kExitOk;
+    return report->errors.empty() ? kExitOk : kExitProblem;
   }
   const char* verb = report->dry_run ? "would remove" : "removed";
   for (const auto& s : report->removed_staging)
@@ -92,7 +93,12 @@ int RunGc(const Argv& argv, std::ostream& out, std::ostream& err) {
       << " and " << report->removed_checkpoints.size() << " checkpoint(s) "
       << (report->dry_run ? "would be removed" : "removed") << "; " << report->kept.size()
       << " checkpoint(s) kept.\n";
-  return kExitOk;
+  for (const auto& e : report->errors) err << "shardwise gc: could not remove: " << e << '\n';
+  if (!report->errors.empty())
+    err << "shardwise gc: " << report->errors.size()
+        << " entr" << (report->errors.size() == 1 ? "y" : "ies")
+        << " left in place (above); the rest was done\n";
+  return report->errors.empty() ? kExitOk : kExitProblem;
 }
 
 }  // namespace shardwise::cli

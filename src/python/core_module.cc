@@ -634,6 +634,7 @@ void BindResults(nb::module_& m) {
       .def_ro("kept", &GcReport::kept)
       .def_ro("kept_unexported", &GcReport::kept_unexported)
       .def_ro("newest_valid", &GcReport::newest_valid)
+      .def_ro("errors", &GcReport::errors)
       .def_ro("dry_run", &GcReport::dry_run);
   nb::class_<VerifyProblem>(m, "VerifyProblem")
       .def_ro("file", &VerifyProblem::file)

@@ -62,11 +62,12 @@ Status RemoveAbandonedStaging(const std::string& root, const std::vector<Checkpo
     }
     if (os::Exists(os::JoinPath(root, name)) || !os::Exists(os::JoinPath(path, names::kManifest)))
       continue;
+    kept.insert(c.dir_name);  // put back, or left for a later gc if that fails
     if (!dry_run) {
-      SW_RETURN_IF_ERROR(os::RenameNoReplace(path, os::JoinPath(root, name)));
-      SW_RETURN_IF_ERROR(os::FsyncDir(root));
+      Status back = os::RenameNoReplace(path, os::JoinPath(root, name));
+      if (back.ok()) back = os::FsyncDir(root);
+      if (!back.ok()) report->errors.push_back("putting back " + name + ": " + back.message());
     }
-    kept.insert(c.dir_name);
   }
   for (const auto& c : all) {
     if ((c.state != CheckpointInfo::State::kStaging &&
@@ -77,7 +78,10 @@ Status RemoveAbandonedStaging(const std::string& root, const std::vector<Checkpo
     if (c.state == CheckpointInfo::State::kStaging &&
         repo::StagingActive(path, grace, nullptr))
       continue;
-    if (!dry_run) SW_RETURN_IF_ERROR(os::RemoveTree(path));
+    if (Status removed = dry_run ? Status::Ok() : os::RemoveTree(path); !removed.ok()) {
+      report->errors.push_back(removed.message());
+      continue;
+    }
     report->removed_staging.push_back(c.dir_name);
   }
   return Status::Ok();
@@ -95,7 +99,10 @@ Status RemoveStaleTempFiles(const std::string& root, double grace, bool dry_run,
     std::string path = os::JoinPath(root, e.name);
     auto st = os::Lstat(path);
     if (st.ok() && os::NowUnix() - static_cast<double>(st->st_mtim.tv_sec) >= grace) {
-      if (!dry_run) SW_RETURN_IF_ERROR(os::Unlink(path));
+      if (Status gone = dry_run ? Status::Ok() : os::Unlink(path); !gone.ok()) {
+        report->errors.push_back(gone.message());
+        continue;
+      }
       report->removed_staging.push_back(e.name);
     }
   }
@@ -132,7 +139,11 @@ Status ApplyRetention(const std::string& root, const std::vector<const Checkpoin
       report->kept.push_back(c.name);
       continue;
     }
-    if (!gc.dry_run) SW_RETURN_IF_ERROR(repo::RemoveCommitted(root, c.name, recycle));
+    if (Status gone = gc.dry_run ? Status::Ok() : repo::RemoveCommitted(root, c.name, recycle);
+        !gone.ok()) {
+      report->errors.push_back(gone.message());
+      continue;
+    }
     report->removed_checkpoints.push_back(c.name);
   }
   return Status::Ok();

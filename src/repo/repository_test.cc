@@ -597,6 +597,41 @@ TEST_F(RepositoryTest, GcRemovesAbandonedStagingButNotLiveSaves) {
   EXPECT_TRUE(Holds(*repo_, "step-000000000001", 1));
 }
 
+// An entry gc cannot remove is reported with why, and gc goes on: the other
+// staging directories go and retention runs (a directory an operator made
+// read-only used to stop every gc, and the root filled up).
+TEST_F(RepositoryTest, GcGoesOnPastWhatItCannotRemove) {
+  for (int s = 1; s <= 3; ++s) ASSERT_TRUE(Save(s, static_cast<std::uint64_t>(s)).ok());
+  for (const char* dead : {".step-000000000004.staging-a", ".step-000000000005.staging-b"}) {
+    ASSERT_TRUE(os::Mkdir(dir_ / dead).ok());
+    testing::WriteAll(dir_ / (std::string(dead) + "/rank-00000.shard"), "partial");
+  }
+  GcOptions gc;
+  gc.staging_grace_s = 0;
+  gc.keep_last = 1;
+  os::SetFaults({{os::Op::kUnlink, 1, false, EACCES, false, false}});  // the first file
+  auto report = repo_->Gc(gc);
+  os::ClearFaults();
+  ASSERT_TRUE(report.ok()) << report.status().ToString();
+  ASSERT_EQ(report->errors.size(), 1u);
+  EXPECT_NE(report->errors[0].find(dir_ / ".step-000000000004.staging-a"), std::string::npos)
+      << report->errors[0];
+  EXPECT_EQ(report->removed_staging, std::vector<std::string>{".step-000000000005.staging-b"});
+  EXPECT_EQ(report->removed_checkpoints,
+            (std::vector<std::string>{"step-000000000001", "step-000000000002"}));
+  EXPECT_EQ(Committed(*repo_), std::vector<std::string>{"step-000000000003"});
+  // The CLI says so and exits 1; the next gc finishes the work.
+  auto cli = testing::RunProcess({SW_CLI, "gc", dir_.path(), "--grace", "0"},
+                                 {"SHARDWISE_FAULTS=unlink@1=EACCES"});
+  EXPECT_EQ(cli.exit_code, 1) << cli.out;
+  EXPECT_NE(cli.out.find("shardwise gc: could not remove: "), std::string::npos) << cli.out;
+  EXPECT_NE(cli.out.find("left in place"), std::string::npos) << cli.out;
+  cli = testing::RunProcess({SW_CLI, "gc", dir_.path(), "--grace", "0", "--json"});
+  EXPECT_EQ(cli.exit_code, 0) << cli.out;
+  EXPECT_NE(cli.out.find("\"errors\": []"), std::string::npos) << cli.out;
+  EXPECT_FALSE(os::Exists(dir_ / ".step-000000000004.staging-a"));
+}
+
 // A replaced copy comes back only from a replace cut between its two
 // renames (the attempt's staging directory is still there). A leftover of
 // a replace that finished, whose checkpoint was deleted since, is removed:

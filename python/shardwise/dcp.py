@@ -30,6 +30,7 @@ import dataclasses
 import errno
 import json
 import logging
+import math
 import os
 import secrets
 import threading
@@ -39,7 +40,8 @@ from concurrent.futures import Future as _ConcurrentFuture
 from typing import Any, Callable, Optional, Union
 
 import torch
-from torch.distributed.checkpoint.metadata import Metadata, StorageMeta
+from torch.distributed.checkpoint.default_planner import DefaultLoadPlanner
+from torch.distributed.checkpoint.metadata import Metadata, StorageMeta, TensorStorageMetadata
 from torch.distributed.checkpoint.planner import (
     LoadItemType,
     LoadPlan,
@@ -699,34 +701,41 @@ class Reader(StorageReader):
 
     def _check_filled(self, plan: LoadPlan, planner: LoadPlanner) -> None:
         """Raises CorruptCheckpointError, before anything is read, when the
-        plan fills a tensor only in part. DCP plans a read for each saved
-        chunk that overlaps a tensor and checks nothing more: chunks that
-        leave part of it out would leave that part as it was. The reader has
-        refused chunks that overlap (format.md, "Validation"), so the elements
-        planned add up to the tensor's exactly when they cover it."""
-        lookup = getattr(planner, "lookup_tensor", None)  # DefaultLoadPlanner's
-        if lookup is None:
+        plan leaves part of a tensor this rank loads unfilled. DCP plans a
+        read for each saved chunk that overlaps the rank's part of a tensor
+        and checks nothing more: chunks that leave part of it out (or miss
+        it altogether) would leave that part as it was. The reader has
+        refused chunks that overlap (format.md, "Validation"), so the
+        elements planned add up to the part's exactly when they cover it.
+        Checked for DCP's default planning only: a planner that plans its
+        own reads may fill a tensor in part on purpose."""
+        if (not isinstance(planner, DefaultLoadPlanner)
+                or type(planner).create_local_plan is not DefaultLoadPlanner.create_local_plan):
             return
-        planned: dict[Any, list[Any]] = {}  # destination -> [its index, elements]
+        try:
+            from torch.distributed.checkpoint.planner_helpers import _create_chunk_list
+        except ImportError:  # pragma: no cover - a torch without it
+            return
+        planned: dict[tuple[str, tuple[int, ...]], int] = {}
         for req in plan.items:
-            if req.type == LoadItemType.BYTE_IO:
+            if req.type != LoadItemType.BYTE_IO:
+                key = (req.dest_index.fqn, tuple(req.dest_index.offset or ()))
+                planned[key] = planned.get(key, 0) + math.prod(int(x) for x in req.lengths)
+        saved = planner.metadata.state_dict_metadata if planner.metadata is not None else {}
+        for fqn, obj in planner.state_dict.items():
+            # DCP planned (or refused) exactly these: tensors the checkpoint has.
+            if not isinstance(obj, torch.Tensor) or fqn not in saved:
                 continue
-            d = req.dest_index
-            key = (d.fqn, None if d.offset is None else tuple(d.offset), d.index)
-            entry = planned.setdefault(key, [d, 0])
-            n = 1
-            for length in req.lengths:
-                n *= int(length)
-            entry[1] += n
-        for (fqn, _, _), (index, n) in planned.items():
-            try:
-                numel = lookup(index).numel()
-            except (KeyError, AttributeError, TypeError, ValueError):
-                continue  # a planner whose state this cannot look up
-            if n != numel:
-                raise _corrupt(f"{self.path}: item {fqn!r}: its saved chunks hold {n} of the "
-                               f"{numel} elements of the tensor it is loaded into (a part "
-                               f"of that tensor is in no chunk)", self.path)
+            if not isinstance(saved[fqn], TensorStorageMetadata):
+                continue
+            for chunk in _create_chunk_list(obj):
+                want = math.prod(int(x) for x in chunk.sizes)
+                got = planned.get((fqn, tuple(int(x) for x in chunk.offsets)), 0)
+                if want and got != want:
+                    raise _corrupt(f"{self.path}: item {fqn!r}: its saved chunks hold {got} of "
+                                   f"the {want} elements this rank loads into (at offsets "
+                                   f"{[int(x) for x in chunk.offsets]}): a part is in no chunk",
+                                   self.path)
 
     def _read_data(self, plan: LoadPlan, planner: LoadPlanner) -> Future[None]:
         core = self._open()

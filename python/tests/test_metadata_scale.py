@@ -174,6 +174,13 @@ def test_a_tensor_the_chunks_fill_in_part_is_refused_before_reading(tmp_path):
     assert "CorruptCheckpointError" in str(refused.value)
     assert "item 'w': its saved chunks hold 16 of the 32 elements" in str(refused.value)
     assert (state["w"] == -1).all() and (state["b"] == 0).all()  # nothing was read
+    # A tensor no saved chunk reaches: DCP plans no read for it at all.
+    w = next(it for it in m["items"] if it["name"] == "w")
+    w["chunks"][0].update(sizes=[0], length=0, crc32c=[])
+    _reseal(path, m)
+    with pytest.raises(CheckpointException) as refused:
+        dcp.load(state, storage_reader=Reader(path), no_dist=True)
+    assert "item 'w': its saved chunks hold 0 of the 32 elements" in str(refused.value)
     # What the chunks do hold still loads.
     state = {"b": torch.zeros(4)}
     dcp.load(state, storage_reader=Reader(path), no_dist=True)

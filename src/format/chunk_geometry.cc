@@ -78,14 +78,21 @@ Parts Clip(std::size_t n, const ChunkAt& chunk, Box box) {
   return p;
 }
 
-// The dimension to sweep: the first in which the parts start apart (row
-// shards: 0; column shards: 1).
+// The dimension to sweep: the one with the most distinct starts, so that
+// the fewest parts are active at once (a grid of r x c tiles keeps
+// min(r, c) of them).
 std::size_t SweepDim(const Parts& parts) {
   const std::size_t n = parts.chunk.size();
-  for (std::size_t d = 0; d + 1 < parts.dims; ++d)
-    for (std::size_t p = 1; p < n; ++p)
-      if (parts.Lo(p)[d] != parts.Lo(0)[d]) return d;
-  return parts.dims ? parts.dims - 1 : 0;
+  std::size_t best = 0, most = 0;
+  std::vector<std::int64_t> starts(n);
+  for (std::size_t d = 0; d < parts.dims; ++d) {
+    for (std::size_t p = 0; p < n; ++p) starts[p] = parts.Lo(p)[d];
+    std::sort(starts.begin(), starts.end());
+    const auto distinct =
+        static_cast<std::size_t>(std::unique(starts.begin(), starts.end()) - starts.begin());
+    if (distinct > most) best = d, most = distinct;
+  }
+  return best;
 }
 
 // The common case, without allocating: every chunk spans the box in every

@@ -51,12 +51,12 @@ struct Tiling {
   std::size_t second = 0;
 };
 
-// Whether `chunks` tile `box` exactly: their parts inside it do not overlap
-// and leave no element out. Chunks must already fit their tensor (FitChunk)
-// and have the box's rank. A sweep along the first dimension in which the
-// chunks start at different places: row, column and grid shardings cost
-// O(n log n); chunks built to overlap in that dimension's projection cost up
-// to O(n^2) comparisons, never more.
+// Whether the chunks tile `box` exactly: their parts inside it do not
+// overlap and leave no element out. Chunks must already fit their tensor
+// (FitChunk) and have the box's rank. Row and column shards listed in order
+// cost one pass, without allocating; otherwise a sweep along the dimension
+// with the most distinct starts: an r x c grid costs O(n min(r, c)), and
+// chunks built to overlap in every projection up to O(n^2), never more.
 // Chunk c of n is chunk(c): read where the chunks are held, no copy made.
 Tiling CheckTiling(std::size_t n, const std::function<Box(std::size_t)>& chunk, Box box);
 

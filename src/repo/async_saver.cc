@@ -14,7 +14,6 @@
 #include <cstring>
 #include <exception>
 #include <mutex>
-#include <system_error>
 #include <thread>
 #include <vector>
 
@@ -110,6 +109,7 @@ struct Job {
   std::size_t written = 0;  // waves written by the background
   bool failed = false;      // the background gave up
   bool abandon = false;     // the foreground gave up
+  Status abandon_status;    // why: the background's outcome too
 
   const std::byte* Image(std::size_t u, const Wave& w) const {
     return pool + w.pool_base + (plan.units[u].pos - w.file_base);
@@ -177,7 +177,7 @@ struct AsyncSaver::Impl {
         {
           std::unique_lock lock(job->mu);
           job->cv.wait(lock, [&] { return job->staged > w || job->abandon; });
-          if (job->abandon) return Status(StatusCode::kAborted, "staging was abandoned");
+          if (job->abandon) return job->abandon_status;
         }
         const Wave& wave = job->waves[w];
         std::vector<io::IoUnit> units;
@@ -300,7 +300,7 @@ struct AsyncSaver::Impl {
       Status staged = job.lease->Stage(WaveCopies(job, items, job.waves[w]), threads);
       if (!staged.ok()) {
         // A bug (the plan and the pool disagree): stop the background, report it.
-        Abandon(job, state);
+        Abandon(job, state, staged);
         return staged;
       }
       if (w + 1 == job.waves.size()) {
@@ -328,10 +328,11 @@ struct AsyncSaver::Impl {
 
   // Stops the background of a save the foreground gave up on, and waits for
   // it: the background would otherwise wait for waves that never come.
-  void Abandon(Job& job, AsyncSave::State& state) {
+  void Abandon(Job& job, AsyncSave::State& state, const Status& why) {
     {
       std::lock_guard lock(job.mu);
       job.abandon = true;
+      job.abandon_status = why;
       job.cv.notify_all();
     }
     JoinWorker();
@@ -343,13 +344,17 @@ struct AsyncSaver::Impl {
   // save's error once the background has stopped.
   Status StageOrAbandon(Job& job, std::span<const WriteItem> items, AsyncSave::State& state,
                         double t0) {
+    std::string what;
     try {
       return StageWaves(job, items, state, t0);
     } catch (const std::exception& e) {
-      Abandon(job, state);
-      return Status(StatusCode::kInternal,
-                    "async save " + state.name + ": staging failed: " + e.what());
+      what = e.what();
+    } catch (...) {
+      what = "an exception that is not a std::exception";
     }
+    Status failed(StatusCode::kInternal, "async save " + state.name + ": staging failed: " + what);
+    Abandon(job, state, failed);
+    return failed;
   }
 
   void RunWorker(std::shared_ptr<Job> job, std::shared_ptr<AsyncSave::State> state) {
@@ -360,6 +365,8 @@ struct AsyncSaver::Impl {
       // Never let an exception escape a background thread (that would abort
       // the process); it becomes the save's error.
       s = Status(StatusCode::kInternal, std::string("async save: ") + e.what());
+    } catch (...) {
+      s = Status(StatusCode::kInternal, "async save: an exception that is not a std::exception");
     }
     {
       std::lock_guard lock(job->mu);
@@ -411,7 +418,7 @@ Result<std::shared_ptr<AsyncSave>> AsyncSaver::SaveAsync(const SaveSpec& in,
   // 3. Start the background, then stage wave after wave.
   try {
     m.worker = std::thread([&m, job, state] { m.RunWorker(job, state); });
-  } catch (const std::system_error& e) {
+  } catch (const std::exception& e) {  // system_error, or bad_alloc
     return Status(StatusCode::kUnavailable, "async save " + state->name +
                                                 ": cannot start its background thread: " + e.what());
   }

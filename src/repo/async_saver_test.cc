@@ -209,8 +209,10 @@ TEST_F(AsyncTest, AnExceptionWhileStagingStopsTheBackground) {
       EXPECT_EQ(h.status().code(), StatusCode::kInternal);
       EXPECT_NE(h.status().message().find("staging failed"), std::string::npos)
           << h.status().ToString();
-      // The background has stopped: its own outcome is the abandonment.
-      EXPECT_EQ((*saver)->WaitIdle().code(), StatusCode::kAborted);
+      // The background has stopped, with the foreground's error.
+      Status idle = (*saver)->WaitIdle();
+      EXPECT_EQ(idle.code(), StatusCode::kInternal);
+      EXPECT_EQ(idle.message(), h.status().message());
       spec.name = after;
       auto again = (*saver)->SaveAsync(spec, state.items);
       ASSERT_TRUE(again.ok()) << again.status().ToString();

@@ -357,6 +357,11 @@ def stage(state_dict: Any, *, pin_memory: bool = False, shared_memory: bool = Fa
         if n == 0:
             continue
         snap.extents.append((off, n))
+        if t.device.type != "cpu" or not t.is_contiguous():
+            # Copied by torch, which writes the tensor's bytes only: the
+            # padding to the next 4 KiB (format.md: zeros) may hold an earlier
+            # save's bytes, and a PROCESS-mode writer adopts the whole extent.
+            base[off + n:_align(off + n)].zero_()
         deferred = background or (lazy is not None and lazy(t))
         if t.device.type == "cuda":
             (by_device_later if deferred else by_device).append((view, t))

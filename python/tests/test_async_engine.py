@@ -103,6 +103,22 @@ def test_stage_layout_is_the_shard_layout_and_padding_is_zero():
     snap.release()
 
 
+def test_padding_is_zero_in_reused_memory_for_tensors_torch_copies():
+    # The slab of a released snapshot comes back with its bytes; a tensor
+    # torch copies (non-contiguous here; CUDA alike) writes its own bytes
+    # only, and PROCESS mode writes whole extents from this memory.
+    first = _staging.stage({"x": torch.full((8192,), 7.0)})
+    address = first.lease.address
+    first.release()
+    snap = _staging.stage({"nc": torch.arange(12.0).reshape(3, 4).t()})
+    assert snap.lease.address == address  # the same memory, reused
+    base = torch.from_dlpack(snap.lease.memory())
+    start = snap.state_dict["nc"].data_ptr() - snap.lease.address
+    assert torch.equal(snap.state_dict["nc"], torch.arange(12.0).reshape(3, 4).t())
+    assert torch.count_nonzero(base[start + 48:start + 4096]) == 0
+    snap.release()
+
+
 def test_checkpointer_copies_the_state_once_and_reuses_its_memory(tmp_path):
     ck = shardwise.Checkpointer(tmp_path / "ck")
     state = rank_state(0)

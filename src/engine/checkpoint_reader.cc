@@ -120,7 +120,10 @@ struct CheckpointReader::Impl {
   std::deque<ItemRecord> resolved;
   std::unordered_set<const ItemRecord*> known;
   std::uint64_t manifest_bytes = 0;
-  bool loaded = false;  // LoadAll ran
+  // LoadAll ran: manifest.files and items are complete, and never change
+  // again. Set (release) after they are written; readers that see it
+  // (acquire) read them without a lock, others go through the index.
+  std::atomic<bool> loaded{false};
 
   std::size_t FileCount() const {
     return index && !loaded ? file_recs.size() : manifest.files.size();

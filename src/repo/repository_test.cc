@@ -680,6 +680,28 @@ TEST_F(RepositoryTest, GcRemovesLeftoverProbeFiles) {
   EXPECT_TRUE(Holds(*repo_, "step-000000000001", 1));
 }
 
+// One reader shared by threads: one reads the whole index (inspect,
+// verify) while another reads data (format 2). Under TSan this is the check
+// that LoadAll publishes the files and items safely.
+TEST_F(RepositoryTest, AReaderSharedByThreadsLoadsAllWhileReading) {
+  ASSERT_TRUE(Save(1, 1).ok());
+  const OwnedItems want = Items(1);
+  for (int round = 0; round < 20; ++round) {
+    auto reader = repo_->OpenCheckpoint("step-000000000001");
+    ASSERT_TRUE(reader.ok());
+    Status all;
+    std::thread loader([&] { all = (*reader)->LoadAll(); });
+    for (const auto& w : want.items) {
+      std::vector<std::byte> back(w.nbytes);
+      ASSERT_TRUE((*reader)->ReadItem(w.name, back.data(), back.size()).ok());
+      EXPECT_EQ(std::memcmp(back.data(), w.data, w.nbytes), 0);
+    }
+    loader.join();
+    ASSERT_TRUE(all.ok()) << all.ToString();
+    EXPECT_EQ((*reader)->manifest().items.size(), 2u);
+  }
+}
+
 TEST_F(RepositoryTest, Retention) {
   for (int s = 1; s <= 10; ++s) ASSERT_TRUE(Save(s * 10, static_cast<std::uint64_t>(s)).ok());
   GcOptions gc;

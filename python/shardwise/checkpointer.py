@@ -247,6 +247,15 @@ _EXISTS_HINT = ("(a job resumed from an older step: Checkpointer.discard_after(s
                 "replace=True) replaces a step atomically)")
 
 
+
+def _raise_gc_errors(report: Any, root: str) -> None:
+    """OSError naming what gc could not remove in ``root`` (it went on past
+    each; the checkpoints saved stand), if anything."""
+    if report.errors:
+        n = len(report.errors)
+        raise OSError(f"retention in {root} left {n} entr{'y' if n == 1 else 'ies'} in place: "
+                      + "; ".join(report.errors))
+
 class Checkpointer:
     """Saves and loads a training job's state under ``root``.
 
@@ -460,10 +469,7 @@ class Checkpointer:
         if report.kept_unexported:
             log.info("retention kept %s: not exported to S3 yet",
                      ", ".join(report.kept_unexported))
-        if report.errors:  # gc went on past them; the save stands
-            raise OSError(f"retention in {self.root} left {len(report.errors)} "
-                          f"entr{'y' if len(report.errors) == 1 else 'ies'} in place: "
-                          + "; ".join(report.errors))
+        _raise_gc_errors(report, self.root)
 
     def _record_failure(self) -> None:
         # Committed saves are recorded by the coordinator's commit; a failed
@@ -968,7 +974,9 @@ class Checkpointer:
     def _retain_local(self) -> None:
         for root in self._local_roots():
             if os.path.isdir(root):
-                _core.Repository(root, self.local_options, True).gc(keep_last=self.keep_local)
+                report = _core.Repository(root, self.local_options, True).gc(
+                    keep_last=self.keep_local)
+                _raise_gc_errors(report, root)
 
     def _load_tiered(self, state_dict: dict[str, Any], step: Optional[int]) -> Optional[int]:
         """The newest step every rank can read from some tier; each rank

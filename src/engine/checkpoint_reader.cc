@@ -491,15 +491,20 @@ Result<std::unique_ptr<CheckpointReader>> CheckpointReader::Open(const std::stri
 
 Status CheckpointReader::Read(std::span<const ReadRequest> requests) {
   Impl& m = *impl_;
+  // Format 1: the manifest's items, which never change. Format 2: the items
+  // handed out (LoadAll may replace manifest.items meanwhile; it adds them).
   const auto& items = m.manifest.items;
+  auto ours = [&](const ItemRecord* it) {
+    if (!it) return false;
+    if (m.index) return m.Known(it);
+    return it >= items.data() && it < items.data() + items.size();
+  };
   std::vector<std::vector<Run>> runs(requests.size());
   std::vector<ReadUnit> units;
   std::vector<io::IoUnit> io_units;
   for (std::size_t r = 0; r < requests.size(); ++r) {
     const ReadRequest& q = requests[r];
-    const bool ours = q.item && ((q.item >= items.data() && q.item < items.data() + items.size()) ||
-                                 m.Known(q.item));
-    if (!ours)
+    if (!ours(q.item))
       return InvalidArgument("read request " + std::to_string(r) +
                              ": item does not belong to this checkpoint");
     const ItemRecord& it = *q.item;

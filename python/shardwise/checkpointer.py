@@ -247,7 +247,6 @@ _EXISTS_HINT = ("(a job resumed from an older step: Checkpointer.discard_after(s
                 "replace=True) replaces a step atomically)")
 
 
-
 def _raise_gc_errors(report: Any, root: str) -> None:
     """OSError naming what gc could not remove in ``root`` (it went on past
     each; the checkpoints saved stand), if anything."""
@@ -255,6 +254,7 @@ def _raise_gc_errors(report: Any, root: str) -> None:
         n = len(report.errors)
         raise OSError(f"retention in {root} left {n} entr{'y' if n == 1 else 'ies'} in place: "
                       + "; ".join(report.errors))
+
 
 class Checkpointer:
     """Saves and loads a training job's state under ``root``.

@@ -206,6 +206,20 @@ class SaveHandle:
                     self._unhook()
             self._retained.wait(timeout)
 
+    def _unseen_error(self) -> Optional[BaseException]:
+        """Waits as ``wait()`` does; the error it would raise, unless it
+        raised it already (then None)."""
+        if self._error_seen:
+            return None
+        try:
+            self.wait()
+        except (KeyboardInterrupt, SystemExit):
+            raise
+        except BaseException as e:
+            self._error_seen = False  # returned, not raised yet
+            return e
+        return None
+
     def exception(self) -> Optional[BaseException]:
         """The save's error (the rank's own, as ``wait()`` raises it), or
         None while it runs or when it committed."""
@@ -373,9 +387,11 @@ class Checkpointer:
         if process_group is None and dist.is_available() and dist.is_initialized():
             process_group = self._new_group(None)
         self.process_group = process_group
-        # overlap="skip": the ranks decide together, on a group of their own.
-        self._skip_group = (self._new_group(process_group)
-                            if overlap == "skip" and process_group is not None else None)
+        # Before each save the ranks decide together, on a group of their own,
+        # whether to skip it (overlap="skip") and whether the previous save
+        # failed anywhere (then every rank raises).
+        self._decide_group = (self._new_group(process_group)
+                              if process_group is not None else None)
         self.progress = progress
         self.engine_options = engine_options
         # In process mode the staged tensors go to DCP's checkpoint process:
@@ -503,16 +519,35 @@ class Checkpointer:
 
         future.add_done_callback(after)
 
-    def _busy_anywhere(self) -> bool:
-        """Whether the previous save still persists on any rank: decided
-        together (overlap="skip"), so that every rank skips the same steps.
-        On a group of its own: the background save's collectives run on
-        process_group meanwhile."""
-        busy = torch.tensor([int(self._pending is not None and not self._pending.done())],
-                            dtype=torch.int32)
-        if self._skip_group is not None:
-            dist.all_reduce(busy, op=dist.ReduceOp.MAX, group=self._skip_group)
-        return bool(busy.item())
+    def _before_save(self, step: int) -> bool:
+        """Settles the previous save before saving ``step``, on every rank
+        together; True when this save is to be skipped. One all_reduce on a
+        group of its own (the background save's collectives may still run
+        on process_group) decides two things:
+
+        - overlap="skip": whether the previous save still persists on any
+          rank; then every rank skips, and the previous save stays pending;
+        - whether the previous save failed on a rank that has not raised
+          that error yet (through its handle's ``wait()``); then every rank
+          raises, so that no rank goes on alone into the save's collectives
+          while another stops.
+        """
+        pending = self._pending
+        busy = self.overlap == "skip" and pending is not None and not pending.done()
+        error = None if busy or pending is None else pending._unseen_error()
+        flags = torch.tensor([int(busy), int(error is not None)], dtype=torch.int32)
+        if self._decide_group is not None:
+            dist.all_reduce(flags, op=dist.ReduceOp.MAX, group=self._decide_group)
+        if flags[0]:
+            return True
+        self._pending = None
+        if pending is not None:
+            pending._error_seen = True  # raised below, here or by every rank
+        if flags[1]:
+            if self._decide_group is None:
+                raise error  # type: ignore[misc]
+            self._raise_everywhere(error, f", in the save before step {step}")
+        return False
 
     def _barrier(self) -> None:
         if dist.is_available() and dist.is_initialized():
@@ -569,13 +604,12 @@ class Checkpointer:
                     raise TypeError(f"snapshot='lazy': optimizer {type(opt).__name__} has no "
                                     "register_step_pre_hook (a torch.optim.Optimizer has)")
         # Every rank joins the decision, whatever its own state.
-        if self.overlap == "skip" and self._busy_anywhere():
+        t0 = time.monotonic()
+        if self._before_save(step):
             log.info("skipped step %d: the previous save is still persisting", step)
             return SaveHandle(step, None, 0.0, skipped=True)
         if self.local_root is not None:
-            return self._save_tiered(step, state_dict, blocking)
-        t0 = time.monotonic()
-        self._wait_previous()
+            return self._save_tiered(step, state_dict, blocking, t0)
         self._claim()
         path = os.path.join(self.root, tiers.step_name(step))
         self._writer.step = step
@@ -848,12 +882,11 @@ class Checkpointer:
                 self._buffers.clear()
 
     # -- tiers (docs/tiers.md) -----------------------------------------------------
-    def _save_tiered(self, step: int, state_dict: dict[str, Any], blocking: bool) -> SaveHandle:
+    def _save_tiered(self, step: int, state_dict: dict[str, Any], blocking: bool,
+                     t0: float) -> SaveHandle:
         """Stages once; in the background, writes this rank's local
         checkpoint, sends it to the partner, and every K-th time saves to
         the root from the same staged bytes."""
-        t0 = time.monotonic()
-        self._wait_previous()
         self._tier_saves += 1
         persist = self._tier_saves % self.persist_every == 0
         if persist:

@@ -506,12 +506,22 @@ def _errors(rank: int, world: int, root: str) -> None:
     with pytest.raises(FileExistsError):
         ck.save(2, state)  # ...so the next save reports it
     ck.save(2, state).wait()  # and then works
-    assert ck.steps() == [1, 2]
+    h = ck.save(2, state)  # fails on every rank...
+    if rank == 0:
+        with pytest.raises(FileExistsError):
+            h.wait()  # ...and only rank 0 waits for it
+    # Rank 1 raises its error on the next save; rank 0 raises it too rather
+    # than go on alone into the save's collectives (where it would hang).
+    with pytest.raises(FileExistsError, match="rank 1, in the save before step 3" if rank == 0
+                       else "exists"):
+        ck.save(3, state)
+    ck.save(3, state).wait()
+    assert ck.steps() == [1, 2, 3]
     ck.close()
 
 
 def test_background_errors_surface_on_wait_and_on_the_next_save(tmp_path):
-    run_ranks(2, _errors, str(tmp_path / "root"))
+    run_ranks(2, _errors, str(tmp_path / "root"), timeout=180)
 
 
 def test_sigkill_during_a_lazy_snapshot_leaves_the_previous_checkpoint(tmp_path):

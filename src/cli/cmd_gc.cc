@@ -26,6 +26,10 @@ manifest, file sizes and headers check out; with --verify, every checksum
 too). Everything else is deleted: first renamed out of sight, then removed.
 If no checkpoint is valid, nothing is deleted.
 
+Only the job that writes ROOT may delete there: while another job holds
+ROOT/.writer.lock, gc (except --dry-run) refuses, names that job and removes
+nothing. The job's own retention cleans up while it runs.
+
 Options:
   --keep-last N     keep the N newest committed checkpoints (N >= 1)
   --keep-every K    also keep checkpoints whose step is a multiple of K
@@ -35,7 +39,8 @@ Options:
   --json            machine-readable output (schema in docs/cli.md)
   --help            this text
 
-Exit codes: 0 done; 1 a removal failed; 2 usage error or ROOT unreadable.
+Exit codes: 0 done; 1 a removal failed, or another job writes ROOT; 2 usage error
+or ROOT unreadable.
 )";
 
 int RunGc(const Argv& argv, std::ostream& out, std::ostream& err) {

@@ -158,6 +158,19 @@ Result<GcReport> Repository::Gc(const GcOptions& gc) {
   const double grace = gc.staging_grace_s.value_or(impl_->options.staging_grace_s);
   GcReport report;
   report.dry_run = gc.dry_run;
+  // gc deletes: only the job that writes the root may (a staging directory
+  // whose writer has not locked it yet, or a recycle bin a save takes files
+  // from, is safe from another process only so).
+  if (!gc.dry_run) {
+    if (Status claim = LockForWriting(); !claim.ok()) {
+      if (claim.code() != StatusCode::kAborted) return claim;
+      return Status(StatusCode::kAborted,
+                    claim.message() + " gc deletes nothing while that job runs (its own "
+                    "retention cleans up after it): run gc once it has exited, or as a dry "
+                    "run to see what it would remove.",
+                    claim.err(), claim.path());
+    }
+  }
   SW_ASSIGN_OR_RETURN(auto all, List());
 
   // 1. Staging directories nobody works on, leftovers, stale temporary files.
@@ -180,8 +193,6 @@ Result<GcReport> Repository::Gc(const GcOptions& gc) {
     for (auto* c : committed) report.kept.push_back(c->name);
     return report;
   }
-  // Retention deletes checkpoints: only the job that writes the root may.
-  if (!gc.dry_run) SW_RETURN_IF_ERROR(LockForWriting());
   // Anchor: the newest checkpoint that is valid. Nothing newer is deleted
   // (it may be a damaged one an operator wants to look at), and if none is
   // valid nothing is deleted at all.

@@ -12,6 +12,7 @@
 
 #include <gtest/gtest.h>
 
+#include "os/posix.h"
 #include "shardwise/shardwise.h"
 #include "testing/test_util.h"
 
@@ -127,6 +128,18 @@ TEST(WriterLock, ASecondJobIsRefusedWithAClearError) {
   GcOptions gc;
   gc.keep_last = 1;
   EXPECT_EQ((*repo)->Gc(gc).status().code(), StatusCode::kAborted);
+  // and so is a gc without retention: a staging directory whose writer has
+  // not locked it yet looks abandoned to anyone but its job
+  const std::string staging = root.path() + "/.step-000000000101.staging-fresh";
+  ASSERT_TRUE(os::Mkdir(staging).ok());
+  GcOptions plain;
+  plain.staging_grace_s = 0;
+  EXPECT_EQ((*repo)->Gc(plain).status().code(), StatusCode::kAborted);
+  EXPECT_TRUE(os::Exists(staging));
+  auto cli = testing::RunProcess({SW_CLI, "gc", root.path(), "--grace", "0"});
+  EXPECT_NE(cli.exit_code, 0) << cli.out;
+  EXPECT_NE(cli.out.find("gc deletes nothing while that job runs"), std::string::npos) << cli.out;
+  EXPECT_TRUE(os::Exists(staging));
   other.Finish();
   ASSERT_FALSE(other.Alive());
   // the holder is gone: the root is free

@@ -387,11 +387,13 @@ class Checkpointer:
         if process_group is None and dist.is_available() and dist.is_initialized():
             process_group = self._new_group(None)
         self.process_group = process_group
-        # Before each save the ranks decide together, on a group of their own,
-        # whether to skip it (overlap="skip") and whether the previous save
-        # failed anywhere (then every rank raises).
+        # Before each save the ranks decide together whether to skip it
+        # (overlap="skip") and whether the previous save failed anywhere (then
+        # every rank raises). With overlap="skip" the previous save's
+        # collectives may still run on process_group: a group of its own.
         self._decide_group = (self._new_group(process_group)
-                              if process_group is not None else None)
+                              if overlap == "skip" and process_group is not None
+                              else process_group)
         self.progress = progress
         self.engine_options = engine_options
         # In process mode the staged tensors go to DCP's checkpoint process:
@@ -521,9 +523,10 @@ class Checkpointer:
 
     def _before_save(self, step: int) -> bool:
         """Settles the previous save before saving ``step``, on every rank
-        together; True when this save is to be skipped. One all_reduce on a
-        group of its own (the background save's collectives may still run
-        on process_group) decides two things:
+        together; True when this save is to be skipped. One all_reduce
+        decides two things (on process_group, where each rank issues it
+        after its own previous save is done, so after that save's
+        collectives; with overlap="skip", on a group of its own):
 
         - overlap="skip": whether the previous save still persists on any
           rank; then every rank skips, and the previous save stays pending;

@@ -386,6 +386,53 @@ def test_retention_failure_is_kept_and_the_save_stands(tmp_path, monkeypatch):
     ck.close()
 
 
+def _set_immutable(path: str, on: bool) -> bool:
+    """chattr +i / -i through FS_IOC_SETFLAGS: a file even root cannot
+    unlink. False where the filesystem or the process cannot."""
+    import array
+    import fcntl
+    get, put, immutable = 0x80086601, 0x40086602, 0x10
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        flags = array.array("l", [0])
+        fcntl.ioctl(fd, get, flags, True)
+        flags[0] = flags[0] | immutable if on else flags[0] & ~immutable
+        fcntl.ioctl(fd, put, flags, True)
+        return True
+    except OSError:
+        return False
+    finally:
+        os.close(fd)
+
+
+def test_retention_goes_on_past_what_it_cannot_remove(tmp_path):
+    """gc cannot remove one file of an old checkpoint: the other old
+    checkpoint still goes, the save stands, and retention_error names the
+    file left in place (from the engine's gc report)."""
+    root = tmp_path / "root"
+    ck = shardwise.Checkpointer(root, keep_last=3)
+    for step in (1, 2, 3):
+        ck.save(step, {"x": torch.full((1024,), float(step))}, blocking=True)
+    stuck = next(p for p in (root / "step-000000000001").iterdir() if p.name.endswith(".shard"))
+    if not _set_immutable(str(stuck), True):
+        pytest.skip("this filesystem or process cannot make a file immutable")
+    try:
+        ck.keep_last = 1
+        h = ck.save(4, {"x": torch.full((1024,), 4.0)}, blocking=True)
+        assert isinstance(h.retention_error, OSError)
+        assert "left 1 entry in place" in str(h.retention_error)
+        assert stuck.name in str(h.retention_error), h.retention_error
+        assert ck.steps() == [4]  # step 1 is out of sight, step 2 and 3 gone
+        state = {"x": torch.zeros(1024)}
+        assert ck.load(state) == 4 and torch.equal(state["x"], torch.full((1024,), 4.0))
+    finally:
+        for p in root.rglob(stuck.name):
+            _set_immutable(str(p), False)
+    assert ck.save(5, {"x": torch.full((1024,), 5.0)}, blocking=True).retention_error is None
+    assert not any(p.name.startswith(".step-000000000001") for p in root.iterdir())
+    ck.close()
+
+
 def test_lazy_save_refuses_an_optimizer_without_step_hooks(tmp_path):
     class Wrapped:  # has state and param_groups, no hook API
         def __init__(self, opt):

@@ -197,8 +197,11 @@ class Repository {
   // vanishes atomically: a crash midway leaves a hidden leftover that gc
   // removes, never a partial checkpoint. When `latest` names it, `latest`
   // first moves to the newest remaining checkpoint (or goes). Claims the
-  // root for writing (LockForWriting). NotFound when NAME is not committed.
-  Status Delete(const std::string& name);
+  // root for writing (LockForWriting). NotFound when NAME is not committed;
+  // CORRUPT when NAME is a checkpoint directory whose manifest does not
+  // check out, unless `damaged_too` (then it is removed the same way: for
+  // callers told to remove everything of some steps, as discard_after is).
+  Status Delete(const std::string& name, bool damaged_too = false);
 
   // Installs a copy of a committed checkpoint made in another root (a
   // partner node's replica of a local checkpoint, docs/tiers.md): FILES are

@@ -9,6 +9,7 @@ import re
 from typing import Any
 
 _TIER_DIR = re.compile(r"(rank|replica)-(\d{5})")
+_STEP_NAME = re.compile(r"step-(\d{12})")
 
 
 def rank_dir(local_root: str, rank: int) -> str:
@@ -45,3 +46,15 @@ def steps_in(listing: Any) -> set[int]:
     step-N) in a Repository's listing."""
     return {c.step for c in listing
             if c.state == "committed" and c.step >= 0 and c.name == step_name(c.step)}
+
+
+def damaged_steps_in(listing: Any) -> set[int]:
+    """The steps of the checkpoint directories named step-N in a
+    Repository's listing whose manifest does not check out (state
+    "invalid": the name is all that tells their step)."""
+    out = set()
+    for c in listing:
+        m = _STEP_NAME.fullmatch(c.name)
+        if c.state == "invalid" and m:
+            out.add(int(m.group(1)))
+    return out

@@ -723,34 +723,48 @@ class Checkpointer:
         """Deletes every checkpoint of a step after ``step``: on the root,
         and with a local tier each rank's local copies and the replicas it
         holds. For a job resumed from an older step: the abandoned run's
-        later steps would otherwise be what a restart loads, and what
-        retention keeps. Collective (call it on every rank). Returns, on
-        every rank, the steps deleted from the root. A later step whose
-        checkpoint is damaged (not committed as far as a listing can tell)
-        is not deleted: ``shardwise ls`` shows it."""
+        later steps would otherwise be what a restart loads, what retention
+        keeps, and what the resumed run's saves of those steps collide with.
+        Damaged ones go too (a directory named as a later step whose
+        manifest does not check out, which ``steps()`` does not list; each
+        is logged). Collective (call it on every rank). Returns, on every
+        rank, the steps deleted from the root."""
         if not isinstance(step, int) or isinstance(step, bool) or step < 0:
             raise ValueError(f"step must be a non-negative int, got {step!r}")
         self._settle("waiting for the previous save")
         self._claim()
-        later = [s for s in self._steps_of_rank0() if s > step]
+
+        def later_in(repo: Any) -> tuple[list[int], list[int]]:
+            listing = repo.list()
+            return (sorted(s for s in tiers.steps_in(listing) if s > step),
+                    sorted(s for s in tiers.damaged_steps_in(listing) if s > step))
+
+        later, damaged = self._of_rank0(lambda: later_in(self._core_repo()),
+                                        "listing the checkpoints")
         error: Optional[BaseException] = None
         try:
             if self._rank() == 0:
-                for s in later:
-                    self._core_repo().delete(tiers.step_name(s))
+                self._discard(self._core_repo(), later, damaged)
             if self.local_root is not None:
                 for root in self._local_roots():
                     if os.path.isdir(root):
                         repo = _core.Repository(root, self.local_options, True)
-                        for s in tiers.steps_in(repo.list()):
-                            if s > step:
-                                repo.delete(tiers.step_name(s))
+                        self._discard(repo, *later_in(repo))
         except Exception as e:
             error = e
         self._raise_everywhere(error, f", discarding the steps after {step}")
-        if later:
-            log.info("discarded steps %s of %s", ", ".join(map(str, later)), self.root)
-        return later
+        if later or damaged:
+            log.info("discarded steps %s of %s", ", ".join(map(str, later + damaged)), self.root)
+        return sorted(later + damaged)
+
+    @staticmethod
+    def _discard(repo: Any, steps: list[int], damaged: list[int]) -> None:
+        for s in steps:
+            repo.delete(tiers.step_name(s))
+        for s in damaged:
+            log.warning("discarding damaged checkpoint %s", os.path.join(repo.root,
+                                                                         tiers.step_name(s)))
+            repo.delete(tiers.step_name(s), damaged_too=True)
 
     def _settle(self, what: str) -> None:
         """wait(), whose error (a failed save) every rank raises, before a
@@ -816,15 +830,19 @@ class Checkpointer:
     def _steps_of_rank0(self) -> list[int]:
         """``steps()`` as rank 0 lists them, on every rank: the ranks try the
         same checkpoints in the same order whatever each one's view of the
-        root (and only one rank reads every manifest). Rank 0's error is
-        every rank's."""
+        root (and only one rank reads every manifest)."""
+        return list(self._of_rank0(self.steps, "listing the checkpoints"))
+
+    def _of_rank0(self, what: Callable[[], Any], doing: str) -> Any:
+        """``what()`` as rank 0 computes it, on every rank. Rank 0's error
+        is every rank's."""
         if self.process_group is None:
-            return self.steps()
+            return what()
         box: list[Any] = [None]
         mine: Optional[BaseException] = None
         if self._rank() == 0:
             try:
-                box[0] = ("ok", self.steps())
+                box[0] = ("ok", what())
             except Exception as e:
                 mine, box[0] = e, ("error", _problem_of(e))
         dist.broadcast_object_list(box, group=self.process_group, group_src=0)
@@ -832,8 +850,8 @@ class Checkpointer:
         if mine is not None:
             raise mine
         if kind == "error":
-            raise _rebuilt(value, "(rank 0, listing the checkpoints)")
-        return list(value)
+            raise _rebuilt(value, f"(rank 0, {doing})")
+        return value
 
     def _open_everywhere(self, reader: Reader) -> None:
         """Opens ``reader`` (its manifest and index) on every rank, and

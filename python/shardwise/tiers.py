@@ -32,7 +32,8 @@ import torch
 import torch.distributed as dist
 
 from . import _core
-from ._layout import rank_dir, replica_dir, step_name, steps_in  # noqa: F401 (tiers.step_name etc.)
+from ._layout import (damaged_steps_in, rank_dir, replica_dir, step_name,  # noqa: F401
+                      steps_in)  # (tiers.step_name etc.)
 
 log = logging.getLogger("shardwise")
 

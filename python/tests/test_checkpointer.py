@@ -468,14 +468,21 @@ def test_a_resumed_job_replaces_the_steps_it_writes_again(tmp_path):
 def test_discard_after_removes_the_abandoned_runs_later_steps(tmp_path):
     """Resumed from step 2, a job that saves every 5 steps would otherwise
     restart from the old run's step 9 after a crash at step 5."""
-    ck = shardwise.Checkpointer(tmp_path, keep_last=3)
-    for step in (2, 6, 9):
+    ck = shardwise.Checkpointer(tmp_path, keep_last=4)
+    for step in (2, 6, 9, 12):
         ck.save(step, {"w": torch.full((8,), float(step))}, blocking=True)
+    # Step 12's manifest is damaged: steps() does not list it, and the
+    # resumed run's save of step 12 would collide with it.
+    (tmp_path / "step-000000000012" / "manifest.json").write_text("{torn")
+    assert ck.steps() == [2, 6, 9]
     state = {"w": torch.zeros(8)}
     assert ck.load(state, step=2) == 2
-    assert ck.discard_after(2) == [6, 9]
+    assert ck.discard_after(2) == [6, 9, 12]
+    assert not (tmp_path / "step-000000000012").exists()
     ck.save(5, {"w": torch.full((8,), 5.0)}, blocking=True)
     assert ck.steps() == [2, 5] and ck.load(state) == 5
+    ck.save(12, {"w": torch.full((8,), 12.0)}, blocking=True)
+    assert ck.steps() == [2, 5, 12]
     with pytest.raises(ValueError, match="non-negative int"):
         ck.discard_after(-1)
     ck.close()

@@ -304,6 +304,11 @@ def test_one_process_and_the_operators_view(tmp_path: Path, capsys) -> None:
     state = {"w": torch.zeros(100)}
     assert again.load(state) == 2 and torch.equal(state["w"], torch.full((100,), 2.0))
     assert again.last_restore.tiers == ["local"]  # step 2 is also kept locally
+    # Resumed from step 2: the local step 3 goes, its manifest damaged or not.
+    (local / "rank-00000" / "step-000000000003" / "manifest.json").write_text("{torn")
+    assert again.discard_after(2) == []  # none of the root's
+    assert not (local / "rank-00000" / "step-000000000003").exists()
+    assert (local / "rank-00000" / "step-000000000002").exists()
     again.close()
 
 

@@ -203,8 +203,8 @@ class PyRepository {
     return Unlocked([&] { return repo_->List(with_exports); });
   }
   std::optional<std::string> Latest() { return Take(repo_->Latest()); }
-  void Delete(const std::string& name) {
-    Unlocked([&] { return repo_->Delete(name); });
+  void Delete(const std::string& name, bool damaged_too) {
+    Unlocked([&] { return repo_->Delete(name, damaged_too); });
   }
   // FILES: (name, offset, size) of each file inside DATA, one buffer as it
   // arrived (a partner's replica): viewed, not copied.
@@ -672,7 +672,7 @@ void BindRepository(nb::module_& m) {
       .def("filesystem_summary", &PyRepository::FilesystemSummary)
       .def("list", &PyRepository::List, "with_exports"_a = false)
       .def("latest", &PyRepository::Latest)
-      .def("delete", &PyRepository::Delete, "name"_a)
+      .def("delete", &PyRepository::Delete, "name"_a, "damaged_too"_a = false)
       .def("install", &PyRepository::Install, "name"_a, "files"_a, "data"_a)
       .def("gc", &PyRepository::Gc, "keep_last"_a = nb::none(), "keep_every"_a = nb::none(),
            "dry_run"_a = false, "grace_s"_a = nb::none(), "verify"_a = false);

@@ -26,7 +26,7 @@ std::mutex& repo::LatestMutex() {
   return mu;
 }
 
-Status Repository::Delete(const std::string& name) {
+Status Repository::Delete(const std::string& name, bool damaged_too) {
   const std::string& root = impl_->root;
   SW_RETURN_IF_ERROR(LockForWriting());
   // The successor is chosen and `latest` written with no commit of this
@@ -36,7 +36,9 @@ Status Repository::Delete(const std::string& name) {
   const CheckpointInfo* target = nullptr;
   std::optional<std::string> successor;  // the newest committed one after NAME goes
   for (const auto& c : all) {
-    if (c.state != CheckpointInfo::State::kCommitted) continue;
+    const bool damaged = damaged_too && c.state == CheckpointInfo::State::kInvalid &&
+                         c.dir_name == name;
+    if (c.state != CheckpointInfo::State::kCommitted && !damaged) continue;
     if (c.name == name) target = &c;
     else successor = c.name;
   }

@@ -265,6 +265,25 @@ TEST_F(RepositoryTest, DeleteMovesLatestBack) {
   EXPECT_EQ(StagingCount(*repo_), 0);
 }
 
+// A checkpoint whose manifest does not check out is left for an operator to
+// look at, unless the caller asks for it to go (discard_after does).
+TEST_F(RepositoryTest, DeletesADamagedCheckpointOnlyWhenAskedTo) {
+  ASSERT_TRUE(Save(1, 1).ok());
+  ASSERT_TRUE(Save(2, 2).ok());
+  testing::WriteAll(dir_ / "step-000000000002/manifest.json", "{torn");
+  const Status refused = repo_->Delete("step-000000000002");
+  EXPECT_EQ(refused.code(), StatusCode::kCorrupt);
+  EXPECT_NE(refused.message().find("remove it by hand"), std::string::npos) << refused.message();
+  EXPECT_TRUE(os::Exists(dir_ / "step-000000000002"));
+  ASSERT_TRUE(repo_->Delete("step-000000000002", /*damaged_too=*/true).ok());
+  EXPECT_FALSE(os::Exists(dir_ / "step-000000000002"));
+  EXPECT_EQ(*os::ReadSmallFile(dir_ / "latest", 4096), "step-000000000001\n");  // moved back
+  EXPECT_EQ(Committed(*repo_), std::vector<std::string>{"step-000000000001"});
+  EXPECT_EQ(repo_->Delete("step-000000000001", true).code(), StatusCode::kOk);
+  EXPECT_EQ(repo_->Delete("step-000000000003", true).code(), StatusCode::kNotFound);
+  EXPECT_EQ(StagingCount(*repo_), 0);
+}
+
 // A copy of a committed checkpoint (its files, as a partner node sends them)
 // installed in another root: whole and verified, or nothing.
 TEST_F(RepositoryTest, InstallsAVerifiedCopyOrNothing) {

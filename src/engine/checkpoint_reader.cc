@@ -407,6 +407,10 @@ Status CheckTiles(const ItemRecord& it, const std::vector<std::int64_t>* offsets
                        Dims(it.chunks[t.second].offsets) + " overlap", dir);
   if (t.problem == format::Tiling::Problem::kGap && cover)
     return Corrupt(what + ": its chunks do not cover the whole tensor", dir);
+  if (t.problem == format::Tiling::Problem::kTooIrregular)
+    return Corrupt(what + ": its " + std::to_string(it.chunks.size()) +
+                       " chunks are neither a grid nor few enough to check for overlaps",
+                   dir);
   return Status::Ok();
 }
 

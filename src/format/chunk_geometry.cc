@@ -145,6 +145,67 @@ std::optional<Tiling> Slabs(std::size_t n, const ChunkAt& chunk, Box box) {
   return covered == want ? Tiling{} : Tiling{P::kGap};
 }
 
+// The overlap of parts a and b, as CheckTiling reports it.
+Tiling Overlapping(const Parts& parts, std::size_t a, std::size_t b) {
+  return {Tiling::Problem::kOverlap, std::min(parts.chunk[a], parts.chunk[b]),
+          std::max(parts.chunk[a], parts.chunk[b])};
+}
+
+// Grid layouts (every product of per-dimension splits, as DTensor shards
+// and their resharded reads make): the parts' bounds cut the box into
+// cells, and each part covers a block of them. When there are few cells
+// per part, marking each part's cells finds an overlap in time linear in
+// the cells, whatever the layout's shape. Empty when the cells would be
+// too many (an irregular layout; the sweep decides).
+std::optional<Tiling> Cells(const Parts& parts) {
+  const std::size_t n = parts.chunk.size(), D = parts.dims;
+  if (D == 0 || n < 2) return std::nullopt;
+  const std::uint64_t limit = 4 * static_cast<std::uint64_t>(n) + 64;
+  std::vector<std::vector<std::int64_t>> cuts(D);
+  std::uint64_t cells = 1;
+  for (std::size_t d = 0; d < D; ++d) {
+    cuts[d].reserve(2 * n);
+    for (std::size_t p = 0; p < n; ++p) {
+      cuts[d].push_back(parts.Lo(p)[d]);
+      cuts[d].push_back(parts.Hi(p)[d]);
+    }
+    std::sort(cuts[d].begin(), cuts[d].end());
+    cuts[d].erase(std::unique(cuts[d].begin(), cuts[d].end()), cuts[d].end());
+    cells *= cuts[d].size() - 1;  // parts are not empty: two cuts at least
+    if (cells > limit) return std::nullopt;
+  }
+  auto at = [&](std::size_t d, std::int64_t v) {
+    return static_cast<std::uint64_t>(std::lower_bound(cuts[d].begin(), cuts[d].end(), v) -
+                                      cuts[d].begin());
+  };
+  std::vector<std::uint32_t> owner(cells, 0);  // 1 + the part that covers it, or 0
+  std::vector<std::uint64_t> lo(D), hi(D), i(D);
+  for (std::size_t p = 0; p < n; ++p) {
+    for (std::size_t d = 0; d < D; ++d) {
+      lo[d] = i[d] = at(d, parts.Lo(p)[d]);
+      hi[d] = at(d, parts.Hi(p)[d]);
+    }
+    // Every cell of the block lo..hi, the last dimension fastest.
+    for (;;) {
+      std::uint64_t cell = 0;
+      for (std::size_t d = 0; d < D; ++d) cell = cell * (cuts[d].size() - 1) + i[d];
+      if (owner[cell] != 0) return Overlapping(parts, owner[cell] - 1, p);
+      owner[cell] = static_cast<std::uint32_t>(p + 1);
+      std::size_t d = D;
+      while (d > 0 && ++i[d - 1] == hi[d - 1]) {
+        i[d - 1] = lo[d - 1];
+        --d;
+      }
+      if (d == 0) break;
+    }
+  }
+  return Tiling{};  // no overlap; the caller compares volumes for a gap
+}
+
+// What the sweep may compare before it gives up on a layout: legitimate
+// layouts take the paths above, or few comparisons here.
+std::uint64_t SweepBudget(std::size_t n) { return 64 * static_cast<std::uint64_t>(n) + (1u << 24); }
+
 }  // namespace
 
 Tiling CheckTiling(std::size_t n, const std::function<Box(std::size_t)>& chunk, Box box) {
@@ -153,6 +214,10 @@ Tiling CheckTiling(std::size_t n, const std::function<Box(std::size_t)>& chunk, 
   const Parts parts = Clip(n, chunk, box);
   n = parts.chunk.size();
   const std::size_t D = parts.dims;
+  std::uint64_t want = 1;
+  for (std::int64_t s : box.sizes) want *= static_cast<std::uint64_t>(s);
+  const Tiling gap = parts.volume == want ? Tiling{} : Tiling{P::kGap};
+  if (auto grid = Cells(parts)) return grid->problem == P::kNone ? gap : *grid;
   const std::size_t sd = SweepDim(parts);
   std::vector<std::size_t> order(n);
   std::iota(order.begin(), order.end(), std::size_t{0});
@@ -161,19 +226,17 @@ Tiling CheckTiling(std::size_t n, const std::function<Box(std::size_t)>& chunk, 
   if (!std::is_sorted(order.begin(), order.end(), by_start))
     std::stable_sort(order.begin(), order.end(), by_start);
   std::vector<std::size_t> active;  // parts whose reach in sd passes the sweep
+  std::uint64_t budget = SweepBudget(n);
   for (std::size_t p : order) {
     if (D)
       std::erase_if(active, [&](std::size_t a) { return parts.Hi(a)[sd] <= start(p); });
+    if (active.size() > budget) return {P::kTooIrregular};
+    budget -= active.size();
     for (std::size_t a : active)
-      if (parts.Overlap(a, p))
-        return {P::kOverlap, std::min(parts.chunk[a], parts.chunk[p]),
-                std::max(parts.chunk[a], parts.chunk[p])};
+      if (parts.Overlap(a, p)) return Overlapping(parts, a, p);
     active.push_back(p);
   }
-  std::uint64_t want = 1;
-  for (std::int64_t s : box.sizes) want *= static_cast<std::uint64_t>(s);
-  if (parts.volume != want) return {P::kGap};
-  return {};
+  return gap;
 }
 
 }  // namespace shardwise::format

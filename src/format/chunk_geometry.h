@@ -45,6 +45,8 @@ struct Tiling {
     kNone,
     kOverlap,  // chunks `first` and `second` share elements inside the box
     kGap,      // some element of the box lies in no chunk
+    kTooIrregular,  // not decided: the chunks are neither a grid nor few
+                    // enough to compare (no writer lays chunks out so)
   };
   Problem problem = Problem::kNone;
   std::size_t first = 0;
@@ -54,9 +56,11 @@ struct Tiling {
 // Whether the chunks tile `box` exactly: their parts inside it do not
 // overlap and leave no element out. Chunks must already fit their tensor
 // (FitChunk) and have the box's rank. Row and column shards listed in order
-// cost one pass, without allocating; otherwise a sweep along the dimension
-// with the most distinct starts: an r x c grid costs O(n min(r, c)), and
-// chunks built to overlap in every projection up to O(n^2), never more.
+// cost one pass, without allocating. Grid layouts (per-dimension splits)
+// cost O(n log n): the cells their bounds cut the box into are marked. Other
+// layouts are swept along the dimension with the most distinct starts, up
+// to 64 n + 2^24 comparisons of chunks; past that, kTooIrregular (chunks
+// built to overlap in every projection would otherwise cost O(n^2)).
 // Chunk c of n is chunk(c): read where the chunks are held, no copy made.
 Tiling CheckTiling(std::size_t n, const std::function<Box(std::size_t)>& chunk, Box box);
 

@@ -4,6 +4,8 @@
 
 #include <gtest/gtest.h>
 
+#include <algorithm>
+#include <random>
 #include <vector>
 
 namespace shardwise::format {
@@ -94,6 +96,49 @@ TEST(CheckTiling, ManyShardsInAnyOrder) {
   EXPECT_EQ(rows.Of({0, 0}, {32768, 8}).problem, P::kNone);
   rows.sizes[100] = {3, 8};  // reaches one row into its neighbour
   EXPECT_EQ(rows.Of({0, 0}, {32768, 8}).problem, P::kOverlap);
+}
+
+// A large grid in any order takes the cell path: every chunk is one cell.
+// Its one overlap, and its one gap, are found as in a small one.
+TEST(CheckTiling, LargeGridsInAnyOrder) {
+  Chunks grid = Grid(300, 300, false);  // 90,000 tiles
+  std::vector<std::size_t> order(grid.offsets.size());
+  for (std::size_t k = 0; k < order.size(); ++k) order[k] = k;
+  std::shuffle(order.begin(), order.end(), std::mt19937(7));
+  Chunks shuffled;
+  for (std::size_t k : order) shuffled.Add(grid.offsets[k], grid.sizes[k]);
+  EXPECT_EQ(shuffled.Of({0, 0}, {1200, 1200}).problem, P::kNone);
+  EXPECT_EQ(shuffled.Of({10, 30}, {500, 7}).problem, P::kNone);  // across tile borders
+  Chunks wide = shuffled;
+  wide.sizes[5] = {4, 8};  // reaches into its right neighbour
+  const Tiling t = wide.Of({0, 0}, {1200, 1200});
+  EXPECT_EQ(t.problem, P::kOverlap);
+  EXPECT_TRUE(t.first == 5 || t.second == 5) << t.first << " " << t.second;
+  Chunks holed = shuffled;
+  holed.offsets.erase(holed.offsets.begin() + 77);
+  holed.sizes.erase(holed.sizes.begin() + 77);
+  EXPECT_EQ(holed.Of({0, 0}, {1200, 1200}).problem, P::kGap);
+  // Uneven splits are a grid too (cuts need not be evenly spaced).
+  Chunks uneven;
+  for (std::int64_t r : {0, 3, 10})
+    for (std::int64_t c : {0, 1, 9}) uneven.Add({r, c}, {r == 10 ? 2 : (r == 0 ? 3 : 7),
+                                                         c == 9 ? 3 : (c == 0 ? 1 : 8)});
+  EXPECT_EQ(uneven.Of({0, 0}, {12, 12}).problem, P::kNone);
+}
+
+// Chunks that are no grid and keep every earlier chunk in the sweep (each
+// reaches the end of the rows; the columns keep them apart): up to O(n^2)
+// comparisons. A small such layout is decided; a large one is refused
+// within the budget instead of comparing every pair.
+TEST(CheckTiling, AnIrregularLayoutIsDecidedOrRefusedInBoundedTime) {
+  auto staircase = [](std::int64_t n) {
+    Chunks s;
+    for (std::int64_t i = 0; i < n; ++i) s.Add({i, i}, {n - i, 1});
+    return s;
+  };
+  EXPECT_EQ(staircase(200).Of({0, 0}, {200, 200}).problem, P::kGap);
+  // 8e8 pairs: without the budget, kGap after them all
+  EXPECT_EQ(staircase(40000).Of({0, 0}, {40000, 40000}).problem, P::kTooIrregular);
 }
 
 }  // namespace

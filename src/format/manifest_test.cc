@@ -1,4 +1,5 @@
 #include "format/manifest.h"
+#include "format/chunk_source.h"
 #include "shardwise/names.h"
 
 #include <gtest/gtest.h>
@@ -162,6 +163,29 @@ TEST(Manifest, DeepNestingDoesNotCrash) {
   std::string deep = "{\"user\":" + std::string(200000, '[') + std::string(200000, ']') + "}";
   auto r = Parse(Seal(deep), kManifestKind, kPath);
   EXPECT_FALSE(r.ok());
+}
+
+// A hostile layout that would take the overlap check O(n^2) comparisons
+// is refused with a message naming the item, in bounded time.
+TEST(Manifest, AnItemTooIrregularToCheckIsRefused) {
+  Manifest m;
+  ItemRecord& it = m.items.emplace_back();
+  it.name = "w";
+  const std::int64_t n = 40000;
+  it.shape = {n, n};
+  for (std::int64_t i = 0; i < n; ++i) {
+    ChunkRecord& c = it.chunks.emplace_back();
+    c.offsets = {i, i};
+    c.sizes = {n - i, 1};
+  }
+  const ManifestSource source(m);
+  const Tiling t = ItemTiling(source, 0);
+  ASSERT_EQ(t.problem, Tiling::Problem::kTooIrregular);
+  const Status s = TilingError(source, 0, t, kPath);
+  EXPECT_EQ(s.code(), StatusCode::kCorrupt);
+  EXPECT_NE(s.message().find("item 'w': its 40000 chunks are neither a grid nor few enough"),
+            std::string::npos)
+      << s.message();
 }
 
 TEST(Manifest, SafeFileNames) {

@@ -230,6 +230,9 @@ Status TilingError(const ChunkSource& s, std::size_t i, const Tiling& t, const s
                          std::to_string(t.second) + " overlap");
   if (t.problem == Tiling::Problem::kGap)
     return Bad(path, "item '" + name + "': its chunks do not cover its shape");
+  if (t.problem == Tiling::Problem::kTooIrregular)
+    return Bad(path, "item '" + name + "': its " + std::to_string(s.ChunkCount(i)) +
+                         " chunks are neither a grid nor few enough to check for overlaps");
   return Status::Ok();
 }
 
@@ -249,7 +252,8 @@ Status ValidateSource(const ChunkSource& s, std::int32_t world_size,
       SW_RETURN_IF_ERROR(ValidateChunk(s, i, c, checksum_block, path, per_file));
     if (!DistinctStarts(s, i)) return Bad(path, iname() + ": two chunks start at the same offsets");
     if (s.ChunkCount(i) < 2) continue;  // the common case of a rank's part
-    if (Tiling t = ItemTiling(s, i); t.problem == Tiling::Problem::kOverlap)
+    if (Tiling t = ItemTiling(s, i); t.problem != Tiling::Problem::kNone &&
+                                     t.problem != Tiling::Problem::kGap)
       return TilingError(s, i, t, path);
   }
   return CheckOverlaps(s, per_file, path);

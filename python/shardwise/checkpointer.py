@@ -207,17 +207,22 @@ class SaveHandle:
             self._retained.wait(timeout)
 
     def _unseen_error(self) -> Optional[BaseException]:
-        """Waits as ``wait()`` does; the error it would raise, unless it
-        raised it already (then None)."""
-        if self._error_seen:
+        """Waits until the save is done (not for its retention); the error
+        ``wait()`` would raise, unless it raised it already (then None)."""
+        if self._error_seen or self._future is None:
             return None
         try:
-            self.wait()
+            self._future.result()
         except (KeyboardInterrupt, SystemExit):
             raise
         except BaseException as e:
-            self._error_seen = False  # returned, not raised yet
-            return e
+            inner = _underlying(e)
+            if inner is not e:
+                inner.__cause__ = e
+            return inner
+        finally:
+            if self._future.done():
+                self._unhook()
         return None
 
     def exception(self) -> Optional[BaseException]:
@@ -389,11 +394,14 @@ class Checkpointer:
         self.process_group = process_group
         # Before each save the ranks decide together whether to skip it
         # (overlap="skip") and whether the previous save failed anywhere (then
-        # every rank raises). With overlap="skip" the previous save's
-        # collectives may still run on process_group: a group of its own.
-        self._decide_group = (self._new_group(process_group)
-                              if overlap == "skip" and process_group is not None
-                              else process_group)
+        # every rank raises), in an all_reduce of a CPU tensor. A group of its
+        # own with overlap="skip" (the previous save's collectives may still
+        # run on process_group), or where process_group has no CPU backend
+        # (a caller's NCCL group, with which synchronous saves work).
+        self._decide_group = process_group
+        if process_group is not None and (overlap == "skip" or
+                                          "gloo" not in str(dist.get_backend(process_group))):
+            self._decide_group = self._new_group(process_group)
         self.progress = progress
         self.engine_options = engine_options
         # In process mode the staged tensors go to DCP's checkpoint process:
@@ -526,7 +534,8 @@ class Checkpointer:
         together; True when this save is to be skipped. One all_reduce
         decides two things (on process_group, where each rank issues it
         after its own previous save is done, so after that save's
-        collectives; with overlap="skip", on a group of its own):
+        collectives; on a gloo group of its own with overlap="skip" or a
+        process_group without a CPU backend):
 
         - overlap="skip": whether the previous save still persists on any
           rank; then every rank skips, and the previous save stays pending;
@@ -546,6 +555,7 @@ class Checkpointer:
         self._pending = None
         if pending is not None:
             pending._error_seen = True  # raised below, here or by every rank
+            pending._retained.wait()  # rank 0's retention of it, before the next save
         if flags[1]:
             if self._decide_group is None:
                 raise error  # type: ignore[misc]

@@ -11,6 +11,7 @@ import signal
 import subprocess
 import sys
 import textwrap
+import time
 
 import pytest
 import torch
@@ -495,14 +496,24 @@ def test_process_mode_from_shared_staging_memory(tmp_path):
     run_ranks(2, _process_mode_one_copy, str(tmp_path / "root"))
 
 
-def _errors(rank: int, world: int, root: str) -> None:
-    ck = shardwise.Checkpointer(root)
+def _until_done(h: "shardwise.checkpointer.SaveHandle") -> None:
+    """Until the save is over, without looking at its outcome."""
+    while not h.done():
+        time.sleep(0.01)
+
+
+def _errors(rank: int, world: int, root: str, how: str) -> None:
+    if how == "tiered":
+        ck = shardwise.Checkpointer(root, local_root=root + "-local")
+    else:
+        ck = shardwise.Checkpointer(root, overlap=how)
     state = rank_state(rank)
     ck.save(1, state).wait()
     h = ck.save(1, state)  # step 1 exists: this save fails in the background
     with pytest.raises(FileExistsError):
         h.wait()
-    ck.save(1, state)  # fails again, and nobody waits for it...
+    h = ck.save(1, state)  # fails again, and nobody waits for it...
+    _until_done(h)  # (overlap="skip" would skip the next save while it runs)
     with pytest.raises(FileExistsError):
         ck.save(2, state)  # ...so the next save reports it
     ck.save(2, state).wait()  # and then works
@@ -510,6 +521,7 @@ def _errors(rank: int, world: int, root: str) -> None:
     if rank == 0:
         with pytest.raises(FileExistsError):
             h.wait()  # ...and only rank 0 waits for it
+    _until_done(h)
     # Rank 1 raises its error on the next save; rank 0 raises it too rather
     # than go on alone into the save's collectives (where it would hang).
     with pytest.raises(FileExistsError, match="rank 1, in the save before step 3" if rank == 0
@@ -520,8 +532,9 @@ def _errors(rank: int, world: int, root: str) -> None:
     ck.close()
 
 
-def test_background_errors_surface_on_wait_and_on_the_next_save(tmp_path):
-    run_ranks(2, _errors, str(tmp_path / "root"), timeout=180)
+@pytest.mark.parametrize("how", ["wait", "skip", "tiered"])
+def test_background_errors_surface_on_wait_and_on_the_next_save(tmp_path, how):
+    run_ranks(2, _errors, str(tmp_path / "root"), how, timeout=180)
 
 
 def test_sigkill_during_a_lazy_snapshot_leaves_the_previous_checkpoint(tmp_path):

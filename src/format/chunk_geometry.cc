@@ -1,8 +1,10 @@
 #include "format/chunk_geometry.h"
 
 #include <algorithm>
+#include <map>
 #include <numeric>
 #include <optional>
+#include <queue>
 
 namespace shardwise::format {
 
@@ -202,6 +204,30 @@ std::optional<Tiling> Cells(const Parts& parts) {
   return Tiling{};  // no overlap; the caller compares volumes for a gap
 }
 
+// Two dimensions, any layout, O(n log n): the parts active at the sweep line
+// all reach across it, so (no overlap found so far) they are disjoint in the
+// other dimension, and kept in order there. A new part can then overlap an
+// active one only if it overlaps the last one that starts before its end.
+Tiling Sweep2(const Parts& parts, const std::vector<std::size_t>& order, std::size_t sd) {
+  const std::size_t e = 1 - sd;
+  std::map<std::int64_t, std::size_t> active;  // start in e -> part (starts differ)
+  using Reach = std::pair<std::int64_t, std::size_t>;  // end in sd, part
+  std::priority_queue<Reach, std::vector<Reach>, std::greater<>> ends;
+  for (std::size_t p : order) {
+    for (const std::int64_t at = parts.Lo(p)[sd]; !ends.empty() && ends.top().first <= at;
+         ends.pop())
+      active.erase(parts.Lo(ends.top().second)[e]);
+    const auto after = active.lower_bound(parts.Hi(p)[e]);  // first to start at p's end
+    if (after != active.begin()) {
+      const std::size_t a = std::prev(after)->second;
+      if (parts.Hi(a)[e] > parts.Lo(p)[e]) return Overlapping(parts, a, p);
+    }
+    active.emplace(parts.Lo(p)[e], p);
+    ends.push({parts.Hi(p)[sd], p});
+  }
+  return {};
+}
+
 // What the sweep may compare before it gives up on a layout: legitimate
 // layouts take the paths above, or few comparisons here.
 std::uint64_t SweepBudget(std::size_t n) { return 64 * static_cast<std::uint64_t>(n) + (1u << 24); }
@@ -225,6 +251,10 @@ Tiling CheckTiling(std::size_t n, const std::function<Box(std::size_t)>& chunk, 
   auto by_start = [&](std::size_t a, std::size_t b) { return start(a) < start(b); };
   if (!std::is_sorted(order.begin(), order.end(), by_start))
     std::stable_sort(order.begin(), order.end(), by_start);
+  if (D == 2) {
+    const Tiling t = Sweep2(parts, order, sd);
+    return t.problem == P::kNone ? gap : t;
+  }
   std::vector<std::size_t> active;  // parts whose reach in sd passes the sweep
   std::uint64_t budget = SweepBudget(n);
   for (std::size_t p : order) {

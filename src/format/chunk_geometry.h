@@ -56,11 +56,14 @@ struct Tiling {
 // Whether the chunks tile `box` exactly: their parts inside it do not
 // overlap and leave no element out. Chunks must already fit their tensor
 // (FitChunk) and have the box's rank. Row and column shards listed in order
-// cost one pass, without allocating. Grid layouts (per-dimension splits)
-// cost O(n log n): the cells their bounds cut the box into are marked. Other
-// layouts are swept along the dimension with the most distinct starts, up
-// to 64 n + 2^24 comparisons of chunks; past that, kTooIrregular (chunks
-// built to overlap in every projection would otherwise cost O(n^2)).
+// cost one pass, without allocating. Grid layouts (per-dimension splits:
+// the cells the chunks' bounds cut the box into number at most 4n + 64)
+// cost O(n log n), the cells being marked, and so does any layout of at most
+// two dimensions (a sweep that keeps the active chunks in order). Other
+// layouts of three or more dimensions are swept along the dimension with
+// the most distinct starts, up to 64 n + 2^24 comparisons of chunks; past
+// that, kTooIrregular (chunks laid out to stay active together would
+// otherwise cost O(n^2)).
 // Chunk c of n is chunk(c): read where the chunks are held, no copy made.
 Tiling CheckTiling(std::size_t n, const std::function<Box(std::size_t)>& chunk, Box box);
 

@@ -5,7 +5,6 @@
 #include <gtest/gtest.h>
 
 #include <algorithm>
-#include <random>
 #include <vector>
 
 namespace shardwise::format {
@@ -102,11 +101,12 @@ TEST(CheckTiling, ManyShardsInAnyOrder) {
 // Its one overlap, and its one gap, are found as in a small one.
 TEST(CheckTiling, LargeGridsInAnyOrder) {
   Chunks grid = Grid(300, 300, false);  // 90,000 tiles
-  std::vector<std::size_t> order(grid.offsets.size());
-  for (std::size_t k = 0; k < order.size(); ++k) order[k] = k;
-  std::shuffle(order.begin(), order.end(), std::mt19937(7));
-  Chunks shuffled;
-  for (std::size_t k : order) shuffled.Add(grid.offsets[k], grid.sizes[k]);
+  Chunks shuffled;  // a fixed permutation: 7919 is prime to 90,000
+  for (std::size_t k = 0; k < grid.offsets.size(); ++k) {
+    const std::size_t from = k * 7919 % grid.offsets.size();
+    shuffled.Add(grid.offsets[from], grid.sizes[from]);
+  }
+  ASSERT_EQ(shuffled.offsets[5], (V{4 * 131, 4 * 295}));  // not in the last column
   EXPECT_EQ(shuffled.Of({0, 0}, {1200, 1200}).problem, P::kNone);
   EXPECT_EQ(shuffled.Of({10, 30}, {500, 7}).problem, P::kNone);  // across tile borders
   Chunks wide = shuffled;
@@ -126,19 +126,107 @@ TEST(CheckTiling, LargeGridsInAnyOrder) {
   EXPECT_EQ(uneven.Of({0, 0}, {12, 12}).problem, P::kNone);
 }
 
-// Chunks that are no grid and keep every earlier chunk in the sweep (each
-// reaches the end of the rows; the columns keep them apart): up to O(n^2)
-// comparisons. A small such layout is decided; a large one is refused
-// within the budget instead of comparing every pair.
-TEST(CheckTiling, AnIrregularLayoutIsDecidedOrRefusedInBoundedTime) {
-  auto staircase = [](std::int64_t n) {
-    Chunks s;
-    for (std::int64_t i = 0; i < n; ++i) s.Add({i, i}, {n - i, 1});
-    return s;
+// Row bands, each split into columns its own way: no grid, and each column
+// position keeps one chunk of every band active. Any layout of two
+// dimensions is decided in O(n log n), however many bands.
+TEST(CheckTiling, RowBandsSplitUnevenly) {
+  Chunks bands;
+  const std::int64_t rows = 400, width = 6000;
+  for (std::int64_t r = 0; r < rows; ++r) {
+    const std::int64_t step = 60 + r % 13;  // a band's column width
+    for (std::int64_t c = 0; c < width; c += step)
+      bands.Add({r, c}, {1, std::min(step, width - c)});
+  }
+  EXPECT_EQ(bands.Of({0, 0}, {rows, width}).problem, P::kNone);
+  Chunks wide = bands;
+  wide.sizes[1000] = {2, wide.sizes[1000][1]};  // reaches into the band below
+  EXPECT_EQ(wide.Of({0, 0}, {rows, width}).problem, P::kOverlap);
+  Chunks layers;  // the same in three dimensions: layers, each banded its own way
+  for (std::int64_t l = 0; l < 30; ++l)
+    for (std::int64_t b = 0, step = 50 + l % 7; b < 3000; b += step)
+      layers.Add({l, b, 0}, {1, std::min(step, 3000 - b), 5});
+  EXPECT_EQ(layers.Of({0, 0, 0}, {30, 3000, 5}).problem, P::kNone);
+  layers.sizes[100][0] = 2;  // into the next layer
+  EXPECT_EQ(layers.Of({0, 0, 0}, {30, 3000, 5}).problem, P::kOverlap);
+  Chunks staircase;  // each reaches the last row; columns keep them apart
+  for (std::int64_t i = 0; i < 40000; ++i) staircase.Add({i, i}, {40000 - i, 1});
+  EXPECT_EQ(staircase.Of({0, 0}, {40000, 40000}).problem, P::kGap);
+  staircase.Add({39999, 39998}, {1, 2});  // its last row, two columns wide
+  EXPECT_EQ(staircase.Of({0, 0}, {40000, 40000}).problem, P::kOverlap);
+}
+
+// Against counting every element: random boxes in small tensors of one to
+// three dimensions, inside a random box, through every path (slabs, cells,
+// the ordered sweep of two dimensions, the general sweep).
+TEST(CheckTiling, AgreesWithCountingEveryElement) {
+  std::uint64_t seed = 12345;
+  auto next = [&](std::int64_t below) {  // a fixed LCG: the same cases everywhere
+    seed = seed * 6364136223846793005ull + 1442695040888963407ull;
+    return static_cast<std::int64_t>((seed >> 33) % static_cast<std::uint64_t>(below));
   };
-  EXPECT_EQ(staircase(200).Of({0, 0}, {200, 200}).problem, P::kGap);
+  for (int round = 0; round < 6000; ++round) {
+    const std::size_t D = 1 + round % 3;
+    // Large enough, with enough chunks, that most layouts are no grid of
+    // few cells (then the sweeps decide); chunks small enough that many
+    // layouts do not overlap.
+    V shape(D);
+    for (auto& s : shape) s = 1 + next(D == 3 ? 10 : 40);
+    Chunks c;
+    const std::int64_t n = next(25);
+    for (std::int64_t k = 0; k < n; ++k) {
+      V o(D), z(D);
+      for (std::size_t d = 0; d < D; ++d) {
+        o[d] = next(shape[d]);
+        z[d] = 1 + next(std::min(shape[d] - o[d], std::max<std::int64_t>(1, shape[d] / 3)));
+      }
+      c.Add(o, z);
+    }
+    V bo(D, 0), bz = shape;  // mostly the whole tensor, else a box in it
+    for (std::size_t d = 0; d < D && round % 3 == 0; ++d) {
+      bo[d] = next(shape[d]);
+      bz[d] = next(shape[d] - bo[d] + 1);
+    }
+    // Count each element of the box.
+    bool overlap = false, gap = false;
+    V at = bo;
+    std::int64_t volume = 1;
+    for (auto z : bz) volume *= z;
+    for (std::int64_t e = 0; e < volume; ++e) {
+      std::int64_t rest = e;
+      for (std::size_t d = D; d-- > 0;) {
+        at[d] = bo[d] + rest % bz[d];
+        rest /= bz[d];
+      }
+      int hits = 0;
+      for (std::size_t k = 0; k < c.offsets.size(); ++k) {
+        bool in = true;
+        for (std::size_t d = 0; d < D; ++d)
+          in = in && at[d] >= c.offsets[k][d] && at[d] < c.offsets[k][d] + c.sizes[k][d];
+        hits += in;
+      }
+      overlap = overlap || hits > 1;
+      gap = gap || hits == 0;
+    }
+    const Tiling t = c.Of(bo, bz);
+    const P want = overlap ? P::kOverlap : gap ? P::kGap : P::kNone;
+    ASSERT_EQ(t.problem, want) << "round " << round;
+  }
+}
+
+// Three dimensions: chunks laid out so that every one stays active along
+// the swept dimension while the other two keep them apart (no grid: n^2
+// cells) would take O(n^2) comparisons. A small such layout is decided; a
+// large one is refused within the budget instead of comparing every pair.
+Chunks Towers(std::int64_t n, std::int64_t m) {
+  Chunks t;  // chunk i: from row i to the last, in cell (i / m, i % m) of the other two
+  for (std::int64_t i = 0; i < n; ++i) t.Add({i, i / m, i % m}, {n - i, 1, 1});
+  return t;
+}
+
+TEST(CheckTiling, AnIrregularLayoutIsDecidedOrRefusedInBoundedTime) {
+  EXPECT_EQ(Towers(400, 20).Of({0, 0, 0}, {400, 20, 20}).problem, P::kGap);
   // 8e8 pairs: without the budget, kGap after them all
-  EXPECT_EQ(staircase(40000).Of({0, 0}, {40000, 40000}).problem, P::kTooIrregular);
+  EXPECT_EQ(Towers(40000, 200).Of({0, 0, 0}, {40000, 200, 200}).problem, P::kTooIrregular);
 }
 
 }  // namespace

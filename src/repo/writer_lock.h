@@ -1,7 +1,7 @@
 // One job writes a checkpoint root at a time (docs/format.md, "Writers").
 // The job's coordinator holds ROOT/.writer.lock with flock(LOCK_EX) from its
-// first commit (or retention) until it exits; a second job's commit fails at
-// once with a clear error naming the holder. The kernel (or, on Lustre with
+// first commit, delete or gc until it exits; a second job's commit (or gc)
+// fails at once with a clear error naming the holder. The kernel (or, on Lustre with
 // the `flock` mount option, the servers) release the lock when the holder
 // dies, so a crashed job never blocks the next one.
 #pragma once

@@ -38,7 +38,10 @@ enum class OverlapPolicy {
 struct AsyncOptions {
   // Staging memory per save. 0: the whole state (the pool grows to the
   // largest state saved). Smaller than the state: staged in waves (see
-  // above); it must hold at least two I/O units.
+  // above); it must hold at least two I/O units. It bounds what a save
+  // allocates, not what it uses: where the process's pool already holds a
+  // larger idle slab, the save takes it, and stages in fewer waves
+  // (staging_bytes() below says how much it took).
   std::uint64_t staging_bytes = 0;
   OverlapPolicy overlap = OverlapPolicy::kWait;
   // Threads for the staging copy; 0: the repository's Options::threads

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import errno
 import logging
+import operator
 import os
 import threading
 import time
@@ -232,6 +233,18 @@ class SaveHandle:
             return None
         e = self._future.exception()
         return None if e is None else _underlying(e)
+
+
+def _as_step(step: Any) -> int:
+    """A step as an int: any integer (numpy's, a 0-d integer tensor), not a
+    bool, not negative."""
+    try:
+        value = None if isinstance(step, bool) else operator.index(step)
+    except TypeError:
+        value = None
+    if value is None or value < 0:
+        raise ValueError(f"step must be a non-negative int, got {step!r}")
+    return value
 
 
 def _as_list(optimizer: Any) -> list[Any]:
@@ -604,8 +617,7 @@ class Checkpointer:
             and optimizer state; needed with ``snapshot="lazy"``: their next
             ``step()`` waits until the copy of those is complete.
         """
-        if not isinstance(step, int) or step < 0:
-            raise ValueError(f"step must be a non-negative int, got {step!r}")
+        step = _as_step(step)
         optimizers = _as_list(optimizer)
         lazy = self.snapshot == "lazy" and not blocking
         if lazy and not optimizers:
@@ -739,8 +751,7 @@ class Checkpointer:
         manifest does not check out, which ``steps()`` does not list; each
         is logged). Collective (call it on every rank). Returns, on every
         rank, the steps deleted from the root."""
-        if not isinstance(step, int) or isinstance(step, bool) or step < 0:
-            raise ValueError(f"step must be a non-negative int, got {step!r}")
+        step = _as_step(step)
         self._settle("waiting for the previous save")
         self._claim()
 
@@ -804,8 +815,7 @@ class Checkpointer:
         All ranks take the same decisions: rank 0 lists the checkpoints,
         and every rank's errors reach every rank.
         """
-        if step is not None and (not isinstance(step, int) or isinstance(step, bool) or step < 0):
-            raise ValueError(f"step must be a non-negative int, got {step!r}")
+        step = None if step is None else _as_step(step)
         self._settle("waiting for the previous save before loading")
         if self.local_root is not None:
             return self._load_tiered(state_dict, step)

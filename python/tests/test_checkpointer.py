@@ -335,6 +335,17 @@ def test_load_of_a_missing_step_names_it(tmp_path):
     assert e.value.errno == errno.ENOENT and "step-000000000077" in str(e.value)
     with pytest.raises(ValueError, match="non-negative int"):
         ck.load({"w": torch.zeros(8)}, step="1")
+    for bad in (True, -1, 1.0, torch.tensor(1.0)):
+        with pytest.raises(ValueError, match="non-negative int"):
+            ck.save(bad, {"w": torch.ones(8)}, blocking=True)
+    # Integers of numpy and torch are steps (a loop's counter often is one).
+    import numpy as np
+    ck.save(np.int64(2), {"w": torch.full((8,), 2.0)}, blocking=True)
+    ck.save(torch.tensor(3), {"w": torch.full((8,), 3.0)}, blocking=True)
+    assert ck.steps() == [1, 2, 3]
+    state = {"w": torch.zeros(8)}
+    assert ck.load(state, step=np.int32(2)) == 2 and torch.equal(state["w"], torch.full((8,), 2.0))
+    assert type(ck.load(state)) is int
 
 
 def test_a_damaged_index_or_manifest_falls_back(tmp_path):

@@ -238,8 +238,11 @@ class SaveHandle:
 def _as_step(step: Any) -> int:
     """A step as an int: any integer (numpy's, a 0-d integer tensor), not a
     bool, not negative."""
+    tensor = isinstance(step, torch.Tensor)
     try:
-        value = None if isinstance(step, bool) else operator.index(step)
+        value = (None if isinstance(step, bool) or
+                 (tensor and (step.dtype == torch.bool or step.dim() != 0))
+                 else operator.index(step))
     except TypeError:
         value = None
     if value is None or value < 0:
@@ -565,10 +568,10 @@ class Checkpointer:
             dist.all_reduce(flags, op=dist.ReduceOp.MAX, group=self._decide_group)
         if flags[0]:
             return True
-        self._pending = None
         if pending is not None:
-            pending._error_seen = True  # raised below, here or by every rank
             pending._retained.wait()  # rank 0's retention of it, before the next save
+            pending._error_seen = True  # raised below, here or by every rank
+        self._pending = None
         if flags[1]:
             if self._decide_group is None:
                 raise error  # type: ignore[misc]

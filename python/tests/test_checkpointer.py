@@ -335,7 +335,7 @@ def test_load_of_a_missing_step_names_it(tmp_path):
     assert e.value.errno == errno.ENOENT and "step-000000000077" in str(e.value)
     with pytest.raises(ValueError, match="non-negative int"):
         ck.load({"w": torch.zeros(8)}, step="1")
-    for bad in (True, -1, 1.0, torch.tensor(1.0)):
+    for bad in (True, -1, 1.0, torch.tensor(1.0), torch.tensor(True), torch.tensor([3])):
         with pytest.raises(ValueError, match="non-negative int"):
             ck.save(bad, {"w": torch.ones(8)}, blocking=True)
     # Integers of numpy and torch are steps (a loop's counter often is one).

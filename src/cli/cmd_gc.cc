@@ -28,7 +28,8 @@ If no checkpoint is valid, nothing is deleted.
 
 Only the job that writes ROOT may delete there: while another job holds
 ROOT/.writer.lock, gc (except --dry-run) refuses, names that job and removes
-nothing. The job's own retention cleans up while it runs.
+nothing; so it does where it cannot take that lock at all. The job's own
+retention cleans up while it runs.
 
 Options:
   --keep-last N     keep the N newest committed checkpoints (N >= 1)

@@ -162,14 +162,18 @@ Result<GcReport> Repository::Gc(const GcOptions& gc) {
   // whose writer has not locked it yet, or a recycle bin a save takes files
   // from, is safe from another process only so).
   // Where the lock cannot be taken at all (a read-only root, another
-  // user's lock file), cleaning up goes on as far as it can; retention does
-  // not (below).
-  Status claim = gc.dry_run ? Status::Ok() : LockForWriting();
-  if (claim.code() == StatusCode::kAborted)
-    return Status(StatusCode::kAborted,
-                  claim.message() + " gc removes nothing on a root another job writes: run it "
-                  "once that job has exited, or as a dry run to see what it would remove.",
+  // user's lock file, whose job may be running), nothing is removed either.
+  if (Status claim = gc.dry_run ? Status::Ok() : LockForWriting(); !claim.ok()) {
+    const bool held = claim.code() == StatusCode::kAborted;
+    return Status(claim.code(),
+                  claim.message() +
+                      (held ? " gc removes nothing on a root another job writes: run it once "
+                              "that job has exited, or as a dry run to see what it would "
+                              "remove."
+                            : " (gc removes nothing without the root's writer lock; a dry run "
+                              "needs none)"),
                   claim.err(), claim.path());
+  }
   SW_ASSIGN_OR_RETURN(auto all, List());
 
   // 1. Staging directories nobody works on, leftovers, stale temporary files.
@@ -192,7 +196,6 @@ Result<GcReport> Repository::Gc(const GcOptions& gc) {
     for (auto* c : committed) report.kept.push_back(c->name);
     return report;
   }
-  SW_RETURN_IF_ERROR(claim);  // retention deletes checkpoints: only with the claim
   // Anchor: the newest checkpoint that is valid. Nothing newer is deleted
   // (it may be a damaged one an operator wants to look at), and if none is
   // valid nothing is deleted at all.

@@ -1,6 +1,7 @@
 // One job writes a checkpoint root at a time (docs/format.md, "Writers").
 // The job's coordinator holds ROOT/.writer.lock with flock(LOCK_EX) from its
-// first commit, delete or gc until it exits; a second job's commit (or gc)
+// first commit, delete or gc for as long as a Repository of that process on
+// the root lives (in practice, until it exits); a second job's commit (or gc)
 // fails at once with a clear error naming the holder. The kernel (or, on Lustre with
 // the `flock` mount option, the servers) release the lock when the holder
 // dies, so a crashed job never blocks the next one.

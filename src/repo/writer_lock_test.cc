@@ -168,6 +168,30 @@ TEST(WriterLock, OneProcessSharesItsClaimAcrossRepositories) {
   EXPECT_TRUE(SaveStep(**b, 3).ok());
 }
 
+// A lock that cannot be taken at all (here a directory in its place; for an
+// operator, another user's lock file) is no licence to clean up: that
+// user's job may be running.
+TEST(WriterLock, GcWithoutTheLockRemovesNothing) {
+  TempDir root;
+  auto repo = Repository::Open(root.path(), Options());
+  ASSERT_TRUE(repo.ok());
+  ASSERT_TRUE(os::Mkdir(root.path() + "/" + std::string(names::kWriterLock)).ok());
+  const std::string staging = root.path() + "/.step-000000000001.staging-fresh";
+  ASSERT_TRUE(os::Mkdir(staging).ok());
+  GcOptions gc;
+  gc.staging_grace_s = 0;
+  const auto refused = (*repo)->Gc(gc);
+  ASSERT_FALSE(refused.ok());
+  EXPECT_NE(refused.status().message().find("gc removes nothing without the root's writer lock"),
+            std::string::npos)
+      << refused.status().message();
+  EXPECT_TRUE(os::Exists(staging));
+  gc.dry_run = true;
+  const auto dry = (*repo)->Gc(gc);
+  ASSERT_TRUE(dry.ok()) << dry.status().ToString();
+  EXPECT_EQ(dry->removed_staging, std::vector<std::string>{".step-000000000001.staging-fresh"});
+}
+
 TEST(WriterLock, ReadersAndDryRunsNeedNoClaim) {
   TempDir root;
   {

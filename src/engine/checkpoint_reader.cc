@@ -389,13 +389,13 @@ const std::vector<ItemRecord>& CheckpointReader::ItemHeaders() const {
 namespace {
 
 // No two of the item's chunks share an element of the box (the whole shape
-// when offsets is null); with `cover`, every element of it lies in a chunk.
-// A read fills its destination from the chunks: an element in two, or in
-// none, is damage to report rather than to leave as the destination held it.
-// (A checkpoint may hold part of an item: a rank's local-tier checkpoint
-// holds its own shard. Cover is asked where a whole tensor is read.)
+// when offsets is null). A read fills its destination from the chunks: an
+// element in two is damage to report rather than to leave as the last write
+// made it. (Whether every element lies in a chunk is asked where a whole
+// tensor is read, ReadItem: a checkpoint may hold part of an item, as a
+// rank's local-tier checkpoint holds its own shard.)
 Status CheckTiles(const ItemRecord& it, const std::vector<std::int64_t>* offsets,
-                  const std::vector<std::int64_t>* sizes, bool cover, const std::string& dir) {
+                  const std::vector<std::int64_t>* sizes, const std::string& dir) {
   const std::vector<std::int64_t> origin(it.shape.size(), 0);
   const format::Box box = offsets ? format::Box{*offsets, *sizes} : format::Box{origin, it.shape};
   const format::Tiling t = format::CheckTiling(
@@ -405,8 +405,6 @@ Status CheckTiles(const ItemRecord& it, const std::vector<std::int64_t>* offsets
   if (t.problem == format::Tiling::Problem::kOverlap)
     return Corrupt(what + ": its chunks at offsets " + Dims(it.chunks[t.first].offsets) + " and " +
                        Dims(it.chunks[t.second].offsets) + " overlap", dir);
-  if (t.problem == format::Tiling::Problem::kGap && cover)
-    return Corrupt(what + ": its chunks do not cover the whole tensor", dir);
   if (t.problem == format::Tiling::Problem::kTooIrregular)
     return Corrupt(what + ": its " + std::to_string(it.chunks.size()) +
                        " chunks are neither a grid nor few enough to check for overlaps",
@@ -430,7 +428,7 @@ Result<const ItemRecord*> CheckpointReader::Impl::Resolve(std::string_view name,
   } else {
     SW_ASSIGN_OR_RETURN(rec.chunks, index->Chunks(i));
   }
-  SW_RETURN_IF_ERROR(CheckTiles(rec, offsets, sizes, /*cover=*/false, dir));
+  SW_RETURN_IF_ERROR(CheckTiles(rec, offsets, sizes, dir));
   const ItemRecord* out = &resolved.emplace_back(std::move(rec));
   known.insert(out);
   if (!offsets) whole_items.emplace(std::string(name), out);
@@ -560,8 +558,16 @@ Status CheckpointReader::Read(std::span<const ReadRequest> requests) {
 }
 
 Status CheckpointReader::ReadItem(std::string_view name, void* dst, std::uint64_t dst_bytes) {
-  SW_ASSIGN_OR_RETURN(const ItemRecord* it, Item(name));  // its chunks do not overlap
-  SW_RETURN_IF_ERROR(CheckTiles(*it, nullptr, nullptr, /*cover=*/true, impl_->dir));
+  // Its chunks fit the tensor and do not overlap (checked as the manifest
+  // was read, or as the item was resolved from the index): they cover it
+  // exactly when their volumes add up to its.
+  SW_ASSIGN_OR_RETURN(const ItemRecord* it, Item(name));
+  std::uint64_t covered = 0;
+  for (const ChunkRecord& c : it->chunks) covered += format::Volume(c.sizes).value_or(0);
+  if (covered != format::Volume(it->shape).value_or(0))
+    return Corrupt("item '" + it->name + "' in " + impl_->dir +
+                       ": its chunks do not cover the whole tensor",
+                   impl_->dir);
   std::vector<ReadRequest> reqs;
   for (std::size_t c = 0; c < it->chunks.size(); ++c) {
     ReadRequest q;

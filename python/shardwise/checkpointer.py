@@ -129,11 +129,17 @@ def _rebuilt(problem: tuple[str, str, Optional[str], Optional[int]],
     return RuntimeError(f"{text} {where}")
 
 
-def _reraise(e: BaseException) -> None:
+def _as_raised(e: BaseException) -> BaseException:
+    """``e`` as callers see it: the rank's own error out of DCP's wrapper,
+    caused by the wrapper."""
     inner = _underlying(e)
-    if inner is e:
-        raise e
-    raise inner from e
+    if inner is not e:
+        inner.__cause__ = e
+    return inner
+
+
+def _reraise(e: BaseException) -> None:
+    raise _as_raised(e)
 
 
 class SaveHandle:
@@ -217,10 +223,7 @@ class SaveHandle:
         except (KeyboardInterrupt, SystemExit):
             raise
         except BaseException as e:
-            inner = _underlying(e)
-            if inner is not e:
-                inner.__cause__ = e
-            return inner
+            return _as_raised(e)
         finally:
             if self._future.done():
                 self._unhook()
@@ -572,9 +575,7 @@ class Checkpointer:
             pending._retained.wait()  # rank 0's retention of it, before the next save
             pending._error_seen = True  # raised below, here or by every rank
         self._pending = None
-        if flags[1]:
-            if self._decide_group is None:
-                raise error  # type: ignore[misc]
+        if flags[1]:  # alone (no process group), this rank's own error
             self._raise_everywhere(error, f", in the save before step {step}")
         return False
 

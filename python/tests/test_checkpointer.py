@@ -397,6 +397,20 @@ def test_retention_failure_is_kept_and_the_save_stands(tmp_path, monkeypatch):
     ck.close()
 
 
+def test_without_a_process_group_the_next_save_raises_an_unseen_error(tmp_path):
+    import time
+    ck = shardwise.Checkpointer(tmp_path)
+    ck.save(1, {"w": torch.ones(8)}).wait()
+    h = ck.save(1, {"w": torch.ones(8)})  # step 1 exists: fails in the background
+    while not h.done():
+        time.sleep(0.01)
+    with pytest.raises(FileExistsError):
+        ck.save(2, {"w": torch.ones(8)})
+    ck.save(2, {"w": torch.ones(8)}).wait()  # reported once, then saves again
+    assert ck.steps() == [1, 2]
+    ck.close()
+
+
 def _set_immutable(path: str, on: bool) -> bool:
     """chattr +i / -i through FS_IOC_SETFLAGS: a file even root cannot
     unlink. False where the filesystem or the process cannot."""

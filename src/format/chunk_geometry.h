@@ -51,6 +51,12 @@ struct Tiling {
   Problem problem = Problem::kNone;
   std::size_t first = 0;
   std::size_t second = 0;
+  // What no reader or commit accepts: chunks that overlap, or a layout the
+  // check could not decide (a gap is a problem only where a whole tensor is
+  // read).
+  bool Refused() const {
+    return problem == Problem::kOverlap || problem == Problem::kTooIrregular;
+  }
 };
 
 // Whether the chunks tile `box` exactly: their parts inside it do not

@@ -252,9 +252,7 @@ Status ValidateSource(const ChunkSource& s, std::int32_t world_size,
       SW_RETURN_IF_ERROR(ValidateChunk(s, i, c, checksum_block, path, per_file));
     if (!DistinctStarts(s, i)) return Bad(path, iname() + ": two chunks start at the same offsets");
     if (s.ChunkCount(i) < 2) continue;  // the common case of a rank's part
-    if (Tiling t = ItemTiling(s, i); t.problem != Tiling::Problem::kNone &&
-                                     t.problem != Tiling::Problem::kGap)
-      return TilingError(s, i, t, path);
+    if (Tiling t = ItemTiling(s, i); t.Refused()) return TilingError(s, i, t, path);
   }
   return CheckOverlaps(s, per_file, path);
 }

@@ -183,15 +183,13 @@ Result<MergedRanks> MergeRanks(std::span<const RankPart> parts, const Manifest& 
   ParallelFor(0, m.items_.size(), threads, [&](std::size_t g) {
     if (DistinctStarts(m, g)) {
       tilings[g] = ItemTiling(m, g);
-      const Tiling::Problem t = tilings[g].problem;
-      if (t == Tiling::Problem::kNone || t == Tiling::Problem::kGap) return;
+      if (!tilings[g].Refused()) return;
     }
     for (std::size_t want = bad.load(); g < want && !bad.compare_exchange_weak(want, g);) {
     }
   });
   if (bad == SIZE_MAX) return m;
-  if (tilings[bad].problem != Tiling::Problem::kNone)  // set: an overlap, or undecided
-    return TilingError(m, bad, tilings[bad], path);
+  if (tilings[bad].Refused()) return TilingError(m, bad, tilings[bad], path);
   return Corrupt(path + ": item '" + m.items_[bad].fields.name +
                      "': two chunks start at the same offsets",
                  path);

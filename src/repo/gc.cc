@@ -160,9 +160,9 @@ Result<GcReport> Repository::Gc(const GcOptions& gc) {
   report.dry_run = gc.dry_run;
   // gc deletes: only the job that writes the root may (a staging directory
   // whose writer has not locked it yet, or a recycle bin a save takes files
-  // from, is safe from another process only so).
-  // Where the lock cannot be taken at all (a read-only root, another
-  // user's lock file, whose job may be running), nothing is removed either.
+  // from, is safe from another process only so). Where the lock cannot be
+  // taken at all (a read-only root, another user's lock file, whose job may
+  // be running), nothing is removed either.
   if (Status claim = gc.dry_run ? Status::Ok() : LockForWriting(); !claim.ok()) {
     const bool held = claim.code() == StatusCode::kAborted;
     return Status(claim.code(),

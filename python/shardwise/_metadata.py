@@ -140,8 +140,16 @@ def lazy(reader: Any, header: dict[str, Any], checkpoint_id: str) -> Metadata:
         return from_json(d, checkpoint_id)
     if d and d.get("format") != _FORMAT:
         raise ValueError(f"unsupported DCP metadata format {d.get('format')!r}")
-    sdm = LazyStateDictMetadata(reader, reader.item_names(), d.get("requires_grad", ()))
+    names = reader.item_names()
+    sdm = LazyStateDictMetadata(reader, names, d.get("requires_grad", ()))
     planner_data = d.get("planner_data")
+    if d:
+        planner_data = _dec(planner_data) if planner_data is not None else None
+    else:
+        # Written without DCP (the C++ API, the CLI): every item is a key of
+        # a flat state dict, which is what DCP's planners make of it (they
+        # look keys up in planner_data when they rebuild a state dict).
+        planner_data = {name: (name,) for name in names}
     return Metadata(state_dict_metadata=sdm,  # type: ignore[arg-type]
-                    planner_data=_dec(planner_data) if planner_data is not None else None,
+                    planner_data=planner_data,
                     storage_meta=_storage_meta(d, checkpoint_id), version=d.get("version"))

@@ -6,8 +6,10 @@ execution for whoever can write the checkpoint. shardwise stores them as
 tagged JSON instead and never unpickles anything it reads.
 
 Supported: None, bool, int, float (also nan/inf), str, bytes, io.BytesIO,
-list, tuple, dict (any JSON-able keys), set, torch.dtype, torch.Size, and
-numpy scalars. Anything else is refused with a clear error when saving. A
+list, tuple, dict (any JSON-able keys), set, frozenset, torch.dtype,
+torch.Size, and numpy scalars (``numpy.generic``; arrays are refused: put
+them in the state dict as tensors). Anything else is refused with a clear
+error when saving. A
 state dict entry that is an ``io.BytesIO`` is stored as its raw bytes (as
 DCP stores it) and loads as an ``io.BytesIO``.
 
@@ -43,7 +45,8 @@ def _enc(v: Any) -> Any:
     if isinstance(v, list):
         return [_enc(x) for x in v]
     if isinstance(v, (set, frozenset)):
-        return {_TAG: "set", "v": [_enc(x) for x in sorted(v, key=repr)]}
+        return {_TAG: "frozenset" if isinstance(v, frozenset) else "set",
+                "v": [_enc(x) for x in sorted(v, key=repr)]}
     if isinstance(v, dict):
         if all(isinstance(k, str) for k in v) and _TAG not in v:
             return {k: _enc(x) for k, x in v.items()}
@@ -57,11 +60,20 @@ def _enc(v: Any) -> Any:
     if isinstance(v, torch.Tensor):
         raise TypeError("a tensor nested inside a non-tensor value cannot be stored; "
                         "put it in the state dict directly")
-    item = getattr(v, "item", None)  # numpy scalars
-    if callable(item) and type(v).__module__ == "numpy":
-        return _enc(item())
+    if _is_numpy_scalar(v):
+        return _enc(v.item())
     raise TypeError(f"a value of type {type(v).__name__} cannot be stored without pickle; "
                     "shardwise stores JSON-compatible values (see shardwise._values)")
+
+
+def _is_numpy_scalar(v: Any) -> bool:
+    """A numpy scalar (np.float32(1.5), np.int64(3)...), never an array: an
+    array's ``item()`` would store one element of it, or fail."""
+    if type(v).__module__ != "numpy":
+        return False
+    import numpy
+
+    return isinstance(v, numpy.generic)
 
 
 def _dec(v: Any) -> Any:
@@ -83,6 +95,8 @@ def _dec(v: Any) -> Any:
         return tuple(_dec(x) for x in body)
     if tag == "set":
         return {_dec(x) for x in body}
+    if tag == "frozenset":
+        return frozenset(_dec(x) for x in body)
     if tag == "dict":
         return {_hashable(_dec(k)): _dec(x) for k, x in body}
     if tag == "bytes":
@@ -116,7 +130,7 @@ def decode(data: bytes, what: str) -> Any:
         raise ValueError(f"{what}: not a shardwise JSON value (refusing to unpickle it)")
     try:
         return _dec(json.loads(data[len(MAGIC):].decode()))
-    except (ValueError, TypeError, KeyError) as e:
+    except (ValueError, TypeError, KeyError, RecursionError) as e:
         raise ValueError(f"{what}: malformed stored value: {e}") from e
 
 

@@ -28,6 +28,7 @@ from __future__ import annotations
 import collections
 import dataclasses
 import errno
+import io
 import json
 import logging
 import math
@@ -37,9 +38,10 @@ import threading
 import time
 import uuid
 from concurrent.futures import Future as _ConcurrentFuture
-from typing import Any, Callable, Optional, Union
+from typing import Any, Callable, NamedTuple, Optional, Union
 
 import torch
+from torch.distributed.checkpoint.api import CheckpointException
 from torch.distributed.checkpoint.default_planner import DefaultLoadPlanner
 from torch.distributed.checkpoint.metadata import Metadata, StorageMeta, TensorStorageMetadata
 from torch.distributed.checkpoint.planner import (
@@ -213,9 +215,6 @@ class Writer(StorageWriter, AsyncStager):  # type: ignore[misc]
         self.save_id = _new_id()
         self.step = step
         self.user_json = json.dumps(user_metadata or {})
-        # The coordinator's last commit (shardwise._core.CommitResult: name,
-        # dir, bytes, latest_updated, export_error), or None.
-        self.last_commit: Optional[Any] = None
         # This save's start and stall (wall clock: a PROCESS-mode commit
         # runs in another process), for shardwise.metrics.
         self._t_start: Optional[float] = None
@@ -244,9 +243,14 @@ class Writer(StorageWriter, AsyncStager):  # type: ignore[misc]
 
     # -- pickling (PROCESS mode): configuration only --------------------------
     _RUNTIME = ("_snapshot", "_lazy", "_storage_data", "_save_id", "_adopted", "_hold", "_held",
-                "_budget", "_stream", "_held_state")
+                "_budget", "_stream", "_held_state", "last_commit")
 
     def _init_runtime(self) -> None:
+        # The coordinator's last commit in this process
+        # (shardwise._core.CommitResult: name, dir, bytes, latest_updated,
+        # export_error), or None. Not pickled: DCP's checkpoint process
+        # commits its own.
+        self.last_commit: Optional[Any] = None
         self._snapshot: Optional[_staging.Snapshot] = None  # the last stage()
         self._lazy: Optional[Callable[[torch.Tensor], bool]] = None  # set by Checkpointer
         self._storage_data: Optional[dict[str, Any]] = None
@@ -386,11 +390,17 @@ class Writer(StorageWriter, AsyncStager):  # type: ignore[misc]
                 if lookup is not None:
                     value = lookup(item.index)
                 else:  # our own in-memory serialization, never checkpoint bytes
-                    value = torch.load(planner.resolve_data(item), weights_only=True)
+                    data = planner.resolve_data(item)
+                    if isinstance(data, io.IOBase):
+                        data.seek(0)  # DCP's transform_object leaves it at its end
+                    value = torch.load(data, weights_only=True)
                 try:
                     data = _values.encode(value)
                 except TypeError as e:
                     raise TypeError(f"state dict entry {fqn!r}: {e}") from None
+                except RecursionError:
+                    raise TypeError(f"state dict entry {fqn!r}: nested too deeply (or holds "
+                                    "itself) to be stored") from None
                 buf = torch.frombuffer(bytearray(data), dtype=torch.uint8)
                 keep.append(buf)
                 n = len(data)
@@ -597,6 +607,21 @@ def _complete_when_staged(fut: Any, snap: _staging.Snapshot) -> None:
     threading.Thread(target=complete, name="shardwise-staging", daemon=True).start()
 
 
+# A load reads in batches of about this many bytes: parallel inside a batch,
+# progress between them, and host memory for reads that cannot land in their
+# target held one batch at a time.
+_READ_BATCH_BYTES = 256 << 20
+
+
+class _TensorRead(NamedTuple):
+    req: Any  # DCP's ReadItem
+    chunk: int  # the saved chunk it reads from
+    target: torch.Tensor
+    saved_dtype: torch.dtype
+    direct: bool  # read straight into target (else into host memory, then copied)
+    nbytes: int
+
+
 class Reader(StorageReader):
     """DCP storage reader for shardwise checkpoints.
 
@@ -624,17 +649,20 @@ class Reader(StorageReader):
         self.options = _options(io_backend=io_backend, queue_depth=queue_depth, io_unit=io_unit,
                                 direct_io=direct_io, threads=threads, **engine_options)
         self.load_id = _new_id()  # as FileSystemReader draws it
+        # Why the last read_metadata() failed, or None.
+        self.metadata_error: Optional[BaseException] = None
         self._core: Any = None
         self._header: Optional[dict[str, Any]] = None
         # Per item resolved so far: its dtype, shape, and chunk numbers by offsets.
         self._items: dict[str, tuple[str, list[int], dict[tuple[int, ...], int]]] = {}
 
     def __getstate__(self) -> dict[str, Any]:
-        return {k: v for k, v in self.__dict__.items() if k not in ("_core",)}
+        return {k: v for k, v in self.__dict__.items() if k not in ("_core", "metadata_error")}
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.__dict__.update(state)
         self._core = None
+        self.metadata_error = None
 
     def reset(self, checkpoint_id: Optional[PathLike] = None) -> None:
         if checkpoint_id is not None:
@@ -665,6 +693,12 @@ class Reader(StorageReader):
             except FileNotFoundError:
                 raise _corrupt(f"{self.path}: the checkpoint has no item {fqn!r}",
                                self.path) from None
+            if it["kind"] == "bytes" and [list(c) for c in it["chunks"]] != [[[0], it["shape"]]]:
+                # The validator checks a value's dtype and rank, not that one
+                # chunk holds it: its size must not come from the shape alone.
+                raise _corrupt(f"{self.path}: item {fqn!r} is a stored value of "
+                               f"{it['shape'][0]} bytes that is not one chunk holding all of "
+                               "them", self.path)
             chunks = {tuple(o): i for i, (o, _) in enumerate(it["chunks"])}
             hit = self._items[fqn] = (it["dtype"], list(it["shape"]), chunks)
         return hit
@@ -675,9 +709,22 @@ class Reader(StorageReader):
         reads the metadata of the items it loads and no more. (No
         ``**kwargs``: DCP would then retry a failed read with ``rank=`` and,
         if that succeeded, skip its collectives on this rank alone.)"""
-        core = self._open()
-        assert self._header is not None and self.path is not None
-        md = _metadata.lazy(core, self._header, self.path)
+        self.metadata_error = None
+        try:
+            core = self._open()
+            assert self._header is not None and self.path is not None
+            try:
+                md = _metadata.lazy(core, self._header, self.path)
+            except (ValueError, TypeError, KeyError, AttributeError, RecursionError) as e:
+                where = os.path.join(self.path, _core.MANIFEST_NAME)
+                raise _corrupt(f"{where}: its DCP metadata (\"dcp\") is malformed: {e}",
+                               where) from None
+        except Exception as e:
+            # torch's dcp.load replaces any error of read_metadata with an
+            # AssertionError ("metadata is None"); shardwise.dcp.load raises
+            # this one instead.
+            self.metadata_error = e
+            raise
         md.storage_meta.load_id = self.load_id  # as FileSystemReader sets it
         return md
 
@@ -740,16 +787,13 @@ class Reader(StorageReader):
     def _read_data(self, plan: LoadPlan, planner: LoadPlanner) -> Future[None]:
         core = self._open()
         self._check_filled(plan, planner)
-        requests: list[Any] = []  # _core.ReadRequest
-        pending: list[tuple[Any, torch.Tensor, torch.Tensor, bool]] = []
+        reads: list[_TensorRead] = []
         values: list[tuple[Any, torch.Tensor]] = []  # (request, its bytes)
         for req in plan.items:
             fqn = req.storage_index.fqn
             dtype, shape, chunks = self._item(fqn)
             if req.type == LoadItemType.BYTE_IO:
-                n = int(shape[0])
-                buf = torch.empty(n, dtype=torch.uint8)
-                values.append((req, buf))
+                values.append((req, self._value_buffer(fqn, int(shape[0]))))
                 continue
             offsets = tuple(int(x) for x in req.storage_index.offset)
             chunk = chunks.get(offsets)
@@ -760,26 +804,20 @@ class Reader(StorageReader):
             target = planner.resolve_tensor(req).detach()
             direct = (target.device.type == "cpu" and target.is_contiguous()
                       and target.dtype == saved_dtype)
-            dst = target if direct else torch.empty(list(req.lengths), dtype=saved_dtype)
-            requests.append(_core.ReadRequest(fqn, chunk, list(req.storage_offsets),
-                                              list(req.lengths), dst.data_ptr(),
-                                              dst.numel() * dst.element_size()))
-            pending.append((req, target, dst, direct))
-        total = sum(r.nbytes for r in requests)
-        with Progress(self.progress, total, "load") as bar:
+            nbytes = math.prod(int(x) for x in req.lengths) * saved_dtype.itemsize
+            reads.append(_TensorRead(req, chunk, target, saved_dtype, direct, nbytes))
+        with Progress(self.progress, sum(r.nbytes for r in reads), "load") as bar:
             # Batches of about 256 MiB: parallel inside, progress between.
-            batch: list[Any] = []
-            size = 0
-            for r in requests:
-                batch.append(r)
-                size += r.nbytes
-                if size >= 256 << 20:
-                    core.read(batch)
+            # A batch goes to the planner as soon as it is read, so what
+            # lands in host memory first (a GPU target's, another dtype's) is
+            # held a batch at a time, never the rank's whole state.
+            start, size = 0, 0
+            for i in range(len(reads)):
+                size += reads[i].nbytes
+                if size >= _READ_BATCH_BYTES or i == len(reads) - 1:
+                    self._read_batch(core, reads[start:i + 1], planner)
                     bar.update(size)
-                    batch, size = [], 0
-            if batch:
-                core.read(batch)
-                bar.update(size)
+                    start, size = i + 1, 0
         if values:
             # Non-tensor values (an optimizer's steps and hyper-parameters:
             # hundreds of small items): one call reads them all.
@@ -792,13 +830,30 @@ class Reader(StorageReader):
                 except ValueError as e:
                     raise _corrupt(str(e), self.path) from None
                 planner.load_bytes(req, _values.as_torch_bytes(value))
-        for req, target, dst, direct in pending:
-            if not direct:
-                target.copy_(dst)
-            planner.commit_tensor(req, target)
         fut: Future[None] = Future()
         fut.set_result(None)
         return fut
+
+    @staticmethod
+    def _read_batch(core: Any, reads: list[_TensorRead], planner: LoadPlanner) -> None:
+        """Reads into each target, or into host memory of the saved dtype and
+        then copies into the target; commits each to the planner."""
+        dsts = [r.target if r.direct else torch.empty(list(r.req.lengths), dtype=r.saved_dtype)
+                for r in reads]
+        core.read([_core.ReadRequest(r.req.storage_index.fqn, r.chunk, list(r.req.storage_offsets),
+                                     list(r.req.lengths), dst.data_ptr(), r.nbytes)
+                   for r, dst in zip(reads, dsts)])
+        for r, dst in zip(reads, dsts):
+            if not r.direct:
+                r.target.copy_(dst)
+            planner.commit_tensor(r.req, r.target)
+
+    def _value_buffer(self, fqn: str, n: int) -> torch.Tensor:
+        try:
+            return torch.empty(n, dtype=torch.uint8)
+        except RuntimeError:  # the index claims more than this process can hold
+            raise _corrupt(f"{self.path}: item {fqn!r}: a stored value of {n} bytes, more than "
+                           "this process can allocate", self.path) from None
 
     @classmethod
     def validate_checkpoint_id(cls, checkpoint_id: PathLike) -> bool:
@@ -858,4 +913,15 @@ def load(state_dict: dict[str, Any], *, checkpoint_id: Optional[PathLike] = None
             raise ValueError("shardwise.dcp.load needs a checkpoint_id (a checkpoint directory "
                              "ROOT/NAME) or a storage_reader")
         storage_reader = Reader(checkpoint_id)
-    _dcp.load(state_dict, checkpoint_id=checkpoint_id, storage_reader=storage_reader, **kwargs)
+    try:
+        _dcp.load(state_dict, checkpoint_id=checkpoint_id, storage_reader=storage_reader,
+                  **kwargs)
+    except (AssertionError, CheckpointException) as e:
+        # torch's load turns a failed read_metadata() into an
+        # AssertionError("metadata is None; ...") inside its
+        # CheckpointException: where this rank's read failed, its own error
+        # (CorruptCheckpointError naming the file...) is the one to raise.
+        cause = getattr(storage_reader, "metadata_error", None)
+        if cause is None or "metadata is None" not in str(e):
+            raise
+        raise cause from e

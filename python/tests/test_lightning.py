@@ -83,11 +83,81 @@ def test_fit_resume_is_bit_exact(tmp_path, async_save):
     assert isinstance(ck["optimizer_states"][0]["param_groups"][0]["betas"], tuple)
 
 
-def test_top_k_retention_removes_through_shardwise(tmp_path):
-    _fit(tmp_path / "ck", 4, ShardwiseCheckpointIO(), save_top_k=1, monitor="train_loss")
+@pytest.mark.parametrize("async_save", [False, True])
+def test_top_k_retention_removes_through_shardwise(tmp_path, async_save):
+    _fit(tmp_path / "ck", 4, ShardwiseCheckpointIO(async_save=async_save), save_top_k=1,
+         monitor="train_loss")
     left = sorted(os.listdir(tmp_path / "ck"))
     kept = [n for n in left if n.endswith(".ckpt")]
     assert len(kept) == 1, left
     assert not [n for n in left if n.startswith(".") and ".deleting-" in n], left
     with pytest.raises(FileNotFoundError):
         ShardwiseCheckpointIO().load_checkpoint(str(tmp_path / "ck" / "missing.ckpt"))
+
+
+def test_async_retention_does_not_wait_for_the_save(tmp_path):
+    """ModelCheckpoint removes the previous best right after each save:
+    that must not make the save it just started a blocking one. Removing
+    the checkpoint being written waits for it."""
+    io = ShardwiseCheckpointIO(async_save=True)
+    old, new = str(tmp_path / "old.ckpt"), str(tmp_path / "new.ckpt")
+    io.save_checkpoint({"state_dict": {"w": torch.ones(4)}, "epoch": 0}, old)
+    io.save_checkpoint({"state_dict": {"w": torch.full((4,), 2.0)}, "epoch": 1}, new)
+    io.remove_checkpoint(old)
+    assert io._pending is not None  # the save of `new` was not waited for
+    io.teardown()
+    assert not os.path.exists(old)
+    assert torch.equal(io.load_checkpoint(new)["state_dict"]["w"], torch.full((4,), 2.0))
+    io.save_checkpoint({"state_dict": {"w": torch.zeros(4)}, "epoch": 2}, old)
+    io.remove_checkpoint(old)  # the checkpoint in flight: waited for, then removed
+    assert io._pending is None and not os.path.exists(old)
+    io.teardown()
+
+
+_NCCL_LIKE = r"""
+import os, sys, torch, torch.distributed as dist
+from shardwise.integrations.lightning import ShardwiseCheckpointIO
+# A default group without a CPU backend, as Lightning's DDP sets up NCCL
+# alone on GPUs (here gloo standing in for the device backend).
+dist.init_process_group("cuda:gloo", init_method="file://" + sys.argv[2], rank=0, world_size=1)
+io = ShardwiseCheckpointIO(async_save=True)
+io.save_checkpoint({"state_dict": {"w": torch.arange(6.0)}, "epoch": 3}, sys.argv[1])
+io.teardown()
+back = io.load_checkpoint(sys.argv[1])
+assert torch.equal(back["state_dict"]["w"], torch.arange(6.0)) and back["epoch"] == 3
+print("saved")
+"""
+
+
+def test_async_save_without_a_cpu_backend_in_the_default_group(tmp_path):
+    import subprocess
+    import sys
+
+    out = subprocess.run([sys.executable, "-c", _NCCL_LIKE, str(tmp_path / "a.ckpt"),
+                          str(tmp_path / "store")], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0 and "saved" in out.stdout, out.stderr[-3000:]
+
+
+def test_clear_errors(tmp_path):
+    import pathlib
+
+    io = ShardwiseCheckpointIO()
+    with pytest.raises(TypeError, match=r"'hyper_parameters\.cfg\.1'.*PosixPath"):
+        io.save_checkpoint({"state_dict": {}, "hyper_parameters": {
+            "cfg": [1, pathlib.Path("/x")]}}, str(tmp_path / "bad.ckpt"))
+    single = tmp_path / "single.ckpt"
+    torch.save({"state_dict": {}}, single)
+    with pytest.raises(ValueError, match="single-file checkpoint"):
+        io.load_checkpoint(str(single))
+    # A checkpoint of the strategies (model values stored as values, not
+    # tensors) is not the plugin's to load.
+    import io as _io
+
+    from shardwise import _values, dcp as sdcp
+
+    strat = str(tmp_path / "strategy.ckpt")
+    sdcp.save({"__lightning__": _io.BytesIO(_values.encode({})), "model": {"w": torch.ones(2),
+                                                                          "n": 3}},
+              storage_writer=sdcp.Writer(strat), no_dist=True)
+    with pytest.raises(ValueError, match="'model.n' is a value.*Shardwise\\*Strategy"):
+        io.load_checkpoint(strat)

@@ -75,6 +75,13 @@ def _fit(rank: int, world: int, kind: str, root: str, epochs: int, ckpt_path: st
         def configure_optimizers(self):  # type: ignore[no-untyped-def]
             return torch.optim.AdamW(self.parameters(), lr=self.hparams.lr)
 
+    class RankState(pl.Callback):
+        """State that differs per rank: the checkpoint keeps rank 0's, as
+        Lightning's meta.pt does."""
+
+        def state_dict(self) -> dict:
+            return {"rank": rank, "tensor": torch.full((2,), float(rank))}
+
     g = torch.Generator().manual_seed(0)
     x = torch.randn(64, 8, generator=g)
     data = torch.utils.data.DataLoader(
@@ -93,7 +100,7 @@ def _fit(rank: int, world: int, kind: str, root: str, epochs: int, ckpt_path: st
     trainer = pl.Trainer(max_epochs=epochs, accelerator="cpu", devices=world, num_nodes=1,
                          strategy=strategy,
                          logger=False, enable_progress_bar=False, enable_model_summary=False,
-                         callbacks=[cb], deterministic=True)
+                         callbacks=[cb, RankState()], deterministic=True)
     trainer.fit(model, data, ckpt_path=ckpt_path or None)
     # This rank's shards of the parameters and of AdamW's moments (DTensors
     # with FSDP2, flat parameters with FSDP1).
@@ -119,6 +126,11 @@ def test_fit_resume_bit_exact(tmp_path, kind):
     assert (mid / "manifest.json").is_file()  # a shardwise checkpoint, no meta.pt
     assert not (mid / "meta.pt").exists()
     assert shardwise._core.Reader(str(mid), {}).verify().problems == []
+    from shardwise.integrations.lightning import _read_structured
+
+    rest = _read_structured(str(mid), lambda name: name.startswith("meta."))
+    (state,) = [v for k, v in rest["callbacks"].items() if "RankState" in k]
+    assert state["rank"] == 0 and torch.equal(state["tensor"], torch.zeros(2))
     run_ranks(2, _fit, kind, str(tmp_path / "b"), 4, str(mid), resumed)
     for rank in range(2):
         a, b = torch.load(f"{whole}.{rank}"), torch.load(f"{resumed}.{rank}")

@@ -135,6 +135,7 @@ def step(job: dict[str, Any]) -> None:
     logits = job["model"](inp, positions=pos)
     loss = torch.nn.functional.cross_entropy(logits.flatten(0, 1).float(), labels.flatten())
     loss.backward()
+    job["checkpointer"].maybe_wait_for_staging()  # as torchtitan's Trainer, before the step
     job["opt"].step()
     job["opt"].zero_grad()
     job["lrs"].step()
@@ -177,6 +178,20 @@ def train(rank: int, world: int, folder: str, steps: int, out: Optional[str],
     ckp.close()
     if rank == 0 and out:
         torch.save(state, out)
+
+
+def resave(rank: int, world: int, folder: str, from_step: int, to_step: int) -> None:
+    """A job resumed from `from_step` (torchtitan's load_step) saves the
+    steps after it again, over the checkpoints of the earlier run."""
+    job = build(rank, world, folder, "shardwise", interval=2, last_save_model_only=False)
+    ckp = job["checkpointer"]
+    assert ckp.load(step=from_step)
+    for s in range(from_step + 1, to_step + 1):
+        step(job)
+        job["state"].step = s
+        ckp.save(s, last_step=(s == to_step))
+    ckp.maybe_wait_for_saving()
+    ckp.close()
 
 
 def load_step(rank: int, world: int, folder: str, step_: int, out: str) -> None:

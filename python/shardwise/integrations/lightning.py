@@ -14,8 +14,9 @@ of the best k) keeps working on those paths.
 
 With ``async_save=True`` a save costs the training step one copy of the
 state into shardwise's staging memory; the write and the commit run in the
-background. The next save, ``load_checkpoint`` and the end of training wait
-for it, and its error, if any, is raised there.
+background, on a thread of the plugin's. The next save, ``load_checkpoint``,
+removing that checkpoint and the end of training wait for it, and its
+error, if any, is raised there.
 
 Lightning calls ``save_checkpoint`` on global rank 0 only (its strategies
 for a single-file checkpoint gather the whole state there), so the plugin
@@ -31,6 +32,7 @@ from __future__ import annotations
 
 import io
 import os
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any, Callable, Optional, Union
 
 import torch
@@ -38,6 +40,7 @@ from lightning_fabric.plugins.io.checkpoint_io import CheckpointIO
 from pytorch_lightning.strategies import FSDPStrategy, ModelParallelStrategy
 from pytorch_lightning.strategies.fsdp import (
     _get_sharded_state_dict_context as _fsdp_sharded_context)
+from torch.distributed.checkpoint.metadata import TensorStorageMetadata
 
 from .. import _core, _values
 from .. import dcp as _sdcp
@@ -60,10 +63,12 @@ class ShardwiseCheckpointIO(CheckpointIO):
         super().__init__()
         self.async_save = async_save
         self.writer_options = writer_options
-        self._pending: Optional[Any] = None  # the background save's future
+        self._pending: Optional[Future[Any]] = None  # the background save
+        self._pending_path: Optional[str] = None  # and the checkpoint it writes
+        self._executor: Optional[ThreadPoolExecutor] = None
 
     def _wait(self) -> None:
-        pending, self._pending = self._pending, None
+        pending, self._pending, self._pending_path = self._pending, None, None
         if pending is not None:
             pending.result()  # raises the background save's error here
 
@@ -81,11 +86,20 @@ class ShardwiseCheckpointIO(CheckpointIO):
         tensors: dict[str, torch.Tensor] = {}
         skeleton = _split(checkpoint, [], tensors)
         # The structure is one opaque value (DCP would flatten a dict).
-        state = {**tensors, _SKELETON: io.BytesIO(_values.encode(skeleton))}
-        if self.async_save:
-            self._pending = _sdcp.async_save(state, storage_writer=writer, no_dist=True)
-        else:
+        state = {**tensors, _SKELETON: io.BytesIO(_encode(skeleton))}
+        if not self.async_save:
             _sdcp.save(state, storage_writer=writer, no_dist=True)
+            return
+        # What dcp.async_save does (stage, then save the staged state on a
+        # thread), without its demand for a CPU backend in the default
+        # process group: Lightning's DDP and FSDP on GPUs set up NCCL alone,
+        # and this save is rank 0's own (no_dist).
+        staged = writer.stage(state)
+        if self._executor is None:
+            self._executor = ThreadPoolExecutor(1, thread_name_prefix="shardwise-lightning")
+        self._pending = self._executor.submit(_sdcp.save, staged, storage_writer=writer,
+                                              no_dist=True)
+        self._pending_path = os.path.abspath(path)
 
     def load_checkpoint(self, path: PathLike,
                         map_location: Optional[Union[Callable, str, torch.device]] = None,
@@ -95,6 +109,10 @@ class ShardwiseCheckpointIO(CheckpointIO):
         always true in effect: nothing is unpickled."""
         self._wait()
         path = os.fspath(path)
+        if os.path.isfile(path):
+            raise ValueError(f"{path}: a single-file checkpoint (torch.save), not a shardwise "
+                             "checkpoint directory; load it without ShardwiseCheckpointIO "
+                             "(Lightning's default TorchCheckpointIO)")
         if not os.path.isfile(os.path.join(path, _core.MANIFEST_NAME)):
             raise FileNotFoundError(f"Checkpoint file not found: {path} (no shardwise checkpoint "
                                     f"there)")
@@ -102,16 +120,24 @@ class ShardwiseCheckpointIO(CheckpointIO):
 
     def remove_checkpoint(self, path: PathLike) -> None:
         """Deletes the checkpoint directory: renamed aside first, so it is
-        never seen half removed."""
-        self._wait()
+        never seen half removed. Waits for the background save only if it
+        writes this checkpoint (ModelCheckpoint removes the previous best
+        right after each save)."""
         path = os.path.abspath(os.fspath(path))
+        if path == self._pending_path:
+            self._wait()
         if not os.path.exists(path):
             return
         root, name = os.path.split(path)
         _sdcp._repository(root, _sdcp.Writer(path, **self.writer_options).options).delete(name)
 
     def teardown(self) -> None:
-        self._wait()
+        try:
+            self._wait()
+        finally:
+            if self._executor is not None:
+                self._executor.shutdown(wait=True)
+                self._executor = None
 
 
 _SKELETON = "__lightning__"
@@ -143,6 +169,12 @@ class _ShardedCheckpoints:
     def save_checkpoint(self, checkpoint: dict[str, Any], filepath: PathLike,
                         storage_options: Optional[Any] = None) -> None:
         if not self._sharded():
+            if isinstance(self.checkpoint_io, ShardwiseCheckpointIO):  # type: ignore[attr-defined]
+                # Lightning's full-state save and load of these strategies
+                # want one file; the plugin writes a directory.
+                raise ValueError(f"{type(self).__name__}: ShardwiseCheckpointIO does not serve "
+                                 "full-state checkpoints of this strategy (Lightning loads those "
+                                 "as one file); save sharded checkpoints instead")
             return super().save_checkpoint(checkpoint, filepath, storage_options)  # type: ignore[misc]
         if storage_options is not None:
             raise TypeError(f"{type(self).__name__}.save_checkpoint: storage_options are not "
@@ -159,10 +191,14 @@ class _ShardedCheckpoints:
         state: dict[str, Any] = {self._model_key: checkpoint.pop("state_dict")}
         for i, optim_state in enumerate(checkpoint.pop("optimizer_states", [])):
             state[f"optimizer_{i}"] = optim_state
-        tensors: dict[str, torch.Tensor] = {}
-        skeleton = _split(checkpoint, [_META], tensors)
-        state.update(tensors)
-        state[_SKELETON] = io.BytesIO(_values.encode(skeleton))
+        if self.is_global_zero:  # type: ignore[attr-defined]
+            # The rest (loops, callbacks, metrics) as rank 0 sees it, as
+            # Lightning writes meta.pt from rank 0: were every rank to add it,
+            # DCP would keep one rank's copy of each item, any rank's.
+            tensors: dict[str, torch.Tensor] = {}
+            skeleton = _split(checkpoint, [_META], tensors)
+            state.update(tensors)
+            state[_SKELETON] = io.BytesIO(_encode(skeleton))
         os.makedirs(os.path.dirname(path), exist_ok=True)
         _sdcp.save(state, storage_writer=_sdcp.Writer(path, replace=True, **self.writer_options))
 
@@ -310,6 +346,10 @@ def _read_structured(path: str, wanted: Callable[[str], bool],
     for name in entries:
         if name != _SKELETON and wanted(name):
             md = entries[name]
+            if not isinstance(md, TensorStorageMetadata):
+                raise ValueError(f"{path}: entry {name!r} is a value, not a tensor: this "
+                                 "checkpoint was written by a Shardwise*Strategy; load it "
+                                 "through that strategy, not ShardwiseCheckpointIO")
             state[name] = torch.empty(tuple(md.size), dtype=md.properties.dtype)
     reader.reset(path)
     _sdcp.load(state, storage_reader=reader, no_dist=True)
@@ -322,6 +362,27 @@ def _read_structured(path: str, wanted: Callable[[str], bool],
     except ValueError as e:
         raise _sdcp._corrupt(str(e), path) from None
     return _join(skeleton, tensors)
+
+
+def _encode(skeleton: Any) -> bytes:
+    """The checkpoint's structure as stored JSON; a value that cannot be
+    stored is refused naming its place in the checkpoint dict."""
+    try:
+        return _values.encode(skeleton)
+    except TypeError as e:
+        raise TypeError(f"checkpoint entry {'.'.join(_unstorable(skeleton, []))!r}: {e}") from None
+
+
+def _unstorable(value: Any, path: list[str]) -> list[str]:
+    """The path of the first value inside `value` that cannot be stored."""
+    if isinstance(value, (dict, list, tuple)):
+        pairs = value.items() if isinstance(value, dict) else enumerate(value)
+        for k, v in pairs:
+            try:
+                _values.encode(v)
+            except TypeError:
+                return _unstorable(v, path + [str(k)])
+    return path
 
 
 def _join(value: Any, tensors: dict[str, torch.Tensor]) -> Any:

@@ -28,6 +28,8 @@ What changes:
   save still in flight does not count until it commits) and deletes a
   shardwise checkpoint through shardwise (renamed aside first, never seen
   half removed).
+- Saving a step that exists replaces it atomically, as torchtitan's own
+  writer overwrites it (a resume from an earlier ``load_step``).
 - Hugging Face safetensors (``last_save_in_hf``, ``initial_load_in_hf``)
   stay torchtitan's own.
 
@@ -108,15 +110,19 @@ class ShardwiseCheckpointManager(CheckpointManager):
         if to_hf:
             return super().dcp_save(state_dict, checkpoint_id, async_mode,
                                     enable_garbage_collection, to_hf)
+        # replace=True, as torchtitan's FileSystemWriter overwrites: a job
+        # that resumes from an earlier step (load_step, or a newer step that
+        # is damaged) saves that newer step again.
         if async_mode == AsyncMode.ASYNC:
-            ret = dcp.async_save(state_dict, storage_writer=_sdcp.Writer(checkpoint_id),
-                                 process_group=self.pg)
+            ret = dcp.async_save(state_dict, process_group=self.pg,
+                                 storage_writer=_sdcp.Writer(checkpoint_id, replace=True))
         elif async_mode == AsyncMode.ASYNC_WITH_PINNED_MEM:
-            writer = _sdcp.Writer(checkpoint_id, shared_memory=True, async_staging=True)
+            writer = _sdcp.Writer(checkpoint_id, replace=True, shared_memory=True,
+                                  async_staging=True)
             ret = dcp.async_save(state_dict, storage_writer=writer, process_group=self.pg,
                                  async_checkpointer_type=AsyncCheckpointerType.PROCESS)
         else:
-            ret = dcp.save(state_dict, storage_writer=_sdcp.Writer(checkpoint_id))
+            ret = dcp.save(state_dict, storage_writer=_sdcp.Writer(checkpoint_id, replace=True))
         if enable_garbage_collection:
             GarbageCollection.collect("GC collection invoked by checkpointer.")
         return ret

@@ -111,6 +111,7 @@ class CheckpointReader {
  private:
   struct Impl;
   explicit CheckpointReader(std::unique_ptr<Impl> impl);
+  Status ReadGroup(std::span<const ReadRequest> requests);  // Read, validated
   Result<VerifyReport> VerifyFrom(const ProgressFn& progress, const FileBytes* copy);
   std::unique_ptr<Impl> impl_;
 };

@@ -1,4 +1,5 @@
 #include <fcntl.h>
+#include <sys/resource.h>
 #include <sys/stat.h>
 
 #include <algorithm>
@@ -106,10 +107,17 @@ struct CheckpointReader::Impl {
   Manifest manifest;  // format 2: the commit record until LoadAll
   std::unique_ptr<io::IoBackend> backend;
   bool direct_io = false;
-  std::mutex mu;
+  // Shard files, opened when first needed. A checkpoint of thousands of
+  // ranks has thousands of files: at most max_open stay open; beyond that
+  // the idle ones (no read in progress uses them: pins 0) are closed, and
+  // opened (and checked) again if needed again.
+  std::mutex mu;  // the members below
   std::vector<std::optional<os::File>> files;
-  std::vector<Status> file_status;  // result of the first open
-  std::vector<bool> opened;
+  std::vector<Status> file_status;  // result of the last open
+  std::vector<bool> opened;         // opened and checked (file_status says how)
+  std::vector<std::uint32_t> pins;  // reads in progress that use the file
+  std::deque<std::uint32_t> open_order;  // open files, oldest first
+  std::size_t max_open = 0;
   // Format 2: the index, and what was resolved from it (records live as
   // long as the reader; Read accepts only items handed out here).
   std::mutex index_mu;
@@ -183,13 +191,54 @@ struct CheckpointReader::Impl {
     return Status::Ok();
   }
 
-  // Opens file f once and checks type, size and header.
-  Status OpenFile(std::uint32_t f) {
+  // Opens file f (once, until it is closed as idle) and checks its type,
+  // size and header; on success it stays open, pinned, until Unpin(f).
+  Status PinFile(std::uint32_t f) {
     std::lock_guard lock(mu);
-    if (opened[f]) return file_status[f];
-    opened[f] = true;
-    file_status[f] = OpenAndCheck(f);
+    if (!opened[f]) {
+      if (open_order.size() >= max_open) CloseIdle();
+      opened[f] = true;
+      file_status[f] = OpenAndCheck(f);
+      if (file_status[f].ok()) open_order.push_back(f);
+    }
+    if (file_status[f].ok()) ++pins[f];
     return file_status[f];
+  }
+
+  void Unpin(std::uint32_t f) {
+    std::lock_guard lock(mu);
+    --pins[f];
+  }
+
+  // The files one read (or one step of a verify) uses, pinned until it ends.
+  struct Pins {
+    Impl& m;
+    std::vector<std::uint32_t> held;
+    ~Pins() {
+      for (std::uint32_t f : held) m.Unpin(f);
+    }
+    Status Pin(std::uint32_t f) {
+      SW_RETURN_IF_ERROR(m.PinFile(f));
+      held.push_back(f);
+      return Status::Ok();
+    }
+  };
+
+  // With mu held: closes idle files, oldest first, down to half the cap
+  // (so that a scan of many files closes in batches, not one per open).
+  void CloseIdle() {
+    std::deque<std::uint32_t> keep;
+    std::size_t left = open_order.size();
+    for (std::uint32_t f : open_order) {
+      if (pins[f] == 0 && left > max_open / 2) {
+        files[f].reset();
+        opened[f] = false;
+        --left;
+      } else {
+        keep.push_back(f);
+      }
+    }
+    open_order.swap(keep);
   }
 
   Status OpenAndCheck(std::uint32_t f) {
@@ -488,6 +537,13 @@ Result<std::unique_ptr<CheckpointReader>> CheckpointReader::Open(const std::stri
   impl->files.resize(nf);
   impl->file_status.resize(nf);
   impl->opened.assign(nf, false);
+  impl->pins.assign(nf, 0);
+  // Half of what the process may open, so that the application keeps the
+  // rest (RLIMIT_NOFILE's soft limit is 1024 on many systems).
+  struct rlimit lim {};
+  const rlim_t cur = ::getrlimit(RLIMIT_NOFILE, &lim) == 0 ? lim.rlim_cur : 1024;
+  impl->max_open = static_cast<std::size_t>(
+      std::clamp<rlim_t>(cur == RLIM_INFINITY ? 65536 : cur / 2, 8, 65536));
   return std::unique_ptr<CheckpointReader>(new CheckpointReader(std::move(impl)));
 }
 
@@ -501,17 +557,41 @@ Status CheckpointReader::Read(std::span<const ReadRequest> requests) {
     if (m.index) return m.Known(it);
     return it >= items.data() && it < items.data() + items.size();
   };
-  std::vector<std::vector<Run>> runs(requests.size());
-  std::vector<ReadUnit> units;
-  std::vector<io::IoUnit> io_units;
   for (std::size_t r = 0; r < requests.size(); ++r) {
     const ReadRequest& q = requests[r];
     if (!ours(q.item))
       return InvalidArgument("read request " + std::to_string(r) +
                              ": item does not belong to this checkpoint");
+    if (q.chunk >= q.item->chunks.size())
+      return InvalidArgument("read of item '" + q.item->name + "': no such chunk");
+  }
+  // In groups that keep at most half the files that may stay open in use at
+  // once: a read of an item saved by thousands of ranks (or of a whole
+  // checkpoint) must not run out of file descriptors.
+  std::unordered_set<std::uint32_t> files;
+  std::size_t start = 0;
+  for (std::size_t r = 0; r < requests.size(); ++r) {
+    const std::uint32_t f = requests[r].item->chunks[requests[r].chunk].file;
+    if (!files.count(f) && files.size() >= std::max<std::size_t>(1, m.max_open / 2)) {
+      SW_RETURN_IF_ERROR(ReadGroup(requests.subspan(start, r - start)));
+      start = r;
+      files.clear();
+    }
+    files.insert(f);
+  }
+  return ReadGroup(requests.subspan(start));
+}
+
+Status CheckpointReader::ReadGroup(std::span<const ReadRequest> requests) {
+  Impl& m = *impl_;
+  Impl::Pins pins{m, {}};
+  std::vector<std::vector<Run>> runs(requests.size());
+  std::vector<ReadUnit> units;
+  std::vector<io::IoUnit> io_units;
+  for (std::size_t r = 0; r < requests.size(); ++r) {
+    const ReadRequest& q = requests[r];
     const ItemRecord& it = *q.item;
     std::string what = "read of item '" + it.name + "'";
-    if (q.chunk >= it.chunks.size()) return InvalidArgument(what + ": no such chunk");
     const ChunkRecord& ch = it.chunks[q.chunk];
     const std::size_t n = ch.sizes.size();
     std::vector<std::int64_t> o = q.offsets.empty() ? std::vector<std::int64_t>(n, 0) : q.offsets;
@@ -540,7 +620,7 @@ Status CheckpointReader::Read(std::span<const ReadRequest> requests) {
     if (q.dst_bytes > 0 && !q.dst) return InvalidArgument(what + ": destination is null");
     runs[r] = MakeRuns(ch.sizes, o, L, D, p, esize);
     if (runs[r].empty()) continue;
-    SW_RETURN_IF_ERROR(m.OpenFile(ch.file));
+    SW_RETURN_IF_ERROR(pins.Pin(ch.file));
     std::uint64_t lo = runs[r].front().src;
     std::uint64_t hi = runs[r].back().src + runs[r].back().len;
     const std::uint64_t B = m.manifest.checksum_block;
@@ -583,8 +663,10 @@ Status CheckpointReader::ReadItem(std::string_view name, void* dst, std::uint64_
 }
 
 Status CheckpointReader::CheckFiles() {
-  for (std::uint32_t f = 0; f < impl_->FileCount(); ++f)
-    SW_RETURN_IF_ERROR(impl_->OpenFile(f));
+  for (std::uint32_t f = 0; f < impl_->FileCount(); ++f) {
+    Impl::Pins pins{*impl_, {}};
+    SW_RETURN_IF_ERROR(pins.Pin(f));
+  }
   return Status::Ok();
 }
 
@@ -649,7 +731,8 @@ Result<VerifyReport> CheckpointReader::VerifyFrom(const ProgressFn& progress,
   for (std::uint32_t f = 0; f < m.manifest.files.size(); ++f) {
     const std::string& fname = m.manifest.files[f].name;
     report.files_checked++;
-    Status s = m.OpenFile(f);
+    Impl::Pins pins{m, {}};  // open while this file is checked
+    Status s = pins.Pin(f);
     if (!s.ok()) {
       report.problems.push_back({fname, s});
       done += m.manifest.files[f].size;

@@ -7,11 +7,13 @@
 #include <gtest/gtest.h>
 #include <nlohmann/json.hpp>
 #include <sys/file.h>
+#include <sys/resource.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
 #include <algorithm>
 #include <cstring>
+#include <filesystem>
 #include <map>
 #include <thread>
 
@@ -453,6 +455,66 @@ TEST_F(RepositoryTest, GatheredCommitWritesNoFragments) {
   auto ok = repo_->CommitGathered(spec, indexes);
   ASSERT_TRUE(ok.ok()) << ok.status().ToString();
   EXPECT_TRUE(Holds(*repo_, "step-000000000002", 3));
+}
+
+// A checkpoint of many ranks has as many shard files: a reader keeps at
+// most half of what the process may open (RLIMIT_NOFILE) open, closing
+// idle files and reading an item spread over more files in groups. Here
+// the soft limit is a little over what the process has open, far below the
+// checkpoint's 64 files; without the cap every read would fail with EMFILE.
+TEST_F(RepositoryTest, AReaderKeepsFewFilesOpen) {
+  constexpr int kRanks = 64, kPer = 300;
+  SaveSpec spec;
+  spec.step = 1;
+  spec.world_size = kRanks;
+  spec.save_id = "many";
+  spec.gathered = true;
+  std::vector<std::string> indexes(kRanks);
+  std::vector<OwnedItems> state(kRanks);
+  for (int r = 0; r < kRanks; ++r) {
+    spec.rank = r;
+    state[r].Add("w", DType::kInt32, {kRanks * kPer}, r, {r * kPer}, {kPer});
+    state[r].Add("own" + std::to_string(r), DType::kInt32, {7}, 100 + r);
+    auto rr = repo_->WriteRank(spec, state[r].items);
+    ASSERT_TRUE(rr.ok()) << rr.status().ToString();
+    indexes[r] = rr->index;
+  }
+  spec.rank = 0;
+  ASSERT_TRUE(repo_->CommitGathered(spec, indexes).ok());
+
+  auto open_fds = [] {
+    return std::distance(std::filesystem::directory_iterator("/proc/self/fd"),
+                         std::filesystem::directory_iterator{});
+  };
+  struct rlimit saved {};
+  ASSERT_EQ(::getrlimit(RLIMIT_NOFILE, &saved), 0);
+  struct rlimit low = saved;
+  low.rlim_cur = static_cast<rlim_t>(open_fds() + 24);
+  ASSERT_LT(low.rlim_cur / 2, static_cast<rlim_t>(kRanks));
+  ASSERT_EQ(::setrlimit(RLIMIT_NOFILE, &low), 0);
+  struct Restore {
+    rlimit r;
+    ~Restore() { ::setrlimit(RLIMIT_NOFILE, &r); }
+  } restore{saved};
+
+  auto reader = repo_->OpenCheckpoint("step-000000000001");
+  ASSERT_TRUE(reader.ok()) << reader.status().ToString();
+  std::vector<std::byte> whole(kRanks * kPer * 4);
+  Status s = (*reader)->ReadItem("w", whole.data(), whole.size());
+  ASSERT_TRUE(s.ok()) << s.ToString();
+  for (int r = 0; r < kRanks; ++r) {
+    EXPECT_EQ(std::memcmp(whole.data() + r * kPer * 4, state[r].items[0].data, kPer * 4), 0) << r;
+    std::vector<std::byte> own(7 * 4);
+    s = (*reader)->ReadItem("own" + std::to_string(r), own.data(), own.size());
+    ASSERT_TRUE(s.ok()) << s.ToString();
+    EXPECT_EQ(std::memcmp(own.data(), state[r].items[1].data, own.size()), 0) << r;
+  }
+  EXPECT_TRUE((*reader)->CheckFiles().ok());
+  auto report = (*reader)->Verify();
+  ASSERT_TRUE(report.ok()) << report.status().ToString();
+  EXPECT_TRUE(report->problems.empty());
+  EXPECT_EQ(report->files_checked, static_cast<std::uint64_t>(kRanks));
+  EXPECT_LE(open_fds(), static_cast<long>(low.rlim_cur));
 }
 
 // A failed syscall at every step of a gathered commit: the checkpoint is

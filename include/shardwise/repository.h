@@ -245,6 +245,13 @@ class Repository {
   // 1000), or nullopt for any other name.
   static std::optional<std::int64_t> StepOfName(std::string_view name);
   std::string StagingDir(const SaveSpec& spec) const;
+  // Whether a save may publish the checkpoint directory `dir` (ROOT/NAME):
+  // nothing is there, or, with `replace`, a checkpoint (a directory holding
+  // manifest.json, or a stock DCP checkpoint's .metadata) or an empty
+  // directory. Anything else is never replaced, replace or not (a checkpoint
+  // root given as a checkpoint, a file, a link): kAlreadyExists saying what
+  // is there. Every save checks it before it writes and again as it commits.
+  static Status CheckTarget(const std::string& dir, bool replace);
 
  private:
   friend class AsyncSaver;

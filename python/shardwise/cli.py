@@ -15,14 +15,17 @@ from ._layout import steps_in, tier_roots
 IMPORT_HELP = """Convert a stock PyTorch DCP checkpoint (written by FileSystemWriter) into a
 shardwise checkpoint directory DST (ROOT/NAME). This reads DCP's pickled
 .metadata and torch.save'd values: only import checkpoints you trust. The
-result holds no pickle. Exit codes: 0 imported, 1 failed, 2 usage error."""
+result holds no pickle. DST must not exist, or with --replace hold a
+checkpoint (or be empty): a checkpoint root or a file at DST is never
+replaced. Exit codes: 0 imported, 1 failed, 2 usage error (DST exists or is
+not a checkpoint, SRC unreadable)."""
 
 
 def _import_dcp(argv: list[str]) -> int:
     ap = argparse.ArgumentParser(prog="shardwise import-dcp", description=IMPORT_HELP)
     ap.add_argument("src", help="the stock DCP checkpoint directory")
     ap.add_argument("dst", help="the shardwise checkpoint directory to create")
-    ap.add_argument("--step", type=int, help="step to record in the manifest")
+    ap.add_argument("--step", type=_step, help="step to record in the manifest (>= 0)")
     ap.add_argument("--replace", action="store_true", help="replace DST if it exists")
     ap.add_argument("--json", action="store_true", help="print a JSON summary")
     args = ap.parse_args(argv)
@@ -46,19 +49,41 @@ def _import_dcp(argv: list[str]) -> int:
     return 0
 
 
+def _step(text: str) -> int:
+    try:
+        step = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
+    if not 0 <= step < 2**63:
+        raise argparse.ArgumentTypeError(f"must be from 0 to 2**63-1: {text}")
+    return step
+
+
 def _import_failed(args: argparse.Namespace, e: BaseException) -> int:
     """One line for a failed import (the rank's own error, not DCP's
-    wrapper); 2 for a source that cannot be read, else 1."""
+    wrapper); 2 for a source that cannot be read or arguments refused, else
+    1. Ctrl-C during DCP's load (which wraps it) is Ctrl-C."""
+    from torch.distributed.checkpoint.api import CheckpointException
+
     from .checkpointer import _underlying
 
+    if isinstance(e, CheckpointException) and any(
+            isinstance(f[0] if isinstance(f, tuple) else f, KeyboardInterrupt)
+            for f in e.failures.values()):
+        raise KeyboardInterrupt from None
     inner = _underlying(e)
     if isinstance(inner, FileExistsError):
-        print(f"shardwise import-dcp: {args.dst} exists (pass --replace to replace it)",
-              file=sys.stderr)
-        return 1
-    print(f"shardwise import-dcp: {inner}", file=sys.stderr)
-    unreadable = (FileNotFoundError, PermissionError, NotADirectoryError, IsADirectoryError)
-    return 2 if isinstance(inner, unreadable) else 1
+        if "pass replace" in str(inner):  # a checkpoint: --replace replaces it
+            print(f"shardwise import-dcp: {args.dst} exists (pass --replace to replace it)",
+                  file=sys.stderr)
+        else:  # never replaced (a root, a file): says what is there
+            print(f"shardwise import-dcp: {inner.strerror or inner}", file=sys.stderr)
+        return 2
+    # (an EOFError of a truncated stock file says nothing: its type does)
+    print(f"shardwise import-dcp: {str(inner) or type(inner).__name__}", file=sys.stderr)
+    refused = (FileNotFoundError, PermissionError, NotADirectoryError, IsADirectoryError,
+               ValueError)
+    return 2 if isinstance(inner, refused) else 1
 
 
 TIERS_LS_HELP = """Which steps exist on which tier: the root (ROOT, with each checkpoint's
@@ -169,13 +194,23 @@ def _verify_tiers(local_root: str, as_json: bool) -> int:
     return 0 if ok else 1
 
 
+def _is_fd(stream: object, fd: int) -> bool:
+    """Whether `stream` writes to the process's file descriptor `fd` (not
+    to a capture of Python's)."""
+    try:
+        return stream.fileno() == fd  # type: ignore[attr-defined]
+    except (AttributeError, OSError, ValueError):
+        return False
+
+
 def main(argv: Optional[list[str]] = None) -> int:
     args = sys.argv[1:] if argv is None else argv
     if args and args[0] == "import-dcp":
         return _import_dcp(args[1:])
     if args and args[0] in ("ls", "verify") and any(a.split("=")[0] == "--local-root" for a in args):
         return (_tiers_ls if args[0] == "ls" else _tiers_verify)(args[1:])
-    rc = _core.cli_main(["shardwise", *args])
+    direct = _is_fd(sys.stdout, 1) and _is_fd(sys.stderr, 2)
+    rc = _core.cli_main(["shardwise", *args], direct=direct)
     # The native overview goes to stdout for --help and to stderr (exit 2)
     # without a command: these lines go with it.
     out = sys.stdout if rc == 0 else sys.stderr

@@ -305,10 +305,12 @@ class Writer(StorageWriter, AsyncStager):  # type: ignore[misc]
     def prepare_local_plan(self, plan: SavePlan) -> SavePlan:
         # Refused at planning time, as FileSystemWriter refuses, before any
         # rank writes a byte.
-        if (not self.replace and self.path is not None
-                and os.path.isfile(os.path.join(self.path, _core.MANIFEST_NAME))):
-            raise FileExistsError(errno.EEXIST, "Checkpoint already exists " + self._exists_hint,
-                                  self.path)
+        if self.path is not None:
+            if not self.replace and os.path.isfile(os.path.join(self.path, _core.MANIFEST_NAME)):
+                raise FileExistsError(errno.EEXIST,
+                                      "Checkpoint already exists " + self._exists_hint, self.path)
+            # Never a root (or a file) in place of a checkpoint, replace or not.
+            _core.check_target(os.path.abspath(self.path), self.replace)
         return plan
 
     def prepare_global_plan(self, plans: list[SavePlan]) -> list[SavePlan]:

@@ -18,6 +18,7 @@ import torch
 import torch.distributed.checkpoint as dcp
 from torch.distributed.checkpoint.metadata import BytesStorageMetadata, TensorStorageMetadata
 
+from . import _core
 from .dcp import Writer
 
 __all__ = ["import_dcp"]
@@ -30,6 +31,8 @@ def import_dcp(src: Union[str, "os.PathLike[str]"], dst: Union[str, "os.PathLike
     src = os.fspath(src)
     if not os.path.isfile(os.path.join(src, ".metadata")):
         raise FileNotFoundError(2, f"{src} is not a DCP checkpoint (no .metadata)", src)
+    # Before anything is read: what is at dst may be replaced (FileExistsError).
+    _core.check_target(os.path.abspath(os.fspath(dst)), replace)
     reader = dcp.FileSystemReader(src)
     metadata = reader.read_metadata()  # pickle: the documented exception
     state: dict[str, Any] = {}

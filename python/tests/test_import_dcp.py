@@ -65,7 +65,18 @@ def test_import_function_and_cli(tmp_path):
     # Into an existing DST: one line naming it and the flag, not a traceback.
     again = subprocess.run([sys.executable, "-m", "shardwise.cli", "import-dcp", src, str(dst2)],
                            capture_output=True, text=True)
-    assert again.returncode == 1, again.stderr
+    assert again.returncode == 2, again.stderr
     assert again.stderr.strip() == (f"shardwise import-dcp: {dst2} exists (pass --replace to "
                                     "replace it)"), again.stderr
+    # A root given as DST is never replaced, --replace or not: refused before
+    # anything is read, and the root's checkpoints stay.
+    root = tmp_path / "sw"
+    before = sorted(os.listdir(root))
+    for extra in ([], ["--replace"]):
+        r = subprocess.run([sys.executable, "-m", "shardwise.cli", "import-dcp", src, str(root)]
+                           + extra, capture_output=True, text=True)
+        assert r.returncode == 2, r.stderr
+        assert "is not a checkpoint" in r.stderr and "checkpoint root" in r.stderr, r.stderr
+        assert "Traceback" not in r.stderr
+    assert sorted(os.listdir(root)) == before
     assert os.path.isdir(tmp_path / "sw")

@@ -149,3 +149,29 @@ def test_reads_that_need_a_copy_are_held_a_batch_at_a_time(tmp_path, monkeypatch
         assert torch.equal(back[f"t{i}"], sd[f"t{i}"].double())
     assert torch.equal(back["direct"], sd["direct"]) and back["step"] == 3
     assert len(seen) >= 6 and seen[-1] == 5 * 64 * 8 * 4 + 16 * 4
+
+
+def test_replace_never_removes_what_is_not_a_checkpoint(tmp_path):
+    """replace=True swaps a checkpoint for the new one; a checkpoint root,
+    a file or a link given as the checkpoint's path stays as it is."""
+    root = tmp_path / "root"
+    dcp.save({"w": torch.ones(2)}, storage_writer=Writer(root / "step-000000000001"), no_dist=True)
+    (tmp_path / "file").write_text("keep")
+    (tmp_path / "link").symlink_to(root)
+    for target in (root, tmp_path / "file", tmp_path / "link"):
+        with pytest.raises(BaseException) as e:
+            dcp.save({"w": torch.zeros(2)}, storage_writer=Writer(target, replace=True),
+                     no_dist=True)
+        assert "is not a checkpoint" in str(e.value), e.value
+    assert (root / "step-000000000001" / "manifest.json").is_file()
+    assert (tmp_path / "file").read_text() == "keep" and (tmp_path / "link").is_symlink()
+    # An empty directory, a checkpoint and a stock DCP checkpoint are replaced.
+    (tmp_path / "empty").mkdir()
+    stock = tmp_path / "stock"
+    dcp.save({"w": torch.ones(2)}, storage_writer=dcp.FileSystemWriter(stock), no_dist=True)
+    for target in (tmp_path / "empty", root / "step-000000000001", stock):
+        dcp.save({"w": torch.full((2,), 3.0)}, storage_writer=Writer(target, replace=True),
+                 no_dist=True)
+        back = {"w": torch.zeros(2)}
+        dcp.load(back, storage_reader=Reader(target), no_dist=True)
+        assert torch.equal(back["w"], torch.full((2,), 3.0))

@@ -80,6 +80,16 @@ TEST_F(CliTest, Ls) {
   ASSERT_EQ(j["staging"].size(), 1u);
   EXPECT_EQ(j["staging"][0]["name"], "step-000000000300");
   EXPECT_EQ(Cli({"ls", dir_ / "nope"}).exit_code, 2);
+  // A checkpoint where a root is expected: said so, not "no checkpoints".
+  for (const char* verb : {"ls", "gc"}) {
+    ProcResult c = Cli({verb, Ckpt(200)});
+    EXPECT_EQ(c.exit_code, 2) << verb;
+    EXPECT_NE(c.out.find("is a checkpoint (it holds manifest.json), not a root; its root is " +
+                         dir_.path()),
+              std::string::npos)
+        << c.out;
+  }
+  EXPECT_FALSE(os::Exists(Ckpt(200) + "/.writer.lock"));  // gc did not claim it as a root
 }
 
 TEST_F(CliTest, Inspect) {
@@ -169,6 +179,10 @@ TEST_F(CliTest, Gc) {
   EXPECT_TRUE(os::Exists(Ckpt(200)));
   EXPECT_EQ(Cli({"gc", dir_.path(), "--keep-last", "0"}).exit_code, 2);
   EXPECT_EQ(Cli({"gc", dir_.path(), "--keep-last", "x"}).exit_code, 2);
+  // Past what retention can hold: refused, not quietly clamped.
+  ProcResult big = Cli({"gc", dir_.path(), "--keep-every", "2000000000", "--dry-run"});
+  EXPECT_EQ(big.exit_code, 2) << big.out;
+  EXPECT_NE(big.out.find("keep-every"), std::string::npos) << big.out;
 }
 
 TEST(CliBench, SmallRunReportsAndVerifies) {

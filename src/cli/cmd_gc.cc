@@ -55,13 +55,14 @@ int RunGc(const Argv& argv, std::ostream& out, std::ostream& err) {
   if (args->positional().size() != 1) return UsageError(err, "gc", "expected one ROOT");
   GcOptions gc;
   auto keep_last = args->GetInt("keep-last", 1, 1 << 30);
-  auto keep_every = args->GetInt("keep-every", 1, 1ll << 62);
+  auto keep_every = args->GetInt("keep-every", 1, 1 << 30);
   auto grace = args->GetDouble("grace", 0);
   for (const Status* s : {&keep_last.status(), &keep_every.status(), &grace.status()})
     if (!s->ok()) return UsageError(err, "gc", s->message());
   if (*keep_last) gc.keep_last = static_cast<int>(**keep_last);
-  if (*keep_every) gc.keep_every = static_cast<int>(std::min<long long>(**keep_every, 1 << 30));
+  if (*keep_every) gc.keep_every = static_cast<int>(**keep_every);
   if (*grace) gc.staging_grace_s = **grace;
+  if (int rc = CheckpointGivenAsRoot(err, "gc", args->positional()[0]); rc >= 0) return rc;
   gc.dry_run = args->Has("dry-run");
   gc.full_verify = args->Has("verify");
   auto opts = Options::FromEnv();

@@ -146,6 +146,7 @@ int RunLs(const Argv& argv, std::ostream& out, std::ostream& err) {
   }
   if (args->positional().size() != 1) return UsageError(err, "ls", "expected one ROOT");
   const std::string root = args->positional()[0];
+  if (int rc = CheckpointGivenAsRoot(err, "ls", root); rc >= 0) return rc;
   auto opts = Options::FromEnv();
   if (!opts.ok()) return UsageError(err, "ls", opts.status().message());
   auto repo = Repository::Open(root, *opts, /*create=*/false);

@@ -7,8 +7,10 @@
 #include <ctime>
 
 #include <chrono>
+#include <filesystem>
 #include <sstream>
 
+#include "shardwise/names.h"
 #include "shardwise/options.h"
 
 namespace shardwise::cli {
@@ -128,6 +130,16 @@ int UsageError(std::ostream& err, const std::string& verb, const std::string& me
 int PathError(std::ostream& err, const std::string& verb, const std::string& message) {
   err << "shardwise " << verb << ": " << message << "\n";
   return 2;
+}
+
+int CheckpointGivenAsRoot(std::ostream& err, const std::string& verb, const std::string& root) {
+  std::error_code ec;
+  const std::filesystem::path p(root);
+  if (!std::filesystem::is_regular_file(p / names::kManifest, ec)) return -1;
+  const std::filesystem::path parent = std::filesystem::absolute(p, ec).lexically_normal();
+  return PathError(err, verb,
+                   root + " is a checkpoint (it holds manifest.json), not a root; its root is " +
+                       parent.parent_path().string());
 }
 
 }  // namespace shardwise::cli

@@ -53,6 +53,10 @@ int UsageError(std::ostream& err, const std::string& verb, const std::string& me
 // "shardwise VERB: message" for a path that cannot be read or opened; exit
 // code 2, without UsageError's pointer to --help (the arguments were fine).
 int PathError(std::ostream& err, const std::string& verb, const std::string& message);
+// ROOT where a checkpoint root is expected: if it is a checkpoint (it holds
+// manifest.json), prints so (with its root) and returns kExitUsage (2);
+// otherwise returns -1.
+int CheckpointGivenAsRoot(std::ostream& err, const std::string& verb, const std::string& root);
 
 // Writes `j` indented, with any invalid UTF-8 (file names are arbitrary
 // bytes) replaced rather than thrown on.

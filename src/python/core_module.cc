@@ -10,10 +10,13 @@
 #include <nanobind/stl/tuple.h>
 #include <nanobind/stl/vector.h>
 
+#include <signal.h>
+
 #include <algorithm>
 #include <chrono>
 #include <condition_variable>
 #include <functional>
+#include <iostream>
 #include <mutex>
 #include <sstream>
 #include <type_traits>
@@ -471,15 +474,37 @@ void ReleaseAllStaging() {
   StagingPool::ReleaseAllFree();
 }
 
-int CliMain(const std::vector<std::string>& argv) {
+// The native CLI inside Python (the pip-installed `shardwise`). With
+// `direct` (sys.stdout and sys.stderr are the process's fds 1 and 2), it
+// writes to them as it goes, so progress shows while it works, and Ctrl-C
+// stops it as it stops the native binary (Python's own SIGINT handler only
+// notes the signal for later). Otherwise (output captured in Python) its
+// output is written through sys.stdout and sys.stderr when it is done.
+int CliMain(const std::vector<std::string>& argv, bool direct) {
+  nb::module_ sys = nb::module_::import_("sys");
+  if (direct) {
+    sys.attr("stdout").attr("flush")();
+    sys.attr("stderr").attr("flush")();
+    struct sigaction dfl {}, old {};
+    dfl.sa_handler = SIG_DFL;
+    ::sigaction(SIGINT, &dfl, &old);
+    int rc;
+    {
+      nb::gil_scoped_release release;
+      rc = cli::RunCli(argv, std::cout, std::cerr);
+      std::cout.flush();
+    }
+    ::sigaction(SIGINT, &old, nullptr);
+    return rc;
+  }
   std::ostringstream out, err;
   int rc;
   {
     nb::gil_scoped_release release;
     rc = cli::RunCli(argv, out, err);
   }
-  nb::module_::import_("sys").attr("stdout").attr("write")(out.str());
-  nb::module_::import_("sys").attr("stderr").attr("write")(err.str());
+  sys.attr("stdout").attr("write")(out.str());
+  sys.attr("stderr").attr("write")(err.str());
   return rc;
 }
 
@@ -726,8 +751,14 @@ NB_MODULE(_core, m) {
   m.def("parse_size", [](const std::string& text) -> std::uint64_t {
     return Take(shardwise::ParseSize(text));
   }, "text"_a);
-  m.def("cli_main", &CliMain, "argv"_a);
+  m.def("cli_main", &CliMain, "argv"_a, "direct"_a = false);
   // Checks engine options (and the SHARDWISE_* environment) as a save or
   // load would, opening nothing: constructors fail at once on a bad one.
   m.def("check_options", [](const nb::dict& d) { (void)MakeOptions(d); }, "options"_a);
+  m.def(
+      "check_target",
+      [](const std::string& dir, bool replace) {
+        Check(shardwise::Repository::CheckTarget(dir, replace));
+      },
+      "dir"_a, "replace"_a);
 }

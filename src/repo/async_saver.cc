@@ -249,11 +249,7 @@ struct AsyncSaver::Impl {
     SaveSpec spec = in;
     SW_RETURN_IF_ERROR(Repository::Normalize(spec));
     state.name = spec.name;
-    const std::string final_dir = os::JoinPath(repo.root(), spec.name);
-    if (!spec.replace && os::Exists(final_dir))
-      return Status(StatusCode::kAlreadyExists,
-                    "checkpoint " + final_dir + " already exists (pass replace to overwrite it)",
-                    EEXIST);
+    SW_RETURN_IF_ERROR(Repository::CheckTarget(os::JoinPath(repo.root(), spec.name), spec.replace));
     auto job = std::make_shared<Job>();
     job->spec = spec;
     SW_ASSIGN_OR_RETURN(job->plan, engine::PlanShard(items, spec.rank, spec.save_id,

@@ -227,11 +227,8 @@ Result<CommitResult> PublishCommit(const std::string& root, const SaveSpec& spec
 
   // Step 3c: publish by renaming. Replacing swaps atomically where the
   // filesystem can, so NAME always holds either the old or the new one.
+  SW_RETURN_IF_ERROR(Repository::CheckTarget(final_dir, spec.replace));
   if (os::Exists(final_dir)) {
-    if (!spec.replace)
-      return Status(StatusCode::kAlreadyExists,
-                    "checkpoint " + final_dir + " already exists (pass replace to overwrite it)",
-                    EEXIST, final_dir);
     const std::string old =
         os::JoinPath(root, names::HiddenDir(spec.name, names::Hidden::kReplaced, spec.save_id));
     Status x = os::RenameExchange(staging, final_dir);

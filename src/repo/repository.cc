@@ -2,6 +2,7 @@
 // The commit protocol itself is in commit.cc; listing in listing.cc; gc and
 // retention in gc.cc.
 #include <fcntl.h>
+#include <sys/stat.h>
 
 #include <cstdio>
 
@@ -215,16 +216,37 @@ Result<RankResult> Repository::WriteRank(const SaveSpec& spec, std::span<const W
   });
 }
 
+Status Repository::CheckTarget(const std::string& final_dir, bool replace) {
+  auto st = os::Lstat(final_dir);
+  if (!st.ok()) return st.status().err() == ENOENT ? Status::Ok() : st.status();
+  std::string what;
+  if (!S_ISDIR(st->st_mode)) {
+    what = S_ISLNK(st->st_mode) ? "a symbolic link" : "not a directory";
+  } else if (!os::Exists(os::JoinPath(final_dir, names::kManifest)) &&
+             !os::Exists(os::JoinPath(final_dir, ".metadata"))) {
+    SW_ASSIGN_OR_RETURN(auto entries, os::ListDir(final_dir));
+    if (!entries.empty())
+      what = "a directory that holds no manifest.json: is it a checkpoint root? Name a "
+             "checkpoint inside it";
+  }
+  if (!what.empty())
+    return Status(StatusCode::kAlreadyExists,
+                  final_dir + " exists and is not a checkpoint (" + what +
+                      "); a save never replaces it",
+                  EEXIST, final_dir);
+  if (!replace)
+    return Status(StatusCode::kAlreadyExists,
+                  "checkpoint " + final_dir + " already exists (pass replace to overwrite it)",
+                  EEXIST, final_dir);
+  return Status::Ok();
+}
+
 Result<RankResult> Repository::WriteRankWith(
     const SaveSpec& in,
     const std::function<Status(const engine::ShardTarget&, void*)>& write_shard) {
   SaveSpec spec = in;
   SW_RETURN_IF_ERROR(Normalize(spec));
-  const std::string final_dir = os::JoinPath(impl_->root, spec.name);
-  if (!spec.replace && os::Exists(final_dir))
-    return Status(StatusCode::kAlreadyExists,
-                  "checkpoint " + final_dir + " already exists (pass replace to overwrite it)",
-                  EEXIST, final_dir);
+  SW_RETURN_IF_ERROR(Repository::CheckTarget(os::JoinPath(impl_->root, spec.name), spec.replace));
   const std::string staging = StagingDir(spec);
   auto run = [&]() -> Result<RankResult> {
     SW_RETURN_IF_ERROR(os::Mkdir(staging, 0755, /*exist_ok=*/true));

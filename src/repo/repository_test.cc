@@ -457,6 +457,38 @@ TEST_F(RepositoryTest, GatheredCommitWritesNoFragments) {
   EXPECT_TRUE(Holds(*repo_, "step-000000000002", 3));
 }
 
+// replace swaps a checkpoint for the new one; what is not a checkpoint (a
+// directory of other things, such as a root given as a checkpoint's name; a
+// file; a link) is never replaced, replace or not, and is left as it was.
+TEST_F(RepositoryTest, ReplaceNeverRemovesWhatIsNotACheckpoint) {
+  ASSERT_TRUE(os::Mkdir(dir_ / "other", 0755, false).ok());
+  testing::WriteAll(dir_ / "other/keep.txt", "keep");
+  testing::WriteAll(dir_ / "file", "keep");
+  ASSERT_EQ(::symlink("other", (dir_ / "link").c_str()), 0);
+  OwnedItems it = Items(1);
+  for (const char* name : {"other", "file", "link"}) {
+    for (bool replace : {false, true}) {
+      SaveSpec spec;
+      spec.name = name;
+      spec.replace = replace;
+      auto r = repo_->Save(spec, it.items);
+      ASSERT_EQ(r.status().code(), StatusCode::kAlreadyExists) << name;
+      EXPECT_NE(r.status().message().find("is not a checkpoint"), std::string::npos)
+          << r.status().message();
+    }
+  }
+  EXPECT_EQ(testing::ReadAll(dir_ / "other/keep.txt"), "keep");
+  EXPECT_EQ(testing::ReadAll(dir_ / "file"), "keep");
+  // An empty directory and a checkpoint are replaced.
+  ASSERT_TRUE(os::Mkdir(dir_ / "empty", 0755, false).ok());
+  SaveSpec spec;
+  spec.name = "empty";
+  spec.replace = true;
+  ASSERT_TRUE(repo_->Save(spec, it.items).ok());
+  ASSERT_TRUE(repo_->Save(spec, it.items).ok());
+  EXPECT_TRUE(Holds(*repo_, "empty", 1));
+}
+
 // A checkpoint of many ranks has as many shard files: a reader keeps at
 // most half of what the process may open (RLIMIT_NOFILE) open, closing
 // idle files and reading an item spread over more files in groups. Here

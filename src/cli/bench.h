@@ -67,6 +67,11 @@ int RunAsyncBench(const BenchParams& p, std::ostream& out, std::ostream& err);
 // created it and nothing else is in it, so the directory is left as found.
 void RemoveBenchCheckpoint(Repository& repo, const std::string& name, bool root_created);
 
+// Refuses, before anything is allocated or written, a run that cannot fit:
+// `copies` x the ranks' state in the memory the host has available, or the
+// checkpoint on the filesystem of D (of its nearest existing parent).
+Status CheckBenchFits(const BenchParams& p, int copies);
+
 // A random [0-9a-f] id of `chars` characters (checkpoint names of a run).
 std::string RandomId(int chars);
 

@@ -221,6 +221,21 @@ TEST(CliBench, SmallRunReportsAndVerifies) {
   EXPECT_EQ(Cli({"bench"}).exit_code, 2);
 }
 
+// A run that cannot fit (its state in the host's memory, its checkpoint on
+// D's filesystem) is refused before anything is allocated or created.
+TEST(CliBench, ARunThatCannotFitIsRefusedUpFront) {
+  TempDir dir;
+  for (std::vector<std::string> extra :
+       {std::vector<std::string>{"--ranks", "2"}, std::vector<std::string>{"--async"}}) {
+    std::vector<std::string> args{"bench", "--dir", dir / "b", "--size-per-rank", "1000000GiB"};
+    args.insert(args.end(), extra.begin(), extra.end());
+    ProcResult r = Cli(args);
+    EXPECT_EQ(r.exit_code, 2) << r.out;
+    EXPECT_NE(r.out.find("of memory available here"), std::string::npos) << r.out;
+    EXPECT_FALSE(os::Exists(dir / "b"));
+  }
+}
+
 TEST(CliBench, AsyncReportsStallPersistMemoryAndTraining) {
   TempDir dir;
   ProcResult r = Cli({"bench", "--async", "--dir", dir / "a", "--size-per-rank", "16MiB",

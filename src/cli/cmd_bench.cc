@@ -1,8 +1,12 @@
 // shardwise bench: the command. The flags are in bench_flags.cc, the rank
 // processes in bench_ranks.cc, the report in bench_report.cc, and --async
 // in cmd_bench_async.cc.
+#include <sys/statvfs.h>
+
 #include <algorithm>
+#include <cstdio>
 #include <filesystem>
+#include <fstream>
 #include <random>
 
 #include "bench.h"
@@ -28,6 +32,50 @@ void RemoveBenchCheckpoint(Repository& repo, const std::string& name, bool root_
   }
 }
 
+namespace {
+
+// /proc/meminfo's MemAvailable in bytes, or 0 where it cannot be read.
+std::uint64_t MemAvailable() {
+  std::ifstream in("/proc/meminfo");
+  std::string key;
+  std::uint64_t kib = 0;
+  std::string unit;
+  while (in >> key >> kib >> unit)
+    if (key == "MemAvailable:") return kib << 10;
+  return 0;
+}
+
+std::string Gib(long double bytes) {
+  char buf[32];
+  std::snprintf(buf, sizeof buf, "%.1f GiB", static_cast<double>(bytes / (1ull << 30)));
+  return buf;
+}
+
+}  // namespace
+
+Status CheckBenchFits(const BenchParams& p, int copies) {
+  const long double state = static_cast<long double>(p.size_per_rank) * p.ranks;
+  const std::uint64_t mem = MemAvailable();
+  if (mem && state * copies > mem)
+    return InvalidArgument("--ranks x --size-per-rank is " + Gib(state) + " of state" +
+                           (copies > 1 ? " (" + std::to_string(copies) + " copies: " +
+                                             Gib(state * copies) + ")"
+                                       : std::string()) +
+                           ", more than the " + Gib(mem) + " of memory available here");
+  std::error_code ec;
+  std::filesystem::path at = std::filesystem::absolute(p.dir, ec);
+  while (!at.empty() && !std::filesystem::exists(at, ec) && at != at.parent_path())
+    at = at.parent_path();
+  struct statvfs fs {};
+  if (!at.empty() && ::statvfs(at.c_str(), &fs) == 0) {
+    const long double free = static_cast<long double>(fs.f_bavail) * fs.f_frsize;
+    if (state * copies > free)
+      return InvalidArgument("the checkpoint needs " + Gib(state * copies) + " on " +
+                             at.string() + "'s filesystem, which has " + Gib(free) + " free");
+  }
+  return Status::Ok();
+}
+
 int RunBench(const Argv& argv, std::ostream& out, std::ostream& err) {
   bool help = false;
   auto p = ParseBenchFlags(argv, &help);
@@ -37,6 +85,7 @@ int RunBench(const Argv& argv, std::ostream& out, std::ostream& err) {
     return kExitOk;
   }
   if (p->async) return RunAsyncBench(*p, out, err);
+  if (Status s = CheckBenchFits(*p, 1); !s.ok()) return UsageError(err, "bench", s.message());
   std::error_code ec;
   const bool root_created = !std::filesystem::exists(p->dir, ec);
   auto repo = Repository::Open(p->dir, p->options, /*create=*/true);
@@ -55,6 +104,7 @@ int RunBench(const Argv& argv, std::ostream& out, std::ostream& err) {
   auto figures = RunRanks(*p, (*repo)->root(), spec, err);
   if (!figures.ok()) {
     err << "shardwise bench: " << figures.status().message() << '\n';
+    if (root_created) std::filesystem::remove_all((*repo)->root(), ec);  // what the run made
     return kExitProblem;
   }
   BenchReport report{*p, (*repo)->root(), *storage, *figures, {}, {}};

@@ -206,6 +206,9 @@ int RunAsyncBench(const BenchParams& p, std::ostream& out, std::ostream& err) {
   if (p.ranks != 1)
     return UsageError(err, "bench", "--async runs one process (several saves through one "
                                     "engine); use --ranks 1");
+  // The state and its staged copy in memory; on disk, the checkpoint being
+  // written while the previous one is kept.
+  if (Status s = CheckBenchFits(p, 2); !s.ok()) return UsageError(err, "bench", s.message());
   std::error_code ec;
   const bool root_created = !std::filesystem::exists(p.dir, ec);
   auto repo = Repository::Open(p.dir, p.options, true);
@@ -214,6 +217,8 @@ int RunAsyncBench(const BenchParams& p, std::ostream& out, std::ostream& err) {
   f.baseline_rss = StatusField("VmRSS:");
   const SyntheticState state = MakeTransformerState(p.size_per_rank, 0, 1, 20261129);
   auto last = RunSaves(p, **repo, state, f, err);
+  if (!last.ok() && root_created)
+    std::filesystem::remove_all((*repo)->root(), ec);  // what the run made
   if (!last.ok()) {
     // A flag the engine refuses (--staging-budget too small) is a usage error.
     if (last.status().code() == StatusCode::kInvalidArgument)

@@ -96,18 +96,26 @@ an unreadable path."""
 TIERS_VERIFY_HELP = """Re-reads every committed checkpoint of a node's local tier (LOCAL_ROOT:
 rank-RRRRR/ and replica-RRRRR/) and checks every checksum, file size and
 header. Exit codes: 0 all intact, 1 a problem (each is printed, naming the
-file), 2 usage error or an unreadable path."""
+file) or no committed checkpoint to verify, 2 usage error or an unreadable
+path."""
 
 
 def _guarded(command: str, body: Callable[[], int]) -> int:
-    """body()'s exit code; an unreadable path is 2 and any other failure 1,
-    each printed as ``shardwise COMMAND: why``."""
+    """body()'s exit code; an unreadable path (or one that is no root) is 2
+    and any other failure 1, each printed as ``shardwise COMMAND: why``."""
     try:
-        return body()
-    except OSError as e:
+        # A malformed SHARDWISE_* variable is a usage error here as in the
+        # native commands.
+        _core.check_options({})
+    except ValueError as e:
         print(f"shardwise {command}: {e}", file=sys.stderr)
         return 2
-    except (RuntimeError, ValueError) as e:
+    try:
+        return body()
+    except (OSError, ValueError) as e:  # a path that cannot be read, or is no root
+        print(f"shardwise {command}: {e}", file=sys.stderr)
+        return 2
+    except RuntimeError as e:
         print(f"shardwise {command}: {e}", file=sys.stderr)
         return 1
 
@@ -186,11 +194,12 @@ def _verify_tiers(local_root: str, as_json: bool) -> int:
                 print(f"{'OK     ' if entry['ok'] else 'DAMAGED'} {path}")
                 for p in entry["problems"]:
                     print(f"    {p['file']}: {p['message']}")
-    ok = all(c["ok"] for c in checkpoints)
+    # Nothing to verify is not a pass (as native verify).
+    ok = bool(checkpoints) and all(c["ok"] for c in checkpoints)
     if as_json:
         print(json.dumps({"path": local_root, "ok": ok, "checkpoints": checkpoints}))
     elif not checkpoints:
-        print(f"(no committed checkpoint in {local_root})")
+        print(f"(no committed checkpoint in {local_root}: nothing verified)")
     return 0 if ok else 1
 
 

@@ -30,7 +30,8 @@ Options:
 
 Exit codes:
   0  every checkpoint verified intact
-  1  any corruption, or a missing or truncated file (each one reported)
+  1  any corruption, or a missing or truncated file (each one reported), or
+     no committed checkpoint to verify under PATH
   2  usage error, or PATH missing or unreadable
 )";
 
@@ -134,7 +135,7 @@ void PrintVerifyJson(std::ostream& out, const std::string& path, bool all_ok,
 
 void PrintVerifyText(std::ostream& out, const std::string& path,
                      const std::vector<Outcome>& outcomes) {
-  if (outcomes.empty()) out << "No committed checkpoints in " << path << ".\n";
+  if (outcomes.empty()) out << "No committed checkpoints in " << path << ": nothing verified.\n";
   for (const auto& o : outcomes) {
     if (o.ok) {
       double gbs = o.seconds > 0 ? static_cast<double>(o.bytes) / o.seconds / 1e9 : 0;
@@ -194,7 +195,9 @@ int RunVerify(const Argv& argv, std::ostream& out, std::ostream& err) {
     outcomes = std::move(*all);
   }
 
-  bool all_ok = true;
+  // Nothing to verify (a root without checkpoints, a mistyped path) is not
+  // a pass: a check in a script must not succeed on it.
+  bool all_ok = !outcomes.empty();
   for (const auto& o : outcomes) all_ok = all_ok && o.ok;
   if (args->json()) {
     PrintVerifyJson(out, path, all_ok, outcomes);

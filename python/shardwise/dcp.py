@@ -695,7 +695,9 @@ class Reader(StorageReader):
             except FileNotFoundError:
                 raise _corrupt(f"{self.path}: the checkpoint has no item {fqn!r}",
                                self.path) from None
-            if it["kind"] == "bytes" and [list(c) for c in it["chunks"]] != [[[0], it["shape"]]]:
+            whole = [[[0], [int(x) for x in it["shape"]]]]
+            if it["kind"] == "bytes" and [[[int(x) for x in o], [int(x) for x in z]]
+                                          for o, z in it["chunks"]] != whole:
                 # The validator checks a value's dtype and rank, not that one
                 # chunk holds it: its size must not come from the shape alone.
                 raise _corrupt(f"{self.path}: item {fqn!r} is a stored value of "

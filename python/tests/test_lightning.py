@@ -161,3 +161,24 @@ def test_clear_errors(tmp_path):
               storage_writer=sdcp.Writer(strat), no_dist=True)
     with pytest.raises(ValueError, match="'model.n' is a value.*Shardwise\\*Strategy"):
         io.load_checkpoint(strat)
+
+
+def test_hpc_resume_past_an_unfinished_save(tmp_path):
+    """SLURM auto-requeue: Lightning resumes from hpc_ckpt_N.ckpt, N the
+    largest number in any name holding "hpc_ckpt_"; a save killed midway
+    leaves a hidden staging entry whose digits make an N that names no
+    checkpoint. The plugin then loads the newest committed HPC checkpoint."""
+    from pytorch_lightning.trainer.connectors.checkpoint_connector import _CheckpointConnector
+
+    io = ShardwiseCheckpointIO()
+    for n in (1, 2):
+        io.save_checkpoint({"state_dict": {"w": torch.full((2,), float(n))}, "epoch": n},
+                           str(tmp_path / f"hpc_ckpt_{n}.ckpt"))
+    (tmp_path / ".hpc_ckpt_3.ckpt.staging-0123456789abcdef").mkdir()
+    n = _CheckpointConnector._CheckpointConnector__max_ckpt_version_in_folder(  # type: ignore
+        str(tmp_path), "hpc_ckpt_")
+    assert n > 3  # Lightning's own reading of the folder
+    back = io.load_checkpoint(str(tmp_path / f"hpc_ckpt_{n}.ckpt"))
+    assert back["epoch"] == 2 and torch.equal(back["state_dict"]["w"], torch.full((2,), 2.0))
+    with pytest.raises(FileNotFoundError):  # any other missing checkpoint stays missing
+        io.load_checkpoint(str(tmp_path / "hpc_ckpt_7.ckpt"))

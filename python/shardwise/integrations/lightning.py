@@ -31,7 +31,9 @@ and all, without a template and without pickle.
 from __future__ import annotations
 
 import io
+import logging
 import os
+import re
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any, Callable, Optional, Union
 
@@ -48,6 +50,7 @@ from .. import dcp as _sdcp
 __all__ = ["ShardwiseCheckpointIO", "ShardwiseFSDPStrategy", "ShardwiseModelParallelStrategy"]
 
 PathLike = Union[str, "os.PathLike[str]"]
+log = logging.getLogger("shardwise")
 
 
 class ShardwiseCheckpointIO(CheckpointIO):
@@ -108,7 +111,7 @@ class ShardwiseCheckpointIO(CheckpointIO):
         or on ``map_location`` when it names a device). ``weights_only`` is
         always true in effect: nothing is unpickled."""
         self._wait()
-        path = os.fspath(path)
+        path = _hpc_resume_fallback(os.fspath(path))
         if os.path.isfile(path):
             raise ValueError(f"{path}: a single-file checkpoint (torch.save), not a shardwise "
                              "checkpoint directory; load it without ShardwiseCheckpointIO "
@@ -362,6 +365,39 @@ def _read_structured(path: str, wanted: Callable[[str], bool],
     except ValueError as e:
         raise _sdcp._corrupt(str(e), path) from None
     return _join(skeleton, tensors)
+
+
+_HIDDEN_HPC = re.compile(r"\.(hpc_ckpt_\d+\.ckpt)\.(staging|deleting|replaced)-.*")
+
+
+def _hpc_resume_fallback(path: str) -> str:
+    """Lightning's SLURM auto-requeue resumes from ``hpc_ckpt_N.ckpt``, N
+    being the largest number it finds in the names in the folder that hold
+    ``hpc_ckpt_``, digits taken wherever they are. A save killed midway
+    leaves a hidden shardwise entry (``.hpc_ckpt_3.ckpt.staging-ID``) whose
+    digits make such an N, naming no checkpoint: then the newest committed
+    ``hpc_ckpt_K.ckpt`` is the one Lightning meant. Any other path is
+    returned as it is."""
+    folder, name = os.path.split(path)
+    want = re.fullmatch(r"hpc_ckpt_(\d+)\.ckpt", name)
+    if want is None or os.path.exists(path) or not os.path.isdir(folder or "."):
+        return path
+    names = os.listdir(folder or ".")
+    # The numbers Lightning reads in the hidden entries' names.
+    parsed = {int(digits) for n in names if _HIDDEN_HPC.fullmatch(n)
+              if (digits := re.sub("[^0-9]", "", n.split("hpc_ckpt_")[-1]))}
+    if int(want.group(1)) not in parsed:
+        return path
+    committed = [(int(m.group(1)), n) for n in names
+                 if (m := re.fullmatch(r"hpc_ckpt_(\d+)\.ckpt", n))
+                 and os.path.isfile(os.path.join(folder, n, _core.MANIFEST_NAME))]
+    if not committed:
+        return path
+    chosen = os.path.join(folder, max(committed)[1])
+    log.warning("%s: no such checkpoint (Lightning took its number from the name of an "
+                "unfinished save); resuming from %s, the newest committed HPC checkpoint",
+                path, chosen)
+    return chosen
 
 
 def _encode(skeleton: Any) -> bytes:

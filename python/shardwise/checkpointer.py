@@ -444,6 +444,7 @@ class Checkpointer:
             self._core_repo()  # creates the root, each new directory durable in its parent
         # The local tier (docs/tiers.md).
         self.local_root = None if local_root is None else os.path.abspath(os.fspath(local_root))
+        self._foreign_local: Optional[str] = None
         self.persist_every, self.keep_local, self.replicas = persist_every, keep_local, replicas
         self.last_restore: Optional[tiers.TierReport] = None
         self._tier_saves = 0
@@ -475,6 +476,9 @@ class Checkpointer:
             self._buffers = tiers.Buffers()
             _core.Repository(tiers.rank_dir(self.local_root, self._rank()), self.local_options,
                              True)  # creates it (as the root)
+            # Another job's local tier is never read nor written: loads skip
+            # it (warning), saves fail on every rank saying why.
+            self._foreign_local = tiers.mark_local_root(self.local_root, self.root)
 
     # -- helpers -------------------------------------------------------------------
     @staticmethod
@@ -938,15 +942,20 @@ class Checkpointer:
             self._claim()
         self._writer.step = self._local_writer.step = step
         # What DCP's save does first: Stateful objects give their state dicts.
-        plain = {k: v.state_dict() if isinstance(v, Stateful) else v for k, v in state_dict.items()}
-        staged = self._writer.stage(plain)
-        snap = self._writer._snapshot
+        stage_error: Optional[BaseException] = None
+        staged: Any = None
+        try:
+            plain = {k: v.state_dict() if isinstance(v, Stateful) else v
+                     for k, v in state_dict.items()}
+            staged = self._writer.stage(plain)
+        except Exception as e:  # decided together below: no rank goes on alone
+            stage_error = e
+        snap = self._writer._snapshot if stage_error is None else None
         handle = SaveHandle(step, None, 0.0, snap)
 
         def work() -> None:
             try:
-                sd = staged.result() if isinstance(staged, ConcurrentFuture) else staged
-                self._persist_tiers(step, sd, persist, handle)
+                self._persist_tiers(step, staged, persist, handle)
             finally:
                 if snap is not None:
                     snap.release()
@@ -954,7 +963,14 @@ class Checkpointer:
         # snap None: over the staging budget, the live state is written as
         # it is, so the caller waits. Decided together: a failure must come
         # out of the same call on every rank.
-        if self._any_rank(blocking or self.async_mode is None or snap is None):
+        wait, failed = self._any_ranks(blocking or self.async_mode is None or snap is None,
+                                       stage_error is not None)
+        if failed:
+            self._record_failure()
+            if stage_error is not None:
+                raise stage_error
+            raise RuntimeError(f"staging of step {step} failed on another rank")
+        if wait:
             try:
                 work()
             except BaseException as e:
@@ -970,13 +986,17 @@ class Checkpointer:
         self._pending = handle
         return handle
 
-    def _persist_tiers(self, step: int, sd: dict[str, Any], persist: bool,
+    def _persist_tiers(self, step: int, staged: Any, persist: bool,
                        handle: SaveHandle) -> None:
         name = tiers.step_name(step)
         rank, topo = self._rank(), self._topology
         own_root = tiers.rank_dir(self.local_root, rank)
         error: Optional[BaseException] = None
+        sd: Any = None
         try:
+            if self._foreign_local is not None:
+                raise RuntimeError(self._foreign_local)
+            sd = staged.result() if isinstance(staged, ConcurrentFuture) else staged
             # The staged memory stays this save's until work() releases it:
             # the root's save below writes from it too.
             dcp.save(sd, storage_writer=self._local_writer,
@@ -987,10 +1007,25 @@ class Checkpointer:
         if failed:
             if error is not None:
                 _reraise(error)
+            # Never a step committed on some ranks only: a later restore
+            # could mix this copy with another run's of the same step.
+            try:
+                _core.Repository(own_root, self.local_options, True).delete(name)
+            except Exception as e:
+                log.warning("could not remove %s of a failed save: %s",
+                            os.path.join(own_root, name), e)
             raise RuntimeError(f"local save of step {step} failed on rank(s) "
                                f"{', '.join(map(str, failed))}")
         if self.replicas and len(topo.nodes) > 1:
             self._replicate(name, own_root)
+        if (not persist and rank == 0 and self._writer.replace
+                and os.path.isdir(os.path.join(self.root, name))):
+            # The root's copy of a replaced step is the old run's: were it
+            # left, a rank that lost its local copy and its replica would
+            # restore the old run's part beside the new run's.
+            log.warning("removing %s: step %d was saved again (replace=True) and this save "
+                        "does not go to the root", os.path.join(self.root, name), step)
+            self._core_repo().delete(name, True)
         if persist:
             dcp.save(sd, storage_writer=self._writer,
                      checkpoint_id=os.path.join(self.root, name),
@@ -1012,13 +1047,13 @@ class Checkpointer:
         dist.all_gather_object(out, value, group=group)
         return out
 
-    def _any_rank(self, flag: bool) -> bool:
-        """Whether ``flag`` holds on any rank (every rank calls it)."""
+    def _any_ranks(self, *flags: bool) -> tuple[bool, ...]:
+        """Whether each flag holds on any rank (every rank calls it)."""
         if self._replica_group is None:
-            return flag
-        t = torch.tensor([int(flag)], dtype=torch.int32)
+            return tuple(flags)
+        t = torch.tensor([int(f) for f in flags], dtype=torch.int32)
         dist.all_reduce(t, op=dist.ReduceOp.MAX, group=self._replica_group)
-        return bool(t.item())
+        return tuple(bool(x) for x in t.tolist())
 
     def _all_ranks(self, failed: bool) -> list[int]:
         """The ranks for which ``failed`` is True (every rank calls it)."""
@@ -1036,9 +1071,12 @@ class Checkpointer:
         got = tiers.exchange(self._replica_group, {topo.partner(rank): parts}, topo.sources(rank),
                              self._buffers)
         for src, data in got.items():
+            held = tiers.replica_dir(self.local_root, src)
             try:
-                tiers.install(tiers.replica_dir(self.local_root, src), name, data,
-                              self.local_options)
+                if self._writer.replace and os.path.isdir(os.path.join(held, name)):
+                    # The replaced step's old replica must not outlive it.
+                    _core.Repository(held, self.local_options, True).delete(name, True)
+                tiers.install(held, name, data, self.local_options)
             except Exception as e:  # the local checkpoints stand; this replica is missing
                 log.warning("replica of rank %d's %s not kept: %s", src, name, e)
 
@@ -1061,11 +1099,14 @@ class Checkpointer:
         reads its own part from the fastest tier that holds it intact."""
         topo, rank = self._topology, self._rank()
         error: Optional[BaseException] = None
+        foreign = self._foreign_local is not None
+        if foreign:
+            log.warning("not loading from the local tier: %s", self._foreign_local)
         try:
             mine: Optional[dict[str, Any]] = {
-                "own": sorted(tiers.committed_steps(tiers.rank_dir(self.local_root, rank),
-                                                    self.engine_options)),
-                "held": {str(s): sorted(tiers.committed_steps(
+                "own": [] if foreign else sorted(tiers.committed_steps(
+                    tiers.rank_dir(self.local_root, rank), self.engine_options)),
+                "held": {str(s): [] if foreign else sorted(tiers.committed_steps(
                     tiers.replica_dir(self.local_root, s), self.engine_options))
                     for s in topo.sources(rank)},
                 "root": self.steps() if rank == 0 else [],
@@ -1098,29 +1139,43 @@ class Checkpointer:
             raise FileNotFoundError(errno.ENOENT, f"step {step} is on no tier: not committed in "
                                     f"{self.root} nor in any rank's {self.local_root}",
                                     os.path.join(self.root, tiers.step_name(step)))
+        incomplete = {s: [r for r in range(world) if not options(r, s)] for s in every}
+        incomplete = {s: rs for s, rs in incomplete.items() if rs}
+        if step is not None and step in incomplete:
+            raise FileNotFoundError(errno.ENOENT, f"step {step} is incomplete: rank(s) "
+                                    f"{', '.join(map(str, incomplete[step]))} hold it on no tier",
+                                    os.path.join(self.root, tiers.step_name(step)))
         candidates = [step] if step is not None else sorted(every, reverse=True)
         errors: list[str] = []
         attempts = 0
         for s in candidates:
-            choices = [options(r, s) for r in range(world)]
-            if any(not c for c in choices):
+            if s in incomplete:
                 continue
-            tried = [0] * world
+            choices = [options(r, s) for r in range(world)]
+            tried, done = [0] * world, [False] * world
+            damaged_local = [False] * world
             while all(tried[r] < len(choices[r]) for r in range(world)):
                 attempts += 1
                 tier_of = [choices[r][tried[r]] for r in range(world)]
-                ok, seconds, why = self._read_tier(state_dict, s, tier_of)
-                results = self._gather((ok, seconds, why))
+                ok, seconds, why, problem, mine = self._read_tier(
+                    state_dict, s, tier_of, read=not done[rank],
+                    damaged_local=damaged_local[rank])
+                results = self._gather((ok, seconds, why, problem))
+                self._raise_unless_damage(results, mine, s, tier_of)
                 if all(r[0] for r in results):
                     self.last_restore = tiers.TierReport(s, tier_of, [r[1] for r in results],
                                                          attempts)
                     log.info("loaded %s", self.last_restore)
+                    if step is None:
+                        self._drop_incomplete([t for t in incomplete if t > s])
                     return s
                 for r, res in enumerate(results):
+                    done[r] = res[0]
                     if not res[0]:
                         errors.append(f"rank {r}, step {s}, {tier_of[r]}: {res[2]}")
                         log.warning("rank %d could not read step %d from its %s tier: %s", r, s,
                                     tier_of[r], res[2])
+                        damaged_local[r] |= tier_of[r] == tiers.LOCAL and _is_damage(res[3])
                         tried[r] += 1
             if step is not None:
                 break
@@ -1128,13 +1183,50 @@ class Checkpointer:
             raise _corrupt("no step could be loaded from any tier" +
                            (f" (step {step})" if step is not None else "") + ": " +
                            "; ".join(errors), self.root)
+        self._drop_incomplete(list(incomplete))
         self.last_restore = tiers.TierReport()
         return None
 
-    def _read_tier(self, state_dict: dict[str, Any], step: int,
-                   tier_of: list[str]) -> tuple[bool, float, str]:
+    def _raise_unless_damage(self, results: list[Any], mine: Optional[BaseException], step: int,
+                             tier_of: list[str]) -> None:
+        """After a round of reads: an error that is no damage of a tier (a
+        state dict that does not match, memory) is raised on every rank
+        rather than sent to the next tier. Damage (a checksum, a missing or
+        unreadable file) falls back."""
+        hard = [(r, res[3]) for r, res in enumerate(results)
+                if res[3] is not None and res[3][0] not in ("corrupt", "os")]
+        if not hard:
+            return
+        if mine is not None and _problem_of(mine)[0] not in ("corrupt", "os"):
+            raise mine
+        r, problem = hard[0]
+        raise _rebuilt(problem, f"(rank {r}, loading step {step} from its {tier_of[r]} tier)")
+
+    def _drop_incomplete(self, steps: list[int]) -> None:
+        """Removes this rank's local copies (its own and those it holds) of
+        steps no rank set can load (a save that failed or was killed on
+        some ranks): the resumed run saves them again, and none of their
+        pieces may ever be mixed with the new run's. Every rank drops the
+        same steps, each its own copies."""
+        for s in sorted(steps):
+            name = tiers.step_name(s)
+            for root in self._local_roots():
+                if not os.path.isdir(os.path.join(root, name)):
+                    continue
+                log.warning("removing %s: step %d is incomplete (on no tier for some rank); "
+                            "the resumed run saves it again", os.path.join(root, name), s)
+                try:
+                    _core.Repository(root, self.local_options, True).delete(name, True)
+                except Exception as e:  # the next save of it then fails, saying so
+                    log.warning("could not remove %s: %s", os.path.join(root, name), e)
+
+    def _read_tier(self, state_dict: dict[str, Any], step: int, tier_of: list[str], *,
+                   read: bool = True, damaged_local: bool = False
+                   ) -> tuple[bool, float, str, Any, Optional[BaseException]]:
         """One round: partners send the replicas asked for; this rank reads
-        its part from its tier. (ok, seconds, why not)."""
+        its part from its tier, unless it read it in an earlier round
+        (``read`` False). (ok, seconds, why not, the problem as it travels,
+        this rank's error)."""
         topo, rank, name = self._topology, self._rank(), tiers.step_name(step)
         t0 = time.monotonic()
         own_root = tiers.rank_dir(self.local_root, rank)
@@ -1147,15 +1239,20 @@ class Checkpointer:
                 except OSError as e:  # sent empty: the receiver fails over to its next tier
                     log.warning("replica %s of rank %d unreadable: %s", d, r, e)
                     sends[r] = []
-        need = [topo.partner(rank)] if tier_of[rank] == tiers.REPLICA else []
+        need = [topo.partner(rank)] if tier_of[rank] == tiers.REPLICA and read else []
         got = {}
         if any(t == tiers.REPLICA for t in tier_of):  # the same decision on every rank
             got = tiers.exchange(self._replica_group, sends, need, self._buffers)
+        if not read:
+            return True, 0.0, "", None, None
         try:
             if tier_of[rank] == tiers.REPLICA:
                 repo = _core.Repository(own_root, self.local_options, True)
                 if os.path.isdir(os.path.join(own_root, name)):
-                    repo.delete(name)  # the damaged local copy makes way for the replica
+                    if not damaged_local:  # (unreadable, say): the next tier serves
+                        raise OSError(errno.EEXIST, "kept: a replica is installed only over a "
+                                      "copy shown damaged", os.path.join(own_root, name))
+                    repo.delete(name, True)  # the damaged local copy makes way for the replica
                 tiers.install(own_root, name, got[topo.partner(rank)], self.local_options)
             path = (os.path.join(self.root, name) if tier_of[rank] == tiers.ROOT
                     else os.path.join(own_root, name))
@@ -1165,13 +1262,21 @@ class Checkpointer:
             if isinstance(e, (KeyboardInterrupt, SystemExit)):
                 raise
             inner = _corruption(e) or _underlying(e)
-            return False, time.monotonic() - t0, f"{type(inner).__name__}: {inner}"
-        return True, time.monotonic() - t0, ""
+            return (False, time.monotonic() - t0, f"{type(inner).__name__}: {inner}",
+                    _problem_of(inner), inner)
+        return True, time.monotonic() - t0, "", None, None
 
     def __enter__(self) -> "Checkpointer":
         return self
 
     def __exit__(self, *exc: Any) -> None:
-        self.close()
+        if exc[0] is None:
+            self.close()
+            return
+        # Leaving on an error, maybe on this rank alone: no collective (the
+        # other ranks may never reach it); the error goes on as it is.
+        self._writer.close()
+        if self.local_root is not None:
+            self._background.shutdown(wait=False)
 
 

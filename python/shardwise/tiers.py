@@ -103,6 +103,30 @@ class TierReport:
         return f"step {self.step} ({parts}; slowest {max(self.seconds):.3f} s)"
 
 
+ROOT_MARK = ".shardwise-root"  # in a local root: the root its checkpoints belong to
+
+
+def mark_local_root(local_root: str, root: str) -> Optional[str]:
+    """Records in ``local_root`` the root whose local tier it is (the first
+    Checkpointer there writes it). None when it is ``root``'s; else why it is
+    not: a node-local directory outlives the job (tmpfs until a reboot), and
+    another job's checkpoints in it must never be loaded as this one's."""
+    mark = os.path.join(local_root, ROOT_MARK)
+    os.makedirs(local_root, exist_ok=True)
+    if not os.path.exists(mark):
+        tmp = f"{mark}.{os.getpid()}.tmp"
+        with open(tmp, "w") as f:
+            f.write(root + "\n")
+        os.replace(tmp, mark)  # the local ranks of one job all write the same
+    with open(mark) as f:
+        owner = f.read().strip()
+    if owner == root:
+        return None
+    return (f"{local_root} holds the local tier of another root ({owner}, says {mark}); "
+            f"this Checkpointer's root is {root}: pass another local_root, or remove that "
+            "one if its checkpoints are no longer needed")
+
+
 def committed_steps(root: str, options: dict[str, Any]) -> set[int]:
     """steps_in the listing of ``root`` (none when it does not exist)."""
     if not os.path.isdir(root):

@@ -32,7 +32,8 @@ nothing; so it does where it cannot take that lock at all. The job's own
 retention cleans up while it runs.
 
 Options:
-  --keep-last N     keep the N newest committed checkpoints (N >= 1)
+  --keep-last N     keep the N newest committed checkpoints (N >= 1), counted
+                    from the newest valid one
   --keep-every K    also keep checkpoints whose step is a multiple of K
   --dry-run         report what would be removed; change nothing
   --grace SECONDS   staging directories younger than this are kept

@@ -60,8 +60,10 @@ Status RemoveAbandonedStaging(const std::string& root, const std::vector<Checkpo
       kept.insert(c.dir_name);
       continue;
     }
-    if (os::Exists(os::JoinPath(root, name)) || !os::Exists(os::JoinPath(path, names::kManifest)))
-      continue;
+    // Whatever it holds (a stock DCP checkpoint can be replaced too): the
+    // old copy is removed only after its successor took NAME, so one whose
+    // attempt is still staged is whole.
+    if (os::Exists(os::JoinPath(root, name))) continue;
     kept.insert(c.dir_name);  // put back, or left for a later gc if that fails
     if (!dry_run) {
       Status back = os::RenameNoReplace(path, os::JoinPath(root, name));
@@ -128,7 +130,7 @@ Status ApplyRetention(const std::string& root, const std::vector<const Checkpoin
   for (std::ptrdiff_t i = 0; i < n; ++i) {
     const CheckpointInfo& c = *committed[i];
     bool keep = i >= anchor || c.is_latest ||
-                (gc.keep_last && n - i <= *gc.keep_last) ||
+                (gc.keep_last && anchor - i < *gc.keep_last) ||
                 (gc.keep_every && c.step >= 0 && c.step % *gc.keep_every == 0);
     if (!keep && requires_export &&
         repo::QueryExport(root, c.name).state != ExportState::kExported) {

@@ -772,6 +772,13 @@ TEST_F(RepositoryTest, GcPutsBackOnlyAReplacedCopyWhoseSuccessorNeverArrived) {
   EXPECT_FALSE(os::Exists(two));
   EXPECT_FALSE(os::Exists(dir_ / ".step-000000000002.replaced-done"));
   EXPECT_EQ(Committed(*repo_), std::vector<std::string>{"step-000000000001"});
+  // A stock DCP checkpoint replaced (no manifest.json): put back all the same.
+  ASSERT_TRUE(os::Mkdir(dir_ / ".dcp.replaced-cut2").ok());
+  testing::WriteAll(dir_ / ".dcp.replaced-cut2/.metadata", "stock");
+  ASSERT_TRUE(os::Mkdir(dir_ / ".dcp.staging-cut2").ok());
+  ASSERT_TRUE(repo_->Gc(gc).ok());
+  EXPECT_EQ(testing::ReadAll(dir_ / "dcp/.metadata"), "stock");
+  EXPECT_FALSE(os::Exists(dir_ / ".dcp.replaced-cut2"));
 }
 
 // Probe files of processes killed while probing the root's I/O mode
@@ -847,6 +854,14 @@ TEST_F(RepositoryTest, RetentionNeverDeletesLatestOrNewerThanNewestValid) {
   EXPECT_EQ(report->newest_valid, "step-000000000003");
   EXPECT_EQ(Committed(*repo_),
             (std::vector<std::string>{"step-000000000003", "step-000000000004"}));
+  // keep_last counts from the newest valid one down: the damaged newest is
+  // not one of the N kept.
+  ASSERT_TRUE(Save(2, 2).ok());
+  gc.keep_last = 2;
+  ASSERT_TRUE(repo_->Gc(gc).ok());
+  EXPECT_EQ(Committed(*repo_), (std::vector<std::string>{"step-000000000002", "step-000000000003",
+                                                         "step-000000000004"}));
+  gc.keep_last = 1;
   // `latest` pinned to an old checkpoint is never deleted.
   ASSERT_TRUE(Save(5, 5).ok());
   ASSERT_TRUE(os::WriteFileAtomic(dir_ / "latest", "step-000000000003\n").ok());

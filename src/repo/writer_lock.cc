@@ -1,7 +1,10 @@
 #include "repo/writer_lock.h"
 
 #include <fcntl.h>
+#include <pthread.h>
+#include <unistd.h>
 
+#include <atomic>
 #include <cerrno>
 #include <cstdio>
 #include <ctime>
@@ -18,6 +21,40 @@ std::mutex g_mu;
 std::map<std::string, std::weak_ptr<WriterLock>>& Held() {
   static auto* held = new std::map<std::string, std::weak_ptr<WriterLock>>();
   return *held;
+}
+
+// The descriptors of the locks this process holds, for the child of a
+// fork (a data loader's worker, multiprocessing's "fork"): it closes its
+// copies at once, so that the flock goes when this process lets it go,
+// not when every child that inherited it has exited. Lock-free: a thread
+// may hold g_mu at the moment of the fork.
+constexpr int kMaxLocks = 64;
+std::atomic<int> g_lock_fds[kMaxLocks];
+
+void CloseInheritedLocks() {
+  for (auto& slot : g_lock_fds) {
+    const int fd = slot.exchange(-1);
+    if (fd >= 0) ::close(fd);  // only the child's copy: the parent's lock stays
+  }
+}
+
+void TrackFd(int fd) {
+  static const bool registered = [] {
+    for (auto& slot : g_lock_fds) slot.store(-1);
+    return ::pthread_atfork(nullptr, nullptr, &CloseInheritedLocks) == 0;
+  }();
+  (void)registered;
+  for (auto& slot : g_lock_fds) {
+    int none = -1;
+    if (slot.compare_exchange_strong(none, fd)) return;
+  }  // more roots than slots: a child keeps that one's lock, as before
+}
+
+void UntrackFd(int fd) {
+  for (auto& slot : g_lock_fds) {
+    int mine = fd;
+    if (slot.compare_exchange_strong(mine, -1)) return;
+  }
 }
 
 // The parent pid of `pid` (from /proc), or -1.
@@ -78,7 +115,9 @@ Result<std::shared_ptr<WriterLock>> WriterLock::Acquire(const std::string& root)
   const std::string key = os::RealPath(root);
   std::lock_guard lock(g_mu);
   if (auto it = Held().find(key); it != Held().end())
-    if (auto held = it->second.lock()) return held;
+    if (auto held = it->second.lock(); held && held->pid_ == os::ProcessId()) return held;
+  // (A holder inherited through fork closed its descriptor in the child:
+  // this process takes the lock itself, or shares its parent's.)
   const std::string path = os::JoinPath(root, names::kWriterLock);
   SW_ASSIGN_OR_RETURN(os::File file, os::Open(path, O_RDWR | O_CREAT | O_NOFOLLOW, 0644));
   Status locked = os::Flock(file.fd(), /*exclusive=*/true, /*try_only=*/true, path);
@@ -112,13 +151,19 @@ Result<std::shared_ptr<WriterLock>> WriterLock::Acquire(const std::string& root)
   } else {
     return locked;
   }
+  if (locked.ok()) TrackFd(file.fd());
   auto held = std::shared_ptr<WriterLock>(new WriterLock(key, std::move(file), note));
   Held()[key] = held;
   return held;
 }
 
 WriterLock::~WriterLock() {
-  (void)file_.Close();  // releases the flock
+  if (pid_ != os::ProcessId()) {
+    (void)file_.Release();  // a fork's copy: its descriptor was closed at the fork
+  } else {
+    UntrackFd(file_.fd());
+    (void)file_.Close();  // releases the flock
+  }
   std::lock_guard lock(g_mu);
   // An Acquire since the last reference went may have registered a new
   // holder under the same key: leave that one.

@@ -33,6 +33,7 @@ class WriterLock {
  private:
   WriterLock(std::string key, os::File file, std::string note)
       : key_(std::move(key)), file_(std::move(file)), note_(std::move(note)) {}
+  long pid_ = os::ProcessId();  // the process that took it (not a fork's child)
   std::string key_;
   os::File file_;  // closing it releases the flock
   std::string note_;

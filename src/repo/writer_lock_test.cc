@@ -234,5 +234,45 @@ TEST(WriterLock, AChildOfTheHolderSharesTheClaim) {
   EXPECT_TRUE((*repo)->OpenCheckpoint("step-000000000009").ok());
 }
 
+// A child made by fork (a data loader's worker) that outlives the holder's
+// claim does not keep the flock: the process takes its root again, and so
+// does the next job, while the child still runs.
+TEST(WriterLock, AForkedChildDoesNotKeepTheClaim) {
+  TempDir root;
+  auto repo = Repository::Open(root.path(), Options());
+  ASSERT_TRUE(repo.ok());
+  ASSERT_TRUE((*repo)->LockForWriting().ok());
+  int go[2];
+  ASSERT_EQ(::pipe(go), 0);
+  pid_t pid = ::fork();
+  if (pid == 0) {  // a worker that knows nothing of checkpoints
+    char c;
+    (void)::read(go[0], &c, 1);
+    ::_exit(0);
+  }
+  repo->reset();  // the last Repository on the root: the claim ends
+  auto again = Repository::Open(root.path(), Options());
+  ASSERT_TRUE(again.ok());
+  Status s = (*again)->LockForWriting();
+  EXPECT_TRUE(s.ok()) << s.ToString();
+  again->reset();
+  // Another process (not our child) takes it too: the flock is free.
+  int fd = ::open((root.path() + "/.writer.lock").c_str(), O_RDWR);
+  ASSERT_GE(fd, 0);
+  pid_t other = ::fork();  // (this one's copy was closed: it only flocks a fresh open)
+  if (other == 0) {
+    int own = ::open((root.path() + "/.writer.lock").c_str(), O_RDWR);
+    ::_exit(own >= 0 && ::flock(own, LOCK_EX | LOCK_NB) == 0 ? 0 : 1);
+  }
+  int st = 0;
+  ::waitpid(other, &st, 0);
+  EXPECT_TRUE(WIFEXITED(st) && WEXITSTATUS(st) == 0);
+  ::close(fd);
+  ASSERT_EQ(::write(go[1], "x", 1), 1);
+  ::waitpid(pid, &st, 0);
+  ::close(go[0]);
+  ::close(go[1]);
+}
+
 }  // namespace
 }  // namespace shardwise

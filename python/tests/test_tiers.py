@@ -129,9 +129,16 @@ def matrix_job(rank: int, world: int, base: str, out: str) -> None:
         raised = f"{type(e).__name__}: {e}"
     seen: list = [None] * world
     dist.all_gather_object(seen, raised)
+    # The ranks whose local save of step 6 committed took it back: a step is
+    # on every rank or on none.
+    left = os.path.isdir(os.path.join(base, f"node{node_of(rank)}", f"rank-{rank:05d}",
+                                      "step-000000000006"))
+    kept: list = [None] * world
+    dist.all_gather_object(kept, left)
     if rank == 0:
         with open(out, "a") as f:
-            f.write(json.dumps({"case": "a local save fails", "raised": seen}) + "\n")
+            f.write(json.dumps({"case": "a local save fails", "raised": seen,
+                                "step 6 left": kept}) + "\n")
     ckpt.close()
 
 
@@ -168,6 +175,7 @@ def test_restores_from_the_fastest_intact_tier(tmp_path: Path) -> None:
     raised = got["a local save fails"]["raised"]
     assert all("failed on rank(s) 3" in r for r in raised[:3]), raised
     assert "rank-00003" in raised[3] and "failed on rank" not in raised[3], raised
+    assert got["a local save fails"]["step 6 left"] == [False] * 4
 
 
 def dies_in(rank: int, ckpt, where: str) -> None:
@@ -202,7 +210,22 @@ def crash_job(rank: int, world: int, base: str, out: str, phase: int) -> None:
         dies_in(rank, ckpt, "local save")
         ckpt.save(5, make_state(5)).wait()  # node 1 dies before its local save
         return
+    # Step 5 is on node 0's ranks only: asked for, it is missing, named so.
+    try:
+        ckpt.load(make_state(0, empty=True), step=5)
+        raised = "nothing"
+    except FileNotFoundError as e:
+        raised = str(e)
     restore(ckpt, rank, out, "node 1 killed mid-save")
+    # The load took node 0's pieces of step 5 away: the resumed run saves
+    # step 5 again on every rank, and no piece of the old run's can join it.
+    left = os.path.isdir(os.path.join(base, "node0", f"rank-{rank:05d}", "step-000000000005"))
+    ckpt.save(5, make_state(5)).wait()
+    restore(ckpt, rank, out, "the resumed run's step 5")
+    if rank == 0:
+        with open(out, "a") as f:
+            f.write(json.dumps({"case": "partial step 5", "raised": raised, "left": left}) + "\n")
+    ckpt.close()
 
 
 def test_a_node_killed_mid_save(tmp_path: Path) -> None:
@@ -220,6 +243,11 @@ def test_a_node_killed_mid_save(tmp_path: Path) -> None:
     # node 0 saved step 5 locally; node 1 never did: step 4, on every rank
     assert got["node 1 killed mid-save"]["step"] == 4
     assert got["node 1 killed mid-save"]["tiers"] == ["local"] * 4
+    partial = got["partial step 5"]
+    assert "step 5 is incomplete: rank(s) 2, 3 hold it on no tier" in partial["raised"], partial
+    assert partial["left"] is False
+    assert got["the resumed run's step 5"]["step"] == 5
+    assert got["the resumed run's step 5"]["tiers"] == ["local"] * 4
 
 
 def test_bad_arguments(tmp_path: Path) -> None:
@@ -452,3 +480,45 @@ def test_the_roots_save_writes_staged_bytes_no_one_else_took(tmp_path: Path,
         tdcp.load(back, storage_reader=shardwise.dcp.Reader(path), no_dist=True)
         assert torch.equal(back["w"], state["w"]), path
     ck.close()
+
+
+def test_a_tiered_load_raises_what_is_no_damage_and_keeps_the_copy(tmp_path: Path) -> None:
+    """A state dict that does not match the checkpoint is the caller's
+    error: raised as it is, not taken for damage (which would try every
+    tier and step, and could drop an intact local copy)."""
+    import torch
+
+    import shardwise
+
+    root, local = tmp_path / "root", tmp_path / "local"
+    ckpt = shardwise.Checkpointer(root, local_root=local, persist_every=2)
+    ckpt.save(1, {"w": torch.ones(4)}, blocking=True)
+    with pytest.raises(Exception) as e:
+        ckpt.load({"other": torch.zeros(4)})
+    assert not isinstance(e.value, shardwise.CorruptCheckpointError), e.value
+    assert "other" in str(e.value)
+    assert (local / "rank-00000" / "step-000000000001" / "manifest.json").is_file()
+    ckpt.close()
+
+
+def test_a_local_root_of_another_root_is_never_read_nor_written(tmp_path: Path, caplog) -> None:
+    """A node-local directory outlives the job: another root's checkpoints
+    in it are not loaded as this root's, and are not written over."""
+    import torch
+
+    import shardwise
+
+    local = tmp_path / "local"
+    first = shardwise.Checkpointer(tmp_path / "a", local_root=local, persist_every=2)
+    first.save(1, {"w": torch.ones(4)}, blocking=True)
+    first.close()
+    other = shardwise.Checkpointer(tmp_path / "b", local_root=local, persist_every=2)
+    state = {"w": torch.zeros(4)}
+    assert other.load(state) is None and torch.equal(state["w"], torch.zeros(4))
+    assert "another root" in caplog.text
+    with pytest.raises(RuntimeError, match="holds the local tier of another root"):
+        other.save(1, {"w": torch.full((4,), 2.0)}, blocking=True)
+    other.close()
+    again = shardwise.Checkpointer(tmp_path / "a", local_root=local, persist_every=2)
+    assert again.load(state) == 1 and torch.equal(state["w"], torch.ones(4))
+    again.close()

@@ -329,16 +329,20 @@ Status Rmdir(const std::string& path) {
 }
 
 Status RemoveTree(const std::string& path) {
+  // What is gone already is done: two removers of one tree (gc's sweep of
+  // leftovers and a delete finishing its own) must not fail each other.
+  auto gone = [](Status s) { return s.err() == ENOENT ? Status::Ok() : s; };
   struct stat st;
   if (::lstat(path.c_str(), &st) != 0) {
     if (errno == ENOENT) return Status::Ok();
     return IoError("stat", path, errno);
   }
-  if (!S_ISDIR(st.st_mode)) return Unlink(path);
-  SW_ASSIGN_OR_RETURN(auto entries, ListDir(path));
-  for (const DirEntry& e : entries)
+  if (!S_ISDIR(st.st_mode)) return gone(Unlink(path));
+  auto entries = ListDir(path);
+  if (!entries.ok()) return gone(entries.status());
+  for (const DirEntry& e : *entries)
     SW_RETURN_IF_ERROR(RemoveTree(JoinPath(path, e.name)));
-  return Rmdir(path);
+  return gone(Rmdir(path));
 }
 
 Result<std::vector<DirEntry>> ListDir(const std::string& dir) {

@@ -91,7 +91,8 @@ Status Mkdir(const std::string& path, mode_t mode = 0755, bool exist_ok = false)
 Status MkdirAll(const std::string& path, mode_t mode = 0755);
 Status Unlink(const std::string& path);
 Status Rmdir(const std::string& path);
-// Removes a tree without following symlinks.
+// Removes a tree without following symlinks; what another remover took
+// meanwhile (ENOENT) counts as removed.
 Status RemoveTree(const std::string& path);
 
 struct DirEntry {

@@ -345,6 +345,8 @@ Status RemoveTree(const std::string& path) {
   return gone(Rmdir(path));
 }
 
+void CloseInForkChild(int fd) { (void)::close(fd); }
+
 Result<std::vector<DirEntry>> ListDir(const std::string& dir) {
   DIR* d = ::opendir(dir.c_str());
   if (!d) return IoError("opendir", dir, errno);

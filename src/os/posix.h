@@ -94,6 +94,9 @@ Status Rmdir(const std::string& path);
 // Removes a tree without following symlinks; what another remover took
 // meanwhile (ENOENT) counts as removed.
 Status RemoveTree(const std::string& path);
+// Closes fd in the child of a fork (a pthread_atfork handler): no fault
+// seam, no allocation, errors ignored (only async-signal-safe calls).
+void CloseInForkChild(int fd);
 
 struct DirEntry {
   std::string name;

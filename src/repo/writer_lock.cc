@@ -2,7 +2,6 @@
 
 #include <fcntl.h>
 #include <pthread.h>
-#include <unistd.h>
 
 #include <atomic>
 #include <cerrno>
@@ -34,7 +33,7 @@ std::atomic<int> g_lock_fds[kMaxLocks];
 void CloseInheritedLocks() {
   for (auto& slot : g_lock_fds) {
     const int fd = slot.exchange(-1);
-    if (fd >= 0) ::close(fd);  // only the child's copy: the parent's lock stays
+    if (fd >= 0) os::CloseInForkChild(fd);  // the child's copy: the parent's lock stays
   }
 }
 

@@ -247,8 +247,9 @@ class Repository {
   std::string StagingDir(const SaveSpec& spec) const;
   // Whether a save may publish the checkpoint directory `dir` (ROOT/NAME):
   // nothing is there, or, with `replace`, a checkpoint (a directory holding
-  // manifest.json, or a stock DCP checkpoint's .metadata) or an empty
-  // directory. Anything else is never replaced, replace or not (a checkpoint
+  // manifest.json, or a stock DCP checkpoint's .metadata), the remains of a
+  // save that never committed (only shard, index.swi or .distcp files) or
+  // an empty directory. Anything else is never replaced, replace or not (a checkpoint
   // root given as a checkpoint, a file, a link): kAlreadyExists saying what
   // is there. Every save checks it before it writes and again as it commits.
   static Status CheckTarget(const std::string& dir, bool replace);

@@ -111,6 +111,12 @@ def _problem_of(e: BaseException) -> tuple[str, str, Optional[str], Optional[int
     return ("other", f"{type(e).__name__}: {e}", None, None)
 
 
+# Failures of a tier (damage, a missing or unreadable file, a replica that
+# could not be installed): a tiered load tries the next tier. Anything else
+# is the caller's or the machine's, raised on every rank.
+_TIER_FAILURES = ("corrupt", "os", "tier")
+
+
 def _is_damage(problem: Optional[tuple[str, str, Optional[str], Optional[int]]]) -> bool:
     """A damaged or missing checkpoint (load falls back), as opposed to
     an error of the machine or the caller."""
@@ -774,7 +780,7 @@ class Checkpointer:
         try:
             if self._rank() == 0:
                 self._discard(self._core_repo(), later, damaged)
-            if self.local_root is not None:
+            if self.local_root is not None and self._foreign_local is None:
                 for root in self._local_roots():
                     if os.path.isdir(root):
                         repo = _core.Repository(root, self.local_options, True)
@@ -967,6 +973,8 @@ class Checkpointer:
                                        stage_error is not None)
         if failed:
             self._record_failure()
+            if snap is not None:
+                snap.release()
             if stage_error is not None:
                 raise stage_error
             raise RuntimeError(f"staging of step {step} failed on another rank")
@@ -1018,14 +1026,8 @@ class Checkpointer:
                                f"{', '.join(map(str, failed))}")
         if self.replicas and len(topo.nodes) > 1:
             self._replicate(name, own_root)
-        if (not persist and rank == 0 and self._writer.replace
-                and os.path.isdir(os.path.join(self.root, name))):
-            # The root's copy of a replaced step is the old run's: were it
-            # left, a rank that lost its local copy and its replica would
-            # restore the old run's part beside the new run's.
-            log.warning("removing %s: step %d was saved again (replace=True) and this save "
-                        "does not go to the root", os.path.join(self.root, name), step)
-            self._core_repo().delete(name, True)
+        if not persist and self._writer.replace:
+            self._drop_replaced_root_copy(step)
         if persist:
             dcp.save(sd, storage_writer=self._writer,
                      checkpoint_id=os.path.join(self.root, name),
@@ -1036,6 +1038,25 @@ class Checkpointer:
         except Exception as e:  # the checkpoints stand; the next save retries
             handle.retention_error = e
             log.warning("local retention after step %d failed: %s", step, e)
+
+    def _drop_replaced_root_copy(self, step: int) -> None:
+        """A step saved again (replace=True) by a save that does not go to
+        the root: rank 0 removes the root's copy, the old run's (were it
+        left, a rank that lost its local copy and its replica would restore
+        the old run's part beside the new run's). A failure fails the save
+        on every rank."""
+        name, error = tiers.step_name(step), None
+        if self._rank() == 0 and os.path.isdir(os.path.join(self.root, name)):
+            log.warning("removing %s: step %d was saved again (replace=True) and this save "
+                        "does not go to the root", os.path.join(self.root, name), step)
+            try:
+                self._core_repo().delete(name, True)
+            except Exception as e:
+                error = e
+        if self._all_ranks(error is not None):
+            if error is not None:
+                raise error
+            raise RuntimeError(f"rank 0 could not remove the root's old copy of step {step}")
 
     def _gather(self, value: Any) -> list[Any]:
         """Every rank's ``value``, by rank, over the tiers' own group (every
@@ -1103,9 +1124,15 @@ class Checkpointer:
         if foreign:
             log.warning("not loading from the local tier: %s", self._foreign_local)
         try:
+            own_dir = tiers.rank_dir(self.local_root, rank)
             mine: Optional[dict[str, Any]] = {
                 "own": [] if foreign else sorted(tiers.committed_steps(
-                    tiers.rank_dir(self.local_root, rank), self.engine_options)),
+                    own_dir, self.engine_options)),
+                # local copies whose manifest does not check out: a replica
+                # may take their place
+                "damaged": [] if foreign or not os.path.isdir(own_dir) else sorted(
+                    tiers.damaged_steps_in(
+                        _core.Repository(own_dir, self.engine_options, False).list())),
                 "held": {str(s): [] if foreign else sorted(tiers.committed_steps(
                     tiers.replica_dir(self.local_root, s), self.engine_options))
                     for s in topo.sources(rank)},
@@ -1153,13 +1180,12 @@ class Checkpointer:
                 continue
             choices = [options(r, s) for r in range(world)]
             tried, done = [0] * world, [False] * world
-            damaged_local = [False] * world
+            damaged_local = [s in views[r]["damaged"] for r in range(world)]
             while all(tried[r] < len(choices[r]) for r in range(world)):
                 attempts += 1
                 tier_of = [choices[r][tried[r]] for r in range(world)]
                 ok, seconds, why, problem, mine = self._read_tier(
-                    state_dict, s, tier_of, read=not done[rank],
-                    damaged_local=damaged_local[rank])
+                    state_dict, s, tier_of, done, damaged_local=damaged_local[rank])
                 results = self._gather((ok, seconds, why, problem))
                 self._raise_unless_damage(results, mine, s, tier_of)
                 if all(r[0] for r in results):
@@ -1194,10 +1220,10 @@ class Checkpointer:
         rather than sent to the next tier. Damage (a checksum, a missing or
         unreadable file) falls back."""
         hard = [(r, res[3]) for r, res in enumerate(results)
-                if res[3] is not None and res[3][0] not in ("corrupt", "os")]
+                if res[3] is not None and res[3][0] not in _TIER_FAILURES]
         if not hard:
             return
-        if mine is not None and _problem_of(mine)[0] not in ("corrupt", "os"):
+        if mine is not None and _problem_of(mine)[0] not in _TIER_FAILURES:
             raise mine
         r, problem = hard[0]
         raise _rebuilt(problem, f"(rank {r}, loading step {step} from its {tier_of[r]} tier)")
@@ -1207,7 +1233,10 @@ class Checkpointer:
         steps no rank set can load (a save that failed or was killed on
         some ranks): the resumed run saves them again, and none of their
         pieces may ever be mixed with the new run's. Every rank drops the
-        same steps, each its own copies."""
+        same steps, each its own copies. Never in another root's local
+        tier."""
+        if self._foreign_local is not None:
+            return
         for s in sorted(steps):
             name = tiers.step_name(s)
             for root in self._local_roots():
@@ -1220,40 +1249,39 @@ class Checkpointer:
                 except Exception as e:  # the next save of it then fails, saying so
                     log.warning("could not remove %s: %s", os.path.join(root, name), e)
 
-    def _read_tier(self, state_dict: dict[str, Any], step: int, tier_of: list[str], *,
-                   read: bool = True, damaged_local: bool = False
+    def _read_tier(self, state_dict: dict[str, Any], step: int, tier_of: list[str],
+                   done: list[bool], *, damaged_local: bool = False
                    ) -> tuple[bool, float, str, Any, Optional[BaseException]]:
         """One round: partners send the replicas asked for; this rank reads
         its part from its tier, unless it read it in an earlier round
-        (``read`` False). (ok, seconds, why not, the problem as it travels,
-        this rank's error)."""
+        (``done``, the same on every rank). (ok, seconds, why not, the
+        problem as it travels, this rank's error)."""
         topo, rank, name = self._topology, self._rank(), tiers.step_name(step)
         t0 = time.monotonic()
         own_root = tiers.rank_dir(self.local_root, rank)
+        wants = [t == tiers.REPLICA and not d for t, d in zip(tier_of, done)]
         sends = {}
         for r in topo.sources(rank):
-            if tier_of[r] == tiers.REPLICA:
+            if wants[r]:
                 d = os.path.join(tiers.replica_dir(self.local_root, r), name)
                 try:
                     sends[r] = tiers.pack_checkpoint(d)
                 except OSError as e:  # sent empty: the receiver fails over to its next tier
                     log.warning("replica %s of rank %d unreadable: %s", d, r, e)
                     sends[r] = []
-        need = [topo.partner(rank)] if tier_of[rank] == tiers.REPLICA and read else []
+        need = [topo.partner(rank)] if wants[rank] else []
         got = {}
-        if any(t == tiers.REPLICA for t in tier_of):  # the same decision on every rank
+        if any(wants):  # the same decision on every rank
             got = tiers.exchange(self._replica_group, sends, need, self._buffers)
-        if not read:
+        if done[rank]:
             return True, 0.0, "", None, None
+        if wants[rank]:
+            try:
+                self._install_replica(own_root, name, got[topo.partner(rank)], damaged_local)
+            except Exception as e:  # a missing or bad transfer, a busy tier: the next tier
+                return (False, time.monotonic() - t0, f"{type(e).__name__}: {e}",
+                        ("tier", str(e), getattr(e, "path", None), None), e)
         try:
-            if tier_of[rank] == tiers.REPLICA:
-                repo = _core.Repository(own_root, self.local_options, True)
-                if os.path.isdir(os.path.join(own_root, name)):
-                    if not damaged_local:  # (unreadable, say): the next tier serves
-                        raise OSError(errno.EEXIST, "kept: a replica is installed only over a "
-                                      "copy shown damaged", os.path.join(own_root, name))
-                    repo.delete(name, True)  # the damaged local copy makes way for the replica
-                tiers.install(own_root, name, got[topo.partner(rank)], self.local_options)
             path = (os.path.join(self.root, name) if tier_of[rank] == tiers.ROOT
                     else os.path.join(own_root, name))
             dcp.load(state_dict, storage_reader=Reader(path, progress=self.progress),
@@ -1265,6 +1293,17 @@ class Checkpointer:
             return (False, time.monotonic() - t0, f"{type(inner).__name__}: {inner}",
                     _problem_of(inner), inner)
         return True, time.monotonic() - t0, "", None, None
+
+    def _install_replica(self, own_root: str, name: str, data: Any, damaged_local: bool) -> None:
+        """Installs the partner's replica of NAME as this rank's local copy,
+        in place of a local copy only when that one was shown damaged."""
+        repo = _core.Repository(own_root, self.local_options, True)
+        if os.path.isdir(os.path.join(own_root, name)):
+            if not damaged_local:  # (unreadable, say): kept, and the next tier serves
+                raise OSError(errno.EEXIST, "kept: a replica is installed only over a copy "
+                              "shown damaged", os.path.join(own_root, name))
+            repo.delete(name, True)  # the damaged local copy makes way for the replica
+        tiers.install(own_root, name, data, self.local_options)
 
     def __enter__(self) -> "Checkpointer":
         return self

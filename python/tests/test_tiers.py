@@ -101,6 +101,24 @@ def matrix_job(rank: int, world: int, base: str, out: str) -> None:
     dist.barrier()
     restore(ckpt, rank, out, "damaged local shard")  # rank 1: its partner's replica
 
+    # Rank 0's local copy gone (its replica serves it in the first round) and
+    # rank 1's damaged (its replica serves it in the second): rank 0 keeps
+    # what it read, and nobody sends it a replica again.
+    if rank == 0:
+        shutil.rmtree(os.path.join(base, "node0", "rank-00000", "step-000000000005"))
+        damage(shard)
+    dist.barrier()
+    restore(ckpt, rank, out, "one local copy gone, another damaged")
+
+    # Rank 1's local manifest torn (the step is not listed as committed
+    # there): its replica takes the copy's place.
+    if rank == 0:
+        with open(os.path.join(base, "node0", "rank-00001", "step-000000000005",
+                               "manifest.json"), "w") as f:
+            f.write("torn")
+    dist.barrier()
+    restore(ckpt, rank, out, "torn local manifest")
+
     if rank == 0:
         shutil.rmtree(node1)
     dist.barrier()
@@ -168,6 +186,11 @@ def test_restores_from_the_fastest_intact_tier(tmp_path: Path) -> None:
     dmg = got["damaged local shard"]
     assert dmg["step"] == 5 and dmg["tiers"] == ["local", "replica", "local", "local"]
     assert dmg["attempts"] == 2  # the damage was found by the checksums, then the replica read
+    two = got["one local copy gone, another damaged"]
+    assert two["step"] == 5 and two["tiers"] == ["replica", "replica", "local", "local"], two
+    assert two["attempts"] == 2
+    torn = got["torn local manifest"]
+    assert torn["step"] == 5 and torn["tiers"] == ["local", "replica", "local", "local"], torn
     wiped = got["node 1 wiped"]
     assert wiped["step"] == 5 and wiped["tiers"] == ["local", "local", "replica", "replica"]
     both = got["node 1 wiped, its replicas too"]

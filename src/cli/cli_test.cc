@@ -82,7 +82,7 @@ TEST_F(CliTest, Ls) {
   EXPECT_EQ(Cli({"ls", dir_ / "nope"}).exit_code, 2);
   // A checkpoint where a root is expected: said so, not "no checkpoints".
   for (const char* verb : {"ls", "gc"}) {
-    ProcResult c = Cli({verb, Ckpt(200)});
+    ProcResult c = Cli({verb, Ckpt(200) + "/"});
     EXPECT_EQ(c.exit_code, 2) << verb;
     EXPECT_NE(c.out.find("is a checkpoint (it holds manifest.json), not a root; its root is " +
                          dir_.path()),

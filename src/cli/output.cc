@@ -136,10 +136,11 @@ int CheckpointGivenAsRoot(std::ostream& err, const std::string& verb, const std:
   std::error_code ec;
   const std::filesystem::path p(root);
   if (!std::filesystem::is_regular_file(p / names::kManifest, ec)) return -1;
-  const std::filesystem::path parent = std::filesystem::absolute(p, ec).lexically_normal();
+  std::filesystem::path dir = std::filesystem::absolute(p, ec).lexically_normal();
+  if (!dir.has_filename()) dir = dir.parent_path();  // "ROOT/step-1/": drop the empty name
   return PathError(err, verb,
                    root + " is a checkpoint (it holds manifest.json), not a root; its root is " +
-                       parent.parent_path().string());
+                       dir.parent_path().string());
 }
 
 }  // namespace shardwise::cli

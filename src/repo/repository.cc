@@ -4,6 +4,7 @@
 #include <fcntl.h>
 #include <sys/stat.h>
 
+#include <algorithm>
 #include <cstdio>
 
 #include "engine/shard_writer.h"
@@ -224,10 +225,20 @@ Status Repository::CheckTarget(const std::string& final_dir, bool replace) {
     what = S_ISLNK(st->st_mode) ? "a symbolic link" : "not a directory";
   } else if (!os::Exists(os::JoinPath(final_dir, names::kManifest)) &&
              !os::Exists(os::JoinPath(final_dir, ".metadata"))) {
+    // The remains of a save that never committed (shard files without
+    // their manifest; a stock DCP save's .distcp files without .metadata)
+    // are a checkpoint's too; anything else (a root: checkpoints in
+    // directories) is not.
     SW_ASSIGN_OR_RETURN(auto entries, os::ListDir(final_dir));
-    if (!entries.empty())
-      what = "a directory that holds no manifest.json: is it a checkpoint root? Name a "
-             "checkpoint inside it";
+    auto checkpoint_file = [](const os::DirEntry& e) {
+      const std::string_view n = e.name;
+      return e.type != DT_DIR && e.type != DT_LNK &&
+             (names::IsShardFile(n) || n == names::kIndex || n.starts_with(".metadata") ||
+              n.ends_with(".distcp"));
+    };
+    if (!std::all_of(entries.begin(), entries.end(), checkpoint_file))
+      what = "a directory that holds no manifest.json and more than checkpoint files: is it a "
+             "checkpoint root? Name a checkpoint inside it";
   }
   if (!what.empty())
     return Status(StatusCode::kAlreadyExists,

@@ -256,10 +256,11 @@ TEST(WriterLock, AForkedChildDoesNotKeepTheClaim) {
   Status s = (*again)->LockForWriting();
   EXPECT_TRUE(s.ok()) << s.ToString();
   again->reset();
-  // Another process (not our child) takes it too: the flock is free.
+  // A process that opens the lock file afresh takes it too: the flock is
+  // free (the forked worker's inherited copy no longer holds it).
   int fd = ::open((root.path() + "/.writer.lock").c_str(), O_RDWR);
   ASSERT_GE(fd, 0);
-  pid_t other = ::fork();  // (this one's copy was closed: it only flocks a fresh open)
+  pid_t other = ::fork();
   if (other == 0) {
     int own = ::open((root.path() + "/.writer.lock").c_str(), O_RDWR);
     ::_exit(own >= 0 && ::flock(own, LOCK_EX | LOCK_NB) == 0 ? 0 : 1);

@@ -31,6 +31,9 @@ struct State {
   std::uint64_t throw_nth = 1;
   std::uint64_t throw_hits = 0;
   std::atomic<bool> throw_set{false};
+  std::string run_name;  // guarded by mu
+  std::function<void()> run_fn;
+  std::atomic<bool> run_set{false};
 };
 
 State& S() {
@@ -208,6 +211,28 @@ void ThrowPoint(std::string_view name) {
     if (s.throw_name != name || ++s.throw_hits != s.throw_nth) return;
   }
   throw std::bad_alloc();
+}
+
+void SetRunPoint(std::string name, std::function<void()> fn) {
+  State& s = S();
+  std::lock_guard lock(s.mu);
+  s.run_set = !name.empty();
+  s.run_name = std::move(name);
+  s.run_fn = std::move(fn);
+}
+
+void RunPoint(std::string_view name) {
+  State& s = S();
+  if (!s.run_set) return;
+  std::function<void()> fn;
+  {
+    std::lock_guard lock(s.mu);
+    if (s.run_name != name) return;
+    fn = std::move(s.run_fn);
+    s.run_name.clear();
+    s.run_set = false;
+  }
+  if (fn) fn();
 }
 
 }  // namespace shardwise::os

@@ -21,6 +21,7 @@
 #pragma once
 
 #include <cstdint>
+#include <functional>
 #include <string>
 #include <string_view>
 #include <vector>
@@ -84,5 +85,9 @@ void PausePoint(std::string_view name);
 // where a real one would be too hard to provoke.
 void ThrowPoint(std::string_view name);
 void SetThrowPoint(std::string name, std::uint64_t nth = 1);  // "" clears it
+// Runs `fn` once, at the next pass of NAME after SetRunPoint (tests only):
+// another actor's step at a chosen moment, to show what a race would do.
+void RunPoint(std::string_view name);
+void SetRunPoint(std::string name, std::function<void()> fn);  // "" clears it
 
 }  // namespace shardwise::os

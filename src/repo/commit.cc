@@ -227,7 +227,11 @@ Result<CommitResult> PublishCommit(const std::string& root, const SaveSpec& spec
 
   // Step 3c: publish by renaming. Replacing swaps atomically where the
   // filesystem can, so NAME always holds either the old or the new one.
+  // Under the process's `latest` mutex: gc and Delete of this process check
+  // what NAME holds and hide it under the same mutex, never in between.
+  std::unique_lock publish(repo::LatestMutex());
   SW_RETURN_IF_ERROR(Repository::CheckTarget(final_dir, spec.replace));
+  std::string replaced;  // the old copy, removed once the mutex is free
   if (os::Exists(final_dir)) {
     const std::string old =
         os::JoinPath(root, names::HiddenDir(spec.name, names::Hidden::kReplaced, spec.save_id));
@@ -249,7 +253,7 @@ Result<CommitResult> PublishCommit(const std::string& root, const SaveSpec& spec
       return x;
     }
     SW_RETURN_IF_ERROR(os::FsyncDir(root));
-    (void)os::RemoveTree(old);  // gc retries if this fails
+    replaced = old;
   } else {
     SW_RETURN_IF_ERROR(os::RenameNoReplace(staging, final_dir));
   }
@@ -257,6 +261,8 @@ Result<CommitResult> PublishCommit(const std::string& root, const SaveSpec& spec
   // Step 3d: the rename is durable.
   SW_RETURN_IF_ERROR(os::FsyncDir(root));
   os::CrashPoint("root_synced");
+  publish.unlock();
+  if (!replaced.empty()) (void)os::RemoveTree(replaced);  // gc retries if this fails
 
   // Step 3e: `latest` moves forward only (a re-save of an older step does not
   // pull it back).

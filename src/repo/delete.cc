@@ -9,16 +9,27 @@
 
 namespace shardwise {
 
-Status repo::RemoveCommitted(const std::string& root, const std::string& name, bool recycle) {
-  const std::string hidden = os::JoinPath(root, names::HiddenDir(name, names::Hidden::kDeleting, os::RandomHex(6)));
+Result<std::string> repo::HideCommitted(const std::string& root, const std::string& name) {
+  const std::string hidden =
+      os::JoinPath(root, names::HiddenDir(name, names::Hidden::kDeleting, os::RandomHex(6)));
   SW_RETURN_IF_ERROR(os::Rename(os::JoinPath(root, name), hidden));
   SW_RETURN_IF_ERROR(os::FsyncDir(root));
+  return hidden;
+}
+
+Status repo::FinishRemoval(const std::string& root, const std::string& name,
+                           const std::string& hidden, bool recycle) {
   // Hidden first, durably: the files leave a checkpoint nobody can open any
   // more. Recycling is best effort; what it leaves goes with the tree.
   if (recycle) fs::RecycleFiles(root, hidden);
   SW_RETURN_IF_ERROR(os::RemoveTree(hidden));
   RemoveExportRecord(root, name);
   return Status::Ok();
+}
+
+Status repo::RemoveCommitted(const std::string& root, const std::string& name, bool recycle) {
+  SW_ASSIGN_OR_RETURN(std::string hidden, HideCommitted(root, name));
+  return FinishRemoval(root, name, hidden, recycle);
 }
 
 std::mutex& repo::LatestMutex() {

@@ -8,6 +8,7 @@
 #include <utility>
 
 #include "format/manifest.h"
+#include "os/fault.h"
 #include "os/posix.h"
 #include "repo/export.h"
 #include "repo/listing.h"
@@ -120,6 +121,22 @@ std::ptrdiff_t NewestValid(const Repository& repo,
   return -1;
 }
 
+// Hides the checkpoint retention decided to delete, if it is still the one
+// the listing saw and `latest` does not name it: under the process's
+// `latest` mutex, so that no commit or Delete of this process moves either
+// meanwhile (a replace of that step, or a Delete that made it `latest`).
+// The hidden path, or "" when it changed.
+Result<std::string> HideIfUnchanged(const std::string& root, const CheckpointInfo& c) {
+  std::lock_guard lock(repo::LatestMutex());
+  if (repo::ReadLatestFile(root) == c.name) return std::string();
+  const std::string mpath = os::JoinPath(os::JoinPath(root, c.name), names::kManifest);
+  auto text = os::ReadSmallFile(mpath, format::kMaxManifestBytes);
+  auto m = text.ok() ? format::Parse(*text, format::kManifestKind, mpath)
+                     : Result<Manifest>(text.status());
+  if (!m.ok() || m->save_id != c.save_id) return std::string();
+  return repo::HideCommitted(root, c.name);
+}
+
 // Step 2 of gc: keeps the anchor and everything newer, `latest`, and what
 // the retention options keep (and, with `requires_export`, what is not
 // exported yet); deletes the rest.
@@ -141,8 +158,20 @@ Status ApplyRetention(const std::string& root, const std::vector<const Checkpoin
       report->kept.push_back(c.name);
       continue;
     }
-    if (Status gone = gc.dry_run ? Status::Ok() : repo::RemoveCommitted(root, c.name, recycle);
-        !gone.ok()) {
+    if (gc.dry_run) {
+      report->removed_checkpoints.push_back(c.name);
+      continue;
+    }
+    auto hidden = HideIfUnchanged(root, c);
+    if (!hidden.ok()) {
+      report->errors.push_back(hidden.status().message());
+      continue;
+    }
+    if (hidden->empty()) {  // committed again or made `latest` since the listing
+      report->kept.push_back(c.name);
+      continue;
+    }
+    if (Status gone = repo::FinishRemoval(root, c.name, *hidden, recycle); !gone.ok()) {
       report->errors.push_back(gone.message());
       continue;
     }
@@ -207,6 +236,7 @@ Result<GcReport> Repository::Gc(const GcOptions& gc) {
     return report;
   }
   report.newest_valid = committed[anchor]->name;
+  os::RunPoint("gc_decided");  // tests: a commit or Delete between decision and deletion
   SW_RETURN_IF_ERROR(ApplyRetention(root, committed, anchor, gc,
                                     impl_->options.retention_requires_export,
                                     impl_->options.recycle_files, &report));

@@ -20,6 +20,7 @@
 #include "fs/io_mode.h"
 #include "os/fault.h"
 #include "os/posix.h"
+#include "repo/listing.h"
 #include "shardwise/shardwise.h"
 #include "testing/test_util.h"
 #include "shardwise/names.h"
@@ -882,6 +883,26 @@ TEST_F(RepositoryTest, RetentionNeverDeletesLatestOrNewerThanNewestValid) {
   EXPECT_NE(std::find(c.begin(), c.end(), "step-000000000003"), c.end());
   EXPECT_NE(std::find(c.begin(), c.end(), "step-000000000006"), c.end());
   EXPECT_EQ(std::find(c.begin(), c.end(), "step-000000000005"), c.end());
+}
+
+// Retention decides from one listing; a Delete or a replace by this process
+// between that decision and the deletions must not make it delete what is
+// now `latest`, or the checkpoint a replace has just committed.
+TEST_F(RepositoryTest, GcLeavesWhatChangedSinceItDecided) {
+  for (int s = 1; s <= 3; ++s) ASSERT_TRUE(Save(s, static_cast<std::uint64_t>(s)).ok());
+  GcOptions gc;
+  gc.keep_last = 1;  // decided: keep 3, delete 1 and 2
+  os::SetRunPoint("gc_decided", [&] { EXPECT_TRUE(repo_->Delete("step-000000000003").ok()); });
+  ASSERT_TRUE(repo_->Gc(gc).ok());
+  EXPECT_EQ(Committed(*repo_), std::vector<std::string>{"step-000000000002"});
+  EXPECT_EQ(repo::ReadLatestFile(dir_.path()), "step-000000000002");
+  ASSERT_TRUE(Save(4, 4).ok());
+  ASSERT_TRUE(Save(5, 5).ok());  // decided: keep 5, delete 2 and 4
+  os::SetRunPoint("gc_decided", [&] { EXPECT_TRUE(Save(2, 22, /*replace=*/true).ok()); });
+  ASSERT_TRUE(repo_->Gc(gc).ok());
+  EXPECT_EQ(Committed(*repo_),
+            (std::vector<std::string>{"step-000000000002", "step-000000000005"}));
+  EXPECT_TRUE(Holds(*repo_, "step-000000000002", 22));
 }
 
 // R separate processes write their ranks; the parent commits; every chunk

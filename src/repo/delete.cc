@@ -14,22 +14,20 @@ Result<std::string> repo::HideCommitted(const std::string& root, const std::stri
       os::JoinPath(root, names::HiddenDir(name, names::Hidden::kDeleting, os::RandomHex(6)));
   SW_RETURN_IF_ERROR(os::Rename(os::JoinPath(root, name), hidden));
   SW_RETURN_IF_ERROR(os::FsyncDir(root));
+  RemoveExportRecord(root, name);  // now: whatever happens to the tree
   return hidden;
 }
 
-Status repo::FinishRemoval(const std::string& root, const std::string& name,
-                           const std::string& hidden, bool recycle) {
+Status repo::FinishRemoval(const std::string& root, const std::string& hidden, bool recycle) {
   // Hidden first, durably: the files leave a checkpoint nobody can open any
   // more. Recycling is best effort; what it leaves goes with the tree.
   if (recycle) fs::RecycleFiles(root, hidden);
-  SW_RETURN_IF_ERROR(os::RemoveTree(hidden));
-  RemoveExportRecord(root, name);
-  return Status::Ok();
+  return os::RemoveTree(hidden);
 }
 
 Status repo::RemoveCommitted(const std::string& root, const std::string& name, bool recycle) {
   SW_ASSIGN_OR_RETURN(std::string hidden, HideCommitted(root, name));
-  return FinishRemoval(root, name, hidden, recycle);
+  return FinishRemoval(root, hidden, recycle);
 }
 
 std::mutex& repo::LatestMutex() {

@@ -5,6 +5,7 @@
 
 #include <nlohmann/json.hpp>
 
+#include "format/manifest.h"
 #include "os/posix.h"
 #include "shardwise/names.h"
 
@@ -38,6 +39,15 @@ Result<std::vector<std::string>> CheckpointFiles(const std::string& dir) {
   return files;
 }
 
+// The save id in DIR's manifest, or "" where it cannot be read.
+std::string SaveIdOf(const std::string& dir) {
+  const std::string mpath = os::JoinPath(dir, names::kManifest);
+  auto text = os::ReadSmallFile(mpath, format::kMaxManifestBytes);
+  if (!text.ok()) return "";
+  auto m = format::Parse(*text, format::kManifestKind, mpath);
+  return m.ok() ? m->save_id : "";
+}
+
 }  // namespace
 
 
@@ -48,6 +58,9 @@ Status RequestExport(const std::string& root, const std::string& name, const Opt
   const std::string dir = os::JoinPath(root, name);
   nlohmann::ordered_json rec;
   rec["checkpoint"] = name;
+  // Records are kept by name: the save id says which checkpoint of that
+  // name this one is about (a later one, saved again, was not exported).
+  rec["save_id"] = SaveIdOf(dir);
   rec["requested_unix"] = os::NowUnix();
   std::string error;
   if (options.export_mode == ExportMode::kFsxTask) {
@@ -110,6 +123,10 @@ ExportStatus QueryExport(const std::string& root, const std::string& name) {
     st.state = ExportState::kFailed;
     st.detail = "unreadable export record " + RecordPath(root, name);
     return st;
+  }
+  if (!str("save_id").empty() && str("save_id") != SaveIdOf(os::JoinPath(root, name))) {
+    st.detail = "the export record is of an earlier checkpoint of that name";
+    return st;  // not requested for this one
   }
   if (!str("error").empty()) {
     st.state = ExportState::kFailed;

@@ -122,6 +122,32 @@ TEST(Export, FsxTaskIsRequestedWithTheRelativePathAndTracked) {
   EXPECT_EQ(QueryExport(root, "step-000000000099").state, ExportState::kNotRequested);
 }
 
+// Records are kept by name. A checkpoint saved again under that name with
+// no export request of its own (a crash between commit and request, a save
+// with exports off) is not exported, whatever the old record says: retention
+// that requires exports must keep it.
+TEST(Export, ARecordOfAnEarlierCheckpointOfTheNameDoesNotCount) {
+  StubTools stubs;
+  stubs.Set("lifecycle", "SUCCEEDED");
+  TempDir mount;
+  std::string root = mount / "ckpts";
+  {
+    auto repo = OpenRepo(root, FsxOptions(mount));
+    SaveStep(*repo, 1);
+    EXPECT_EQ(QueryExport(root, "step-000000000001").state, ExportState::kExported);
+  }
+  auto plain = OpenRepo(root, Options());  // exports off
+  testing::OwnedItems items;
+  items.Add("w", DType::kFloat32, {256}, 77);
+  SaveSpec spec;
+  spec.step = 1;
+  spec.replace = true;
+  ASSERT_TRUE(plain->Save(spec, items.items).ok());
+  ExportStatus st = QueryExport(root, "step-000000000001");
+  EXPECT_EQ(st.state, ExportState::kNotRequested);
+  EXPECT_NE(st.detail.find("earlier checkpoint"), std::string::npos) << st.detail;
+}
+
 TEST(Export, AFailedRequestIsRecordedAndNeverFailsTheSave) {
   StubTools stubs;
   stubs.Set("create_fails", "the file system has no data repository");

@@ -171,7 +171,7 @@ Status ApplyRetention(const std::string& root, const std::vector<const Checkpoin
       report->kept.push_back(c.name);
       continue;
     }
-    if (Status gone = repo::FinishRemoval(root, c.name, *hidden, recycle); !gone.ok()) {
+    if (Status gone = repo::FinishRemoval(root, *hidden, recycle); !gone.ok()) {
       report->errors.push_back(gone.message());
       continue;
     }

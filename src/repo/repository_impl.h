@@ -27,11 +27,10 @@ std::mutex& LatestMutex();
 // With `recycle` (Options::recycle_files), its files go to the root's
 // recycle bin (fs/recycle.h) instead of being unlinked.
 Status RemoveCommitted(const std::string& root, const std::string& name, bool recycle);
-// Its two halves: the rename out of sight (and fsync of ROOT), which
-// returns the hidden path, and the rest.
+// Its two halves: the rename out of sight (then fsync of ROOT, and the
+// export record dropped), which returns the hidden path; and the rest.
 Result<std::string> HideCommitted(const std::string& root, const std::string& name);
-Status FinishRemoval(const std::string& root, const std::string& name, const std::string& hidden,
-                     bool recycle);
+Status FinishRemoval(const std::string& root, const std::string& hidden, bool recycle);
 
 }  // namespace shardwise::repo
 

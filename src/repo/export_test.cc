@@ -77,11 +77,12 @@ std::unique_ptr<Repository> OpenRepo(const std::string& root, const Options& o) 
   return std::move(*r);
 }
 
-CommitResult SaveStep(Repository& repo, std::int64_t step) {
+CommitResult SaveStep(Repository& repo, std::int64_t step, bool replace = false) {
   testing::OwnedItems items;
-  items.Add("w", DType::kFloat32, {256}, static_cast<std::uint64_t>(step));
+  items.Add("w", DType::kFloat32, {256}, static_cast<std::uint64_t>(step) + replace);
   SaveSpec spec;
   spec.step = step;
+  spec.replace = replace;
   auto r = repo.Save(spec, items.items);
   EXPECT_TRUE(r.ok()) << r.status().ToString();
   return r.ok() ? *r : CommitResult{};
@@ -136,13 +137,7 @@ TEST(Export, ARecordOfAnEarlierCheckpointOfTheNameDoesNotCount) {
     SaveStep(*repo, 1);
     EXPECT_EQ(QueryExport(root, "step-000000000001").state, ExportState::kExported);
   }
-  auto plain = OpenRepo(root, Options());  // exports off
-  testing::OwnedItems items;
-  items.Add("w", DType::kFloat32, {256}, 77);
-  SaveSpec spec;
-  spec.step = 1;
-  spec.replace = true;
-  ASSERT_TRUE(plain->Save(spec, items.items).ok());
+  SaveStep(*OpenRepo(root, Options()), 1, /*replace=*/true);  // exports off
   ExportStatus st = QueryExport(root, "step-000000000001");
   EXPECT_EQ(st.state, ExportState::kNotRequested);
   EXPECT_NE(st.detail.find("earlier checkpoint"), std::string::npos) << st.detail;

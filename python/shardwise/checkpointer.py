@@ -1125,14 +1125,13 @@ class Checkpointer:
             log.warning("not loading from the local tier: %s", self._foreign_local)
         try:
             own_dir = tiers.rank_dir(self.local_root, rank)
+            own = ([] if foreign or not os.path.isdir(own_dir)
+                   else _core.Repository(own_dir, self.engine_options, False).list())
             mine: Optional[dict[str, Any]] = {
-                "own": [] if foreign else sorted(tiers.committed_steps(
-                    own_dir, self.engine_options)),
+                "own": sorted(tiers.steps_in(own)),
                 # local copies whose manifest does not check out: a replica
                 # may take their place
-                "damaged": [] if foreign or not os.path.isdir(own_dir) else sorted(
-                    tiers.damaged_steps_in(
-                        _core.Repository(own_dir, self.engine_options, False).list())),
+                "damaged": sorted(tiers.damaged_steps_in(own)),
                 "held": {str(s): [] if foreign else sorted(tiers.committed_steps(
                     tiers.replica_dir(self.local_root, s), self.engine_options))
                     for s in topo.sources(rank)},

@@ -305,12 +305,15 @@ class Writer(StorageWriter, AsyncStager):  # type: ignore[misc]
     def prepare_local_plan(self, plan: SavePlan) -> SavePlan:
         # Refused at planning time, as FileSystemWriter refuses, before any
         # rank writes a byte.
-        if self.path is not None:
-            if not self.replace and os.path.isfile(os.path.join(self.path, _core.MANIFEST_NAME)):
-                raise FileExistsError(errno.EEXIST,
-                                      "Checkpoint already exists " + self._exists_hint, self.path)
-            # Never a root (or a file) in place of a checkpoint, replace or not.
+        if self.path is None:
+            return plan
+        try:  # what is at path may be replaced: never a root or a file, replace or not
             _core.check_target(os.path.abspath(self.path), self.replace)
+        except FileExistsError:
+            if not self.replace and os.path.isfile(os.path.join(self.path, _core.MANIFEST_NAME)):
+                raise FileExistsError(errno.EEXIST, "Checkpoint already exists " +
+                                      self._exists_hint, self.path) from None
+            raise
         return plan
 
     def prepare_global_plan(self, plans: list[SavePlan]) -> list[SavePlan]:

@@ -3,11 +3,13 @@
 #include <algorithm>
 #include <cstring>
 #include <unordered_map>
+#include <utility>
 
 #include "common/parallel.h"
 #include "format/binary.h"
 #include "format/crc32c.h"
 #include "format/manifest.h"
+#include "os/posix.h"
 #include "shardwise/names.h"
 
 namespace shardwise::format {
@@ -105,15 +107,16 @@ struct BlockWriter {
   }
 };
 
-// Fills the checksum of every block of `out` (a multiple of 4096 bytes).
-void SealBlocks(std::string& out) {
-  const std::size_t blocks = out.size() / kIndexBlockBytes;
+// Fills the checksum of every block of out[0, size) (a multiple of 4096
+// bytes).
+void SealBlocks(char* out, std::size_t size) {
+  const std::size_t blocks = size / kIndexBlockBytes;
   constexpr std::size_t kBlocksPerTask = 1024;  // 4 MiB
   ParallelFor(0, (blocks + kBlocksPerTask - 1) / kBlocksPerTask, AvailableCpus(),
               [&](std::size_t t) {
                 for (std::size_t b = t * kBlocksPerTask;
                      b < std::min(blocks, (t + 1) * kBlocksPerTask); ++b) {
-                  char* blk = out.data() + b * kIndexBlockBytes;
+                  char* blk = out + b * kIndexBlockBytes;
                   const std::uint32_t crc = Crc32c(blk, kIndexPayloadBytes);
                   for (int i = 0; i < 4; ++i)
                     blk[kIndexPayloadBytes + i] = static_cast<char>(crc >> (8 * i));
@@ -233,15 +236,42 @@ void WriteItem(const ChunkSource& s, std::size_t i, const ItemPlan& p, char* out
 std::string SealIndexBlocks(std::string_view logical) {
   std::string out(PhysicalBytes(logical.size()), '\0');
   BlockWriter{out.data(), 0}.Bytes(logical.data(), logical.size());
-  SealBlocks(out);
+  SealBlocks(out.data(), out.size());
   return out;
 }
 
-Result<std::string> EncodeIndex(const Manifest& m, IndexRef* ref) {
+Result<IndexImage> IndexImage::Zeroed(std::size_t bytes) {
+  IndexImage image;
+  if (bytes == 0) return image;
+  // Huge pages only where they cut the page faults that matter (thousands
+  // of ranks: hundreds of MiB); a small index keeps 4 KiB pages.
+  SW_ASSIGN_OR_RETURN(void* p, os::MapAnonymous(bytes, bytes >= (64u << 20)));
+  image.data_ = static_cast<char*>(p);
+  image.size_ = bytes;
+  return image;
+}
+
+IndexImage::IndexImage(IndexImage&& o) noexcept
+    : data_(std::exchange(o.data_, nullptr)), size_(std::exchange(o.size_, 0)) {}
+
+IndexImage& IndexImage::operator=(IndexImage&& o) noexcept {
+  if (this != &o) {
+    if (data_) os::Unmap(data_, size_);
+    data_ = std::exchange(o.data_, nullptr);
+    size_ = std::exchange(o.size_, 0);
+  }
+  return *this;
+}
+
+IndexImage::~IndexImage() {
+  if (data_) os::Unmap(data_, size_);
+}
+
+Result<IndexImage> EncodeIndex(const Manifest& m, IndexRef* ref) {
   return EncodeIndex(ManifestSource(m), m, ref);
 }
 
-Result<std::string> EncodeIndex(const ChunkSource& src, const Manifest& header, IndexRef* ref) {
+Result<IndexImage> EncodeIndex(const ChunkSource& src, const Manifest& header, IndexRef* ref) {
   std::uint64_t chunks = 0, ncrcs = 0, file_bytes = 0;
   for (std::size_t i = 0; i < src.ItemCount(); ++i) chunks += src.ChunkCount(i);
   const int threads = ThreadsFor(chunks, kChunksPerThread);
@@ -253,7 +283,7 @@ Result<std::string> EncodeIndex(const ChunkSource& src, const Manifest& header, 
   const std::uint64_t body_off = kHeaderBytes + table.size();
   const std::uint64_t files_off = body_off + body;
   const std::uint64_t crcs_off = files_off + kFileRecordBytes * files.size();
-  std::string out(PhysicalBytes(crcs_off + 4 * ncrcs), '\0');
+  SW_ASSIGN_OR_RETURN(IndexImage out, IndexImage::Zeroed(PhysicalBytes(crcs_off + 4 * ncrcs)));
   // File records.
   BlockWriter to{out.data(), files_off};
   for (const FileRecord& f : files) {
@@ -287,7 +317,7 @@ Result<std::string> EncodeIndex(const ChunkSource& src, const Manifest& header, 
   std::memcpy(w.p, header.save_id.data(), std::min(header.save_id.size(), kSaveIdBytes));
   BlockWriter{out.data(), 0}.Bytes(head, sizeof head);
   BlockWriter{out.data(), kHeaderBytes}.Bytes(table.data(), table.size());
-  SealBlocks(out);
+  SealBlocks(out.data(), out.size());
   *ref = {out.size(), files.size(), plans.size(), chunks, file_bytes};
   return out;
 }

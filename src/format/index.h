@@ -30,15 +30,35 @@ inline constexpr std::size_t kIndexPayloadBytes = kIndexBlockBytes - 4;
 inline constexpr std::size_t kIndexFenceStride = 64;
 inline constexpr std::uint64_t kMaxIndexBytes = 1ull << 42;  // 4 TiB
 
+// The on-disk bytes of an index, in page-aligned memory from the kernel:
+// zeroed, faulted in at once (on transparent huge pages where large), and
+// ready to be written with O_DIRECT as it is.
+class IndexImage {
+ public:
+  IndexImage() = default;
+  static Result<IndexImage> Zeroed(std::size_t bytes);  // a multiple of 4096
+  IndexImage(IndexImage&& o) noexcept;
+  IndexImage& operator=(IndexImage&& o) noexcept;
+  ~IndexImage();
+
+  char* data() const { return data_; }
+  std::size_t size() const { return size_; }
+  std::string_view view() const { return {data_, size_}; }
+
+ private:
+  char* data_ = nullptr;
+  std::size_t size_ = 0;
+};
+
 // Encodes the index of a complete manifest `m` whose shard files carry the
 // names the writer gives them (rank-NNNNN.shard, rank-NNNNN.partP.shard).
 // Returns the file's bytes (a multiple of 4096) and fills *ref with what
 // manifest.json records about it.
-Result<std::string> EncodeIndex(const Manifest& m, IndexRef* ref);
+Result<IndexImage> EncodeIndex(const Manifest& m, IndexRef* ref);
 // The same for files and items held elsewhere (the gathered commit's merge),
 // with world_size, checksum_block and save_id from `header`. Items are
 // planned and written in parallel.
-Result<std::string> EncodeIndex(const ChunkSource& src, const Manifest& header, IndexRef* ref);
+Result<IndexImage> EncodeIndex(const ChunkSource& src, const Manifest& header, IndexRef* ref);
 
 // The on-disk form of a logical stream: 4092-byte pieces (the last padded
 // with zeros), each followed by its CRC32C. EncodeIndex uses it; tests and

@@ -85,8 +85,9 @@ Opened OpenIndex(const Manifest& m, const std::function<void(std::string&)>& dam
     o.status = bytes.status();
     return o;
   }
-  if (damage) damage(*bytes);
-  return OpenBytes(rec, std::move(*bytes));
+  std::string copy(bytes->view());
+  if (damage) damage(copy);
+  return OpenBytes(rec, std::move(copy));
 }
 
 TEST(Index, RoundTripsEveryField) {
@@ -253,10 +254,10 @@ TEST(Index, DisagreeingWithTheCommitRecordIsCorrupt) {
   auto bytes = EncodeIndex(m, &ref);
   ASSERT_TRUE(bytes.ok());
   auto open = [&](Manifest rec) {
-    const std::string* data = &*bytes;
+    const std::string_view data = bytes->view();
     return IndexReader::Open(
         [data](std::uint64_t off, std::size_t len, char* dst) {
-          std::memcpy(dst, data->data() + off, len);
+          std::memcpy(dst, data.data() + off, len);
           return Status::Ok();
         },
         rec, "p/index.swi");

@@ -417,13 +417,44 @@ Result<std::string> ReadSmallFile(const std::string& path,
   return data;
 }
 
+namespace {
+
+// Writes `data` at offset 0 of `f`, opened with O_DIRECT. What the direct
+// writes refuse or leave (EINVAL where the filesystem takes O_DIRECT at
+// open but not this write; the rest after a short write that ends off a
+// page) goes through the page cache.
+Status PwriteDirect(File& f, std::string_view data) {
+  std::size_t done = 0;
+  while (done < data.size() && done % 4096 == 0) {
+    auto w = Pwrite(f.fd(), data.data() + done, data.size() - done, done, f.path());
+    if (!w.ok() && w.status().err() == EINVAL) break;
+    SW_RETURN_IF_ERROR(w.status());
+    if (*w == 0) return IoError("write (no progress)", f.path(), EIO);
+    done += *w;
+  }
+  if (done == data.size()) return Status::Ok();
+  SW_RETURN_IF_ERROR(SetDirectIo(f.fd(), false, f.path()));
+  return PwriteAll(f.fd(), data.data() + done, data.size() - done, done, f.path());
+}
+
+bool WholePages(std::string_view data) {
+  return !data.empty() && reinterpret_cast<std::uintptr_t>(data.data()) % 4096 == 0 &&
+         data.size() % 4096 == 0;
+}
+
+}  // namespace
+
 Status WriteFileAtomic(const std::string& path, std::string_view data,
-                       std::string_view crash_tag) {
+                       std::string_view crash_tag, WriteVia via) {
   std::string tmp = names::TempPath(path, RandomHex(6));
   {
     SW_ASSIGN_OR_RETURN(File f,
                         Open(tmp, O_WRONLY | O_CREAT | O_EXCL, 0644));
-    Status s = PwriteAll(f.fd(), data.data(), data.size(), 0, tmp);
+    // Where the filesystem does not take O_DIRECT (older tmpfs), fcntl
+    // refuses it and the write goes through the page cache.
+    const bool direct = via == WriteVia::kDirect && WholePages(data) &&
+                        SetDirectIo(f.fd(), true, tmp).ok();
+    Status s = direct ? PwriteDirect(f, data) : PwriteAll(f.fd(), data.data(), data.size(), 0, tmp);
     if (s.ok()) s = Fsync(f.fd(), tmp);
     if (s.ok()) s = f.Close();
     if (!s.ok()) {

@@ -121,11 +121,15 @@ bool Exists(const std::string& path);
 // anything that is not a regular file (no devices, no FIFOs).
 Result<std::string> ReadSmallFile(const std::string& path,
                                   std::uint64_t max_bytes);
-// The durable small-file write: tmp in the same directory, write, fsync,
+// The durable file write: tmp in the same directory, write, fsync,
 // rename over `path`, fsync the directory. With a crash_tag, the crash points
-// TAG.tmp_synced and TAG.renamed are passed between the steps.
+// TAG.tmp_synced and TAG.renamed are passed between the steps. With
+// kDirect, page-aligned `data` of whole pages is written with O_DIRECT
+// (no copy into the page cache) where the filesystem takes it, and through
+// the page cache where it does not; the result is the same file.
+enum class WriteVia { kPageCache, kDirect };
 Status WriteFileAtomic(const std::string& path, std::string_view data,
-                       std::string_view crash_tag = {});
+                       std::string_view crash_tag = {}, WriteVia via = WriteVia::kPageCache);
 
 // Anonymous private memory of `bytes` (a multiple of the page size), every
 // page faulted in now (MAP_POPULATE), or with huge_pages, advised to use

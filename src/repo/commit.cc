@@ -178,19 +178,41 @@ Result<bool> AdvanceLatest(const std::string& root, const SaveSpec& spec) {
   return true;
 }
 
+// How a commit writes its record.
+struct RecordHow {
+  bool fragment_files = false;  // the ranks reported through fragment files
+  int format_version = 2;
+  os::WriteVia index_via = os::WriteVia::kPageCache;
+};
+
+// How the commit writes its record: the format from the options; the
+// index with O_DIRECT where the shards of this root are written so (the
+// root's I/O mode, when this process probed it already: the coordinator's
+// own shard write did; a commit never measures). At scale the index is
+// large (hundreds of MiB at 16,384 ranks) and read back only in part.
+RecordHow HowFor(const Options& o, const fs::Placement* placement, bool fragment_files) {
+  RecordHow how;
+  how.fragment_files = fragment_files;
+  how.format_version = o.format_version;
+  if (placement && placement->io_mode().ok() && placement->io_mode()->direct_writes)
+    how.index_via = os::WriteVia::kDirect;
+  return how;
+}
+
 // Step 3a: the commit record of `merged` (the ranks' files and items)
 // durable inside the staging directory. In format 2 the index goes first:
 // manifest.json describes it. Returns the checkpoint's bytes.
 Result<std::uint64_t> WriteRecord(const std::string& staging, const format::ChunkSource& merged,
-                                  Manifest header, int format_version) {
+                                  Manifest header, const RecordHow& how) {
   const std::string manifest = os::JoinPath(staging, names::kManifest);
   SW_RETURN_IF_ERROR(format::Validate(header, manifest));  // name, user and dcp JSON
   std::string record;
-  if (format_version >= 2) {
+  if (how.format_version >= 2) {
     header.format_version = 2;
-    SW_ASSIGN_OR_RETURN(std::string index, format::EncodeIndex(merged, header, &header.index));
-    SW_RETURN_IF_ERROR(
-        os::WriteFileAtomic(os::JoinPath(staging, names::kIndex), index, "index"));
+    SW_ASSIGN_OR_RETURN(format::IndexImage index,
+                        format::EncodeIndex(merged, header, &header.index));
+    SW_RETURN_IF_ERROR(os::WriteFileAtomic(os::JoinPath(staging, names::kIndex), index.view(),
+                                           "index", how.index_via));
     record = format::Serialize(header, format::kManifestKind);
   } else {
     header.files = merged.Files();
@@ -206,17 +228,16 @@ Result<std::uint64_t> WriteRecord(const std::string& staging, const format::Chun
 Result<CommitResult> PublishCommit(const std::string& root, const SaveSpec& spec,
                                    const std::string& staging,
                                    const format::MergedRanks& merged, os::File lock,
-                                   bool fragment_files, int format_version) {
+                                   const RecordHow& how) {
   const std::string final_dir = os::JoinPath(root, spec.name);
   const std::string lock_path = lock.path();
   SW_ASSIGN_OR_RETURN(const std::uint64_t bytes,
                       WriteRecord(staging, merged,
-                                  CheckpointHeader(spec, merged.checksum_block()),
-                                  format_version));
+                                  CheckpointHeader(spec, merged.checksum_block()), how));
   os::CrashPoint("manifest_written");
   // Fragments and the lock are no longer needed: the committed directory
   // holds only the manifest and the shards.
-  for (int r = 0; fragment_files && r < spec.world_size; ++r)
+  for (int r = 0; how.fragment_files && r < spec.world_size; ++r)
     SW_RETURN_IF_ERROR(
         os::Unlink(os::JoinPath(staging, names::RankFileName(r, names::RankFile::kFragment))));
   SW_RETURN_IF_ERROR(lock.Close());
@@ -280,7 +301,7 @@ Result<CommitResult> PublishCommit(const std::string& root, const SaveSpec& spec
 Result<CommitResult> MergeAndPublish(const std::string& root, const SaveSpec& spec,
                                      const std::string& staging,
                                      std::span<const format::RankPart> parts, os::File lock,
-                                     bool fragment_files, int format_version) {
+                                     const RecordHow& how) {
   Manifest want;
   want.name = spec.name;
   want.save_id = spec.save_id;
@@ -288,8 +309,7 @@ Result<CommitResult> MergeAndPublish(const std::string& root, const SaveSpec& sp
   SW_ASSIGN_OR_RETURN(format::MergedRanks merged,
                       format::MergeRanks(parts, want, os::JoinPath(staging, names::kManifest)));
   SW_RETURN_IF_ERROR(CheckShards(staging, parts));
-  return PublishCommit(root, spec, staging, merged, std::move(lock), fragment_files,
-                       format_version);
+  return PublishCommit(root, spec, staging, merged, std::move(lock), how);
 }
 
 }  // namespace
@@ -338,7 +358,7 @@ Result<CommitResult> Repository::CommitNormalized(const SaveSpec& spec) {
                      os::JoinPath(staging, names::RankFileName(r, names::RankFile::kFragment))});
   }
   return MergeAndPublish(impl_->root, spec, staging, parts, std::move(lock),
-                         /*fragment_files=*/true, impl_->options.format_version);
+                         HowFor(impl_->options, impl_->PlacementIfProbed(), /*fragment_files=*/true));
 }
 
 Result<CommitResult> Repository::CommitGathered(const SaveSpec& in,
@@ -381,7 +401,8 @@ Result<CommitResult> Repository::CommitGathered(const SaveSpec& in,
     parts.push_back({&cols[r]->header, &*cols[r], source(r)});
   }
   auto result = MergeAndPublish(impl_->root, spec, staging, parts, std::move(lock),
-                                /*fragment_files=*/false, impl_->options.format_version);
+                                HowFor(impl_->options, impl_->PlacementIfProbed(),
+                                       /*fragment_files=*/false));
   if (result.ok()) RequestExportFor(*result);
   return result;
 }

@@ -200,7 +200,7 @@ void Rewrite(const std::string& ckpt, Manifest m, int format) {
     Manifest header = m;
     auto bytes = format::EncodeIndex(m, &header.index);
     ASSERT_TRUE(bytes.ok()) << bytes.status().ToString();
-    testing::WriteAll(index, *bytes);
+    testing::WriteAll(index, std::string(bytes->view()));
     header.format_version = 2;
     header.items.clear();
     header.files.clear();

@@ -51,6 +51,11 @@ fs::Placement* Repository::Impl::Placement() {
   return placement.get();
 }
 
+const fs::Placement* Repository::Impl::PlacementIfProbed() {
+  std::lock_guard lock(placement_mu);
+  return placement.get();
+}
+
 std::string Repository::FilesystemSummary() { return impl_->Placement()->Summary(); }
 
 Result<StorageReport> Repository::DescribeStorage(int files, std::uint64_t bytes_per_file) {

@@ -54,6 +54,9 @@ struct Repository::Impl {
   using BackendLease = std::unique_ptr<io::IoBackend, std::function<void(io::IoBackend*)>>;
   Result<BackendLease> Backend();
   fs::Placement* Placement();
+  // The placement when a save of this process probed it already; nullptr
+  // otherwise (probing is left to saves: it may measure).
+  const fs::Placement* PlacementIfProbed();
 };
 
 // Tests: replaces the probed placement (a fake filesystem or layout setter).

@@ -31,8 +31,7 @@ inline constexpr std::size_t kIndexFenceStride = 64;
 inline constexpr std::uint64_t kMaxIndexBytes = 1ull << 42;  // 4 TiB
 
 // The on-disk bytes of an index, in page-aligned memory from the kernel:
-// zeroed, faulted in at once (on transparent huge pages where large), and
-// ready to be written with O_DIRECT as it is.
+// zeroed, faulted in at once, and ready to be written with O_DIRECT as it is.
 class IndexImage {
  public:
   IndexImage() = default;

@@ -1,6 +1,10 @@
 #include "os/posix.h"
 
 #include <fcntl.h>
+#include <sys/mman.h>
+
+#include <algorithm>
+#include <optional>
 #include <gtest/gtest.h>
 
 #include "os/fault.h"
@@ -82,6 +86,68 @@ TEST_F(PosixTest, WriteFileAtomicFailsCleanly) {
     ASSERT_TRUE(entries.ok());
     EXPECT_EQ(entries->size(), 1u) << "temporary file left behind after " << OpName(op);
   }
+}
+
+// Pages of `path` in the page cache.
+std::size_t CachedPages(const std::string& path, std::size_t bytes) {
+  const int fd = ::open(path.c_str(), O_RDONLY);
+  void* p = ::mmap(nullptr, bytes, PROT_READ, MAP_SHARED, fd, 0);
+  ::close(fd);
+  if (p == MAP_FAILED) return SIZE_MAX;
+  std::vector<unsigned char> in(bytes / 4096);
+  std::size_t n = SIZE_MAX;
+  if (::mincore(p, bytes, in.data()) == 0) n = std::count_if(in.begin(), in.end(), [](auto c) {
+    return (c & 1) != 0;
+  });
+  ::munmap(p, bytes);
+  return n;
+}
+
+TEST_F(PosixTest, WriteFileAtomicDirectWritesTheSameBytes) {
+  constexpr std::size_t kBytes = 8 * 4096;
+  auto mem = MapAnonymous(kBytes, false);
+  ASSERT_TRUE(mem.ok());
+  char* data = static_cast<char*>(*mem);
+  for (std::size_t i = 0; i < kBytes; ++i) data[i] = static_cast<char>(i * 7 + i / 4096);
+  const std::string_view all(data, kBytes);
+  std::vector<std::string> dirs = {dir_.path()};
+  std::optional<TempDir> shm;  // tmpfs: O_DIRECT refused by older kernels
+  if (Exists("/dev/shm")) dirs.push_back(shm.emplace("/dev/shm").path());
+  for (const std::string& d : dirs) {
+    const std::string path = JoinPath(d, "index");
+    // Whole pages: O_DIRECT where the filesystem takes it, so nothing of
+    // the file lands in the page cache there.
+    ASSERT_TRUE(WriteFileAtomic(path, all, "", WriteVia::kDirect).ok()) << d;
+    EXPECT_EQ(shardwise::testing::ReadAll(path), all) << d;
+    // Every write short: the rest goes through the page cache.
+    SetFaults({{Op::kWrite, 1, true, 0, true, false}});
+    ASSERT_TRUE(WriteFileAtomic(path, all, "", WriteVia::kDirect).ok()) << d;
+    EXPECT_GT(Count(Op::kWrite), 1u);
+    ClearFaults();
+    EXPECT_EQ(shardwise::testing::ReadAll(path), all) << d;
+    // Not whole pages: through the page cache.
+    ASSERT_TRUE(WriteFileAtomic(path, all.substr(1, kBytes - 100), "", WriteVia::kDirect).ok());
+    EXPECT_EQ(shardwise::testing::ReadAll(path), all.substr(1, kBytes - 100)) << d;
+    // A failed write leaves the old file and no temporary.
+    SetFaults({{Op::kWrite, 1, false, EIO, false, false}});
+    EXPECT_FALSE(WriteFileAtomic(path, all, "", WriteVia::kDirect).ok());
+    ClearFaults();
+    EXPECT_EQ(shardwise::testing::ReadAll(path), all.substr(1, kBytes - 100)) << d;
+    auto entries = ListDir(d);
+    ASSERT_TRUE(entries.ok());
+    EXPECT_EQ(entries->size(), 1u) << d;
+  }
+  const std::string path = dir_ / "direct";
+  ASSERT_TRUE(WriteFileAtomic(path, all, "", WriteVia::kDirect).ok());
+  const std::string buffered = dir_ / "buffered";
+  ASSERT_TRUE(WriteFileAtomic(buffered, all).ok());
+  auto probe = Open(dir_ / "probe", O_WRONLY | O_CREAT, 0644);
+  ASSERT_TRUE(probe.ok());
+  if (SetDirectIo(probe->fd(), true, probe->path()).ok()) {
+    EXPECT_EQ(CachedPages(path, kBytes), 0u);
+  }
+  EXPECT_EQ(CachedPages(buffered, kBytes), kBytes / 4096);
+  Unmap(*mem, kBytes);
 }
 
 TEST_F(PosixTest, ReadSmallFileRefusesSymlinksDevicesAndHugeFiles) {

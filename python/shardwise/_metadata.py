@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterable, Iterator, Mapping
-from typing import Any
+from typing import Any, Optional
 
 import torch
 from torch.distributed.checkpoint.metadata import (
@@ -96,6 +96,12 @@ class LazyStateDictMetadata(Mapping[str, Any]):
     ``items()`` and ``values()`` resolve every entry: DCP calls them only on
     paths that rebuild a whole state dict (``_EmptyStateDictLoadPlanner``,
     ``dcp_to_torch_save``).
+
+    After ``expect(parts)`` (shardwise's ``LoadPlanner`` calls it with the
+    boxes of the rank's sharded tensors), ``m[fqn]`` for such an entry holds
+    only the saved chunks that overlap those boxes: all that DCP's planning
+    of this rank's reads looks at, found with a box lookup in the index (a
+    few blocks) instead of the item's every chunk record.
     """
 
     def __init__(self, reader: Any, names: Iterable[str], requires_grad: Iterable[str] = ()):
@@ -103,6 +109,14 @@ class LazyStateDictMetadata(Mapping[str, Any]):
         self._names = dict.fromkeys(names)  # ordered, O(1) membership
         self._grad = frozenset(requires_grad)
         self._resolved: dict[str, Any] = {}
+        self._parts: dict[str, list[tuple[list[int], list[int]]]] = {}
+
+    def expect(self, parts: dict[str, list[tuple[list[int], list[int]]]]) -> None:
+        """Entries not resolved yet will hold only the chunks that overlap
+        these boxes (offsets, sizes) of their global shape."""
+        for fqn, boxes in parts.items():
+            if fqn in self._names and fqn not in self._resolved and boxes:
+                self._parts[fqn] = boxes
 
     def __getitem__(self, fqn: str) -> Any:
         hit = self._resolved.get(fqn)
@@ -110,13 +124,34 @@ class LazyStateDictMetadata(Mapping[str, Any]):
             return hit
         if fqn not in self._names:
             raise KeyError(fqn)
-        it = self._reader.item(fqn)
+        it = self._part(fqn, self._parts.get(fqn, ()))
+        if it is None:
+            it = self._reader.item(fqn)
+        chunks = it["chunks"]
         if it["kind"] == "bytes":
             md: Any = BytesStorageMetadata()
         else:
-            md = _tensor(it["dtype"], it["shape"], it["chunks"], fqn in self._grad)
+            md = _tensor(it["dtype"], it["shape"], chunks, fqn in self._grad)
         self._resolved[fqn] = md
         return md
+
+    def _part(self, fqn: str, boxes: Iterable[tuple[list[int], list[int]]]
+              ) -> Optional[dict[str, Any]]:
+        """The item with the chunks that overlap any of `boxes`; None when
+        there are none, or when a box does not fit the saved shape (the whole
+        item then, so that DCP reports the mismatch as it words it)."""
+        it: Optional[dict[str, Any]] = None
+        seen: dict[tuple[int, ...], Any] = {}
+        for offsets, sizes in boxes:
+            try:
+                it = self._reader.item_part(fqn, offsets, sizes)
+            except ValueError:
+                return None
+            for c in it["chunks"]:
+                seen.setdefault(tuple(c[0]), c)
+        if it is not None:
+            it["chunks"] = list(seen.values())
+        return it
 
     def __contains__(self, fqn: object) -> bool:
         return fqn in self._names

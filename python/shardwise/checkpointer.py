@@ -39,7 +39,7 @@ from torch.distributed.checkpoint.stateful import Stateful
 
 from . import _core, _staging, metrics, tiers
 from ._progress import ProgressArg
-from .dcp import Reader, Writer, _corrupt
+from .dcp import LoadPlanner, Reader, Writer, _corrupt
 
 log = logging.getLogger("shardwise")
 
@@ -840,7 +840,8 @@ class Checkpointer:
             reader = Reader(path, progress=self.progress)
             try:
                 self._open_everywhere(reader)
-                dcp.load(state_dict, storage_reader=reader, process_group=self.process_group)
+                dcp.load(state_dict, storage_reader=reader, process_group=self.process_group,
+                         planner=LoadPlanner())
                 log.info("loaded %s", path)
                 return s
             except BaseException as e:  # DCP's CheckpointException is a BaseException
@@ -1284,7 +1285,7 @@ class Checkpointer:
             path = (os.path.join(self.root, name) if tier_of[rank] == tiers.ROOT
                     else os.path.join(own_root, name))
             dcp.load(state_dict, storage_reader=Reader(path, progress=self.progress),
-                     no_dist=True)
+                     no_dist=True, planner=LoadPlanner())
         except BaseException as e:  # DCP's CheckpointException is a BaseException
             if isinstance(e, (KeyboardInterrupt, SystemExit)):
                 raise

@@ -65,7 +65,7 @@ except ImportError:  # pragma: no cover
 
 log = logging.getLogger("shardwise")
 
-__all__ = ["Writer", "Reader", "save", "async_save", "load"]
+__all__ = ["Writer", "Reader", "LoadPlanner", "save", "async_save", "load"]
 
 PathLike = Union[str, "os.PathLike[str]"]
 
@@ -618,9 +618,54 @@ def _complete_when_staged(fut: Any, snap: _staging.Snapshot) -> None:
 _READ_BATCH_BYTES = 256 << 20
 
 
+class LoadPlanner(DefaultLoadPlanner):
+    """DCP's ``DefaultLoadPlanner`` that plans from this rank's part only.
+
+    The default planner intersects each sharded tensor's local part with
+    every saved chunk of it, so with a stock reader each rank of an R-rank
+    restart reads R chunk records per item. With a shardwise :class:`Reader`
+    this planner first tells the metadata which part of each DTensor (or
+    ShardedTensor) the rank loads; each entry then resolves to the saved
+    chunks that overlap it, found with a box lookup in the index (a few
+    4 KiB blocks per item, however many ranks saved it). The plan is the
+    same as the default planner's. ``shardwise.dcp.load`` and
+    ``shardwise.Checkpointer`` use it unless given a planner; with torch's
+    ``dcp.load``, pass ``planner=shardwise.dcp.LoadPlanner()``. Takes the
+    ``DefaultLoadPlanner`` arguments.
+    """
+
+    def set_up_planner(self, state_dict: dict[str, Any], metadata: Optional[Metadata] = None,
+                       is_coordinator: bool = False) -> None:
+        super().set_up_planner(state_dict, metadata, is_coordinator)
+        saved = getattr(metadata, "state_dict_metadata", None)
+        if isinstance(saved, _metadata.LazyStateDictMetadata):
+            saved.expect(_local_parts(self.state_dict))
+
+
+def _local_parts(state_dict: dict[str, Any]) -> dict[str, list[tuple[list[int], list[int]]]]:
+    """The boxes of its global shape that each sharded tensor holds here."""
+    try:
+        from torch.distributed.checkpoint.planner_helpers import _create_chunk_list
+        from torch.distributed.tensor import DTensor
+    except ImportError:  # pragma: no cover - a torch without them
+        return {}
+    parts: dict[str, list[tuple[list[int], list[int]]]] = {}
+    for fqn, obj in state_dict.items():
+        # Plain tensors are whole: their part is every chunk anyway.
+        if not isinstance(obj, torch.Tensor) or type(obj) is torch.Tensor:
+            continue
+        if not hasattr(obj, "__create_chunk_list__"):
+            continue
+        if isinstance(obj, DTensor) and obj.device_mesh.get_coordinate() is None:
+            continue  # not on this rank's mesh: DCP plans nothing for it
+        parts[fqn] = [([int(x) for x in c.offsets], [int(x) for x in c.sizes])
+                      for c in _create_chunk_list(obj)]
+    return parts
+
+
 class _TensorRead(NamedTuple):
     req: Any  # DCP's ReadItem
-    chunk: int  # the saved chunk it reads from
+    chunk_at: list[int]  # where the saved chunk it reads from starts
     target: torch.Tensor
     saved_dtype: torch.dtype
     direct: bool  # read straight into target (else into host memory, then copied)
@@ -658,8 +703,9 @@ class Reader(StorageReader):
         self.metadata_error: Optional[BaseException] = None
         self._core: Any = None
         self._header: Optional[dict[str, Any]] = None
-        # Per item resolved so far: its dtype, shape, and chunk numbers by offsets.
-        self._items: dict[str, tuple[str, list[int], dict[tuple[int, ...], int]]] = {}
+        # Every item's kind, dtype and shape, from the items table (no chunk
+        # records): filled on first use.
+        self._headers: dict[str, tuple[str, str, list[int]]] = {}
 
     def __getstate__(self) -> dict[str, Any]:
         return {k: v for k, v in self.__dict__.items() if k not in ("_core", "metadata_error")}
@@ -676,7 +722,7 @@ class Reader(StorageReader):
             raise ValueError("shardwise.dcp.Reader needs a checkpoint directory")
         self._core = None
         self._header = None
-        self._items = {}
+        self._headers = {}
         self.load_id = _new_id()
 
     def _open(self) -> Any:
@@ -687,28 +733,30 @@ class Reader(StorageReader):
                 raise ValueError("shardwise.dcp.Reader needs a checkpoint directory")
             self._core = _core.Reader(os.fspath(self.path), self.options)
             self._header = self._core.header()
-            self._items = {}
+            self._headers = {}
         return self._core
 
-    def _item(self, fqn: str) -> tuple[str, list[int], dict[tuple[int, ...], int]]:
-        hit = self._items.get(fqn)
+    def _item_header(self, fqn: str) -> tuple[str, str, list[int]]:
+        """The item's kind, dtype and shape (no chunk records are read)."""
+        if not self._headers:
+            self._headers = {name: (kind, dtype, list(shape))
+                             for name, kind, dtype, shape in self._open().item_headers()}
+        hit = self._headers.get(fqn)
         if hit is None:
-            try:
-                it = self._open().item(fqn)
-            except FileNotFoundError:
-                raise _corrupt(f"{self.path}: the checkpoint has no item {fqn!r}",
-                               self.path) from None
-            whole = [[[0], [int(x) for x in it["shape"]]]]
-            if it["kind"] == "bytes" and [[[int(x) for x in o], [int(x) for x in z]]
-                                          for o, z in it["chunks"]] != whole:
-                # The validator checks a value's dtype and rank, not that one
-                # chunk holds it: its size must not come from the shape alone.
-                raise _corrupt(f"{self.path}: item {fqn!r} is a stored value of "
-                               f"{it['shape'][0]} bytes that is not one chunk holding all of "
-                               "them", self.path)
-            chunks = {tuple(o): i for i, (o, _) in enumerate(it["chunks"])}
-            hit = self._items[fqn] = (it["dtype"], list(it["shape"]), chunks)
+            raise _corrupt(f"{self.path}: the checkpoint has no item {fqn!r}", self.path)
         return hit
+
+    def _value_size(self, fqn: str) -> int:
+        """The byte count of a stored value, which one chunk must hold whole
+        (the validator checks a value's dtype and rank, not that one chunk
+        holds it: its size must not come from the shape alone)."""
+        _, _, shape = self._item_header(fqn)
+        it = self._open().item(fqn)  # a value is one record
+        if [[[int(x) for x in o], [int(x) for x in z]] for o, z in it["chunks"]] != \
+                [[[0], [int(x) for x in shape]]]:
+            raise _corrupt(f"{self.path}: item {fqn!r} is a stored value of {shape[0]} bytes "
+                           "that is not one chunk holding all of them", self.path)
+        return int(shape[0])
 
     def read_metadata(self, *args: Any) -> Metadata:
         """DCP ``Metadata`` whose ``state_dict_metadata`` resolves each entry
@@ -798,21 +846,19 @@ class Reader(StorageReader):
         values: list[tuple[Any, torch.Tensor]] = []  # (request, its bytes)
         for req in plan.items:
             fqn = req.storage_index.fqn
-            dtype, shape, chunks = self._item(fqn)
             if req.type == LoadItemType.BYTE_IO:
-                values.append((req, self._value_buffer(fqn, int(shape[0]))))
+                values.append((req, self._value_buffer(fqn, self._value_size(fqn))))
                 continue
-            offsets = tuple(int(x) for x in req.storage_index.offset)
-            chunk = chunks.get(offsets)
-            if chunk is None:
-                raise _corrupt(f"{self.path}: item {fqn!r} has no chunk at offsets {list(offsets)}",
-                               self.path)
+            _, dtype, _ = self._item_header(fqn)
             saved_dtype = _metadata.dtype_from_name(dtype)
             target = planner.resolve_tensor(req).detach()
             direct = (target.device.type == "cpu" and target.is_contiguous()
                       and target.dtype == saved_dtype)
             nbytes = math.prod(int(x) for x in req.lengths) * saved_dtype.itemsize
-            reads.append(_TensorRead(req, chunk, target, saved_dtype, direct, nbytes))
+            # The engine finds the saved chunk by where it starts (a box
+            # lookup in the index: a few blocks, not the item's every chunk).
+            reads.append(_TensorRead(req, [int(x) for x in req.storage_index.offset], target,
+                                     saved_dtype, direct, nbytes))
         with Progress(self.progress, sum(r.nbytes for r in reads), "load") as bar:
             # Batches of about 256 MiB: parallel inside, progress between.
             # A batch goes to the planner as soon as it is read, so what
@@ -847,8 +893,9 @@ class Reader(StorageReader):
         then copies into the target; commits each to the planner."""
         dsts = [r.target if r.direct else torch.empty(list(r.req.lengths), dtype=r.saved_dtype)
                 for r in reads]
-        core.read([_core.ReadRequest(r.req.storage_index.fqn, r.chunk, list(r.req.storage_offsets),
-                                     list(r.req.lengths), dst.data_ptr(), r.nbytes)
+        core.read([_core.ReadRequest(r.req.storage_index.fqn, 0, list(r.req.storage_offsets),
+                                     list(r.req.lengths), dst.data_ptr(), r.nbytes,
+                                     chunk_at=r.chunk_at)
                    for r, dst in zip(reads, dsts)])
         for r, dst in zip(reads, dsts):
             if not r.direct:
@@ -920,6 +967,8 @@ def load(state_dict: dict[str, Any], *, checkpoint_id: Optional[PathLike] = None
             raise ValueError("shardwise.dcp.load needs a checkpoint_id (a checkpoint directory "
                              "ROOT/NAME) or a storage_reader")
         storage_reader = Reader(checkpoint_id)
+    if kwargs.get("planner") is None:
+        kwargs["planner"] = LoadPlanner()
     try:
         _dcp.load(state_dict, checkpoint_id=checkpoint_id, storage_reader=storage_reader,
                   **kwargs)

@@ -47,7 +47,6 @@ def test_a_load_reads_only_the_metadata_of_its_items(tmp_path):
     dcp.load(state, storage_reader=reader, no_dist=True)
     for k in want:
         assert torch.equal(state[k], _state()[k])
-    assert sorted(reader._items) == sorted(want)  # only these were resolved
     per_item = (reader._core.metadata_bytes_read() - opened) / len(want)
     assert per_item <= 4 * 4096, per_item
     whole = shardwise._core.Reader(path, {})

@@ -140,6 +140,10 @@ struct PyReadRequest {
   std::uintptr_t address = 0;
   std::uint64_t nbytes = 0;
   std::vector<std::int64_t> dst_shape, dst_offsets;
+  // Non-empty: the chunk is the one that starts at these offsets of the
+  // item's global shape (found with a box lookup: in format 2 a few index
+  // blocks, not the item's every record), and `chunk` is unused.
+  std::vector<std::int64_t> chunk_at;
 };
 
 // A one-shot signal set from C++ threads without the GIL (e.g. "the items'
@@ -283,16 +287,25 @@ class PyReader {
   // One item: kind, dtype, shape and its chunks' boxes (format 2 reads only
   // this item's records). KeyError-like NotFound when absent.
   nb::dict Item(const std::string& name) {
-    const ItemRecord* it = Unlocked([&] { return reader_->Item(name); });
-    nb::dict d;
-    d["name"] = it->name;
-    d["kind"] = std::string(ItemKindName(it->kind));
-    d["dtype"] = std::string(DTypeName(it->dtype));
-    d["shape"] = it->shape;
-    nb::list chunks;
-    for (const ChunkRecord& c : it->chunks) chunks.append(nb::make_tuple(c.offsets, c.sizes));
-    d["chunks"] = chunks;
-    return d;
+    return ItemDict(Unlocked([&] { return reader_->Item(name); }));
+  }
+
+  // The same with only the chunks that overlap the box [offsets, offsets +
+  // sizes) of the item's global shape: in format 2 a few index blocks
+  // however many chunks the item has.
+  nb::dict ItemPart(const std::string& name, const std::vector<std::int64_t>& offsets,
+                    const std::vector<std::int64_t>& sizes) {
+    return ItemDict(Unlocked([&] { return reader_->ItemPart(name, offsets, sizes); }));
+  }
+
+  // Every item's name, kind, dtype and shape, from the items table (no
+  // chunk records are read).
+  nb::list ItemHeaders() const {
+    nb::list out;
+    for (const ItemRecord& it : reader_->ItemHeaders())
+      out.append(nb::make_tuple(it.name, std::string(ItemKindName(it.kind)),
+                                std::string(DTypeName(it.dtype)), it.shape));
+    return out;
   }
 
   std::uint64_t MetadataBytesRead() const { return reader_->metadata_bytes_read(); }
@@ -302,15 +315,8 @@ class PyReader {
       std::vector<ReadRequest> out;
       out.reserve(reqs.size());
       for (const PyReadRequest& r : reqs) {
-        auto it = reader_->Item(r.item);
-        if (!it.ok()) {
-          if (it.status().code() != StatusCode::kNotFound) return it.status();
-          return Corrupt(reader_->dir() + ": the checkpoint has no item '" + r.item + "'",
-                         reader_->dir());
-        }
         ReadRequest q;
-        q.item = *it;
-        q.chunk = r.chunk;
+        SW_ASSIGN_OR_RETURN(std::tie(q.item, q.chunk), Locate(r));
         q.offsets = r.offsets;
         q.lengths = r.lengths;
         q.dst = reinterpret_cast<void*>(r.address);
@@ -332,6 +338,40 @@ class PyReader {
   }
 
  private:
+  static nb::dict ItemDict(const ItemRecord* it) {
+    nb::dict d;
+    d["name"] = it->name;
+    d["kind"] = std::string(ItemKindName(it->kind));
+    d["dtype"] = std::string(DTypeName(it->dtype));
+    d["shape"] = it->shape;
+    nb::list chunks;
+    for (const ChunkRecord& c : it->chunks) chunks.append(nb::make_tuple(c.offsets, c.sizes));
+    d["chunks"] = chunks;
+    return d;
+  }
+
+  // The item record and chunk number a request reads. What the checkpoint
+  // lacks is damage of the checkpoint (the plan came from its metadata).
+  Result<std::pair<const ItemRecord*, std::size_t>> Locate(const PyReadRequest& r) {
+    auto lacks = [&](const std::string& what) {
+      return Corrupt(reader_->dir() + ": the checkpoint has no " + what, reader_->dir());
+    };
+    auto it = r.chunk_at.empty()
+                  ? reader_->Item(r.item)
+                  : reader_->ItemPart(r.item, r.chunk_at,
+                                      std::vector<std::int64_t>(r.chunk_at.size(), 1));
+    if (!it.ok()) {
+      if (it.status().code() != StatusCode::kNotFound) return it.status();
+      return lacks("item '" + r.item + "'");
+    }
+    if (r.chunk_at.empty()) return std::make_pair(*it, r.chunk);
+    for (std::size_t k = 0; k < (*it)->chunks.size(); ++k)
+      if ((*it)->chunks[k].offsets == r.chunk_at) return std::make_pair(*it, k);
+    std::string at;
+    for (std::int64_t v : r.chunk_at) at += (at.empty() ? "" : ", ") + std::to_string(v);
+    return lacks("chunk of item '" + r.item + "' at offsets [" + at + "]");
+  }
+
   std::unique_ptr<CheckpointReader> reader_;
 };
 
@@ -603,15 +643,17 @@ void BindSaveTypes(nb::module_& m) {
            [](PyReadRequest* r, std::string item, std::size_t chunk,
               std::vector<std::int64_t> offsets, std::vector<std::int64_t> lengths,
               std::uintptr_t address, std::uint64_t nbytes, std::vector<std::int64_t> dst_shape,
-              std::vector<std::int64_t> dst_offsets) {
-             new (r) PyReadRequest{std::move(item), chunk,  std::move(offsets),
-                                   std::move(lengths), address, nbytes,
-                                   std::move(dst_shape), std::move(dst_offsets)};
+              std::vector<std::int64_t> dst_offsets, std::vector<std::int64_t> chunk_at) {
+             new (r) PyReadRequest{std::move(item),      chunk,   std::move(offsets),
+                                   std::move(lengths),   address, nbytes,
+                                   std::move(dst_shape), std::move(dst_offsets),
+                                   std::move(chunk_at)};
            },
            "item"_a, "chunk"_a = 0, "offsets"_a = std::vector<std::int64_t>{},
            "lengths"_a = std::vector<std::int64_t>{}, "address"_a, "nbytes"_a,
            "dst_shape"_a = std::vector<std::int64_t>{},
-           "dst_offsets"_a = std::vector<std::int64_t>{})
+           "dst_offsets"_a = std::vector<std::int64_t>{},
+           "chunk_at"_a = std::vector<std::int64_t>{})
       .def_ro("item", &PyReadRequest::item)
       .def_ro("chunk", &PyReadRequest::chunk)
       .def_ro("nbytes", &PyReadRequest::nbytes);
@@ -707,6 +749,8 @@ void BindRepository(nb::module_& m) {
       .def("header", &PyReader::Header)
       .def("item_names", &PyReader::ItemNames)
       .def("item", &PyReader::Item, "name"_a)
+      .def("item_part", &PyReader::ItemPart, "name"_a, "offsets"_a, "sizes"_a)
+      .def("item_headers", &PyReader::ItemHeaders)
       .def("metadata_bytes_read", &PyReader::MetadataBytesRead)
       .def("read", &PyReader::Read, "requests"_a)
       .def("check_files", &PyReader::CheckFiles)

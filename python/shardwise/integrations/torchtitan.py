@@ -133,7 +133,8 @@ class ShardwiseCheckpointManager(CheckpointManager):
             # Hugging Face or stock DCP (a job's checkpoints from before the
             # switch, a seed checkpoint): torchtitan's own path.
             return super().dcp_load(state_dict, checkpoint_id, from_hf, from_quantized)
-        dcp.load(state_dict, storage_reader=_sdcp.Reader(checkpoint_id))
+        dcp.load(state_dict, storage_reader=_sdcp.Reader(checkpoint_id),
+                 planner=_sdcp.LoadPlanner())
         # As torchtitan: the model's states are flattened into the state dict.
         if MODEL in self.states:
             self.states[MODEL].load_state_dict(state_dict)

@@ -163,8 +163,10 @@ class LazyStateDictMetadata(Mapping[str, Any]):
         return len(self._names)
 
     def __reduce__(self) -> Any:
-        # Pickled (DCP's process-based async paths): as a plain dict.
-        return (dict, (dict(self.items()),))
+        # Pickled (DCP's process-based async paths): as a plain dict of whole
+        # entries, never this rank's narrowed ones.
+        whole = LazyStateDictMetadata(self._reader, self._names, self._grad)
+        return (dict, (dict(whole.items()),))
 
 
 def lazy(reader: Any, header: dict[str, Any], checkpoint_id: str) -> Metadata:

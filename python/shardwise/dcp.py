@@ -643,21 +643,24 @@ class LoadPlanner(DefaultLoadPlanner):
 
 
 def _local_parts(state_dict: dict[str, Any]) -> dict[str, list[tuple[list[int], list[int]]]]:
-    """The boxes of its global shape that each sharded tensor holds here."""
+    """The boxes of its global shape that each sharded tensor holds here
+    (DCP's own chunk list of it, which its planning intersects)."""
     try:
+        from torch.distributed._shard.sharded_tensor import ShardedTensor
         from torch.distributed.checkpoint.planner_helpers import _create_chunk_list
         from torch.distributed.tensor import DTensor
     except ImportError:  # pragma: no cover - a torch without them
         return {}
     parts: dict[str, list[tuple[list[int], list[int]]]] = {}
     for fqn, obj in state_dict.items():
-        # Plain tensors are whole: their part is every chunk anyway.
-        if not isinstance(obj, torch.Tensor) or type(obj) is torch.Tensor:
-            continue
-        if not hasattr(obj, "__create_chunk_list__"):
+        # Plain tensors (parameters too) are whole: every chunk is theirs.
+        if not (isinstance(obj, ShardedTensor) or hasattr(obj, "__create_chunk_list__")):
             continue
         if isinstance(obj, DTensor) and obj.device_mesh.get_coordinate() is None:
-            continue  # not on this rank's mesh: DCP plans nothing for it
+            # Not on this rank's mesh: DCP checks its size, then plans
+            # nothing for it. An empty box resolves the shape alone.
+            parts[fqn] = [([0] * obj.dim(), [0] * obj.dim())]
+            continue
         parts[fqn] = [([int(x) for x in c.offsets], [int(x) for x in c.sizes])
                       for c in _create_chunk_list(obj)]
     return parts

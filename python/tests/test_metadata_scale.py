@@ -68,6 +68,24 @@ def test_a_load_reads_only_the_metadata_of_its_items(tmp_path):
         sdm["nope"]
 
 
+@pytest.mark.parametrize("version", [1, 2])
+def test_a_read_finds_its_chunk_by_where_it_starts(tmp_path, version):
+    path = str(tmp_path / "step-000000000005")
+    _save(path, format_version=version)
+    core = shardwise._core.Reader(path, {})
+    out = torch.zeros(16)
+    core.read([shardwise._core.ReadRequest("layers.7.w", 0, address=out.data_ptr(), nbytes=64,
+                                           chunk_at=[0])])
+    assert torch.equal(out, _state()["layers.7.w"])
+    # A start where no chunk starts, or outside the shape: the checkpoint
+    # lacks what the plan asked for, named with the directory.
+    for at in ([5], [100], [0, 0]):
+        with pytest.raises(shardwise.CorruptCheckpointError) as e:
+            core.read([shardwise._core.ReadRequest("layers.7.w", 0, address=out.data_ptr(),
+                                                   nbytes=64, chunk_at=at)])
+        assert f"{path}: the checkpoint has no chunk of item 'layers.7.w' at offsets" in str(e.value)
+
+
 def test_allow_partial_load_and_missing_keys(tmp_path):
     path = str(tmp_path / "step-000000000005")
     _save(path)

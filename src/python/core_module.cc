@@ -17,6 +17,7 @@
 #include <condition_variable>
 #include <functional>
 #include <iostream>
+#include <map>
 #include <mutex>
 #include <sstream>
 #include <type_traits>
@@ -245,6 +246,79 @@ class PyRepository {
   std::unique_ptr<Repository> repo_;
 };
 
+// Finds the item record and chunk number of each request of one read call.
+// A chunk named by where it starts (chunk_at) is found with a box lookup of
+// that point (format 2: a few index blocks) where the call reads few chunks
+// of its item; where it reads many (a consolidating load), in format 1, or
+// for a chunk the point misses (one of no elements), the item's whole chunk
+// list is resolved once and keyed by start. What the checkpoint lacks is
+// damage of the checkpoint (the plan came from its metadata).
+class ChunkLocator {
+ public:
+  using Found = std::pair<const ItemRecord*, std::size_t>;
+
+  ChunkLocator(CheckpointReader& reader, const std::vector<PyReadRequest>& reqs)
+      : reader_(reader), whole_always_(reader.manifest().format_version < 2) {
+    for (const PyReadRequest& r : reqs)
+      if (!r.chunk_at.empty()) ++reads_of_[r.item];
+  }
+
+  Result<Found> operator()(const PyReadRequest& r) {
+    if (r.chunk_at.empty()) {
+      SW_ASSIGN_OR_RETURN(const ItemRecord* it, Resolved(reader_.Item(r.item), r));
+      return Found(it, r.chunk);
+    }
+    if (!whole_always_ && reads_of_[r.item] < kWholeFrom) {
+      auto part = reader_.ItemPart(r.item, r.chunk_at,
+                                   std::vector<std::int64_t>(r.chunk_at.size(), 1));
+      SW_ASSIGN_OR_RETURN(const ItemRecord* it, Resolved(std::move(part), r));
+      for (std::size_t k = 0; k < it->chunks.size(); ++k)
+        if (it->chunks[k].offsets == r.chunk_at) return Found(it, k);
+    }
+    auto w = whole_.find(r.item);
+    if (w == whole_.end()) {
+      SW_ASSIGN_OR_RETURN(const ItemRecord* it, Resolved(reader_.Item(r.item), r));
+      Whole made{it, {}};
+      for (std::size_t k = 0; k < it->chunks.size(); ++k) made.at.emplace(it->chunks[k].offsets, k);
+      w = whole_.emplace(r.item, std::move(made)).first;
+    }
+    if (auto k = w->second.at.find(r.chunk_at); k != w->second.at.end())
+      return Found(w->second.item, k->second);
+    return Lacks(r);
+  }
+
+ private:
+  static constexpr int kWholeFrom = 8;  // reads of one item's chunks in one call
+  struct Whole {
+    const ItemRecord* item;
+    std::map<std::vector<std::int64_t>, std::size_t> at;  // chunk number by start
+  };
+
+  Status Lacks(const PyReadRequest& r) const {
+    std::string what = "item '" + r.item + "'";
+    if (!r.chunk_at.empty()) {
+      std::string at;
+      for (std::int64_t v : r.chunk_at) at += (at.empty() ? "" : ", ") + std::to_string(v);
+      what = "chunk of " + what + " at offsets [" + at + "]";
+    }
+    return Corrupt(reader_.dir() + ": the checkpoint has no " + what, reader_.dir());
+  }
+
+  // A lookup's record; an item not there, or a start outside its shape, is
+  // what the checkpoint lacks.
+  Result<const ItemRecord*> Resolved(Result<const ItemRecord*> it, const PyReadRequest& r) const {
+    if (it.ok()) return *it;
+    const StatusCode c = it.status().code();
+    if (c != StatusCode::kNotFound && c != StatusCode::kInvalidArgument) return it.status();
+    return Lacks(r);
+  }
+
+  CheckpointReader& reader_;
+  const bool whole_always_;
+  std::unordered_map<std::string, int> reads_of_;
+  std::unordered_map<std::string, Whole> whole_;
+};
+
 class PyReader {
  public:
   PyReader(const std::string& dir, const nb::dict& options) {
@@ -314,9 +388,10 @@ class PyReader {
     Unlocked([&]() -> Status {
       std::vector<ReadRequest> out;
       out.reserve(reqs.size());
+      ChunkLocator locate(*reader_, reqs);
       for (const PyReadRequest& r : reqs) {
         ReadRequest q;
-        SW_ASSIGN_OR_RETURN(std::tie(q.item, q.chunk), Locate(r));
+        SW_ASSIGN_OR_RETURN(std::tie(q.item, q.chunk), locate(r));
         q.offsets = r.offsets;
         q.lengths = r.lengths;
         q.dst = reinterpret_cast<void*>(r.address);
@@ -348,28 +423,6 @@ class PyReader {
     for (const ChunkRecord& c : it->chunks) chunks.append(nb::make_tuple(c.offsets, c.sizes));
     d["chunks"] = chunks;
     return d;
-  }
-
-  // The item record and chunk number a request reads. What the checkpoint
-  // lacks is damage of the checkpoint (the plan came from its metadata).
-  Result<std::pair<const ItemRecord*, std::size_t>> Locate(const PyReadRequest& r) {
-    auto lacks = [&](const std::string& what) {
-      return Corrupt(reader_->dir() + ": the checkpoint has no " + what, reader_->dir());
-    };
-    auto it = r.chunk_at.empty()
-                  ? reader_->Item(r.item)
-                  : reader_->ItemPart(r.item, r.chunk_at,
-                                      std::vector<std::int64_t>(r.chunk_at.size(), 1));
-    if (!it.ok()) {
-      if (it.status().code() != StatusCode::kNotFound) return it.status();
-      return lacks("item '" + r.item + "'");
-    }
-    if (r.chunk_at.empty()) return std::make_pair(*it, r.chunk);
-    for (std::size_t k = 0; k < (*it)->chunks.size(); ++k)
-      if ((*it)->chunks[k].offsets == r.chunk_at) return std::make_pair(*it, k);
-    std::string at;
-    for (std::int64_t v : r.chunk_at) at += (at.empty() ? "" : ", ") + std::to_string(v);
-    return lacks("chunk of item '" + r.item + "' at offsets [" + at + "]");
   }
 
   std::unique_ptr<CheckpointReader> reader_;

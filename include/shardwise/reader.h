@@ -79,6 +79,15 @@ class CheckpointReader {
   // this record's chunks.
   Result<const ItemRecord*> ItemPart(std::string_view name, const std::vector<std::int64_t>& offsets,
                                      const std::vector<std::int64_t>& sizes);
+  // ItemPart for many boxes at once, results in order (a failed lookup's
+  // status in its place). In format 2 the lookups run in parallel, so their
+  // reads of index blocks are in flight together: a rank that loads its
+  // part of many items waits for a few round trips, not one per block.
+  struct PartQuery {
+    std::string name;
+    std::vector<std::int64_t> offsets, sizes;
+  };
+  std::vector<Result<const ItemRecord*>> ItemParts(std::span<const PartQuery> queries);
   // Bytes of metadata read so far (manifest.json, and the index's blocks).
   std::uint64_t metadata_bytes_read() const;
   const std::string& dir() const;

@@ -109,14 +109,23 @@ class LazyStateDictMetadata(Mapping[str, Any]):
         self._names = dict.fromkeys(names)  # ordered, O(1) membership
         self._grad = frozenset(requires_grad)
         self._resolved: dict[str, Any] = {}
-        self._parts: dict[str, list[tuple[list[int], list[int]]]] = {}
 
     def expect(self, parts: dict[str, list[tuple[list[int], list[int]]]]) -> None:
         """Entries not resolved yet will hold only the chunks that overlap
-        these boxes (offsets, sizes) of their global shape."""
-        for fqn, boxes in parts.items():
-            if fqn in self._names and fqn not in self._resolved and boxes:
-                self._parts[fqn] = boxes
+        these boxes (offsets, sizes) of their global shape. They are looked
+        up now, all in one call whose index reads are in flight together
+        (DCP asks for every one of them next, one at a time)."""
+        queries = [(fqn, o, s) for fqn, boxes in parts.items()
+                   if fqn in self._names and fqn not in self._resolved for o, s in boxes]
+        if not queries:
+            return
+        found: dict[str, list[Optional[dict[str, Any]]]] = {}
+        for (fqn, _, _), it in zip(queries, self._reader.item_parts(queries)):
+            found.setdefault(fqn, []).append(it)
+        for fqn, its in found.items():
+            it = self._union(its)
+            if it is not None:  # else a box did not fit: the whole item when asked
+                self._resolved[fqn] = self._entry(fqn, it)
 
     def __getitem__(self, fqn: str) -> Any:
         hit = self._resolved.get(fqn)
@@ -124,34 +133,28 @@ class LazyStateDictMetadata(Mapping[str, Any]):
             return hit
         if fqn not in self._names:
             raise KeyError(fqn)
-        it = self._part(fqn, self._parts.get(fqn, ()))
-        if it is None:
-            it = self._reader.item(fqn)
-        chunks = it["chunks"]
-        if it["kind"] == "bytes":
-            md: Any = BytesStorageMetadata()
-        else:
-            md = _tensor(it["dtype"], it["shape"], chunks, fqn in self._grad)
-        self._resolved[fqn] = md
+        md = self._resolved[fqn] = self._entry(fqn, self._reader.item(fqn))
         return md
 
-    def _part(self, fqn: str, boxes: Iterable[tuple[list[int], list[int]]]
-              ) -> Optional[dict[str, Any]]:
-        """The item with the chunks that overlap any of `boxes`; None when
-        there are none, or when a box does not fit the saved shape (the whole
-        item then, so that DCP reports the mismatch as it words it)."""
-        it: Optional[dict[str, Any]] = None
+    def _entry(self, fqn: str, it: dict[str, Any]) -> Any:
+        if it["kind"] == "bytes":
+            return BytesStorageMetadata()
+        return _tensor(it["dtype"], it["shape"], it["chunks"], fqn in self._grad)
+
+    @staticmethod
+    def _union(its: list[Optional[dict[str, Any]]]) -> Optional[dict[str, Any]]:
+        """One item's lookups, one per box, as one item with the chunks that
+        overlap any box; None when a box did not fit the saved shape (the
+        whole item then, so that DCP reports the mismatch as it words it)."""
+        if not its or any(it is None for it in its):
+            return None
         seen: dict[tuple[int, ...], Any] = {}
-        for offsets, sizes in boxes:
-            try:
-                it = self._reader.item_part(fqn, offsets, sizes)
-            except ValueError:
-                return None
-            for c in it["chunks"]:
+        for it in its:
+            for c in it["chunks"]:  # type: ignore[index]
                 seen.setdefault(tuple(c[0]), c)
-        if it is not None:
-            it["chunks"] = list(seen.values())
-        return it
+        out = dict(its[0])  # type: ignore[arg-type]
+        out["chunks"] = list(seen.values())
+        return out
 
     def __contains__(self, fqn: object) -> bool:
         return fqn in self._names

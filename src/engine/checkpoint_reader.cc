@@ -158,6 +158,17 @@ struct CheckpointReader::Impl {
   // chunks overlapping a box).
   Result<const ItemRecord*> Resolve(std::string_view name, const std::vector<std::int64_t>* offsets,
                                     const std::vector<std::int64_t>* sizes);
+  // Resolve's lookup, without keeping the record: index_mu held by the
+  // caller; lookups of several items may run at once under it.
+  Result<ItemRecord> LookUp(std::string_view name, const std::vector<std::int64_t>* offsets,
+                            const std::vector<std::int64_t>* sizes);
+  // Keeps a looked-up record for the reader's life; index_mu held.
+  const ItemRecord* Keep(ItemRecord rec, bool whole) {
+    const ItemRecord* out = &resolved.emplace_back(std::move(rec));
+    known.insert(out);
+    if (whole) whole_items.emplace(out->name, out);
+    return out;
+  }
 
   bool Known(const ItemRecord* it) {
     std::lock_guard lock(index_mu);
@@ -469,6 +480,13 @@ Result<const ItemRecord*> CheckpointReader::Impl::Resolve(std::string_view name,
   std::lock_guard lock(index_mu);
   if (!offsets)
     if (auto hit = whole_items.find(std::string(name)); hit != whole_items.end()) return hit->second;
+  SW_ASSIGN_OR_RETURN(ItemRecord rec, LookUp(name, offsets, sizes));
+  return Keep(std::move(rec), !offsets);
+}
+
+Result<ItemRecord> CheckpointReader::Impl::LookUp(std::string_view name,
+                                                  const std::vector<std::int64_t>* offsets,
+                                                  const std::vector<std::int64_t>* sizes) {
   const std::size_t i = index->Find(name);
   if (i == index->items().size()) return NotFound("no item '" + std::string(name) + "' in " + dir);
   ItemRecord rec = index->items()[i];
@@ -478,9 +496,30 @@ Result<const ItemRecord*> CheckpointReader::Impl::Resolve(std::string_view name,
     SW_ASSIGN_OR_RETURN(rec.chunks, index->Chunks(i));
   }
   SW_RETURN_IF_ERROR(CheckTiles(rec, offsets, sizes, dir));
-  const ItemRecord* out = &resolved.emplace_back(std::move(rec));
-  known.insert(out);
-  if (!offsets) whole_items.emplace(std::string(name), out);
+  return rec;
+}
+
+std::vector<Result<const ItemRecord*>> CheckpointReader::ItemParts(
+    std::span<const PartQuery> queries) {
+  std::vector<Result<const ItemRecord*>> out;
+  out.reserve(queries.size());
+  if (!impl_->index) {
+    for (const PartQuery& q : queries) out.push_back(Item(q.name));
+    return out;
+  }
+  Impl& m = *impl_;
+  std::lock_guard lock(m.index_mu);
+  std::vector<Result<ItemRecord>> found(queries.size(), Status(StatusCode::kInternal, "unread"));
+  // The lookups wait on reads of index blocks far more than on the CPU
+  // (a cold index on a parallel filesystem is a round trip per block):
+  // many in flight, whatever the core count.
+  ParallelFor(0, queries.size(), static_cast<int>(std::min<std::size_t>(queries.size(), 16)),
+              [&](std::size_t k) {
+                found[k] = m.LookUp(queries[k].name, &queries[k].offsets, &queries[k].sizes);
+              });
+  for (auto& f : found)
+    out.push_back(f.ok() ? Result<const ItemRecord*>(m.Keep(std::move(*f), false))
+                         : Result<const ItemRecord*>(f.status()));
   return out;
 }
 

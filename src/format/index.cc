@@ -1,7 +1,9 @@
 #include "format/index.h"
 
 #include <algorithm>
+#include <atomic>
 #include <cstring>
+#include <mutex>
 #include <unordered_map>
 #include <utility>
 
@@ -341,10 +343,13 @@ struct IndexReader::Impl {
   std::vector<ItemRecord> items;
   std::vector<Entry> entries;
   std::unordered_map<std::string_view, std::size_t> by_name;
+  // Lookups of items (Chunks, ChunksOverlapping, File) may run on several
+  // threads at once: the caches below are theirs to share, under `mu`.
+  std::mutex mu;
   std::unordered_map<std::uint64_t, std::string> cache;  // verified blocks
   std::unordered_map<std::uint32_t, FileRecord> files;
   std::string whole;  // the whole logical stream, once ReadAll loaded it
-  std::uint64_t bytes_read = 0;
+  std::atomic<std::uint64_t> bytes_read{0};
 
   Status Bad(const std::string& what) const { return Corrupt(path + ": " + what, path); }
 
@@ -381,24 +386,35 @@ struct IndexReader::Impl {
     }
     std::uint64_t done = 0;
     for (std::uint64_t b = b0; b < b1; ++b) {
-      const char* blk;
-      if (!big.empty()) {
-        blk = big.data() + (b - b0) * kIndexBlockBytes;
-      } else {
-        auto it = cache.find(b);
-        if (it == cache.end()) {
-          if (cache.size() >= kCacheBlocks) cache.clear();
-          std::string fresh(kIndexBlockBytes, '\0');
-          SW_RETURN_IF_ERROR(ReadBlocks(b, b + 1, fresh.data()));
-          it = cache.emplace(b, std::move(fresh)).first;
-        }
-        blk = it->second.data();
-      }
       const std::uint64_t within = b == b0 ? off % kIndexPayloadBytes : 0;
       const std::uint64_t take = std::min<std::uint64_t>(kIndexPayloadBytes - within, len - done);
-      std::memcpy(out->data() + done, blk + within, take);
+      if (!big.empty()) {
+        std::memcpy(out->data() + done, big.data() + (b - b0) * kIndexBlockBytes + within, take);
+      } else {
+        SW_RETURN_IF_ERROR(CachedBlock(b, within, take, out->data() + done));
+      }
       done += take;
     }
+    return Status::Ok();
+  }
+
+  // Copies [within, within + take) of block b's payload into dst, reading
+  // and checking the block first where the cache does not hold it. The read
+  // runs outside the lock: lookups on other threads read theirs meanwhile.
+  Status CachedBlock(std::uint64_t b, std::uint64_t within, std::uint64_t take, char* dst) {
+    {
+      std::lock_guard lock(mu);
+      if (auto it = cache.find(b); it != cache.end()) {
+        std::memcpy(dst, it->second.data() + within, take);
+        return Status::Ok();
+      }
+    }
+    std::string fresh(kIndexBlockBytes, '\0');
+    SW_RETURN_IF_ERROR(ReadBlocks(b, b + 1, fresh.data()));
+    std::memcpy(dst, fresh.data() + within, take);
+    std::lock_guard lock(mu);
+    if (cache.size() >= kCacheBlocks) cache.clear();
+    cache.emplace(b, std::move(fresh));
     return Status::Ok();
   }
 
@@ -491,7 +507,10 @@ Status IndexReader::Impl::OpenItems(std::uint64_t items_off, std::uint64_t items
 }
 
 Result<FileRecord> IndexReader::Impl::File(std::uint32_t f) {
-  if (auto it = files.find(f); it != files.end()) return it->second;
+  {
+    std::lock_guard lock(mu);
+    if (auto it = files.find(f); it != files.end()) return it->second;
+  }
   if (f >= commit.index.files)
     return Bad("index refers to file " + std::to_string(f) + " of " +
                std::to_string(commit.index.files));
@@ -508,6 +527,7 @@ Result<FileRecord> IndexReader::Impl::File(std::uint32_t f) {
   rec.name = ShardName(rec.rank, part);
   rec.backend = backend == kThreads ? "threads" : backend == kUring ? "uring" : "other";
   rec.direct_io = direct == 1;
+  std::lock_guard lock(mu);
   files.emplace(f, rec);
   return rec;
 }
@@ -724,6 +744,6 @@ Result<Manifest> IndexReader::ReadAll() {
   return out;
 }
 
-std::uint64_t IndexReader::bytes_read() const { return impl_->bytes_read; }
+std::uint64_t IndexReader::bytes_read() const { return impl_->bytes_read.load(); }
 
 }  // namespace shardwise::format

@@ -69,7 +69,9 @@ using IndexReadFn = std::function<Status(std::uint64_t offset, std::size_t len, 
 
 // Reads an index a piece at a time. Every block read is checked against its
 // CRC32C, and every record against the rules of docs/format.md, before it
-// is used. Not thread-safe: callers serialize.
+// is used. Chunks, ChunksOverlapping and File may run on several threads at
+// once (their reads too; read_fn must allow it, as pread does); ReadAll
+// may not run beside anything.
 class IndexReader {
  public:
   // Reads the header and the items table, and checks them against the

@@ -372,6 +372,33 @@ class PyReader {
     return ItemDict(Unlocked([&] { return reader_->ItemPart(name, offsets, sizes); }));
   }
 
+  // ItemPart for many (name, offsets, sizes) at once, the lookups in
+  // parallel: a dict per query, or None where the box does not fit the
+  // item (InvalidArgument) or the item is absent; other errors raise.
+  nb::list ItemParts(const std::vector<std::tuple<std::string, std::vector<std::int64_t>,
+                                                  std::vector<std::int64_t>>>& queries) {
+    std::vector<CheckpointReader::PartQuery> q;
+    q.reserve(queries.size());
+    for (const auto& [name, offsets, sizes] : queries) q.push_back({name, offsets, sizes});
+    std::vector<Result<const ItemRecord*>> found;
+    {
+      nb::gil_scoped_release release;
+      found = reader_->ItemParts(q);
+    }
+    nb::list out;
+    for (auto& f : found) {
+      if (f.ok()) {
+        out.append(ItemDict(*f));
+        continue;
+      }
+      const StatusCode c = f.status().code();
+      if (c != StatusCode::kInvalidArgument && c != StatusCode::kNotFound)
+        Check(f.status());  // raises it, mapped as every error is
+      out.append(nb::none());
+    }
+    return out;
+  }
+
   // Every item's name, kind, dtype and shape, from the items table (no
   // chunk records are read).
   nb::list ItemHeaders() const {
@@ -803,6 +830,7 @@ void BindRepository(nb::module_& m) {
       .def("item_names", &PyReader::ItemNames)
       .def("item", &PyReader::Item, "name"_a)
       .def("item_part", &PyReader::ItemPart, "name"_a, "offsets"_a, "sizes"_a)
+      .def("item_parts", &PyReader::ItemParts, "queries"_a)
       .def("item_headers", &PyReader::ItemHeaders)
       .def("metadata_bytes_read", &PyReader::MetadataBytesRead)
       .def("read", &PyReader::Read, "requests"_a)

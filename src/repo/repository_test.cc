@@ -407,6 +407,65 @@ bool HoldsGathered(Repository& repo, const std::string& name, std::uint64_t seed
   return report.ok() && report->problems.empty();
 }
 
+// ItemParts: many lookups at once (in parallel threads over one index
+// reader) give what ItemPart gives one at a time; a failed lookup's status
+// stands in its place; the chunks found read back.
+TEST_F(RepositoryTest, ItemPartsLookUpManyBoxesAtOnce) {
+  constexpr int kRanks = 96, kItems = 24, kRows = 2;  // 96 chunks an item: a fence
+  SaveSpec spec;
+  spec.step = 1;
+  spec.world_size = kRanks;
+  spec.save_id = "parts";
+  spec.gathered = true;
+  std::vector<std::string> indexes(kRanks);
+  for (int r = 0; r < kRanks; ++r) {
+    OwnedItems it;
+    for (int i = 0; i < kItems; ++i)
+      it.Add("layer." + std::to_string(i), DType::kInt16, {kRanks * kRows, 3}, 1000 * i + r,
+             {r * kRows, 0}, {kRows, 3});
+    spec.rank = r;
+    auto rr = repo_->WriteRank(spec, it.items);
+    ASSERT_TRUE(rr.ok()) << rr.status().ToString();
+    indexes[r] = rr->index;
+  }
+  spec.rank = 0;
+  ASSERT_TRUE(repo_->CommitGathered(spec, indexes).ok());
+  auto reader = repo_->OpenCheckpoint("step-000000000001");
+  ASSERT_TRUE(reader.ok());
+  std::vector<CheckpointReader::PartQuery> queries;
+  for (int i = 0; i < kItems; ++i)  // rows of ranks i+1 .. i+3
+    queries.push_back({"layer." + std::to_string(i), {(i + 1) * kRows + 1, 0}, {2 * kRows, 3}});
+  queries.push_back({"no.such.item", {0, 0}, {1, 1}});
+  queries.push_back({"layer.0", {kRanks * kRows, 0}, {1, 3}});  // outside the shape
+  auto many = (*reader)->ItemParts(queries);
+  ASSERT_EQ(many.size(), queries.size());
+  auto one = repo_->OpenCheckpoint("step-000000000001");
+  ASSERT_TRUE(one.ok());
+  for (int i = 0; i < kItems; ++i) {
+    ASSERT_TRUE(many[i].ok()) << many[i].status().ToString();
+    auto single = (*one)->ItemPart(queries[i].name, queries[i].offsets, queries[i].sizes);
+    ASSERT_TRUE(single.ok());
+    ASSERT_EQ((*many[i])->chunks.size(), 3u) << i;
+    for (std::size_t k = 0; k < 3; ++k) {
+      EXPECT_EQ((*many[i])->chunks[k].offsets, (*single)->chunks[k].offsets);
+      EXPECT_EQ((*many[i])->chunks[k].crc32c, (*single)->chunks[k].crc32c);
+    }
+    // The middle chunk is rank i+2's: it reads back as that rank wrote it.
+    OwnedItems want;
+    want.Add("x", DType::kInt16, {kRows, 3}, 1000 * i + i + 2);
+    std::vector<std::byte> back(want.items[0].nbytes);
+    ReadRequest q;
+    q.item = *many[i];
+    q.chunk = 1;
+    q.dst = back.data();
+    q.dst_bytes = back.size();
+    ASSERT_TRUE((*reader)->Read({&q, 1}).ok());
+    EXPECT_EQ(std::memcmp(back.data(), want.items[0].data, back.size()), 0) << i;
+  }
+  EXPECT_EQ(many[kItems].status().code(), StatusCode::kNotFound);
+  EXPECT_EQ(many[kItems + 1].status().code(), StatusCode::kInvalidArgument);
+}
+
 // The gathered commit: no fragment files, nothing awaited; damaged or
 // foreign indexes are refused naming the rank.
 TEST_F(RepositoryTest, GatheredCommitWritesNoFragments) {

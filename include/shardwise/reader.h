@@ -80,9 +80,12 @@ class CheckpointReader {
   Result<const ItemRecord*> ItemPart(std::string_view name, const std::vector<std::int64_t>& offsets,
                                      const std::vector<std::int64_t>& sizes);
   // ItemPart for many boxes at once, results in order (a failed lookup's
-  // status in its place). In format 2 the lookups run in parallel, so their
-  // reads of index blocks are in flight together: a rank that loads its
-  // part of many items waits for a few round trips, not one per block.
+  // status in its place; records live as long as the reader, as ItemPart's).
+  // In format 2 up to 16 lookups run at once: each one's reads of index
+  // blocks (fence, records, checksums, file record) still come one after
+  // another, but the lookups' reads are in flight together, so a rank that
+  // loads its part of many items waits about a sixteenth of the round
+  // trips. Other lookups of this reader wait for the batch.
   struct PartQuery {
     std::string name;
     std::vector<std::int64_t> offsets, sizes;

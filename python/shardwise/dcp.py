@@ -656,13 +656,14 @@ def _local_parts(state_dict: dict[str, Any]) -> dict[str, list[tuple[list[int], 
         # Plain tensors (parameters too) are whole: every chunk is theirs.
         if not (isinstance(obj, ShardedTensor) or hasattr(obj, "__create_chunk_list__")):
             continue
+        # Not on this rank's mesh, or no shard here: DCP checks the size,
+        # then plans nothing. An empty box resolves the shape alone.
+        nothing = [([0] * len(obj.size()), [0] * len(obj.size()))]
         if isinstance(obj, DTensor) and obj.device_mesh.get_coordinate() is None:
-            # Not on this rank's mesh: DCP checks its size, then plans
-            # nothing for it. An empty box resolves the shape alone.
-            parts[fqn] = [([0] * obj.dim(), [0] * obj.dim())]
+            parts[fqn] = nothing
             continue
         parts[fqn] = [([int(x) for x in c.offsets], [int(x) for x in c.sizes])
-                      for c in _create_chunk_list(obj)]
+                      for c in _create_chunk_list(obj)] or nothing
     return parts
 
 

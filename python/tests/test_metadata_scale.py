@@ -86,6 +86,23 @@ def test_a_read_finds_its_chunk_by_where_it_starts(tmp_path, version):
         assert f"{path}: the checkpoint has no chunk of item 'layers.7.w' at offsets" in str(e.value)
 
 
+def test_expected_parts_are_looked_up_together(tmp_path):
+    path = str(tmp_path / "step-000000000005")
+    _save(path)
+    core = shardwise._core.Reader(path, {})
+    found = core.item_parts([("layers.3.w", [4], [2]), ("nope", [0], [1]),
+                             ("layers.3.w", [20], [1]), ("layers.3.w", [0, 0], [1, 1])])
+    assert found[0]["name"] == "layers.3.w" and found[0]["chunks"] == [([0], [16])]
+    assert found[1:] == [None, None, None]  # absent item, box outside, box of another rank
+    # expect(): a part that fits is resolved now; one whose box does not fit
+    # the saved shape (a state dict of another shape) resolves whole when
+    # asked, so that DCP words the mismatch.
+    sdm = Reader(path).read_metadata().state_dict_metadata
+    sdm.expect({"layers.3.w": [([4], [2])], "layers.4.w": [([0], [2]), ([30], [4])]})
+    assert "layers.3.w" in sdm._resolved and "layers.4.w" not in sdm._resolved
+    assert [list(c.offsets) for c in sdm["layers.4.w"].chunks] == [[0]]
+
+
 def test_allow_partial_load_and_missing_keys(tmp_path):
     path = str(tmp_path / "step-000000000005")
     _save(path)

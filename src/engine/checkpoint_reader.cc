@@ -540,7 +540,8 @@ Result<const ItemRecord*> CheckpointReader::ItemPart(std::string_view name,
 }
 
 std::uint64_t CheckpointReader::metadata_bytes_read() const {
-  std::lock_guard lock(impl_->index_mu);
+  // No lock: the index is set at Open and counts atomically, so asking
+  // never waits for an ItemParts batch.
   return impl_->manifest_bytes + (impl_->index ? impl_->index->bytes_read() : 0);
 }
 

@@ -271,9 +271,13 @@ class ChunkLocator {
     if (!whole_always_ && reads_of_[r.item] < kWholeFrom) {
       auto part = reader_.ItemPart(r.item, r.chunk_at,
                                    std::vector<std::int64_t>(r.chunk_at.size(), 1));
-      SW_ASSIGN_OR_RETURN(const ItemRecord* it, Resolved(std::move(part), r));
-      for (std::size_t k = 0; k < it->chunks.size(); ++k)
-        if (it->chunks[k].offsets == r.chunk_at) return Found(it, k);
+      // A point outside the shape (an empty chunk at the item's edge) is
+      // looked for in the whole list below.
+      if (part.ok() || part.status().code() != StatusCode::kInvalidArgument) {
+        SW_ASSIGN_OR_RETURN(const ItemRecord* it, Resolved(std::move(part), r));
+        for (std::size_t k = 0; k < it->chunks.size(); ++k)
+          if (it->chunks[k].offsets == r.chunk_at) return Found(it, k);
+      }
     }
     auto w = whole_.find(r.item);
     if (w == whole_.end()) {

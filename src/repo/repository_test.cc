@@ -407,16 +407,22 @@ bool HoldsGathered(Repository& repo, const std::string& name, std::uint64_t seed
   return report.ok() && report->problems.empty();
 }
 
+// Step 1 of a gathered save of `world` ranks.
+SaveSpec GatheredSpec(int world, const std::string& save_id) {
+  SaveSpec spec;
+  spec.step = 1;
+  spec.world_size = world;
+  spec.save_id = save_id;
+  spec.gathered = true;
+  return spec;
+}
+
 // ItemParts: many lookups at once (in parallel threads over one index
 // reader) give what ItemPart gives one at a time; a failed lookup's status
 // stands in its place; the chunks found read back.
 TEST_F(RepositoryTest, ItemPartsLookUpManyBoxesAtOnce) {
   constexpr int kRanks = 96, kItems = 24, kRows = 2;  // 96 chunks an item: a fence
-  SaveSpec spec;
-  spec.step = 1;
-  spec.world_size = kRanks;
-  spec.save_id = "parts";
-  spec.gathered = true;
+  SaveSpec spec = GatheredSpec(kRanks, "parts");
   std::vector<std::string> indexes(kRanks);
   for (int r = 0; r < kRanks; ++r) {
     OwnedItems it;
@@ -446,10 +452,9 @@ TEST_F(RepositoryTest, ItemPartsLookUpManyBoxesAtOnce) {
     auto single = (*one)->ItemPart(queries[i].name, queries[i].offsets, queries[i].sizes);
     ASSERT_TRUE(single.ok());
     ASSERT_EQ((*many[i])->chunks.size(), 3u) << i;
-    for (std::size_t k = 0; k < 3; ++k) {
-      EXPECT_EQ((*many[i])->chunks[k].offsets, (*single)->chunks[k].offsets);
-      EXPECT_EQ((*many[i])->chunks[k].crc32c, (*single)->chunks[k].crc32c);
-    }
+    ASSERT_EQ((*single)->chunks.size(), 3u) << i;
+    for (std::size_t k = 0; k < 3; ++k)
+      EXPECT_TRUE(testing::SameChunk((*many[i])->chunks[k], (*single)->chunks[k])) << i;
     // The middle chunk is rank i+2's: it reads back as that rank wrote it.
     OwnedItems want;
     want.Add("x", DType::kInt16, {kRows, 3}, 1000 * i + i + 2);
@@ -565,11 +570,7 @@ TEST_F(RepositoryTest, ReplaceNeverRemovesWhatIsNotACheckpoint) {
 // checkpoint's 64 files; without the cap every read would fail with EMFILE.
 TEST_F(RepositoryTest, AReaderKeepsFewFilesOpen) {
   constexpr int kRanks = 64, kPer = 300;
-  SaveSpec spec;
-  spec.step = 1;
-  spec.world_size = kRanks;
-  spec.save_id = "many";
-  spec.gathered = true;
+  SaveSpec spec = GatheredSpec(kRanks, "many");
   std::vector<std::string> indexes(kRanks);
   std::vector<OwnedItems> state(kRanks);
   for (int r = 0; r < kRanks; ++r) {

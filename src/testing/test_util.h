@@ -83,6 +83,12 @@ inline std::string RecyclingUnavailable(const TempDir& dir) {
 }
 
 // Owns the bytes of a list of items.
+// Every field of two chunk records alike.
+inline bool SameChunk(const ChunkRecord& a, const ChunkRecord& b) {
+  return a.offsets == b.offsets && a.sizes == b.sizes && a.file == b.file &&
+         a.offset == b.offset && a.length == b.length && a.crc32c == b.crc32c;
+}
+
 struct OwnedItems {
   std::vector<WriteItem> items;
   std::vector<std::vector<std::byte>> data;

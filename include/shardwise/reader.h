@@ -81,11 +81,11 @@ class CheckpointReader {
                                      const std::vector<std::int64_t>& sizes);
   // ItemPart for many boxes at once, results in order (a failed lookup's
   // status in its place; records live as long as the reader, as ItemPart's).
-  // In format 2 up to 16 lookups run at once: each one's reads of index
+  // In format 2 up to 64 lookups run at once: each one's reads of index
   // blocks (fence, records, checksums, file record) still come one after
   // another, but the lookups' reads are in flight together, so a rank that
-  // loads its part of many items waits about a sixteenth of the round
-  // trips. Other lookups of this reader wait for the batch.
+  // loads its part of many items waits for a few rounds of reads, not one
+  // per block. Other lookups of this reader wait for the batch.
   struct PartQuery {
     std::string name;
     std::vector<std::int64_t> offsets, sizes;

@@ -248,8 +248,8 @@ class PyRepository {
 
 // Finds the item record and chunk number of each request of one read call.
 // A chunk named by where it starts (chunk_at) is found with a box lookup of
-// that point (format 2: a few index blocks) where the call reads few chunks
-// of its item; where it reads many (a consolidating load), in format 1, or
+// that point (format 2: a few index blocks; the call's lookups made together,
+// ItemParts) where the call reads few chunks of its item; where it reads many (a consolidating load), in format 1, or
 // for a chunk the point misses (one of no elements), the item's whole chunk
 // list is resolved once and keyed by start. What the checkpoint lacks is
 // damage of the checkpoint (the plan came from its metadata).
@@ -261,6 +261,15 @@ class ChunkLocator {
       : reader_(reader), whole_always_(reader.manifest().format_version < 2) {
     for (const PyReadRequest& r : reqs)
       if (!r.chunk_at.empty()) ++reads_of_[r.item];
+    if (whole_always_) return;
+    std::vector<CheckpointReader::PartQuery> points;
+    for (const PyReadRequest& r : reqs)
+      if (!r.chunk_at.empty() && reads_of_[r.item] < kWholeFrom &&
+          parts_.emplace(Key(r), Status(StatusCode::kInternal, "unread")).second)
+        points.push_back({r.item, r.chunk_at, std::vector<std::int64_t>(r.chunk_at.size(), 1)});
+    auto found = reader.ItemParts(points);
+    for (std::size_t k = 0; k < points.size(); ++k)
+      parts_.at({points[k].name, points[k].offsets}) = std::move(found[k]);
   }
 
   Result<Found> operator()(const PyReadRequest& r) {
@@ -268,13 +277,11 @@ class ChunkLocator {
       SW_ASSIGN_OR_RETURN(const ItemRecord* it, Resolved(reader_.Item(r.item), r));
       return Found(it, r.chunk);
     }
-    if (!whole_always_ && reads_of_[r.item] < kWholeFrom) {
-      auto part = reader_.ItemPart(r.item, r.chunk_at,
-                                   std::vector<std::int64_t>(r.chunk_at.size(), 1));
+    if (auto p = parts_.find(Key(r)); p != parts_.end()) {
       // A point outside the shape (an empty chunk at the item's edge) is
       // looked for in the whole list below.
-      if (part.ok() || part.status().code() != StatusCode::kInvalidArgument) {
-        SW_ASSIGN_OR_RETURN(const ItemRecord* it, Resolved(std::move(part), r));
+      if (p->second.ok() || p->second.status().code() != StatusCode::kInvalidArgument) {
+        SW_ASSIGN_OR_RETURN(const ItemRecord* it, Resolved(p->second, r));
         for (std::size_t k = 0; k < it->chunks.size(); ++k)
           if (it->chunks[k].offsets == r.chunk_at) return Found(it, k);
       }
@@ -293,6 +300,8 @@ class ChunkLocator {
 
  private:
   static constexpr int kWholeFrom = 8;  // reads of one item's chunks in one call
+  using PointKey = std::pair<std::string, std::vector<std::int64_t>>;
+  static PointKey Key(const PyReadRequest& r) { return {r.item, r.chunk_at}; }
   struct Whole {
     const ItemRecord* item;
     std::map<std::vector<std::int64_t>, std::size_t> at;  // chunk number by start
@@ -320,6 +329,7 @@ class ChunkLocator {
   CheckpointReader& reader_;
   const bool whole_always_;
   std::unordered_map<std::string, int> reads_of_;
+  std::map<PointKey, Result<const ItemRecord*>> parts_;  // the point lookups made
   std::unordered_map<std::string, Whole> whole_;
 };
 

@@ -235,6 +235,36 @@ class SaveHandle:
                 self._unhook()
         return None
 
+    def _report_failure(self, leaving: Optional[BaseException]) -> None:
+        """For a save abandoned by a with-block left on ``leaving``: its
+        error, unless already raised, is noted on ``leaving`` when the save
+        has failed by now, else logged once it fails."""
+        future = self._future
+        if future is None or self._error_seen:
+            return
+
+        def text(e: BaseException) -> str:
+            e = _underlying(e)
+            return (f"shardwise: the save of step {self.step}, in flight when the "
+                    f"Checkpointer's with-block was left on an error, failed: "
+                    f"{type(e).__name__}: {e}")
+
+        if future.done():
+            e = future.exception()
+            note = getattr(leaving, "add_note", None)  # Python 3.11+
+            if e is not None and note is not None:
+                note(text(e))
+            elif e is not None:
+                log.error("%s", text(e))
+            return
+
+        def report(f: ConcurrentFuture) -> None:
+            e = f.exception()
+            if e is not None:
+                log.error("%s", text(e))
+
+        future.add_done_callback(report)
+
     def exception(self) -> Optional[BaseException]:
         """The save's error (the rank's own, as ``wait()`` raises it), or
         None while it runs or when it committed."""
@@ -1313,7 +1343,13 @@ class Checkpointer:
             self.close()
             return
         # Leaving on an error, maybe on this rank alone: no collective (the
-        # other ranks may never reach it); the error goes on as it is.
+        # other ranks may never reach it); the error goes on as it is. A save
+        # still in flight is not waited for (it may wait on ranks that left),
+        # but its failure is not lost: noted on the error when it already
+        # failed, logged when it fails later.
+        pending, self._pending = self._pending, None
+        if pending is not None:
+            pending._report_failure(exc[1])
         self._writer.close()
         if self.local_root is not None:
             self._background.shutdown(wait=False)

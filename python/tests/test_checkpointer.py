@@ -411,6 +411,51 @@ def test_without_a_process_group_the_next_save_raises_an_unseen_error(tmp_path):
     ck.close()
 
 
+
+def test_a_with_block_left_on_an_error_keeps_the_failed_saves_error(tmp_path, caplog):
+    """Leaving the with-block on an error does not wait for the save in
+    flight, and does not lose its failure: noted on the leaving error when
+    the save has failed by then, logged when it fails after."""
+    import sys
+    import threading
+    import time
+    with shardwise.Checkpointer(tmp_path) as ck:
+        ck.save(1, {"w": torch.ones(8)}).wait()
+    with pytest.raises(KeyError) as raised:
+        with shardwise.Checkpointer(tmp_path) as ck:
+            h = ck.save(1, {"w": torch.ones(8)})  # step 1 exists: fails in the background
+            while not h.done():
+                time.sleep(0.01)
+            raise KeyError("the loop's own error")
+    if sys.version_info >= (3, 11):
+        notes = getattr(raised.value, "__notes__", [])
+        assert any("save of step 1" in n and "FileExistsError" in n for n in notes), notes
+
+    # Still in flight when the block is left: logged once it fails.
+    gate = threading.Event()
+    ck = shardwise.Checkpointer(tmp_path)
+    real = ck._writer._write_data
+
+    def held(*args, **kwargs):
+        gate.wait(30)
+        return real(*args, **kwargs)
+
+    ck._writer._write_data = held
+    with caplog.at_level("ERROR", logger="shardwise"):
+        with pytest.raises(KeyError):
+            with ck:
+                h = ck.save(1, {"w": torch.ones(8)})
+                raise KeyError("the loop's own error")
+        assert not h.done()
+        gate.set()
+        with pytest.raises(FileExistsError):
+            h.wait(30)
+        deadline = time.monotonic() + 10
+        while "save of step 1" not in caplog.text and time.monotonic() < deadline:
+            time.sleep(0.01)
+    assert "save of step 1" in caplog.text and "FileExistsError" in caplog.text
+    assert ck.steps() == [1]
+
 def _set_immutable(path: str, on: bool) -> bool:
     """chattr +i / -i through FS_IOC_SETFLAGS: a file even root cannot
     unlink. False where the filesystem or the process cannot."""

@@ -13,6 +13,7 @@
 #include <map>
 #include <mutex>
 #include <string>
+#include <system_error>
 #include <thread>
 
 #include "common/parallel.h"
@@ -325,6 +326,7 @@ struct StagingLease::Impl {
       std::thread t = std::move(background);
       lock.unlock();
       t.join();
+      os::RunPoint("staging_joined");  // tests: another Release while the lock is let go
       lock.lock();
     }
   }
@@ -364,13 +366,23 @@ Status StagingLease::StageInBackground(std::vector<Copy> copies, int threads) {
   SW_RETURN_IF_ERROR(impl_->Record(copies));
   impl_->copying = true;
   const int n = threads > 0 ? threads : std::max(1, CpusPerLocalRank() - 1);
-  impl_->background = std::thread([impl = impl_.get(), copies = std::move(copies), n]() mutable {
+  auto work = std::make_shared<std::vector<Copy>>(std::move(copies));
+  auto copy = [impl = impl_.get(), work, n] {
     os::PausePoint("staging_background");
-    impl->CopyAll(std::move(copies), n);
+    impl->CopyAll(std::move(*work), n);
     std::lock_guard done(impl->mu);
     impl->copying = false;
     impl->cv.notify_all();
-  });
+  };
+  try {
+    impl_->background = std::thread(copy);
+  } catch (const std::system_error&) {
+    // No thread to be had (EAGAIN: a container's pids limit): the copy
+    // runs here, before this returns; slower, never a lease whose waiters
+    // wait for a copy that never started.
+    lock.unlock();
+    copy();
+  }
   return Status::Ok();
 }
 
@@ -411,6 +423,10 @@ void StagingLease::Release() {
     std::unique_lock lock(impl_->mu);
     if (impl_->released) return;
     impl_->JoinBackground(lock);  // never hand out memory a copy still writes
+    // JoinBackground lets the lock go while it joins: a Release on another
+    // thread may have released the slab meanwhile, and it may be leased
+    // again already. Only one Release gives it back.
+    if (impl_->released) return;
     impl_->released = true;
   }
   {

@@ -10,6 +10,7 @@
 
 #include "io/aligned_buffer.h"
 #include "io/registered_memory.h"
+#include "os/fault.h"
 #include "shardwise/shardwise.h"
 #include "testing/holds.h"
 #include "testing/test_util.h"
@@ -198,6 +199,32 @@ TEST(StagingLease, ReleaseWaitsForTheBackgroundCopy) {
   EXPECT_TRUE((*lease)->released());
   EXPECT_EQ((*lease)->copied_bytes(), n);
   EXPECT_FALSE((*lease)->Stage({}).ok());  // a released lease takes no copies
+}
+
+TEST(StagingLease, ReleasedTwiceAtOnceGivesTheSlabBackOnce) {
+  // A Release that joins the background copy lets the lease's lock go; a
+  // second Release gets in, gives the slab back, and a new save leases it.
+  // The first must not then give back the new save's slab.
+  StagingPool pool;
+  const std::uint64_t n = 8 * kMiB;
+  std::vector<std::byte> src(n, std::byte{5});
+  auto first = pool.Acquire(n);
+  ASSERT_TRUE(first.ok());
+  ASSERT_TRUE((*first)->StageInBackground({{src.data(), 0, n}}, 1).ok());
+  std::shared_ptr<StagingLease> next;
+  os::SetRunPoint("staging_joined", [&] {
+    (*first)->Release();
+    auto again = pool.Acquire(n);
+    ASSERT_TRUE(again.ok());
+    EXPECT_EQ((*again)->data(), (*first)->data());  // the slab, leased anew
+    next = *again;
+  });
+  (*first)->Release();
+  os::SetRunPoint("", {});
+  ASSERT_NE(next, nullptr);
+  auto third = pool.Acquire(n);  // `next` still holds its slab: a new one
+  ASSERT_TRUE(third.ok());
+  EXPECT_NE((*third)->data(), next->data());
 }
 
 TEST(StagingLease, FindLocatesUnreleasedLeasesByAddress) {

@@ -351,8 +351,13 @@ Result<std::vector<DirEntry>> ListDir(const std::string& dir) {
   DIR* d = ::opendir(dir.c_str());
   if (!d) return IoError("opendir", dir, errno);
   std::vector<DirEntry> out;
-  errno = 0;
-  while (struct dirent* e = ::readdir(d)) {
+  // readdir reports an error only through errno, and leaves it alone at
+  // the end of the directory: it is cleared before every call (an lstat
+  // below of an entry renamed away meanwhile sets it).
+  for (;;) {
+    errno = 0;
+    struct dirent* e = ::readdir(d);
+    if (e == nullptr) break;
     if (std::strcmp(e->d_name, ".") == 0 || std::strcmp(e->d_name, "..") == 0)
       continue;
     unsigned char type = e->d_type;

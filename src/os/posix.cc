@@ -257,18 +257,19 @@ Status ClearNonBlocking(int fd, const std::string& path) {
 
 Status RenameExchange(const std::string& a, const std::string& b) {
   int err = 0;
-  if (Injected(Op::kRename, &err))
-    return IoError("rename (exchange)", a + " <-> " + b, err);
-  if (::renameat2(AT_FDCWD, a.c_str(), AT_FDCWD, b.c_str(), RENAME_EXCHANGE) ==
-      0) {
-    power_loss::AfterExchange(a, b);
-    return Status::Ok();
+  if (!Injected(Op::kRename, &err)) {
+    if (::renameat2(AT_FDCWD, a.c_str(), AT_FDCWD, b.c_str(), RENAME_EXCHANGE) == 0) {
+      power_loss::AfterExchange(a, b);
+      return Status::Ok();
+    }
+    err = errno;
   }
-  if (errno == EINVAL || errno == ENOSYS || errno == EOPNOTSUPP)
+  // An injected errno means what the kernel's would (EINVAL: a filesystem
+  // without the exchange, as Lustre).
+  if (err == EINVAL || err == ENOSYS || err == EOPNOTSUPP)
     return Status(StatusCode::kUnavailable,
-                  "rename (exchange) " + a + " <-> " + b + ": not supported",
-                  errno, a);
-  return IoError("rename (exchange)", a + " <-> " + b, errno);
+                  "rename (exchange) " + a + " <-> " + b + ": not supported", err, a);
+  return IoError("rename (exchange)", a + " <-> " + b, err);
 }
 
 Status Mkdir(const std::string& path, mode_t mode, bool exist_ok) {

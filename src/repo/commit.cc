@@ -269,7 +269,12 @@ Result<CommitResult> PublishCommit(const std::string& root, const SaveSpec& spec
       // No RENAME_EXCHANGE (e.g. Lustre): NAME is briefly absent, never mixed.
       SW_RETURN_IF_ERROR(os::Rename(final_dir, old));
       os::CrashPoint("old_moved_aside");
-      SW_RETURN_IF_ERROR(os::Rename(staging, final_dir));
+      if (Status moved = os::Rename(staging, final_dir); !moved.ok()) {
+        // NAME is absent: the old checkpoint goes back before the error is
+        // reported (else a restart found none until gc put it back).
+        if (os::RenameNoReplace(old, final_dir).ok()) (void)os::FsyncDir(root);
+        return moved;
+      }
     } else {
       return x;
     }

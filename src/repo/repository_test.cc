@@ -702,6 +702,42 @@ TEST_F(RepositoryTest, UserMetadataRoundTrips) {
   EXPECT_EQ(Committed(*repo_).size(), 1u);
 }
 
+// A replace where the filesystem has no RENAME_EXCHANGE (Lustre) moves the
+// old checkpoint aside, then renames the new one in. Whichever rename of
+// the save fails, NAME afterwards holds the old checkpoint or the new one,
+// complete: never nothing.
+TEST_F(RepositoryTest, AReplaceWithoutExchangeNeverLeavesTheNameEmpty) {
+  ASSERT_TRUE(Save(5, 1).ok());
+  os::SetFaults({});
+  ASSERT_TRUE(Save(5, 2, /*replace=*/true).ok());
+  const std::uint64_t renames = os::Count(os::Op::kRename);
+  ASSERT_GE(renames, 2u);
+  const std::string name = Repository::StepName(5);
+  std::uint64_t holds = 2;
+  for (std::uint64_t n = 1; n <= renames; ++n) {
+    // Rename n as a filesystem without the exchange refuses it; rename n+2
+    // fails. Where n is the exchange, n+1 moves the old copy aside and n+2
+    // is the rename of the new one into NAME.
+    os::SetFaults({{os::Op::kRename, n, false, EINVAL, false, false},
+                   {os::Op::kRename, n + 2, false, EIO, false, false}});
+    const std::uint64_t seed = 10 + n;
+    auto r = Save(5, seed, /*replace=*/true);
+    os::ClearFaults();
+    // A failure after the new one is in NAME (moving the old copy off,
+    // `latest`) is reported, and NAME holds the new one, complete.
+    if (r.ok() || !Holds(*repo_, name, holds)) {
+      EXPECT_TRUE(Holds(*repo_, name, seed)) << "rename #" << n << ": "
+                                             << (r.ok() ? "ok" : r.status().ToString());
+      holds = seed;
+    }
+    GcOptions gc;
+    gc.staging_grace_s = 0;
+    ASSERT_TRUE(repo_->Gc(gc).ok());
+  }
+  EXPECT_TRUE(Save(5, 99, /*replace=*/true).ok());
+  EXPECT_TRUE(Holds(*repo_, name, 99));
+}
+
 // Every fsync and rename of a save is failed in turn. Each time: the error
 // names a path, nothing new is committed, the previous checkpoint is intact,
 // gc cleans up, and the next save works.

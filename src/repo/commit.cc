@@ -326,10 +326,16 @@ Result<CommitResult> Repository::Commit(const SaveSpec& in) {
   auto result = CommitNormalized(spec);
   const std::string staging = StagingDir(spec);
   if (!result.ok() && os::Exists(staging)) {
-    // Tell ranks in WaitCommitted to stop waiting. Best effort: the disk may
-    // be what failed.
-    (void)os::WriteFileAtomic(os::JoinPath(staging, names::kCommitFailed),
-                              result.status().ToString() + "\n");
+    // Tell ranks in WaitCommitted to stop waiting; they look for the name
+    // only. First the name alone: an empty file takes no data blocks, so it
+    // is made where a full disk (often why the commit failed) refuses the
+    // reason's bytes. Then, best effort, the reason in its place.
+    const std::string marker = os::JoinPath(staging, names::kCommitFailed);
+    if (auto f = os::Open(marker, O_WRONLY | O_CREAT | O_EXCL, 0644); f.ok()) {
+      (void)f->Close();
+      (void)os::FsyncDir(staging);
+    }
+    (void)os::WriteFileAtomic(marker, result.status().ToString() + "\n");
   }
   if (result.ok()) RequestExportFor(*result);
   return result;

@@ -3,6 +3,8 @@
 // tests in shard_io_test.cc and async_saver_test.cc still run).
 #include <sys/mount.h>
 #include <sys/statvfs.h>
+#include <fcntl.h>
+#include <unistd.h>
 
 #include <gtest/gtest.h>
 
@@ -85,6 +87,49 @@ TEST_F(SmallFs, DiskFullMidSaveFailsCleanlyKeepsThePreviousAndReclaimsSpace) {
   spec.step = 3;
   OwnedItems small = State(512, 3);
   EXPECT_TRUE((*repo)->Save(spec, small.items).ok());
+}
+
+// Every rank's shard is written, then the disk fills before the commit:
+// the commit fails, and the ranks waiting for it learn so at once from
+// commit.failed (made without data blocks), not after commit_timeout_s.
+TEST_F(SmallFs, ACommitThatFindsTheDiskFullStopsTheWaitingRanks) {
+  std::string root = mnt_ + "/ckpt";
+  auto repo = Repository::Open(root, Options());
+  ASSERT_TRUE(repo.ok());
+  SaveSpec spec;
+  spec.step = 1;
+  spec.world_size = 2;
+  spec.save_id = "diskfullcommit";
+  for (int r = 0; r < 2; ++r) {
+    OwnedItems part;
+    part.Add("w" + std::to_string(r), DType::kFloat32, {256, 1024}, 1 + r);  // 1 MiB each
+    spec.rank = r;
+    ASSERT_TRUE((*repo)->WriteRank(spec, part.items).ok());
+  }
+  {  // Fill what is left.
+    auto fill = os::Open(mnt_ + "/filler", O_WRONLY | O_CREAT | O_TRUNC, 0644);
+    ASSERT_TRUE(fill.ok());
+    std::string block(1 << 16, 'x');
+    while (::write(fill->fd(), block.data(), block.size()) > 0) {
+    }
+    std::string one(1, 'x');
+    while (::write(fill->fd(), one.data(), 1) > 0) {
+    }
+  }
+  ASSERT_EQ(FreeBytes(), 0u);
+  spec.rank = 0;
+  auto c = (*repo)->Commit(spec);
+  ASSERT_FALSE(c.ok());
+  EXPECT_EQ(c.status().err(), ENOSPC) << c.status().ToString();
+  spec.rank = 1;
+  const double t0 = os::MonotonicSeconds();
+  Status waited = (*repo)->WaitCommitted(spec, 60);
+  EXPECT_EQ(waited.code(), StatusCode::kAborted) << waited.ToString();
+  EXPECT_LT(os::MonotonicSeconds() - t0, 5.0);
+  EXPECT_NE(waited.ToString().find("commit.failed"), std::string::npos) << waited.ToString();
+  auto latest = (*repo)->Latest();
+  ASSERT_TRUE(latest.ok());
+  EXPECT_FALSE(*latest);  // nothing was committed
 }
 
 TEST_F(SmallFs, DiskFullDuringAnAsyncSaveIsReportedAndRecoverable) {

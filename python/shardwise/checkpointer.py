@@ -919,14 +919,14 @@ class Checkpointer:
         return value
 
     def _open_everywhere(self, reader: Reader) -> None:
-        """Opens ``reader`` (its manifest and index) on every rank, and
+        """Opens ``reader`` (its manifest, index and DCP metadata) on every rank, and
         raises on every rank if it failed on any: DCP would replace such an
         error by an AssertionError that drops it, and a rank alone would
         then fall back. Every rank raises an error of the same kind, so
         that load() takes the same branch everywhere."""
         mine: Optional[BaseException] = None
         try:
-            reader._open()
+            reader.read_metadata()  # the manifest, the index's items, the "dcp" block
         except Exception as e:
             mine = e
         self._raise_everywhere(mine)
@@ -1311,15 +1311,19 @@ class Checkpointer:
             except Exception as e:  # a missing or bad transfer, a busy tier: the next tier
                 return (False, time.monotonic() - t0, f"{type(e).__name__}: {e}",
                         ("tier", str(e), getattr(e, "path", None), None), e)
+        reader: Optional[Reader] = None
         try:
             path = (os.path.join(self.root, name) if tier_of[rank] == tiers.ROOT
                     else os.path.join(own_root, name))
-            dcp.load(state_dict, storage_reader=Reader(path, progress=self.progress),
-                     no_dist=True, planner=LoadPlanner())
+            reader = Reader(path, progress=self.progress)
+            dcp.load(state_dict, storage_reader=reader, no_dist=True, planner=LoadPlanner())
         except BaseException as e:  # DCP's CheckpointException is a BaseException
             if isinstance(e, (KeyboardInterrupt, SystemExit)):
                 raise
-            inner = _corruption(e) or _underlying(e)
+            # A failed read_metadata() comes out of torch's load as an
+            # AssertionError that drops it: the reader kept it.
+            inner = (_corruption(e) or getattr(reader, "metadata_error", None)
+                     or _underlying(e))
             return (False, time.monotonic() - t0, f"{type(inner).__name__}: {inner}",
                     _problem_of(inner), inner)
         return True, time.monotonic() - t0, "", None, None

@@ -365,6 +365,28 @@ def test_a_damaged_index_or_manifest_falls_back(tmp_path):
     assert ck.load(state) == 1  # the listing skips the invalid one
 
 
+def test_a_malformed_dcp_block_falls_back(tmp_path):
+    """A manifest whose checksum holds but whose "dcp" block does not parse
+    (a writer's bug, a crafted file) is damage: load() falls back, and an
+    explicit step raises CorruptCheckpointError naming the manifest, not
+    DCP's AssertionError ("metadata is None")."""
+    from dist_util import reseal
+
+    ck = shardwise.Checkpointer(tmp_path)
+    for step in (1, 2):
+        ck.save(step, {"w": torch.full((64,), float(step))}, blocking=True)
+    path = tmp_path / "step-000000000002"
+    m = json.loads((path / "manifest.json").read_text())
+    m["dcp"]["format"] = "not a format"
+    reseal(path, m)
+    state = {"w": torch.zeros(64)}
+    assert ck.load(state) == 1
+    assert torch.equal(state["w"], torch.full((64,), 1.0))
+    with pytest.raises(shardwise.CorruptCheckpointError, match=r"manifest.json.*\"dcp\""):
+        ck.load(state, step=2)
+    ck.close()
+
+
 def test_a_dcp_path_named_as_a_step_is_that_step(tmp_path):
     """The DCP idiom names the directory, not the step: the engine takes the
     step from a step-N name, so listings, `latest` and retention agree."""

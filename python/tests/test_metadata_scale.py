@@ -20,7 +20,7 @@ from torch.distributed.checkpoint.metadata import TensorStorageMetadata
 import shardwise
 from shardwise.dcp import Reader, Writer
 
-from dist_util import read_manifest
+from dist_util import read_manifest, reseal
 
 N = 3000  # items: enough that the index spans many blocks
 
@@ -118,14 +118,6 @@ def test_allow_partial_load_and_missing_keys(tmp_path):
     assert torch.equal(state["not.saved"], torch.zeros(2))
 
 
-def _crc32c(data: bytes) -> int:
-    crc = 0xFFFFFFFF
-    for b in data:
-        crc ^= b
-        for _ in range(8):
-            crc = (crc >> 1) ^ (0x82F63B78 if crc & 1 else 0)
-    return crc ^ 0xFFFFFFFF
-
 
 def _legacy_dcp_block(manifest: dict) -> dict:
     """The "dcp" block as releases before format 2 wrote it: every entry
@@ -159,13 +151,7 @@ def test_format_1_checkpoints_still_load_inspect_and_verify(tmp_path):
     # block), resealed with its self-checksum: it loads the same way.
     m = read_manifest(path)
     m["dcp"] = _legacy_dcp_block(m)
-    del m["self_crc32c"]
-    body = json.dumps(m, separators=(",", ":"))
-    assert body.endswith("}")
-    crc = _crc32c(body.encode())
-    sealed = body[:-1] + ',"self_crc32c":"%08x"}\n' % crc
-    with open(mpath, "w") as f:
-        f.write(sealed)
+    reseal(path, m)
     state = {"layers.2000.w": torch.zeros(16)}
     dcp.load(state, storage_reader=Reader(path), no_dist=True)
     assert torch.equal(state["layers.2000.w"], _state()["layers.2000.w"])
@@ -184,14 +170,6 @@ def test_format_1_checkpoints_still_load_inspect_and_verify(tmp_path):
         assert rc == 0, p
 
 
-def _reseal(path: str, m: dict) -> None:
-    """Writes manifest `m` into checkpoint `path`, sealed as a writer seals
-    it (format.md, "The self-checksum"): damage no checksum can see."""
-    m = {k: v for k, v in m.items() if k != "self_crc32c"}
-    body = json.dumps(m, separators=(",", ":"))
-    with open(os.path.join(path, "manifest.json"), "w") as f:
-        f.write(body[:-1] + ',"self_crc32c":"%08x"}\n' % _crc32c(body.encode()))
-
 
 def test_a_tensor_the_chunks_fill_in_part_is_refused_before_reading(tmp_path):
     # A manifest whose tensor is larger than its one chunk: DCP plans a read
@@ -201,7 +179,7 @@ def test_a_tensor_the_chunks_fill_in_part_is_refused_before_reading(tmp_path):
              storage_writer=Writer(path, step=5, format_version=1), no_dist=True)
     m = read_manifest(path)
     next(it for it in m["items"] if it["name"] == "w")["shape"] = [32]
-    _reseal(path, m)
+    reseal(path, m)
     state = {"w": torch.full((32,), -1.0), "b": torch.zeros(4)}
     with pytest.raises(CheckpointException) as refused:  # DCP wraps what read_data raised
         dcp.load(state, storage_reader=Reader(path), no_dist=True)
@@ -211,7 +189,7 @@ def test_a_tensor_the_chunks_fill_in_part_is_refused_before_reading(tmp_path):
     # A tensor no saved chunk reaches: DCP plans no read for it at all.
     w = next(it for it in m["items"] if it["name"] == "w")
     w["chunks"][0].update(sizes=[0], length=0, crc32c=[])
-    _reseal(path, m)
+    reseal(path, m)
     with pytest.raises(CheckpointException) as refused:
         dcp.load(state, storage_reader=Reader(path), no_dist=True)
     assert "item 'w': its saved chunks hold 0 of the 32 elements" in str(refused.value)

@@ -524,6 +524,27 @@ def test_a_tiered_load_raises_what_is_no_damage_and_keeps_the_copy(tmp_path: Pat
     ckpt.close()
 
 
+def test_a_tiered_load_takes_a_malformed_dcp_block_for_damage(tmp_path: Path) -> None:
+    """A local copy whose manifest's "dcp" block does not parse (checksum
+    intact) is damage of that tier: the root's copy serves."""
+    import torch
+
+    import shardwise
+    from dist_util import reseal
+
+    root, local = tmp_path / "root", tmp_path / "local"
+    ckpt = shardwise.Checkpointer(root, local_root=local)
+    ckpt.save(1, {"w": torch.full((4,), 1.0)}, blocking=True)
+    path = local / "rank-00000" / "step-000000000001"
+    m = json.loads((path / "manifest.json").read_text())
+    m["dcp"]["format"] = "not a format"
+    reseal(path, m)
+    state = {"w": torch.zeros(4)}
+    assert ckpt.load(state) == 1 and torch.equal(state["w"], torch.full((4,), 1.0))
+    assert ckpt.last_restore.tiers == ["root"]
+    ckpt.close()
+
+
 def test_a_local_root_of_another_root_is_never_read_nor_written(tmp_path: Path, caplog) -> None:
     """A node-local directory outlives the job: another root's checkpoints
     in it are not loaded as this root's, and are not written over."""

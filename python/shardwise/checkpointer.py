@@ -34,6 +34,7 @@ import torch.distributed as dist
 import torch.distributed.checkpoint as dcp
 from torch.distributed.checkpoint.api import CheckpointException
 from torch.distributed.checkpoint.default_planner import DefaultSavePlanner
+from torch.distributed.checkpoint.planner import SavePlanner
 from torch.distributed.checkpoint.state_dict_saver import AsyncCheckpointerType
 from torch.distributed.checkpoint.stateful import Stateful
 
@@ -966,6 +967,24 @@ class Checkpointer:
             if self.local_root is not None:
                 self._background.shutdown(wait=True)
                 self._buffers.clear()
+            self._drop_plan_cache()
+
+    def _drop_plan_cache(self) -> None:
+        """Forgets this Checkpointer's cached save plans (DCP keeps them in
+        class-level dicts, on rank 0 every rank's plans and the metadata)
+        and its save-id series: a job that makes a Checkpointer per phase
+        does not keep every old one's. A later save plans anew."""
+        key = self._planner_key
+        if key is None:
+            return
+        for name in ("_cached_save_plan", "_cached_final_save_plan", "_cached_all_plans",
+                     "_cached_global_plan", "_cached_metadata"):
+            cache = getattr(SavePlanner, name, None)
+            if isinstance(cache, dict):
+                cache.pop(key, None)
+        for series in (key, f"{key}:local"):
+            Writer._nonces.pop(series, None)
+            Writer._saves_under.pop(series, None)
 
     # -- tiers (docs/tiers.md) -----------------------------------------------------
     def _save_tiered(self, step: int, state_dict: dict[str, Any], blocking: bool,

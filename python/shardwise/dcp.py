@@ -469,12 +469,14 @@ class Writer(StorageWriter, AsyncStager):  # type: ignore[misc]
                 f"instance class per series, or no plan caching")
         spec = self._spec(sd, self._save_id)
         spec.rank = 0
-        # DCP's default planner does not keep storage_meta: the checkpoint
-        # records this save's id itself, so that a load can tell saves apart.
-        if metadata.storage_meta is None:
-            metadata.storage_meta = StorageMeta(checkpoint_id=self.path, save_id=self.save_id)
-        elif metadata.storage_meta.save_id is None:
-            metadata.storage_meta.save_id = self.save_id
+        # The checkpoint records this save's id, so that a load can tell
+        # saves apart. On a copy: with plan caching, DCP hands every save the
+        # same cached Metadata, which must not keep the first save's id.
+        own = (StorageMeta(checkpoint_id=self.path, save_id=self.save_id)
+               if metadata.storage_meta is None else
+               dataclasses.replace(metadata.storage_meta, checkpoint_id=self.path,
+                                   save_id=self.save_id))
+        metadata = dataclasses.replace(metadata, storage_meta=own)
         spec.dcp_json = json.dumps(_metadata.to_json(metadata))
         # Each rank's shard index, from the results DCP gathered: no fragment
         # files, no polling. A rank that saved nothing sent none.

@@ -368,14 +368,23 @@ def _ckpt_cached_plans(rank: int, world: int, root: str) -> None:
         for t in state.values():
             t.fill_(float(step))
         ck.save(step, state).wait()
-    ck.close()
     # The Checkpointer's own planner class planned with caching on.
     keys = [k for k in SavePlanner._cached_save_plan if k.startswith("_ShardwiseCheckpointer")]
     assert len(keys) == 1, list(SavePlanner._cached_save_plan)
+    ck.close()  # and forgets those plans
+    for cache in (SavePlanner._cached_save_plan, SavePlanner._cached_final_save_plan,
+                  SavePlanner._cached_all_plans, SavePlanner._cached_global_plan,
+                  SavePlanner._cached_metadata):
+        assert keys[0] not in cache
+    saved_ids = set()
     for step in (1, 2, 3):
         back = {f"own{rank}": torch.zeros(1024), "shared": torch.zeros(32, 32)}
-        dcp.load(back, storage_reader=Reader(os.path.join(root, f"step-{step:012d}")))
+        reader = Reader(os.path.join(root, f"step-{step:012d}"))
+        dcp.load(back, storage_reader=reader)
         assert all(torch.equal(t, torch.full_like(t, float(step))) for t in back.values()), step
+        # Each save records its own id in its DCP metadata, cached plans or not.
+        saved_ids.add(reader.read_metadata().storage_meta.save_id)
+    assert len(saved_ids) == 3 and None not in saved_ids, saved_ids
 
 
 def test_checkpointer_caches_save_plans(tmp_path):

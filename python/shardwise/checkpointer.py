@@ -19,9 +19,11 @@ for model and optimizer (see examples/python/).
 from __future__ import annotations
 
 import errno
+import json
 import logging
 import operator
 import os
+import secrets
 import threading
 import time
 import warnings
@@ -1011,7 +1013,7 @@ class Checkpointer:
 
         def work() -> None:
             try:
-                self._persist_tiers(step, staged, persist, handle)
+                self._persist_tiers(step, staged, persist, handle, save_token)
             finally:
                 if snap is not None:
                     snap.release()
@@ -1019,8 +1021,12 @@ class Checkpointer:
         # snap None: over the staging budget, the live state is written as
         # it is, so the caller waits. Decided together: a failure must come
         # out of the same call on every rank.
-        wait, failed = self._any_ranks(blocking or self.async_mode is None or snap is None,
-                                       stage_error is not None)
+        # Rank 0 draws the save's token (tiers.SAVE_TOKEN), in the same
+        # all_reduce: every copy of this save, on every tier, records it.
+        wait, failed, token = self._max_over_ranks(
+            int(blocking or self.async_mode is None or snap is None), int(stage_error is not None),
+            secrets.randbits(62) if self._rank() == 0 else 0)
+        save_token = f"{token:016x}"
         if failed:
             self._record_failure()
             if snap is not None:
@@ -1045,8 +1051,12 @@ class Checkpointer:
         return handle
 
     def _persist_tiers(self, step: int, staged: Any, persist: bool,
-                       handle: SaveHandle) -> None:
+                       handle: SaveHandle, save_token: str) -> None:
         name = tiers.step_name(step)
+        # Saves run one at a time (the next waits or is skipped): the
+        # writers carry this one's token until it is done.
+        self._local_writer.user_json = self._writer.user_json = json.dumps(
+            {tiers.SAVE_TOKEN: save_token})
         rank, topo = self._rank(), self._topology
         own_root = tiers.rank_dir(self.local_root, rank)
         error: Optional[BaseException] = None
@@ -1118,13 +1128,17 @@ class Checkpointer:
         dist.all_gather_object(out, value, group=group)
         return out
 
+    def _max_over_ranks(self, *values: int) -> tuple[int, ...]:
+        """Each value's maximum over the ranks (every rank calls it)."""
+        if self._replica_group is None:
+            return tuple(values)
+        t = torch.tensor(values, dtype=torch.int64)
+        dist.all_reduce(t, op=dist.ReduceOp.MAX, group=self._replica_group)
+        return tuple(int(x) for x in t.tolist())
+
     def _any_ranks(self, *flags: bool) -> tuple[bool, ...]:
         """Whether each flag holds on any rank (every rank calls it)."""
-        if self._replica_group is None:
-            return tuple(flags)
-        t = torch.tensor([int(f) for f in flags], dtype=torch.int32)
-        dist.all_reduce(t, op=dist.ReduceOp.MAX, group=self._replica_group)
-        return tuple(bool(x) for x in t.tolist())
+        return tuple(bool(x) for x in self._max_over_ranks(*(int(f) for f in flags)))
 
     def _all_ranks(self, failed: bool) -> list[int]:
         """The ranks for which ``failed`` is True (every rank calls it)."""
@@ -1177,14 +1191,19 @@ class Checkpointer:
             own_dir = tiers.rank_dir(self.local_root, rank)
             own = ([] if foreign or not os.path.isdir(own_dir)
                    else _core.Repository(own_dir, self.engine_options, False).list())
+            opts = self.engine_options
+
+            def held(src: int) -> dict[str, Optional[str]]:
+                d = tiers.replica_dir(self.local_root, src)
+                return {} if foreign else tiers.tokens_of(d, tiers.committed_steps(d, opts), opts)
+
             mine: Optional[dict[str, Any]] = {
-                "own": sorted(tiers.steps_in(own)),
+                # step -> the token of the save that wrote it (tiers.SAVE_TOKEN)
+                "own": tiers.tokens_of(own_dir, tiers.steps_in(own), opts),
                 # local copies whose manifest does not check out: a replica
                 # may take their place
                 "damaged": sorted(tiers.damaged_steps_in(own)),
-                "held": {str(s): [] if foreign else sorted(tiers.committed_steps(
-                    tiers.replica_dir(self.local_root, s), self.engine_options))
-                    for s in topo.sources(rank)},
+                "held": {str(s): held(s) for s in topo.sources(rank)},
                 "root": self.steps() if rank == 0 else [],
             }
         except Exception as e:  # every rank learns of it: none waits in the gather
@@ -1197,29 +1216,20 @@ class Checkpointer:
             raise _rebuilt(failed[0][1], f"(rank {failed[0][0]}, listing its tiers)")
         views = [v for v, _ in gathered]
         world = len(views)
-        root_steps = set(views[0]["root"])
-
-        def options(r: int, s: int) -> list[str]:
-            out = [tiers.LOCAL] if s in views[r]["own"] else []
-            p = topo.partner(r)
-            if p != r and s in views[p]["held"].get(str(r), []):
-                out.append(tiers.REPLICA)
-            if s in root_steps:
-                out.append(tiers.ROOT)
-            return out
-
-        every = set(root_steps)
-        for v in views:
-            every.update(v["own"])
+        plan = tiers.RestorePlan(views, topo, set(views[0]["root"]), self._root_tokens(views))
+        options, every = plan.options, plan.every
         if step is not None and step not in every:
             raise FileNotFoundError(errno.ENOENT, f"step {step} is on no tier: not committed in "
                                     f"{self.root} nor in any rank's {self.local_root}",
                                     os.path.join(self.root, tiers.step_name(step)))
-        incomplete = {s: [r for r in range(world) if not options(r, s)] for s in every}
-        incomplete = {s: rs for s, rs in incomplete.items() if rs}
+        incomplete = plan.incomplete
         if step is not None and step in incomplete:
-            raise FileNotFoundError(errno.ENOENT, f"step {step} is incomplete: rank(s) "
-                                    f"{', '.join(map(str, incomplete[step]))} hold it on no tier",
+            none = [r for r in incomplete[step] if not plan.copies(r, step)]
+            other = [r for r in incomplete[step] if plan.copies(r, step)]
+            why = ([f"rank(s) {', '.join(map(str, none))} hold it on no tier"] if none else []) + (
+                [f"rank(s) {', '.join(map(str, other))} hold only copies of another save of it "
+                 "(another run's)"] if other else [])
+            raise FileNotFoundError(errno.ENOENT, f"step {step} is incomplete: " + "; ".join(why),
                                     os.path.join(self.root, tiers.step_name(step)))
         candidates = [step] if step is not None else sorted(every, reverse=True)
         errors: list[str] = []
@@ -1261,6 +1271,22 @@ class Checkpointer:
         self._drop_incomplete(list(incomplete))
         self.last_restore = tiers.TierReport()
         return None
+
+    def _root_tokens(self, views: list[dict[str, Any]]) -> dict[str, Optional[str]]:
+        """The save tokens of the root's copies of the steps some local tier
+        holds too (rank 0 reads them, every rank gets them; every rank
+        calls it, after the gather of ``views``)."""
+        local: set[str] = set()
+        for v in views:
+            local.update(v["own"])
+            for steps in v["held"].values():
+                local.update(steps)
+        shared = sorted(int(x) for x in local if int(x) in set(views[0]["root"]))
+        if not shared:
+            return {}
+        mine = (tiers.tokens_of(self.root, shared, self.engine_options)
+                if self._rank() == 0 else None)
+        return self._gather(mine)[0]
 
     def _raise_unless_damage(self, results: list[Any], mine: Optional[BaseException], step: int,
                              tier_of: list[str]) -> None:

@@ -103,6 +103,73 @@ class TierReport:
         return f"step {self.step} ({parts}; slowest {max(self.seconds):.3f} s)"
 
 
+class RestorePlan:
+    """Which tiers may serve each rank's part of each step, from every
+    rank's view of its tiers (gathered: every rank computes the same plan).
+
+    ``views[r]``: ``"own"`` {str(step): token} of rank r's local copies,
+    ``"held"`` {str(source): {str(step): token}} of the replicas it holds;
+    ``root_tokens`` {str(step): token} of the root's copies that some
+    local tier also holds (a root step no local tier holds has no rival).
+    A step is loaded from copies of one save only: of the tokens its copies
+    carry, one that every rank holds on some tier (the root's first, then
+    the one most local copies carry). A step no token covers is incomplete.
+    """
+
+    _ANY = "*"  # a root copy whose token was not read: nothing to mix it with
+
+    def __init__(self, views: list[dict[str, Any]], topo: Topology, root_steps: set[int],
+                 root_tokens: dict[str, Optional[str]]) -> None:
+        self.views, self.topo = views, topo
+        self.root_steps, self.root_tokens = root_steps, root_tokens
+        self.every = set(root_steps)
+        for v in views:
+            self.every.update(int(x) for x in v["own"])
+        self.token: dict[int, Any] = {}
+        self.incomplete: dict[int, list[int]] = {}
+        for step in self.every:
+            self._decide(step)
+
+    def copies(self, r: int, step: int) -> list[tuple[str, Any]]:
+        """(tier, token) of every copy of rank r's part of ``step``."""
+        key, out = str(step), []
+        own = self.views[r]["own"]
+        if key in own:
+            out.append((LOCAL, own[key]))
+        p = self.topo.partner(r)
+        held = self.views[p]["held"].get(str(r), {}) if p != r else {}
+        if key in held:
+            out.append((REPLICA, held[key]))
+        if step in self.root_steps:
+            out.append((ROOT, self.root_tokens.get(key, self._ANY)))
+        return out
+
+    def _decide(self, step: int) -> None:
+        world = len(self.views)
+        per_rank = [self.copies(r, step) for r in range(world)]
+        tokens = {t for cs in per_rank for _, t in cs}
+        covers = {t: [r for r in range(world) if any(tok == t for _, tok in per_rank[r])]
+                  for t in tokens}
+        complete = [t for t in tokens if len(covers[t]) == world]
+        if not complete:
+            best = max(tokens, key=lambda t: (len(covers[t]), str(t)), default=None)
+            held = set(covers.get(best, []))
+            self.incomplete[step] = [r for r in range(world) if r not in held]
+            return
+        root = self.root_tokens.get(str(step), self._ANY) if step in self.root_steps else None
+        local = {t: sum(1 for cs in per_rank for tier, tok in cs if tier == LOCAL and tok == t)
+                 for t in complete}
+        self.token[step] = (root if root in complete else
+                            max(complete, key=lambda t: (local[t], str(t))))
+
+    def options(self, r: int, step: int) -> list[str]:
+        """The tiers that may serve rank r's part of ``step``, fastest
+        first (none when the step is incomplete)."""
+        if step not in self.token:
+            return []
+        return [tier for tier, tok in self.copies(r, step) if tok == self.token[step]]
+
+
 ROOT_MARK = ".shardwise-root"  # in a local root: the root its checkpoints belong to
 
 
@@ -132,6 +199,30 @@ def committed_steps(root: str, options: dict[str, Any]) -> set[int]:
     if not os.path.isdir(root):
         return set()
     return steps_in(_core.Repository(root, options, False).list())
+
+
+# The user metadata key that names the tiered save a copy belongs to: every
+# rank's local copy, replica and root copy of one save carry the same token,
+# drawn by rank 0 for that save. A restore combines only copies that carry
+# the same one (a step saved by two runs is two saves).
+SAVE_TOKEN = "shardwise_tier_save"
+
+
+def save_token(directory: str, options: dict[str, Any]) -> Optional[str]:
+    """The tiered-save token a checkpoint directory's manifest records;
+    None when it records none (saved without a local tier, or by a release
+    before tokens) or cannot be read (then it fails as it is read)."""
+    try:
+        user = json.loads(_core.Reader(directory, options).header()["user"])
+    except Exception:
+        return None
+    token = user.get(SAVE_TOKEN) if isinstance(user, dict) else None
+    return token if isinstance(token, str) else None
+
+
+def tokens_of(root: str, steps: Any, options: dict[str, Any]) -> dict[str, Optional[str]]:
+    """{str(step): save_token} of each of ``steps`` in ``root``."""
+    return {str(s): save_token(os.path.join(root, step_name(s)), options) for s in steps}
 
 
 class Buffers:

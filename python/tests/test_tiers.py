@@ -273,6 +273,56 @@ def test_a_node_killed_mid_save(tmp_path: Path) -> None:
     assert got["the resumed run's step 5"]["tiers"] == ["local"] * 4
 
 
+def moved_job(rank: int, world: int, base: str, out: str, phase: int) -> None:
+    """Ranks 2, 3 run on machine B, then on C, then on B again; ranks 0, 1
+    on A throughout. Each machine's local tier stays where it is."""
+    import shardwise
+
+    machine = "A" if node_of(rank) == 0 else ("B", "C", "B")[phase]
+    ckpt = shardwise.Checkpointer(os.path.join(base, "root"),
+                                  local_root=os.path.join(base, machine), persist_every=2,
+                                  keep_local=2)
+    if phase == 0:
+        for step in (1, 2, 3):  # the root: 2
+            ckpt.save(step, make_state(step)).wait()
+        ckpt.close()
+        if node_of(rank) == 0:  # A died before its local copies of step 3 committed
+            shutil.rmtree(os.path.join(base, "A", f"rank-{rank:05d}", "step-000000000003"))
+        return
+    if phase == 1:
+        restore(ckpt, rank, out, "run 2 on A and C")  # step 3 is on B only: step 2
+        ckpt.save(3, make_state(103)).wait()  # run 2's step 3, not persisted, other values
+        ckpt.close()
+        return
+    # Run 3: A holds run 2's step 3, B run 1's. Never loaded together.
+    try:
+        ckpt.load(make_state(0, empty=True), step=3)
+        raised = "nothing"
+    except FileNotFoundError as e:
+        raised = str(e)
+    restore(ckpt, rank, out, "run 3 on A and B")
+    if rank == 0:
+        with open(out, "a") as f:
+            f.write(json.dumps({"case": "step 3 of two runs", "raised": raised}) + "\n")
+    ckpt.close()
+
+
+def test_copies_of_one_step_from_two_runs_are_never_mixed(tmp_path: Path) -> None:
+    """Local tiers outlive placements: a machine that left the job comes back
+    with its copies of a step another run saved again meanwhile. Each copy
+    names the save that wrote it (a token rank 0 draws per save), and a
+    restore combines copies of one save only."""
+    out = tmp_path / "report.jsonl"
+    for phase in (0, 1, 2):
+        run(WORLD, moved_job, str(tmp_path), str(out), phase)
+    got = cases(out)
+    assert got["run 2 on A and C"]["step"] == 2
+    assert got["run 2 on A and C"]["tiers"] == ["local", "local", "root", "root"]
+    assert got["run 3 on A and B"]["step"] == 2, got["run 3 on A and B"]
+    raised = got["step 3 of two runs"]["raised"]
+    assert "step 3 is incomplete" in raised and "another save of it" in raised, raised
+
+
 def test_bad_arguments(tmp_path: Path) -> None:
     import shardwise
 

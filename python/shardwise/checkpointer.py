@@ -708,6 +708,7 @@ class Checkpointer:
         # process only then).
         self._writer._hold = True
         try:
+            state_dict = self._stage_together(step, state_dict)
             response = dcp.async_save(state_dict, storage_writer=self._writer,
                                       checkpoint_id=path, process_group=self.process_group,
                                       async_checkpointer_type=kind, planner=self._planner())
@@ -746,6 +747,38 @@ class Checkpointer:
         log.debug("staged %s in %.3f s; persisting in the background", path,
                   handle.stall_seconds)
         return handle
+
+    def _stage_together(self, step: int, state_dict: dict[str, Any]) -> dict[str, Any]:
+        """Stages the state on this rank (what DCP's ``async_save`` would do
+        first: ``Stateful`` objects give their state dicts, then the
+        writer's ``stage()``), then decides with every rank whether staging
+        worked everywhere, before any rank starts the save's collectives
+        (DCP's planning, or in process mode its checkpoint process's set-up):
+        a rank that failed alone (memory, a ``Stateful`` that raises) would
+        leave the others waiting there. Returns the state dict to pass to
+        ``async_save``, whose ``stage()`` then hands back what was staged."""
+        error: Optional[Exception] = None
+        try:
+            plain = {k: v.state_dict() if isinstance(v, Stateful) else v
+                     for k, v in state_dict.items()}
+            self._writer._prestaged = self._writer.stage(plain)
+        except Exception as e:  # decided together below
+            error = e
+        failed = torch.tensor([int(error is not None)], dtype=torch.int32)
+        if self._decide_group is not None:
+            dist.all_reduce(failed, op=dist.ReduceOp.MAX, group=self._decide_group)
+        if not failed.item():
+            return plain
+        snap = self._writer._snapshot if error is None else None
+        self._writer._prestaged = None
+        self._writer._release_held(error=error or RuntimeError("staging failed elsewhere"))
+        if snap is not None:
+            snap.release()
+        self._record_failure()
+        if error is not None:
+            raise error
+        raise RuntimeError(f"staging of step {step} failed on another rank: nothing was saved "
+                           "(that rank raised why)")
 
     @staticmethod
     def _step_hook(handle: SaveHandle) -> Callable[..., None]:

@@ -243,7 +243,7 @@ class Writer(StorageWriter, AsyncStager):  # type: ignore[misc]
 
     # -- pickling (PROCESS mode): configuration only --------------------------
     _RUNTIME = ("_snapshot", "_lazy", "_storage_data", "_save_id", "_adopted", "_hold", "_held",
-                "_budget", "_stream", "_held_state", "last_commit")
+                "_budget", "_stream", "_held_state", "last_commit", "_prestaged")
 
     def _init_runtime(self) -> None:
         # The coordinator's last commit in this process
@@ -269,6 +269,10 @@ class Writer(StorageWriter, AsyncStager):  # type: ignore[misc]
         self._stream: Any = None
         self._held_state: Any = None
         self._shared_staging: Optional[dict[str, Any]] = None
+        # Set by the Checkpointer, which stages before DCP's async_save (to
+        # decide with every rank whether staging worked): what the next
+        # stage() returns without staging again.
+        self._prestaged: Any = None
 
     def __getstate__(self) -> dict[str, Any]:
         state = {k: v for k, v in self.__dict__.items() if k not in self._RUNTIME}
@@ -522,6 +526,9 @@ class Writer(StorageWriter, AsyncStager):  # type: ignore[misc]
     def stage(self, state_dict: dict[str, Any]) -> Any:
         """Copies the state into the process's staging memory (see
         :meth:`_stage`); times it for the save's metrics."""
+        pre, self._prestaged = self._prestaged, None
+        if pre is not None:
+            return pre
         t0 = time.time()
         staged = self._stage(state_dict)
         self._t_start, self._stall = t0, time.time() - t0

@@ -393,6 +393,52 @@ def test_checkpointer_caches_save_plans(tmp_path):
     run_ranks(2, _ckpt_cached_plans, str(tmp_path / "root"))
 
 
+# -- staging that fails on one rank: every rank raises, none waits in the save ------
+class _Refuses:
+    """A Stateful whose state_dict() raises on the steps it is told to."""
+
+    def __init__(self, refuse: bool) -> None:
+        self.refuse = refuse
+
+    def state_dict(self):
+        if self.refuse:
+            raise MemoryError("no memory to stage this rank's state")
+        return {"t": torch.ones(16)}
+
+    def load_state_dict(self, sd) -> None:
+        pass
+
+
+def _staging_fails_on_one_rank(rank: int, world: int, root: str, mode: str) -> None:
+    from torch.distributed.checkpoint.stateful import Stateful
+
+    Stateful.register(_Refuses)
+    ck = shardwise.Checkpointer(root, async_mode=mode)
+    other = _Refuses(refuse=False)
+    ck.save(1, {"w": torch.full((64,), 1.0), "o": other}).wait()
+    other.refuse = rank == 1
+    with pytest.raises((MemoryError, RuntimeError)) as e:
+        ck.save(2, {"w": torch.full((64,), 2.0), "o": other})
+    if rank == 1:
+        assert isinstance(e.value, MemoryError)
+    else:
+        assert "staging of step 2 failed on another rank" in str(e.value)
+    other.refuse = False
+    ck.save(3, {"w": torch.full((64,), 3.0), "o": other}).wait()
+    assert ck.steps() == [1, 3]
+    ck.close()
+
+
+@pytest.mark.parametrize("mode", ["thread", "process"])
+def test_staging_that_fails_on_one_rank_fails_the_save_on_every_rank(tmp_path, mode):
+    """A rank whose staging fails (memory; a Stateful that raises) raises
+    from save(); the others raise too, at once, instead of waiting in the
+    save's collectives for it (until the process group's timeout); the next
+    save works on every rank."""
+    run_ranks(2, _staging_fails_on_one_rank, str(tmp_path / "root"), mode, timeout=120,
+              pg_timeout=30)
+
+
 # -- a corrupted shard: CorruptCheckpointError naming the item; Checkpointer falls back
 def _ckpt_two_steps(rank: int, world: int, root: str) -> None:
     ck = shardwise.Checkpointer(root)

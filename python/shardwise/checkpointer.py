@@ -468,6 +468,11 @@ class Checkpointer:
                               shared_memory=async_mode == "process", replace=replace,
                               staging_threads=staging_threads, **engine_options)
         self._writer._exists_hint = _EXISTS_HINT
+        self._replace = replace
+        # Steps a load() skipped because their checkpoint failed
+        # verification: the resumed run's save of such a step replaces it
+        # (else it would fail there, on every rank, at each restart).
+        self._damaged_steps: set[int] = set()
         if isinstance(staging_budget, str):
             staging_budget = _core.parse_size(staging_budget)
         if staging_budget is not None and staging_budget < 0:
@@ -685,6 +690,13 @@ class Checkpointer:
         self._claim()
         path = os.path.join(self.root, tiers.step_name(step))
         self._writer.step = step
+        # The previous save is done (or this one was skipped): the writer's
+        # flags are this save's.
+        self._writer.replace = self._replace or step in self._damaged_steps
+        if step in self._damaged_steps:
+            self._damaged_steps.discard(step)
+            log.warning("step %d: its checkpoint failed verification when the job loaded an "
+                        "older one; this save replaces it", step)
         if blocking or self.async_mode is None:
             try:
                 dcp.save(state_dict, storage_writer=self._writer, checkpoint_id=path,
@@ -921,6 +933,8 @@ class Checkpointer:
                         raise
                     raise corrupt from e
                 failed.append(f"step {s}: {corrupt}")
+                if not isinstance(corrupt, FileNotFoundError):  # (gone is not damaged)
+                    self._damaged_steps.add(s)
                 log.warning("checkpoint %s failed verification, falling back to an older "
                             "one: %s", path, corrupt)
         if failed:

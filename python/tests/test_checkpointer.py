@@ -327,6 +327,29 @@ def test_load_when_every_checkpoint_is_damaged_raises(tmp_path):
     assert "step 2:" in str(e.value) and "step 1:" in str(e.value)
 
 
+def test_the_resumed_runs_save_of_a_step_skipped_as_damaged_replaces_it(tmp_path):
+    """load() falls back past a damaged step 3; when the resumed run gets to
+    step 3 again, its save replaces the damaged one (it would raise
+    FileExistsError there at every restart). A step that was not skipped
+    is still not replaced."""
+    from dist_util import flip_item_byte
+
+    ck = shardwise.Checkpointer(tmp_path)
+    for step in (1, 2, 3):
+        ck.save(step, {"w": torch.full((4096,), float(step))}, blocking=True)
+    ck.close()
+    flip_item_byte(tmp_path / "step-000000000003", "w")
+    resumed = shardwise.Checkpointer(tmp_path)
+    state = {"w": torch.zeros(4096)}
+    assert resumed.load(state) == 2
+    with pytest.raises(FileExistsError):
+        resumed.save(2, {"w": torch.full((4096,), 20.0)}, blocking=True)
+    resumed.save(3, {"w": torch.full((4096,), 30.0)}).wait()
+    assert resumed.load(state, step=3) == 3
+    assert torch.equal(state["w"], torch.full((4096,), 30.0))
+    resumed.close()
+
+
 def test_load_of_a_missing_step_names_it(tmp_path):
     ck = shardwise.Checkpointer(tmp_path)
     ck.save(1, {"w": torch.ones(8)}, blocking=True)

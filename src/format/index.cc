@@ -372,28 +372,44 @@ struct IndexReader::Impl {
     if (off > logical || len > logical - off)
       return Bad("index refers to bytes " + std::to_string(off) + "..+" + std::to_string(len) +
                  " past its end (" + std::to_string(logical) + " bytes)");
-    out->resize(len);
+    out->clear();
     if (len == 0) return Status::Ok();
     if (!whole.empty()) {
-      std::memcpy(out->data(), whole.data() + off, len);
+      out->assign(whole.data() + off, len);
       return Status::Ok();
     }
     const std::uint64_t b0 = off / kIndexPayloadBytes, b1 = (off + len - 1) / kIndexPayloadBytes + 1;
-    std::string big;
-    if (b1 - b0 > 2) {
-      big.resize((b1 - b0) * kIndexBlockBytes);
-      SW_RETURN_IF_ERROR(ReadBlocks(b0, b1, big.data()));
-    }
+    if (b1 - b0 > 2) return LoadLarge(off, len, b0, b1, out);
+    out->resize(len);
     std::uint64_t done = 0;
     for (std::uint64_t b = b0; b < b1; ++b) {
       const std::uint64_t within = b == b0 ? off % kIndexPayloadBytes : 0;
       const std::uint64_t take = std::min<std::uint64_t>(kIndexPayloadBytes - within, len - done);
-      if (!big.empty()) {
-        std::memcpy(out->data() + done, big.data() + (b - b0) * kIndexBlockBytes + within, take);
-      } else {
-        SW_RETURN_IF_ERROR(CachedBlock(b, within, take, out->data() + done));
-      }
+      SW_RETURN_IF_ERROR(CachedBlock(b, within, take, out->data() + done));
       done += take;
+    }
+    return Status::Ok();
+  }
+
+  // A large read, in pieces of at most kLoadPieceBlocks blocks, each
+  // checked before its bytes are kept: memory follows verified bytes, not
+  // the lengths a header declares (a forged header over a sparse file
+  // fails at its first block of zeros, having allocated one piece).
+  Status LoadLarge(std::uint64_t off, std::uint64_t len, std::uint64_t b0, std::uint64_t b1,
+                   std::string* out) {
+    constexpr std::uint64_t kLoadPieceBlocks = 4096;  // 16 MiB
+    out->reserve(std::min<std::uint64_t>(len, kLoadPieceBlocks * kIndexPayloadBytes));
+    std::string piece;
+    for (std::uint64_t p0 = b0; p0 < b1; p0 += kLoadPieceBlocks) {
+      const std::uint64_t p1 = std::min(b1, p0 + kLoadPieceBlocks);
+      piece.resize((p1 - p0) * kIndexBlockBytes);
+      SW_RETURN_IF_ERROR(ReadBlocks(p0, p1, piece.data()));
+      for (std::uint64_t b = p0; b < p1; ++b) {
+        const std::uint64_t within = b == b0 ? off % kIndexPayloadBytes : 0;
+        const std::uint64_t take =
+            std::min<std::uint64_t>(kIndexPayloadBytes - within, len - out->size());
+        out->append(piece.data() + (b - p0) * kIndexBlockBytes + within, take);
+      }
     }
     return Status::Ok();
   }

@@ -248,6 +248,44 @@ TEST(Index, MeaningfulDamageIsCorruptNotACrash) {
   }
 }
 
+// A forged header (resealed) declares a 60 GiB items table in an index the
+// commit record says is 64 GiB, of which only the first blocks hold data
+// (a sparse file). Opening it fails at the first block of zeros: memory
+// follows the bytes verified, not the lengths declared.
+TEST(Index, DeclaredLengthsAllocateNothingBeforeTheyAreVerified) {
+  const Manifest m = Sharded(4, 2);
+  Manifest rec = HeaderOf(m);
+  auto encoded = EncodeIndex(m, &rec.index);
+  ASSERT_TRUE(encoded.ok());
+  std::string bytes(encoded->view());
+  rec.index.size = 64ull << 30;
+  const std::uint64_t logical = rec.index.size / kIndexBlockBytes * kIndexPayloadBytes;
+  auto put = [&](int k, std::uint64_t v) { std::memcpy(bytes.data() + 8 + 8 * k, &v, 8); };
+  std::uint64_t items_off = 0;
+  std::memcpy(&items_off, bytes.data() + 8 + 8 * 6, 8);
+  const std::uint64_t items_bytes = 60ull << 30, files_off = items_off + items_bytes;
+  const std::uint64_t crcs_off = files_off + rec.index.files * 24;
+  put(7, items_bytes);
+  put(8, files_off);
+  put(9, crcs_off);
+  put(5, (logical - crcs_off) / 4);
+  Reseal(bytes, 0);
+  const std::string* data = &bytes;
+  auto r = IndexReader::Open(
+      [data](std::uint64_t off, std::size_t len, char* dst) -> Status {
+        // Past the real bytes, the zeros of a sparse file.
+        const std::size_t have = off < data->size() ? std::min(len, data->size() - off) : 0;
+        if (have) std::memcpy(dst, data->data() + off, have);
+        std::memset(dst + have, 0, len - have);
+        return Status::Ok();
+      },
+      rec, "ckpt/index.swi");
+  ASSERT_FALSE(r.ok());
+  EXPECT_EQ(r.status().code(), StatusCode::kCorrupt) << r.status().ToString();
+  EXPECT_NE(r.status().message().find("fails its checksum"), std::string::npos)
+      << r.status().ToString();
+}
+
 TEST(Index, DisagreeingWithTheCommitRecordIsCorrupt) {
   const Manifest m = Sharded(4, 2);
   IndexRef ref;

@@ -730,6 +730,7 @@ class Checkpointer:
         finally:
             self._writer._lazy = None
             self._writer._hold = False
+            self._writer._prestaged = None  # async_save may have failed before its stage()
         future = getattr(response, "upload_completion", response)
         snap = self._writer._snapshot
         handle = SaveHandle(step, future, 0.0, snap)

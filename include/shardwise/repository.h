@@ -68,6 +68,9 @@ struct CommitResult {
   std::string dir;
   std::uint64_t bytes = 0;
   bool latest_updated = false;
+  // Set when `latest` (a hint: docs/format.md) could not be updated after
+  // the commit point; the checkpoint is committed and durable regardless.
+  std::string latest_error;
   // Set when an export was requested (Options::export_mode) and the request
   // failed; the checkpoint is committed regardless.
   std::string export_error;

@@ -64,6 +64,7 @@ class CommitResult:
     dir: str
     bytes: int
     latest_updated: bool
+    latest_error: str  # empty unless `latest` (a hint) could not be moved after the commit
     export_error: str  # empty unless an S3 export was requested and the request failed
 
 class ExportInfo:

@@ -492,6 +492,9 @@ class Writer(StorageWriter, AsyncStager):  # type: ignore[misc]
                     indexes[d["rank"]] = d["index"]
         result = self._repo().commit_gathered(spec, indexes)
         self.last_commit = result
+        if result.latest_error:
+            log.warning("checkpoint %s is committed, but `latest` still names an older one: %s",
+                        result.name, result.latest_error)
         if result.export_error:
             log.warning("checkpoint %s is committed, but its export to S3 was not requested: %s",
                         result.name, result.export_error)

@@ -770,6 +770,7 @@ void BindResults(nb::module_& m) {
       .def_ro("dir", &CommitResult::dir)
       .def_ro("bytes", &CommitResult::bytes)
       .def_ro("latest_updated", &CommitResult::latest_updated)
+      .def_ro("latest_error", &CommitResult::latest_error)
       .def_ro("export_error", &CommitResult::export_error);
   nb::class_<ExportInfo>(m, "ExportInfo")
       .def_prop_ro("state", [](const ExportInfo& e) { return std::string(ExportStateName(e.state)); })

@@ -296,7 +296,15 @@ Result<CommitResult> PublishCommit(const std::string& root, const SaveSpec& spec
   result.name = spec.name;
   result.dir = final_dir;
   result.bytes = bytes;
-  SW_ASSIGN_OR_RETURN(result.latest_updated, AdvanceLatest(root, spec));
+  // Past the commit point: NAME is committed and durable. `latest` is a
+  // hint (readers take the highest committed step); failing to move it
+  // does not fail the save, whose ranks already see it committed.
+  auto latest = AdvanceLatest(root, spec);
+  if (latest.ok()) {
+    result.latest_updated = *latest;
+  } else {
+    result.latest_error = latest.status().ToString();
+  }
   os::CrashPoint("committed");
   return result;
 }

@@ -658,6 +658,27 @@ TEST_F(RepositoryTest, RefusesToOverwriteUnlessAsked) {
   EXPECT_EQ(StagingCount(*repo_), 0);  // the replaced copy is gone
 }
 
+// `latest` is a hint: an error moving it after the commit point does not
+// fail the save (its ranks already see it committed); it is reported.
+TEST_F(RepositoryTest, AFailureToMoveLatestIsReportedNotAFailedSave) {
+  ASSERT_TRUE(Save(1, 1).ok());
+  os::SetFaults({});
+  ASSERT_TRUE(Save(2, 2).ok());
+  const std::uint64_t renames = os::Count(os::Op::kRename);  // the last: `latest`
+  os::SetFaults({{os::Op::kRename, renames, false, EIO, false, false}});
+  auto r = Save(3, 3);
+  os::ClearFaults();
+  ASSERT_TRUE(r.ok()) << r.status().ToString();
+  EXPECT_FALSE(r->latest_updated);
+  EXPECT_NE(r->latest_error.find("latest"), std::string::npos) << r->latest_error;
+  EXPECT_TRUE(Holds(*repo_, "step-000000000003", 3));
+  EXPECT_EQ(testing::ReadAll(dir_ / "latest"), "step-000000000002\n");
+  EXPECT_EQ(**repo_->Latest(), "step-000000000003");  // the highest committed step
+  auto next = Save(4, 4);
+  ASSERT_TRUE(next.ok());
+  EXPECT_TRUE(next->latest_updated && next->latest_error.empty());
+}
+
 TEST_F(RepositoryTest, LatestNeverMovesBack) {
   ASSERT_TRUE(Save(10, 1).ok());
   ASSERT_TRUE(Save(20, 2).ok());

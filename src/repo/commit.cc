@@ -223,6 +223,39 @@ Result<std::uint64_t> WriteRecord(const std::string& staging, const format::Chun
   return header.TotalBytes();
 }
 
+// Step 3c when NAME exists (a replace): swaps atomically where the
+// filesystem can, so NAME always holds either the old or the new one.
+// Returns where the old copy went (removed by the caller).
+Result<std::string> ReplaceByRenaming(const std::string& root, const SaveSpec& spec,
+                                      const std::string& staging, const std::string& final_dir) {
+  const std::string old =
+      os::JoinPath(root, names::HiddenDir(spec.name, names::Hidden::kReplaced, spec.save_id));
+  Status x = os::RenameExchange(staging, final_dir);
+  if (x.ok()) {
+    os::CrashPoint("exchanged");
+    SW_RETURN_IF_ERROR(os::FsyncDir(root));
+    // NAME already holds the new checkpoint. Should this rename fail, the
+    // save is reported failed all the same (commit.failed in the staging
+    // directory stops the waiting ranks, which need it gone otherwise),
+    // `latest` stays, and gc removes the old copy left in staging.
+    SW_RETURN_IF_ERROR(os::Rename(staging, old));
+  } else if (x.code() == StatusCode::kUnavailable) {
+    // No RENAME_EXCHANGE (e.g. Lustre): NAME is briefly absent, never mixed.
+    SW_RETURN_IF_ERROR(os::Rename(final_dir, old));
+    os::CrashPoint("old_moved_aside");
+    if (Status moved = os::Rename(staging, final_dir); !moved.ok()) {
+      // NAME is absent: the old checkpoint goes back before the error is
+      // reported (else a restart found none until gc put it back).
+      if (os::RenameNoReplace(old, final_dir).ok()) (void)os::FsyncDir(root);
+      return moved;
+    }
+  } else {
+    return x;
+  }
+  SW_RETURN_IF_ERROR(os::FsyncDir(root));
+  return old;
+}
+
 // Step 3 of the commit protocol, once every rank's shard is durable and
 // `merged` holds their indexes: the commit record, then the rename.
 Result<CommitResult> PublishCommit(const std::string& root, const SaveSpec& spec,
@@ -246,40 +279,14 @@ Result<CommitResult> PublishCommit(const std::string& root, const SaveSpec& spec
   SW_RETURN_IF_ERROR(os::FsyncDir(staging));
   os::CrashPoint("staging_synced");
 
-  // Step 3c: publish by renaming. Replacing swaps atomically where the
-  // filesystem can, so NAME always holds either the old or the new one.
-  // Under the process's `latest` mutex: gc and Delete of this process check
-  // what NAME holds and hide it under the same mutex, never in between.
+  // Step 3c: publish by renaming. Under the process's `latest` mutex: gc
+  // and Delete of this process check what NAME holds and hide it under the
+  // same mutex, never in between.
   std::unique_lock publish(repo::LatestMutex());
   SW_RETURN_IF_ERROR(Repository::CheckTarget(final_dir, spec.replace));
   std::string replaced;  // the old copy, removed once the mutex is free
   if (os::Exists(final_dir)) {
-    const std::string old =
-        os::JoinPath(root, names::HiddenDir(spec.name, names::Hidden::kReplaced, spec.save_id));
-    Status x = os::RenameExchange(staging, final_dir);
-    if (x.ok()) {
-      os::CrashPoint("exchanged");
-      SW_RETURN_IF_ERROR(os::FsyncDir(root));
-      // NAME already holds the new checkpoint. Should this rename fail, the
-      // save is reported failed all the same (commit.failed in the staging
-      // directory stops the waiting ranks, which need it gone otherwise),
-      // `latest` stays, and gc removes the old copy left in staging.
-      SW_RETURN_IF_ERROR(os::Rename(staging, old));
-    } else if (x.code() == StatusCode::kUnavailable) {
-      // No RENAME_EXCHANGE (e.g. Lustre): NAME is briefly absent, never mixed.
-      SW_RETURN_IF_ERROR(os::Rename(final_dir, old));
-      os::CrashPoint("old_moved_aside");
-      if (Status moved = os::Rename(staging, final_dir); !moved.ok()) {
-        // NAME is absent: the old checkpoint goes back before the error is
-        // reported (else a restart found none until gc put it back).
-        if (os::RenameNoReplace(old, final_dir).ok()) (void)os::FsyncDir(root);
-        return moved;
-      }
-    } else {
-      return x;
-    }
-    SW_RETURN_IF_ERROR(os::FsyncDir(root));
-    replaced = old;
+    SW_ASSIGN_OR_RETURN(replaced, ReplaceByRenaming(root, spec, staging, final_dir));
   } else {
     SW_RETURN_IF_ERROR(os::RenameNoReplace(staging, final_dir));
   }

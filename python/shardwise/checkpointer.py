@@ -324,6 +324,13 @@ _EXISTS_HINT = ("(a job resumed from an older step: Checkpointer.discard_after(s
                 "replace=True) replaces a step atomically)")
 
 
+def _new_save_token() -> int:
+    """A tiered save's token (tiers.SAVE_TOKEN): the time in milliseconds
+    above 20 random bits, so that of two saves of one step the later one
+    has the larger token (a restore takes the newest complete save)."""
+    return (time.time_ns() // 1_000_000) << 20 | secrets.randbits(20)
+
+
 def _raise_gc_errors(report: Any, root: str) -> None:
     """OSError naming what gc could not remove in ``root`` (it went on past
     each; the checkpoints saved stand), if anything."""
@@ -1073,7 +1080,7 @@ class Checkpointer:
         # all_reduce: every copy of this save, on every tier, records it.
         wait, failed, token = self._max_over_ranks(
             int(blocking or self.async_mode is None or snap is None), int(stage_error is not None),
-            secrets.randbits(62) if self._rank() == 0 else 0)
+            _new_save_token() if self._rank() == 0 else 0)
         save_token = f"{token:016x}"
         if failed:
             self._record_failure()
@@ -1134,8 +1141,6 @@ class Checkpointer:
                                f"{', '.join(map(str, failed))}")
         if self.replicas and len(topo.nodes) > 1:
             self._replicate(name, own_root)
-        if not persist and self._writer.replace:
-            self._drop_replaced_root_copy(step)
         if persist:
             dcp.save(sd, storage_writer=self._writer,
                      checkpoint_id=os.path.join(self.root, name),
@@ -1146,25 +1151,6 @@ class Checkpointer:
         except Exception as e:  # the checkpoints stand; the next save retries
             handle.retention_error = e
             log.warning("local retention after step %d failed: %s", step, e)
-
-    def _drop_replaced_root_copy(self, step: int) -> None:
-        """A step saved again (replace=True) by a save that does not go to
-        the root: rank 0 removes the root's copy, the old run's (were it
-        left, a rank that lost its local copy and its replica would restore
-        the old run's part beside the new run's). A failure fails the save
-        on every rank."""
-        name, error = tiers.step_name(step), None
-        if self._rank() == 0 and os.path.isdir(os.path.join(self.root, name)):
-            log.warning("removing %s: step %d was saved again (replace=True) and this save "
-                        "does not go to the root", os.path.join(self.root, name), step)
-            try:
-                self._core_repo().delete(name, True)
-            except Exception as e:
-                error = e
-        if self._all_ranks(error is not None):
-            if error is not None:
-                raise error
-            raise RuntimeError(f"rank 0 could not remove the root's old copy of step {step}")
 
     def _gather(self, value: Any) -> list[Any]:
         """Every rank's ``value``, by rank, over the tiers' own group (every

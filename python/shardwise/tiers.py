@@ -112,8 +112,9 @@ class RestorePlan:
     ``root_tokens`` {str(step): token} of the root's copies that some
     local tier also holds (a root step no local tier holds has no rival).
     A step is loaded from copies of one save only: of the tokens its copies
-    carry, one that every rank holds on some tier (the root's first, then
-    the one most local copies carry). A step no token covers is incomplete.
+    carry, one that every rank holds on some tier, the newest (tokens begin
+    with the time of the save; copies without one are the oldest). A step
+    no token covers is incomplete.
     """
 
     _ANY = "*"  # a root copy whose token was not read: nothing to mix it with
@@ -156,11 +157,8 @@ class RestorePlan:
             held = set(covers.get(best, []))
             self.incomplete[step] = [r for r in range(world) if r not in held]
             return
-        root = self.root_tokens.get(str(step), self._ANY) if step in self.root_steps else None
-        local = {t: sum(1 for cs in per_rank for tier, tok in cs if tier == LOCAL and tok == t)
-                 for t in complete}
-        self.token[step] = (root if root in complete else
-                            max(complete, key=lambda t: (local[t], str(t))))
+        self.token[step] = max(complete, key=lambda t: (t is not None and t != self._ANY,
+                                                       str(t)))
 
     def options(self, r: int, step: int) -> list[str]:
         """The tiers that may serve rank r's part of ``step``, fastest
@@ -203,8 +201,10 @@ def committed_steps(root: str, options: dict[str, Any]) -> set[int]:
 
 # The user metadata key that names the tiered save a copy belongs to: every
 # rank's local copy, replica and root copy of one save carry the same token,
-# drawn by rank 0 for that save. A restore combines only copies that carry
-# the same one (a step saved by two runs is two saves).
+# drawn by rank 0 for that save (16 hex digits: the time in milliseconds,
+# then random bits). A restore combines only copies that carry the same one
+# (a step saved by two runs, or twice with replace=True, is two saves), and
+# of two complete saves of a step it takes the newer.
 SAVE_TOKEN = "shardwise_tier_save"
 
 

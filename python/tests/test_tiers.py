@@ -595,6 +595,32 @@ def test_a_tiered_load_takes_a_malformed_dcp_block_for_damage(tmp_path: Path) ->
     ckpt.close()
 
 
+def test_a_step_saved_again_locally_keeps_the_roots_older_save_of_it(tmp_path: Path) -> None:
+    """replace=True: step 2 saved again, to the local tier only. A restore
+    takes the newer save; with the local tier gone, the root's older save
+    of step 2 (kept, never mixed with the newer one's parts)."""
+    import torch
+
+    import shardwise
+
+    root, local = tmp_path / "root", tmp_path / "local"
+    first = shardwise.Checkpointer(root, local_root=local, persist_every=2, replace=True)
+    for step in (1, 2):  # step 2 goes to the root too
+        first.save(step, {"w": torch.full((8,), float(step))}, blocking=True)
+    first.close()
+    again = shardwise.Checkpointer(root, local_root=local, persist_every=2, replace=True)
+    state = {"w": torch.zeros(8)}
+    assert again.load(state) == 2
+    again.save(2, {"w": torch.full((8,), 20.0)}, blocking=True)  # the local tier only
+    assert again.steps() == [2]  # the root's copy stays
+    assert again.load(state) == 2 and torch.equal(state["w"], torch.full((8,), 20.0))
+    assert again.last_restore.tiers == ["local"]
+    shutil.rmtree(local / "rank-00000")
+    assert again.load(state) == 2 and torch.equal(state["w"], torch.full((8,), 2.0))
+    assert again.last_restore.tiers == ["root"]
+    again.close()
+
+
 def test_a_local_root_of_another_root_is_never_read_nor_written(tmp_path: Path, caplog) -> None:
     """A node-local directory outlives the job: another root's checkpoints
     in it are not loaded as this root's, and are not written over."""

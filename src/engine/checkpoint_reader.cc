@@ -645,10 +645,12 @@ Status CheckpointReader::ReadGroup(std::span<const ReadRequest> requests) {
       return InvalidArgument(what + ": offsets, lengths and destination must have rank " +
                              std::to_string(n));
     for (std::size_t d = 0; d < n; ++d) {
-      if (o[d] < 0 || L[d] < 0 || o[d] + L[d] > ch.sizes[d])
+      // Compared without adding: offsets near INT64_MAX must not wrap past
+      // the checks (the caller's values, e.g. from Python).
+      if (o[d] < 0 || L[d] < 0 || L[d] > ch.sizes[d] || o[d] > ch.sizes[d] - L[d])
         return InvalidArgument(what + ": box " + Dims(o) + "+" + Dims(L) +
                                " lies outside the chunk " + Dims(ch.sizes));
-      if (p[d] < 0 || D[d] < 0 || p[d] + L[d] > D[d])
+      if (p[d] < 0 || D[d] < 0 || L[d] > D[d] || p[d] > D[d] - L[d])
         return InvalidArgument(what + ": box does not fit the destination " + Dims(D));
     }
     std::uint64_t esize = DTypeSize(it.dtype);

@@ -2,6 +2,8 @@
 // with and without O_DIRECT, plus damage and injected faults.
 #include <fcntl.h>
 #include <gtest/gtest.h>
+
+#include <limits>
 #include <unistd.h>
 
 #include <random>
@@ -122,6 +124,29 @@ TEST_P(ShardIo, HyperRectangleReads) {
           ASSERT_EQ(std::memcmp(&want, &have, 4), 0) << "trial " << trial;
         }
   }
+  // Boxes whose offset plus length would wrap past INT64_MAX are refused,
+  // never read into memory outside the destination.
+  constexpr std::int64_t kMax = std::numeric_limits<std::int64_t>::max();
+  std::vector<float> small(4, -1.f);
+  struct Hostile {
+    std::vector<std::int64_t> offsets, lengths, dst_shape, dst_offsets;
+  };
+  for (const Hostile& h : {Hostile{{0, 0, 0}, {1, 1, 4}, {1, 1, 4}, {kMax, 0, 0}},
+                           Hostile{{0, 0, 0}, {1, 1, 4}, {1, 1, 4}, {0, 0, kMax - 1}},
+                           Hostile{{kMax, 0, 0}, {1, 1, 4}, {1, 1, 4}, {0, 0, 0}},
+                           Hostile{{0, 0, kMax - 2}, {1, 1, 4}, {1, 1, 4}, {0, 0, 0}}}) {
+    ReadRequest q;
+    q.item = it;
+    q.offsets = h.offsets;
+    q.lengths = h.lengths;
+    q.dst_shape = h.dst_shape;
+    q.dst_offsets = h.dst_offsets;
+    q.dst = small.data();
+    q.dst_bytes = small.size() * sizeof(float);
+    Status s = (*reader)->Read({&q, 1});
+    EXPECT_EQ(s.code(), StatusCode::kInvalidArgument) << s.ToString();
+  }
+  EXPECT_EQ(small, std::vector<float>(4, -1.f));
 }
 
 TEST_P(ShardIo, InjectedWriteErrorsFailTheSaveAndCommitNothing) {

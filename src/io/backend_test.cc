@@ -22,6 +22,7 @@
 #include <vector>
 
 #include "io/registered_memory.h"
+#include "os/fault.h"
 #include "testing/test_util.h"
 
 namespace shardwise::io {
@@ -73,6 +74,43 @@ TEST(IoBackend, AUnitLongerThanTheBuffersIsAnError) {
       EXPECT_NE(st.message().find("exceeds the I/O buffers"), std::string::npos) << st.message();
     }
     EXPECT_EQ(calls, 0) << (*b)->name();
+  }
+  ::close(fd);
+}
+
+// The ring itself fails mid-run (io_uring_submit: ENOMEM), with transfers
+// of earlier rounds in flight and fill workers waiting for slots: the run
+// returns the error, after the kernel is done with those transfers, for a
+// write and for a read; the ring is not used again.
+TEST(IoBackend, ARingThatFailsMidRunReturnsItsError) {
+  testing::TempDir dir;
+  const std::string path = dir / "f";
+  int fd = ::open(path.c_str(), O_RDWR | O_CREAT, 0644);
+  ASSERT_GE(fd, 0);
+  constexpr std::uint32_t kUnit = 64 << 10;
+  constexpr int kUnits = 64;
+  ASSERT_EQ(::ftruncate(fd, std::int64_t{kUnit} * kUnits), 0);
+  std::vector<IoUnit> units;
+  for (int u = 0; u < kUnits; ++u) units.push_back({fd, &path, std::uint64_t{kUnit} * u, kUnit});
+  for (bool write : {true, false}) {
+    Options o;
+    o.io_backend = IoBackendKind::kUring;
+    o.checksum_block_bytes = o.io_unit_bytes = kUnit;
+    o.queue_depth = 4;
+    o.threads = 2;
+    auto b = MakeIoBackend(o);
+    if (!b.ok()) GTEST_SKIP() << "io_uring is not available here";
+    os::SetFaults({{os::Op::kRing, 3, false, ENOMEM, false, false}});
+    auto fn = [](std::size_t, std::byte* buf) {
+      std::memset(buf, 7, kUnit);
+      return Status::Ok();
+    };
+    Status st = write ? (*b)->Write(units, fn) : (*b)->Read(units, fn);
+    os::ClearFaults();
+    EXPECT_EQ(st.code(), StatusCode::kIoError) << st.ToString();
+    EXPECT_NE(st.message().find("io_uring_submit"), std::string::npos) << st.ToString();
+    EXPECT_FALSE((*b)->usable());
+    EXPECT_FALSE((*b)->Write(units, fn).ok());
   }
   ::close(fd);
 }

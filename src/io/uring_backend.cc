@@ -16,6 +16,7 @@
 #include <cstring>
 #include <deque>
 #include <mutex>
+#include <system_error>
 #include <thread>
 #include <vector>
 
@@ -71,6 +72,11 @@ class UringBackend final : public IoBackend, private announced::Holder {
     if (sparse_) {
       auto lock = announced::Lock();
       announced::RemoveHolder(this);
+    }
+    if (leaked_) {
+      // The kernel may still use them: kept for the life of the process.
+      new std::vector<AlignedBuffer>(std::move(buffers_));
+      return;
     }
     io_uring_queue_exit(&ring_);
     ::close(event_fd_);
@@ -281,8 +287,18 @@ class UringBackend final : public IoBackend, private announced::Holder {
     st.workers_left = workers;
     std::vector<std::thread> pool;
     pool.reserve(workers);
-    for (int w = 0; w < workers; ++w)
-      pool.emplace_back([&] { write ? FillWork(units, fn, st) : ConsumeWork(units, fn, st); });
+    try {
+      for (int w = 0; w < workers; ++w)
+        pool.emplace_back([&] { write ? FillWork(units, fn, st) : ConsumeWork(units, fn, st); });
+    } catch (const std::system_error&) {
+      // No thread to be had (EAGAIN: a container's pids limit): the ones
+      // started do the work; with none, nothing was submitted.
+      std::lock_guard lock(st.mu);
+      st.workers_left -= workers - static_cast<int>(pool.size());
+      if (pool.empty())
+        return Status(StatusCode::kUnavailable, "no thread to be had for the I/O workers", 0,
+                      *units[0].path);
+    }
     Drive(units, write, st);
     for (auto& t : pool) t.join();
     return st.first;
@@ -335,6 +351,7 @@ class UringBackend final : public IoBackend, private announced::Holder {
       Wake();
     }
     --st.workers_left;
+    st.cv.notify_all();  // Abandon waits for the workers to leave
     Wake();
   }
 
@@ -374,13 +391,14 @@ class UringBackend final : public IoBackend, private announced::Holder {
       if (leave && inflight == 0 && queued == 0) return;
       ArmWake();
       int r;
+      const os::FaultDecision d = os::Check(os::Op::kRing);
       do {
-        r = io_uring_submit(&ring_);
+        r = d.kind == os::FaultKind::kErrno ? -d.err : io_uring_submit(&ring_);
       } while (r == -EINTR);
       if (r < 0) {
         // Nothing was submitted, and the entries stay queued in the ring:
-        // it is not used again (the backend keeps the buffers).
-        Abandon(st, IoError("io_uring_submit", *units[0].path, -r));
+        // it is not used again. Transfers of earlier rounds still run.
+        Abandon(st, IoError("io_uring_submit", *units[0].path, -r), inflight);
         return;
       }
       inflight += queued;
@@ -389,9 +407,8 @@ class UringBackend final : public IoBackend, private announced::Holder {
         r = io_uring_wait_cqe(&ring_, &cqe);
       } while (r == -EINTR);
       if (r < 0) {
-        // Cannot reap: in-flight transfers may still use the buffers; stop
-        // the workers and never use this ring again.
-        Abandon(st, IoError("io_uring_wait_cqe", *units[0].path, -r));
+        // Cannot reap: stop the workers and never use this ring again.
+        Abandon(st, IoError("io_uring_wait_cqe", *units[0].path, -r), inflight);
         return;
       }
       Reap(units, write, st, &inflight);
@@ -449,13 +466,47 @@ class UringBackend final : public IoBackend, private announced::Holder {
     armed_ = true;
   }
 
-  // The ring failed: it is never used again. Fails the run and waits for
+  // The ring failed: it is never used again. Fails the run, waits until
+  // the kernel is done with the `inflight` transfers (their memory, the
+  // buffers' or the caller's, may be reused once this returns), and for
   // the workers to leave.
-  void Abandon(RunState& st, Status why) {
+  void Abandon(RunState& st, Status why, int inflight) {
     broken_ = true;
+    {
+      std::lock_guard lock(st.mu);
+      st.Fail(std::move(why));
+    }
+    Drain(inflight);
     std::unique_lock lock(st.mu);
-    st.Fail(std::move(why));
     st.cv.wait(lock, [&] { return st.workers_left == 0; });
+  }
+
+  // Reaps until no transfer is in flight, handling none. Where the ring
+  // cannot even be waited on, the kernel may still use the buffers: the
+  // ring and the buffers are then never freed (leaked_), and the caller's
+  // memory of an unfinished in-place read is not safe to reuse.
+  void Drain(int inflight) {
+    while (inflight > 0) {
+      io_uring_cqe* cqe = nullptr;
+      int r;
+      do {
+        r = io_uring_wait_cqe(&ring_, &cqe);
+      } while (r == -EINTR);
+      if (r < 0) {
+        leaked_ = true;
+        return;
+      }
+      unsigned head, seen = 0;
+      io_uring_for_each_cqe(&ring_, head, cqe) {
+        ++seen;
+        if (io_uring_cqe_get_data64(cqe) == kWake) {
+          armed_ = false;
+        } else {
+          --inflight;
+        }
+      }
+      io_uring_cq_advance(&ring_, seen);
+    }
   }
 
   // Handles every completion in the ring.
@@ -519,6 +570,7 @@ class UringBackend final : public IoBackend, private announced::Holder {
   std::uint64_t event_count_ = 0;
   bool armed_ = false;  // a read of event_fd_ is in the ring
   bool broken_ = false;
+  bool leaked_ = false;  // transfers may still run: ring and buffers are never freed
   std::uint64_t max_unit_;
   bool use_fixed_;     // Options::fixed_buffers
   bool fixed_ = false;  // the I/O buffers are registered

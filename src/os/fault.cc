@@ -86,7 +86,7 @@ void KillSelf() {
 
 std::string_view OpName(Op op) {
   static constexpr const char* kNames[] = {
-      "open", "write", "read", "fsync", "rename", "fallocate", "mkdir", "unlink"};
+      "open", "write", "read", "fsync", "rename", "fallocate", "mkdir", "unlink", "ring"};
   return kNames[static_cast<int>(op)];
 }
 

@@ -5,8 +5,9 @@
 // where SHARDWISE_CRASH_AT can kill the process.
 //
 // SHARDWISE_FAULTS grammar:  rule[,rule...]   rule = OP@N=ACTION
-//   OP     open|write|read|fsync|rename|fallocate|mkdir|unlink
-//          (fallocate counts ftruncate too: both set a file's size)
+//   OP     open|write|read|fsync|rename|fallocate|mkdir|unlink|ring
+//          (fallocate counts ftruncate too: both set a file's size; ring:
+//          an io_uring submission, failing the ring as a whole)
 //   N      1-based index of the call of that OP that fails (counted per OP,
 //          over the whole process; "N+" fails the Nth and every later call)
 //   ACTION an errno name (EIO, ENOSPC, EDQUOT, EROFS, EACCES, EINTR...),
@@ -39,6 +40,7 @@ enum class Op : int {
   kFallocate,
   kMkdir,
   kUnlink,
+  kRing,  // io_uring_submit (the ring itself failing, not one transfer)
   kCount
 };
 

@@ -114,6 +114,42 @@ def test_async_retention_does_not_wait_for_the_save(tmp_path):
     io.teardown()
 
 
+def test_async_retention_keeps_the_old_best_when_the_new_save_fails(tmp_path, monkeypatch):
+    """The previous best is removed only once its successor committed: when
+    the background save fails, the old checkpoint stays, and the save's
+    error surfaces at the next call. What is not a shardwise checkpoint (a
+    link, a file) is removed as Lightning's own CheckpointIO removes it."""
+    from shardwise import dcp as sdcp
+
+    io = ShardwiseCheckpointIO(async_save=True)
+    old, new = str(tmp_path / "old.ckpt"), str(tmp_path / "new.ckpt")
+    io.save_checkpoint({"state_dict": {"w": torch.ones(4)}, "epoch": 0}, old)
+    io.teardown()
+    real = sdcp.save
+
+    def failing(*args, **kwargs):
+        raise OSError(28, "No space left on device", new)
+
+    monkeypatch.setattr(sdcp, "save", failing)
+    io.save_checkpoint({"state_dict": {"w": torch.full((4,), 2.0)}, "epoch": 1}, new)
+    io.remove_checkpoint(old)
+    with pytest.raises(OSError, match="No space left"):
+        io.teardown()
+    monkeypatch.setattr(sdcp, "save", real)
+    assert torch.equal(io.load_checkpoint(old)["state_dict"]["w"], torch.ones(4))
+    assert not os.path.exists(new)
+    link = tmp_path / "last.ckpt"
+    os.symlink(old, link)
+    io.remove_checkpoint(str(link))  # the link goes, not what it points at
+    assert not os.path.lexists(link) and os.path.isdir(old)
+    single = tmp_path / "single.ckpt"
+    torch.save({"w": torch.ones(1)}, single)
+    io.remove_checkpoint(str(single))
+    assert not single.exists()
+    with pytest.raises(ValueError, match="async_staging"):
+        ShardwiseCheckpointIO(async_save=True, async_staging=True)
+
+
 _NCCL_LIKE = r"""
 import os, sys, torch, torch.distributed as dist
 from shardwise.integrations.lightning import ShardwiseCheckpointIO

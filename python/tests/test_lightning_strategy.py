@@ -43,7 +43,7 @@ def _fsdp1_on_cpu() -> None:
 
 
 def _fit(rank: int, world: int, kind: str, root: str, epochs: int, ckpt_path: str,
-         out: str) -> None:
+         out: str, extra_state: object = None) -> None:
     _lightning_env(rank, world)
     from torch.distributed.fsdp import fully_shard
 
@@ -80,7 +80,8 @@ def _fit(rank: int, world: int, kind: str, root: str, epochs: int, ckpt_path: st
         Lightning's meta.pt does."""
 
         def state_dict(self) -> dict:
-            return {"rank": rank, "tensor": torch.full((2,), float(rank))}
+            return {"rank": rank, "tensor": torch.full((2,), float(rank)),
+                    **({} if extra_state is None else {"extra": extra_state})}
 
     g = torch.Generator().manual_seed(0)
     x = torch.randn(64, 8, generator=g)
@@ -146,3 +147,21 @@ def test_fit_resume_bit_exact(tmp_path, kind):
     assert len(kept) == 2, kept
     for n in kept:
         assert shardwise._core.Reader(str(tmp_path / "a" / n), {}).verify().problems == []
+
+
+def _fit_with_a_value_the_checkpoint_cannot_hold(rank: int, world: int, root: str) -> None:
+    import pathlib
+
+    with pytest.raises(TypeError) as e:
+        _fit(rank, world, "model_parallel", root, 1, "", os.path.join(root, "out"),
+             extra_state=pathlib.Path("/x"))
+    assert "PosixPath" in str(e.value), e.value
+
+
+def test_a_value_rank_0_cannot_encode_fails_every_rank(tmp_path):
+    """Only rank 0 encodes the checkpoint's non-tensor state: a value it
+    cannot store (a Path, an OmegaConf node) is raised on every rank before
+    the save's collectives, not on rank 0 alone while the others wait in
+    them until the process group's timeout."""
+    run_ranks(2, _fit_with_a_value_the_checkpoint_cannot_hold, str(tmp_path / "c"),
+              timeout=240, pg_timeout=60)

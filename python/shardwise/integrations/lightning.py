@@ -33,6 +33,7 @@ from __future__ import annotations
 import io
 import logging
 import os
+import shutil
 import re
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any, Callable, Optional, Union
@@ -64,6 +65,10 @@ class ShardwiseCheckpointIO(CheckpointIO):
 
     def __init__(self, *, async_save: bool = False, **writer_options: Any) -> None:
         super().__init__()
+        if writer_options.get("async_staging") or writer_options.get("staging_options"):
+            raise ValueError("ShardwiseCheckpointIO: async_staging / staging_options do not "
+                             "apply (async_save=True already saves in the background from "
+                             "the staged copy)")
         self.async_save = async_save
         self.writer_options = writer_options
         self._pending: Optional[Future[Any]] = None  # the background save
@@ -123,16 +128,41 @@ class ShardwiseCheckpointIO(CheckpointIO):
 
     def remove_checkpoint(self, path: PathLike) -> None:
         """Deletes the checkpoint directory: renamed aside first, so it is
-        never seen half removed. Waits for the background save only if it
-        writes this checkpoint (ModelCheckpoint removes the previous best
-        right after each save)."""
+        never seen half removed. With a save in the background, the delete
+        runs after it, and only if it committed: ModelCheckpoint removes
+        the previous best right after each save, which must not go before
+        its successor is durable. What is not a shardwise checkpoint (a
+        link ``save_last="link"`` made, a ``torch.save`` file) is removed
+        as Lightning's own CheckpointIO removes it."""
         path = os.path.abspath(os.fspath(path))
         if path == self._pending_path:
             self._wait()
-        if not os.path.exists(path):
+        pending = self._pending
+        if pending is None:
+            self._delete(path)
+            return
+        assert self._executor is not None
+
+        def after_the_save() -> None:
+            pending.result()  # it failed: the old checkpoint stays, the error goes on
+            self._delete(path)
+
+        # One thread: this runs once the save is done. Its future carries
+        # the save's error (raised by the next save, load or teardown).
+        self._pending = self._executor.submit(after_the_save)
+
+    def _delete(self, path: str) -> None:
+        if not os.path.lexists(path):
+            return
+        if os.path.islink(path) or not os.path.isfile(os.path.join(path, _core.MANIFEST_NAME)):
+            if os.path.isdir(path) and not os.path.islink(path):
+                shutil.rmtree(path)
+            else:
+                os.unlink(path)
             return
         root, name = os.path.split(path)
-        _sdcp._repository(root, _sdcp.Writer(path, **self.writer_options).options).delete(name)
+        repo = _sdcp._repository(root, _sdcp.Writer(path, **self.writer_options).options)
+        repo.delete(name, True)  # a damaged one too: Lightning asked for it gone
 
     def teardown(self) -> None:
         try:
@@ -194,23 +224,34 @@ class _ShardedCheckpoints:
         state: dict[str, Any] = {self._model_key: checkpoint.pop("state_dict")}
         for i, optim_state in enumerate(checkpoint.pop("optimizer_states", [])):
             state[f"optimizer_{i}"] = optim_state
+        problem: Optional[str] = None
         if self.is_global_zero:  # type: ignore[attr-defined]
             # The rest (loops, callbacks, metrics) as rank 0 sees it, as
             # Lightning writes meta.pt from rank 0: were every rank to add it,
             # DCP would keep one rank's copy of each item, any rank's.
             tensors: dict[str, torch.Tensor] = {}
-            skeleton = _split(checkpoint, [_META], tensors)
+            try:
+                skeleton = _split(checkpoint, [_META], tensors)
+                state[_SKELETON] = io.BytesIO(_encode(skeleton))
+            except TypeError as e:  # every rank raises it, before the save's collectives
+                problem = str(e)
             state.update(tensors)
-            state[_SKELETON] = io.BytesIO(_encode(skeleton))
+        problem = self.broadcast(problem)  # type: ignore[attr-defined]
+        if problem is not None:
+            raise TypeError(problem if self.is_global_zero  # type: ignore[attr-defined]
+                            else f"{problem} (rank 0, encoding the checkpoint)")
         os.makedirs(os.path.dirname(path), exist_ok=True)
         _sdcp.save(state, storage_writer=_sdcp.Writer(path, replace=True, **self.writer_options))
 
     def load_checkpoint(self, checkpoint_path: PathLike,
                         weights_only: Optional[bool] = None) -> dict[str, Any]:
-        path = os.path.abspath(os.fspath(self.broadcast(checkpoint_path)))  # type: ignore[attr-defined]
+        # Rank 0's path, past an unfinished SLURM save (_hpc_resume_fallback),
+        # on every rank.
+        path = os.path.abspath(self.broadcast(  # type: ignore[attr-defined]
+            _hpc_resume_fallback(os.fspath(checkpoint_path))))
         if not os.path.isfile(os.path.join(path, _core.MANIFEST_NAME)):
             # not ours (meta.pt folders, single files): Lightning's own loader
-            return super().load_checkpoint(checkpoint_path, weights_only)  # type: ignore[misc]
+            return super().load_checkpoint(path, weights_only)  # type: ignore[misc]
         self._load_states(path)
         # The rest (loops, callbacks, ...), read by each rank on its own.
         return _read_structured(path, lambda name: name.startswith(_META + "."))

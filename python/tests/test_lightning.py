@@ -218,3 +218,19 @@ def test_hpc_resume_past_an_unfinished_save(tmp_path):
     assert back["epoch"] == 2 and torch.equal(back["state_dict"]["w"], torch.full((2,), 2.0))
     with pytest.raises(FileNotFoundError):  # any other missing checkpoint stays missing
         io.load_checkpoint(str(tmp_path / "hpc_ckpt_7.ckpt"))
+    # No HPC checkpoint ever committed: the error names the leftover.
+    alone = tmp_path / "alone"
+    alone.mkdir()
+    (alone / ".hpc_ckpt_1.ckpt.staging-0123456789abcdef").mkdir()
+    n = _CheckpointConnector._CheckpointConnector__max_ckpt_version_in_folder(  # type: ignore
+        str(alone), "hpc_ckpt_")
+    with pytest.raises(FileNotFoundError, match=r"unfinished save \(\.hpc_ckpt_1\.ckpt\.staging"):
+        io.load_checkpoint(str(alone / f"hpc_ckpt_{n}.ckpt"))
+    # Lightning's SLURM save (the job is killed right after) commits before
+    # it returns, even with async_save.
+    background = ShardwiseCheckpointIO(async_save=True)
+    background.save_checkpoint({"state_dict": {"w": torch.ones(2)}, "epoch": 5},
+                               str(tmp_path / "hpc_ckpt_9.ckpt"))
+    assert background._pending is None
+    assert (tmp_path / "hpc_ckpt_9.ckpt" / "manifest.json").is_file()
+    background.teardown()

@@ -95,7 +95,9 @@ class ShardwiseCheckpointIO(CheckpointIO):
         skeleton = _split(checkpoint, [], tensors)
         # The structure is one opaque value (DCP would flatten a dict).
         state = {**tensors, _SKELETON: io.BytesIO(_encode(skeleton))}
-        if not self.async_save:
+        if not self.async_save or _HPC_NAME.fullmatch(os.path.basename(path)):
+            # (Lightning's SLURM save, on SIGUSR1: the job is requeued and
+            # killed right after, so this one is committed before returning.)
             _sdcp.save(state, storage_writer=writer, no_dist=True)
             return
         # What dcp.async_save does (stage, then save the staged state on a
@@ -105,9 +107,13 @@ class ShardwiseCheckpointIO(CheckpointIO):
         staged = writer.stage(state)
         if self._executor is None:
             self._executor = ThreadPoolExecutor(1, thread_name_prefix="shardwise-lightning")
-        self._pending = self._executor.submit(_sdcp.save, staged, storage_writer=writer,
-                                              no_dist=True)
-        self._pending_path = os.path.abspath(path)
+        pending = self._executor.submit(_sdcp.save, staged, storage_writer=writer, no_dist=True)
+        # Raised by the next save, load or teardown; logged here as well, for
+        # a save nothing waits for (one after teardown, at the end of a job).
+        pending.add_done_callback(
+            lambda f, p=path: f.exception() is not None and log.error(
+                "background save of %s failed: %s", p, f.exception()))
+        self._pending, self._pending_path = pending, os.path.abspath(path)
 
     def load_checkpoint(self, path: PathLike,
                         map_location: Optional[Union[Callable, str, torch.device]] = None,
@@ -246,9 +252,17 @@ class _ShardedCheckpoints:
     def load_checkpoint(self, checkpoint_path: PathLike,
                         weights_only: Optional[bool] = None) -> dict[str, Any]:
         # Rank 0's path, past an unfinished SLURM save (_hpc_resume_fallback),
-        # on every rank.
-        path = os.path.abspath(self.broadcast(  # type: ignore[attr-defined]
-            _hpc_resume_fallback(os.fspath(checkpoint_path))))
+        # or its error, on every rank.
+        found: tuple[Optional[str], Optional[str]] = (None, None)
+        if self.is_global_zero:  # type: ignore[attr-defined]
+            try:
+                found = (_hpc_resume_fallback(os.fspath(checkpoint_path)), None)
+            except FileNotFoundError as e:
+                found = (None, str(e))
+        resolved, problem = self.broadcast(found)  # type: ignore[attr-defined]
+        if problem is not None:
+            raise FileNotFoundError(problem)
+        path = os.path.abspath(resolved)
         if not os.path.isfile(os.path.join(path, _core.MANIFEST_NAME)):
             # not ours (meta.pt folders, single files): Lightning's own loader
             return super().load_checkpoint(path, weights_only)  # type: ignore[misc]
@@ -408,6 +422,7 @@ def _read_structured(path: str, wanted: Callable[[str], bool],
     return _join(skeleton, tensors)
 
 
+_HPC_NAME = re.compile(r"hpc_ckpt_\d+\.ckpt")
 _HIDDEN_HPC = re.compile(r"\.(hpc_ckpt_\d+\.ckpt)\.(staging|deleting|replaced)-.*")
 
 
@@ -433,7 +448,12 @@ def _hpc_resume_fallback(path: str) -> str:
                  if (m := re.fullmatch(r"hpc_ckpt_(\d+)\.ckpt", n))
                  and os.path.isfile(os.path.join(folder, n, _core.MANIFEST_NAME))]
     if not committed:
-        return path
+        leftovers = sorted(n for n in names if _HIDDEN_HPC.fullmatch(n))
+        raise FileNotFoundError(
+            f"{path}: no such checkpoint: Lightning took its number from the name of an "
+            f"unfinished save ({', '.join(leftovers)}), and no HPC checkpoint was ever "
+            f"committed in {folder}. Remove the leftover (`shardwise gc {folder}` once no "
+            f"job writes there) or pass ckpt_path")
     chosen = os.path.join(folder, max(committed)[1])
     log.warning("%s: no such checkpoint (Lightning took its number from the name of an "
                 "unfinished save); resuming from %s, the newest committed HPC checkpoint",

@@ -304,8 +304,9 @@ class ShardwiseModelParallelStrategy(_ShardedCheckpoints, ModelParallelStrategy)
     All arguments are ``ModelParallelStrategy``'s, plus ``writer_options``
     (engine options for :class:`shardwise.dcp.Writer`, e.g.
     ``{"threads": 4}``). With ``save_distributed_checkpoint=False`` Lightning
-    saves one full file through its ``CheckpointIO`` (use
-    :class:`ShardwiseCheckpointIO` there).
+    saves one full file through its default ``CheckpointIO``, and loads it as
+    a file: :class:`ShardwiseCheckpointIO` (which writes directories) is
+    refused there, saying so.
     """
 
     _model_key = "state_dict"
@@ -342,8 +343,9 @@ class ShardwiseFSDPStrategy(_ShardedCheckpoints, FSDPStrategy):  # type: ignore[
     checkpoint in the same checkpoint as tensors and JSON (no ``meta.pt``),
     one atomic commit, nothing unpickled. Arguments are ``FSDPStrategy``'s
     plus ``writer_options``. With ``state_dict_type="full"`` Lightning saves
-    one file through its ``CheckpointIO`` (use :class:`ShardwiseCheckpointIO`
-    there).
+    one file through its default ``CheckpointIO``, and loads it as a file:
+    :class:`ShardwiseCheckpointIO` (which writes directories) is refused
+    there, saying so.
     """
 
     _model_key = "model"

@@ -187,6 +187,9 @@ struct CheckpointReader::Impl {
     }
     SW_ASSIGN_OR_RETURN(const struct stat st, os::Fstat(file->fd(), path));
     if (!S_ISREG(st.st_mode)) return Corrupt(path + ": not a regular file", path);
+    // A regular file: reads block as usual (Lustre would take O_NONBLOCK
+    // for non-blocking lock requests).
+    SW_RETURN_IF_ERROR(os::ClearNonBlocking(file->fd(), path));
     if (static_cast<std::uint64_t>(st.st_size) != manifest.index.size)
       return Corrupt(path + ": size is " + std::to_string(st.st_size) +
                          " bytes, manifest.json says " + std::to_string(manifest.index.size),
@@ -275,6 +278,7 @@ struct CheckpointReader::Impl {
     }
     SW_ASSIGN_OR_RETURN(const struct stat st, os::Fstat(file->fd(), path));
     if (!S_ISREG(st.st_mode)) return Corrupt(path + ": not a regular file", path);
+    SW_RETURN_IF_ERROR(os::ClearNonBlocking(file->fd(), path));  // as for the index
     SW_RETURN_IF_ERROR(os::SetDirectIo(file->fd(), direct_io, path));
     if (static_cast<std::uint64_t>(st.st_size) != rec.size)
       return Corrupt(path + ": size is " + std::to_string(st.st_size) +

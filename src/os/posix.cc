@@ -405,6 +405,7 @@ Result<std::string> ReadSmallFile(const std::string& path,
   if (::fstat(f.fd(), &st) != 0) return IoError("fstat", path, errno);
   if (!S_ISREG(st.st_mode))
     return Corrupt(path + ": not a regular file", path);
+  SW_RETURN_IF_ERROR(ClearNonBlocking(f.fd(), path));  // a regular file: reads block as usual
   if (static_cast<std::uint64_t>(st.st_size) > max_bytes)
     return Corrupt(path + ": " + std::to_string(st.st_size) +
                        " bytes is larger than the limit of " +

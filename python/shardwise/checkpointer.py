@@ -324,6 +324,16 @@ _EXISTS_HINT = ("(a job resumed from an older step: Checkpointer.discard_after(s
                 "replace=True) replaces a step atomically)")
 
 
+def _max_over(group: Any, *values: int) -> tuple[int, ...]:
+    """Each value's maximum over the ranks of ``group``, in one all_reduce
+    of a CPU tensor (every rank calls it); without a group, the values."""
+    if group is None:
+        return tuple(values)
+    t = torch.tensor(values, dtype=torch.int64)
+    dist.all_reduce(t, op=dist.ReduceOp.MAX, group=group)
+    return tuple(int(x) for x in t.tolist())
+
+
 def _new_save_token() -> int:
     """A tiered save's token (tiers.SAVE_TOKEN): the time in milliseconds
     above 20 random bits, so that of two saves of one step the later one
@@ -621,9 +631,7 @@ class Checkpointer:
         pending = self._pending
         busy = self.overlap == "skip" and pending is not None and not pending.done()
         error = None if busy or pending is None else pending._unseen_error()
-        flags = torch.tensor([int(busy), int(error is not None)], dtype=torch.int32)
-        if self._decide_group is not None:
-            dist.all_reduce(flags, op=dist.ReduceOp.MAX, group=self._decide_group)
+        flags = _max_over(self._decide_group, int(busy), int(error is not None))
         if flags[0]:
             return True
         if pending is not None:
@@ -784,21 +792,18 @@ class Checkpointer:
             self._writer._prestaged = self._writer.stage(plain)
         except Exception as e:  # decided together below
             error = e
-        failed = torch.tensor([int(error is not None)], dtype=torch.int32)
-        if self._decide_group is not None:
-            dist.all_reduce(failed, op=dist.ReduceOp.MAX, group=self._decide_group)
-        if not failed.item():
+        (failed,) = _max_over(self._decide_group, int(error is not None))
+        if not failed:
             return plain
         snap = self._writer._snapshot if error is None else None
+        raised = error or RuntimeError(f"staging of step {step} failed on another rank: "
+                                       "nothing was saved (that rank raised why)")
         self._writer._prestaged = None
-        self._writer._release_held(error=error or RuntimeError("staging failed elsewhere"))
+        self._writer._release_held(error=raised)
         if snap is not None:
             snap.release()
         self._record_failure()
-        if error is not None:
-            raise error
-        raise RuntimeError(f"staging of step {step} failed on another rank: nothing was saved "
-                           "(that rank raised why)")
+        raise raised
 
     @staticmethod
     def _step_hook(handle: SaveHandle) -> Callable[..., None]:
@@ -1163,12 +1168,8 @@ class Checkpointer:
         return out
 
     def _max_over_ranks(self, *values: int) -> tuple[int, ...]:
-        """Each value's maximum over the ranks (every rank calls it)."""
-        if self._replica_group is None:
-            return tuple(values)
-        t = torch.tensor(values, dtype=torch.int64)
-        dist.all_reduce(t, op=dist.ReduceOp.MAX, group=self._replica_group)
-        return tuple(int(x) for x in t.tolist())
+        """Each value's maximum over the ranks, on the tiers' group."""
+        return _max_over(self._replica_group, *values)
 
     def _any_ranks(self, *flags: bool) -> tuple[bool, ...]:
         """Whether each flag holds on any rank (every rank calls it)."""
@@ -1315,7 +1316,8 @@ class Checkpointer:
             local.update(v["own"])
             for steps in v["held"].values():
                 local.update(steps)
-        shared = sorted(int(x) for x in local if int(x) in set(views[0]["root"]))
+        root = set(views[0]["root"])
+        shared = sorted(int(x) for x in local if int(x) in root)
         if not shared:
             return {}
         mine = (tiers.tokens_of(self.root, shared, self.engine_options)

@@ -424,7 +424,7 @@ def _read_structured(path: str, wanted: Callable[[str], bool],
     return _join(skeleton, tensors)
 
 
-_HPC_NAME = re.compile(r"hpc_ckpt_\d+\.ckpt")
+_HPC_NAME = re.compile(r"hpc_ckpt_(\d+)\.ckpt")
 _HIDDEN_HPC = re.compile(r"\.(hpc_ckpt_\d+\.ckpt)\.(staging|deleting|replaced)-.*")
 
 
@@ -437,7 +437,7 @@ def _hpc_resume_fallback(path: str) -> str:
     ``hpc_ckpt_K.ckpt`` is the one Lightning meant. Any other path is
     returned as it is."""
     folder, name = os.path.split(path)
-    want = re.fullmatch(r"hpc_ckpt_(\d+)\.ckpt", name)
+    want = _HPC_NAME.fullmatch(name)
     if want is None or os.path.exists(path) or not os.path.isdir(folder or "."):
         return path
     names = os.listdir(folder or ".")
@@ -447,7 +447,7 @@ def _hpc_resume_fallback(path: str) -> str:
     if int(want.group(1)) not in parsed:
         return path
     committed = [(int(m.group(1)), n) for n in names
-                 if (m := re.fullmatch(r"hpc_ckpt_(\d+)\.ckpt", n))
+                 if (m := _HPC_NAME.fullmatch(n))
                  and os.path.isfile(os.path.join(folder, n, _core.MANIFEST_NAME))]
     if not committed:
         leftovers = sorted(n for n in names if _HIDDEN_HPC.fullmatch(n))
